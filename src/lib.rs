@@ -3,4 +3,4 @@
 
 pub mod topology;
 
-pub use topology::{cpu_count, cpu_count_physical};
+pub use topology::{cpu_count, cpu_count_physical, cpu_count_report};

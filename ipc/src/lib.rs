@@ -1,1 +1,40 @@
-//! loky-ipc
+//! `loky-ipc`: the shared-memory transport under the `loky` process pool.
+//!
+//! This crate knows nothing about tasks. It owns the pieces two processes need
+//! to talk through shared memory without any cross-process lock:
+//!
+//! * [`region`]: one anonymous `memfd` mapped `MAP_SHARED` by the parent and
+//!   every worker, with a versioned `#[repr(C)]` header checked at attach time,
+//!   laid out as a table of duplex [`region::Slot`]s (one per worker).
+//! * [`ring`]: a single-producer single-consumer byte ring of length-prefixed,
+//!   16-byte aligned messages (protocol in `ring.md`).
+//! * [`doorbell`]: a futex-backed event count; producers issue a wake only when
+//!   no consumer is awake.
+//! * [`segment`] and [`fdpass`]: messages larger than a ring travel in a memfd
+//!   segment of their own whose descriptor is passed over a Unix socket.
+//! * [`pidfd`]: process handles that report a death the moment it happens.
+//! * [`spawn`]: fork + exec with descriptors placed at fixed numbers and a
+//!   parent-death signal.
+//!
+//! Every atomic that lives in shared memory documents its writer, its readers
+//! and the `SYNC POINT` that pairs each Release store with its Acquire load.
+#![cfg(target_os = "linux")]
+
+pub mod doorbell;
+mod error;
+pub mod fdpass;
+pub mod pidfd;
+pub mod region;
+pub mod ring;
+pub mod segment;
+pub mod spawn;
+mod spin;
+mod sync;
+
+pub use doorbell::Doorbell;
+pub use error::{Error, Result};
+pub use pidfd::{ExitStatus, PidFd};
+pub use region::{Region, RegionConfig, Slot};
+pub use ring::{Consumer, Message, Producer, RingHeader};
+pub use segment::Segment;
+pub use spin::spin_until;

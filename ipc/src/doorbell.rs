@@ -1,0 +1,205 @@
+//! A futex-backed event count for one side of a channel.
+//!
+//! Consumers are *awake* while they poll their rings and *asleep* while they
+//! wait in `FUTEX_WAIT`. A producer that has just published a message calls
+//! [`Doorbell::ring`], which costs one fence and one load while any consumer
+//! is awake, and a `FUTEX_WAKE` only when every consumer announced it sleeps.
+//!
+//! The protocol is the classic event count (Dekker-style handshake):
+//!
+//! ```text
+//! consumer                                producer
+//! s = seq.load(Acquire)                   publish message (Release)
+//! awake -= 1            (SeqCst)          fence(SeqCst)
+//! fence(SeqCst)                           if awake == 0 {
+//! if work visible { awake += 1; return }      seq += 1 (Release)
+//! futex_wait(seq, s)                          futex_wake(seq)
+//! awake += 1                              }
+//! ```
+//!
+//! The two SeqCst fences guarantee that either the consumer sees the message
+//! or the producer sees `awake == 0`; and since the producer bumps `seq`
+//! before waking, a consumer whose `futex_wait` starts late finds `seq != s`
+//! and returns at once. No wake-up is lost, and a crashed peer can at worst
+//! cause one spurious wake-up: nothing is ever left held.
+//!
+//! The futex is *not* `FUTEX_PRIVATE`, so it works across processes that map
+//! the same pages.
+
+use std::time::Duration;
+
+use rustix::thread::futex;
+
+use crate::sync::{fence, AtomicU32};
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
+
+/// An event count in shared memory. `#[repr(C)]`, 8 bytes.
+///
+/// * `seq`: written by producers (`fetch_add`, Release) just before a wake;
+///   read by consumers (Acquire) before they announce sleep, and by the kernel
+///   in `FUTEX_WAIT`.
+/// * `awake`: written by consumers only (the number of them that are polling);
+///   read by producers after their SeqCst fence.
+#[repr(C)]
+#[derive(Debug)]
+pub struct Doorbell {
+    seq: AtomicU32,
+    awake: AtomicU32,
+}
+
+impl Doorbell {
+    /// A doorbell with `awake` consumers counted as polling.
+    pub fn new(awake: u32) -> Self {
+        Self { seq: AtomicU32::new(0), awake: AtomicU32::new(awake) }
+    }
+
+    /// Reset in place (the slot of a dead worker is being reused).
+    pub fn reset(&self, awake: u32) {
+        self.awake.store(awake, Relaxed);
+        self.seq.fetch_add(1, Relaxed);
+    }
+
+    /// Called by a producer after it published a message (with Release).
+    /// Returns true if it had to wake a sleeper.
+    #[inline]
+    pub fn ring(&self) -> bool {
+        // SYNC POINT: pairs with the fence in `announce_sleep`; together they
+        // order "message published" against "consumer announced sleep".
+        fence(SeqCst);
+        if self.awake.load(Relaxed) != 0 {
+            return false;
+        }
+        // SYNC POINT: Release so a consumer that observes the new `seq` in
+        // `announce_sleep` (Acquire) also observes the published message.
+        self.seq.fetch_add(1, Release);
+        // A failed wake (EFAULT cannot happen on a valid reference) is not
+        // actionable: the sleeper's timeout will find the message.
+        let _ = futex::wake(&self.seq, futex::Flags::empty(), u32::MAX);
+        true
+    }
+
+    /// Number of consumers currently counted as awake.
+    pub fn awake(&self) -> u32 {
+        self.awake.load(Relaxed)
+    }
+
+    /// Counts one more consumer as awake (a thread starts polling).
+    pub fn enter(&self) {
+        self.awake.fetch_add(1, SeqCst);
+    }
+
+    /// Counts one consumer fewer as awake (a thread stops polling for good).
+    /// Like [`SleepToken`], the caller must re-check for work afterwards.
+    pub fn leave(&self) {
+        self.awake.fetch_sub(1, SeqCst);
+        // SYNC POINT: pairs with the fence in `ring`.
+        fence(SeqCst);
+    }
+
+    /// First half of going to sleep: the caller is no longer counted as
+    /// awake. It must re-check for work, then either [`SleepToken::cancel`]
+    /// or [`SleepToken::wait`].
+    #[must_use = "re-check for work, then cancel() or wait()"]
+    pub fn announce_sleep(&self) -> SleepToken<'_> {
+        // SYNC POINT: pairs with the Release `fetch_add` in `ring`.
+        let seq = self.seq.load(Acquire);
+        self.awake.fetch_sub(1, SeqCst);
+        // SYNC POINT: pairs with the fence in `ring`.
+        fence(SeqCst);
+        SleepToken { bell: self, seq, done: false }
+    }
+}
+
+/// A consumer that announced sleep; see [`Doorbell::announce_sleep`].
+#[derive(Debug)]
+pub struct SleepToken<'a> {
+    bell: &'a Doorbell,
+    seq: u32,
+    done: bool,
+}
+
+impl SleepToken<'_> {
+    /// Work was found after all: count the consumer as awake again.
+    pub fn cancel(mut self) {
+        self.done = true;
+        self.bell.awake.fetch_add(1, SeqCst);
+    }
+
+    /// Sleep until a producer rings, the timeout passes, or a signal arrives.
+    /// The consumer counts as awake again when this returns.
+    pub fn wait(mut self, timeout: Option<Duration>) {
+        let ts = timeout.map(|d| rustix::time::Timespec {
+            tv_sec: d.as_secs().min(i64::MAX as u64) as i64,
+            tv_nsec: i64::from(d.subsec_nanos()),
+        });
+        // EAGAIN (seq moved on), ETIMEDOUT and EINTR all mean "look again".
+        let _ = futex::wait(&self.bell.seq, futex::Flags::empty(), self.seq, ts.as_ref());
+        self.done = true;
+        self.bell.awake.fetch_add(1, SeqCst);
+    }
+}
+
+impl Drop for SleepToken<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.bell.awake.fetch_add(1, SeqCst);
+        }
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    #[test]
+    fn ring_without_sleepers_does_not_wake() {
+        let bell = Doorbell::new(1);
+        assert!(!bell.ring());
+        let token = bell.announce_sleep();
+        assert_eq!(bell.awake(), 0);
+        token.cancel();
+        assert_eq!(bell.awake(), 1);
+    }
+
+    #[test]
+    fn sleeper_is_woken_by_ring() {
+        let bell = Arc::new(Doorbell::new(1));
+        let flag = Arc::new(AtomicBool::new(false));
+        let (b2, f2) = (bell.clone(), flag.clone());
+        let t = std::thread::spawn(move || {
+            let start = Instant::now();
+            loop {
+                if f2.load(Acquire) {
+                    return start.elapsed();
+                }
+                let token = b2.announce_sleep();
+                if f2.load(Acquire) {
+                    token.cancel();
+                    continue;
+                }
+                token.wait(Some(Duration::from_secs(30)));
+            }
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        flag.store(true, Release);
+        bell.ring();
+        let waited = t.join().expect("sleeper thread");
+        // The bound is only a hang detector: a lost wake-up would sleep 30 s.
+        assert!(waited < Duration::from_secs(20), "wake-up lost: slept {waited:?}");
+    }
+
+    #[test]
+    fn stale_token_returns_immediately() {
+        let bell = Doorbell::new(1);
+        let token = bell.announce_sleep();
+        // A producer rings between the announcement and the wait.
+        assert!(bell.ring());
+        let start = Instant::now();
+        token.wait(Some(Duration::from_secs(30)));
+        assert!(start.elapsed() < Duration::from_secs(20));
+        assert_eq!(bell.awake(), 1);
+    }
+}

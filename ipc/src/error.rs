@@ -1,0 +1,46 @@
+use std::io;
+
+/// Everything that can go wrong in the transport.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A system call failed; `op` names it.
+    #[error("{op} failed: {source}")]
+    Os {
+        /// The operation that failed, e.g. `memfd_create`.
+        op: &'static str,
+        /// The error the kernel returned.
+        #[source]
+        source: io::Error,
+    },
+    /// A region's header does not match what this binary expects: it was
+    /// created by another version of loky, or it is not a loky region at all.
+    #[error("shared region header mismatch: {0}; was the worker built from another version of loky?")]
+    BadHeader(String),
+    /// The peer wrote something that breaks the ring protocol. The channel
+    /// cannot be trusted any more; drop it (and its worker).
+    #[error("ring protocol violated: {0}")]
+    Corrupt(String),
+    /// A configuration value is out of range.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}
+
+/// Shorthand for `Result<T, loky_ipc::Error>`.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+pub(crate) trait OsContext<T> {
+    fn os(self, op: &'static str) -> Result<T>;
+}
+
+impl<T> OsContext<T> for std::result::Result<T, rustix::io::Errno> {
+    fn os(self, op: &'static str) -> Result<T> {
+        self.map_err(|e| Error::Os { op, source: e.into() })
+    }
+}
+
+impl<T> OsContext<T> for io::Result<T> {
+    fn os(self, op: &'static str) -> Result<T> {
+        self.map_err(|source| Error::Os { op, source })
+    }
+}

@@ -1,0 +1,393 @@
+//! The shared region: one anonymous memfd, mapped `MAP_SHARED` by the parent
+//! and by every worker, holding a versioned header and a table of slots.
+//!
+//! ```text
+//! offset 0            RegionHeader (one page)
+//! PAGE                SlotHeader × slots (one page each)
+//! PAGE × (1 + slots)  ring buffers: slot i has `down` then `up`, each
+//!                     `ring_capacity` bytes
+//! ```
+//!
+//! A slot is a duplex channel between the parent and one worker: the `down`
+//! ring carries parent → worker messages, the `up` ring worker → parent, the
+//! slot's doorbell wakes the worker, and the region's doorbell wakes the
+//! parent. Every ring has exactly one producer and one consumer, so a worker
+//! that dies can only leave its own slot in an unknown state; the parent
+//! resets that slot before it hands it to a replacement.
+//!
+//! The memfd has no name in any filesystem and is sealed against resizing;
+//! it disappears when the last process holding it (or a mapping) goes away.
+
+use std::fs::File;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::ptr::NonNull;
+
+use memmap2::{MmapOptions, MmapRaw};
+use rustix::fs::{MemfdFlags, SealFlags};
+
+use crate::error::OsContext;
+use crate::ring::{Consumer, Producer, RingHeader};
+use crate::sync::{AtomicU32, Padded};
+use crate::{Doorbell, Error, Result};
+use std::sync::atomic::Ordering::Relaxed;
+
+const MAGIC: [u8; 8] = *b"LOKYIPC\0";
+/// Version of the region layout. Bump on any change to a `#[repr(C)]`
+/// structure below or to the ring framing.
+pub const LAYOUT_VERSION: u32 = 1;
+const PAGE: usize = 4096;
+
+/// What to build a region for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RegionConfig {
+    /// Number of duplex slots (workers that can be attached at once).
+    pub slots: u32,
+    /// Capacity of each ring in bytes (power of two, >= 256).
+    pub ring_capacity: usize,
+    /// A value of the creator's choosing that attachers must present, e.g. an
+    /// identity of the binary so that a different program cannot attach.
+    pub tag: u64,
+}
+
+impl RegionConfig {
+    fn total_len(&self) -> Result<usize> {
+        RingHeader::check_capacity(self.ring_capacity)?;
+        if self.slots == 0 || self.slots > 65_536 {
+            return Err(Error::Config(format!("slots must be in 1..=65536, got {}", self.slots)));
+        }
+        let slots = self.slots as usize;
+        PAGE.checked_mul(1 + slots)
+            .and_then(|h| self.ring_capacity.checked_mul(2 * slots).and_then(|d| d.checked_add(h)))
+            .ok_or_else(|| Error::Config("region size overflows".into()))
+    }
+}
+
+/// The region header at offset 0. `#[repr(C)]`.
+///
+/// The identification fields are written once by the creator before any
+/// other process maps the region, and only read afterwards.
+/// * `parent_bell`: consumers are the parent's threads that drain `up` rings
+///   (they alone touch `awake`); producers are the workers (`ring`).
+/// * `parent_spinning`: parent threads currently spinning; written and read
+///   by the parent, read by workers to decide whether they may spin.
+#[repr(C)]
+#[derive(Debug)]
+pub struct RegionHeader {
+    magic: [u8; 8],
+    version: u32,
+    header_size: u32,
+    slot_header_size: u32,
+    slots: u32,
+    ring_capacity: u64,
+    total_len: u64,
+    tag: u64,
+    parent_bell: Padded<Doorbell>,
+    parent_spinning: Padded<AtomicU32>,
+}
+
+/// The header of one slot. `#[repr(C)]`.
+///
+/// * `generation`: written by the parent when it (re)initialises the slot,
+///   read by the worker at attach to check it holds the slot it was given.
+/// * `pid`: written by the worker once attached; read by the parent (logs).
+/// * `spinning`: 1 while the worker spins; written by the worker, read by
+///   everyone deciding whether to spin. Reset by the parent with the slot.
+/// * `bell`: the worker is the only consumer (`awake`), the parent rings.
+/// * `down`, `up`: see [`RingHeader`].
+#[repr(C)]
+#[derive(Debug)]
+pub struct SlotHeader {
+    generation: AtomicU32,
+    pid: AtomicU32,
+    spinning: AtomicU32,
+    _reserved: u32,
+    bell: Padded<Doorbell>,
+    down: RingHeader,
+    up: RingHeader,
+}
+
+const _: () = assert!(std::mem::size_of::<RegionHeader>() <= PAGE);
+const _: () = assert!(std::mem::size_of::<SlotHeader>() <= PAGE);
+
+/// A mapped region (see the module docs).
+#[derive(Debug)]
+pub struct Region {
+    file: File,
+    map: MmapRaw,
+    cfg: RegionConfig,
+}
+
+// SAFETY: the mapping is shared memory accessed only through atomics and the
+// ring protocol; `Region` hands out no `&mut` to it.
+unsafe impl Sync for Region {}
+// SAFETY: as above; the mapping is not tied to a thread.
+unsafe impl Send for Region {}
+
+impl Region {
+    /// Creates a fresh region: an anonymous memfd, sized, sealed and mapped,
+    /// with every slot initialised empty.
+    pub fn create(cfg: RegionConfig) -> Result<Self> {
+        let len = cfg.total_len()?;
+        let fd = rustix::fs::memfd_create("loky-region", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
+            .os("memfd_create")?;
+        rustix::fs::ftruncate(&fd, len as u64).os("ftruncate")?;
+        rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)
+            .os("fcntl(F_ADD_SEALS)")?;
+        let file = File::from(fd);
+        let map = MmapOptions::new().len(len).map_raw(&file).os("mmap")?;
+        let region = Self { file, map, cfg };
+        let hdr = RegionHeader {
+            magic: MAGIC,
+            version: LAYOUT_VERSION,
+            header_size: std::mem::size_of::<RegionHeader>() as u32,
+            slot_header_size: std::mem::size_of::<SlotHeader>() as u32,
+            slots: cfg.slots,
+            ring_capacity: cfg.ring_capacity as u64,
+            total_len: len as u64,
+            tag: cfg.tag,
+            // The parent starts with one consumer awake: its manager thread.
+            parent_bell: Padded(Doorbell::new(1)),
+            parent_spinning: Padded(AtomicU32::new(0)),
+        };
+        // SAFETY: the mapping is at least one page, page-aligned, and not yet
+        // shared with any other process; no reference to it exists yet.
+        unsafe { region.map.as_mut_ptr().cast::<RegionHeader>().write(hdr) };
+        for i in 0..cfg.slots {
+            // SAFETY: nobody else can see the region yet.
+            unsafe { region.init_slot(i, 0) };
+        }
+        Ok(region)
+    }
+
+    /// Maps a region received from the creator and checks its header: magic,
+    /// layout version, structure sizes, length and `tag`.
+    pub fn attach(fd: OwnedFd, tag: u64) -> Result<Self> {
+        let file = File::from(fd);
+        let len = file.metadata().os("fstat")?.len() as usize;
+        if len < PAGE {
+            return Err(Error::BadHeader(format!("region is {len} bytes, smaller than its header")));
+        }
+        let map = MmapOptions::new().len(len).map_raw(&file).os("mmap")?;
+        // SAFETY: at least one page is mapped; RegionHeader is plain data
+        // (integers and atomics), valid for any bit pattern.
+        let hdr = unsafe { &*map.as_ptr().cast::<RegionHeader>() };
+        if hdr.magic != MAGIC {
+            return Err(Error::BadHeader("not a loky region (bad magic)".into()));
+        }
+        if hdr.version != LAYOUT_VERSION {
+            return Err(Error::BadHeader(format!(
+                "layout version {} (this binary speaks {LAYOUT_VERSION})",
+                hdr.version
+            )));
+        }
+        if hdr.header_size as usize != std::mem::size_of::<RegionHeader>()
+            || hdr.slot_header_size as usize != std::mem::size_of::<SlotHeader>()
+        {
+            return Err(Error::BadHeader("structure sizes differ".into()));
+        }
+        if hdr.tag != tag {
+            return Err(Error::BadHeader(format!("tag {:#x}, expected {tag:#x}", hdr.tag)));
+        }
+        let cfg = RegionConfig { slots: hdr.slots, ring_capacity: hdr.ring_capacity as usize, tag };
+        let want = cfg.total_len()?;
+        if want != len || hdr.total_len as usize != len {
+            return Err(Error::BadHeader(format!("length {len}, header says {}", hdr.total_len)));
+        }
+        Ok(Self { file, map, cfg })
+    }
+
+    /// The configuration the region was created with.
+    pub fn config(&self) -> RegionConfig {
+        self.cfg
+    }
+
+    /// The memfd (to pass to a worker).
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.file.as_fd()
+    }
+
+    fn header(&self) -> &RegionHeader {
+        // SAFETY: initialised by `create` or checked by `attach`.
+        unsafe { &*self.map.as_ptr().cast::<RegionHeader>() }
+    }
+
+    /// The doorbell that wakes the parent.
+    pub fn parent_bell(&self) -> &Doorbell {
+        &self.header().parent_bell
+    }
+
+    /// The parent's count of spinning threads.
+    pub fn parent_spinning(&self) -> &AtomicU32 {
+        &self.header().parent_spinning
+    }
+
+    /// Threads currently spinning in all processes (a snapshot).
+    pub fn spinning(&self) -> u32 {
+        let slots: u32 = (0..self.cfg.slots).map(|i| self.slot(i).header().spinning.load(Relaxed)).sum();
+        slots + self.parent_spinning().load(Relaxed)
+    }
+
+    /// Slot `i`. Panics if `i` is out of range (a bug in the caller).
+    pub fn slot(&self, i: u32) -> Slot<'_> {
+        assert!(i < self.cfg.slots, "slot {i} out of range");
+        let base = self.map.as_mut_ptr();
+        let cap = self.cfg.ring_capacity;
+        let data_start = PAGE * (1 + self.cfg.slots as usize);
+        // SAFETY: all offsets are inside the mapping (total_len was checked).
+        unsafe {
+            Slot {
+                hdr: NonNull::new_unchecked(base.add(PAGE * (1 + i as usize)).cast()),
+                down: NonNull::new_unchecked(base.add(data_start + 2 * cap * i as usize)),
+                up: NonNull::new_unchecked(base.add(data_start + 2 * cap * i as usize + cap)),
+                _region: self,
+            }
+        }
+    }
+
+    /// Resets slot `i` to empty rings and stamps a new `generation`.
+    ///
+    /// # Safety
+    ///
+    /// No process other than the caller may be using the slot: its previous
+    /// worker has exited (or never existed) and the caller holds no
+    /// producer or consumer of it.
+    pub unsafe fn init_slot(&self, i: u32, generation: u32) {
+        let slot = self.slot(i);
+        let hdr = SlotHeader {
+            generation: AtomicU32::new(generation),
+            pid: AtomicU32::new(0),
+            spinning: AtomicU32::new(0),
+            _reserved: 0,
+            bell: Padded(Doorbell::new(1)),
+            down: RingHeader::new(self.cfg.ring_capacity),
+            up: RingHeader::new(self.cfg.ring_capacity),
+        };
+        // SAFETY: in bounds and aligned (page offset); exclusive per contract.
+        unsafe { slot.hdr.as_ptr().write(hdr) };
+    }
+}
+
+/// A view of one slot of a [`Region`].
+#[derive(Debug, Clone, Copy)]
+pub struct Slot<'r> {
+    hdr: NonNull<SlotHeader>,
+    down: NonNull<u8>,
+    up: NonNull<u8>,
+    _region: &'r Region,
+}
+
+impl<'r> Slot<'r> {
+    fn header(&self) -> &'r SlotHeader {
+        // SAFETY: points into the region, which outlives 'r.
+        unsafe { self.hdr.as_ref() }
+    }
+
+    /// The generation stamped by the last [`Region::init_slot`].
+    pub fn generation(&self) -> u32 {
+        self.header().generation.load(Relaxed)
+    }
+
+    /// The pid the worker recorded, 0 if none.
+    pub fn pid(&self) -> u32 {
+        self.header().pid.load(Relaxed)
+    }
+
+    /// Records the attached worker's pid.
+    pub fn set_pid(&self, pid: u32) {
+        self.header().pid.store(pid, Relaxed);
+    }
+
+    /// The worker's spinning flag.
+    pub fn spinning(&self) -> &'r AtomicU32 {
+        &self.header().spinning
+    }
+
+    /// The doorbell that wakes the worker.
+    pub fn bell(&self) -> &'r Doorbell {
+        &self.header().bell
+    }
+
+    /// The parent → worker ring's shared header.
+    pub fn down_header(&self) -> &'r RingHeader {
+        &self.header().down
+    }
+
+    /// The worker → parent ring's shared header.
+    pub fn up_header(&self) -> &'r RingHeader {
+        &self.header().up
+    }
+
+    /// # Safety
+    /// No other producer of this slot's `down` ring exists (in any process).
+    pub unsafe fn down_producer(&self) -> Producer<'r> {
+        // SAFETY: header and data are in the mapped region; exclusivity is
+        // the caller's contract.
+        unsafe { Producer::attach(NonNull::from(&self.header().down), self.down) }
+    }
+
+    /// # Safety
+    /// No other consumer of this slot's `down` ring exists (in any process).
+    pub unsafe fn down_consumer(&self) -> Consumer<'r> {
+        // SAFETY: as in `down_producer`.
+        unsafe { Consumer::attach(NonNull::from(&self.header().down), self.down) }
+    }
+
+    /// # Safety
+    /// No other producer of this slot's `up` ring exists (in any process).
+    pub unsafe fn up_producer(&self) -> Producer<'r> {
+        // SAFETY: as in `down_producer`.
+        unsafe { Producer::attach(NonNull::from(&self.header().up), self.up) }
+    }
+
+    /// # Safety
+    /// No other consumer of this slot's `up` ring exists (in any process).
+    pub unsafe fn up_consumer(&self) -> Consumer<'r> {
+        // SAFETY: as in `down_producer`.
+        unsafe { Consumer::attach(NonNull::from(&self.header().up), self.up) }
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    fn cfg() -> RegionConfig {
+        RegionConfig { slots: 3, ring_capacity: 4096, tag: 0xfeed }
+    }
+
+    #[test]
+    fn create_and_attach_checks_header() {
+        let region = Region::create(cfg()).unwrap();
+        let fd = region.fd().try_clone_to_owned().unwrap();
+        let other = Region::attach(fd, 0xfeed).unwrap();
+        assert_eq!(other.config(), cfg());
+        let fd = region.fd().try_clone_to_owned().unwrap();
+        assert!(matches!(Region::attach(fd, 0xbad), Err(Error::BadHeader(_))));
+    }
+
+    #[test]
+    fn attach_rejects_foreign_memfd() {
+        let fd = rustix::fs::memfd_create("x", MemfdFlags::CLOEXEC).unwrap();
+        rustix::fs::ftruncate(&fd, 8192).unwrap();
+        assert!(matches!(Region::attach(fd, 0), Err(Error::BadHeader(_))));
+    }
+
+    #[test]
+    fn rejects_bad_config() {
+        assert!(Region::create(RegionConfig { slots: 0, ..cfg() }).is_err());
+        assert!(Region::create(RegionConfig { ring_capacity: 1000, ..cfg() }).is_err());
+    }
+
+    #[test]
+    fn slots_carry_messages_between_two_mappings() {
+        let a = Region::create(cfg()).unwrap();
+        let b = Region::attach(a.fd().try_clone_to_owned().unwrap(), 0xfeed).unwrap();
+        for i in 0..3 {
+            // SAFETY: one producer (in `a`) and one consumer (in `b`) per ring.
+            let (mut p, mut c) = unsafe { (a.slot(i).down_producer(), b.slot(i).down_consumer()) };
+            assert!(p.try_push(i, &[i as u8; 33]));
+            let m = c.peek().unwrap().unwrap();
+            assert_eq!((m.tag, m.payload), (i, &[i as u8; 33][..]));
+        }
+    }
+}

@@ -1,0 +1,520 @@
+//! Single-producer, single-consumer byte ring in shared memory.
+//!
+//! The protocol is described in `ring.md` next to this file. In short:
+//! `head` and `tail` are monotonically increasing byte counters (never
+//! wrapped; `u64` lasts for centuries). The producer owns `head`, the consumer
+//! owns `tail`. A message is a 16-byte frame header (`len: u32`, `tag: u32`,
+//! 8 reserved bytes) followed by `len` payload bytes padded to 16, stored
+//! contiguously; when it does not fit before the end of the buffer the
+//! producer writes a *wrap* frame and continues at offset 0. Payloads are
+//! therefore 16-byte aligned and contiguous, so a consumer can decode them in
+//! place.
+//!
+//! The largest message that always fits is [`Producer::max_message`] (half
+//! the capacity minus a frame): larger ones must travel another way (the
+//! `loky` crate sends them in a [`crate::Segment`]).
+
+use std::marker::PhantomData;
+use std::ptr::NonNull;
+
+use crate::sync::{AtomicU64, Padded};
+use crate::{Error, Result};
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+
+/// Size of a frame header, and the alignment of every frame.
+pub const FRAME: usize = 16;
+const WRAP: u32 = u32::MAX;
+
+/// The shared part of a ring. `#[repr(C)]`; the data buffer (of
+/// `capacity` bytes) lives elsewhere in the same region.
+///
+/// * `head`: bytes ever published. Written by the producer only (Release in
+///   [`Grant::commit`]); read by the consumer (Acquire in [`Consumer::peek`]).
+/// * `tail`: bytes ever consumed. Written by the consumer only (Release in
+///   [`Consumer::pop`]); read by the producer (Acquire in
+///   [`Producer::reserve`]).
+/// * `capacity`: written once by the creator before the ring is shared.
+#[repr(C)]
+#[derive(Debug)]
+pub struct RingHeader {
+    head: Padded<AtomicU64>,
+    tail: Padded<AtomicU64>,
+    capacity: u64,
+}
+
+impl RingHeader {
+    /// A fresh, empty ring header for a buffer of `capacity` bytes.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            head: Padded(AtomicU64::new(0)),
+            tail: Padded(AtomicU64::new(0)),
+            capacity: capacity as u64,
+        }
+    }
+
+    /// Validates a capacity: a power of two of at least 256 bytes that fits
+    /// frame lengths (`u32`).
+    pub fn check_capacity(capacity: usize) -> Result<()> {
+        if capacity < 256 || !capacity.is_power_of_two() || capacity > (1usize << 31) {
+            return Err(Error::Config(format!(
+                "ring capacity must be a power of two between 256 B and 2 GiB, got {capacity}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Capacity of the data buffer in bytes.
+    pub fn capacity(&self) -> usize {
+        self.capacity as usize
+    }
+
+    /// Bytes currently queued (a snapshot; exact only when both sides idle).
+    pub fn used(&self) -> usize {
+        let head = self.head.load(Acquire);
+        let tail = self.tail.load(Acquire);
+        head.saturating_sub(tail) as usize
+    }
+
+    /// True if nothing is queued (a snapshot).
+    pub fn is_empty(&self) -> bool {
+        self.used() == 0
+    }
+}
+
+#[inline]
+fn frame_len(len: usize) -> usize {
+    FRAME + len.next_multiple_of(FRAME)
+}
+
+/// The writing end of a ring. At most one `Producer` may exist per ring at
+/// any time, across all processes.
+#[derive(Debug)]
+pub struct Producer<'r> {
+    hdr: NonNull<RingHeader>,
+    data: NonNull<u8>,
+    cap: u64,
+    head: u64,
+    cached_tail: u64,
+    _region: PhantomData<&'r [u8]>,
+}
+
+// SAFETY: a Producer only touches the ring through atomics and the bytes the
+// protocol reserves for it; moving it to another thread keeps the single-
+// producer property (it is not Clone, and `&mut self` methods serialise use).
+unsafe impl Send for Producer<'_> {}
+
+impl<'r> Producer<'r> {
+    /// Attaches the producing end.
+    ///
+    /// # Safety
+    ///
+    /// * `hdr` points to an initialised [`RingHeader`] and `data` to its
+    ///   `capacity` bytes, both valid (and mapped) for `'r`;
+    /// * no other producer for this ring exists while this one lives;
+    /// * the capacity passed [`RingHeader::check_capacity`].
+    pub unsafe fn attach(hdr: NonNull<RingHeader>, data: NonNull<u8>) -> Self {
+        // SAFETY: the caller guarantees `hdr` is valid for reads.
+        let h = unsafe { hdr.as_ref() };
+        let head = h.head.load(Relaxed);
+        Self {
+            hdr,
+            data,
+            cap: h.capacity,
+            head,
+            cached_tail: h.tail.load(Acquire),
+            _region: PhantomData,
+        }
+    }
+
+    fn header(&self) -> &RingHeader {
+        // SAFETY: valid for 'r per `attach`'s contract.
+        unsafe { self.hdr.as_ref() }
+    }
+
+    /// The largest payload that is guaranteed to fit once the ring drains.
+    pub fn max_message(&self) -> usize {
+        self.cap as usize / 2 - FRAME
+    }
+
+    /// Reserves room for a payload of `len` bytes. Returns `None` if the ring
+    /// is currently too full (or `len` exceeds [`Self::max_message`]).
+    /// Nothing is visible to the consumer until [`Grant::commit`].
+    pub fn reserve(&mut self, len: usize) -> Option<Grant<'_, 'r>> {
+        if len > self.max_message() {
+            return None;
+        }
+        let need = frame_len(len) as u64;
+        let pos = self.head % self.cap;
+        let to_end = self.cap - pos;
+        let total = if to_end >= need { need } else { to_end + need };
+        if self.cap - (self.head - self.cached_tail) < total {
+            // SYNC POINT: pairs with the Release store of `tail` in
+            // `Consumer::pop`: the consumer is done with the bytes we reuse.
+            self.cached_tail = self.header().tail.load(Acquire);
+            if self.cap - (self.head - self.cached_tail) < total {
+                return None;
+            }
+        }
+        let start = if to_end >= need {
+            pos
+        } else {
+            // SAFETY: `pos` is 16-aligned and < cap, so a full frame header
+            // fits before the end; the bytes are free (checked above).
+            unsafe { self.write_frame(pos, WRAP, 0) };
+            0
+        };
+        Some(Grant { ring: self, start, skip: total - need, len })
+    }
+
+    /// Copies `payload` into the ring as one message; false if it is full.
+    pub fn try_push(&mut self, tag: u32, payload: &[u8]) -> bool {
+        match self.reserve(payload.len()) {
+            Some(mut g) => {
+                g.payload().copy_from_slice(payload);
+                g.commit(tag);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// # Safety
+    /// `pos` is 16-aligned, `pos + FRAME <= cap`, and the frame is free.
+    unsafe fn write_frame(&mut self, pos: u64, len: u32, tag: u32) {
+        // SAFETY: in bounds and 16-aligned per the contract; the consumer does
+        // not read it before the Release store of `head` publishes it.
+        unsafe {
+            let p = self.data.as_ptr().add(pos as usize).cast::<u32>();
+            p.write(len);
+            p.add(1).write(tag);
+        }
+    }
+}
+
+/// Room reserved in a ring by [`Producer::reserve`]. Dropping it without
+/// committing abandons the reservation (nothing becomes visible).
+#[derive(Debug)]
+pub struct Grant<'p, 'r> {
+    ring: &'p mut Producer<'r>,
+    start: u64,
+    skip: u64,
+    len: usize,
+}
+
+impl Grant<'_, '_> {
+    /// The payload bytes to fill (16-byte aligned, `len` long).
+    pub fn payload(&mut self) -> &mut [u8] {
+        // SAFETY: `reserve` checked that [start, start + frame_len(len)) is
+        // inside the buffer and not readable by the consumer until commit.
+        unsafe {
+            std::slice::from_raw_parts_mut(
+                self.ring.data.as_ptr().add(self.start as usize + FRAME),
+                self.len,
+            )
+        }
+    }
+
+    /// Publishes the message with a user `tag` (any value but `u32::MAX`).
+    pub fn commit(self, tag: u32) {
+        debug_assert_ne!(tag, WRAP);
+        let len = self.len as u32;
+        // SAFETY: `start` is 16-aligned and the frame is reserved.
+        unsafe { self.ring.write_frame(self.start, len, tag) };
+        self.ring.head += self.skip + frame_len(self.len) as u64;
+        // SYNC POINT: Release publishes the frame (and any wrap frame) to the
+        // consumer's Acquire load of `head` in `Consumer::peek`.
+        self.ring.header().head.store(self.ring.head, Release);
+    }
+}
+
+/// The reading end of a ring. At most one `Consumer` may exist per ring at
+/// any time, across all processes.
+#[derive(Debug)]
+pub struct Consumer<'r> {
+    hdr: NonNull<RingHeader>,
+    data: NonNull<u8>,
+    cap: u64,
+    tail: u64,
+    cached_head: u64,
+    _region: PhantomData<&'r [u8]>,
+}
+
+// SAFETY: as for Producer: single consumer, serialised by `&mut self`.
+unsafe impl Send for Consumer<'_> {}
+
+/// A message read in place by [`Consumer::peek`].
+#[derive(Debug, Clone, Copy)]
+pub struct Message<'a> {
+    /// The producer's tag.
+    pub tag: u32,
+    /// The payload, 16-byte aligned.
+    pub payload: &'a [u8],
+}
+
+impl<'r> Consumer<'r> {
+    /// Attaches the consuming end.
+    ///
+    /// # Safety
+    ///
+    /// Same as [`Producer::attach`], for consumers.
+    pub unsafe fn attach(hdr: NonNull<RingHeader>, data: NonNull<u8>) -> Self {
+        // SAFETY: the caller guarantees `hdr` is valid for reads.
+        let h = unsafe { hdr.as_ref() };
+        Self {
+            hdr,
+            data,
+            cap: h.capacity,
+            tail: h.tail.load(Relaxed),
+            cached_head: h.head.load(Acquire),
+            _region: PhantomData,
+        }
+    }
+
+    fn header(&self) -> &RingHeader {
+        // SAFETY: valid for 'r per `attach`'s contract.
+        unsafe { self.hdr.as_ref() }
+    }
+
+    /// True if a message is ready (cheap: one Acquire load when empty).
+    #[inline]
+    pub fn has_message(&mut self) -> bool {
+        if self.cached_head != self.tail {
+            return true;
+        }
+        // SYNC POINT: pairs with the Release store in `Grant::commit`.
+        self.cached_head = self.header().head.load(Acquire);
+        self.cached_head != self.tail
+    }
+
+    /// The next message, read in place, or `None` if the ring is empty.
+    /// The message stays in the ring until [`Self::pop`].
+    pub fn peek(&mut self) -> Result<Option<Message<'_>>> {
+        if !self.has_message() {
+            return Ok(None);
+        }
+        let (pos, len, tag) = self.frame()?;
+        // SAFETY: `frame` validated that the payload lies inside the buffer
+        // and before `head`, so the producer published it and will not write
+        // it again before we advance `tail`.
+        let payload = unsafe {
+            std::slice::from_raw_parts(self.data.as_ptr().add(pos as usize + FRAME), len)
+        };
+        Ok(Some(Message { tag, payload }))
+    }
+
+    /// Reads (and skips past a wrap frame to) the next frame: (pos, len, tag).
+    fn frame(&mut self) -> Result<(u64, usize, u32)> {
+        loop {
+            let pos = self.tail % self.cap;
+            // SAFETY: pos is 16-aligned and < cap; the frame lies before
+            // `head` (has_message), so it was published.
+            let (len, tag) = unsafe {
+                let p = self.data.as_ptr().add(pos as usize).cast::<u32>();
+                (p.read_volatile(), p.add(1).read_volatile())
+            };
+            if len == WRAP {
+                self.tail += self.cap - pos;
+                if self.tail > self.cached_head {
+                    return Err(Error::Corrupt("wrap frame past head".into()));
+                }
+                continue;
+            }
+            let len = len as usize;
+            let end = self.tail + frame_len(len) as u64;
+            if len > self.cap as usize / 2 || pos + frame_len(len) as u64 > self.cap || end > self.cached_head
+            {
+                return Err(Error::Corrupt(format!(
+                    "frame of {len} bytes at {pos} does not fit (capacity {}, published {})",
+                    self.cap,
+                    self.cached_head - self.tail
+                )));
+            }
+            return Ok((pos, len, tag));
+        }
+    }
+
+    /// Releases the message returned by the last `peek` to the producer.
+    pub fn pop(&mut self) -> Result<()> {
+        if !self.has_message() {
+            return Ok(());
+        }
+        let (_, len, _) = self.frame()?;
+        self.tail += frame_len(len) as u64;
+        // SYNC POINT: Release hands the bytes back to the producer's Acquire
+        // load of `tail` in `Producer::reserve`.
+        self.header().tail.store(self.tail, Release);
+        Ok(())
+    }
+}
+
+/// A ring in ordinary heap memory: the same protocol for tests and for
+/// threads within one process.
+#[derive(Debug)]
+pub struct HeapRing {
+    hdr: Box<RingHeader>,
+    data: Box<[std::mem::MaybeUninit<u128>]>,
+}
+
+impl HeapRing {
+    /// A ring of `capacity` bytes (see [`RingHeader::check_capacity`]).
+    pub fn new(capacity: usize) -> Result<Self> {
+        RingHeader::check_capacity(capacity)?;
+        let data = vec![std::mem::MaybeUninit::new(0u128); capacity / 16].into_boxed_slice();
+        Ok(Self { hdr: Box::new(RingHeader::new(capacity)), data })
+    }
+
+    /// Splits into the two ends.
+    pub fn split(&mut self) -> (Producer<'_>, Consumer<'_>) {
+        let hdr = NonNull::from(&*self.hdr);
+        let data = NonNull::new(self.data.as_mut_ptr().cast::<u8>()).expect("boxed slice is non-null");
+        // SAFETY: both pointers are valid while `self` is mutably borrowed,
+        // which the returned lifetimes enforce; exactly one end of each kind.
+        unsafe { (Producer::attach(hdr, data), Consumer::attach(hdr, data)) }
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn pattern(i: usize, len: usize) -> Vec<u8> {
+        (0..len).map(|j| (i.wrapping_mul(31).wrapping_add(j)) as u8).collect()
+    }
+
+    #[test]
+    fn rejects_bad_capacity() {
+        assert!(HeapRing::new(100).is_err());
+        assert!(HeapRing::new(128).is_err());
+        assert!(HeapRing::new(1024).is_ok());
+    }
+
+    #[test]
+    fn push_peek_pop_in_order_with_wrap() {
+        let mut ring = HeapRing::new(256).unwrap();
+        let (mut p, mut c) = ring.split();
+        assert_eq!(p.max_message(), 112);
+        for i in 0..1000 {
+            let len = i % 100;
+            assert!(p.try_push(i as u32, &pattern(i, len)), "push {i}");
+            let m = c.peek().unwrap().expect("message");
+            assert_eq!(m.tag, i as u32);
+            assert_eq!(m.payload, &pattern(i, len)[..]);
+            assert_eq!(m.payload.as_ptr() as usize % 16, 0);
+            c.pop().unwrap();
+            assert!(c.peek().unwrap().is_none());
+        }
+    }
+
+    #[test]
+    fn full_ring_refuses_then_accepts() {
+        let mut ring = HeapRing::new(256).unwrap();
+        let (mut p, mut c) = ring.split();
+        let mut pushed = 0;
+        while p.try_push(pushed, &[7u8; 40]) {
+            pushed += 1;
+        }
+        assert!(pushed >= 3);
+        assert!(!p.try_push(99, &[0u8; 1]));
+        c.peek().unwrap().unwrap();
+        c.pop().unwrap();
+        assert!(p.try_push(99, &[1u8; 40]));
+        assert!(p.reserve(113).is_none(), "over max_message");
+    }
+
+    #[test]
+    fn abandoned_grant_publishes_nothing() {
+        let mut ring = HeapRing::new(256).unwrap();
+        let (mut p, mut c) = ring.split();
+        {
+            let mut g = p.reserve(10).unwrap();
+            g.payload().fill(1);
+        }
+        assert!(c.peek().unwrap().is_none());
+        assert!(p.try_push(5, b"hello"));
+        assert_eq!(c.peek().unwrap().unwrap().payload, b"hello");
+    }
+
+    #[test]
+    fn corrupt_length_is_an_error_not_ub() {
+        let mut ring = HeapRing::new(256).unwrap();
+        let data = ring.data.as_mut_ptr().cast::<u32>();
+        let (mut p, mut c) = ring.split();
+        assert!(p.try_push(1, b"abc"));
+        // SAFETY: test-only write of the first frame's length field, standing
+        // in for a buggy peer.
+        unsafe { data.write(10_000) };
+        assert!(matches!(c.peek(), Err(Error::Corrupt(_))));
+    }
+
+    #[test]
+    fn two_threads_stream() {
+        let mut ring = HeapRing::new(1024).unwrap();
+        let (mut p, mut c) = ring.split();
+        std::thread::scope(|s| {
+            s.spawn(move || {
+                for i in 0..20_000usize {
+                    let m = pattern(i, i % 300);
+                    while !p.try_push(i as u32, &m) {
+                        std::hint::spin_loop();
+                    }
+                }
+            });
+            s.spawn(move || {
+                for i in 0..20_000usize {
+                    let m = loop {
+                        if let Some(m) = c.peek().unwrap() {
+                            break (m.tag, m.payload.to_vec());
+                        }
+                        std::hint::spin_loop();
+                    };
+                    assert_eq!(m.0, i as u32);
+                    assert_eq!(m.1, pattern(i, i % 300));
+                    c.pop().unwrap();
+                }
+            });
+        });
+    }
+
+    proptest! {
+        /// Random interleavings of pushes and pops with sizes from 0 to the
+        /// largest inline message: everything arrives intact and in order.
+        #[test]
+        fn random_sequences_arrive_in_order(
+            sizes in proptest::collection::vec(0usize..=496, 1..200),
+            pops in proptest::collection::vec(0usize..4, 1..200),
+        ) {
+            let mut ring = HeapRing::new(1024).unwrap();
+            let (mut p, mut c) = ring.split();
+            let mut sent = std::collections::VecDeque::new();
+            let mut k = 0;
+            for (i, &len) in sizes.iter().enumerate() {
+                let msg = pattern(i, len);
+                while !p.try_push(i as u32, &msg) {
+                    let m = c.peek().unwrap().expect("full ring must have a message");
+                    let (tag, want): (u32, Vec<u8>) = sent.pop_front().unwrap();
+                    prop_assert_eq!(m.tag, tag);
+                    prop_assert_eq!(m.payload, &want[..]);
+                    c.pop().unwrap();
+                }
+                sent.push_back((i as u32, msg));
+                for _ in 0..pops[k % pops.len()] {
+                    if let Some(m) = c.peek().unwrap() {
+                        let (tag, want) = sent.pop_front().unwrap();
+                        prop_assert_eq!(m.tag, tag);
+                        prop_assert_eq!(m.payload, &want[..]);
+                        c.pop().unwrap();
+                    }
+                }
+                k += 1;
+            }
+            while let Some(m) = c.peek().unwrap() {
+                let (tag, want) = sent.pop_front().unwrap();
+                prop_assert_eq!(m.tag, tag);
+                prop_assert_eq!(m.payload, &want[..]);
+                c.pop().unwrap();
+            }
+            prop_assert!(sent.is_empty());
+        }
+    }
+}

@@ -1,0 +1,237 @@
+//! Spawning a worker: `fork` + `execve`, never `fork` alone.
+//!
+//! Between `fork` and `execve` the child runs only async-signal-safe calls
+//! (`dup2`, `fcntl`, `prctl`, `getppid`, `sigprocmask`, `write`, `_exit`) on
+//! data prepared before the fork, so it is safe in a multi-threaded parent.
+//! The child:
+//!
+//! 1. moves the descriptors it must keep above every target number, then
+//!    `dup2`s each to its fixed target (which clears close-on-exec);
+//! 2. points stdin at `/dev/null`;
+//! 3. clears the signal mask it inherited from the spawning thread;
+//! 4. sets `PR_SET_PDEATHSIG`, then re-checks `getppid()` in case the parent
+//!    died before the call (the signal is tied to the *thread* that forked,
+//!    so spawn from a long-lived thread);
+//! 5. `execve`s, or reports `errno` through a close-on-exec pipe.
+
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use crate::error::OsContext;
+use crate::{Error, PidFd, Result};
+
+/// Where the first descriptors are moved in the child before placing them.
+const SCRATCH_FD: RawFd = 512;
+
+/// What to run.
+#[derive(Debug)]
+pub struct Spawn<'a> {
+    program: CString,
+    args: Vec<CString>,
+    env: Vec<CString>,
+    fds: Vec<(BorrowedFd<'a>, RawFd)>,
+    death_signal: Option<i32>,
+}
+
+impl<'a> Spawn<'a> {
+    /// Runs `program` (e.g. `/proc/self/exe`) with `argv[0] = arg0`.
+    pub fn new(program: &Path, arg0: &str) -> Result<Self> {
+        Ok(Self {
+            program: cstring(program.as_os_str().as_bytes())?,
+            args: vec![cstring(arg0.as_bytes())?],
+            env: Vec::new(),
+            fds: Vec::new(),
+            death_signal: None,
+        })
+    }
+
+    /// Adds an argument.
+    pub fn arg(mut self, arg: &str) -> Result<Self> {
+        self.args.push(cstring(arg.as_bytes())?);
+        Ok(self)
+    }
+
+    /// Sets the whole environment (`KEY=VALUE` pairs).
+    pub fn env<K: AsRef<[u8]>, V: AsRef<[u8]>>(mut self, vars: impl IntoIterator<Item = (K, V)>) -> Result<Self> {
+        for (k, v) in vars {
+            let mut kv = k.as_ref().to_vec();
+            kv.push(b'=');
+            kv.extend_from_slice(v.as_ref());
+            self.env.push(cstring(&kv)?);
+        }
+        Ok(self)
+    }
+
+    /// Makes `fd` appear in the child as descriptor number `target`
+    /// (`3 <= target < 512`).
+    pub fn fd(mut self, fd: BorrowedFd<'a>, target: RawFd) -> Result<Self> {
+        if !(3..SCRATCH_FD).contains(&target) || self.fds.iter().any(|&(_, t)| t == target) {
+            return Err(Error::Config(format!("descriptor target {target} invalid or taken")));
+        }
+        self.fds.push((fd, target));
+        Ok(self)
+    }
+
+    /// Signal the child receives when the spawning thread exits.
+    pub fn death_signal(mut self, signal: i32) -> Self {
+        self.death_signal = Some(signal);
+        self
+    }
+
+    /// Forks and executes; returns the child's pidfd once `execve` succeeded.
+    pub fn spawn(self) -> Result<PidFd> {
+        let argv: Vec<*const libc::c_char> =
+            self.args.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
+        let envp: Vec<*const libc::c_char> =
+            self.env.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
+        let devnull: OwnedFd = std::fs::File::open("/dev/null").os("open(/dev/null)")?.into();
+        let (err_read, err_write) =
+            rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).os("pipe2")?;
+        let srcs: Vec<(RawFd, RawFd)> = self.fds.iter().map(|(fd, t)| (fd.as_raw_fd(), *t)).collect();
+        let parent = std::process::id() as libc::pid_t;
+        let death_signal = self.death_signal.unwrap_or(0);
+        let (devnull_raw, err_raw) = (devnull.as_raw_fd(), err_write.as_raw_fd());
+
+        // SAFETY: the child branch below only makes async-signal-safe libc
+        // calls on memory prepared before the fork (argv, envp, srcs), and
+        // always ends in `execve` or `_exit`, never returning into Rust code.
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            return Err(std::io::Error::last_os_error()).os("fork");
+        }
+        if pid == 0 {
+            // SAFETY: child side of fork, see above.
+            unsafe { child(&self.program, &argv, &envp, &srcs, devnull_raw, err_raw, death_signal, parent) }
+        }
+        drop(err_write);
+        let mut buf = [0u8; 4];
+        let n = loop {
+            match rustix::io::read(&err_read, &mut buf) {
+                Err(rustix::io::Errno::INTR) => continue,
+                other => break other.os("read(exec status)")?,
+            }
+        };
+        let pidfd = PidFd::open(pid as u32);
+        if n == 0 {
+            return pidfd;
+        }
+        // exec failed: reap the child, report its errno.
+        let mut status = 0;
+        // SAFETY: plain waitpid on our own child.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        let errno = i32::from_ne_bytes(buf);
+        Err(Error::Os { op: "execve", source: std::io::Error::from_raw_os_error(errno) })
+    }
+}
+
+fn cstring(bytes: &[u8]) -> Result<CString> {
+    CString::new(bytes).map_err(|_| Error::Config("argument or variable contains a NUL byte".into()))
+}
+
+/// The child between fork and exec.
+///
+/// # Safety
+/// Must only be called in a freshly forked child; all pointers valid.
+#[allow(clippy::too_many_arguments)]
+unsafe fn child(
+    program: &CString,
+    argv: &[*const libc::c_char],
+    envp: &[*const libc::c_char],
+    srcs: &[(RawFd, RawFd)],
+    devnull: RawFd,
+    err: RawFd,
+    death_signal: i32,
+    parent: libc::pid_t,
+) -> ! {
+    // SAFETY: async-signal-safe calls only (see module docs).
+    unsafe {
+        let fail = |what: i32| -> ! {
+            let e = what.to_ne_bytes();
+            libc::write(err, e.as_ptr().cast(), 4);
+            libc::_exit(127)
+        };
+        // Move the error pipe and every source above all targets.
+        let err = libc::fcntl(err, libc::F_DUPFD_CLOEXEC, SCRATCH_FD);
+        if err < 0 {
+            libc::_exit(126);
+        }
+        let mut moved = [0 as RawFd; 16];
+        if srcs.len() > moved.len() {
+            fail(libc::E2BIG);
+        }
+        for (i, &(src, _)) in srcs.iter().enumerate() {
+            let m = libc::fcntl(src, libc::F_DUPFD_CLOEXEC, SCRATCH_FD);
+            if m < 0 {
+                fail(*libc::__errno_location());
+            }
+            moved[i] = m;
+        }
+        for (i, &(_, target)) in srcs.iter().enumerate() {
+            if libc::dup2(moved[i], target) < 0 {
+                fail(*libc::__errno_location());
+            }
+        }
+        if libc::dup2(devnull, 0) < 0 {
+            fail(*libc::__errno_location());
+        }
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+        if death_signal != 0 {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, death_signal as libc::c_ulong, 0, 0, 0) != 0 {
+                fail(*libc::__errno_location());
+            }
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
+        }
+        libc::execve(program.as_ptr(), argv.as_ptr(), envp.as_ptr());
+        fail(*libc::__errno_location())
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::ExitStatus;
+    use std::os::fd::AsFd;
+    use std::time::Duration;
+
+    #[test]
+    fn places_fd_and_passes_env() {
+        let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap();
+        let child = Spawn::new(Path::new("/bin/sh"), "sh")
+            .unwrap()
+            .arg("-c")
+            .unwrap()
+            .arg("echo \"$GREETING\" >&7")
+            .unwrap()
+            .env([("GREETING", "hello")])
+            .unwrap()
+            .fd(w.as_fd(), 7)
+            .unwrap()
+            .death_signal(9)
+            .spawn()
+            .unwrap();
+        drop(w);
+        let st = child.wait_timeout(Duration::from_secs(20)).unwrap();
+        assert_eq!(st, Some(ExitStatus::Exited(0)));
+        let mut buf = [0u8; 16];
+        let n = rustix::io::read(&r, &mut buf).unwrap();
+        assert_eq!(&buf[..n], b"hello\n");
+    }
+
+    #[test]
+    fn exec_failure_is_reported() {
+        let err = Spawn::new(Path::new("/nonexistent/program"), "x").unwrap().spawn().unwrap_err();
+        assert!(matches!(err, Error::Os { op: "execve", .. }), "{err}");
+    }
+
+    #[test]
+    fn rejects_bad_targets() {
+        let (_r, w) = rustix::pipe::pipe().unwrap();
+        assert!(Spawn::new(Path::new("/bin/true"), "t").unwrap().fd(w.as_fd(), 1).is_err());
+    }
+}
