@@ -1,6 +1,44 @@
-//! loky: a robust, reusable process-pool executor with a shared-memory data plane.
+//! # loky
+//!
+//! A robust, reusable process-pool executor with a shared-memory data
+//! plane, in the spirit of Python's `loky` and
+//! `concurrent.futures.ProcessPoolExecutor`.
+//!
+//! ```
+//! use loky::ProcessPoolExecutor;
+//!
+//! let ex = ProcessPoolExecutor::builder().max_workers(2).build()?;
+//! let pid = ex.submit(|_: ()| std::process::id(), ())?.result()?;
+//! assert_ne!(pid, std::process::id()); // it ran in another process
+//! # Ok::<(), loky::Error>(())
+//! ```
+//!
+//! Tasks run in worker processes: re-executions of the current binary that
+//! are intercepted before `main`, so no init call is needed anywhere (not
+//! in `main`, not in tests). A task that panics fails its future with
+//! [`Error::TaskPanicked`]; a worker that crashes fails its tasks with
+//! [`Error::TerminatedWorker`] and is replaced. Arguments and results travel
+//! as validated rkyv archives through per-worker shared-memory rings.
 #![cfg(target_os = "linux")]
 
+mod codec;
+mod error;
+mod executor;
+mod future;
+mod map;
+mod pool;
+mod protocol;
+mod stats;
 pub mod topology;
+mod transport;
+mod wait;
+mod worker;
 
+pub use codec::Payload;
+pub use error::{CodecStage, Error, ExitStatus, Result};
+pub use executor::{ProcessPoolExecutor, ProcessPoolExecutorBuilder};
+pub use future::Future;
+pub use map::{Map, MapUnordered};
+pub use stats::Stats;
 pub use topology::{cpu_count, cpu_count_physical, cpu_count_report};
+pub use wait::{as_completed, wait, AsCompleted, ReturnWhen, WaitResult};

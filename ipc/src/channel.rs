@@ -35,9 +35,16 @@ impl<'r> Sender<'r> {
 
     /// Sends a message of `len` bytes written by `fill`. Returns `Ok(false)`
     /// (and does not call `fill`) when the ring is full; `tag < SPILL`.
-    pub fn send_with(&mut self, tag: u32, len: usize, fill: impl FnOnce(&mut [u8])) -> Result<bool> {
+    pub fn send_with(
+        &mut self,
+        tag: u32,
+        len: usize,
+        fill: impl FnOnce(&mut [u8]),
+    ) -> Result<bool> {
         if tag >= SPILL {
-            return Err(Error::Config(format!("tag {tag:#x} uses the reserved SPILL bit")));
+            return Err(Error::Config(format!(
+                "tag {tag:#x} uses the reserved SPILL bit"
+            )));
         }
         if len <= self.ring.max_message() {
             return Ok(match self.ring.reserve(len) {
@@ -49,7 +56,9 @@ impl<'r> Sender<'r> {
                 None => false,
             });
         }
-        let Some(mut grant) = self.ring.reserve(8) else { return Ok(false) };
+        let Some(mut grant) = self.ring.reserve(8) else {
+            return Ok(false);
+        };
         let mut segment = Segment::create(len)?;
         fill(segment.as_mut_slice());
         fdpass::send_fd(self.socket.as_fd(), segment.fd())?;
@@ -84,7 +93,11 @@ pub struct Incoming<'a> {
 impl<'r> Receiver<'r> {
     /// Wraps the consuming end of a ring and this side's socket.
     pub fn new(ring: Consumer<'r>, socket: OwnedFd) -> Self {
-        Self { ring, socket, segment: None }
+        Self {
+            ring,
+            socket,
+            segment: None,
+        }
     }
 
     /// True if a message is waiting (cheap).
@@ -110,15 +123,24 @@ impl<'r> Receiver<'r> {
                 }
             };
             let Some((tag, len)) = spill else {
-                let m = self.ring.peek()?.ok_or_else(|| Error::Corrupt("message vanished".into()))?;
-                return Ok(Some(Incoming { tag: m.tag, bytes: m.payload }));
+                let m = self
+                    .ring
+                    .peek()?
+                    .ok_or_else(|| Error::Corrupt("message vanished".into()))?;
+                return Ok(Some(Incoming {
+                    tag: m.tag,
+                    bytes: m.payload,
+                }));
             };
             let fd = fdpass::recv_fd(self.socket.as_fd())?;
             let segment = Segment::open_len(fd, len)?;
             self.ring.pop()?;
             self.segment = Some((tag, segment));
         }
-        Ok(self.segment.as_ref().map(|(tag, s)| Incoming { tag: *tag, bytes: s.as_slice() }))
+        Ok(self.segment.as_ref().map(|(tag, s)| Incoming {
+            tag: *tag,
+            bytes: s.as_slice(),
+        }))
     }
 
     /// Releases the message returned by the last [`Self::peek`].

@@ -25,9 +25,15 @@
 //!
 //! The futex is *not* `FUTEX_PRIVATE`, so it works across processes that map
 //! the same pages.
+//!
+//! Under `--cfg loom` the futex is replaced by a model of it (a loom mutex
+//! standing for the kernel's hash-bucket lock, and a condvar for its wait
+//! queue), so that loom can check the handshake above; loom cannot model
+//! timeouts, so there a lost wake-up shows up as a deadlock.
 
 use std::time::Duration;
 
+#[cfg(not(loom))]
 use rustix::thread::futex;
 
 use crate::sync::{fence, AtomicU32};
@@ -45,12 +51,19 @@ use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
 pub struct Doorbell {
     seq: AtomicU32,
     awake: AtomicU32,
+    #[cfg(loom)]
+    futex: ModelFutex,
 }
 
 impl Doorbell {
     /// A doorbell with `awake` consumers counted as polling.
     pub fn new(awake: u32) -> Self {
-        Self { seq: AtomicU32::new(0), awake: AtomicU32::new(awake) }
+        Self {
+            seq: AtomicU32::new(0),
+            awake: AtomicU32::new(awake),
+            #[cfg(loom)]
+            futex: ModelFutex::default(),
+        }
     }
 
     /// Reset in place (the slot of a dead worker is being reused).
@@ -72,10 +85,16 @@ impl Doorbell {
         // SYNC POINT: Release so a consumer that observes the new `seq` in
         // `announce_sleep` (Acquire) also observes the published message.
         self.seq.fetch_add(1, Release);
-        // A failed wake (EFAULT cannot happen on a valid reference) is not
-        // actionable: the sleeper's timeout will find the message.
-        let _ = futex::wake(&self.seq, futex::Flags::empty(), u32::MAX);
+        self.futex_wake();
         true
+    }
+
+    /// Wakes every sleeper whether or not a consumer is awake (used for
+    /// control events such as shutdown, not on the data path).
+    pub fn wake_all(&self) {
+        // SYNC POINT: as in `ring`.
+        self.seq.fetch_add(1, Release);
+        self.futex_wake();
     }
 
     /// Number of consumers currently counted as awake.
@@ -106,7 +125,11 @@ impl Doorbell {
         self.awake.fetch_sub(1, SeqCst);
         // SYNC POINT: pairs with the fence in `ring`.
         fence(SeqCst);
-        SleepToken { bell: self, seq, done: false }
+        SleepToken {
+            bell: self,
+            seq,
+            done: false,
+        }
     }
 }
 
@@ -128,14 +151,63 @@ impl SleepToken<'_> {
     /// Sleep until a producer rings, the timeout passes, or a signal arrives.
     /// The consumer counts as awake again when this returns.
     pub fn wait(mut self, timeout: Option<Duration>) {
+        self.bell.futex_wait(self.seq, timeout);
+        self.done = true;
+        self.bell.awake.fetch_add(1, SeqCst);
+    }
+}
+
+#[cfg(not(loom))]
+impl Doorbell {
+    /// `FUTEX_WAKE` on `seq`, every waiter.
+    fn futex_wake(&self) {
+        // A failed wake (EFAULT cannot happen on a valid reference) is not
+        // actionable: the sleeper's timeout will find the message.
+        let _ = futex::wake(&self.seq, futex::Flags::empty(), u32::MAX);
+    }
+
+    /// `FUTEX_WAIT` on `seq` while it still equals `expected`.
+    fn futex_wait(&self, expected: u32, timeout: Option<Duration>) {
         let ts = timeout.map(|d| rustix::time::Timespec {
             tv_sec: d.as_secs().min(i64::MAX as u64) as i64,
             tv_nsec: i64::from(d.subsec_nanos()),
         });
         // EAGAIN (seq moved on), ETIMEDOUT and EINTR all mean "look again".
-        let _ = futex::wait(&self.bell.seq, futex::Flags::empty(), self.seq, ts.as_ref());
-        self.done = true;
-        self.bell.awake.fetch_add(1, SeqCst);
+        let _ = futex::wait(&self.seq, futex::Flags::empty(), expected, ts.as_ref());
+    }
+}
+
+/// Under `--cfg loom`: the kernel's futex, modelled. `bucket` stands for the
+/// hash-bucket lock that `FUTEX_WAIT` holds while it compares the word and
+/// queues the caller, and that `FUTEX_WAKE` holds while it dequeues.
+#[cfg(loom)]
+#[derive(Debug, Default)]
+struct ModelFutex {
+    bucket: loom::sync::Mutex<()>,
+    queue: loom::sync::Condvar,
+}
+
+#[cfg(loom)]
+impl Doorbell {
+    fn futex_wake(&self) {
+        let _bucket = self.futex.bucket.lock().unwrap_or_else(|e| e.into_inner());
+        self.futex.queue.notify_all();
+    }
+
+    /// Never times out (loom has no time): a lost wake-up is a deadlock,
+    /// which loom reports.
+    fn futex_wait(&self, expected: u32, _timeout: Option<Duration>) {
+        let bucket = self.futex.bucket.lock().unwrap_or_else(|e| e.into_inner());
+        // Relaxed: the bucket lock alone orders this load against a waker
+        // (as in the kernel), and the weakest load explores the most.
+        if self.seq.load(Relaxed) == expected {
+            drop(
+                self.futex
+                    .queue
+                    .wait(bucket)
+                    .unwrap_or_else(|e| e.into_inner()),
+            );
+        }
     }
 }
 
@@ -188,7 +260,10 @@ mod tests {
         bell.ring();
         let waited = t.join().expect("sleeper thread");
         // The bound is only a hang detector: a lost wake-up would sleep 30 s.
-        assert!(waited < Duration::from_secs(20), "wake-up lost: slept {waited:?}");
+        assert!(
+            waited < Duration::from_secs(20),
+            "wake-up lost: slept {waited:?}"
+        );
     }
 
     #[test]
@@ -201,5 +276,81 @@ mod tests {
         token.wait(Some(Duration::from_secs(30)));
         assert!(start.elapsed() < Duration::from_secs(20));
         assert_eq!(bell.awake(), 1);
+    }
+}
+
+/// Loom model of the doorbell (run with `RUSTFLAGS="--cfg loom" cargo test
+/// -p loky-ipc --release --lib loom`).
+#[cfg(all(test, loom))]
+mod loom_model {
+    use super::*;
+    use crate::ring::HeapRing;
+    use loom::sync::atomic::AtomicBool;
+    use loom::sync::Arc;
+    use loom::thread;
+
+    /// The Dekker core: the consumer announces sleep then re-checks for
+    /// work; the producer publishes then rings. In every interleaving the
+    /// consumer sees the message or the producer sees `awake == 0` (and so
+    /// issues a wake).
+    #[test]
+    fn loom_doorbell_consumer_sees_message_or_producer_wakes() {
+        loom::model(|| {
+            let bell = Arc::new(Doorbell::new(1));
+            let work = Arc::new(AtomicBool::new(false));
+            let (b, w) = (bell.clone(), work.clone());
+            let consumer = thread::spawn(move || {
+                let token = b.announce_sleep();
+                let saw = w.load(Acquire);
+                token.cancel();
+                saw
+            });
+            work.store(true, Release);
+            let woke = bell.ring();
+            let saw = consumer.join().expect("consumer");
+            assert!(
+                saw || woke,
+                "neither the consumer saw the work nor the producer saw it asleep"
+            );
+            assert_eq!(bell.awake(), 1);
+        });
+    }
+
+    /// The whole protocol with the modelled futex: a consumer that sleeps
+    /// whenever its ring is empty receives three messages that a producer
+    /// pushes, ringing after each. A lost wake-up leaves the consumer
+    /// blocked for good, which loom reports as a deadlock.
+    #[test]
+    fn loom_doorbell_no_lost_wakeup() {
+        loom::model(|| {
+            let bell = Arc::new(Doorbell::new(1));
+            // Leaked so that the ends are 'static for `loom::thread::spawn`.
+            let ring = Box::leak(Box::new(HeapRing::new(256).expect("valid capacity")));
+            let (mut p, mut c) = ring.split();
+            let b = bell.clone();
+            let producer = thread::spawn(move || {
+                for i in 0..3u32 {
+                    assert!(p.try_push(i, &i.to_le_bytes()), "three small messages fit");
+                    b.ring();
+                }
+            });
+            let mut next = 0u32;
+            while next < 3 {
+                if let Some(m) = c.peek().expect("well-formed ring") {
+                    assert_eq!((m.tag, m.payload), (next, &next.to_le_bytes()[..]));
+                    c.pop().expect("well-formed ring");
+                    next += 1;
+                    continue;
+                }
+                let token = bell.announce_sleep();
+                if c.has_message() {
+                    token.cancel();
+                    continue;
+                }
+                token.wait(None);
+            }
+            producer.join().expect("producer");
+            assert_eq!(bell.awake(), 1);
+        });
     }
 }

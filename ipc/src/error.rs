@@ -15,7 +15,9 @@ pub enum Error {
     },
     /// A region's header does not match what this binary expects: it was
     /// created by another version of loky, or it is not a loky region at all.
-    #[error("shared region header mismatch: {0}; was the worker built from another version of loky?")]
+    #[error(
+        "shared region header mismatch: {0}; was the worker built from another version of loky?"
+    )]
     BadHeader(String),
     /// The peer wrote something that breaks the ring protocol. The channel
     /// cannot be trusted any more; drop it (and its worker).
@@ -35,7 +37,10 @@ pub(crate) trait OsContext<T> {
 
 impl<T> OsContext<T> for std::result::Result<T, rustix::io::Errno> {
     fn os(self, op: &'static str) -> Result<T> {
-        self.map_err(|e| Error::Os { op, source: e.into() })
+        self.map_err(|e| Error::Os {
+            op,
+            source: e.into(),
+        })
     }
 }
 

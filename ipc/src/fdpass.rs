@@ -20,8 +20,13 @@ use crate::{Error, Result};
 
 /// A connected pair of close-on-exec `SOCK_SEQPACKET` Unix sockets.
 pub fn socket_pair() -> Result<(OwnedFd, OwnedFd)> {
-    rustix::net::socketpair(AddressFamily::UNIX, SocketType::SEQPACKET, SocketFlags::CLOEXEC, None)
-        .os("socketpair")
+    rustix::net::socketpair(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )
+    .os("socketpair")
 }
 
 /// Sends one descriptor. Never raises `SIGPIPE` (a dead peer is an error).
@@ -32,8 +37,13 @@ pub fn send_fd(socket: BorrowedFd<'_>, fd: BorrowedFd<'_>) -> Result<()> {
     if !control.push(SendAncillaryMessage::ScmRights(&fds)) {
         return Err(Error::Config("ancillary buffer too small".into()));
     }
-    rustix::net::sendmsg(socket, &[IoSlice::new(&[1])], &mut control, SendFlags::NOSIGNAL)
-        .os("sendmsg(SCM_RIGHTS)")?;
+    rustix::net::sendmsg(
+        socket,
+        &[IoSlice::new(&[1])],
+        &mut control,
+        SendFlags::NOSIGNAL,
+    )
+    .os("sendmsg(SCM_RIGHTS)")?;
     Ok(())
 }
 
@@ -59,7 +69,9 @@ pub fn recv_fd(socket: BorrowedFd<'_>) -> Result<OwnedFd> {
             }
         }
     }
-    Err(Error::Corrupt("message without a descriptor on the descriptor socket".into()))
+    Err(Error::Corrupt(
+        "message without a descriptor on the descriptor socket".into(),
+    ))
 }
 
 #[cfg(all(test, not(loom)))]

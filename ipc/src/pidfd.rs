@@ -28,7 +28,10 @@ impl std::fmt::Display for ExitStatus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match *self {
             Self::Exited(code) => write!(f, "exit code {code}"),
-            Self::Signaled { signal, core_dumped } => {
+            Self::Signaled {
+                signal,
+                core_dumped,
+            } => {
                 write!(f, "signal {} ({signal})", signal_name(signal))?;
                 if core_dumped {
                     f.write_str(", core dumped")?;
@@ -76,7 +79,8 @@ impl PidFd {
     /// Opens a pidfd for `pid`. For a child that has not been reaped the pid
     /// cannot have been reused, so this is race-free.
     pub fn open(pid: u32) -> Result<Self> {
-        let p = Pid::from_raw(pid as i32).ok_or_else(|| Error::Config(format!("invalid pid {pid}")))?;
+        let p =
+            Pid::from_raw(pid as i32).ok_or_else(|| Error::Config(format!("invalid pid {pid}")))?;
         let fd = rustix::process::pidfd_open(p, PidfdFlags::empty()).os("pidfd_open")?;
         Ok(Self { fd, pid })
     }
@@ -101,7 +105,10 @@ impl PidFd {
                     return Some(ExitStatus::Exited(code));
                 }
             }
-            s.terminating_signal().map(|signal| ExitStatus::Signaled { signal, core_dumped: s.dumped() })
+            s.terminating_signal().map(|signal| ExitStatus::Signaled {
+                signal,
+                core_dumped: s.dumped(),
+            })
         }))
     }
 
@@ -131,7 +138,10 @@ impl AsFd for PidFd {
 /// Polls descriptors for readability; returns one flag per descriptor.
 /// `EINTR` counts as "nothing ready".
 pub fn wait_readable(fds: &[BorrowedFd<'_>], timeout: Option<Duration>) -> Result<Vec<bool>> {
-    let mut polls: Vec<PollFd<'_>> = fds.iter().map(|fd| PollFd::new(fd, PollFlags::IN)).collect();
+    let mut polls: Vec<PollFd<'_>> = fds
+        .iter()
+        .map(|fd| PollFd::new(fd, PollFlags::IN))
+        .collect();
     let ts = timeout.map(|d| rustix::time::Timespec {
         tv_sec: d.as_secs().min(i64::MAX as u64) as i64,
         tv_nsec: i64::from(d.subsec_nanos()),
@@ -152,7 +162,8 @@ pub struct Notifier {
 impl Notifier {
     /// A new, unsignalled notifier.
     pub fn new() -> Result<Self> {
-        let fd = rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK).os("eventfd")?;
+        let fd = rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
+            .os("eventfd")?;
         Ok(Self { fd })
     }
 
@@ -181,26 +192,50 @@ mod tests {
 
     #[test]
     fn reports_signal_and_exit_code() {
-        let child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
         let pidfd = PidFd::open(child.id()).unwrap();
         assert_eq!(pidfd.try_wait().unwrap(), None);
         pidfd.kill(Signal::KILL).unwrap();
         let st = pidfd.wait_timeout(Duration::from_secs(20)).unwrap();
-        assert_eq!(st, Some(ExitStatus::Signaled { signal: 9, core_dumped: false }));
+        assert_eq!(
+            st,
+            Some(ExitStatus::Signaled {
+                signal: 9,
+                core_dumped: false
+            })
+        );
         assert_eq!(st.unwrap().to_string(), "signal SIGKILL (9)");
 
-        let child = std::process::Command::new("sh").args(["-c", "exit 7"]).spawn().unwrap();
+        let child = std::process::Command::new("sh")
+            .args(["-c", "exit 7"])
+            .spawn()
+            .unwrap();
         let pidfd = PidFd::open(child.id()).unwrap();
-        assert_eq!(pidfd.wait_timeout(Duration::from_secs(20)).unwrap(), Some(ExitStatus::Exited(7)));
+        assert_eq!(
+            pidfd.wait_timeout(Duration::from_secs(20)).unwrap(),
+            Some(ExitStatus::Exited(7))
+        );
     }
 
     #[test]
     fn notifier_interrupts_poll() {
         let n = Notifier::new().unwrap();
-        assert_eq!(wait_readable(&[n.as_fd()], Some(Duration::ZERO)).unwrap(), vec![false]);
+        assert_eq!(
+            wait_readable(&[n.as_fd()], Some(Duration::ZERO)).unwrap(),
+            vec![false]
+        );
         n.notify();
-        assert_eq!(wait_readable(&[n.as_fd()], Some(Duration::from_secs(20))).unwrap(), vec![true]);
+        assert_eq!(
+            wait_readable(&[n.as_fd()], Some(Duration::from_secs(20))).unwrap(),
+            vec![true]
+        );
         n.clear();
-        assert_eq!(wait_readable(&[n.as_fd()], Some(Duration::ZERO)).unwrap(), vec![false]);
+        assert_eq!(
+            wait_readable(&[n.as_fd()], Some(Duration::ZERO)).unwrap(),
+            vec![false]
+        );
     }
 }

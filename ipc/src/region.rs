@@ -53,11 +53,18 @@ impl RegionConfig {
     fn total_len(&self) -> Result<usize> {
         RingHeader::check_capacity(self.ring_capacity)?;
         if self.slots == 0 || self.slots > 65_536 {
-            return Err(Error::Config(format!("slots must be in 1..=65536, got {}", self.slots)));
+            return Err(Error::Config(format!(
+                "slots must be in 1..=65536, got {}",
+                self.slots
+            )));
         }
         let slots = self.slots as usize;
         PAGE.checked_mul(1 + slots)
-            .and_then(|h| self.ring_capacity.checked_mul(2 * slots).and_then(|d| d.checked_add(h)))
+            .and_then(|h| {
+                self.ring_capacity
+                    .checked_mul(2 * slots)
+                    .and_then(|d| d.checked_add(h))
+            })
             .ok_or_else(|| Error::Config("region size overflows".into()))
     }
 }
@@ -128,8 +135,11 @@ impl Region {
     /// with every slot initialised empty.
     pub fn create(cfg: RegionConfig) -> Result<Self> {
         let len = cfg.total_len()?;
-        let fd = rustix::fs::memfd_create("loky-region", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
-            .os("memfd_create")?;
+        let fd = rustix::fs::memfd_create(
+            "loky-region",
+            MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
+        )
+        .os("memfd_create")?;
         rustix::fs::ftruncate(&fd, len as u64).os("ftruncate")?;
         rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)
             .os("fcntl(F_ADD_SEALS)")?;
@@ -165,7 +175,9 @@ impl Region {
         let file = File::from(fd);
         let len = file.metadata().os("fstat")?.len() as usize;
         if len < PAGE {
-            return Err(Error::BadHeader(format!("region is {len} bytes, smaller than its header")));
+            return Err(Error::BadHeader(format!(
+                "region is {len} bytes, smaller than its header"
+            )));
         }
         let map = MmapOptions::new().len(len).map_raw(&file).os("mmap")?;
         // SAFETY: at least one page is mapped; RegionHeader is plain data
@@ -186,12 +198,22 @@ impl Region {
             return Err(Error::BadHeader("structure sizes differ".into()));
         }
         if hdr.tag != tag {
-            return Err(Error::BadHeader(format!("tag {:#x}, expected {tag:#x}", hdr.tag)));
+            return Err(Error::BadHeader(format!(
+                "tag {:#x}, expected {tag:#x}",
+                hdr.tag
+            )));
         }
-        let cfg = RegionConfig { slots: hdr.slots, ring_capacity: hdr.ring_capacity as usize, tag };
+        let cfg = RegionConfig {
+            slots: hdr.slots,
+            ring_capacity: hdr.ring_capacity as usize,
+            tag,
+        };
         let want = cfg.total_len()?;
         if want != len || hdr.total_len as usize != len {
-            return Err(Error::BadHeader(format!("length {len}, header says {}", hdr.total_len)));
+            return Err(Error::BadHeader(format!(
+                "length {len}, header says {}",
+                hdr.total_len
+            )));
         }
         Ok(Self { file, map, cfg })
     }
@@ -223,7 +245,9 @@ impl Region {
 
     /// Threads currently spinning in all processes (a snapshot).
     pub fn spinning(&self) -> u32 {
-        let slots: u32 = (0..self.cfg.slots).map(|i| self.slot(i).header().spinning.load(Relaxed)).sum();
+        let slots: u32 = (0..self.cfg.slots)
+            .map(|i| self.slot(i).header().spinning.load(Relaxed))
+            .sum();
         slots + self.parent_spinning().load(Relaxed)
     }
 
@@ -352,7 +376,11 @@ mod tests {
     use super::*;
 
     fn cfg() -> RegionConfig {
-        RegionConfig { slots: 3, ring_capacity: 4096, tag: 0xfeed }
+        RegionConfig {
+            slots: 3,
+            ring_capacity: 4096,
+            tag: 0xfeed,
+        }
     }
 
     #[test]
@@ -362,7 +390,10 @@ mod tests {
         let other = Region::attach(fd, 0xfeed).unwrap();
         assert_eq!(other.config(), cfg());
         let fd = region.fd().try_clone_to_owned().unwrap();
-        assert!(matches!(Region::attach(fd, 0xbad), Err(Error::BadHeader(_))));
+        assert!(matches!(
+            Region::attach(fd, 0xbad),
+            Err(Error::BadHeader(_))
+        ));
     }
 
     #[test]
@@ -375,7 +406,11 @@ mod tests {
     #[test]
     fn rejects_bad_config() {
         assert!(Region::create(RegionConfig { slots: 0, ..cfg() }).is_err());
-        assert!(Region::create(RegionConfig { ring_capacity: 1000, ..cfg() }).is_err());
+        assert!(Region::create(RegionConfig {
+            ring_capacity: 1000,
+            ..cfg()
+        })
+        .is_err());
     }
 
     #[test]

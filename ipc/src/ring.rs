@@ -86,6 +86,42 @@ fn frame_len(len: usize) -> usize {
     FRAME + len.next_multiple_of(FRAME)
 }
 
+/// Under `--cfg loom`, a model-checked stand-in for the data buffer: one
+/// `loom::cell::UnsafeCell` per 16-byte chunk, touched wherever the ring
+/// reads or writes those bytes, so that loom reports any buffer access that
+/// the `head`/`tail` SYNC POINTs do not order. Only [`HeapRing`] provides
+/// one; elsewhere (and always without loom) it is empty and free.
+#[derive(Debug, Clone, Copy, Default)]
+struct Shadow(#[cfg(loom)] Option<NonNull<loom::cell::UnsafeCell<()>>>);
+
+#[cfg(not(loom))]
+impl Shadow {
+    #[inline(always)]
+    fn read(&self, _start: u64, _len: usize) {}
+    #[inline(always)]
+    fn write(&self, _start: u64, _len: usize) {}
+}
+
+#[cfg(loom)]
+impl Shadow {
+    fn read(&self, start: u64, len: usize) {
+        self.touch(start, len, |cell| cell.with(|_| ()));
+    }
+    fn write(&self, start: u64, len: usize) {
+        self.touch(start, len, |cell| cell.with_mut(|_| ()));
+    }
+    fn touch(&self, start: u64, len: usize, access: impl Fn(&loom::cell::UnsafeCell<()>)) {
+        let Some(cells) = self.0 else { return };
+        let first = start as usize / FRAME;
+        let end = (start as usize + len).div_ceil(FRAME);
+        for chunk in first..end {
+            // SAFETY: `HeapRing` allocates one cell per 16-byte chunk of its
+            // buffer and outlives both ends; callers pass in-bounds ranges.
+            access(unsafe { &*cells.as_ptr().add(chunk) });
+        }
+    }
+}
+
 /// The writing end of a ring. At most one `Producer` may exist per ring at
 /// any time, across all processes.
 #[derive(Debug)]
@@ -95,6 +131,7 @@ pub struct Producer<'r> {
     cap: u64,
     head: u64,
     cached_tail: u64,
+    shadow: Shadow,
     _region: PhantomData<&'r [u8]>,
 }
 
@@ -122,6 +159,7 @@ impl<'r> Producer<'r> {
             cap: h.capacity,
             head,
             cached_tail: h.tail.load(Acquire),
+            shadow: Shadow::default(),
             _region: PhantomData,
         }
     }
@@ -147,11 +185,11 @@ impl<'r> Producer<'r> {
         let pos = self.head % self.cap;
         let to_end = self.cap - pos;
         let total = if to_end >= need { need } else { to_end + need };
-        if self.cap - (self.head - self.cached_tail) < total {
+        if self.free() < total {
             // SYNC POINT: pairs with the Release store of `tail` in
             // `Consumer::pop`: the consumer is done with the bytes we reuse.
             self.cached_tail = self.header().tail.load(Acquire);
-            if self.cap - (self.head - self.cached_tail) < total {
+            if self.free() < total {
                 return None;
             }
         }
@@ -163,7 +201,22 @@ impl<'r> Producer<'r> {
             unsafe { self.write_frame(pos, WRAP, 0) };
             0
         };
-        Some(Grant { ring: self, start, skip: total - need, len })
+        Some(Grant {
+            ring: self,
+            start,
+            skip: total - need,
+            len,
+        })
+    }
+
+    /// Bytes free as far as the last `tail` we read says. `tail` comes from
+    /// the other process: one that no consumer following the protocol could
+    /// have written (ahead of `head`, or more than `cap` behind it) reads as
+    /// a full ring rather than overflowing.
+    #[inline]
+    fn free(&self) -> u64 {
+        self.cap
+            .saturating_sub(self.head.wrapping_sub(self.cached_tail))
     }
 
     /// Copies `payload` into the ring as one message; false if it is full.
@@ -181,6 +234,7 @@ impl<'r> Producer<'r> {
     /// # Safety
     /// `pos` is 16-aligned, `pos + FRAME <= cap`, and the frame is free.
     unsafe fn write_frame(&mut self, pos: u64, len: u32, tag: u32) {
+        self.shadow.write(pos, FRAME);
         // SAFETY: in bounds and 16-aligned per the contract; the consumer does
         // not read it before the Release store of `head` publishes it.
         unsafe {
@@ -204,6 +258,7 @@ pub struct Grant<'p, 'r> {
 impl Grant<'_, '_> {
     /// The payload bytes to fill (16-byte aligned, `len` long).
     pub fn payload(&mut self) -> &mut [u8] {
+        self.ring.shadow.write(self.start + FRAME as u64, self.len);
         // SAFETY: `reserve` checked that [start, start + frame_len(len)) is
         // inside the buffer and not readable by the consumer until commit.
         unsafe {
@@ -236,6 +291,7 @@ pub struct Consumer<'r> {
     cap: u64,
     tail: u64,
     cached_head: u64,
+    shadow: Shadow,
     _region: PhantomData<&'r [u8]>,
 }
 
@@ -266,6 +322,7 @@ impl<'r> Consumer<'r> {
             cap: h.capacity,
             tail: h.tail.load(Relaxed),
             cached_head: h.head.load(Acquire),
+            shadow: Shadow::default(),
             _region: PhantomData,
         }
     }
@@ -293,6 +350,7 @@ impl<'r> Consumer<'r> {
             return Ok(None);
         }
         let (pos, len, tag) = self.frame()?;
+        self.shadow.read(pos + FRAME as u64, len);
         // SAFETY: `frame` validated that the payload lies inside the buffer
         // and before `head`, so the producer published it and will not write
         // it again before we advance `tail`.
@@ -306,6 +364,7 @@ impl<'r> Consumer<'r> {
     fn frame(&mut self) -> Result<(u64, usize, u32)> {
         loop {
             let pos = self.tail % self.cap;
+            self.shadow.read(pos, FRAME);
             // SAFETY: pos is 16-aligned and < cap; the frame lies before
             // `head` (has_message), so it was published.
             let (len, tag) = unsafe {
@@ -321,12 +380,15 @@ impl<'r> Consumer<'r> {
             }
             let len = len as usize;
             let end = self.tail + frame_len(len) as u64;
-            if len > self.cap as usize / 2 || pos + frame_len(len) as u64 > self.cap || end > self.cached_head
+            if len > self.cap as usize / 2
+                || pos + frame_len(len) as u64 > self.cap
+                || end > self.cached_head
             {
                 return Err(Error::Corrupt(format!(
                     "frame of {len} bytes at {pos} does not fit (capacity {}, published {})",
                     self.cap,
-                    self.cached_head - self.tail
+                    // `head` comes from the peer and may be behind `tail`.
+                    self.cached_head.saturating_sub(self.tail)
                 )));
             }
             return Ok((pos, len, tag));
@@ -338,7 +400,9 @@ impl<'r> Consumer<'r> {
         if !self.has_message() {
             return Ok(());
         }
-        let (_, len, _) = self.frame()?;
+        let (pos, len, _) = self.frame()?;
+        // The payload borrowed since `peek` is last read before this point.
+        self.shadow.read(pos + FRAME as u64, len);
         self.tail += frame_len(len) as u64;
         // SYNC POINT: Release hands the bytes back to the producer's Acquire
         // load of `tail` in `Producer::reserve`.
@@ -353,6 +417,8 @@ impl<'r> Consumer<'r> {
 pub struct HeapRing {
     hdr: Box<RingHeader>,
     data: Box<[std::mem::MaybeUninit<u128>]>,
+    #[cfg(loom)]
+    shadow: Box<[loom::cell::UnsafeCell<()>]>,
 }
 
 impl HeapRing {
@@ -360,16 +426,32 @@ impl HeapRing {
     pub fn new(capacity: usize) -> Result<Self> {
         RingHeader::check_capacity(capacity)?;
         let data = vec![std::mem::MaybeUninit::new(0u128); capacity / 16].into_boxed_slice();
-        Ok(Self { hdr: Box::new(RingHeader::new(capacity)), data })
+        Ok(Self {
+            hdr: Box::new(RingHeader::new(capacity)),
+            data,
+            #[cfg(loom)]
+            shadow: (0..capacity / FRAME)
+                .map(|_| loom::cell::UnsafeCell::new(()))
+                .collect(),
+        })
     }
 
     /// Splits into the two ends.
     pub fn split(&mut self) -> (Producer<'_>, Consumer<'_>) {
         let hdr = NonNull::from(&*self.hdr);
-        let data = NonNull::new(self.data.as_mut_ptr().cast::<u8>()).expect("boxed slice is non-null");
+        let data =
+            NonNull::new(self.data.as_mut_ptr().cast::<u8>()).expect("boxed slice is non-null");
         // SAFETY: both pointers are valid while `self` is mutably borrowed,
         // which the returned lifetimes enforce; exactly one end of each kind.
-        unsafe { (Producer::attach(hdr, data), Consumer::attach(hdr, data)) }
+        let ends = unsafe { (Producer::attach(hdr, data), Consumer::attach(hdr, data)) };
+        #[cfg(loom)]
+        let ends = {
+            let cells = Shadow(NonNull::new(self.shadow.as_mut_ptr()));
+            let (mut p, mut c) = ends;
+            (p.shadow, c.shadow) = (cells, cells);
+            (p, c)
+        };
+        ends
     }
 }
 
@@ -379,7 +461,9 @@ mod tests {
     use proptest::prelude::*;
 
     fn pattern(i: usize, len: usize) -> Vec<u8> {
-        (0..len).map(|j| (i.wrapping_mul(31).wrapping_add(j)) as u8).collect()
+        (0..len)
+            .map(|j| (i.wrapping_mul(31).wrapping_add(j)) as u8)
+            .collect()
     }
 
     #[test]
@@ -516,5 +600,53 @@ mod tests {
             }
             prop_assert!(sent.is_empty());
         }
+    }
+}
+
+/// Loom model of the ring (run with `RUSTFLAGS="--cfg loom" cargo test -p
+/// loky-ipc --release --lib loom`). The buffer is checked through
+/// [`Shadow`]: loom fails the model if any read or write of the bytes is not
+/// ordered by the `head`/`tail` SYNC POINTs.
+#[cfg(all(test, loom))]
+mod loom_model {
+    use super::*;
+    use loom::thread;
+
+    /// Payload sizes: frames of 96, 80 and 96 bytes in a 256-byte ring, so
+    /// the third message does not fit before the end: the producer must wait
+    /// for the first to be popped, write a wrap frame and reuse its bytes.
+    const LENS: [usize; 3] = [80, 64, 80];
+
+    fn pattern(i: usize, len: usize) -> Vec<u8> {
+        (0..len).map(|j| (i * 101 + j) as u8).collect()
+    }
+
+    #[test]
+    fn loom_ring_three_messages_in_order() {
+        loom::model(|| {
+            // Leaked so that the ends are 'static for `loom::thread::spawn`.
+            let ring = Box::leak(Box::new(HeapRing::new(256).expect("valid capacity")));
+            let (mut p, mut c) = ring.split();
+            let producer = thread::spawn(move || {
+                for (i, &len) in LENS.iter().enumerate() {
+                    while !p.try_push(i as u32, &pattern(i, len)) {
+                        thread::yield_now();
+                    }
+                }
+            });
+            for (i, &len) in LENS.iter().enumerate() {
+                loop {
+                    if let Some(m) = c.peek().expect("well-formed ring") {
+                        assert_eq!(m.tag, i as u32);
+                        assert_eq!(m.payload, &pattern(i, len)[..]);
+                        break;
+                    }
+                    thread::yield_now();
+                }
+                c.pop().expect("well-formed ring");
+            }
+            assert!(c.peek().expect("well-formed ring").is_none());
+            producer.join().expect("producer");
+        });
     }
 }

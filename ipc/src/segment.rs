@@ -32,11 +32,13 @@ unsafe impl Sync for Segment {}
 impl Segment {
     /// Creates a segment of `len` bytes with its pages reserved.
     pub fn create(len: usize) -> Result<Self> {
-        let fd = rustix::fs::memfd_create("loky-segment", MemfdFlags::CLOEXEC).os("memfd_create")?;
+        let fd =
+            rustix::fs::memfd_create("loky-segment", MemfdFlags::CLOEXEC).os("memfd_create")?;
         let size = len.max(1) as u64;
         rustix::fs::ftruncate(&fd, size).os("ftruncate")?;
         if len > 0 {
-            rustix::fs::fallocate(&fd, FallocateFlags::empty(), 0, size).os("fallocate (reserving shared memory)")?;
+            rustix::fs::fallocate(&fd, FallocateFlags::empty(), 0, size)
+                .os("fallocate (reserving shared memory)")?;
         }
         Self::map(File::from(fd), len)
     }
@@ -63,7 +65,10 @@ impl Segment {
     }
 
     fn map(file: File, len: usize) -> Result<Self> {
-        let map = MmapOptions::new().len(len.max(1)).map_raw(&file).os("mmap")?;
+        let map = MmapOptions::new()
+            .len(len.max(1))
+            .map_raw(&file)
+            .os("mmap")?;
         Ok(Self { file, map, len })
     }
 

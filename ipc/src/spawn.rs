@@ -54,7 +54,10 @@ impl<'a> Spawn<'a> {
     }
 
     /// Sets the whole environment (`KEY=VALUE` pairs).
-    pub fn env<K: AsRef<[u8]>, V: AsRef<[u8]>>(mut self, vars: impl IntoIterator<Item = (K, V)>) -> Result<Self> {
+    pub fn env<K: AsRef<[u8]>, V: AsRef<[u8]>>(
+        mut self,
+        vars: impl IntoIterator<Item = (K, V)>,
+    ) -> Result<Self> {
         for (k, v) in vars {
             let mut kv = k.as_ref().to_vec();
             kv.push(b'=');
@@ -68,7 +71,9 @@ impl<'a> Spawn<'a> {
     /// (`3 <= target < 512`).
     pub fn fd(mut self, fd: BorrowedFd<'a>, target: RawFd) -> Result<Self> {
         if !(3..SCRATCH_FD).contains(&target) || self.fds.iter().any(|&(_, t)| t == target) {
-            return Err(Error::Config(format!("descriptor target {target} invalid or taken")));
+            return Err(Error::Config(format!(
+                "descriptor target {target} invalid or taken"
+            )));
         }
         self.fds.push((fd, target));
         Ok(self)
@@ -82,14 +87,28 @@ impl<'a> Spawn<'a> {
 
     /// Forks and executes; returns the child's pidfd once `execve` succeeded.
     pub fn spawn(self) -> Result<PidFd> {
-        let argv: Vec<*const libc::c_char> =
-            self.args.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
-        let envp: Vec<*const libc::c_char> =
-            self.env.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
-        let devnull: OwnedFd = std::fs::File::open("/dev/null").os("open(/dev/null)")?.into();
+        let argv: Vec<*const libc::c_char> = self
+            .args
+            .iter()
+            .map(|a| a.as_ptr())
+            .chain(std::iter::once(std::ptr::null()))
+            .collect();
+        let envp: Vec<*const libc::c_char> = self
+            .env
+            .iter()
+            .map(|a| a.as_ptr())
+            .chain(std::iter::once(std::ptr::null()))
+            .collect();
+        let devnull: OwnedFd = std::fs::File::open("/dev/null")
+            .os("open(/dev/null)")?
+            .into();
         let (err_read, err_write) =
             rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).os("pipe2")?;
-        let srcs: Vec<(RawFd, RawFd)> = self.fds.iter().map(|(fd, t)| (fd.as_raw_fd(), *t)).collect();
+        let srcs: Vec<(RawFd, RawFd)> = self
+            .fds
+            .iter()
+            .map(|(fd, t)| (fd.as_raw_fd(), *t))
+            .collect();
         let parent = std::process::id() as libc::pid_t;
         let death_signal = self.death_signal.unwrap_or(0);
         let (devnull_raw, err_raw) = (devnull.as_raw_fd(), err_write.as_raw_fd());
@@ -103,7 +122,18 @@ impl<'a> Spawn<'a> {
         }
         if pid == 0 {
             // SAFETY: child side of fork, see above.
-            unsafe { child(&self.program, &argv, &envp, &srcs, devnull_raw, err_raw, death_signal, parent) }
+            unsafe {
+                child(
+                    &self.program,
+                    &argv,
+                    &envp,
+                    &srcs,
+                    devnull_raw,
+                    err_raw,
+                    death_signal,
+                    parent,
+                )
+            }
         }
         drop(err_write);
         let mut buf = [0u8; 4];
@@ -122,12 +152,16 @@ impl<'a> Spawn<'a> {
         // SAFETY: plain waitpid on our own child.
         unsafe { libc::waitpid(pid, &mut status, 0) };
         let errno = i32::from_ne_bytes(buf);
-        Err(Error::Os { op: "execve", source: std::io::Error::from_raw_os_error(errno) })
+        Err(Error::Os {
+            op: "execve",
+            source: std::io::Error::from_raw_os_error(errno),
+        })
     }
 }
 
 fn cstring(bytes: &[u8]) -> Result<CString> {
-    CString::new(bytes).map_err(|_| Error::Config("argument or variable contains a NUL byte".into()))
+    CString::new(bytes)
+        .map_err(|_| Error::Config("argument or variable contains a NUL byte".into()))
 }
 
 /// The child between fork and exec.
@@ -180,7 +214,14 @@ unsafe fn child(
         libc::sigemptyset(&mut empty);
         libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
         if death_signal != 0 {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, death_signal as libc::c_ulong, 0, 0, 0) != 0 {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                death_signal as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
                 fail(*libc::__errno_location());
             }
             if libc::getppid() != parent {
@@ -225,13 +266,19 @@ mod tests {
 
     #[test]
     fn exec_failure_is_reported() {
-        let err = Spawn::new(Path::new("/nonexistent/program"), "x").unwrap().spawn().unwrap_err();
+        let err = Spawn::new(Path::new("/nonexistent/program"), "x")
+            .unwrap()
+            .spawn()
+            .unwrap_err();
         assert!(matches!(err, Error::Os { op: "execve", .. }), "{err}");
     }
 
     #[test]
     fn rejects_bad_targets() {
         let (_r, w) = rustix::pipe::pipe().unwrap();
-        assert!(Spawn::new(Path::new("/bin/true"), "t").unwrap().fd(w.as_fd(), 1).is_err());
+        assert!(Spawn::new(Path::new("/bin/true"), "t")
+            .unwrap()
+            .fd(w.as_fd(), 1)
+            .is_err());
     }
 }

@@ -119,8 +119,10 @@ mod tests {
     fn rejects_huge_numbers_without_allocating() {
         assert!(parse("0-4294967295").is_err());
         assert!(parse("99999999999999999999999").is_err());
+        assert!(parse("0-65536").is_err());
+        // Many overlapping ranges cost what the CPUs they name cost.
         let many = vec!["0-65535"; 10_000].join(",");
-        assert!(parse(&many).is_err());
+        assert_eq!(parse(&many).map(|v| v.len()), Ok(65536));
         let many = vec!["0-8191"; 10_000].join(",");
         assert_eq!(parse(&many).map(|v| v.len()), Ok(8192));
     }

@@ -128,11 +128,15 @@ impl fmt::Display for CpuLimit {
             "{mark} {:<9} {:>9}  {}",
             self.kind, self.value, self.source
         )?;
-        if let Some(raw) = &self.raw {
-            write!(f, " = {raw:?}")?;
-        }
-        if let LimitValue::Unavailable(why) = &self.value {
-            write!(f, " ({why})")?;
+        match (&self.raw, &self.value) {
+            (_, LimitValue::Unavailable(why)) => {
+                if let Some(raw) = &self.raw {
+                    write!(f, " = {raw:?}")?;
+                }
+                write!(f, " ({why})")?;
+            }
+            (Some(raw), _) => write!(f, " = {raw:?}")?,
+            (None, _) => write!(f, " (not set)")?,
         }
         Ok(())
     }

@@ -481,7 +481,7 @@ def w6(peer, args, p):
                 import multiprocessing
                 if isinstance(e, multiprocessing.TimeoutError):
                     failed = False
-                    names.add(f"none: still pending after {hang:.0f} s (task lost)")
+                    names.add(f"none, get() still pending after {hang:.0f} s (task lost)")
                 else:
                     names.add(type(e).__name__)
             t1 = now()
@@ -491,7 +491,8 @@ def w6(peer, args, p):
             try:
                 r = pool.call(inc, 1, timeout=30)
                 assert r == 2
-                next_notes.add("same pool: next task succeeds")
+                next_notes.add("same pool: next task succeeds" + (
+                    "" if failed else f" (timed after the {hang:.0f} s wait: the worker was already replaced)"))
             except Exception as e:
                 if peer == "concurrent.futures":
                     next_notes.add(f"broken ({type(e).__name__}); time to a new pool's first result")
@@ -500,8 +501,8 @@ def w6(peer, args, p):
                     pool2.shutdown()
                 elif peer == "loky":
                     from loky import get_reusable_executor
-                    next_notes.add(f"same executor object: {type(e).__name__}; "
-                                   "get_reusable_executor() returns a new one, time to its result")
+                    next_notes.add(f"submit on the same executor object raises {type(e).__name__}; "
+                                   "get_reusable_executor() returns a new one: time to its result")
                     assert get_reusable_executor(max_workers=2).submit(inc, 1).result(timeout=30) == 2
                 else:
                     raise

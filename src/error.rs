@@ -1,0 +1,116 @@
+//! The one error type of the crate.
+
+use std::sync::Arc;
+
+pub use loky_ipc::ExitStatus;
+
+/// Everything that can go wrong when running work on a process pool. Each
+/// variant says what happened and what to do about it.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The executor was shut down before the task could run, or `submit` was
+    /// called after `shutdown`. Build a new executor (or call
+    /// `get_reusable_executor`, which replaces a closed one).
+    #[error("the executor has been shut down; create a new one or use get_reusable_executor()")]
+    ShutdownExecutor,
+
+    /// The pool cannot run tasks any more, typically because workers crashed
+    /// repeatedly while starting (a failing initializer). Fix the cause and
+    /// create a new executor.
+    #[error("the process pool is broken: {cause}")]
+    BrokenProcessPool {
+        /// Why the pool broke.
+        cause: String,
+    },
+
+    /// The worker running this task died (abort, segfault, stack overflow,
+    /// `exit`, OOM kill, a signal). The pool replaced it; other tasks were not
+    /// affected. Look at `status` for the exit code or signal.
+    #[error("worker {pid} died with {status} while running task {task}")]
+    TerminatedWorker {
+        /// The worker's process id.
+        pid: u32,
+        /// Exit code or terminating signal.
+        status: ExitStatus,
+        /// The id of the task that was running or queued on that worker.
+        task: u64,
+    },
+
+    /// The task panicked. The worker survived and the pool goes on.
+    #[error("task panicked at {location}: {message}")]
+    TaskPanicked {
+        /// The panic message.
+        message: String,
+        /// `file:line:column` of the panic.
+        location: String,
+        /// A backtrace, if `RUST_BACKTRACE` was set in the worker.
+        backtrace: Option<String>,
+    },
+
+    /// The result did not arrive within the given time. The task goes on
+    /// running; wait again or cancel it.
+    #[error("timed out waiting for the result")]
+    Timeout,
+
+    /// The task was cancelled before it ran.
+    #[error("the task was cancelled")]
+    Cancelled,
+
+    /// Encoding or decoding an argument or a result failed. The pool is
+    /// unaffected; check that both sides use the same types.
+    #[error("could not {stage}: {message}")]
+    Codec {
+        /// Which step failed.
+        stage: CodecStage,
+        /// The codec's message.
+        message: String,
+    },
+
+    /// A configuration value is out of range.
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(String),
+
+    /// The result was already taken out of this future by an earlier call to
+    /// `result`/`result_timeout`.
+    #[error("the result of this future was already taken")]
+    ResultTaken,
+
+    /// An operating-system or shared-memory transport failure (out of
+    /// memory for a segment, out of file descriptors, ...).
+    #[error("transport failure: {0}")]
+    Ipc(#[source] Arc<loky_ipc::Error>),
+}
+
+/// The step of a task's round trip at which a codec failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CodecStage {
+    /// Encoding the argument in the parent.
+    EncodeArgument,
+    /// Decoding the argument in the worker.
+    DecodeArgument,
+    /// Encoding the result in the worker.
+    EncodeResult,
+    /// Decoding the result in the parent.
+    DecodeResult,
+}
+
+impl std::fmt::Display for CodecStage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::EncodeArgument => "encode the argument (in the parent)",
+            Self::DecodeArgument => "decode the argument (in the worker)",
+            Self::EncodeResult => "encode the result (in the worker)",
+            Self::DecodeResult => "decode the result (in the parent)",
+        })
+    }
+}
+
+impl From<loky_ipc::Error> for Error {
+    fn from(e: loky_ipc::Error) -> Self {
+        Self::Ipc(Arc::new(e))
+    }
+}
+
+/// Shorthand for `Result<T, loky::Error>`.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,350 @@
+//! `ProcessPoolExecutor` and its builder.
+
+use std::ffi::OsString;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::codec::{with_encoded, Payload};
+use crate::error::{CodecStage, Error, Result};
+use crate::future::{Cell, Future, TaskCell};
+use crate::pool::{init_message, Config, Pool};
+use crate::protocol::{
+    Failure, TaskHeader, STATUS_DECODE_ARG, STATUS_ENCODE_RESULT, STATUS_OK, STATUS_PANIC,
+};
+use crate::stats::Stats;
+use crate::transport::{assert_zero_sized, offset_of, run_init, run_task};
+
+/// Default capacity of each ring (one per direction per worker).
+const DEFAULT_RING: usize = 1 << 20;
+/// Default time a waiting thread spins before it sleeps.
+const DEFAULT_SPIN: Duration = Duration::from_micros(50);
+
+/// A pool of worker processes that run tasks sent through shared memory.
+///
+/// Workers are re-executions of the current binary, turned into workers
+/// before `main` runs: no registration, no init call. A task is a fn item or
+/// a closure without captures, plus one argument; both argument and result
+/// must be [`Payload`]s.
+///
+/// ```
+/// use loky::ProcessPoolExecutor;
+///
+/// let ex = ProcessPoolExecutor::builder().max_workers(2).build()?;
+/// let fut = ex.submit(|x: u64| x + 1, 41)?;
+/// assert_eq!(fut.result()?, 42);
+/// let squares: Vec<u64> = ex.map(|x: u64| x * x, 0..10).collect::<Result<_, _>>()?;
+/// assert_eq!(squares[9], 81);
+/// # Ok::<(), loky::Error>(())
+/// ```
+///
+/// The handle is cheap to clone; the pool shuts down (waiting for submitted
+/// work) when the last handle is dropped.
+///
+/// A capturing closure is rejected at compile time:
+///
+/// ```compile_fail
+/// let ex = loky::ProcessPoolExecutor::builder().max_workers(1).build().unwrap();
+/// let offset = 10u64;
+/// let _ = ex.submit(move |x: u64| x + offset, 1); // error: the task function captures variables
+/// ```
+#[derive(Clone)]
+pub struct ProcessPoolExecutor {
+    pub(crate) handle: Arc<Handle>,
+}
+
+/// Shuts the pool down when the last executor handle goes away.
+pub(crate) struct Handle {
+    pub(crate) pool: Arc<Pool>,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.pool.shutdown(true, false, false);
+    }
+}
+
+impl std::fmt::Debug for ProcessPoolExecutor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProcessPoolExecutor")
+            .field("max_workers", &self.max_workers())
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+impl ProcessPoolExecutor {
+    /// A builder with defaults: `max_workers = cpu_count()`.
+    pub fn builder() -> ProcessPoolExecutorBuilder {
+        ProcessPoolExecutorBuilder::default()
+    }
+
+    /// A pool of `max_workers` workers with default settings.
+    pub fn new(max_workers: usize) -> Result<Self> {
+        Self::builder().max_workers(max_workers).build()
+    }
+
+    pub(crate) fn pool(&self) -> &Arc<Pool> {
+        &self.handle.pool
+    }
+
+    /// The number of worker processes.
+    pub fn max_workers(&self) -> usize {
+        self.pool().config.max_workers
+    }
+
+    /// Submits `f(arg)` to run in a worker.
+    ///
+    /// `f` must be a fn item or a closure without captures (checked at
+    /// compile time); send captured state in `arg`. Fails at once with
+    /// [`Error::ShutdownExecutor`] after `shutdown`, or a codec error if
+    /// `arg` cannot be encoded; everything that happens later is reported
+    /// through the future.
+    pub fn submit<F, A, R>(&self, f: F, arg: A) -> Result<Future<R>>
+    where
+        F: Fn(A) -> R + Copy + Send + 'static,
+        A: Payload,
+        R: Payload,
+    {
+        const { assert_zero_sized::<F>() };
+        let _ = f;
+        self.submit_raw(
+            offset_of(run_task::<F, A, R>),
+            |out| arg.encode(out),
+            decode_result::<R>,
+        )
+    }
+
+    /// Encodes (with `write`) and dispatches a task with an explicit
+    /// trampoline.
+    pub(crate) fn submit_raw<R: Send + 'static>(
+        &self,
+        trampoline: i64,
+        write: impl FnOnce(&mut rkyv::util::AlignedVec) -> std::result::Result<(), String>,
+        decode: crate::future::Decoder<R>,
+    ) -> Result<Future<R>> {
+        let pool = self.pool();
+        let id = pool.next_id()?;
+        let cell = Arc::new(Cell {
+            task: TaskCell::new(id, Arc::downgrade(pool)),
+            decode,
+        });
+        let header = TaskHeader {
+            task_id: id,
+            trampoline,
+        };
+        with_encoded(
+            bytemuck::bytes_of(&header),
+            write,
+            CodecStage::EncodeArgument,
+            |bytes| pool.dispatch(cell.clone(), bytes),
+        )??;
+        Ok(Future::new(cell))
+    }
+
+    /// Shuts the pool down.
+    ///
+    /// * `wait`: block until every worker has exited (after finishing what
+    ///   it was given, unless killed);
+    /// * `cancel_futures`: cancel the tasks still waiting in the parent;
+    /// * `kill_workers`: kill the workers now; their tasks fail with
+    ///   [`Error::ShutdownExecutor`].
+    ///
+    /// Later `submit`s fail with [`Error::ShutdownExecutor`]. Idempotent.
+    pub fn shutdown(&self, wait: bool, cancel_futures: bool, kill_workers: bool) {
+        self.pool().shutdown(wait, cancel_futures, kill_workers);
+    }
+
+    /// A snapshot of the pool's counters.
+    pub fn stats(&self) -> Stats {
+        self.pool().stats()
+    }
+}
+
+/// Turns a result message into the task's outcome.
+pub(crate) fn decode_result<R: Payload>(status: u32, bytes: &[u8]) -> Result<R> {
+    decode_with(status, bytes, R::decode)
+}
+
+/// Like [`decode_result`] with an explicit decoder for the success case.
+pub(crate) fn decode_with<R>(
+    status: u32,
+    bytes: &[u8],
+    decode: impl FnOnce(&[u8]) -> std::result::Result<R, String>,
+) -> Result<R> {
+    match status {
+        STATUS_OK => decode(bytes).map_err(|message| Error::Codec {
+            stage: CodecStage::DecodeResult,
+            message,
+        }),
+        _ => Err(decode_failure(status, bytes)),
+    }
+}
+
+pub(crate) fn decode_failure(status: u32, bytes: &[u8]) -> Error {
+    let failure = crate::codec::unarchive::<Failure>(bytes).unwrap_or_else(|e| Failure {
+        message: format!("(undecodable failure report: {e})"),
+        location: String::new(),
+        backtrace: None,
+    });
+    failure_to_error(status, failure)
+}
+
+pub(crate) fn failure_to_error(status: u32, f: Failure) -> Error {
+    match status {
+        STATUS_PANIC => Error::TaskPanicked {
+            message: f.message,
+            location: f.location,
+            backtrace: f.backtrace,
+        },
+        STATUS_DECODE_ARG => Error::Codec {
+            stage: CodecStage::DecodeArgument,
+            message: f.message,
+        },
+        STATUS_ENCODE_RESULT => Error::Codec {
+            stage: CodecStage::EncodeResult,
+            message: f.message,
+        },
+        other => Error::Codec {
+            stage: CodecStage::DecodeResult,
+            message: format!("unknown status {other}"),
+        },
+    }
+}
+
+/// Configures and builds a [`ProcessPoolExecutor`].
+///
+/// ```
+/// use std::time::Duration;
+/// let ex = loky::ProcessPoolExecutor::builder()
+///     .max_workers(2)
+///     .env("OMP_NUM_THREADS", "1")
+///     .initializer(|level: u32| assert!(level > 0), 3)
+///     .build()?;
+/// assert_eq!(ex.submit(|_: ()| std::env::var("OMP_NUM_THREADS").unwrap(), ())?.result()?, "1");
+/// # Ok::<(), loky::Error>(())
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct ProcessPoolExecutorBuilder {
+    max_workers: Option<usize>,
+    env: Vec<(OsString, OsString)>,
+    initializer: Option<std::result::Result<Vec<u8>, Error>>,
+    ring_capacity: Option<usize>,
+    idle_timeout: Option<Duration>,
+    max_tasks_per_child: Option<u64>,
+    memory_limit: Option<u64>,
+    spin: Option<Duration>,
+}
+
+impl ProcessPoolExecutorBuilder {
+    /// Number of worker processes (default: [`cpu_count`](crate::cpu_count)).
+    /// Zero is an error at `build`.
+    pub fn max_workers(mut self, n: usize) -> Self {
+        self.max_workers = Some(n);
+        self
+    }
+
+    /// Sets an environment variable in every worker (on top of the parent's
+    /// environment).
+    pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// Runs `f(arg)` in every worker before its first task. A worker whose
+    /// initializer panics exits; after a few such failures in a row the pool
+    /// is [`Error::BrokenProcessPool`].
+    pub fn initializer<F, A>(mut self, f: F, arg: A) -> Self
+    where
+        F: Fn(A) + Copy + Send + 'static,
+        A: Payload,
+    {
+        const { assert_zero_sized::<F>() };
+        let _ = f;
+        let trampoline = offset_of(run_init::<F, A>);
+        let mut buf = rkyv::util::AlignedVec::new();
+        self.initializer = Some(
+            Payload::encode(&arg, &mut buf)
+                .map(|()| init_message(trampoline, &buf))
+                .map_err(|message| Error::Codec {
+                    stage: CodecStage::EncodeArgument,
+                    message,
+                }),
+        );
+        self
+    }
+
+    /// Workers idle for longer than this exit, and come back on demand.
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_timeout = Some(timeout);
+        self
+    }
+
+    /// A worker retires (and is replaced) after this many tasks.
+    pub fn max_tasks_per_child(mut self, n: u64) -> Self {
+        self.max_tasks_per_child = Some(n);
+        self
+    }
+
+    /// A worker whose resident memory exceeds `bytes` after a task retires
+    /// (and is replaced).
+    pub fn memory_limit(mut self, bytes: u64) -> Self {
+        self.memory_limit = Some(bytes);
+        self
+    }
+
+    /// Capacity of each worker's rings in bytes (power of two, default
+    /// 1 MiB). Messages up to half of it travel inline; larger ones in a
+    /// shared-memory segment of their own.
+    pub fn ring_capacity(mut self, bytes: usize) -> Self {
+        self.ring_capacity = Some(bytes);
+        self
+    }
+
+    /// How long a waiting thread spins before it sleeps (default 50 µs).
+    /// Spinning is skipped when every core is already busy spinning.
+    pub fn spin(mut self, d: Duration) -> Self {
+        self.spin = Some(d);
+        self
+    }
+
+    pub(crate) fn config(self) -> Result<Config> {
+        let max_workers = self.max_workers.unwrap_or_else(crate::cpu_count);
+        if max_workers == 0 {
+            return Err(Error::InvalidConfig(
+                "max_workers must be at least 1".into(),
+            ));
+        }
+        if max_workers > 4096 {
+            return Err(Error::InvalidConfig(format!(
+                "max_workers = {max_workers} is more than 4096"
+            )));
+        }
+        let ring_capacity = self.ring_capacity.unwrap_or(DEFAULT_RING);
+        loky_ipc::RingHeader::check_capacity(ring_capacity)
+            .map_err(|e| Error::InvalidConfig(e.to_string()))?;
+        if self.max_tasks_per_child == Some(0) {
+            return Err(Error::InvalidConfig(
+                "max_tasks_per_child must be at least 1".into(),
+            ));
+        }
+        Ok(Config {
+            max_workers,
+            env: self.env,
+            initializer: self.initializer.transpose()?,
+            ring_capacity,
+            idle_timeout: self.idle_timeout,
+            max_tasks_per_child: self.max_tasks_per_child,
+            memory_limit: self.memory_limit,
+            spin: self.spin.unwrap_or(DEFAULT_SPIN),
+        })
+    }
+
+    /// Starts the pool. Workers start in the background; tasks submitted
+    /// meanwhile wait for them.
+    pub fn build(self) -> Result<ProcessPoolExecutor> {
+        let pool = Pool::start(self.config()?)?;
+        Ok(ProcessPoolExecutor {
+            handle: Arc::new(Handle { pool }),
+        })
+    }
+}

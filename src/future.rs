@@ -1,0 +1,509 @@
+//! `Future<R>`: the handle to a task's eventual result, in the manner of
+//! `concurrent.futures.Future`, and a `std::future::Future` too.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use crate::pool::Pool;
+
+const PENDING: u8 = 0;
+const RUNNING: u8 = 1;
+const FINISHED: u8 = 2;
+
+/// Wakes a thread blocked on one or more futures (`result`, `wait`,
+/// `as_completed`).
+#[derive(Debug, Default)]
+pub(crate) struct Notify {
+    fired: Mutex<bool>,
+    cond: Condvar,
+}
+
+impl Notify {
+    pub(crate) fn fire(&self) {
+        *lock(&self.fired) = true;
+        self.cond.notify_all();
+    }
+
+    /// Waits until fired (then re-arms) or until `deadline`.
+    pub(crate) fn wait_until(&self, deadline: Option<Instant>) {
+        let mut fired = lock(&self.fired);
+        while !*fired {
+            match deadline {
+                None => fired = self.cond.wait(fired).unwrap_or_else(|e| e.into_inner()),
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        break;
+                    }
+                    fired = self
+                        .cond
+                        .wait_timeout(fired, d - now)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                }
+            }
+        }
+        *fired = false;
+    }
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of our locks cannot leave the data
+    // inconsistent in a way that matters more than a hang would.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+type Callback<R> = Box<dyn FnOnce(&Result<R>) + Send>;
+
+enum Listener<R> {
+    Thread(Arc<Notify>),
+    Waker(Waker),
+    Callback(Callback<R>),
+    Taken,
+}
+
+struct Slot<R> {
+    outcome: Option<Result<R>>,
+    taken: bool,
+    lent: bool,
+    listeners: Vec<Listener<R>>,
+}
+
+/// The shared state of one task: written by whoever completes it, read by
+/// the [`Future`] handle.
+pub(crate) struct TaskCell<R> {
+    pub(crate) id: u64,
+    elapsed_ns: std::sync::atomic::AtomicU64,
+    state: AtomicU8,
+    slot: Mutex<Slot<R>>,
+    pool: Weak<Pool>,
+}
+
+impl<R> std::fmt::Debug for TaskCell<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskCell")
+            .field("id", &self.id)
+            .field("state", &self.state)
+            .finish()
+    }
+}
+
+/// What the pool needs from a task of any result type.
+pub(crate) trait Completion: Send + Sync {
+    fn id(&self) -> u64;
+    /// Marks the task as handed to a worker. False if it was cancelled.
+    fn set_running(&self) -> bool;
+    /// Stores the outcome decoded from a worker's result message; does not
+    /// wake anyone yet (see [`Completion::publish`]).
+    fn stage_bytes(&self, status: u32, elapsed_ns: u64, bytes: &[u8]);
+    /// Stores a failure; does not wake anyone yet.
+    fn stage_error(&self, error: Error);
+    /// Makes a staged outcome visible: wakes waiters, runs callbacks. Must
+    /// be called without holding any pool lock.
+    fn publish(&self);
+    /// Cancels the task if it has not started; true on success.
+    fn try_cancel(&self) -> bool;
+}
+
+impl<R: Send + 'static> TaskCell<R> {
+    pub(crate) fn new(id: u64, pool: Weak<Pool>) -> Self {
+        Self {
+            id,
+            elapsed_ns: std::sync::atomic::AtomicU64::new(0),
+            state: AtomicU8::new(PENDING),
+            slot: Mutex::new(Slot {
+                outcome: None,
+                taken: false,
+                lent: false,
+                listeners: Vec::new(),
+            }),
+            pool,
+        }
+    }
+
+    /// Stores `outcome` if none is staged yet.
+    pub(crate) fn stage(&self, outcome: Result<R>) {
+        let mut slot = lock(&self.slot);
+        if slot.outcome.is_none() && !slot.taken {
+            slot.outcome = Some(outcome);
+        }
+    }
+
+    /// Time the worker spent on the task (0 until it finished).
+    pub(crate) fn elapsed_ns(&self) -> u64 {
+        self.elapsed_ns.load(Ordering::Relaxed)
+    }
+
+    fn is_done(&self) -> bool {
+        self.state.load(Ordering::Acquire) == FINISHED
+    }
+}
+
+/// Decodes a result message's payload into `R` (or the error it reports).
+pub(crate) type Decoder<R> = fn(u32, &[u8]) -> Result<R>;
+
+pub(crate) struct Cell<R> {
+    pub(crate) task: TaskCell<R>,
+    pub(crate) decode: Decoder<R>,
+}
+
+impl<R: Send + 'static> Completion for Cell<R> {
+    fn id(&self) -> u64 {
+        self.task.id
+    }
+
+    fn set_running(&self) -> bool {
+        self.task
+            .state
+            .compare_exchange(PENDING, RUNNING, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    fn stage_bytes(&self, status: u32, elapsed_ns: u64, bytes: &[u8]) {
+        self.task.elapsed_ns.store(elapsed_ns, Ordering::Relaxed);
+        self.task.stage((self.decode)(status, bytes));
+    }
+
+    fn stage_error(&self, error: Error) {
+        self.task.stage(Err(error));
+    }
+
+    fn publish(&self) {
+        self.task.finish(None);
+    }
+
+    fn try_cancel(&self) -> bool {
+        if self
+            .task
+            .state
+            .compare_exchange(PENDING, RUNNING, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return false;
+        }
+        self.task.finish(Some(Err(Error::Cancelled)));
+        true
+    }
+}
+
+impl<R: Send + 'static> TaskCell<R> {
+    /// Publishes the staged outcome (or `outcome`): runs the callbacks with
+    /// a view of it (no lock held), then marks the task finished and wakes
+    /// every waiter. Idempotent.
+    fn finish(&self, outcome: Option<Result<R>>) {
+        let (outcome, callbacks) = {
+            let mut slot = lock(&self.slot);
+            if self.state.load(Ordering::Acquire) == FINISHED {
+                return;
+            }
+            let outcome = outcome
+                .or_else(|| slot.outcome.take())
+                .unwrap_or(Err(Error::Cancelled));
+            let callbacks: Vec<Callback<R>> = slot
+                .listeners
+                .iter_mut()
+                .filter_map(|l| match l {
+                    Listener::Callback(_) => {
+                        let Listener::Callback(cb) = std::mem::replace(l, Listener::Taken) else {
+                            unreachable!()
+                        };
+                        Some(cb)
+                    }
+                    _ => None,
+                })
+                .collect();
+            (outcome, callbacks)
+        };
+        for cb in callbacks {
+            run_callback(cb, &outcome, self.id);
+        }
+        let listeners = {
+            let mut slot = lock(&self.slot);
+            slot.outcome = Some(outcome);
+            self.state.store(FINISHED, Ordering::Release);
+            std::mem::take(&mut slot.listeners)
+        };
+        for l in listeners {
+            match l {
+                Listener::Thread(n) => n.fire(),
+                Listener::Waker(w) => w.wake(),
+                // Added while the callbacks above ran: run now.
+                Listener::Callback(cb) => self.run_with_outcome(cb),
+                Listener::Taken => {}
+            }
+        }
+    }
+
+    /// Runs `cb` on the finished outcome: moved out of the slot for the call
+    /// and put back after (a concurrent `take` waits meanwhile).
+    fn run_with_outcome(&self, cb: Callback<R>) {
+        let outcome = {
+            let mut slot = lock(&self.slot);
+            if slot.taken {
+                None
+            } else {
+                slot.outcome.take().map(|o| {
+                    slot.lent = true;
+                    o
+                })
+            }
+        };
+        match outcome {
+            Some(o) => {
+                run_callback(cb, &o, self.id);
+                let mut slot = lock(&self.slot);
+                slot.outcome = Some(o);
+                slot.lent = false;
+            }
+            None => run_callback(cb, &Err(Error::ResultTaken), self.id),
+        }
+    }
+}
+
+fn run_callback<R>(cb: Callback<R>, outcome: &Result<R>, id: u64) {
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cb(outcome))).is_err() {
+        tracing::error!(
+            task = id,
+            "a done-callback panicked; the result is still delivered"
+        );
+    }
+}
+
+/// The eventual result of a task submitted to a
+/// [`ProcessPoolExecutor`](crate::ProcessPoolExecutor).
+///
+/// Block with [`result`](Self::result), poll with [`done`](Self::done), or
+/// `.await` it from any async runtime (it never blocks a runtime thread).
+///
+/// ```
+/// let ex = loky::ProcessPoolExecutor::builder().max_workers(1).build()?;
+/// let fut = ex.submit(|x: u64| x * 2, 21)?;
+/// assert_eq!(fut.result()?, 42);
+/// # Ok::<(), loky::Error>(())
+/// ```
+pub struct Future<R> {
+    pub(crate) cell: Arc<Cell<R>>,
+}
+
+impl<R> std::fmt::Debug for Future<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match self.cell.task.state.load(Ordering::Acquire) {
+            PENDING => "pending",
+            RUNNING => "running",
+            _ => "finished",
+        };
+        f.debug_struct("Future")
+            .field("task", &self.cell.task.id)
+            .field("state", &state)
+            .finish()
+    }
+}
+
+impl<R: Send + 'static> Future<R> {
+    pub(crate) fn new(cell: Arc<Cell<R>>) -> Self {
+        Self { cell }
+    }
+
+    /// The id of the task (as reported in [`Error::TerminatedWorker`]).
+    pub fn id(&self) -> u64 {
+        self.cell.task.id
+    }
+
+    /// Blocks until the task finished and returns its result, taking it out
+    /// of the future (a second call returns [`Error::ResultTaken`]).
+    pub fn result(&self) -> Result<R> {
+        self.wait_done(None);
+        self.take()
+    }
+
+    /// Like [`result`](Self::result), giving up with [`Error::Timeout`]
+    /// after `timeout` (the task keeps running; call again later).
+    pub fn result_timeout(&self, timeout: Duration) -> Result<R> {
+        if !self.wait_done(Some(Instant::now() + timeout)) {
+            return Err(Error::Timeout);
+        }
+        self.take()
+    }
+
+    /// Blocks until finished; returns the error the task failed with, or
+    /// `None` if it succeeded.
+    pub fn exception(&self) -> Option<Error> {
+        self.wait_done(None);
+        match &lock(&self.cell.task.slot).outcome {
+            Some(Err(e)) => Some(e.clone()),
+            _ => None,
+        }
+    }
+
+    /// Like [`exception`](Self::exception) with a timeout; `Err(Timeout)`
+    /// if the task has not finished in time.
+    pub fn exception_timeout(&self, timeout: Duration) -> Result<Option<Error>> {
+        if !self.wait_done(Some(Instant::now() + timeout)) {
+            return Err(Error::Timeout);
+        }
+        Ok(self.exception())
+    }
+
+    /// Cancels the task if it has not been handed to a worker yet; returns
+    /// whether it is cancelled. A running task cannot be cancelled this way
+    /// (as in `concurrent.futures`).
+    pub fn cancel(&self) -> bool {
+        let cancelled = self.cell.try_cancel();
+        if cancelled {
+            if let Some(pool) = self.cell.task.pool.upgrade() {
+                pool.forget_queued(self.cell.task.id);
+            }
+        }
+        cancelled
+    }
+
+    /// True if the task was cancelled.
+    pub fn cancelled(&self) -> bool {
+        self.done()
+            && matches!(
+                lock(&self.cell.task.slot).outcome,
+                Some(Err(Error::Cancelled))
+            )
+    }
+
+    /// True while a worker holds the task.
+    pub fn running(&self) -> bool {
+        self.cell.task.state.load(Ordering::Acquire) == RUNNING
+    }
+
+    /// True once the task finished, failed or was cancelled.
+    pub fn done(&self) -> bool {
+        if !self.cell.task.is_done() {
+            if let Some(pool) = self.cell.task.pool.upgrade() {
+                pool.poll_results();
+            }
+        }
+        self.cell.task.is_done()
+    }
+
+    /// Calls `f` with the outcome when the task finishes, exactly once; at
+    /// once (on this thread) if it already has. Callbacks run on the thread
+    /// that completes the task; a panic in one is logged and does not affect
+    /// the result. If the result was already taken by [`result`](Self::result)
+    /// the callback sees `Err(ResultTaken)`.
+    pub fn add_done_callback(&self, f: impl FnOnce(&Result<R>) + Send + 'static) {
+        {
+            let mut slot = lock(&self.cell.task.slot);
+            if !self.cell.task.is_done() {
+                slot.listeners.push(Listener::Callback(Box::new(f)));
+                return;
+            }
+        }
+        self.cell.task.run_with_outcome(Box::new(f));
+    }
+
+    fn take(&self) -> Result<R> {
+        let mut slot = lock(&self.cell.task.slot);
+        while slot.lent {
+            // A done-callback added after completion is looking at it.
+            drop(slot);
+            std::thread::yield_now();
+            slot = lock(&self.cell.task.slot);
+        }
+        match slot.outcome.take() {
+            Some(Ok(v)) => {
+                slot.taken = true;
+                Ok(v)
+            }
+            Some(Err(e)) => {
+                let err = e.clone();
+                slot.outcome = Some(Err(e));
+                Err(err)
+            }
+            None => Err(Error::ResultTaken),
+        }
+    }
+
+    /// Waits until done or the deadline; returns whether done. Spins a
+    /// little first, draining result rings itself (no thread hop on the
+    /// fast path), then sleeps until woken by whoever completes the task.
+    pub(crate) fn wait_done(&self, deadline: Option<Instant>) -> bool {
+        if self.cell.task.is_done() {
+            return true;
+        }
+        if let Some(pool) = self.cell.task.pool.upgrade() {
+            if pool.spin_for_results(|| self.cell.task.is_done(), deadline) {
+                return true;
+            }
+        }
+        let notify = Arc::new(Notify::default());
+        {
+            let mut slot = lock(&self.cell.task.slot);
+            if self.cell.task.is_done() {
+                return true;
+            }
+            slot.listeners.push(Listener::Thread(notify.clone()));
+        }
+        loop {
+            if self.cell.task.is_done() {
+                return true;
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return false;
+            }
+            notify.wait_until(deadline);
+        }
+    }
+
+    /// Registers `notify` to be fired on completion (once per notifier);
+    /// true if already done.
+    pub(crate) fn listen(&self, notify: &Arc<Notify>) -> bool {
+        let mut slot = lock(&self.cell.task.slot);
+        if self.cell.task.is_done() {
+            return true;
+        }
+        // Forget notifiers whose waiters left, and do not register twice.
+        slot.listeners
+            .retain(|l| !matches!(l, Listener::Thread(n) if Arc::strong_count(n) == 1));
+        if !slot
+            .listeners
+            .iter()
+            .any(|l| matches!(l, Listener::Thread(n) if Arc::ptr_eq(n, notify)))
+        {
+            slot.listeners.push(Listener::Thread(notify.clone()));
+        }
+        false
+    }
+
+    /// Drains result rings for the spin budget; true if this task is done.
+    pub(crate) fn spin_a_little(&self, deadline: Option<Instant>) -> bool {
+        match self.cell.task.pool.upgrade() {
+            Some(pool) => pool.spin_for_results(|| self.cell.task.is_done(), deadline),
+            None => self.cell.task.is_done(),
+        }
+    }
+
+    pub(crate) fn is_done_now(&self) -> bool {
+        self.cell.task.is_done()
+    }
+
+    pub(crate) fn failed_now(&self) -> bool {
+        self.cell.task.is_done() && matches!(lock(&self.cell.task.slot).outcome, Some(Err(_)))
+    }
+}
+
+impl<R: Send + 'static> std::future::Future for Future<R> {
+    type Output = Result<R>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<R>> {
+        if !self.done() {
+            let mut slot = lock(&self.cell.task.slot);
+            if !self.cell.task.is_done() {
+                slot.listeners
+                    .retain(|l| !matches!(l, Listener::Waker(w) if w.will_wake(cx.waker())));
+                slot.listeners.push(Listener::Waker(cx.waker().clone()));
+                return Poll::Pending;
+            }
+        }
+        Poll::Ready(self.take())
+    }
+}

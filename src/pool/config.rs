@@ -1,0 +1,19 @@
+//! The resolved configuration of a pool.
+
+use std::ffi::OsString;
+use std::time::Duration;
+
+/// Everything a pool is built from (see `ProcessPoolExecutorBuilder`).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Config {
+    pub(crate) max_workers: usize,
+    pub(crate) env: Vec<(OsString, OsString)>,
+    /// The initializer message (`TaskHeader` + archived argument).
+    pub(crate) initializer: Option<Vec<u8>>,
+    pub(crate) ring_capacity: usize,
+    pub(crate) idle_timeout: Option<Duration>,
+    pub(crate) max_tasks_per_child: Option<u64>,
+    pub(crate) memory_limit: Option<u64>,
+    /// How long a waiting thread (caller or worker) spins before sleeping.
+    pub(crate) spin: Duration,
+}

@@ -1,0 +1,191 @@
+//! Starting a worker: the environment it is recognised by, the descriptors
+//! it inherits, and the parent's handles to its slot.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use loky_ipc::spawn::Spawn;
+use loky_ipc::{fdpass, Receiver, Sender};
+
+use super::{Pool, Worker};
+use crate::error::Result;
+
+/// The variable that turns a re-executed binary into a worker.
+pub(crate) const ENV_WORKER: &str = "LOKY_WORKER_SPEC";
+/// The region's memfd in the worker.
+pub(crate) const REGION_FD: i32 = 3;
+/// The worker's end of the descriptor socket.
+pub(crate) const SOCKET_FD: i32 = 4;
+
+/// What a worker learns from its environment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct WorkerSpec {
+    pub(crate) slot: u32,
+    pub(crate) generation: u32,
+    pub(crate) parent: u32,
+    pub(crate) ncpu: u32,
+    pub(crate) spin: Duration,
+    pub(crate) has_init: bool,
+    pub(crate) report_rss: bool,
+}
+
+impl WorkerSpec {
+    pub(crate) fn encode(&self) -> String {
+        format!(
+            "v1:{}:{}:{}:{}:{}:{}:{}",
+            self.slot,
+            self.generation,
+            self.parent,
+            self.ncpu,
+            self.spin.as_micros(),
+            u8::from(self.has_init),
+            u8::from(self.report_rss)
+        )
+    }
+
+    pub(crate) fn decode(s: &str) -> Option<Self> {
+        let mut it = s.split(':');
+        if it.next()? != "v1" {
+            return None;
+        }
+        let mut num = || it.next()?.parse::<u64>().ok();
+        let spec = Self {
+            slot: u32::try_from(num()?).ok()?,
+            generation: u32::try_from(num()?).ok()?,
+            parent: u32::try_from(num()?).ok()?,
+            ncpu: u32::try_from(num()?).ok()?,
+            spin: Duration::from_micros(num()?),
+            has_init: num()? != 0,
+            report_rss: num()? != 0,
+        };
+        Some(spec)
+    }
+}
+
+impl Pool {
+    /// Spawns a worker into the (free) slot `i`. Runs on the watchdog
+    /// thread, which lives as long as the pool, because the workers'
+    /// parent-death signal is tied to the thread that forked them.
+    pub(super) fn launch(self: &Arc<Self>, i: usize) -> Result<()> {
+        // Keep the worker entry point linked into every binary that spawns.
+        std::hint::black_box(&crate::worker::bootstrap::ENTRY);
+        let generation = {
+            let mut st = self.state();
+            st.generations[i] = st.generations[i].wrapping_add(1);
+            st.generations[i]
+        };
+        let slot = self.region.slot(i as u32);
+        // SAFETY: slot `i` is free: its previous worker (if any) was reaped
+        // by the watchdog, which also dropped the parent's receiver for it
+        // (and the sender went with the `Worker`).
+        unsafe { self.region.init_slot(i as u32, generation) };
+        let (parent_sock, child_sock) = fdpass::socket_pair()?;
+        let spec = WorkerSpec {
+            slot: i as u32,
+            generation,
+            parent: std::process::id(),
+            ncpu: self.ncpu,
+            spin: self.config.spin,
+            has_init: self.config.initializer.is_some(),
+            report_rss: self.config.memory_limit.is_some(),
+        };
+        let mut env: Vec<(std::ffi::OsString, std::ffi::OsString)> = std::env::vars_os()
+            .filter(|(k, _)| k != ENV_WORKER)
+            .collect();
+        for (k, v) in &self.config.env {
+            env.retain(|(ek, _)| ek != k);
+            env.push((k.clone(), v.clone()));
+        }
+        env.push((ENV_WORKER.into(), spec.encode().into()));
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.as_encoded_bytes(), v.as_encoded_bytes()));
+        let pidfd = Spawn::new(Path::new("/proc/self/exe"), &worker_arg0())?
+            .env(env)?
+            .fd(self.region.fd(), REGION_FD)?
+            .fd(child_sock.as_fd(), SOCKET_FD)?
+            .death_signal(libc::SIGKILL)
+            .spawn()?;
+        drop(child_sock);
+        let pid = pidfd.pid();
+        tracing::debug!(pid, slot = i, generation, "worker spawned");
+        let sock2: OwnedFd = parent_sock.try_clone().map_err(|e| loky_ipc::Error::Os {
+            op: "dup",
+            source: e,
+        })?;
+        // SAFETY: the region lives in an `Arc` held by the pool, and the
+        // pool drops every Sender/Receiver (in `Worker` and `receivers`)
+        // before its `region` field, so extending the borrow to 'static
+        // never outlives the mapping. The slot was just initialised and the
+        // parent is its only producer of `down` and consumer of `up`.
+        let (sender, receiver, bell) = unsafe {
+            let region: &'static loky_ipc::Region = &*Arc::as_ptr(&self.region);
+            let slot = region.slot(i as u32);
+            (
+                Sender::new(slot.down_producer(), sock2),
+                Receiver::new(slot.up_consumer(), parent_sock),
+                slot.bell(),
+            )
+        };
+        let _ = slot;
+        *crate::future::lock(&self.receivers[i]) = Some(receiver);
+        let mut worker = Worker {
+            pid,
+            pidfd: Arc::new(pidfd),
+            sender,
+            bell,
+            in_flight: Default::default(),
+            ready: false,
+            exiting: false,
+            kill_reason: None,
+            tasks_done: 0,
+            idle_since: Instant::now(),
+        };
+        if let Some(init) = &self.config.initializer {
+            if !worker.sender.try_send(super::INIT_TAG, init)? {
+                return Err(crate::Error::InvalidConfig(
+                    "initializer argument does not fit".into(),
+                ));
+            }
+            worker.wake();
+        }
+        let mut st = self.state();
+        st.workers[i] = Some(worker);
+        Ok(())
+    }
+}
+
+fn worker_arg0() -> String {
+    let exe = std::env::args_os()
+        .next()
+        .map(|a| a.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let base = Path::new(&exe)
+        .file_name()
+        .map(|b| b.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    format!("{base} [loky worker]")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spec_round_trips() {
+        let spec = WorkerSpec {
+            slot: 3,
+            generation: 9,
+            parent: 1234,
+            ncpu: 2,
+            spin: Duration::from_micros(50),
+            has_init: true,
+            report_rss: false,
+        };
+        assert_eq!(WorkerSpec::decode(&spec.encode()), Some(spec));
+        assert_eq!(WorkerSpec::decode("v2:1"), None);
+        assert_eq!(WorkerSpec::decode("v1:1:2"), None);
+    }
+}

@@ -1,0 +1,36 @@
+//! The manager thread: drains result rings when no caller is doing it,
+//! refills workers, and runs housekeeping.
+
+use std::sync::Arc;
+
+use super::{Pool, TICK};
+
+pub(super) fn run(pool: &Arc<Pool>) {
+    let bell = pool.region().parent_bell();
+    loop {
+        if pool.drain_all(true) {
+            continue;
+        }
+        if pool.finished() {
+            break;
+        }
+        pool.housekeeping();
+        let token = bell.announce_sleep();
+        if pool.results_pending() || pool.finished() {
+            token.cancel();
+            continue;
+        }
+        token.wait(Some(TICK));
+    }
+    tracing::debug!("manager exits");
+}
+
+impl Pool {
+    /// Periodic work: retire idle workers, nudge a shutdown along.
+    fn housekeeping(&self) {
+        let mut st = self.state();
+        if st.shutdown {
+            st.exit_idle_workers();
+        }
+    }
+}

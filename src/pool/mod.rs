@@ -1,0 +1,582 @@
+//! The parent side of a pool: dispatch, completion, the manager and the
+//! watchdog threads.
+//!
+//! Locks, always taken in this order: a slot's receiver (`receivers[i]`),
+//! then `state`. Futures are published (waiters woken, callbacks run) only
+//! after both are released, so a callback may submit work or wait on other
+//! futures.
+
+mod config;
+mod identity;
+mod launch;
+mod manager;
+mod watchdog;
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use loky_ipc::pidfd::Notifier;
+use loky_ipc::{PidFd, Receiver, Region, RegionConfig, Sender};
+
+pub(crate) use config::Config;
+pub(crate) use identity::binary_tag;
+pub(crate) use launch::{WorkerSpec, ENV_WORKER, REGION_FD, SOCKET_FD};
+
+use crate::error::{Error, Result};
+use crate::future::{lock, Completion};
+use crate::protocol::{
+    read_header, ResultHeader, TaskHeader, TAG_EXIT, TAG_INIT, TAG_READY, TAG_RESULT, TAG_TASK,
+};
+
+/// Tasks a worker holds at once (running + waiting in its ring). Two keeps
+/// the worker busy while the parent refills, and balances load.
+pub(crate) const DEPTH: usize = 2;
+
+/// A task waiting in the parent for room in a worker's ring.
+struct Queued {
+    cell: Arc<dyn Completion>,
+    bytes: Vec<u8>,
+}
+
+/// The parent's view of one live worker.
+pub(crate) struct Worker {
+    pub(crate) pid: u32,
+    pub(crate) pidfd: Arc<PidFd>,
+    sender: Sender<'static>,
+    bell: &'static loky_ipc::Doorbell,
+    in_flight: VecDeque<Arc<dyn Completion>>,
+    ready: bool,
+    exiting: bool,
+    /// The error in-flight tasks get if this worker dies because we killed it.
+    kill_reason: Option<Error>,
+    tasks_done: u64,
+    pub(crate) idle_since: Instant,
+}
+
+#[derive(Default)]
+pub(crate) struct State {
+    workers: Vec<Option<Worker>>,
+    generations: Vec<u32>,
+    queue: VecDeque<Queued>,
+    next_task: u64,
+    shutdown: bool,
+    broken: Option<String>,
+    startup_failures: u32,
+    pub(crate) stats: crate::stats::Counters,
+}
+
+/// One process pool (shared by the executor handle, its threads and its
+/// futures).
+pub(crate) struct Pool {
+    pub(crate) config: Config,
+    state: Mutex<State>,
+    receivers: Box<[Mutex<Option<Receiver<'static>>>]>,
+    watchdog_wake: Notifier,
+    closed: AtomicBool,
+    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    thread_ids: Mutex<Vec<std::thread::ThreadId>>,
+    ncpu: u32,
+    // Declared last: dropped after every Sender/Receiver borrowing it.
+    region: Arc<Region>,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("max_workers", &self.config.max_workers)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Pool {
+    pub(crate) fn start(config: Config) -> Result<Arc<Self>> {
+        let slots = config.max_workers as u32;
+        let region = Region::create(RegionConfig {
+            slots,
+            ring_capacity: config.ring_capacity,
+            tag: binary_tag(),
+        })?;
+        let pool = Arc::new(Self {
+            receivers: (0..slots).map(|_| Mutex::new(None)).collect(),
+            state: Mutex::new(State {
+                workers: (0..slots).map(|_| None).collect(),
+                generations: vec![0; slots as usize],
+                ..State::default()
+            }),
+            watchdog_wake: Notifier::new()?,
+            closed: AtomicBool::new(false),
+            threads: Mutex::new(Vec::new()),
+            thread_ids: Mutex::new(Vec::new()),
+            ncpu: crate::topology::cpu_count() as u32,
+            region: Arc::new(region),
+            config,
+        });
+        let w = pool.clone();
+        let watchdog = std::thread::Builder::new()
+            .name("loky-watchdog".into())
+            .spawn(move || watchdog::run(&w))
+            .map_err(|e| {
+                Error::Ipc(Arc::new(loky_ipc::Error::Os {
+                    op: "spawn thread",
+                    source: e,
+                }))
+            })?;
+        let m = pool.clone();
+        let manager = std::thread::Builder::new()
+            .name("loky-manager".into())
+            .spawn(move || manager::run(&m))
+            .map_err(|e| {
+                Error::Ipc(Arc::new(loky_ipc::Error::Os {
+                    op: "spawn thread",
+                    source: e,
+                }))
+            })?;
+        lock(&pool.thread_ids).extend([watchdog.thread().id(), manager.thread().id()]);
+        lock(&pool.threads).extend([watchdog, manager]);
+        Ok(pool)
+    }
+
+    pub(crate) fn state(&self) -> MutexGuard<'_, State> {
+        lock(&self.state)
+    }
+
+    /// Allocates a task id.
+    pub(crate) fn next_id(&self) -> Result<u64> {
+        let mut st = self.state();
+        st.check_open()?;
+        st.next_task += 1;
+        Ok(st.next_task)
+    }
+
+    /// Hands an encoded task (`TaskHeader` + archive) to the least loaded
+    /// ready worker, or queues it.
+    pub(crate) fn dispatch(&self, cell: Arc<dyn Completion>, bytes: &[u8]) -> Result<()> {
+        let mut st = self.state();
+        st.check_open()?;
+        st.stats.submitted += 1;
+        if st.queue.is_empty() {
+            if let Some(i) = st.least_loaded() {
+                if st.push_to(i, &cell, bytes)? {
+                    return Ok(());
+                }
+            }
+        }
+        st.queue.push_back(Queued {
+            cell,
+            bytes: bytes.to_vec(),
+        });
+        Ok(())
+    }
+
+    /// Removes a cancelled task from the queue.
+    pub(crate) fn forget_queued(&self, id: u64) {
+        let mut st = self.state();
+        if let Some(pos) = st.queue.iter().position(|q| q.cell.id() == id) {
+            st.queue.remove(pos);
+            st.stats.cancelled += 1;
+        }
+    }
+
+    /// Drains every result ring; with `block`, waits for receivers held by
+    /// other threads. Returns whether anything was processed.
+    pub(crate) fn drain_all(&self, block: bool) -> bool {
+        let mut done = Vec::new();
+        for i in 0..self.receivers.len() {
+            let guard = if block {
+                Some(lock(&self.receivers[i]))
+            } else {
+                self.receivers[i].try_lock().ok()
+            };
+            if let Some(mut rx) = guard {
+                if let Some(rx) = rx.as_mut() {
+                    self.drain_slot(i, rx, &mut done);
+                }
+            }
+        }
+        let any = !done.is_empty();
+        for c in done {
+            c.publish();
+        }
+        any
+    }
+
+    /// True if any result ring has a message (cheap check for sleepers).
+    pub(crate) fn results_pending(&self) -> bool {
+        (0..self.region.config().slots).any(|i| !self.region.slot(i).up_header().is_empty())
+    }
+
+    /// Processes the messages waiting in slot `i`'s result ring.
+    fn drain_slot(
+        &self,
+        i: usize,
+        rx: &mut Receiver<'static>,
+        done: &mut Vec<Arc<dyn Completion>>,
+    ) {
+        loop {
+            let msg = match rx.peek() {
+                Ok(Some(m)) => m,
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::error!(slot = i, error = %e, "corrupt result ring; killing the worker");
+                    self.kill_slot(i, None);
+                    return;
+                }
+            };
+            match msg.tag {
+                TAG_RESULT => {
+                    let Some((hdr, payload)) = read_header::<ResultHeader>(msg.bytes) else {
+                        tracing::error!(slot = i, "short result message; killing the worker");
+                        self.kill_slot(i, None);
+                        return;
+                    };
+                    let cell = self.complete_in_state(i, &hdr);
+                    match cell {
+                        Some(cell) => {
+                            cell.stage_bytes(hdr.status, hdr.elapsed_ns, payload);
+                            done.push(cell);
+                        }
+                        None => {
+                            tracing::error!(
+                                slot = i,
+                                task = hdr.task_id,
+                                "result for an unknown task; killing the worker"
+                            );
+                            self.kill_slot(i, None);
+                            return;
+                        }
+                    }
+                }
+                TAG_READY => {
+                    let mut st = self.state();
+                    st.startup_failures = 0;
+                    if let Some(w) = st.workers[i].as_mut() {
+                        w.ready = true;
+                        w.idle_since = Instant::now();
+                    }
+                    st.refill(i);
+                }
+                other => {
+                    tracing::error!(
+                        slot = i,
+                        tag = other,
+                        "unknown message from worker; killing it"
+                    );
+                    self.kill_slot(i, None);
+                    return;
+                }
+            }
+            if let Err(e) = rx.pop() {
+                tracing::error!(slot = i, error = %e, "corrupt result ring; killing the worker");
+                self.kill_slot(i, None);
+                return;
+            }
+        }
+    }
+
+    /// Matches a result to the oldest in-flight task of worker `i`, refills
+    /// the worker, and applies the recycling rules.
+    fn complete_in_state(&self, i: usize, hdr: &ResultHeader) -> Option<Arc<dyn Completion>> {
+        let mut st = self.state();
+        let shutdown = st.shutdown;
+        let w = st.workers[i].as_mut()?;
+        if w.in_flight.front().map(|c| c.id()) != Some(hdr.task_id) {
+            return None;
+        }
+        let cell = w.in_flight.pop_front()?;
+        w.tasks_done += 1;
+        if w.in_flight.is_empty() {
+            w.idle_since = Instant::now();
+        }
+        let retire = self
+            .config
+            .max_tasks_per_child
+            .is_some_and(|n| w.tasks_done >= n)
+            || self
+                .config
+                .memory_limit
+                .is_some_and(|limit| u64::from(hdr.rss_kib) * 1024 > limit);
+        if retire && !w.exiting {
+            tracing::info!(
+                pid = w.pid,
+                tasks = w.tasks_done,
+                rss_kib = hdr.rss_kib,
+                "retiring worker (max_tasks_per_child or memory_limit)"
+            );
+            w.exiting = true;
+            w.send_exit();
+        }
+        if hdr.status == crate::protocol::STATUS_OK {
+            st.stats.completed += 1;
+        } else {
+            st.stats.failed += 1;
+        }
+        st.refill(i);
+        if shutdown {
+            st.exit_idle_workers();
+        }
+        Some(cell)
+    }
+
+    /// Kills worker `i` (its death is then handled by the watchdog); the
+    /// in-flight tasks will get `reason` (default: `TerminatedWorker`).
+    pub(crate) fn kill_slot(&self, i: usize, reason: Option<Error>) {
+        let st = self.state();
+        if let Some(w) = st.workers[i].as_ref() {
+            let pidfd = w.pidfd.clone();
+            drop(st);
+            let mut st = self.state();
+            if let Some(w) = st.workers[i].as_mut() {
+                if w.kill_reason.is_none() {
+                    w.kill_reason = reason;
+                }
+            }
+            drop(st);
+            let _ = pidfd.kill(rustix::process::Signal::KILL);
+        }
+    }
+
+    /// Spins up to the configured budget draining result rings until
+    /// `done()`; returns `done()`. Spins only if a core is free for it.
+    pub(crate) fn spin_for_results(
+        &self,
+        mut done: impl FnMut() -> bool,
+        deadline: Option<Instant>,
+    ) -> bool {
+        let mut budget = self.config.spin;
+        if let Some(d) = deadline {
+            budget = budget.min(d.saturating_duration_since(Instant::now()));
+        }
+        if budget.is_zero() || self.region.spinning() >= self.ncpu {
+            self.drain_all(false);
+            return done();
+        }
+        let bell = self.region.parent_bell();
+        let spinning = self.region.parent_spinning();
+        spinning.fetch_add(1, Ordering::Relaxed);
+        bell.enter();
+        let found = loky_ipc::spin_until(budget, || {
+            if self.results_pending() {
+                self.drain_all(false);
+            }
+            done()
+        });
+        bell.leave();
+        spinning.fetch_sub(1, Ordering::Relaxed);
+        // Dekker re-check: a result published while we counted as awake did
+        // not wake the manager.
+        self.drain_all(false);
+        found || done()
+    }
+
+    /// Drains without spinning (for `done()` and `poll`).
+    pub(crate) fn poll_results(&self) {
+        if self.results_pending() {
+            self.drain_all(false);
+        }
+    }
+
+    /// Begins shutdown; see [`crate::ProcessPoolExecutor::shutdown`].
+    pub(crate) fn shutdown(&self, wait: bool, cancel_futures: bool, kill_workers: bool) {
+        let mut failed = Vec::new();
+        {
+            let mut st = self.state();
+            st.shutdown = true;
+            self.closed.store(true, Ordering::Release);
+            if cancel_futures || kill_workers {
+                for q in st.queue.drain(..) {
+                    if cancel_futures {
+                        q.cell.try_cancel();
+                    } else {
+                        q.cell.stage_error(Error::ShutdownExecutor);
+                        failed.push(q.cell);
+                    }
+                }
+            }
+            if kill_workers {
+                for w in st.workers.iter_mut().flatten() {
+                    w.kill_reason.get_or_insert(Error::ShutdownExecutor);
+                    let _ = w.pidfd.kill(rustix::process::Signal::KILL);
+                }
+            }
+            st.exit_idle_workers();
+        }
+        for c in failed {
+            c.publish();
+        }
+        self.wake_threads();
+        if wait {
+            self.join_threads();
+        }
+    }
+
+    pub(crate) fn wake_threads(&self) {
+        self.watchdog_wake.notify();
+        self.region.parent_bell().wake_all();
+    }
+
+    fn join_threads(&self) {
+        let me = std::thread::current().id();
+        if lock(&self.thread_ids).contains(&me) {
+            // Called from a callback on one of our own threads: joining
+            // would deadlock; the threads finish on their own.
+            return;
+        }
+        let threads = std::mem::take(&mut *lock(&self.threads));
+        for t in threads {
+            let _ = t.join();
+        }
+    }
+
+    /// True once shutdown was requested and no worker is left.
+    pub(crate) fn finished(&self) -> bool {
+        let st = self.state();
+        (st.shutdown || st.broken.is_some()) && st.workers.iter().all(Option::is_none)
+    }
+
+    /// A snapshot of the counters.
+    pub(crate) fn stats(&self) -> crate::stats::Stats {
+        let st = self.state();
+        let c = st.stats;
+        let mut s = crate::stats::Stats::default();
+        s.workers_alive = st.alive();
+        s.queued = st.queue.len();
+        s.running = st.workers.iter().flatten().map(|w| w.in_flight.len()).sum();
+        s.submitted = c.submitted;
+        s.completed = c.completed;
+        s.failed = c.failed;
+        s.cancelled = c.cancelled;
+        s.crashed = c.crashed;
+        s.respawned = c.respawned;
+        s
+    }
+
+    pub(crate) fn region(&self) -> &Region {
+        &self.region
+    }
+}
+
+impl State {
+    fn check_open(&self) -> Result<()> {
+        if let Some(cause) = &self.broken {
+            return Err(Error::BrokenProcessPool {
+                cause: cause.clone(),
+            });
+        }
+        if self.shutdown {
+            return Err(Error::ShutdownExecutor);
+        }
+        Ok(())
+    }
+
+    /// The ready worker with the fewest tasks, if one has room.
+    fn least_loaded(&self) -> Option<usize> {
+        let mut best: Option<(usize, usize)> = None;
+        for (i, w) in self.workers.iter().enumerate() {
+            if let Some(w) = w {
+                if w.ready
+                    && !w.exiting
+                    && w.in_flight.len() < DEPTH
+                    && best.is_none_or(|(_, n)| w.in_flight.len() < n)
+                {
+                    best = Some((i, w.in_flight.len()));
+                }
+            }
+        }
+        best.map(|(i, _)| i)
+    }
+
+    /// Copies a task into worker `i`'s ring; false if the ring is full.
+    fn push_to(&mut self, i: usize, cell: &Arc<dyn Completion>, bytes: &[u8]) -> Result<bool> {
+        let Some(w) = self.workers[i].as_mut() else {
+            return Ok(false);
+        };
+        if !w.sender.try_send(TAG_TASK, bytes)? {
+            return Ok(false);
+        }
+        w.in_flight.push_back(cell.clone());
+        w.wake();
+        Ok(true)
+    }
+
+    /// Moves queued tasks into worker `i` while it has room.
+    fn refill(&mut self, i: usize) {
+        loop {
+            let Some(w) = self.workers[i].as_ref() else {
+                return;
+            };
+            if !w.ready || w.exiting || w.in_flight.len() >= DEPTH {
+                return;
+            }
+            let Some(q) = self.queue.pop_front() else {
+                return;
+            };
+            if !q.cell.set_running() {
+                continue; // cancelled meanwhile
+            }
+            match self.push_to(i, &q.cell, &q.bytes) {
+                Ok(true) => {}
+                Ok(false) => {
+                    self.queue.push_front(q);
+                    return;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "could not hand a task to a worker");
+                    q.cell.stage_error(e);
+                    q.cell.publish();
+                }
+            }
+        }
+    }
+
+    /// During shutdown: tells idle workers to exit once the queue is empty.
+    fn exit_idle_workers(&mut self) {
+        if !self.queue.is_empty() {
+            return;
+        }
+        for w in self.workers.iter_mut().flatten() {
+            if w.in_flight.is_empty() && !w.exiting {
+                w.exiting = true;
+                w.send_exit();
+            }
+        }
+    }
+
+    pub(crate) fn alive(&self) -> usize {
+        self.workers.iter().flatten().count()
+    }
+}
+
+impl Worker {
+    fn wake(&self) {
+        // The worker is the only consumer of its bell; ring after publishing.
+        self.bell.ring();
+    }
+
+    fn send_exit(&mut self) {
+        match self.sender.try_send(TAG_EXIT, &[]) {
+            Ok(true) => self.wake(),
+            // Ring full or broken: the worker will be killed at shutdown.
+            _ => {
+                let _ = self.pidfd.kill(rustix::process::Signal::TERM);
+            }
+        }
+    }
+}
+
+/// Encodes nothing: marker for the initializer message.
+pub(crate) fn init_message(trampoline: i64, arg: &[u8]) -> Vec<u8> {
+    let hdr = TaskHeader {
+        task_id: 0,
+        trampoline,
+    };
+    let mut v = bytemuck::bytes_of(&hdr).to_vec();
+    v.extend_from_slice(arg);
+    v
+}
+
+pub(crate) const INIT_TAG: u32 = TAG_INIT;
+
+/// How long the manager sleeps between housekeeping rounds.
+pub(crate) const TICK: Duration = Duration::from_millis(100);

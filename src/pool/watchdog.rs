@@ -1,0 +1,192 @@
+//! The watchdog thread: spawns workers, and notices their deaths through
+//! pidfds the moment they happen.
+
+use std::os::fd::AsFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+use loky_ipc::{ExitStatus, PidFd};
+
+use super::Pool;
+use crate::error::Error;
+use crate::future::{lock, Completion};
+
+/// Consecutive start-up failures after which the pool is broken.
+pub(crate) const MAX_STARTUP_FAILURES: u32 = 3;
+
+pub(super) fn run(pool: &Arc<Pool>) {
+    loop {
+        pool.fill_slots();
+        if pool.finished() {
+            break;
+        }
+        let watched: Vec<(usize, Arc<PidFd>)> = {
+            let st = pool.state();
+            st.workers
+                .iter()
+                .enumerate()
+                .filter_map(|(i, w)| w.as_ref().map(|w| (i, w.pidfd.clone())))
+                .collect()
+        };
+        let mut fds: Vec<_> = watched.iter().map(|(_, p)| p.as_fd()).collect();
+        fds.push(pool.watchdog_wake.as_fd());
+        let ready = match loky_ipc::pidfd::wait_readable(&fds, Some(Duration::from_secs(1))) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "watchdog poll failed");
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+        };
+        pool.watchdog_wake.clear();
+        for ((i, pidfd), _) in watched.iter().zip(&ready).filter(|(_, r)| **r) {
+            pool.bury(*i, pidfd);
+        }
+    }
+    tracing::debug!("watchdog exits");
+    pool.region().parent_bell().wake_all();
+}
+
+impl Pool {
+    /// Spawns workers into empty slots until the pool is whole.
+    fn fill_slots(self: &Arc<Self>) {
+        loop {
+            let next = {
+                let st = self.state();
+                if st.shutdown || st.broken.is_some() {
+                    return;
+                }
+                st.workers.iter().position(Option::is_none)
+            };
+            let Some(i) = next else { return };
+            if let Err(e) = self.launch(i) {
+                tracing::error!(error = %e, "could not start a worker");
+                let cause = format!("could not start a worker: {e}");
+                if self.startup_failed(cause) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+
+    /// Counts a start-up failure; breaks the pool after too many in a row.
+    /// Returns whether the pool is now broken.
+    fn startup_failed(&self, cause: String) -> bool {
+        let mut failed: Vec<Arc<dyn Completion>> = Vec::new();
+        let broken = {
+            let mut st = self.state();
+            st.startup_failures += 1;
+            if st.startup_failures < MAX_STARTUP_FAILURES {
+                return false;
+            }
+            let cause = format!(
+                "{} consecutive worker start-up failures; last: {cause}",
+                st.startup_failures
+            );
+            tracing::error!(%cause, "process pool broken");
+            st.broken = Some(cause.clone());
+            self.closed
+                .store(true, std::sync::atomic::Ordering::Release);
+            for q in st.queue.drain(..) {
+                failed.push(q.cell);
+            }
+            for w in st.workers.iter_mut().flatten() {
+                failed.extend(w.in_flight.drain(..));
+                let _ = w.pidfd.kill(rustix::process::Signal::KILL);
+            }
+            cause
+        };
+        for c in failed {
+            c.stage_error(Error::BrokenProcessPool {
+                cause: broken.clone(),
+            });
+            c.publish();
+        }
+        true
+    }
+
+    /// Handles the death of the worker in slot `i`: delivers the results it
+    /// sent before dying, fails its other tasks, frees the slot.
+    fn bury(self: &Arc<Self>, i: usize, pidfd: &PidFd) {
+        let status = match pidfd.try_wait() {
+            Ok(Some(s)) => s,
+            Ok(None) => return, // spurious readiness
+            Err(e) => {
+                tracing::error!(error = %e, pid = pidfd.pid(), "cannot reap worker");
+                ExitStatus::Exited(-1)
+            }
+        };
+        // Results it published before dying are real results.
+        let mut done = Vec::new();
+        {
+            let mut rx = lock(&self.receivers[i]);
+            if let Some(r) = rx.as_mut() {
+                self.drain_slot(i, r, &mut done);
+            }
+            *rx = None;
+        }
+        let mut failed: Vec<(Arc<dyn Completion>, Error)> = Vec::new();
+        let mut startup_failure = None;
+        {
+            let mut st = self.state();
+            let Some(mut w) = st.workers[i].take() else {
+                return;
+            };
+            let running = w.in_flight.front().map(|c| c.id()).unwrap_or(0);
+            let clean = w.exiting && status == ExitStatus::Exited(0);
+            if !clean {
+                let killed_by_us = w.kill_reason.is_some();
+                let error = match w.kill_reason.take() {
+                    Some(e) => e,
+                    None => Error::TerminatedWorker {
+                        pid: w.pid,
+                        status,
+                        task: running,
+                    },
+                };
+                if !w.ready && !killed_by_us && !st.shutdown {
+                    startup_failure = Some(describe_startup_failure(status));
+                }
+                if !matches!(error, Error::ShutdownExecutor) {
+                    st.stats.crashed += 1;
+                }
+                tracing::warn!(pid = w.pid, %status, task = running, in_flight = w.in_flight.len(), "worker died");
+                for c in w.in_flight.drain(..) {
+                    failed.push((c, error.clone()));
+                }
+            }
+            if !st.shutdown && st.broken.is_none() {
+                st.stats.respawned += 1;
+            }
+            drop(w);
+        }
+        for c in done {
+            c.publish();
+        }
+        for (c, e) in failed {
+            c.stage_error(e);
+            c.publish();
+        }
+        if let Some(cause) = startup_failure {
+            self.startup_failed(cause);
+        }
+        self.region().parent_bell().wake_all();
+    }
+}
+
+fn describe_startup_failure(status: ExitStatus) -> String {
+    let hint = match status {
+        ExitStatus::Exited(code) if code == crate::worker::EXIT_INIT_FAILED => {
+            "the initializer panicked"
+        }
+        ExitStatus::Exited(code) if code == crate::worker::EXIT_BAD_BINARY => {
+            "the worker is not the same binary as the parent (was it rebuilt while running?)"
+        }
+        ExitStatus::Exited(code) if code == crate::worker::EXIT_BOOTSTRAP => {
+            "the worker could not attach to the pool"
+        }
+        _ => "the worker died before it was ready (in the initializer or at start-up)",
+    };
+    format!("worker exited with {status}: {hint}")
+}

@@ -1,0 +1,274 @@
+//! The worker side: bootstrap before `main`, then the task loop.
+
+pub(crate) mod bootstrap;
+
+use std::io::Write;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use loky_ipc::{Receiver, Region, Sender};
+use rkyv::util::AlignedVec;
+
+use crate::pool::{binary_tag, WorkerSpec, REGION_FD, SOCKET_FD};
+use crate::protocol::{
+    read_header, ResultHeader, TaskHeader, RESULT_HEADER, STATUS_OK, TAG_EXIT, TAG_INIT, TAG_READY,
+    TAG_RESULT, TAG_TASK,
+};
+
+/// Exit code: the initializer panicked or failed.
+pub(crate) const EXIT_INIT_FAILED: i32 = 77;
+/// Exit code: the region's tag did not match (a different binary).
+pub(crate) const EXIT_BAD_BINARY: i32 = 78;
+/// Exit code: the worker could not set itself up.
+pub(crate) const EXIT_BOOTSTRAP: i32 = 79;
+
+/// How long a sleeping worker waits before checking its parent is alive
+/// (the parent-death signal normally kills it first).
+const PARENT_CHECK: Duration = Duration::from_millis(500);
+
+fn fatal(code: i32, message: std::fmt::Arguments<'_>) -> i32 {
+    // The only channel a worker that cannot attach has is its stderr.
+    let _ = writeln!(
+        std::io::stderr(),
+        "loky worker {}: {message}",
+        std::process::id()
+    );
+    code
+}
+
+/// The worker's life: attach, initialise, serve tasks until told to exit.
+pub(crate) fn run(raw_spec: &str) -> i32 {
+    let Some(spec) = WorkerSpec::decode(raw_spec) else {
+        return fatal(
+            EXIT_BOOTSTRAP,
+            format_args!("malformed worker spec {raw_spec:?}"),
+        );
+    };
+    // SAFETY: `signal` with SIG_IGN is async-signal-safe and affects only
+    // this process; a worker, like a Rust `main`, ignores SIGPIPE.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+    if rustix::process::getppid().map(|p| p.as_raw_nonzero().get() as u32) != Some(spec.parent) {
+        return 0; // the parent died before we got here
+    }
+    // SAFETY: the parent placed the region memfd and our socket end at these
+    // numbers before exec; nothing else in this process owns them.
+    let (region_fd, socket) = unsafe {
+        (
+            OwnedFd::from_raw_fd(REGION_FD),
+            OwnedFd::from_raw_fd(SOCKET_FD),
+        )
+    };
+    let region = match Region::attach(region_fd, binary_tag()) {
+        Ok(r) => r,
+        Err(loky_ipc::Error::BadHeader(why)) => {
+            return fatal(
+                EXIT_BAD_BINARY,
+                format_args!("not the same binary as the parent ({why}); refusing to run"),
+            )
+        }
+        Err(e) => {
+            return fatal(
+                EXIT_BOOTSTRAP,
+                format_args!("cannot attach the shared region: {e}"),
+            )
+        }
+    };
+    if spec.slot >= region.config().slots || region.slot(spec.slot).generation() != spec.generation
+    {
+        return fatal(
+            EXIT_BOOTSTRAP,
+            format_args!("slot {} is not ours", spec.slot),
+        );
+    }
+    let socket2 = match socket.try_clone() {
+        Ok(s) => s,
+        Err(e) => return fatal(EXIT_BOOTSTRAP, format_args!("dup: {e}")),
+    };
+    let slot = region.slot(spec.slot);
+    slot.set_pid(std::process::id());
+    // SAFETY: the parent initialised this slot for us (generation checked);
+    // the worker is the only consumer of `down` and producer of `up`.
+    let (rx, tx) = unsafe {
+        (
+            Receiver::new(slot.down_consumer(), socket),
+            Sender::new(slot.up_producer(), socket2),
+        )
+    };
+    crate::transport::install_panic_hook();
+    let mut w = WorkerLoop {
+        region: &region,
+        spec,
+        rx,
+        tx,
+        out: AlignedVec::with_capacity(4096),
+    };
+    w.serve()
+}
+
+struct WorkerLoop<'r> {
+    region: &'r Region,
+    spec: WorkerSpec,
+    rx: Receiver<'r>,
+    tx: Sender<'r>,
+    out: AlignedVec,
+}
+
+impl WorkerLoop<'_> {
+    fn serve(&mut self) -> i32 {
+        if !self.spec.has_init {
+            self.send(TAG_READY, 0, 0, STATUS_OK);
+        }
+        loop {
+            if !self.wait_for_message() {
+                return 0; // parent gone
+            }
+            let (tag, header) = match self.rx.peek() {
+                Ok(Some(m)) => (m.tag, read_header::<TaskHeader>(m.bytes).map(|h| h.0)),
+                Ok(None) => continue,
+                Err(e) => return fatal(EXIT_BOOTSTRAP, format_args!("corrupt task ring: {e}")),
+            };
+            match (tag, header) {
+                (TAG_EXIT, _) => return 0,
+                (TAG_TASK, Some(h)) => {
+                    let status = self.run_one(h);
+                    self.send(TAG_RESULT, h.task_id, 0, status);
+                }
+                (TAG_INIT, Some(h)) => {
+                    let status = self.run_one(h);
+                    if status != STATUS_OK {
+                        let _ = self.rx.pop();
+                        return fatal(
+                            EXIT_INIT_FAILED,
+                            format_args!("initializer failed (status {status})"),
+                        );
+                    }
+                    self.send(TAG_READY, 0, 0, STATUS_OK);
+                }
+                _ => return fatal(EXIT_BOOTSTRAP, format_args!("unexpected message tag {tag}")),
+            }
+        }
+    }
+
+    /// Runs the task at the head of the ring; leaves the encoded outcome in
+    /// `self.out` after a placeholder header, and releases the message.
+    fn run_one(&mut self, h: TaskHeader) -> u32 {
+        let start = Instant::now();
+        self.out.clear();
+        self.out.extend_from_slice(&[0u8; RESULT_HEADER]);
+        let status = match self.rx.peek() {
+            Ok(Some(m)) => {
+                let arg = &m.bytes[crate::protocol::TASK_HEADER..];
+                // SAFETY: the offset was computed by `transport::offset_of`
+                // in the parent, which runs this same binary (the region tag
+                // checked at attach proves it).
+                let trampoline = unsafe { crate::transport::resolve(h.trampoline) };
+                trampoline(arg, &mut self.out)
+            }
+            _ => crate::protocol::STATUS_DECODE_ARG,
+        };
+        let _ = self.rx.pop();
+        let rss_kib = if self.spec.report_rss { rss_kib() } else { 0 };
+        let header = ResultHeader {
+            task_id: h.task_id,
+            elapsed_ns: start.elapsed().as_nanos() as u64,
+            status,
+            rss_kib,
+            _reserved: 0,
+        };
+        self.out[..RESULT_HEADER].copy_from_slice(bytemuck::bytes_of(&header));
+        status
+    }
+
+    /// Sends `self.out` (for results) or a bare header, waiting for room.
+    fn send(&mut self, tag: u32, task_id: u64, elapsed_ns: u64, status: u32) {
+        if tag != TAG_RESULT {
+            self.out.clear();
+            let header = ResultHeader {
+                task_id,
+                elapsed_ns,
+                status,
+                rss_kib: 0,
+                _reserved: 0,
+            };
+            self.out.extend_from_slice(bytemuck::bytes_of(&header));
+        }
+        let mut pause = Duration::from_micros(20);
+        loop {
+            match self.tx.try_send(tag, &self.out) {
+                Ok(true) => break,
+                Ok(false) => {
+                    // The parent is behind; it drains continuously, so back
+                    // off gently rather than burn a core.
+                    self.region.parent_bell().ring();
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(2));
+                    if !self.parent_alive() {
+                        std::process::exit(0);
+                    }
+                }
+                Err(e) => {
+                    let _ = fatal(EXIT_BOOTSTRAP, format_args!("cannot send a result: {e}"));
+                    std::process::exit(EXIT_BOOTSTRAP);
+                }
+            }
+        }
+        self.region.parent_bell().ring();
+        if self.out.capacity() > (64 << 20) {
+            self.out = AlignedVec::with_capacity(4096);
+        }
+    }
+
+    fn parent_alive(&self) -> bool {
+        rustix::process::getppid().map(|p| p.as_raw_nonzero().get() as u32)
+            == Some(self.spec.parent)
+    }
+
+    /// Waits for the next message: spins briefly if a core is free, then
+    /// sleeps on the slot's doorbell. False if the parent died.
+    fn wait_for_message(&mut self) -> bool {
+        if self.rx.has_message() {
+            return true;
+        }
+        let slot = self.region.slot(self.spec.slot);
+        if self.region.spinning() < self.spec.ncpu {
+            slot.spinning()
+                .store(1, std::sync::atomic::Ordering::Relaxed);
+            let rx = &mut self.rx;
+            let found = loky_ipc::spin_until(self.spec.spin, || rx.has_message());
+            slot.spinning()
+                .store(0, std::sync::atomic::Ordering::Relaxed);
+            if found {
+                return true;
+            }
+        }
+        let bell = slot.bell();
+        loop {
+            let token = bell.announce_sleep();
+            if self.rx.has_message() {
+                token.cancel();
+                return true;
+            }
+            token.wait(Some(PARENT_CHECK));
+            if self.rx.has_message() {
+                return true;
+            }
+            if !self.parent_alive() {
+                return false;
+            }
+        }
+    }
+}
+
+/// Resident set size in KiB, from `/proc/self/statm`.
+fn rss_kib() -> u32 {
+    let Ok(s) = std::fs::read_to_string("/proc/self/statm") else {
+        return 0;
+    };
+    let pages: u64 = s
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let page = rustix::param::page_size() as u64;
+    (pages * page / 1024).min(u64::from(u32::MAX)) as u32
+}
