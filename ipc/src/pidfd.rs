@@ -191,6 +191,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[allow(clippy::zombie_processes)] // reaped through the pidfd (`waitid`)
     fn reports_signal_and_exit_code() {
         let child = std::process::Command::new("sleep")
             .arg("30")

@@ -245,10 +245,10 @@ impl Region {
 
     /// Threads currently spinning in all processes (a snapshot).
     pub fn spinning(&self) -> u32 {
-        let slots: u32 = (0..self.cfg.slots)
+        // The slot flags are written by workers: saturate, never overflow.
+        (0..self.cfg.slots)
             .map(|i| self.slot(i).header().spinning.load(Relaxed))
-            .sum();
-        slots + self.parent_spinning().load(Relaxed)
+            .fold(self.parent_spinning().load(Relaxed), u32::saturating_add)
     }
 
     /// Slot `i`. Panics if `i` is out of range (a bug in the caller).
@@ -306,6 +306,13 @@ impl<'r> Slot<'r> {
         unsafe { self.hdr.as_ref() }
     }
 
+    /// The ring capacity from the region's configuration (validated at
+    /// create or attach), never from the slot header, which the worker can
+    /// write.
+    fn capacity(&self) -> u64 {
+        self._region.cfg.ring_capacity as u64
+    }
+
     /// The generation stamped by the last [`Region::init_slot`].
     pub fn generation(&self) -> u32 {
         self.header().generation.load(Relaxed)
@@ -346,28 +353,52 @@ impl<'r> Slot<'r> {
     pub unsafe fn down_producer(&self) -> Producer<'r> {
         // SAFETY: header and data are in the mapped region; exclusivity is
         // the caller's contract.
-        unsafe { Producer::attach(NonNull::from(&self.header().down), self.down) }
+        unsafe {
+            Producer::attach_with_capacity(
+                NonNull::from(&self.header().down),
+                self.down,
+                self.capacity(),
+            )
+        }
     }
 
     /// # Safety
     /// No other consumer of this slot's `down` ring exists (in any process).
     pub unsafe fn down_consumer(&self) -> Consumer<'r> {
         // SAFETY: as in `down_producer`.
-        unsafe { Consumer::attach(NonNull::from(&self.header().down), self.down) }
+        unsafe {
+            Consumer::attach_with_capacity(
+                NonNull::from(&self.header().down),
+                self.down,
+                self.capacity(),
+            )
+        }
     }
 
     /// # Safety
     /// No other producer of this slot's `up` ring exists (in any process).
     pub unsafe fn up_producer(&self) -> Producer<'r> {
         // SAFETY: as in `down_producer`.
-        unsafe { Producer::attach(NonNull::from(&self.header().up), self.up) }
+        unsafe {
+            Producer::attach_with_capacity(
+                NonNull::from(&self.header().up),
+                self.up,
+                self.capacity(),
+            )
+        }
     }
 
     /// # Safety
     /// No other consumer of this slot's `up` ring exists (in any process).
     pub unsafe fn up_consumer(&self) -> Consumer<'r> {
         // SAFETY: as in `down_producer`.
-        unsafe { Consumer::attach(NonNull::from(&self.header().up), self.up) }
+        unsafe {
+            Consumer::attach_with_capacity(
+                NonNull::from(&self.header().up),
+                self.up,
+                self.capacity(),
+            )
+        }
     }
 }
 
@@ -411,6 +442,33 @@ mod tests {
             ..cfg()
         })
         .is_err());
+    }
+
+    /// The worker can write its slot header; a capacity scribbled there must
+    /// not change the bounds the parent's ends use.
+    #[test]
+    fn ends_ignore_capacity_written_into_the_slot_header() {
+        let region = Region::create(cfg()).unwrap();
+        let slot = region.slot(1);
+        let base = region.map.as_mut_ptr();
+        // `capacity` follows `head` and `tail`, 128 bytes each.
+        let offset = slot.up_header() as *const RingHeader as usize - base as usize + 256;
+        // SAFETY: in bounds of the mapping, 8-aligned, and no reference to
+        // the field is alive (a stand-in for a write by the worker process).
+        unsafe { base.add(offset).cast::<u64>().write(1 << 40) };
+        assert_eq!(
+            slot.up_header().capacity(),
+            1 << 40,
+            "wrote the capacity field"
+        );
+        // SAFETY: the only producer and consumer of this ring.
+        let (mut p, mut c) = unsafe { (slot.up_producer(), slot.up_consumer()) };
+        assert_eq!(p.max_message(), 4096 / 2 - crate::ring::FRAME);
+        for i in 0..1000u32 {
+            assert!(p.try_push(i, &[i as u8; 1000]));
+            assert_eq!(c.peek().unwrap().unwrap().payload, &[i as u8; 1000][..]);
+            c.pop().unwrap();
+        }
     }
 
     #[test]

@@ -151,12 +151,29 @@ impl<'r> Producer<'r> {
     /// * the capacity passed [`RingHeader::check_capacity`].
     pub unsafe fn attach(hdr: NonNull<RingHeader>, data: NonNull<u8>) -> Self {
         // SAFETY: the caller guarantees `hdr` is valid for reads.
+        let cap = unsafe { hdr.as_ref() }.capacity;
+        // SAFETY: the caller's contract, and `cap` is the header's own.
+        unsafe { Self::attach_with_capacity(hdr, data, cap) }
+    }
+
+    /// [`Self::attach`] with the capacity from a trusted source instead of
+    /// the shared header, which the peer process could have overwritten.
+    ///
+    /// # Safety
+    ///
+    /// As for [`Self::attach`], with `cap` the size of `data`.
+    pub(crate) unsafe fn attach_with_capacity(
+        hdr: NonNull<RingHeader>,
+        data: NonNull<u8>,
+        cap: u64,
+    ) -> Self {
+        // SAFETY: the caller guarantees `hdr` is valid for reads.
         let h = unsafe { hdr.as_ref() };
         let head = h.head.load(Relaxed);
         Self {
             hdr,
             data,
-            cap: h.capacity,
+            cap,
             head,
             cached_tail: h.tail.load(Acquire),
             shadow: Shadow::default(),
@@ -315,11 +332,27 @@ impl<'r> Consumer<'r> {
     /// Same as [`Producer::attach`], for consumers.
     pub unsafe fn attach(hdr: NonNull<RingHeader>, data: NonNull<u8>) -> Self {
         // SAFETY: the caller guarantees `hdr` is valid for reads.
+        let cap = unsafe { hdr.as_ref() }.capacity;
+        // SAFETY: the caller's contract, and `cap` is the header's own.
+        unsafe { Self::attach_with_capacity(hdr, data, cap) }
+    }
+
+    /// See [`Producer::attach_with_capacity`].
+    ///
+    /// # Safety
+    ///
+    /// As for [`Self::attach`], with `cap` the size of `data`.
+    pub(crate) unsafe fn attach_with_capacity(
+        hdr: NonNull<RingHeader>,
+        data: NonNull<u8>,
+        cap: u64,
+    ) -> Self {
+        // SAFETY: the caller guarantees `hdr` is valid for reads.
         let h = unsafe { hdr.as_ref() };
         Self {
             hdr,
             data,
-            cap: h.capacity,
+            cap,
             tail: h.tail.load(Relaxed),
             cached_head: h.head.load(Acquire),
             shadow: Shadow::default(),
@@ -571,7 +604,6 @@ mod tests {
             let mut ring = HeapRing::new(1024).unwrap();
             let (mut p, mut c) = ring.split();
             let mut sent = std::collections::VecDeque::new();
-            let mut k = 0;
             for (i, &len) in sizes.iter().enumerate() {
                 let msg = pattern(i, len);
                 while !p.try_push(i as u32, &msg) {
@@ -582,7 +614,7 @@ mod tests {
                     c.pop().unwrap();
                 }
                 sent.push_back((i as u32, msg));
-                for _ in 0..pops[k % pops.len()] {
+                for _ in 0..pops[i % pops.len()] {
                     if let Some(m) = c.peek().unwrap() {
                         let (tag, want) = sent.pop_front().unwrap();
                         prop_assert_eq!(m.tag, tag);
@@ -590,7 +622,6 @@ mod tests {
                         c.pop().unwrap();
                     }
                 }
-                k += 1;
             }
             while let Some(m) = c.peek().unwrap() {
                 let (tag, want) = sent.pop_front().unwrap();
@@ -608,9 +639,24 @@ mod tests {
 /// [`Shadow`]: loom fails the model if any read or write of the bytes is not
 /// ordered by the `head`/`tail` SYNC POINTs.
 #[cfg(all(test, loom))]
-mod loom_model {
+pub(crate) mod loom_model {
     use super::*;
     use loom::thread;
+
+    /// Runs `f` with both ends of a fresh ring of `capacity` bytes. The ends
+    /// are `'static` so that one can move into `loom::thread::spawn`; `f`
+    /// must join every thread it gives an end to. The ring is freed when `f`
+    /// returns (leaking it instead would cost one ring per interleaving).
+    pub(crate) fn with_ring(capacity: usize, f: impl FnOnce(Producer<'static>, Consumer<'static>)) {
+        let ring = Box::into_raw(Box::new(HeapRing::new(capacity).expect("valid capacity")));
+        // SAFETY: `ring` stays allocated until after `f` returns, and `f`
+        // joins the threads it handed an end to, so no end outlives it. (If
+        // `f` panics the ring is leaked, never freed under a live end.)
+        let (p, c) = unsafe { (*ring).split() };
+        f(p, c);
+        // SAFETY: allocated by `Box::into_raw` above; both ends are gone.
+        drop(unsafe { Box::from_raw(ring) });
+    }
 
     /// Payload sizes: frames of 96, 80 and 96 bytes in a 256-byte ring, so
     /// the third message does not fit before the end: the producer must wait
@@ -621,32 +667,34 @@ mod loom_model {
         (0..len).map(|j| (i * 101 + j) as u8).collect()
     }
 
+    /// One producer, one consumer, three messages (one wrapping, one
+    /// waiting for room): contents and order hold in every interleaving,
+    /// and no buffer access races (explored exhaustively).
     #[test]
     fn loom_ring_three_messages_in_order() {
         loom::model(|| {
-            // Leaked so that the ends are 'static for `loom::thread::spawn`.
-            let ring = Box::leak(Box::new(HeapRing::new(256).expect("valid capacity")));
-            let (mut p, mut c) = ring.split();
-            let producer = thread::spawn(move || {
+            with_ring(256, |mut p, mut c| {
+                let producer = thread::spawn(move || {
+                    for (i, &len) in LENS.iter().enumerate() {
+                        while !p.try_push(i as u32, &pattern(i, len)) {
+                            thread::yield_now();
+                        }
+                    }
+                });
                 for (i, &len) in LENS.iter().enumerate() {
-                    while !p.try_push(i as u32, &pattern(i, len)) {
+                    loop {
+                        if let Some(m) = c.peek().expect("well-formed ring") {
+                            assert_eq!(m.tag, i as u32);
+                            assert_eq!(m.payload, &pattern(i, len)[..]);
+                            break;
+                        }
                         thread::yield_now();
                     }
+                    c.pop().expect("well-formed ring");
                 }
+                assert!(c.peek().expect("well-formed ring").is_none());
+                producer.join().expect("producer");
             });
-            for (i, &len) in LENS.iter().enumerate() {
-                loop {
-                    if let Some(m) = c.peek().expect("well-formed ring") {
-                        assert_eq!(m.tag, i as u32);
-                        assert_eq!(m.payload, &pattern(i, len)[..]);
-                        break;
-                    }
-                    thread::yield_now();
-                }
-                c.pop().expect("well-formed ring");
-            }
-            assert!(c.peek().expect("well-formed ring").is_none());
-            producer.join().expect("producer");
         });
     }
 }

@@ -5,9 +5,11 @@
 //! data prepared before the fork, so it is safe in a multi-threaded parent.
 //! The child:
 //!
-//! 1. moves the descriptors it must keep above every target number, then
-//!    `dup2`s each to its fixed target (which clears close-on-exec);
-//! 2. points stdin at `/dev/null`;
+//! 1. moves the descriptors it must keep (the exec-status pipe included)
+//!    above every target number;
+//! 2. points stdin at `/dev/null`, then `dup2`s each kept descriptor to its
+//!    fixed target (which clears close-on-exec), in that order because a
+//!    target may reuse the number `/dev/null` had;
 //! 3. clears the signal mask it inherited from the spawning thread;
 //! 4. sets `PR_SET_PDEATHSIG`, then re-checks `getppid()` in case the parent
 //!    died before the call (the signal is tied to the *thread* that forked,
@@ -181,16 +183,17 @@ unsafe fn child(
 ) -> ! {
     // SAFETY: async-signal-safe calls only (see module docs).
     unsafe {
+        // Move the error pipe and every source above all targets. `fail`
+        // writes to the moved pipe: a target may reuse the original number.
+        let err = libc::fcntl(err, libc::F_DUPFD_CLOEXEC, SCRATCH_FD);
+        if err < 0 {
+            libc::_exit(126);
+        }
         let fail = |what: i32| -> ! {
             let e = what.to_ne_bytes();
             libc::write(err, e.as_ptr().cast(), 4);
             libc::_exit(127)
         };
-        // Move the error pipe and every source above all targets.
-        let err = libc::fcntl(err, libc::F_DUPFD_CLOEXEC, SCRATCH_FD);
-        if err < 0 {
-            libc::_exit(126);
-        }
         let mut moved = [0 as RawFd; 16];
         if srcs.len() > moved.len() {
             fail(libc::E2BIG);
@@ -202,13 +205,14 @@ unsafe fn child(
             }
             moved[i] = m;
         }
+        // stdin before the targets: a target may reuse `devnull`'s number.
+        if libc::dup2(devnull, 0) < 0 {
+            fail(*libc::__errno_location());
+        }
         for (i, &(_, target)) in srcs.iter().enumerate() {
             if libc::dup2(moved[i], target) < 0 {
                 fail(*libc::__errno_location());
             }
-        }
-        if libc::dup2(devnull, 0) < 0 {
-            fail(*libc::__errno_location());
         }
         let mut empty: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut empty);
@@ -270,6 +274,38 @@ mod tests {
             .unwrap()
             .spawn()
             .unwrap_err();
+        assert!(matches!(err, Error::Os { op: "execve", .. }), "{err}");
+    }
+
+    /// Targets may be any numbers, including those that `spawn` itself
+    /// happens to use for `/dev/null` and the exec-status pipe: stdin is
+    /// still `/dev/null`, and an exec failure is still reported.
+    #[test]
+    fn targets_may_cover_spawns_own_descriptors() {
+        let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap();
+        let mut spawn = Spawn::new(Path::new("/bin/sh"), "sh")
+            .unwrap()
+            .arg("-c")
+            .unwrap()
+            .arg("readlink /proc/self/fd/0 >&3")
+            .unwrap();
+        for target in 3..19 {
+            spawn = spawn.fd(w.as_fd(), target).unwrap();
+        }
+        let child = spawn.spawn().unwrap();
+        let st = child.wait_timeout(Duration::from_secs(20)).unwrap();
+        assert_eq!(st, Some(ExitStatus::Exited(0)));
+        drop(w);
+        let mut buf = [0u8; 64];
+        let n = rustix::io::read(&r, &mut buf).unwrap();
+        assert_eq!(std::str::from_utf8(&buf[..n]).unwrap(), "/dev/null\n");
+
+        let (_r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap();
+        let mut spawn = Spawn::new(Path::new("/nonexistent/program"), "x").unwrap();
+        for target in 3..19 {
+            spawn = spawn.fd(w.as_fd(), target).unwrap();
+        }
+        let err = spawn.spawn().unwrap_err();
         assert!(matches!(err, Error::Os { op: "execve", .. }), "{err}");
     }
 
