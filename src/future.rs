@@ -434,6 +434,19 @@ impl<R: Send + 'static> Future<R> {
             if pool.spin_for_results(|| self.cell.task.is_done(), deadline) {
                 return true;
             }
+            if pool.on_pool_thread() {
+                // A done-callback waiting on the manager thread: nobody else
+                // drains the rings, so keep draining while waiting.
+                while !self.cell.task.is_done() {
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                        return false;
+                    }
+                    if !pool.drain_all(false) {
+                        std::thread::sleep(Duration::from_micros(200));
+                    }
+                }
+                return true;
+            }
         }
         let notify = Arc::new(Notify::default());
         {

@@ -130,7 +130,6 @@ impl Pool {
             )
         };
         let _ = slot;
-        *crate::future::lock(&self.receivers[i]) = Some(receiver);
         let mut worker = Worker {
             pid,
             pidfd: Arc::new(pidfd),
@@ -151,8 +150,11 @@ impl Pool {
             }
             worker.wake();
         }
-        let mut st = self.state();
-        st.workers[i] = Some(worker);
+        self.state().workers[i] = Some(worker);
+        // Only now may the worker's first message (READY) be drained: it
+        // must find the worker in `state`.
+        *crate::future::lock(&self.receivers[i]) = Some(receiver);
+        self.region.parent_bell().wake_all();
         Ok(())
     }
 }

@@ -429,10 +429,18 @@ impl Pool {
         }
     }
 
+    /// Whether the calling thread is one of the pool's own (manager or
+    /// watchdog), which must never sleep waiting for a result.
+    pub(crate) fn on_pool_thread(&self) -> bool {
+        lock(&self.thread_ids).contains(&std::thread::current().id())
+    }
+
     /// True once shutdown was requested and no worker is left.
     pub(crate) fn finished(&self) -> bool {
         let st = self.state();
-        (st.shutdown || st.broken.is_some()) && st.workers.iter().all(Option::is_none)
+        (st.shutdown || st.broken.is_some())
+            && st.queue.is_empty()
+            && st.workers.iter().all(Option::is_none)
     }
 
     /// A snapshot of the counters.
@@ -470,14 +478,29 @@ impl State {
         Ok(())
     }
 
+    /// Tasks a worker may hold: [`DEPTH`] once every slot has a ready
+    /// worker, one while some are still starting.
+    fn depth(&self) -> usize {
+        let all_ready = self
+            .workers
+            .iter()
+            .all(|w| w.as_ref().is_some_and(|w| w.ready || w.exiting));
+        if all_ready {
+            DEPTH
+        } else {
+            1
+        }
+    }
+
     /// The ready worker with the fewest tasks, if one has room.
     fn least_loaded(&self) -> Option<usize> {
+        let depth = self.depth();
         let mut best: Option<(usize, usize)> = None;
         for (i, w) in self.workers.iter().enumerate() {
             if let Some(w) = w {
                 if w.ready
                     && !w.exiting
-                    && w.in_flight.len() < DEPTH
+                    && w.in_flight.len() < depth
                     && best.is_none_or(|(_, n)| w.in_flight.len() < n)
                 {
                     best = Some((i, w.in_flight.len()));
@@ -502,11 +525,12 @@ impl State {
 
     /// Moves queued tasks into worker `i` while it has room.
     fn refill(&mut self, i: usize) {
+        let depth = self.depth();
         loop {
             let Some(w) = self.workers[i].as_ref() else {
                 return;
             };
-            if !w.ready || w.exiting || w.in_flight.len() >= DEPTH {
+            if !w.ready || w.exiting || w.in_flight.len() >= depth {
                 return;
             }
             let Some(q) = self.queue.pop_front() else {

@@ -53,7 +53,9 @@ impl Pool {
         loop {
             let next = {
                 let st = self.state();
-                if st.shutdown || st.broken.is_some() {
+                // After a shutdown, workers are still (re)started while
+                // submitted work waits for them.
+                if st.broken.is_some() || (st.shutdown && st.queue.is_empty()) {
                     return;
                 }
                 st.workers.iter().position(Option::is_none)

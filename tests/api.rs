@@ -1,0 +1,543 @@
+//! The executor API, end to end: every call of DESIGN.md section 1 that the
+//! core provides, against real worker processes.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+use loky::{as_completed, wait, Error, ProcessPoolExecutor, ReturnWhen};
+
+/// Generous bound used only to turn a hang into a failure.
+const HANG: Duration = Duration::from_secs(60);
+
+fn pool(n: usize) -> ProcessPoolExecutor {
+    ProcessPoolExecutor::builder()
+        .max_workers(n)
+        .build()
+        .expect("pool")
+}
+
+/// Waits (bounded) until a worker holds the task.
+fn wait_running<R: Send + 'static>(f: &loky::Future<R>) {
+    let start = std::time::Instant::now();
+    while !f.running() {
+        assert!(start.elapsed() < HANG, "task never started");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+fn sleep_ms(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+#[test]
+fn submit_runs_in_another_process() {
+    let ex = pool(2);
+    let pid = ex
+        .submit(|_: ()| std::process::id(), ())
+        .unwrap()
+        .result_timeout(HANG)
+        .unwrap();
+    assert_ne!(pid, std::process::id());
+    assert_eq!(ex.submit(|x: u64| x + 1, 41).unwrap().result().unwrap(), 42);
+}
+
+#[test]
+fn fn_items_closures_and_rich_types() {
+    fn describe(p: (String, Vec<f64>)) -> String {
+        format!("{}:{}", p.0, p.1.iter().sum::<f64>())
+    }
+    let ex = pool(1);
+    let f = ex
+        .submit(describe, ("sum".to_string(), vec![1.0, 2.5]))
+        .unwrap();
+    assert_eq!(f.result().unwrap(), "sum:3.5");
+    let opt = ex
+        .submit(|v: Option<Vec<u8>>| v.map(|v| v.len()), Some(vec![1, 2, 3]))
+        .unwrap();
+    assert_eq!(opt.result().unwrap(), Some(3));
+}
+
+#[test]
+fn map_is_ordered_and_uses_all_workers() {
+    let ex = pool(3);
+    let out: Vec<u64> = ex
+        .map(|x: u64| x * 2, 0..10_000)
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(out, (0..10_000).map(|x| x * 2).collect::<Vec<_>>());
+    let pids: BTreeSet<u32> = ex
+        .map(
+            |_: u64| {
+                (
+                    std::thread::sleep(Duration::from_millis(20)),
+                    std::process::id(),
+                )
+                    .1
+            },
+            0..30,
+        )
+        .chunksize(1)
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(pids.len(), 3, "every worker took part");
+}
+
+#[test]
+fn map_with_explicit_chunksize_and_empty_input() {
+    let ex = pool(2);
+    let out: Vec<i32> = ex
+        .map(|x: i32| -x, vec![1, 2, 3, 4, 5])
+        .chunksize(2)
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(out, vec![-1, -2, -3, -4, -5]);
+    let none: Vec<i32> = ex
+        .map(|x: i32| x, Vec::<i32>::new())
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert!(none.is_empty());
+}
+
+#[test]
+fn map_unordered_yields_every_position_once() {
+    let ex = pool(2);
+    let mut seen: Vec<(usize, u64)> = ex
+        .map_unordered(|x: u64| x + 100, 0..500)
+        .chunksize(7)
+        .map(|(i, r)| (i, r.unwrap()))
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        (0..500).map(|i| (i as usize, i + 100)).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn map_over_a_million_items_keeps_bounded_in_flight() {
+    let ex = pool(2);
+    let pulled = Arc::new(AtomicUsize::new(0));
+    let p = pulled.clone();
+    let input = (0..1_000_000u64).inspect(move |_| {
+        p.fetch_add(1, Ordering::Relaxed);
+    });
+    let mut it = ex.map(|x: u64| x ^ 1, input).chunksize(1000);
+    let mut max_ahead = 0;
+    let mut count = 0u64;
+    while let Some(r) = it.next() {
+        assert_eq!(r.unwrap(), count ^ 1);
+        count += 1;
+        max_ahead = max_ahead.max(pulled.load(Ordering::Relaxed) - count as usize);
+        assert!(it.chunks_in_flight() <= 4);
+    }
+    assert_eq!(count, 1_000_000);
+    // 2 workers x 2 chunks x 1000 items, plus the chunk being consumed.
+    assert!(
+        max_ahead <= 5 * 1000,
+        "input read {max_ahead} items ahead of the consumer"
+    );
+}
+
+#[test]
+fn map_is_lazy_until_iterated() {
+    let ex = pool(1);
+    let pulled = Arc::new(AtomicUsize::new(0));
+    let p = pulled.clone();
+    let it = ex.map(
+        |x: u64| x,
+        (0..10u64).inspect(move |_| {
+            p.fetch_add(1, Ordering::Relaxed);
+        }),
+    );
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(pulled.load(Ordering::Relaxed), 0);
+    drop(it);
+}
+
+#[test]
+fn panics_become_task_panicked_and_the_worker_lives() {
+    let ex = pool(1);
+    let pid = ex
+        .submit(|_: ()| std::process::id(), ())
+        .unwrap()
+        .result()
+        .unwrap();
+    let err = ex
+        .submit(|x: u32| -> u32 { panic!("bad input {x}") }, 7)
+        .unwrap()
+        .result()
+        .unwrap_err();
+    match err {
+        Error::TaskPanicked {
+            message, location, ..
+        } => {
+            assert_eq!(message, "bad input 7");
+            assert!(location.contains("api.rs"), "{location}");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    // Same worker, still alive.
+    assert_eq!(
+        ex.submit(|_: ()| std::process::id(), ())
+            .unwrap()
+            .result()
+            .unwrap(),
+        pid
+    );
+}
+
+#[test]
+fn a_panicking_item_fails_alone_in_its_chunk() {
+    let ex = pool(2);
+    let out: Vec<Result<u32, Error>> = ex
+        .map(|x: u32| if x == 5 { panic!("five") } else { x }, 0..10)
+        .chunksize(10)
+        .collect();
+    assert_eq!(out.len(), 10);
+    for (i, r) in out.iter().enumerate() {
+        if i == 5 {
+            assert!(matches!(r, Err(Error::TaskPanicked { message, .. }) if message == "five"));
+        } else {
+            assert_eq!(*r.as_ref().unwrap(), i as u32);
+        }
+    }
+}
+
+#[test]
+fn result_timeout_exception_done_running() {
+    let ex = pool(1);
+    let f = ex.submit(sleep_ms, 300).unwrap();
+    assert!(matches!(
+        f.result_timeout(Duration::from_millis(10)),
+        Err(Error::Timeout)
+    ));
+    assert!(!f.done());
+    assert!(f.running());
+    assert_eq!(f.result_timeout(HANG).unwrap(), 300);
+    assert!(f.done());
+    assert!(!f.running());
+    assert!(matches!(f.result(), Err(Error::ResultTaken)));
+    let bad = ex.submit(|_: ()| -> u8 { panic!("x") }, ()).unwrap();
+    assert!(matches!(bad.exception(), Some(Error::TaskPanicked { .. })));
+    let good = ex.submit(|x: u8| x, 1).unwrap();
+    assert!(good.exception().is_none());
+    assert_eq!(good.result().unwrap(), 1);
+}
+
+#[test]
+fn cancel_only_before_start() {
+    let ex = pool(1);
+    // Fill the single worker (depth 2), then queue more.
+    let busy: Vec<_> = (0..2).map(|_| ex.submit(sleep_ms, 200).unwrap()).collect();
+    wait_running(&busy[1]);
+    let queued = ex.submit(sleep_ms, 1).unwrap();
+    assert!(!queued.running());
+    assert!(queued.cancel());
+    assert!(queued.cancelled());
+    assert!(queued.done());
+    assert!(matches!(queued.result(), Err(Error::Cancelled)));
+    assert!(!busy[0].cancel(), "a running task cannot be cancelled");
+    for b in &busy {
+        assert_eq!(b.result_timeout(HANG).unwrap(), 200);
+    }
+    assert_eq!(ex.stats().cancelled, 1);
+}
+
+#[test]
+fn done_callbacks_run_exactly_once_before_and_after_completion() {
+    let ex = pool(1);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let (tx, rx) = mpsc::channel();
+    let f = ex.submit(sleep_ms, 50).unwrap();
+    let c = calls.clone();
+    f.add_done_callback(move |r| {
+        c.fetch_add(1, Ordering::SeqCst);
+        tx.send(*r.as_ref().unwrap()).unwrap();
+    });
+    assert_eq!(rx.recv_timeout(HANG).unwrap(), 50);
+    assert_eq!(f.result().unwrap(), 50);
+    // Added after completion (and after the value was taken): runs at once.
+    let c = calls.clone();
+    f.add_done_callback(move |r| {
+        assert!(matches!(r, Err(Error::ResultTaken)));
+        c.fetch_add(1, Ordering::SeqCst);
+    });
+    let g = ex.submit(|x: u64| x, 9).unwrap();
+    g.result_timeout(HANG).ok();
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+#[test]
+fn panicking_callback_is_contained() {
+    let ex = pool(1);
+    let f = ex.submit(|x: u64| x, 5).unwrap();
+    f.add_done_callback(|_| panic!("callback bug"));
+    assert_eq!(f.result_timeout(HANG).unwrap(), 5);
+    assert_eq!(
+        ex.submit(|x: u64| x + 1, 5)
+            .unwrap()
+            .result_timeout(HANG)
+            .unwrap(),
+        6
+    );
+}
+
+#[test]
+fn callback_that_submits_more_work_does_not_deadlock() {
+    let ex = pool(2);
+    let (tx, rx) = mpsc::channel();
+    let ex2 = ex.clone();
+    let f = ex.submit(|x: u64| x + 1, 1).unwrap();
+    f.add_done_callback(move |r| {
+        let v = *r.as_ref().unwrap();
+        let g = ex2.submit(|x: u64| x * 10, v).unwrap();
+        // Waiting inside a callback must not deadlock either.
+        tx.send(g.result_timeout(HANG)).unwrap();
+    });
+    assert_eq!(rx.recv_timeout(HANG).unwrap().unwrap(), 20);
+}
+
+#[test]
+fn await_from_tokio_without_blocking() {
+    let ex = pool(2);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let v = rt.block_on(async {
+        let a = ex.submit(|x: u64| x * 3, 5).unwrap();
+        let b = ex.submit(sleep_ms, 100).unwrap();
+        let ticker = async {
+            // Runs concurrently on the same single thread: the future does
+            // not block it.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            7
+        };
+        let (a, b, t) = tokio::join!(a, b, ticker);
+        (a.unwrap(), b.unwrap(), t)
+    });
+    assert_eq!(v, (15, 100, 7));
+}
+
+#[test]
+fn eight_threads_submit_concurrently() {
+    let ex = pool(2);
+    std::thread::scope(|s| {
+        for t in 0..8u64 {
+            let ex = &ex;
+            s.spawn(move || {
+                let futs: Vec<_> = (0..200u64)
+                    .map(|i| ex.submit(|x: u64| x * 2, t * 1000 + i).unwrap())
+                    .collect();
+                for (i, f) in futs.into_iter().enumerate() {
+                    assert_eq!(f.result_timeout(HANG).unwrap(), (t * 1000 + i as u64) * 2);
+                }
+            });
+        }
+    });
+    assert_eq!(ex.stats().completed, 1600);
+}
+
+#[test]
+fn wait_all_first_and_first_exception() {
+    let ex = pool(2);
+    let futs = vec![
+        ex.submit(sleep_ms, 10).unwrap(),
+        ex.submit(sleep_ms, 400).unwrap(),
+    ];
+    let r = wait(&futs, Some(HANG), ReturnWhen::FirstCompleted);
+    assert_eq!(r.done, vec![0]);
+    assert_eq!(r.not_done, vec![1]);
+    let r = wait(&futs, None, ReturnWhen::AllCompleted);
+    assert_eq!(r.done, vec![0, 1]);
+
+    let futs = vec![
+        ex.submit(
+            |x: u64| -> u64 {
+                if x == 1 {
+                    panic!("boom")
+                } else {
+                    sleep_ms(x)
+                }
+            },
+            1,
+        )
+        .unwrap(),
+        ex.submit(
+            |x: u64| -> u64 {
+                if x == 1 {
+                    panic!("boom")
+                } else {
+                    sleep_ms(x)
+                }
+            },
+            2000,
+        )
+        .unwrap(),
+    ];
+    let r = wait(&futs, Some(HANG), ReturnWhen::FirstException);
+    assert_eq!(r.done, vec![0]);
+    assert_eq!(r.not_done, vec![1]);
+}
+
+#[test]
+fn wait_times_out() {
+    let ex = pool(1);
+    let futs = vec![ex.submit(sleep_ms, 500).unwrap()];
+    let r = wait(
+        &futs,
+        Some(Duration::from_millis(20)),
+        ReturnWhen::AllCompleted,
+    );
+    assert!(r.done.is_empty());
+    assert_eq!(r.not_done, vec![0]);
+}
+
+#[test]
+fn as_completed_in_completion_order_and_with_timeout() {
+    let ex = pool(2);
+    let futs = vec![
+        ex.submit(sleep_ms, 300).unwrap(),
+        ex.submit(sleep_ms, 10).unwrap(),
+    ];
+    let order: Vec<u64> = as_completed(&futs, Some(HANG))
+        .map(|f| f.unwrap().id())
+        .collect();
+    assert_eq!(order, vec![futs[1].id(), futs[0].id()]);
+
+    let futs = vec![
+        ex.submit(sleep_ms, 1).unwrap(),
+        ex.submit(sleep_ms, 1000).unwrap(),
+    ];
+    let got: Vec<_> = as_completed(&futs, Some(Duration::from_millis(300))).collect();
+    assert_eq!(got.len(), 2);
+    assert!(got[0].is_ok());
+    assert!(matches!(got[1], Err(Error::Timeout)));
+}
+
+#[test]
+fn dropping_an_executor_with_pending_work_completes_it() {
+    let ex = pool(2);
+    let futs: Vec<_> = (0..20u64)
+        .map(|i| ex.submit(|x: u64| (sleep_ms(5), x).1, i).unwrap())
+        .collect();
+    drop(ex);
+    for (i, f) in futs.iter().enumerate() {
+        assert_eq!(f.result_timeout(HANG).unwrap(), i as u64);
+    }
+}
+
+#[test]
+fn shutdown_rejects_new_work_and_can_cancel_or_kill() {
+    let ex = pool(1);
+    let running = ex.submit(sleep_ms, 2000).unwrap();
+    let second = ex.submit(sleep_ms, 2000).unwrap();
+    wait_running(&second);
+    let queued = ex.submit(sleep_ms, 1).unwrap();
+    ex.shutdown(true, true, true);
+    assert!(matches!(
+        ex.submit(|x: u8| x, 1),
+        Err(Error::ShutdownExecutor)
+    ));
+    assert!(queued.cancelled());
+    assert!(matches!(
+        running.result_timeout(HANG),
+        Err(Error::ShutdownExecutor)
+    ));
+    let later = ex.clone();
+    assert!(matches!(
+        later.map(|x: u8| x, 0..3).next(),
+        Some(Err(Error::ShutdownExecutor))
+    ));
+}
+
+#[test]
+fn bad_configuration_is_a_clear_error() {
+    assert!(matches!(
+        ProcessPoolExecutor::builder().max_workers(0).build(),
+        Err(Error::InvalidConfig(_))
+    ));
+    assert!(matches!(
+        ProcessPoolExecutor::builder().ring_capacity(1000).build(),
+        Err(Error::InvalidConfig(_))
+    ));
+    assert!(matches!(
+        ProcessPoolExecutor::builder()
+            .max_tasks_per_child(0)
+            .build(),
+        Err(Error::InvalidConfig(_))
+    ));
+}
+
+#[test]
+fn messages_larger_than_the_ring_travel_both_ways() {
+    let ex = ProcessPoolExecutor::builder()
+        .max_workers(1)
+        .ring_capacity(4096)
+        .build()
+        .unwrap();
+    let big: Vec<u64> = (0..100_000).collect();
+    let sum = ex.submit(|v: Vec<u64>| v.iter().sum::<u64>(), big).unwrap();
+    assert_eq!(sum.result_timeout(HANG).unwrap(), 100_000 * 99_999 / 2);
+    let huge = ex
+        .submit(|n: u64| vec![7u8; n as usize], 20 << 20)
+        .unwrap()
+        .result_timeout(HANG)
+        .unwrap();
+    assert_eq!(huge.len(), 20 << 20);
+    assert!(huge.iter().all(|&b| b == 7));
+    // The pool is intact after big messages.
+    assert_eq!(ex.submit(|x: u64| x + 1, 1).unwrap().result().unwrap(), 2);
+}
+
+#[test]
+fn env_and_initializer_reach_the_workers() {
+    fn check(level: u32) {
+        assert_eq!(level, 3);
+        std::env::set_var("INIT_RAN", "yes");
+    }
+    let ex = ProcessPoolExecutor::builder()
+        .max_workers(2)
+        .env("LOKY_TEST_VAR", "hello")
+        .initializer(check, 3)
+        .build()
+        .unwrap();
+    let got = ex
+        .submit(
+            |_: ()| {
+                (
+                    std::env::var("LOKY_TEST_VAR").unwrap_or_default(),
+                    std::env::var("INIT_RAN").unwrap_or_default(),
+                )
+            },
+            (),
+        )
+        .unwrap()
+        .result_timeout(HANG)
+        .unwrap();
+    assert_eq!(got, ("hello".to_string(), "yes".to_string()));
+}
+
+#[test]
+fn stats_count_the_work() {
+    let ex = pool(2);
+    let futs: Vec<_> = (0..10u64)
+        .map(|i| ex.submit(|x: u64| x, i).unwrap())
+        .collect();
+    for f in &futs {
+        f.result_timeout(HANG).unwrap();
+    }
+    let _ = ex
+        .submit(|_: ()| -> u8 { panic!("p") }, ())
+        .unwrap()
+        .exception();
+    let s = ex.stats();
+    assert_eq!(s.workers_alive, 2);
+    assert_eq!(s.submitted, 11);
+    assert_eq!(s.completed, 10);
+    assert_eq!(s.failed, 1);
+    assert_eq!((s.queued, s.running), (0, 0));
+}
