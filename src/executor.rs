@@ -154,6 +154,13 @@ impl ProcessPoolExecutor {
         self.pool().shutdown(wait, cancel_futures, kill_workers);
     }
 
+    /// The dispatch state, one line per worker (for diagnosing a stuck pool;
+    /// the format is not stable).
+    #[doc(hidden)]
+    pub fn debug_state(&self) -> String {
+        self.pool().debug_state()
+    }
+
     /// A snapshot of the pool's counters.
     pub fn stats(&self) -> Stats {
         self.pool().stats()

@@ -95,7 +95,8 @@ impl<R> std::fmt::Debug for TaskCell<R> {
 /// What the pool needs from a task of any result type.
 pub(crate) trait Completion: Send + Sync {
     fn id(&self) -> u64;
-    /// Marks the task as handed to a worker. False if it was cancelled.
+    /// Marks the task as handed to a worker. False if it was cancelled (or
+    /// otherwise finished) meanwhile.
     fn set_running(&self) -> bool;
     /// Stores the outcome decoded from a worker's result message; does not
     /// wake anyone yet (see [`Completion::publish`]).
@@ -157,10 +158,12 @@ impl<R: Send + 'static> Completion for Cell<R> {
     }
 
     fn set_running(&self) -> bool {
-        self.task
-            .state
-            .compare_exchange(PENDING, RUNNING, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
+        // PENDING -> RUNNING; a task already RUNNING (requeued after a full
+        // ring) stays so. Only a finished (cancelled) task is refused.
+        match self.task.state.compare_exchange(PENDING, RUNNING, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => true,
+            Err(current) => current == RUNNING,
+        }
     }
 
     fn stage_bytes(&self, status: u32, elapsed_ns: u64, bytes: &[u8]) {

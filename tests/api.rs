@@ -541,3 +541,19 @@ fn stats_count_the_work() {
     assert_eq!(s.failed, 1);
     assert_eq!((s.queued, s.running), (0, 0));
 }
+
+#[test]
+fn chunks_that_fill_the_ring_are_requeued_not_lost() {
+    // Each chunk is ~2 KiB and the ring 4 KiB: a worker's second chunk often
+    // does not fit, and must wait in the parent instead of vanishing.
+    let ex = ProcessPoolExecutor::builder().max_workers(2).ring_capacity(4096).build().unwrap();
+    let (tx, rx) = mpsc::channel();
+    let ex2 = ex.clone();
+    std::thread::spawn(move || {
+        let out: Vec<u64> = ex2.map(|x: u64| x + 1, 0..200_000u64).chunksize(240).collect::<Result<_, _>>().unwrap();
+        tx.send(out).unwrap();
+    });
+    let out = rx.recv_timeout(HANG).expect("map finished (no task lost)");
+    assert_eq!(out.len(), 200_000);
+    assert!(out.iter().enumerate().all(|(i, &v)| v == i as u64 + 1));
+}

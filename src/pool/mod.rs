@@ -159,6 +159,9 @@ impl Pool {
         if st.queue.is_empty() {
             if let Some(i) = st.least_loaded() {
                 if st.push_to(i, &cell, bytes)? {
+                    // Not visible to anyone else yet, so it cannot have been
+                    // cancelled: this only records that it is running.
+                    cell.set_running();
                     return Ok(());
                 }
             }
@@ -441,6 +444,29 @@ impl Pool {
         (st.shutdown || st.broken.is_some())
             && st.queue.is_empty()
             && st.workers.iter().all(Option::is_none)
+    }
+
+    /// A one-line-per-worker dump of the dispatch state, for diagnosing hangs.
+    pub(crate) fn debug_state(&self) -> String {
+        let st = self.state();
+        let mut out = format!("queue={} shutdown={} broken={:?}\n", st.queue.len(), st.shutdown, st.broken);
+        for (i, w) in st.workers.iter().enumerate() {
+            let slot = self.region.slot(i as u32);
+            match w {
+                Some(w) => out += &format!(
+                    "slot {i}: pid={} ready={} exiting={} in_flight={:?} down_used={} up_used={} worker_awake={}\n",
+                    w.pid,
+                    w.ready,
+                    w.exiting,
+                    w.in_flight.iter().map(|c| c.id()).collect::<Vec<_>>(),
+                    slot.down_header().used(),
+                    slot.up_header().used(),
+                    slot.bell().awake()
+                ),
+                None => out += &format!("slot {i}: empty\n"),
+            }
+        }
+        out
     }
 
     /// A snapshot of the counters.
