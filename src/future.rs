@@ -523,3 +523,30 @@ impl<R: Send + 'static> std::future::Future for Future<R> {
         Poll::Ready(self.take())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cell() -> Cell<u64> {
+        Cell { task: TaskCell::new(1, Weak::new()), decode: |_, _| Ok(0) }
+    }
+
+    #[test]
+    fn set_running_is_idempotent_so_a_requeued_task_is_not_dropped() {
+        // `refill` marks a task running, may find the ring full and queue it
+        // again, then marks it running a second time: that must not read as
+        // "cancelled" (which drops the task).
+        let c = cell();
+        assert!(c.set_running());
+        assert!(c.set_running());
+        assert!(!c.try_cancel(), "a running task cannot be cancelled");
+    }
+
+    #[test]
+    fn a_cancelled_task_is_never_started() {
+        let c = cell();
+        assert!(c.try_cancel());
+        assert!(!c.set_running());
+    }
+}

@@ -550,7 +550,7 @@ fn chunks_that_fill_the_ring_are_requeued_not_lost() {
     let (tx, rx) = mpsc::channel();
     let ex2 = ex.clone();
     std::thread::spawn(move || {
-        let out: Vec<u64> = ex2.map(|x: u64| x + 1, 0..200_000u64).chunksize(240).collect::<Result<_, _>>().unwrap();
+        let out: Vec<u64> = ex2.map(|x: u64| x + 1, 0..200_000u64).chunksize(230).collect::<Result<_, _>>().unwrap();
         tx.send(out).unwrap();
     });
     let out = rx.recv_timeout(HANG).expect("map finished (no task lost)");
