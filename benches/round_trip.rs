@@ -6,10 +6,16 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use loky::ProcessPoolExecutor;
 
 fn w1(c: &mut Criterion) {
-    let ex = ProcessPoolExecutor::builder().max_workers(2).build().expect("pool");
+    let ex = ProcessPoolExecutor::builder()
+        .max_workers(2)
+        .build()
+        .expect("pool");
     // Warm up: workers started and the first task done.
     for i in 0..1000u64 {
-        assert_eq!(ex.submit(|x: u64| x + 1, i).unwrap().result().unwrap(), i + 1);
+        assert_eq!(
+            ex.submit(|x: u64| x + 1, i).unwrap().result().unwrap(),
+            i + 1
+        );
     }
     let mut g = c.benchmark_group("W1");
     g.bench_function("submit+result round trip (2 workers)", |b| {

@@ -20,12 +20,30 @@ const FINISHED: u8 = 2;
 pub(crate) struct Notify {
     fired: Mutex<bool>,
     cond: Condvar,
+    /// Set when the waiter sleeps on the pool's doorbell instead of `cond`.
+    bell: Option<Arc<loky_ipc::Region>>,
 }
 
 impl Notify {
+    /// A notifier whose waiter sleeps on `region`'s parent doorbell.
+    pub(crate) fn on_bell(region: Arc<loky_ipc::Region>) -> Self {
+        Self {
+            bell: Some(region),
+            ..Self::default()
+        }
+    }
+
     pub(crate) fn fire(&self) {
         *lock(&self.fired) = true;
         self.cond.notify_all();
+        if let Some(region) = &self.bell {
+            region.parent_bell().wake_all();
+        }
+    }
+
+    /// Consumes a pending notification; true if there was one.
+    pub(crate) fn take(&self) -> bool {
+        std::mem::take(&mut *lock(&self.fired))
     }
 
     /// Waits until fired (then re-arms) or until `deadline`.
@@ -160,7 +178,12 @@ impl<R: Send + 'static> Completion for Cell<R> {
     fn set_running(&self) -> bool {
         // PENDING -> RUNNING; a task already RUNNING (requeued after a full
         // ring) stays so. Only a finished (cancelled) task is refused.
-        match self.task.state.compare_exchange(PENDING, RUNNING, Ordering::AcqRel, Ordering::Acquire) {
+        match self.task.state.compare_exchange(
+            PENDING,
+            RUNNING,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
             Ok(_) => true,
             Err(current) => current == RUNNING,
         }
@@ -450,6 +473,13 @@ impl<R: Send + 'static> Future<R> {
                 }
                 return true;
             }
+            // Sleep on the doorbell the workers ring: the first result wakes
+            // this thread directly, with no hop through the manager thread.
+            let notify = Arc::new(Notify::on_bell(pool.region_arc()));
+            if self.listen(&notify) {
+                return true;
+            }
+            return pool.wait_on_bell(|| self.cell.task.is_done(), deadline, &notify);
         }
         let notify = Arc::new(Notify::default());
         {
@@ -529,7 +559,10 @@ mod tests {
     use super::*;
 
     fn cell() -> Cell<u64> {
-        Cell { task: TaskCell::new(1, Weak::new()), decode: |_, _| Ok(0) }
+        Cell {
+            task: TaskCell::new(1, Weak::new()),
+            decode: |_, _| Ok(0),
+        }
     }
 
     #[test]

@@ -19,7 +19,7 @@ const CHUNKS_PER_WORKER: usize = 2;
 /// the first results coming quickly.
 const TARGET_CHUNK: Duration = Duration::from_millis(5);
 /// Upper bound of an automatic chunk.
-const MAX_AUTO_CHUNK: usize = 1 << 16;
+const MAX_AUTO_CHUNK: usize = 1 << 14;
 
 impl ProcessPoolExecutor {
     /// Applies `f` to every item of `input` in the workers and yields the
@@ -82,7 +82,7 @@ pub struct Map<F, A, R, I> {
     fixed: Option<usize>,
     auto: usize,
     window: VecDeque<Chunk<R>>,
-    ready: std::vec::IntoIter<Result<R>>,
+    ready: Ready<R>,
     ready_start: usize,
     next_index: usize,
     submit_error: Option<Error>,
@@ -115,7 +115,7 @@ where
             fixed: None,
             auto: 1,
             window: VecDeque::new(),
-            ready: Vec::new().into_iter(),
+            ready: Ready::empty(),
             ready_start: 0,
             next_index: 0,
             submit_error: None,
@@ -193,38 +193,28 @@ where
         self.auto = ideal.clamp(1, (self.auto * 4).min(MAX_AUTO_CHUNK));
     }
 
-    /// The outcomes of a finished chunk, one per item.
-    fn expand(&mut self, chunk: Chunk<R>) -> Vec<Result<R>> {
+    /// The outcomes of a finished chunk, one per item, produced lazily (a
+    /// `Vec<Result<R>>` would cost far more memory traffic than the values).
+    fn expand(&mut self, chunk: Chunk<R>) -> Ready<R> {
         self.adapt(&chunk);
         match chunk.fut.result() {
-            Ok((values, failures)) => {
-                let mut out = Vec::with_capacity(chunk.len);
-                let mut values = values.into_iter();
-                let mut failures = failures.into_iter().peekable();
-                for pos in 0..chunk.len {
-                    if failures.peek().is_some_and(|(i, _)| *i as usize == pos) {
-                        let (_, f) = failures.next().expect("peeked");
-                        out.push(Err(failure_to_error(STATUS_PANIC, f)));
-                    } else {
-                        match values.next() {
-                            Some(v) => out.push(Ok(v)),
-                            None => out.push(Err(Error::Codec {
-                                stage: crate::error::CodecStage::DecodeResult,
-                                message: "chunk returned fewer values than items".into(),
-                            })),
-                        }
-                    }
-                }
-                out
-            }
-            Err(e) => (0..chunk.len).map(|_| Err(e.clone())).collect(),
+            Ok((values, failures)) => Ready::new(values, failures, chunk.len),
+            Err(e) => Ready::failed(e, chunk.len),
         }
     }
 
+    #[inline]
     fn next_ordered(&mut self) -> Option<Result<R>> {
+        if let Some(r) = self.ready.next() {
+            return Some(r);
+        }
+        self.next_chunk_ordered()
+    }
+
+    #[inline(never)]
+    fn next_chunk_ordered(&mut self) -> Option<Result<R>> {
         loop {
             if let Some(r) = self.ready.next() {
-                self.ready_start += 1;
                 return Some(r);
             }
             self.fill();
@@ -232,17 +222,15 @@ where
                 return self.submit_error.take().map(Err);
             };
             self.ready_start = chunk.start;
-            let outcomes = self.expand(chunk);
-            self.ready = outcomes.into_iter();
+            self.ready = self.expand(chunk);
             self.fill();
         }
     }
 
     fn next_unordered(&mut self) -> Option<(usize, Result<R>)> {
         loop {
+            let i = self.ready_start + self.ready.position();
             if let Some(r) = self.ready.next() {
-                let i = self.ready_start;
-                self.ready_start += 1;
                 return Some((i, r));
             }
             self.fill();
@@ -268,8 +256,7 @@ where
             };
             let chunk = self.window.remove(pos).expect("position in range");
             self.ready_start = chunk.start;
-            let outcomes = self.expand(chunk);
-            self.ready = outcomes.into_iter();
+            self.ready = self.expand(chunk);
         }
     }
 }
@@ -283,6 +270,7 @@ where
 {
     type Item = Result<R>;
 
+    #[inline]
     fn next(&mut self) -> Option<Result<R>> {
         self.next_ordered()
     }
@@ -330,4 +318,86 @@ where
 
 fn decode_chunk_result<R: Payload>(status: u32, bytes: &[u8]) -> Result<ChunkOutput<R>> {
     decode_with(status, bytes, decode_chunk::<R>)
+}
+
+/// The outcomes of one finished chunk, yielded in item order.
+struct Ready<R> {
+    values: std::vec::IntoIter<R>,
+    failures: std::iter::Peekable<std::vec::IntoIter<(u32, crate::protocol::Failure)>>,
+    pos: usize,
+    len: usize,
+    /// The whole chunk failed (worker died, codec error): every item gets it.
+    error: Option<Error>,
+    /// Every item succeeded: `next` is just the values' iterator.
+    clean: bool,
+}
+
+impl<R> Ready<R> {
+    fn empty() -> Self {
+        Self {
+            values: Vec::new().into_iter(),
+            failures: Vec::new().into_iter().peekable(),
+            pos: 0,
+            len: 0,
+            error: None,
+            clean: true,
+        }
+    }
+
+    fn new(values: Vec<R>, failures: Vec<(u32, crate::protocol::Failure)>, len: usize) -> Self {
+        let clean = failures.is_empty() && values.len() == len;
+        Self {
+            values: values.into_iter(),
+            failures: failures.into_iter().peekable(),
+            pos: 0,
+            len,
+            error: None,
+            clean,
+        }
+    }
+
+    fn failed(error: Error, len: usize) -> Self {
+        Self {
+            error: Some(error),
+            len,
+            clean: false,
+            ..Self::empty()
+        }
+    }
+
+    /// Position (within the chunk) of the item `next` returns next.
+    fn position(&self) -> usize {
+        if self.clean {
+            self.len - self.values.len()
+        } else {
+            self.pos
+        }
+    }
+
+    #[inline]
+    fn next(&mut self) -> Option<Result<R>> {
+        if self.clean {
+            return self.values.next().map(Ok);
+        }
+        self.next_mixed()
+    }
+
+    fn next_mixed(&mut self) -> Option<Result<R>> {
+        if self.pos == self.len {
+            return None;
+        }
+        let i = self.pos;
+        self.pos += 1;
+        if let Some(e) = &self.error {
+            return Some(Err(e.clone()));
+        }
+        if self.failures.peek().is_some_and(|(k, _)| *k as usize == i) {
+            let (_, f) = self.failures.next()?;
+            return Some(Err(failure_to_error(STATUS_PANIC, f)));
+        }
+        Some(self.values.next().ok_or_else(|| Error::Codec {
+            stage: crate::error::CodecStage::DecodeResult,
+            message: "chunk returned fewer values than items".into(),
+        }))
+    }
 }

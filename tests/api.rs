@@ -546,11 +546,19 @@ fn stats_count_the_work() {
 fn chunks_that_fill_the_ring_are_requeued_not_lost() {
     // Each chunk is ~2 KiB and the ring 4 KiB: a worker's second chunk often
     // does not fit, and must wait in the parent instead of vanishing.
-    let ex = ProcessPoolExecutor::builder().max_workers(2).ring_capacity(4096).build().unwrap();
+    let ex = ProcessPoolExecutor::builder()
+        .max_workers(2)
+        .ring_capacity(4096)
+        .build()
+        .unwrap();
     let (tx, rx) = mpsc::channel();
     let ex2 = ex.clone();
     std::thread::spawn(move || {
-        let out: Vec<u64> = ex2.map(|x: u64| x + 1, 0..200_000u64).chunksize(230).collect::<Result<_, _>>().unwrap();
+        let out: Vec<u64> = ex2
+            .map(|x: u64| x + 1, 0..200_000u64)
+            .chunksize(230)
+            .collect::<Result<_, _>>()
+            .unwrap();
         tx.send(out).unwrap();
     });
     let out = rx.recv_timeout(HANG).expect("map finished (no task lost)");

@@ -15,6 +15,15 @@ pub(super) fn run(pool: &Arc<Pool>) {
             break;
         }
         pool.housekeeping();
+        if pool.standby.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            // Callers are sleeping on the doorbell and drain the rings
+            // themselves: step off it until the last of them leaves.
+            bell.leave();
+            pool.manager_wake
+                .wait_until(Some(std::time::Instant::now() + TICK));
+            bell.enter();
+            continue;
+        }
         let token = bell.announce_sleep();
         if pool.results_pending() || pool.finished() {
             token.cancel();

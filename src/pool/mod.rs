@@ -78,6 +78,10 @@ pub(crate) struct Pool {
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
     thread_ids: Mutex<Vec<std::thread::ThreadId>>,
     ncpu: u32,
+    /// Caller threads sleeping on the parent doorbell; while there are any,
+    /// the manager steps off it (see `wait_on_bell`).
+    standby: std::sync::atomic::AtomicUsize,
+    manager_wake: crate::future::Notify,
     // Declared last: dropped after every Sender/Receiver borrowing it.
     region: Arc<Region>,
 }
@@ -110,6 +114,8 @@ impl Pool {
             threads: Mutex::new(Vec::new()),
             thread_ids: Mutex::new(Vec::new()),
             ncpu: crate::topology::cpu_count() as u32,
+            standby: Default::default(),
+            manager_wake: Default::default(),
             region: Arc::new(region),
             config,
         });
@@ -373,6 +379,53 @@ impl Pool {
         found || done()
     }
 
+    /// Blocks a caller until `done()` or `deadline`, sleeping on the parent
+    /// doorbell and draining result rings itself when a worker rings it.
+    /// While any caller does this the manager steps off the doorbell, so a
+    /// result costs one wake-up instead of two (worker → manager → caller).
+    pub(crate) fn wait_on_bell(
+        &self,
+        mut done: impl FnMut() -> bool,
+        deadline: Option<Instant>,
+        notify: &crate::future::Notify,
+    ) -> bool {
+        let bell = self.region.parent_bell();
+        self.standby.fetch_add(1, Ordering::SeqCst);
+        bell.enter();
+        let finished = loop {
+            if self.results_pending() {
+                self.drain_all(false);
+            }
+            if done() {
+                break true;
+            }
+            let now = Instant::now();
+            if deadline.is_some_and(|d| now >= d) {
+                break false;
+            }
+            let token = bell.announce_sleep();
+            if self.results_pending() || done() || notify.take() {
+                token.cancel();
+                continue;
+            }
+            let nap = deadline.map_or(TICK, |d| (d - now).min(TICK));
+            token.wait(Some(nap));
+        };
+        bell.leave();
+        if self.standby.fetch_sub(1, Ordering::SeqCst) == 1 {
+            // The last caller leaves: the manager takes the doorbell back.
+            self.manager_wake.fire();
+        }
+        // Dekker re-check: a result published while we counted as awake
+        // woke nobody.
+        self.drain_all(false);
+        finished || done()
+    }
+
+    pub(crate) fn region_arc(&self) -> Arc<Region> {
+        self.region.clone()
+    }
+
     /// Drains without spinning (for `done()` and `poll`).
     pub(crate) fn poll_results(&self) {
         if self.results_pending() {
@@ -449,7 +502,12 @@ impl Pool {
     /// A one-line-per-worker dump of the dispatch state, for diagnosing hangs.
     pub(crate) fn debug_state(&self) -> String {
         let st = self.state();
-        let mut out = format!("queue={} shutdown={} broken={:?}\n", st.queue.len(), st.shutdown, st.broken);
+        let mut out = format!(
+            "queue={} shutdown={} broken={:?}\n",
+            st.queue.len(),
+            st.shutdown,
+            st.broken
+        );
         for (i, w) in st.workers.iter().enumerate() {
             let slot = self.region.slot(i as u32);
             match w {
