@@ -17,6 +17,23 @@ fn w1(c: &mut Criterion) {
             i + 1
         );
     }
+    // The W1 figure itself: p50/p99 of 10 000 sequential round trips.
+    let mut lat: Vec<f64> = (0..10_000u64)
+        .map(|i| {
+            let t = std::time::Instant::now();
+            let r = ex.submit(|x: u64| x + 1, i).unwrap().result().unwrap();
+            let dt = t.elapsed().as_secs_f64() * 1e6;
+            assert_eq!(r, i + 1);
+            dt
+        })
+        .collect();
+    lat.sort_by(f64::total_cmp);
+    eprintln!(
+        "W1 loky (2 workers, {} cores): p50 {:.2} us, p99 {:.2} us over 10000 round trips",
+        loky::cpu_count(),
+        lat[lat.len() / 2],
+        lat[lat.len() * 99 / 100]
+    );
     let mut g = c.benchmark_group("W1");
     g.bench_function("submit+result round trip (2 workers)", |b| {
         let mut i = 0u64;

@@ -41,6 +41,9 @@ pub trait Payload: Sized + Send + 'static {
     /// Validates and decodes a value from 16-byte aligned bytes.
     fn decode(bytes: &[u8]) -> Result<Self, String>;
     /// Appends the encoding of a batch of values (one archive, for `map`).
+    /// Takes a `Vec` because the archive is that of a `Vec<Self>`, which is
+    /// what [`Payload::decode_batch`] returns.
+    #[allow(clippy::ptr_arg)]
     fn encode_batch(items: &Vec<Self>, out: &mut AlignedVec) -> Result<(), String>;
     /// Validates and decodes a batch written by [`Payload::encode_batch`].
     fn decode_batch(bytes: &[u8]) -> Result<Vec<Self>, String>;
@@ -62,6 +65,7 @@ where
     }
 
     #[inline]
+    #[allow(clippy::ptr_arg)]
     fn encode_batch(items: &Vec<Self>, out: &mut AlignedVec) -> Result<(), String> {
         archive(items, out)
     }

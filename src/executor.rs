@@ -42,7 +42,7 @@ const DEFAULT_SPIN: Duration = Duration::from_micros(50);
 ///
 /// A capturing closure is rejected at compile time:
 ///
-/// ```compile_fail
+/// ```compile_fail,E0080
 /// let ex = loky::ProcessPoolExecutor::builder().max_workers(1).build().unwrap();
 /// let offset = 10u64;
 /// let _ = ex.submit(move |x: u64| x + offset, 1); // error: the task function captures variables

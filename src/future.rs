@@ -272,10 +272,9 @@ impl<R: Send + 'static> TaskCell<R> {
             if slot.taken {
                 None
             } else {
-                slot.outcome.take().map(|o| {
-                    slot.lent = true;
-                    o
-                })
+                let taken = slot.outcome.take();
+                slot.lent = taken.is_some();
+                taken
             }
         };
         match outcome {

@@ -57,11 +57,11 @@ pub(crate) const fn assert_zero_sized<F>() {
 /// Produces the (only) value of a zero-sized function type.
 fn conjure<F: Copy>() -> F {
     const { assert_zero_sized::<F>() };
-    // SAFETY: `F` is zero-sized (asserted at compile time), so there are no
-    // bytes to initialise; fn items and non-capturing closures have no
-    // validity invariant beyond their type. `F: Copy` rules out types with
-    // drop glue.
-    unsafe { std::mem::MaybeUninit::<F>::uninit().assume_init() }
+    // SAFETY: `F` is zero-sized (asserted at compile time), so reading it
+    // touches no memory and a dangling, aligned, non-null pointer is valid
+    // for the read; fn items and non-capturing closures have no validity
+    // invariant beyond their type, and `F: Copy` rules out drop glue.
+    unsafe { std::ptr::NonNull::<F>::dangling().as_ptr().read() }
 }
 
 thread_local! {

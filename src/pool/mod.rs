@@ -531,17 +531,17 @@ impl Pool {
     pub(crate) fn stats(&self) -> crate::stats::Stats {
         let st = self.state();
         let c = st.stats;
-        let mut s = crate::stats::Stats::default();
-        s.workers_alive = st.alive();
-        s.queued = st.queue.len();
-        s.running = st.workers.iter().flatten().map(|w| w.in_flight.len()).sum();
-        s.submitted = c.submitted;
-        s.completed = c.completed;
-        s.failed = c.failed;
-        s.cancelled = c.cancelled;
-        s.crashed = c.crashed;
-        s.respawned = c.respawned;
-        s
+        crate::stats::Stats {
+            workers_alive: st.alive(),
+            queued: st.queue.len(),
+            running: st.workers.iter().flatten().map(|w| w.in_flight.len()).sum(),
+            submitted: c.submitted,
+            completed: c.completed,
+            failed: c.failed,
+            cancelled: c.cancelled,
+            crashed: c.crashed,
+            respawned: c.respawned,
+        }
     }
 
     pub(crate) fn region(&self) -> &Region {
@@ -585,7 +585,7 @@ impl State {
                 if w.ready
                     && !w.exiting
                     && w.in_flight.len() < depth
-                    && best.is_none_or(|(_, n)| w.in_flight.len() < n)
+                    && best.map_or(true, |(_, n)| w.in_flight.len() < n)
                 {
                     best = Some((i, w.in_flight.len()));
                 }
