@@ -87,9 +87,21 @@ impl ProcessPoolExecutor {
         &self.handle.pool
     }
 
-    /// The number of worker processes.
+    /// The number of worker processes the pool runs (at most).
     pub fn max_workers(&self) -> usize {
-        self.pool().config.max_workers
+        self.pool().max_workers()
+    }
+
+    /// True if both handles drive the same pool.
+    pub fn same_pool(&self, other: &ProcessPoolExecutor) -> bool {
+        Arc::ptr_eq(self.pool(), other.pool())
+    }
+
+    pub(crate) fn from_config(config: Config) -> Result<Self> {
+        let pool = Pool::start(config)?;
+        Ok(Self {
+            handle: Arc::new(Handle { pool }),
+        })
     }
 
     /// Submits `f(arg)` to run in a worker.
@@ -112,6 +124,30 @@ impl ProcessPoolExecutor {
             |out| arg.encode(out),
             decode_result::<R>,
         )
+    }
+
+    /// Like [`submit`](Self::submit), with a time limit counted from now: a
+    /// task not finished by then fails with [`Error::Timeout`]; if it is
+    /// running, its worker is killed (and replaced) to stop it.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let ex = loky::ProcessPoolExecutor::builder().max_workers(1).build()?;
+    /// let slow = ex.submit_with_timeout(|_: ()| loop { std::hint::spin_loop() }, (), Duration::from_millis(50))?;
+    /// assert!(matches!(slow.result(), Err(loky::Error::Timeout)));
+    /// assert_eq!(ex.submit(|x: u8| x, 7)?.result()?, 7); // the pool healed
+    /// # Ok::<(), loky::Error>(())
+    /// ```
+    pub fn submit_with_timeout<F, A, R>(&self, f: F, arg: A, timeout: Duration) -> Result<Future<R>>
+    where
+        F: Fn(A) -> R + Copy + Send + 'static,
+        A: Payload,
+        R: Payload,
+    {
+        let fut = self.submit(f, arg)?;
+        self.pool()
+            .add_deadline(std::time::Instant::now() + timeout, fut.id());
+        Ok(fut)
     }
 
     /// Encodes (with `write`) and dispatches a task with an explicit

@@ -386,6 +386,26 @@ impl<R: Send + 'static> Future<R> {
         cancelled
     }
 
+    /// Stops the task even if it is running: a task still waiting is
+    /// cancelled; a running one is stopped by killing its worker process,
+    /// which the pool replaces. The future fails with [`Error::Cancelled`].
+    /// Returns false if the task had already finished.
+    ///
+    /// Other tasks that were waiting in the killed worker's queue (at most
+    /// one) fail with [`Error::TerminatedWorker`].
+    pub fn kill(&self) -> bool {
+        if self.cell.task.is_done() {
+            return false;
+        }
+        if self.cancel() {
+            return true;
+        }
+        match self.cell.task.pool.upgrade() {
+            Some(pool) => pool.stop_task(self.cell.task.id, Error::Cancelled),
+            None => false,
+        }
+    }
+
     /// True if the task was cancelled.
     pub fn cancelled(&self) -> bool {
         self.done()

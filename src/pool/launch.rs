@@ -98,6 +98,8 @@ impl Pool {
             env.retain(|(ek, _)| ek != k);
             env.push((k.clone(), v.clone()));
         }
+        env.retain(|(k, _)| k != super::ENV_DEPTH);
+        env.push((super::ENV_DEPTH.into(), super::child_depth().into()));
         env.push((ENV_WORKER.into(), spec.encode().into()));
         let env = env
             .iter()
@@ -139,6 +141,7 @@ impl Pool {
             ready: false,
             exiting: false,
             kill_reason: None,
+            task_kill: None,
             tasks_done: 0,
             idle_since: Instant::now(),
         };

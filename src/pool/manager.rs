@@ -14,7 +14,11 @@ pub(super) fn run(pool: &Arc<Pool>) {
         if pool.finished() {
             break;
         }
-        pool.housekeeping();
+        let next_deadline = pool.housekeeping();
+        let nap = next_deadline.map_or(TICK, |at| {
+            at.saturating_duration_since(std::time::Instant::now())
+                .min(TICK)
+        });
         if pool.standby.load(std::sync::atomic::Ordering::SeqCst) > 0 {
             // Callers are sleeping on the doorbell and drain the rings
             // themselves: step off it until the last of them leaves.
@@ -29,17 +33,21 @@ pub(super) fn run(pool: &Arc<Pool>) {
             token.cancel();
             continue;
         }
-        token.wait(Some(TICK));
+        token.wait(Some(nap));
     }
     tracing::debug!("manager exits");
 }
 
 impl Pool {
-    /// Periodic work: retire idle workers, nudge a shutdown along.
-    fn housekeeping(&self) {
+    /// Periodic work: time limits, idle workers, a shutdown in progress.
+    /// Returns when the next task time limit falls, if any.
+    fn housekeeping(&self) -> Option<std::time::Instant> {
+        let next = self.expire_deadlines();
+        self.retire_idle();
         let mut st = self.state();
         if st.shutdown {
             st.exit_idle_workers();
         }
+        next
     }
 }

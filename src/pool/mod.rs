@@ -51,6 +51,8 @@ pub(crate) struct Worker {
     exiting: bool,
     /// The error in-flight tasks get if this worker dies because we killed it.
     kill_reason: Option<Error>,
+    /// A task we killed this worker to stop, and the error it gets.
+    task_kill: Option<(u64, Error)>,
     tasks_done: u64,
     pub(crate) idle_since: Instant,
 }
@@ -64,6 +66,13 @@ pub(crate) struct State {
     shutdown: bool,
     broken: Option<String>,
     startup_failures: u32,
+    /// Workers the pool should have now: `max_workers`, less those that
+    /// retired for being idle (they come back on demand).
+    want: usize,
+    /// The current size limit (changed by `resize`).
+    max_workers: usize,
+    /// Per-task time limits (`submit_with_timeout`), checked by the manager.
+    deadlines: Vec<(Instant, u64)>,
     pub(crate) stats: crate::stats::Counters,
 }
 
@@ -96,7 +105,15 @@ impl std::fmt::Debug for Pool {
 
 impl Pool {
     pub(crate) fn start(config: Config) -> Result<Arc<Self>> {
-        let slots = config.max_workers as u32;
+        let depth = nesting_depth();
+        if depth >= MAX_NESTING {
+            return Err(Error::InvalidConfig(format!(
+                "pools nested {depth} deep (a task of a task of ... starting a pool); the limit is {MAX_NESTING}"
+            )));
+        }
+        // Room to grow in place (`get_reusable_executor` resizing): slots
+        // cost address space only until a worker uses them.
+        let slots = config.max_workers.max(crate::topology::cpu_count()) as u32;
         let region = Region::create(RegionConfig {
             slots,
             ring_capacity: config.ring_capacity,
@@ -105,6 +122,8 @@ impl Pool {
         let pool = Arc::new(Self {
             receivers: (0..slots).map(|_| Mutex::new(None)).collect(),
             state: Mutex::new(State {
+                want: config.max_workers,
+                max_workers: config.max_workers,
                 workers: (0..slots).map(|_| None).collect(),
                 generations: vec![0; slots as usize],
                 ..State::default()
@@ -176,6 +195,12 @@ impl Pool {
             cell,
             bytes: bytes.to_vec(),
         });
+        if st.want < st.max_workers && st.want < st.alive() + st.queue.len() {
+            // Workers retired for idleness come back on demand.
+            st.want = st.max_workers.min(st.alive() + st.queue.len());
+            drop(st);
+            self.watchdog_wake.notify();
+        }
         Ok(())
     }
 
@@ -307,11 +332,11 @@ impl Pool {
                 .memory_limit
                 .is_some_and(|limit| u64::from(hdr.rss_kib) * 1024 > limit);
         if retire && !w.exiting {
-            tracing::info!(
+            tracing::warn!(
                 pid = w.pid,
                 tasks = w.tasks_done,
                 rss_kib = hdr.rss_kib,
-                "retiring worker (max_tasks_per_child or memory_limit)"
+                "retiring worker (max_tasks_per_child or memory_limit reached); a new one replaces it"
             );
             w.exiting = true;
             w.send_exit();
@@ -344,6 +369,136 @@ impl Pool {
             drop(st);
             let _ = pidfd.kill(rustix::process::Signal::KILL);
         }
+    }
+
+    /// Stops task `id` with `reason`: a queued task is failed at once; a
+    /// task running at the head of a worker is stopped by killing the worker
+    /// (the pool heals); a task waiting behind another one in a worker's
+    /// ring is failed at once and its result discarded when it comes.
+    /// Returns false if the task is not known (already finished).
+    pub(crate) fn stop_task(&self, id: u64, reason: Error) -> bool {
+        let mut st = self.state();
+        st.deadlines.retain(|&(_, t)| t != id);
+        if let Some(pos) = st.queue.iter().position(|q| q.cell.id() == id) {
+            let q = st.queue.remove(pos);
+            drop(st);
+            if let Some(q) = q {
+                q.cell.stage_error(reason);
+                q.cell.publish();
+            }
+            return true;
+        }
+        for w in st.workers.iter_mut().flatten() {
+            let Some(pos) = w.in_flight.iter().position(|c| c.id() == id) else {
+                continue;
+            };
+            if pos == 0 {
+                tracing::info!(pid = w.pid, task = id, error = %reason, "killing a worker to stop its task");
+                w.task_kill = Some((id, reason));
+                let _ = w.pidfd.kill(rustix::process::Signal::KILL);
+            } else {
+                let cell = w.in_flight[pos].clone();
+                drop(st);
+                cell.stage_error(reason);
+                cell.publish();
+            }
+            return true;
+        }
+        false
+    }
+
+    /// The current size limit.
+    pub(crate) fn max_workers(&self) -> usize {
+        self.state().max_workers
+    }
+
+    /// Broken or shut down: `get_reusable_executor` replaces it.
+    pub(crate) fn is_unusable(&self) -> bool {
+        let st = self.state();
+        st.shutdown || st.broken.is_some()
+    }
+
+    /// Changes the number of workers in place: growing spawns workers,
+    /// shrinking retires idle workers first and never kills a running task
+    /// (a busy worker retires after the tasks it holds). False if `n`
+    /// exceeds the region's slots (build a new pool instead).
+    pub(crate) fn resize(&self, n: usize) -> bool {
+        if n == 0 || n > self.receivers.len() {
+            return false;
+        }
+        let mut st = self.state();
+        st.max_workers = n;
+        st.want = n;
+        let mut excess = st
+            .workers
+            .iter()
+            .flatten()
+            .filter(|w| !w.exiting)
+            .count()
+            .saturating_sub(n);
+        // Idle ones first, then the least loaded.
+        for max_load in 0..=DEPTH {
+            for w in st.workers.iter_mut().flatten() {
+                if excess > 0 && !w.exiting && w.in_flight.len() <= max_load {
+                    w.exiting = true;
+                    w.send_exit();
+                    excess -= 1;
+                }
+            }
+        }
+        drop(st);
+        self.watchdog_wake.notify();
+        true
+    }
+
+    /// Retires workers idle for longer than `idle_timeout` (called by the
+    /// manager); they come back on demand.
+    pub(crate) fn retire_idle(&self) {
+        let Some(limit) = self.config.idle_timeout else {
+            return;
+        };
+        let mut st = self.state();
+        if st.shutdown || !st.queue.is_empty() {
+            return;
+        }
+        let mut retired = 0;
+        for w in st.workers.iter_mut().flatten() {
+            if w.ready && !w.exiting && w.in_flight.is_empty() && w.idle_since.elapsed() >= limit {
+                tracing::debug!(pid = w.pid, "worker idle for {limit:?}; retiring it");
+                w.exiting = true;
+                w.send_exit();
+                retired += 1;
+            }
+        }
+        st.want = st.want.saturating_sub(retired);
+    }
+
+    /// Gives task `cell` a time limit (see `submit_with_timeout`).
+    pub(crate) fn add_deadline(&self, at: Instant, id: u64) {
+        self.state().deadlines.push((at, id));
+        // The manager may be sleeping longer than this limit.
+        self.manager_wake.fire();
+        self.region.parent_bell().wake_all();
+    }
+
+    /// Stops tasks past their time limit; returns when the next limit falls.
+    pub(crate) fn expire_deadlines(&self) -> Option<Instant> {
+        let now = Instant::now();
+        let expired: Vec<u64> = {
+            let mut st = self.state();
+            let ids = st
+                .deadlines
+                .iter()
+                .filter(|(at, _)| *at <= now)
+                .map(|&(_, id)| id)
+                .collect();
+            st.deadlines.retain(|(at, _)| *at > now);
+            ids
+        };
+        for id in expired {
+            self.stop_task(id, Error::Timeout);
+        }
+        self.state().deadlines.iter().map(|&(at, _)| at).min()
     }
 
     /// Spins up to the configured budget draining result rings until
@@ -565,14 +720,15 @@ impl State {
     /// Tasks a worker may hold: [`DEPTH`] once every slot has a ready
     /// worker, one while some are still starting.
     fn depth(&self) -> usize {
-        let all_ready = self
+        let starting = self
             .workers
             .iter()
-            .all(|w| w.as_ref().is_some_and(|w| w.ready || w.exiting));
-        if all_ready {
-            DEPTH
-        } else {
+            .flatten()
+            .any(|w| !w.ready && !w.exiting);
+        if starting || self.alive() < self.want {
             1
+        } else {
+            DEPTH
         }
     }
 
@@ -685,6 +841,23 @@ pub(crate) fn init_message(trampoline: i64, arg: &[u8]) -> Vec<u8> {
 }
 
 pub(crate) const INIT_TAG: u32 = TAG_INIT;
+
+/// How deep pools may nest (a task starting a pool whose task starts a
+/// pool ...).
+pub(crate) const MAX_NESTING: u32 = 3;
+/// Carries the nesting depth to workers.
+pub(crate) const ENV_DEPTH: &str = "LOKY_NESTING_DEPTH";
+
+fn nesting_depth() -> u32 {
+    std::env::var(ENV_DEPTH)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+pub(crate) fn child_depth() -> String {
+    (nesting_depth() + 1).to_string()
+}
 
 /// How long the manager sleeps between housekeeping rounds.
 pub(crate) const TICK: Duration = Duration::from_millis(100);

@@ -58,6 +58,10 @@ impl Pool {
                 if st.broken.is_some() || (st.shutdown && st.queue.is_empty()) {
                     return;
                 }
+                let want = if st.shutdown { st.want.max(1) } else { st.want };
+                if st.alive() >= want {
+                    return;
+                }
                 st.workers.iter().position(Option::is_none)
             };
             let Some(i) = next else { return };
@@ -138,7 +142,8 @@ impl Pool {
             let running = w.in_flight.front().map(|c| c.id()).unwrap_or(0);
             let clean = w.exiting && status == ExitStatus::Exited(0);
             if !clean {
-                let killed_by_us = w.kill_reason.is_some();
+                let killed_by_us = w.kill_reason.is_some() || w.task_kill.is_some();
+                let task_kill = w.task_kill.take();
                 let error = match w.kill_reason.take() {
                     Some(e) => e,
                     None => Error::TerminatedWorker {
@@ -150,12 +155,16 @@ impl Pool {
                 if !w.ready && !killed_by_us && !st.shutdown {
                     startup_failure = Some(describe_startup_failure(status));
                 }
-                if !matches!(error, Error::ShutdownExecutor) {
+                if !killed_by_us {
                     st.stats.crashed += 1;
+                    tracing::warn!(pid = w.pid, %status, task = running, in_flight = w.in_flight.len(), "worker died");
                 }
-                tracing::warn!(pid = w.pid, %status, task = running, in_flight = w.in_flight.len(), "worker died");
                 for c in w.in_flight.drain(..) {
-                    failed.push((c, error.clone()));
+                    let e = match &task_kill {
+                        Some((id, e)) if *id == c.id() => e.clone(),
+                        _ => error.clone(),
+                    };
+                    failed.push((c, e));
                 }
             }
             if !st.shutdown && st.broken.is_none() {

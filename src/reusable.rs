@@ -1,0 +1,130 @@
+//! The process-wide reusable executor, as Python loky's
+//! `get_reusable_executor`.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::codec::Payload;
+use crate::error::Result;
+use crate::executor::{ProcessPoolExecutor, ProcessPoolExecutorBuilder};
+use crate::future::lock;
+
+static REUSABLE: Mutex<Option<ProcessPoolExecutor>> = Mutex::new(None);
+
+/// Configures the process-wide reusable executor; finish with
+/// [`get`](ReusableExecutorBuilder::get).
+///
+/// Calling it again is cheap and safe from any number of threads at once:
+///
+/// * same configuration → the same executor;
+/// * only `max_workers` differs → the executor is resized in place (growing
+///   spawns workers; shrinking retires idle workers first and never kills a
+///   running task);
+/// * anything else differs, or the pool is broken or shut down → a new
+///   executor. The old one is not shut down under other holders' feet: it
+///   finishes when its last handle is dropped, unless
+///   [`kill_workers`](ReusableExecutorBuilder::kill_workers) asks to kill
+///   its workers at once.
+///
+/// ```
+/// use std::time::Duration;
+/// let ex = loky::get_reusable_executor().max_workers(2).idle_timeout(Duration::from_secs(2)).get()?;
+/// assert_eq!(ex.submit(|x: u64| x + 1, 1)?.result()?, 2);
+/// let again = loky::get_reusable_executor().max_workers(2).idle_timeout(Duration::from_secs(2)).get()?;
+/// assert!(ex.same_pool(&again));
+/// # Ok::<(), loky::Error>(())
+/// ```
+pub fn get_reusable_executor() -> ReusableExecutorBuilder {
+    ReusableExecutorBuilder {
+        builder: ProcessPoolExecutor::builder(),
+        kill_workers: false,
+    }
+}
+
+/// Builder returned by [`get_reusable_executor`].
+#[derive(Debug, Clone)]
+pub struct ReusableExecutorBuilder {
+    builder: ProcessPoolExecutorBuilder,
+    kill_workers: bool,
+}
+
+impl ReusableExecutorBuilder {
+    /// See [`ProcessPoolExecutorBuilder::max_workers`] (default `cpu_count()`).
+    pub fn max_workers(mut self, n: usize) -> Self {
+        self.builder = self.builder.max_workers(n);
+        self
+    }
+
+    /// See [`ProcessPoolExecutorBuilder::idle_timeout`].
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.builder = self.builder.idle_timeout(timeout);
+        self
+    }
+
+    /// See [`ProcessPoolExecutorBuilder::env`].
+    pub fn env(
+        mut self,
+        key: impl Into<std::ffi::OsString>,
+        value: impl Into<std::ffi::OsString>,
+    ) -> Self {
+        self.builder = self.builder.env(key, value);
+        self
+    }
+
+    /// See [`ProcessPoolExecutorBuilder::initializer`].
+    pub fn initializer<F, A>(mut self, f: F, arg: A) -> Self
+    where
+        F: Fn(A) + Copy + Send + 'static,
+        A: Payload,
+    {
+        self.builder = self.builder.initializer(f, arg);
+        self
+    }
+
+    /// See [`ProcessPoolExecutorBuilder::max_tasks_per_child`].
+    pub fn max_tasks_per_child(mut self, n: u64) -> Self {
+        self.builder = self.builder.max_tasks_per_child(n);
+        self
+    }
+
+    /// See [`ProcessPoolExecutorBuilder::memory_limit`].
+    pub fn memory_limit(mut self, bytes: u64) -> Self {
+        self.builder = self.builder.memory_limit(bytes);
+        self
+    }
+
+    /// When the configuration changed and a new executor replaces the old
+    /// one: kill the old one's workers (their tasks fail with
+    /// `ShutdownExecutor`) instead of letting them finish.
+    pub fn kill_workers(mut self, kill: bool) -> Self {
+        self.kill_workers = kill;
+        self
+    }
+
+    /// Returns the reusable executor, reusing, resizing or replacing it.
+    pub fn get(self) -> Result<ProcessPoolExecutor> {
+        let config = self.builder.clone().config()?;
+        let mut slot = lock(&REUSABLE);
+        if let Some(ex) = slot.as_ref() {
+            let pool = ex.pool();
+            if !pool.is_unusable() {
+                let mut current = pool.config.clone();
+                current.max_workers = config.max_workers;
+                if current == config {
+                    if ex.max_workers() == config.max_workers || pool.resize(config.max_workers) {
+                        return Ok(ex.clone());
+                    }
+                }
+            }
+            if self.kill_workers {
+                ex.shutdown(false, true, true);
+            }
+        }
+        let ex = ProcessPoolExecutor::from_config(config)?;
+        tracing::debug!(max_workers = ex.max_workers(), "new reusable executor");
+        // The previous executor (if any) lives on until its other holders
+        // drop it: replacing it never fails someone else's `submit`.
+        *slot = Some(ex.clone());
+        Ok(ex)
+    }
+}

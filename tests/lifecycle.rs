@@ -1,0 +1,245 @@
+//! Worker lifecycle: stopping running tasks, time limits, idle timeout,
+//! recycling, resizing, the reusable executor, nesting.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use loky::{get_reusable_executor, Error, ProcessPoolExecutor};
+
+const HANG: Duration = Duration::from_secs(60);
+
+fn pid(_: ()) -> u32 {
+    std::process::id()
+}
+
+fn spin_forever(_: ()) -> u32 {
+    loop {
+        std::hint::spin_loop();
+    }
+}
+
+fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < HANG, "gave up waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn kill_stops_a_running_task_and_the_pool_heals() {
+    let ex = ProcessPoolExecutor::new(1).unwrap();
+    let before = ex.submit(pid, ()).unwrap().result_timeout(HANG).unwrap();
+    let f = ex.submit(spin_forever, ()).unwrap();
+    wait_until("the task to run", || f.running());
+    assert!(!f.cancel(), "cancel() keeps the concurrent.futures meaning");
+    assert!(f.kill());
+    assert!(matches!(f.result_timeout(HANG), Err(Error::Cancelled)));
+    let after = ex.submit(pid, ()).unwrap().result_timeout(HANG).unwrap();
+    assert_ne!(before, after, "a new worker replaced the killed one");
+    assert!(!f.kill(), "nothing to kill any more");
+    assert_eq!(ex.stats().crashed, 0, "a kill we asked for is not a crash");
+}
+
+#[test]
+fn a_task_past_its_time_limit_fails_with_timeout() {
+    let ex = ProcessPoolExecutor::new(2).unwrap();
+    let slow = ex
+        .submit_with_timeout(spin_forever, (), Duration::from_millis(100))
+        .unwrap();
+    let fast = ex
+        .submit_with_timeout(|x: u32| x * 2, 21, Duration::from_secs(30))
+        .unwrap();
+    assert!(matches!(slow.result_timeout(HANG), Err(Error::Timeout)));
+    assert_eq!(fast.result_timeout(HANG).unwrap(), 42);
+    assert_eq!(
+        ex.submit(|x: u8| x, 3)
+            .unwrap()
+            .result_timeout(HANG)
+            .unwrap(),
+        3
+    );
+}
+
+#[test]
+fn idle_workers_exit_and_come_back_on_demand() {
+    let ex = ProcessPoolExecutor::builder()
+        .max_workers(2)
+        .idle_timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    ex.submit(pid, ()).unwrap().result_timeout(HANG).unwrap();
+    wait_until("idle workers to exit", || ex.stats().workers_alive == 0);
+    assert_eq!(
+        ex.submit(|x: u64| x + 1, 1)
+            .unwrap()
+            .result_timeout(HANG)
+            .unwrap(),
+        2
+    );
+    assert!(ex.stats().workers_alive >= 1);
+}
+
+#[test]
+fn max_tasks_per_child_recycles_workers() {
+    let ex = ProcessPoolExecutor::builder()
+        .max_workers(1)
+        .max_tasks_per_child(3)
+        .build()
+        .unwrap();
+    let pids: Vec<u32> = (0..9)
+        .map(|_| ex.submit(pid, ()).unwrap().result_timeout(HANG).unwrap())
+        .collect();
+    let distinct: BTreeSet<u32> = pids.iter().copied().collect();
+    assert_eq!(distinct.len(), 3, "{pids:?}");
+    for w in pids.chunks(3) {
+        assert!(
+            w.iter().all(|p| *p == w[0]),
+            "each worker serves exactly 3 tasks: {pids:?}"
+        );
+    }
+}
+
+#[test]
+fn memory_limit_retires_a_worker_that_grew() {
+    let ex = ProcessPoolExecutor::builder()
+        .max_workers(1)
+        .memory_limit(200 << 20)
+        .build()
+        .unwrap();
+    let first = ex.submit(pid, ()).unwrap().result_timeout(HANG).unwrap();
+    // Grow the worker's heap past the limit and keep it.
+    let grown = ex
+        .submit(
+            |mb: usize| {
+                let v = vec![1u8; mb << 20];
+                std::mem::forget(v);
+                std::process::id()
+            },
+            300,
+        )
+        .unwrap()
+        .result_timeout(HANG)
+        .unwrap();
+    assert_eq!(grown, first, "the task itself completes on the same worker");
+    let next = ex.submit(pid, ()).unwrap().result_timeout(HANG).unwrap();
+    assert_ne!(next, first, "the bloated worker was replaced");
+}
+
+#[test]
+fn reusable_executor_reuses_resizes_and_replaces() {
+    // All in one test: the reusable executor is process-wide.
+    let a = get_reusable_executor().max_workers(2).get().unwrap();
+    let b = get_reusable_executor().max_workers(2).get().unwrap();
+    assert!(a.same_pool(&b));
+    assert_eq!(
+        a.submit(|x: u64| x + 1, 1)
+            .unwrap()
+            .result_timeout(HANG)
+            .unwrap(),
+        2
+    );
+
+    // Only max_workers differs: resized in place.
+    let c = get_reusable_executor().max_workers(1).get().unwrap();
+    assert!(c.same_pool(&a));
+    assert_eq!(c.max_workers(), 1);
+    wait_until("shrink to 1 worker", || c.stats().workers_alive == 1);
+    let d = get_reusable_executor().max_workers(2).get().unwrap();
+    assert!(d.same_pool(&a));
+    wait_until("grow to 2 workers", || d.stats().workers_alive == 2);
+
+    // Another configuration: a new executor; the old handle still works.
+    let e = get_reusable_executor()
+        .max_workers(2)
+        .env("LOKY_REUSE_TEST", "1")
+        .get()
+        .unwrap();
+    assert!(!e.same_pool(&a));
+    assert_eq!(
+        a.submit(|x: u64| x * 3, 3)
+            .unwrap()
+            .result_timeout(HANG)
+            .unwrap(),
+        9
+    );
+    assert_eq!(
+        e.submit(
+            |_: ()| std::env::var("LOKY_REUSE_TEST").unwrap_or_default(),
+            ()
+        )
+        .unwrap()
+        .result_timeout(HANG)
+        .unwrap(),
+        "1"
+    );
+
+    // A shut-down executor is replaced.
+    e.shutdown(true, false, false);
+    let f = get_reusable_executor()
+        .max_workers(2)
+        .env("LOKY_REUSE_TEST", "1")
+        .get()
+        .unwrap();
+    assert!(!f.same_pool(&e));
+    assert_eq!(
+        f.submit(|x: u8| x, 5)
+            .unwrap()
+            .result_timeout(HANG)
+            .unwrap(),
+        5
+    );
+
+    // Many threads, different configurations at once: never a spurious
+    // ShutdownExecutor (Python loky #458).
+    std::thread::scope(|s| {
+        for t in 0..8usize {
+            s.spawn(move || {
+                for i in 0..10u64 {
+                    let ex = get_reusable_executor()
+                        .max_workers(1 + (t + i as usize) % 2)
+                        .get()
+                        .unwrap();
+                    assert_eq!(
+                        ex.submit(|x: u64| x + 1, i)
+                            .unwrap()
+                            .result_timeout(HANG)
+                            .unwrap(),
+                        i + 1
+                    );
+                }
+            });
+        }
+    });
+}
+
+#[test]
+fn nested_pools_work_and_depth_is_limited() {
+    fn inner(x: u64) -> u64 {
+        let ex = ProcessPoolExecutor::new(1).unwrap();
+        ex.submit(|y: u64| y * 10, x).unwrap().result().unwrap()
+    }
+    let ex = ProcessPoolExecutor::new(1).unwrap();
+    assert_eq!(
+        ex.submit(inner, 4).unwrap().result_timeout(HANG).unwrap(),
+        40
+    );
+
+    fn recurse(depth: u32) -> Result<u32, String> {
+        match ProcessPoolExecutor::new(1) {
+            Ok(ex) => ex
+                .submit(recurse, depth + 1)
+                .map_err(|e| e.to_string())?
+                .result()
+                .map_err(|e| e.to_string())?,
+            Err(e) => Err(format!("{depth}: {e}")),
+        }
+    }
+    let err = ex
+        .submit(recurse, 1)
+        .unwrap()
+        .result_timeout(HANG)
+        .unwrap()
+        .unwrap_err();
+    assert!(err.contains("nested"), "{err}");
+}
