@@ -197,6 +197,11 @@ impl ProcessPoolExecutor {
         self.pool().debug_state()
     }
 
+    /// Process ids of the live workers (in slot order).
+    pub fn worker_pids(&self) -> Vec<u32> {
+        self.pool().worker_pids()
+    }
+
     /// A snapshot of the pool's counters.
     pub fn stats(&self) -> Stats {
         self.pool().stats()
@@ -275,6 +280,7 @@ pub struct ProcessPoolExecutorBuilder {
     idle_timeout: Option<Duration>,
     max_tasks_per_child: Option<u64>,
     memory_limit: Option<u64>,
+    hard_memory_limit: Option<u64>,
     spin: Option<Duration>,
 }
 
@@ -335,6 +341,16 @@ impl ProcessPoolExecutorBuilder {
         self
     }
 
+    /// Caps each worker's heap (`RLIMIT_DATA`: private writable memory) at
+    /// `bytes`. A task that allocates past it aborts its worker, which is
+    /// reported as [`Error::TerminatedWorker`] and replaced; unlike
+    /// [`memory_limit`](Self::memory_limit) this stops a runaway task while it
+    /// runs. Shared memory (rings, shared arrays) does not count.
+    pub fn hard_memory_limit(mut self, bytes: u64) -> Self {
+        self.hard_memory_limit = Some(bytes);
+        self
+    }
+
     /// Capacity of each worker's rings in bytes (power of two, default
     /// 1 MiB). Messages up to half of it travel inline; larger ones in a
     /// shared-memory segment of their own.
@@ -378,6 +394,7 @@ impl ProcessPoolExecutorBuilder {
             idle_timeout: self.idle_timeout,
             max_tasks_per_child: self.max_tasks_per_child,
             memory_limit: self.memory_limit,
+            hard_memory_limit: self.hard_memory_limit,
             spin: self.spin.unwrap_or(DEFAULT_SPIN),
         })
     }

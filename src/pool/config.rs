@@ -14,6 +14,7 @@ pub(crate) struct Config {
     pub(crate) idle_timeout: Option<Duration>,
     pub(crate) max_tasks_per_child: Option<u64>,
     pub(crate) memory_limit: Option<u64>,
+    pub(crate) hard_memory_limit: Option<u64>,
     /// How long a waiting thread (caller or worker) spins before sleeping.
     pub(crate) spin: Duration,
 }

@@ -29,19 +29,22 @@ pub(crate) struct WorkerSpec {
     pub(crate) spin: Duration,
     pub(crate) has_init: bool,
     pub(crate) report_rss: bool,
+    /// `RLIMIT_DATA` for the worker in bytes (0: unlimited).
+    pub(crate) data_limit: u64,
 }
 
 impl WorkerSpec {
     pub(crate) fn encode(&self) -> String {
         format!(
-            "v1:{}:{}:{}:{}:{}:{}:{}",
+            "v1:{}:{}:{}:{}:{}:{}:{}:{}",
             self.slot,
             self.generation,
             self.parent,
             self.ncpu,
             self.spin.as_micros(),
             u8::from(self.has_init),
-            u8::from(self.report_rss)
+            u8::from(self.report_rss),
+            self.data_limit
         )
     }
 
@@ -59,6 +62,7 @@ impl WorkerSpec {
             spin: Duration::from_micros(num()?),
             has_init: num()? != 0,
             report_rss: num()? != 0,
+            data_limit: num()?,
         };
         Some(spec)
     }
@@ -90,6 +94,7 @@ impl Pool {
             spin: self.config.spin,
             has_init: self.config.initializer.is_some(),
             report_rss: self.config.memory_limit.is_some(),
+            data_limit: self.config.hard_memory_limit.unwrap_or(0),
         };
         let mut env: Vec<(std::ffi::OsString, std::ffi::OsString)> = std::env::vars_os()
             .filter(|(k, _)| k != ENV_WORKER)
@@ -188,6 +193,7 @@ mod tests {
             spin: Duration::from_micros(50),
             has_init: true,
             report_rss: false,
+            data_limit: 1 << 30,
         };
         assert_eq!(WorkerSpec::decode(&spec.encode()), Some(spec));
         assert_eq!(WorkerSpec::decode("v2:1"), None);

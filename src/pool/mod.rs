@@ -407,6 +407,10 @@ impl Pool {
         false
     }
 
+    pub(crate) fn worker_pids(&self) -> Vec<u32> {
+        self.state().workers.iter().flatten().map(|w| w.pid).collect()
+    }
+
     /// The current size limit.
     pub(crate) fn max_workers(&self) -> usize {
         self.state().max_workers

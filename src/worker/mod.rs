@@ -47,6 +47,12 @@ pub(crate) fn run(raw_spec: &str) -> i32 {
     // SAFETY: `signal` with SIG_IGN is async-signal-safe and affects only
     // this process; a worker, like a Rust `main`, ignores SIGPIPE.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+    if spec.data_limit > 0 {
+        let limit = rustix::process::Rlimit { current: Some(spec.data_limit), maximum: Some(spec.data_limit) };
+        if let Err(e) = rustix::process::setrlimit(rustix::process::Resource::Data, limit) {
+            return fatal(EXIT_BOOTSTRAP, format_args!("setrlimit(RLIMIT_DATA): {e}"));
+        }
+    }
     if rustix::process::getppid().map(|p| p.as_raw_nonzero().get() as u32) != Some(spec.parent) {
         return 0; // the parent died before we got here
     }
