@@ -281,6 +281,7 @@ pub struct ProcessPoolExecutorBuilder {
     max_tasks_per_child: Option<u64>,
     memory_limit: Option<u64>,
     hard_memory_limit: Option<u64>,
+    pin: crate::topology::Pinning,
     spin: Option<Duration>,
 }
 
@@ -351,6 +352,13 @@ impl ProcessPoolExecutorBuilder {
         self
     }
 
+    /// Pins each worker to a CPU (see [`Pinning`](crate::Pinning)); a
+    /// replacement worker takes its predecessor's CPU.
+    pub fn pin(mut self, pinning: crate::topology::Pinning) -> Self {
+        self.pin = pinning;
+        self
+    }
+
     /// Capacity of each worker's rings in bytes (power of two, default
     /// 1 MiB). Messages up to half of it travel inline; larger ones in a
     /// shared-memory segment of their own.
@@ -395,6 +403,7 @@ impl ProcessPoolExecutorBuilder {
             max_tasks_per_child: self.max_tasks_per_child,
             memory_limit: self.memory_limit,
             hard_memory_limit: self.hard_memory_limit,
+            pin: self.pin,
             spin: self.spin.unwrap_or(DEFAULT_SPIN),
         })
     }

@@ -42,5 +42,5 @@ pub use future::Future;
 pub use map::{Map, MapUnordered};
 pub use reusable::{get_reusable_executor, ReusableExecutorBuilder};
 pub use stats::Stats;
-pub use topology::{cpu_count, cpu_count_physical, cpu_count_report};
+pub use topology::{cpu_count, cpu_count_physical, cpu_count_report, Pinning};
 pub use wait::{as_completed, wait, AsCompleted, ReturnWhen, WaitResult};

@@ -15,6 +15,7 @@ pub(crate) struct Config {
     pub(crate) max_tasks_per_child: Option<u64>,
     pub(crate) memory_limit: Option<u64>,
     pub(crate) hard_memory_limit: Option<u64>,
+    pub(crate) pin: crate::topology::Pinning,
     /// How long a waiting thread (caller or worker) spins before sleeping.
     pub(crate) spin: Duration,
 }

@@ -31,12 +31,14 @@ pub(crate) struct WorkerSpec {
     pub(crate) report_rss: bool,
     /// `RLIMIT_DATA` for the worker in bytes (0: unlimited).
     pub(crate) data_limit: u64,
+    /// The CPU to pin to, plus one (0: not pinned).
+    pub(crate) cpu: u64,
 }
 
 impl WorkerSpec {
     pub(crate) fn encode(&self) -> String {
         format!(
-            "v1:{}:{}:{}:{}:{}:{}:{}:{}",
+            "v1:{}:{}:{}:{}:{}:{}:{}:{}:{}",
             self.slot,
             self.generation,
             self.parent,
@@ -44,7 +46,8 @@ impl WorkerSpec {
             self.spin.as_micros(),
             u8::from(self.has_init),
             u8::from(self.report_rss),
-            self.data_limit
+            self.data_limit,
+            self.cpu
         )
     }
 
@@ -63,6 +66,7 @@ impl WorkerSpec {
             has_init: num()? != 0,
             report_rss: num()? != 0,
             data_limit: num()?,
+            cpu: num()?,
         };
         Some(spec)
     }
@@ -95,6 +99,10 @@ impl Pool {
             has_init: self.config.initializer.is_some(),
             report_rss: self.config.memory_limit.is_some(),
             data_limit: self.config.hard_memory_limit.unwrap_or(0),
+            cpu: self
+                .cpu_plan
+                .as_ref()
+                .map_or(0, |plan| plan[i % plan.len()] as u64 + 1),
         };
         let mut env: Vec<(std::ffi::OsString, std::ffi::OsString)> = std::env::vars_os()
             .filter(|(k, _)| k != ENV_WORKER)
@@ -194,6 +202,7 @@ mod tests {
             has_init: true,
             report_rss: false,
             data_limit: 1 << 30,
+            cpu: 3,
         };
         assert_eq!(WorkerSpec::decode(&spec.encode()), Some(spec));
         assert_eq!(WorkerSpec::decode("v2:1"), None);

@@ -87,6 +87,8 @@ pub(crate) struct Pool {
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
     thread_ids: Mutex<Vec<std::thread::ThreadId>>,
     ncpu: u32,
+    /// The CPU of each slot when workers are pinned.
+    pub(crate) cpu_plan: Option<Vec<usize>>,
     /// Caller threads sleeping on the parent doorbell; while there are any,
     /// the manager steps off it (see `wait_on_bell`).
     standby: std::sync::atomic::AtomicUsize,
@@ -133,6 +135,7 @@ impl Pool {
             threads: Mutex::new(Vec::new()),
             thread_ids: Mutex::new(Vec::new()),
             ncpu: crate::topology::cpu_count() as u32,
+            cpu_plan: crate::topology::plan_for(config.pin, slots as usize),
             standby: Default::default(),
             manager_wake: Default::default(),
             region: Arc::new(region),
@@ -408,7 +411,12 @@ impl Pool {
     }
 
     pub(crate) fn worker_pids(&self) -> Vec<u32> {
-        self.state().workers.iter().flatten().map(|w| w.pid).collect()
+        self.state()
+            .workers
+            .iter()
+            .flatten()
+            .map(|w| w.pid)
+            .collect()
     }
 
     /// The current size limit.

@@ -28,7 +28,11 @@ mod cgroup;
 mod cpulist;
 mod env;
 mod explain;
+mod pinning;
 mod plan;
+
+pub(crate) use pinning::plan_for;
+pub use pinning::Pinning;
 mod probe;
 mod read;
 mod sysfs;
