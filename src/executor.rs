@@ -335,8 +335,11 @@ impl ProcessPoolExecutorBuilder {
         self
     }
 
-    /// A worker whose resident memory exceeds `bytes` after a task retires
-    /// (and is replaced).
+    /// A worker whose resident memory grew by more than `bytes` since its
+    /// first task retires after the task it is running, and is replaced
+    /// (one `tracing` warning). This catches leaks without interrupting a
+    /// task; see [`hard_memory_limit`](Self::hard_memory_limit) to stop a
+    /// runaway task.
     pub fn memory_limit(mut self, bytes: u64) -> Self {
         self.memory_limit = Some(bytes);
         self
@@ -415,5 +418,44 @@ impl ProcessPoolExecutorBuilder {
         Ok(ProcessPoolExecutor {
             handle: Arc::new(Handle { pool }),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_result_that_fails_validation_is_a_codec_error() {
+        // A u64 archive is 8 bytes; 3 bytes cannot be one.
+        let err = decode_result::<u64>(STATUS_OK, &[1, 2, 3]).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::Codec {
+                    stage: CodecStage::DecodeResult,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        // Bytes of the right size that are not a valid value.
+        let mut bytes = rkyv::util::AlignedVec::<16>::new();
+        bytes.extend_from_slice(&[2]);
+        assert!(matches!(
+            decode_result::<bool>(STATUS_OK, &bytes),
+            Err(Error::Codec { .. })
+        ));
+        bytes.clear();
+        bytes.extend_from_slice(&0xD800u32.to_le_bytes()); // a lone surrogate
+        assert!(matches!(
+            decode_result::<char>(STATUS_OK, &bytes),
+            Err(Error::Codec { .. })
+        ));
+        // An undecodable failure report still becomes an error, not a panic.
+        assert!(matches!(
+            decode_result::<u64>(STATUS_PANIC, &[9; 5]),
+            Err(Error::TaskPanicked { .. })
+        ));
     }
 }

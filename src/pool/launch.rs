@@ -156,6 +156,7 @@ impl Pool {
             kill_reason: None,
             task_kill: None,
             tasks_done: 0,
+            rss_baseline: None,
             idle_since: Instant::now(),
         };
         if let Some(init) = &self.config.initializer {

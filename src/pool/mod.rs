@@ -54,6 +54,8 @@ pub(crate) struct Worker {
     /// A task we killed this worker to stop, and the error it gets.
     task_kill: Option<(u64, Error)>,
     tasks_done: u64,
+    /// Resident size after the first task (for `memory_limit`).
+    rss_baseline: Option<u64>,
     pub(crate) idle_since: Instant,
 }
 
@@ -326,6 +328,10 @@ impl Pool {
         if w.in_flight.is_empty() {
             w.idle_since = Instant::now();
         }
+        // Memory growth is measured from the resident size after the first
+        // task (imports, caches and the like are not a leak).
+        let rss = u64::from(hdr.rss_kib) * 1024;
+        let baseline = *w.rss_baseline.get_or_insert(rss);
         let retire = self
             .config
             .max_tasks_per_child
@@ -333,7 +339,7 @@ impl Pool {
             || self
                 .config
                 .memory_limit
-                .is_some_and(|limit| u64::from(hdr.rss_kib) * 1024 > limit);
+                .is_some_and(|limit| rss.saturating_sub(baseline) > limit);
         if retire && !w.exiting {
             tracing::warn!(
                 pid = w.pid,
