@@ -12,6 +12,7 @@ use crate::protocol::{
     Failure, TaskHeader, STATUS_DECODE_ARG, STATUS_ENCODE_RESULT, STATUS_OK, STATUS_PANIC,
 };
 use crate::stats::Stats;
+use crate::task::TaskFn;
 use crate::transport::{assert_zero_sized, offset_of, run_init, run_task};
 
 /// Default capacity of each ring (one per direction per worker).
@@ -113,7 +114,7 @@ impl ProcessPoolExecutor {
     /// through the future.
     pub fn submit<F, A, R>(&self, f: F, arg: A) -> Result<Future<R>>
     where
-        F: Fn(A) -> R + Copy + Send + 'static,
+        F: TaskFn<A, R>,
         A: Payload,
         R: Payload,
     {
@@ -140,7 +141,7 @@ impl ProcessPoolExecutor {
     /// ```
     pub fn submit_with_timeout<F, A, R>(&self, f: F, arg: A, timeout: Duration) -> Result<Future<R>>
     where
-        F: Fn(A) -> R + Copy + Send + 'static,
+        F: TaskFn<A, R>,
         A: Payload,
         R: Payload,
     {
@@ -220,10 +221,14 @@ pub(crate) fn decode_with<R>(
     decode: impl FnOnce(&[u8]) -> std::result::Result<R, String>,
 ) -> Result<R> {
     match status {
-        STATUS_OK => decode(bytes).map_err(|message| Error::Codec {
-            stage: CodecStage::DecodeResult,
-            message,
-        }),
+        // This runs on whichever thread drains the result (often the
+        // manager's): a panicking decoder fails this future, not the pool.
+        STATUS_OK => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| decode(bytes)))
+            .unwrap_or_else(|panic| Err(crate::codec::panic_message(&*panic)))
+            .map_err(|message| Error::Codec {
+                stage: CodecStage::DecodeResult,
+                message,
+            }),
         _ => Err(decode_failure(status, bytes)),
     }
 }
@@ -293,8 +298,9 @@ impl ProcessPoolExecutorBuilder {
         self
     }
 
-    /// Sets an environment variable in every worker (on top of the parent's
-    /// environment).
+    /// Sets an environment variable in every worker, on top of the parent's
+    /// environment as it is when the pool is built (later changes to the
+    /// parent's environment do not reach the workers).
     pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
         self.env.push((key.into(), value.into()));
         self
@@ -305,7 +311,7 @@ impl ProcessPoolExecutorBuilder {
     /// is [`Error::BrokenProcessPool`].
     pub fn initializer<F, A>(mut self, f: F, arg: A) -> Self
     where
-        F: Fn(A) + Copy + Send + 'static,
+        F: TaskFn<A, ()>,
         A: Payload,
     {
         const { assert_zero_sized::<F>() };

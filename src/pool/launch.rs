@@ -104,19 +104,12 @@ impl Pool {
                 .as_ref()
                 .map_or(0, |plan| plan[i % plan.len()] as u64 + 1),
         };
-        let mut env: Vec<(std::ffi::OsString, std::ffi::OsString)> = std::env::vars_os()
-            .filter(|(k, _)| k != ENV_WORKER)
-            .collect();
-        for (k, v) in &self.config.env {
-            env.retain(|(ek, _)| ek != k);
-            env.push((k.clone(), v.clone()));
-        }
-        env.retain(|(k, _)| k != super::ENV_DEPTH);
-        env.push((super::ENV_DEPTH.into(), super::child_depth().into()));
-        env.push((ENV_WORKER.into(), spec.encode().into()));
-        let env = env
+        let spec = spec.encode();
+        let env = self
+            .worker_env
             .iter()
-            .map(|(k, v)| (k.as_encoded_bytes(), v.as_encoded_bytes()));
+            .map(|(k, v)| (k.as_encoded_bytes(), v.as_encoded_bytes()))
+            .chain(std::iter::once((ENV_WORKER.as_bytes(), spec.as_bytes())));
         let pidfd = Spawn::new(Path::new("/proc/self/exe"), &worker_arg0())?
             .env(env)?
             .fd(self.region.fd(), REGION_FD)?
@@ -174,6 +167,20 @@ impl Pool {
         self.region.parent_bell().wake_all();
         Ok(())
     }
+}
+
+/// The workers' environment: the parent's at pool creation, the builder's
+/// `env` entries, and the nesting depth (the spec is added per worker).
+pub(crate) fn worker_env(config: &super::Config) -> Vec<(std::ffi::OsString, std::ffi::OsString)> {
+    let mut env: Vec<(std::ffi::OsString, std::ffi::OsString)> = std::env::vars_os()
+        .filter(|(k, _)| k != ENV_WORKER && k != super::ENV_DEPTH)
+        .collect();
+    for (k, v) in &config.env {
+        env.retain(|(ek, _)| ek != k);
+        env.push((k.clone(), v.clone()));
+    }
+    env.push((super::ENV_DEPTH.into(), super::child_depth().into()));
+    env
 }
 
 fn worker_arg0() -> String {

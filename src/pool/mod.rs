@@ -89,6 +89,8 @@ pub(crate) struct Pool {
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
     thread_ids: Mutex<Vec<std::thread::ThreadId>>,
     ncpu: u32,
+    /// The workers' environment, snapshotted at pool creation.
+    worker_env: Vec<(std::ffi::OsString, std::ffi::OsString)>,
     /// The CPU of each slot when workers are pinned.
     pub(crate) cpu_plan: Option<Vec<usize>>,
     /// Caller threads sleeping on the parent doorbell; while there are any,
@@ -138,6 +140,7 @@ impl Pool {
             thread_ids: Mutex::new(Vec::new()),
             ncpu: crate::topology::cpu_count() as u32,
             cpu_plan: crate::topology::plan_for(config.pin, slots as usize),
+            worker_env: launch::worker_env(&config),
             standby: Default::default(),
             manager_wake: Default::default(),
             region: Arc::new(region),

@@ -39,8 +39,15 @@ pub(super) fn run(pool: &Arc<Pool>) {
             }
         };
         pool.watchdog_wake.clear();
+        let mut buried = false;
         for ((i, pidfd), _) in watched.iter().zip(&ready).filter(|(_, r)| **r) {
             pool.bury(*i, pidfd);
+            buried = true;
+        }
+        if buried {
+            // Let the callers just woken with the failures run before this
+            // thread spends the core on spawning replacements.
+            std::thread::yield_now();
         }
     }
     tracing::debug!("watchdog exits");

@@ -1,0 +1,293 @@
+//! Soak test (ignored by default): many tasks on a 2-worker pool while 1 % of
+//! them SIGKILL their own worker.
+//!
+//! ```text
+//! LOKY_SOAK_TASKS=3000 cargo test --release --test soak -- --ignored --nocapture
+//! cargo test --release --test soak -- --ignored --nocapture     # 100 000 tasks
+//! ```
+//!
+//! `LOKY_SOAK_TASKS` (default 100 000) is the number of tasks;
+//! `LOKY_SOAK_SECS` (default 600) a wall-clock budget after which no more
+//! tasks are submitted and what was submitted is checked.
+//!
+//! Checked: every future resolves within 60 s (a timeout is a hang), none is
+//! lost, every value is right, every killer task fails with
+//! `TerminatedWorker`, each death fails at most one other task (the one
+//! queued behind the killer in the same worker), every `TerminatedWorker`
+//! names a killer task and SIGKILL, and the parent leaks no file descriptors
+//! or threads across the respawns.
+
+use std::collections::{HashSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use loky::{Error, ExitStatus, Future, ProcessPoolExecutor};
+
+/// A future not resolved after this long is a hang.
+const HANG: Duration = Duration::from_secs(60);
+/// Futures outstanding at most (keeps memory flat).
+const WINDOW: usize = 64;
+/// One task in this many kills its worker.
+const KILL_ONE_IN: u64 = 100;
+
+/// Pseudo-random 1 % of the indices (sometimes two in a row, so a killer can
+/// also be the bystander of an earlier killer).
+fn is_killer(x: u64) -> bool {
+    // splitmix64's finalizer: well mixed, so killers also come in pairs.
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    (z ^ (z >> 31)) % KILL_ONE_IN == 0
+}
+
+fn expected(x: u64) -> u64 {
+    x.wrapping_mul(2_654_435_761)
+}
+
+fn task(x: u64) -> u64 {
+    if is_killer(x) {
+        // SAFETY: plain system calls; the worker is meant to die here.
+        unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+        // SIGKILL to oneself is delivered before kill() returns; never
+        // report a value from a task that should have died.
+        loop {
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+    expected(x)
+}
+
+fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
+    match std::env::var(key) {
+        Ok(v) => v
+            .trim()
+            .replace('_', "")
+            .parse()
+            .unwrap_or_else(|_| panic!("{key}={v:?} is not a number")),
+        Err(_) => default,
+    }
+}
+
+/// Crashing workers dump no core (inherited by the workers spawned later).
+fn no_core_dumps() {
+    let zero = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain system call on a valid struct; only lowers a limit.
+    unsafe { libc::setrlimit(libc::RLIMIT_CORE, &zero) };
+}
+
+fn count_dir(path: &str) -> usize {
+    std::fs::read_dir(path).map(|d| d.count()).unwrap_or(0)
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).map(str::to_owned))
+        })
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+#[derive(Default)]
+struct Tally {
+    resolved: u64,
+    ok: u64,
+    killers: u64,
+    killers_failed: u64,
+    /// Killers whose error names themselves as the running task.
+    killers_ran: u64,
+    bystanders: u64,
+    /// `task` field of every `TerminatedWorker` seen.
+    blamed: Vec<u64>,
+    /// Future id of every killer submitted.
+    killer_ids: HashSet<u64>,
+}
+
+struct Pending {
+    x: u64,
+    fut: Future<u64>,
+}
+
+fn resolve(ex: &ProcessPoolExecutor, p: Pending, t: &mut Tally) {
+    let killer = is_killer(p.x);
+    let id = p.fut.id();
+    match p.fut.result_timeout(HANG) {
+        Ok(v) => {
+            assert!(!killer, "killer task {} (x = {}) returned {v}", id, p.x);
+            assert_eq!(v, expected(p.x), "wrong value for x = {}", p.x);
+            t.ok += 1;
+        }
+        Err(Error::TerminatedWorker { pid, status, task }) => {
+            assert!(
+                matches!(
+                    status,
+                    ExitStatus::Signaled {
+                        signal: libc::SIGKILL,
+                        ..
+                    }
+                ),
+                "task {id} (x = {}): worker {pid} died with {status}, not SIGKILL",
+                p.x
+            );
+            t.blamed.push(task);
+            if killer {
+                t.killers_failed += 1;
+                if task == id {
+                    t.killers_ran += 1;
+                }
+            } else {
+                assert_ne!(task, id, "bystander task {id} blamed for its own death");
+                t.bystanders += 1;
+            }
+        }
+        Err(Error::Timeout) => panic!(
+            "HANG: task {id} (x = {}, killer = {killer}) unresolved after {HANG:?}\nstats: {:?}\n{}",
+            p.x,
+            ex.stats(),
+            ex.debug_state()
+        ),
+        Err(e) => panic!("task {id} (x = {}, killer = {killer}): unexpected error {e}", p.x),
+    }
+    t.resolved += 1;
+}
+
+#[test]
+#[ignore = "soak test; run with --ignored (see the file header)"]
+fn soak_one_percent_of_tasks_kill_their_worker() {
+    let tasks: u64 = env_or("LOKY_SOAK_TASKS", 100_000);
+    let budget = Duration::from_secs(env_or("LOKY_SOAK_SECS", 600));
+    no_core_dumps();
+    let ex = ProcessPoolExecutor::builder()
+        .max_workers(2)
+        .build()
+        .expect("pool");
+    // Warm: both workers up, so the baseline counts their fds and threads.
+    let mut warm = Vec::new();
+    let mut x_warm = u64::MAX;
+    while warm.len() < 4 {
+        x_warm -= 1;
+        if !is_killer(x_warm) {
+            warm.push((x_warm, ex.submit(task, x_warm).unwrap()));
+        }
+    }
+    for (x, f) in warm {
+        assert_eq!(f.result_timeout(HANG).unwrap(), expected(x));
+    }
+    let fds_before = count_dir("/proc/self/fd");
+    let threads_before = count_dir("/proc/self/task");
+    let rss_before = rss_kib();
+
+    let start = Instant::now();
+    let mut t = Tally::default();
+    let mut window: VecDeque<Pending> = VecDeque::with_capacity(WINDOW);
+    let mut submitted = 0u64;
+    let mut stopped_early = false;
+    let report_every = (tasks / 10).max(1);
+    for x in 0..tasks {
+        if start.elapsed() >= budget {
+            stopped_early = true;
+            break;
+        }
+        if window.len() == WINDOW {
+            let p = window.pop_front().unwrap();
+            resolve(&ex, p, &mut t);
+        }
+        let fut = ex
+            .submit(task, x)
+            .unwrap_or_else(|e| panic!("submit #{x} failed: {e}; stats {:?}", ex.stats()));
+        if is_killer(x) {
+            t.killers += 1;
+            t.killer_ids.insert(fut.id());
+        }
+        window.push_back(Pending { x, fut });
+        submitted += 1;
+        if submitted % report_every == 0 {
+            eprintln!(
+                "soak: {submitted}/{tasks} submitted, {:.1} s, {:?}",
+                start.elapsed().as_secs_f64(),
+                ex.stats()
+            );
+        }
+    }
+    while let Some(p) = window.pop_front() {
+        resolve(&ex, p, &mut t);
+    }
+    let elapsed = start.elapsed();
+
+    // The pool healed: a task after all that still runs, on 2 live workers.
+    let last = (0..).find(|x| !is_killer(*x)).unwrap();
+    assert_eq!(
+        ex.submit(task, last).unwrap().result_timeout(HANG).unwrap(),
+        expected(last)
+    );
+    let stats = ex.stats();
+    let fds_after = count_dir("/proc/self/fd");
+    let threads_after = count_dir("/proc/self/task");
+    let rss_after = rss_kib();
+    let rate = t.resolved as f64 / elapsed.as_secs_f64();
+    eprintln!(
+        "soak summary: tasks {} (of {tasks}{}), kills {} (killer tasks {}, of which ran {}), \
+         bystanders {}, ok {}, elapsed {:.2} s, {:.0} tasks/s, respawns {}, crashed {}, \
+         workers alive {}, fds {fds_before}->{fds_after}, threads {threads_before}->{threads_after}, \
+         rss {rss_before}->{rss_after} KiB",
+        t.resolved,
+        if stopped_early { ", stopped by LOKY_SOAK_SECS" } else { "" },
+        stats.crashed,
+        t.killers,
+        t.killers_ran,
+        t.bystanders,
+        t.ok,
+        elapsed.as_secs_f64(),
+        rate,
+        stats.respawned,
+        stats.crashed,
+        stats.workers_alive,
+    );
+
+    assert_eq!(t.resolved, submitted, "futures lost");
+    assert_eq!(
+        t.ok + t.killers_failed + t.bystanders,
+        submitted,
+        "every future is a value or TerminatedWorker"
+    );
+    assert_eq!(
+        t.killers_failed, t.killers,
+        "every killer got TerminatedWorker"
+    );
+    assert_eq!(
+        stats.crashed, t.killers_ran,
+        "one worker death per killer that ran, and no other"
+    );
+    // A killer queued behind another killer is a bystander too.
+    let hit = t.bystanders + (t.killers - t.killers_ran);
+    assert!(
+        hit <= stats.crashed,
+        "{hit} bystanders for {} kills: a death may fail at most the one task queued behind the killer",
+        stats.crashed
+    );
+    for task in &t.blamed {
+        assert!(
+            t.killer_ids.contains(task),
+            "a TerminatedWorker names task {task}, which is not a killer"
+        );
+    }
+    assert!(
+        stats.respawned >= stats.crashed,
+        "every dead worker replaced: {stats:?}"
+    );
+    assert!(
+        fds_after <= fds_before + 8,
+        "file descriptors leak: {fds_before} before, {fds_after} after {} respawns",
+        stats.respawned
+    );
+    assert!(
+        threads_after <= threads_before + 2,
+        "threads leak: {threads_before} before, {threads_after} after {} respawns",
+        stats.respawned
+    );
+}
