@@ -12,7 +12,6 @@ use crate::protocol::{
     Failure, TaskHeader, STATUS_DECODE_ARG, STATUS_ENCODE_RESULT, STATUS_OK, STATUS_PANIC,
 };
 use crate::stats::Stats;
-use crate::task::TaskFn;
 use crate::transport::{assert_zero_sized, offset_of, run_init, run_task};
 
 /// Default capacity of each ring (one per direction per worker).
@@ -114,7 +113,7 @@ impl ProcessPoolExecutor {
     /// through the future.
     pub fn submit<F, A, R>(&self, f: F, arg: A) -> Result<Future<R>>
     where
-        F: TaskFn<A, R>,
+        F: Fn(A) -> R + Copy + Send + 'static,
         A: Payload,
         R: Payload,
     {
@@ -141,7 +140,7 @@ impl ProcessPoolExecutor {
     /// ```
     pub fn submit_with_timeout<F, A, R>(&self, f: F, arg: A, timeout: Duration) -> Result<Future<R>>
     where
-        F: TaskFn<A, R>,
+        F: Fn(A) -> R + Copy + Send + 'static,
         A: Payload,
         R: Payload,
     {
@@ -221,14 +220,10 @@ pub(crate) fn decode_with<R>(
     decode: impl FnOnce(&[u8]) -> std::result::Result<R, String>,
 ) -> Result<R> {
     match status {
-        // This runs on whichever thread drains the result (often the
-        // manager's): a panicking decoder fails this future, not the pool.
-        STATUS_OK => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| decode(bytes)))
-            .unwrap_or_else(|panic| Err(crate::codec::panic_message(&*panic)))
-            .map_err(|message| Error::Codec {
-                stage: CodecStage::DecodeResult,
-                message,
-            }),
+        STATUS_OK => decode(bytes).map_err(|message| Error::Codec {
+            stage: CodecStage::DecodeResult,
+            message,
+        }),
         _ => Err(decode_failure(status, bytes)),
     }
 }
@@ -311,7 +306,7 @@ impl ProcessPoolExecutorBuilder {
     /// is [`Error::BrokenProcessPool`].
     pub fn initializer<F, A>(mut self, f: F, arg: A) -> Self
     where
-        F: TaskFn<A, ()>,
+        F: Fn(A) + Copy + Send + 'static,
         A: Payload,
     {
         const { assert_zero_sized::<F>() };
