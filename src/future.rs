@@ -486,7 +486,7 @@ impl<R: Send + 'static> Future<R> {
                     if deadline.is_some_and(|d| Instant::now() >= d) {
                         return false;
                     }
-                    if !pool.drain_all(false) {
+                    if !(pool.drain_all(false) | pool.publish_pending()) {
                         std::thread::sleep(Duration::from_micros(200));
                     }
                 }

@@ -160,7 +160,15 @@ impl Pool {
             }
             worker.wake();
         }
-        self.state().workers[i] = Some(worker);
+        {
+            let mut st = self.state();
+            st.workers[i] = Some(worker);
+            if st.shutdown {
+                // Started while the pool was shutting down (queued work
+                // needed it, or a race): it exits once idle like the others.
+                st.exit_idle_workers();
+            }
+        }
         // Only now may the worker's first message (READY) be drained: it
         // must find the worker in `state`.
         *crate::future::lock(&self.receivers[i]) = Some(receiver);

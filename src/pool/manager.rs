@@ -8,10 +8,17 @@ use super::{Pool, TICK};
 pub(super) fn run(pool: &Arc<Pool>) {
     let bell = pool.region().parent_bell();
     loop {
-        if pool.drain_all(true) {
+        if pool.drain_all(true) | pool.publish_pending() {
             continue;
         }
-        if pool.finished() {
+        // The watchdog decides when the pool is over (it alone starts
+        // workers, so it cannot miss one being started).
+        if pool
+            .watchdog_done
+            .load(std::sync::atomic::Ordering::Acquire)
+            && pool.finished()
+        {
+            pool.publish_pending();
             break;
         }
         let next_deadline = pool.housekeeping();
@@ -29,7 +36,14 @@ pub(super) fn run(pool: &Arc<Pool>) {
             continue;
         }
         let token = bell.announce_sleep();
-        if pool.results_pending() || pool.finished() {
+        if pool.results_pending()
+            || pool.has_pending_publish()
+            || pool
+                .watchdog_done
+                .load(std::sync::atomic::Ordering::Acquire)
+        {
+            // (Once the watchdog is done the pool stays finished: the check
+            // at the top of the loop ends it.)
             token.cancel();
             continue;
         }

@@ -97,6 +97,10 @@ pub(crate) struct Pool {
     /// the manager steps off it (see `wait_on_bell`).
     standby: std::sync::atomic::AtomicUsize,
     manager_wake: crate::future::Notify,
+    /// Set by the watchdog when it exits (the pool has no worker left).
+    watchdog_done: AtomicBool,
+    /// Outcomes staged by the watchdog, published by the manager.
+    to_publish: Mutex<Vec<Arc<dyn Completion>>>,
     // Declared last: dropped after every Sender/Receiver borrowing it.
     region: Arc<Region>,
 }
@@ -143,6 +147,8 @@ impl Pool {
             worker_env: launch::worker_env(&config),
             standby: Default::default(),
             manager_wake: Default::default(),
+            watchdog_done: AtomicBool::new(false),
+            to_publish: Mutex::new(Vec::new()),
             region: Arc::new(region),
             config,
         });
@@ -553,6 +559,27 @@ impl Pool {
         // not wake the manager.
         self.drain_all(false);
         found || done()
+    }
+
+    /// Hands a staged outcome to the manager thread for publishing.
+    pub(crate) fn publish_later(&self, cell: Arc<dyn Completion>) {
+        lock(&self.to_publish).push(cell);
+        self.manager_wake.fire();
+        self.region.parent_bell().wake_all();
+    }
+
+    pub(crate) fn has_pending_publish(&self) -> bool {
+        !lock(&self.to_publish).is_empty()
+    }
+
+    /// Publishes what the watchdog staged; true if there was anything.
+    pub(crate) fn publish_pending(&self) -> bool {
+        let cells = std::mem::take(&mut *lock(&self.to_publish));
+        let any = !cells.is_empty();
+        for c in cells {
+            c.publish();
+        }
+        any
     }
 
     /// Blocks a caller until `done()` or `deadline`, sleeping on the parent

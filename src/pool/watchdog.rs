@@ -51,6 +51,9 @@ pub(super) fn run(pool: &Arc<Pool>) {
         }
     }
     tracing::debug!("watchdog exits");
+    pool.watchdog_done
+        .store(true, std::sync::atomic::Ordering::Release);
+    pool.manager_wake.fire();
     pool.region().parent_bell().wake_all();
 }
 
@@ -89,6 +92,11 @@ impl Pool {
         let mut failed: Vec<Arc<dyn Completion>> = Vec::new();
         let broken = {
             let mut st = self.state();
+            if st.broken.is_some() {
+                // Already broken: keep the first cause (the workers killed
+                // when it broke are not start-up failures of their own).
+                return true;
+            }
             st.startup_failures += 1;
             if st.startup_failures < MAX_STARTUP_FAILURES {
                 return false;
@@ -106,6 +114,9 @@ impl Pool {
             }
             for w in st.workers.iter_mut().flatten() {
                 failed.extend(w.in_flight.drain(..));
+                w.kill_reason = Some(Error::BrokenProcessPool {
+                    cause: cause.clone(),
+                });
                 let _ = w.pidfd.kill(rustix::process::Signal::KILL);
             }
             cause
@@ -114,7 +125,7 @@ impl Pool {
             c.stage_error(Error::BrokenProcessPool {
                 cause: broken.clone(),
             });
-            c.publish();
+            self.publish_later(c);
         }
         true
     }
@@ -179,12 +190,15 @@ impl Pool {
             }
             drop(w);
         }
+        // Completed on the manager thread, not here: a done-callback that
+        // blocks must not stop this thread from noticing deaths and
+        // spawning replacements.
         for c in done {
-            c.publish();
+            self.publish_later(c);
         }
         for (c, e) in failed {
             c.stage_error(e);
-            c.publish();
+            self.publish_later(c);
         }
         if let Some(cause) = startup_failure {
             self.startup_failed(cause);

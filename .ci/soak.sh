@@ -1,0 +1,5 @@
+#!/usr/bin/env bash
+# The short form of the soak test (the full run is 100 000 tasks:
+# `cargo test --release --test soak -- --ignored --nocapture`).
+set -euo pipefail
+LOKY_SOAK_TASKS=3000 LOKY_SOAK_SECS=120 cargo test --release --test soak -- --ignored --nocapture
