@@ -30,10 +30,24 @@ use crate::error::{CodecStage, Error};
 /// assert_payload::<Point>();
 /// assert_payload::<(u64, String, Vec<f32>)>();
 /// ```
-#[diagnostic::on_unimplemented(
-    message = "`{Self}` cannot be sent to or from a worker process",
-    label = "this type is not a loky::Payload",
-    note = "derive `rkyv::Archive, rkyv::Serialize, rkyv::Deserialize` on `{Self}` (all its fields must be archivable too)"
+#[cfg_attr(
+    feature = "serde",
+    diagnostic::on_unimplemented(
+        message = "`{Self}` cannot be sent to or from a worker process",
+        label = "this type is not a loky::Payload",
+        note = "derive `rkyv::Archive, rkyv::Serialize, rkyv::Deserialize` on `{Self}` (all its fields must be archivable too)",
+        note = "or, if `{Self}` implements serde's `Serialize` and `Deserialize`, wrap it: `loky::Serde(value)` as the argument, `|loky::Serde(x): loky::Serde<{Self}>| ...` in the task",
+        note = "or use a serde executor: `ex.with_codec::<loky::MsgPack>().submit(..)`"
+    )
+)]
+#[cfg_attr(
+    not(feature = "serde"),
+    diagnostic::on_unimplemented(
+        message = "`{Self}` cannot be sent to or from a worker process",
+        label = "this type is not a loky::Payload",
+        note = "derive `rkyv::Archive, rkyv::Serialize, rkyv::Deserialize` on `{Self}` (all its fields must be archivable too)",
+        note = "or enable loky's `serde` feature and wrap serde types in `loky::Serde`"
+    )
 )]
 pub trait Payload: Sized + Send + 'static {
     /// Appends the encoding of `self` to `out` (which starts 16-byte aligned).
@@ -80,9 +94,9 @@ where
 #[doc(hidden)]
 pub trait Archivable:
     rkyv::Archive<
-        Archived: for<'a> CheckBytes<HighValidator<'a, rancor::Error>>
-                      + rkyv::Deserialize<Self, HighDeserializer<rancor::Error>>,
-    > + for<'a> rkyv::Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::Error>>
+        Archived: for<'a> CheckBytes<HighValidator<'a, rancor::BoxedError>>
+                      + rkyv::Deserialize<Self, HighDeserializer<rancor::BoxedError>>,
+    > + for<'a> rkyv::Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::BoxedError>>
     + Sized
     + Send
     + 'static
@@ -91,9 +105,9 @@ pub trait Archivable:
 
 impl<T> Archivable for T where
     T: rkyv::Archive<
-            Archived: for<'a> CheckBytes<HighValidator<'a, rancor::Error>>
-                          + rkyv::Deserialize<T, HighDeserializer<rancor::Error>>,
-        > + for<'a> rkyv::Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::Error>>
+            Archived: for<'a> CheckBytes<HighValidator<'a, rancor::BoxedError>>
+                          + rkyv::Deserialize<T, HighDeserializer<rancor::BoxedError>>,
+        > + for<'a> rkyv::Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::BoxedError>>
         + Send
         + 'static
 {
@@ -102,7 +116,7 @@ impl<T> Archivable for T where
 /// Appends the archive of `value` to `out`.
 pub(crate) fn archive<T: Archivable>(value: &T, out: &mut AlignedVec) -> Result<(), String> {
     let buf = std::mem::take(out);
-    match rkyv::api::high::to_bytes_in::<_, rancor::Error>(value, buf) {
+    match rkyv::api::high::to_bytes_in::<_, rancor::BoxedError>(value, buf) {
         Ok(buf) => {
             *out = buf;
             Ok(())
@@ -113,7 +127,7 @@ pub(crate) fn archive<T: Archivable>(value: &T, out: &mut AlignedVec) -> Result<
 
 /// Validates and decodes an archive.
 pub(crate) fn unarchive<T: Archivable>(bytes: &[u8]) -> Result<T, String> {
-    rkyv::from_bytes::<T, rancor::Error>(bytes).map_err(|e| e.to_string())
+    rkyv::from_bytes::<T, rancor::BoxedError>(bytes).map_err(|e| e.to_string())
 }
 
 thread_local! {
@@ -136,7 +150,11 @@ pub(crate) fn with_encoded<O>(
     let encode = |buf: &mut AlignedVec| -> Result<O, Error> {
         buf.clear();
         buf.extend_from_slice(header);
-        write(buf).map_err(|message| Error::Codec { stage, message })?;
+        // A panicking encoder (a `Serialize` impl, a custom codec) is a
+        // codec error for this task, not a panic in the caller.
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| write(buf)))
+            .unwrap_or_else(|panic| Err(panic_message(&*panic)))
+            .map_err(|message| Error::Codec { stage, message })?;
         Ok(use_bytes(buf))
     };
     SCRATCH.with(|cell| match cell.try_borrow_mut() {
@@ -151,4 +169,16 @@ pub(crate) fn with_encoded<O>(
         // Re-entrant use (a Serialize impl that submits a task): fresh buffer.
         Err(_) => encode(&mut AlignedVec::new()),
     })
+}
+
+/// Describes a caught panic of a codec.
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    let what = if let Some(s) = panic.downcast_ref::<&str>() {
+        s
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.as_str()
+    } else {
+        "Box<dyn Any>"
+    };
+    format!("the codec panicked: {what}")
 }

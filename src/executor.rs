@@ -12,6 +12,7 @@ use crate::protocol::{
     Failure, TaskHeader, STATUS_DECODE_ARG, STATUS_ENCODE_RESULT, STATUS_OK, STATUS_PANIC,
 };
 use crate::stats::Stats;
+use crate::task::TaskFn;
 use crate::transport::{assert_zero_sized, offset_of, run_init, run_task};
 
 /// Default capacity of each ring (one per direction per worker).
@@ -113,7 +114,7 @@ impl ProcessPoolExecutor {
     /// through the future.
     pub fn submit<F, A, R>(&self, f: F, arg: A) -> Result<Future<R>>
     where
-        F: Fn(A) -> R + Copy + Send + 'static,
+        F: TaskFn<A, R>,
         A: Payload,
         R: Payload,
     {
@@ -133,14 +134,14 @@ impl ProcessPoolExecutor {
     /// ```
     /// use std::time::Duration;
     /// let ex = loky::ProcessPoolExecutor::builder().max_workers(1).build()?;
-    /// let slow = ex.submit_with_timeout(|_: ()| loop { std::hint::spin_loop() }, (), Duration::from_millis(50))?;
+    /// let slow = ex.submit_with_timeout(|_: ()| -> u8 { loop { std::hint::spin_loop() } }, (), Duration::from_millis(50))?;
     /// assert!(matches!(slow.result(), Err(loky::Error::Timeout)));
     /// assert_eq!(ex.submit(|x: u8| x, 7)?.result()?, 7); // the pool healed
     /// # Ok::<(), loky::Error>(())
     /// ```
     pub fn submit_with_timeout<F, A, R>(&self, f: F, arg: A, timeout: Duration) -> Result<Future<R>>
     where
-        F: Fn(A) -> R + Copy + Send + 'static,
+        F: TaskFn<A, R>,
         A: Payload,
         R: Payload,
     {
@@ -220,10 +221,14 @@ pub(crate) fn decode_with<R>(
     decode: impl FnOnce(&[u8]) -> std::result::Result<R, String>,
 ) -> Result<R> {
     match status {
-        STATUS_OK => decode(bytes).map_err(|message| Error::Codec {
-            stage: CodecStage::DecodeResult,
-            message,
-        }),
+        // This runs on whichever thread drains the result (often the
+        // manager's): a panicking decoder fails this future, not the pool.
+        STATUS_OK => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| decode(bytes)))
+            .unwrap_or_else(|panic| Err(crate::codec::panic_message(&*panic)))
+            .map_err(|message| Error::Codec {
+                stage: CodecStage::DecodeResult,
+                message,
+            }),
         _ => Err(decode_failure(status, bytes)),
     }
 }
@@ -306,7 +311,7 @@ impl ProcessPoolExecutorBuilder {
     /// is [`Error::BrokenProcessPool`].
     pub fn initializer<F, A>(mut self, f: F, arg: A) -> Self
     where
-        F: Fn(A) + Copy + Send + 'static,
+        F: TaskFn<A, ()>,
         A: Payload,
     {
         const { assert_zero_sized::<F>() };

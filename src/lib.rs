@@ -18,29 +18,45 @@
 //! in `main`, not in tests). A task that panics fails its future with
 //! [`Error::TaskPanicked`]; a worker that crashes fails its tasks with
 //! [`Error::TerminatedWorker`] and is replaced. Arguments and results travel
-//! as validated rkyv archives through per-worker shared-memory rings.
+//! as validated rkyv archives through per-worker shared-memory rings; serde
+//! types and custom codecs work too, see
+//! [Sending data to workers](guide::sending_data).
 #![cfg(target_os = "linux")]
 
 mod codec;
+mod codec_executor;
+mod codecs;
 mod error;
 mod executor;
 mod future;
+pub mod guide;
 mod map;
 mod pool;
 mod protocol;
 mod reusable;
+#[cfg(feature = "serde")]
+mod serde_payload;
+#[cfg(feature = "serde")]
+mod stack_guard;
 mod stats;
+mod task;
 pub mod topology;
 mod transport;
 mod wait;
 mod worker;
 
 pub use codec::Payload;
+pub use codec_executor::{CodecExecutor, CodecMap, CodecMapUnordered, SubmitError};
+pub use codecs::{Codec, Rkyv};
 pub use error::{CodecStage, Error, ExitStatus, Result};
 pub use executor::{ProcessPoolExecutor, ProcessPoolExecutorBuilder};
 pub use future::Future;
 pub use map::{Map, MapUnordered};
 pub use reusable::{get_reusable_executor, ReusableExecutorBuilder};
+pub use rkyv::util::AlignedVec;
+#[cfg(feature = "serde")]
+pub use serde_payload::{ArchivedSerde, MsgPack, Serde, SerdeResolver};
 pub use stats::Stats;
+pub use task::TaskFn;
 pub use topology::{cpu_count, cpu_count_physical, cpu_count_report, Pinning};
 pub use wait::{as_completed, wait, AsCompleted, ReturnWhen, WaitResult};

@@ -41,7 +41,7 @@ impl ProcessPoolExecutor {
     /// ```
     pub fn map<F, A, R, I>(&self, f: F, input: I) -> Map<F, A, R, I::IntoIter>
     where
-        F: Fn(A) -> R + Copy + Send + 'static,
+        F: crate::TaskFn<A, R>,
         A: Payload,
         R: Payload,
         I: IntoIterator<Item = A>,
@@ -55,7 +55,7 @@ impl ProcessPoolExecutor {
     /// completes, in no particular order, each with its input position.
     pub fn map_unordered<F, A, R, I>(&self, f: F, input: I) -> MapUnordered<F, A, R, I::IntoIter>
     where
-        F: Fn(A) -> R + Copy + Send + 'static,
+        F: crate::TaskFn<A, R>,
         A: Payload,
         R: Payload,
         I: IntoIterator<Item = A>,

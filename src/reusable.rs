@@ -110,10 +110,10 @@ impl ReusableExecutorBuilder {
             if !pool.is_unusable() {
                 let mut current = pool.config.clone();
                 current.max_workers = config.max_workers;
-                if current == config {
-                    if ex.max_workers() == config.max_workers || pool.resize(config.max_workers) {
-                        return Ok(ex.clone());
-                    }
+                if current == config
+                    && (ex.max_workers() == config.max_workers || pool.resize(config.max_workers))
+                {
+                    return Ok(ex.clone());
                 }
             }
             if self.kill_workers {

@@ -50,12 +50,14 @@ pub(crate) unsafe fn resolve(offset: i64) -> Trampoline {
 pub(crate) const fn assert_zero_sized<F>() {
     assert!(
         std::mem::size_of::<F>() == 0,
-        "loky: the task function captures variables. Pass a fn item or a closure without captures, and send captured state in the argument instead."
+        "loky: this closure captures variables; pass them in the argument instead \
+         (a task must be a fn item or a closure without captures, e.g. \
+         `submit(|(x, k): (u64, u64)| x + k, (x, k))` instead of `submit(move |x: u64| x + k, x)`)"
     );
 }
 
 /// Produces the (only) value of a zero-sized function type.
-fn conjure<F: Copy>() -> F {
+pub(crate) fn conjure<F: Copy>() -> F {
     const { assert_zero_sized::<F>() };
     // SAFETY: `F` is zero-sized (asserted at compile time), so reading it
     // touches no memory and a dangling, aligned, non-null pointer is valid

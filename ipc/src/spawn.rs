@@ -36,6 +36,7 @@ pub struct Spawn<'a> {
     env: Vec<CString>,
     fds: Vec<(BorrowedFd<'a>, RawFd)>,
     death_signal: Option<i32>,
+    cpu: Option<usize>,
 }
 
 impl<'a> Spawn<'a> {
@@ -47,6 +48,7 @@ impl<'a> Spawn<'a> {
             env: Vec::new(),
             fds: Vec::new(),
             death_signal: None,
+            cpu: None,
         })
     }
 
@@ -88,6 +90,13 @@ impl<'a> Spawn<'a> {
         self
     }
 
+    /// Pins the child to one CPU before it executes (the affinity carries
+    /// over `execve`, so the program runs pinned from its first instruction).
+    pub fn cpu(mut self, cpu: usize) -> Self {
+        self.cpu = Some(cpu);
+        self
+    }
+
     /// Forks and executes; returns the child's pidfd once `execve` succeeded.
     pub fn spawn(self) -> Result<PidFd> {
         let argv: Vec<*const libc::c_char> = self
@@ -116,7 +125,15 @@ impl<'a> Spawn<'a> {
         let death_signal = self.death_signal.unwrap_or(0);
         let (devnull_raw, err_raw) = (devnull.as_raw_fd(), err_write.as_raw_fd());
 
+        // SAFETY: cpu_set_t is plain data; CPU_ZERO/CPU_SET write only into it.
+        let cpu_set = self.cpu.map(|cpu| unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_ZERO(&mut set);
+            libc::CPU_SET(cpu, &mut set);
+            set
+        });
         let args = ChildArgs {
+            cpu: cpu_set.as_ref(),
             program: &self.program,
             argv: &argv,
             envp: &envp,
@@ -153,6 +170,7 @@ impl<'a> Spawn<'a> {
 
 /// What the child needs, prepared before it is started.
 struct ChildArgs<'a> {
+    cpu: Option<&'a libc::cpu_set_t>,
     program: &'a CString,
     argv: &'a [*const libc::c_char],
     envp: &'a [*const libc::c_char],
@@ -180,8 +198,11 @@ fn clone_vfork(args: &ChildArgs<'_>) -> Result<libc::pid_t> {
     // to the sets we pass. Blocking every signal keeps the parent's handlers
     // from running in the child while it shares the parent's memory; the
     // child resets its handlers before it unblocks them.
+    // SAFETY: sigset_t is plain integers; all-zero is a valid value.
     let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
     let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: see the comment above the two sets.
     unsafe {
         libc::sigfillset(&mut all);
         libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
@@ -212,8 +233,16 @@ extern "C" fn child_entry(arg: *mut libc::c_void) -> libc::c_int {
     // SAFETY: `arg` is the `ChildArgs` passed by `clone_vfork`, alive while
     // the parent thread is suspended.
     let a = unsafe { &*(arg as *const ChildArgs<'_>) };
-    // SAFETY: we are the freshly cloned child.
+    // SAFETY: we are the freshly cloned child; only async-signal-safe
+    // calls, on data prepared before the clone.
     unsafe {
+        if let Some(set) = a.cpu {
+            if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), set) != 0 {
+                let e = (*libc::__errno_location()).to_ne_bytes();
+                libc::write(a.err, e.as_ptr().cast(), 4);
+                libc::_exit(127);
+            }
+        }
         child(
             a.program,
             a.argv,

@@ -104,6 +104,7 @@ impl Pool {
                 .as_ref()
                 .map_or(0, |plan| plan[i % plan.len()] as u64 + 1),
         };
+        let spec_cpu = (spec.cpu > 0).then(|| (spec.cpu - 1) as usize);
         let spec = spec.encode();
         let env = self
             .worker_env
@@ -114,8 +115,12 @@ impl Pool {
             .env(env)?
             .fd(self.region.fd(), REGION_FD)?
             .fd(child_sock.as_fd(), SOCKET_FD)?
-            .death_signal(libc::SIGKILL)
-            .spawn()?;
+            .death_signal(libc::SIGKILL);
+        let pidfd = match spec_cpu {
+            Some(cpu) => pidfd.cpu(cpu),
+            None => pidfd,
+        }
+        .spawn()?;
         drop(child_sock);
         let pid = pidfd.pid();
         tracing::debug!(pid, slot = i, generation, "worker spawned");

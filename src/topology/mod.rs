@@ -28,6 +28,8 @@ mod cgroup;
 mod cpulist;
 mod env;
 mod explain;
+#[cfg(feature = "hwloc")]
+pub mod hwloc;
 mod pinning;
 mod plan;
 

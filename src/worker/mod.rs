@@ -47,16 +47,7 @@ pub(crate) fn run(raw_spec: &str) -> i32 {
     // SAFETY: `signal` with SIG_IGN is async-signal-safe and affects only
     // this process; a worker, like a Rust `main`, ignores SIGPIPE.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
-    if spec.cpu > 0 {
-        let mut set = rustix::thread::CpuSet::new();
-        set.set((spec.cpu - 1) as usize);
-        if let Err(e) = rustix::thread::sched_setaffinity(None, &set) {
-            return fatal(
-                EXIT_BOOTSTRAP,
-                format_args!("cannot pin to CPU {}: {e}", spec.cpu - 1),
-            );
-        }
-    }
+    // Pinning (`spec.cpu`) was applied by the parent before exec.
     if spec.data_limit > 0 {
         let limit = rustix::process::Rlimit {
             current: Some(spec.data_limit),

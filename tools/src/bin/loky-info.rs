@@ -2,7 +2,10 @@
 //!
 //! Prints the CPU counts loky uses, every limit behind them and where it was
 //! read, the topology (packages → cores → logical CPUs) and the CPU each
-//! worker would be pinned to.
+//! worker would be pinned to under `Pinning::Cores` and
+//! `Pinning::PhysicalCores`. Built with the `hwloc` feature
+//! (`cargo run -p loky-tools --features hwloc --bin loky-info`), it also
+//! prints the NUMA nodes hwloc sees and the `Pinning::Numa` plan.
 //!
 //! ```text
 //! loky-info [--workers N] [--json] [--root DIR]
@@ -17,10 +20,12 @@ use serde_json::{json, Value};
 const USAGE: &str = "\
 usage: loky-info [--workers N] [--json] [--root DIR]
 
-  --workers N   show the pinning plan for N workers (default: cpu_count())
+  --workers N   show the pinning plans for N workers (default: cpu_count())
   --json        print JSON instead of text
   --root DIR    read a fake system tree under DIR (DIR/sys, DIR/proc, ...)
                 instead of this machine; LOKY_MAX_CPU_COUNT is then ignored
+                (and NUMA nodes, which hwloc reads from this machine, are
+                not shown)
   -h, --help    print this help";
 
 struct Args {
@@ -88,9 +93,14 @@ fn main() -> ExitCode {
     let report = probe.report();
     let topology = probe.topology();
     let workers = args.workers.unwrap_or(report.logical);
-    let plan = probe.pinning_plan(workers, true);
+    let plans = Plans {
+        workers,
+        cores: probe.pinning_plan(workers, false),
+        physical_cores: probe.pinning_plan(workers, true),
+        numa: numa::read(args.root.is_some(), workers),
+    };
     if args.json {
-        let value = to_json(&report, &topology, workers, &plan);
+        let value = to_json(&report, &topology, &plans);
         match serde_json::to_string_pretty(&value) {
             Ok(text) => println!("{text}"),
             Err(e) => {
@@ -99,12 +109,71 @@ fn main() -> ExitCode {
             }
         }
     } else {
-        print_text(&report, &topology, workers, &plan);
+        print_text(&report, &topology, &plans);
     }
     ExitCode::SUCCESS
 }
 
-fn print_text(report: &CpuCountReport, topology: &Topology, workers: usize, plan: &[usize]) {
+/// The pinning plans for `workers` workers.
+struct Plans {
+    workers: usize,
+    /// `Pinning::Cores`: the affinity mask in CPU order.
+    cores: Vec<usize>,
+    /// `Pinning::PhysicalCores`: one CPU per physical core first.
+    physical_cores: Vec<usize>,
+    /// NUMA nodes and the `Pinning::Numa` plan, or why there are none.
+    numa: Result<numa::Numa, String>,
+}
+
+/// What hwloc says, in builds with the `hwloc` feature.
+mod numa {
+    /// A NUMA node: OS index, package, local memory, usable CPUs by core.
+    pub(crate) struct Node {
+        pub(crate) os_index: usize,
+        pub(crate) package: Option<usize>,
+        pub(crate) memory: u64,
+        pub(crate) cores: Vec<Vec<usize>>,
+    }
+
+    /// The NUMA nodes and the `Pinning::Numa` plan.
+    pub(crate) struct Numa {
+        pub(crate) nodes: Vec<Node>,
+        pub(crate) plan: Vec<usize>,
+    }
+
+    #[cfg(feature = "hwloc")]
+    pub(crate) fn read(fake_root: bool, workers: usize) -> Result<Numa, String> {
+        use loky::topology::hwloc::NumaTopology;
+        if fake_root {
+            return Err("not shown with --root (hwloc reads this machine)".into());
+        }
+        let topo = NumaTopology::live().map_err(|e| e.to_string())?;
+        Ok(Numa {
+            plan: topo.spread_plan(workers),
+            nodes: topo
+                .nodes()
+                .iter()
+                .map(|node| Node {
+                    os_index: node.os_index,
+                    package: node.package,
+                    memory: node.memory,
+                    cores: node.cores.clone(),
+                })
+                .collect(),
+        })
+    }
+
+    #[cfg(not(feature = "hwloc"))]
+    pub(crate) fn read(_fake_root: bool, _workers: usize) -> Result<Numa, String> {
+        Err(
+            "built without the `hwloc` feature: Pinning::Numa pins like \
+             PhysicalCores; rebuild with `--features hwloc` to see NUMA nodes"
+                .into(),
+        )
+    }
+}
+
+fn print_text(report: &CpuCountReport, topology: &Topology, plans: &Plans) {
     println!("cpu_count()          = {}", report.logical);
     println!("cpu_count_physical() = {}", report.physical);
     println!();
@@ -132,18 +201,113 @@ fn print_text(report: &CpuCountReport, topology: &Topology, workers: usize, plan
         }
     }
     println!();
-    println!(
-        "pinning plan for {workers} workers (one per physical core first, then SMT siblings):"
-    );
-    if plan.is_empty() {
-        println!("  (no CPU known: workers would not be pinned)");
+    println!("NUMA nodes (hwloc; usable CPUs by core):");
+    match &plans.numa {
+        Err(why) => println!("  ({why})"),
+        Ok(numa) => {
+            for node in &numa.nodes {
+                let package = node
+                    .package
+                    .map_or_else(|| "-".to_owned(), |p| p.to_string());
+                let cores: Vec<String> = node
+                    .cores
+                    .iter()
+                    .map(|pus| {
+                        let pus: Vec<String> = pus.iter().map(|cpu| format!("cpu{cpu}")).collect();
+                        format!("[{}]", pus.join(" "))
+                    })
+                    .collect();
+                println!(
+                    "  node {:<3} package {package:<3} {:>10}  {}",
+                    node.os_index,
+                    human_bytes(node.memory),
+                    if cores.is_empty() {
+                        "(no usable CPU)".to_owned()
+                    } else {
+                        cores.join(" ")
+                    }
+                );
+            }
+        }
     }
-    for (worker, cpu) in plan.iter().enumerate() {
-        println!("  worker {worker:<4} -> cpu{cpu}");
+    println!();
+    let workers = plans.workers;
+    println!("pinning plans for {workers} workers (the CPU of worker 0, 1, 2, ...):");
+    let numa_plan = plans.numa.as_ref().ok().map(|numa| numa.plan.as_slice());
+    let rows: [(&str, Option<&[usize]>); 3] = [
+        ("Cores", Some(&plans.cores)),
+        ("PhysicalCores", Some(&plans.physical_cores)),
+        ("Numa", numa_plan),
+    ];
+    for (name, plan) in rows {
+        match plan {
+            None => println!("  {name:<14} (no NUMA view, see above)"),
+            Some([]) => println!("  {name:<14} (no CPU known: workers would not be pinned)"),
+            Some(plan) => {
+                for (i, line) in plan_lines(plan).iter().enumerate() {
+                    let label = if i == 0 { name } else { "" };
+                    println!("  {label:<14} {line}");
+                }
+            }
+        }
     }
 }
 
-fn to_json(report: &CpuCountReport, topology: &Topology, workers: usize, plan: &[usize]) -> Value {
+/// The plan's CPUs, 16 workers a line (`w16: ...` marks where a line
+/// starts); long plans show their first and last lines only.
+fn plan_lines(plan: &[usize]) -> Vec<String> {
+    const PER_LINE: usize = 16;
+    const MAX_LINES: usize = 4;
+    let mut lines: Vec<String> = plan
+        .chunks(PER_LINE)
+        .enumerate()
+        .map(|(i, chunk)| {
+            let cpus: Vec<String> = chunk.iter().map(|cpu| format!("{cpu:>3}")).collect();
+            format!("w{:<4}{}", i * PER_LINE, cpus.join(""))
+        })
+        .collect();
+    if lines.len() > MAX_LINES {
+        let last = lines.pop().unwrap_or_default();
+        lines.truncate(MAX_LINES - 2);
+        lines.push("...  (--json for all)".to_owned());
+        lines.push(last);
+    }
+    lines
+}
+
+fn human_bytes(bytes: u64) -> String {
+    const GIB: u64 = 1 << 30;
+    const MIB: u64 = 1 << 20;
+    if bytes == 0 {
+        "? memory".to_owned()
+    } else if bytes >= GIB {
+        format!("{:.1} GiB", bytes as f64 / GIB as f64)
+    } else {
+        format!("{:.1} MiB", bytes as f64 / MIB as f64)
+    }
+}
+
+fn to_json(report: &CpuCountReport, topology: &Topology, plans: &Plans) -> Value {
+    let (numa_nodes, numa_plan, numa_unavailable) = match &plans.numa {
+        Ok(numa) => (
+            Value::from(
+                numa.nodes
+                    .iter()
+                    .map(|node| {
+                        json!({
+                            "os_index": node.os_index,
+                            "package": node.package,
+                            "memory_bytes": node.memory,
+                            "cores": node.cores,
+                        })
+                    })
+                    .collect::<Vec<_>>(),
+            ),
+            json!(numa.plan),
+            Value::Null,
+        ),
+        Err(why) => (Value::Null, Value::Null, json!(why)),
+    };
     json!({
         "cpu_count": report.logical,
         "cpu_count_physical": report.physical,
@@ -159,10 +323,13 @@ fn to_json(report: &CpuCountReport, topology: &Topology, workers: usize, plan: &
                 })).collect::<Vec<_>>(),
             })).collect::<Vec<_>>(),
         },
-        "pinning_plan": {
-            "workers": workers,
-            "physical_first": true,
-            "cpus": plan,
+        "numa_nodes": numa_nodes,
+        "numa_unavailable": numa_unavailable,
+        "pinning_plans": {
+            "workers": plans.workers,
+            "Cores": plans.cores,
+            "PhysicalCores": plans.physical_cores,
+            "Numa": numa_plan,
         },
     })
 }

@@ -1,0 +1,375 @@
+//! An executor view that encodes arguments and results with a chosen
+//! [`Codec`].
+
+use std::marker::PhantomData;
+use std::time::{Duration, Instant};
+
+use crate::codecs::{Codec, Coded};
+use crate::error::{Error, Result};
+use crate::executor::{decode_with, ProcessPoolExecutor};
+use crate::future::Future;
+use crate::map::{Map, MapUnordered};
+use crate::task::TaskFn;
+use crate::transport::{assert_zero_sized, conjure, offset_of, run_task};
+
+impl ProcessPoolExecutor {
+    /// A view of this executor whose tasks encode arguments and results
+    /// with codec `C` instead of rkyv: `MsgPack` (feature `serde`) for
+    /// serde types, [`Rkyv`](crate::Rkyv), or your own [`Codec`].
+    ///
+    /// The view shares the pool (it holds a handle, like a clone); each
+    /// task's codec is fixed when it is submitted, so views with different
+    /// codecs can be used side by side.
+    ///
+    /// ```
+    /// # #[cfg(feature = "serde")] {
+    /// use loky::MsgPack;
+    ///
+    /// #[derive(serde::Serialize, serde::Deserialize)]
+    /// struct Reading { sensor: String, celsius: f64 }
+    ///
+    /// let ex = loky::ProcessPoolExecutor::builder().max_workers(2).build()?;
+    /// let serde_ex = ex.with_codec::<MsgPack>();
+    /// let hot = serde_ex.submit(|r: Reading| r.celsius > 30.0, Reading { sensor: "a".into(), celsius: 31.5 })?;
+    /// assert!(hot.result()?);
+    /// let f: Vec<f64> = serde_ex
+    ///     .map(|r: Reading| r.celsius * 9.0 / 5.0 + 32.0, vec![Reading { sensor: "b".into(), celsius: 100.0 }])
+    ///     .collect::<Result<_, _>>()?;
+    /// assert_eq!(f, [212.0]);
+    /// # }
+    /// # Ok::<(), loky::Error>(())
+    /// ```
+    pub fn with_codec<C: 'static>(&self) -> CodecExecutor<C> {
+        CodecExecutor {
+            ex: self.clone(),
+            _codec: PhantomData,
+        }
+    }
+}
+
+/// A [`ProcessPoolExecutor`] whose arguments and results use codec `C`;
+/// made by [`ProcessPoolExecutor::with_codec`].
+pub struct CodecExecutor<C> {
+    ex: ProcessPoolExecutor,
+    _codec: PhantomData<fn() -> C>,
+}
+
+impl<C> Clone for CodecExecutor<C> {
+    fn clone(&self) -> Self {
+        Self {
+            ex: self.ex.clone(),
+            _codec: PhantomData,
+        }
+    }
+}
+
+impl<C> std::fmt::Debug for CodecExecutor<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CodecExecutor")
+            .field("codec", &std::any::type_name::<C>())
+            .field("executor", &self.ex)
+            .finish()
+    }
+}
+
+/// The task a worker runs for `F` under codec `C`: decode with `C`, call
+/// `F`, encode with `C`. A closure without captures, so zero-sized.
+fn adapt<F, A, R, C>() -> impl Fn(Coded<A, C>) -> Coded<R, C> + Copy + Send + 'static
+where
+    F: TaskFn<A, R>,
+    A: Send + 'static,
+    R: Send + 'static,
+    C: 'static,
+{
+    |arg: Coded<A, C>| Coded::new(conjure::<F>()(arg.into_inner()))
+}
+
+/// The trampoline offset of `run_task` for the (unnameable) type of `g`.
+fn task_offset<G, A, R, C>(_: G) -> i64
+where
+    G: Fn(Coded<A, C>) -> Coded<R, C> + Copy + Send + 'static,
+    A: Send + 'static,
+    R: Send + 'static,
+    C: Codec<A> + Codec<R>,
+{
+    offset_of(run_task::<G, Coded<A, C>, Coded<R, C>>)
+}
+
+/// Decodes a result message with codec `C`.
+fn decode_coded<R, C: Codec<R>>(status: u32, bytes: &[u8]) -> Result<R> {
+    decode_with(status, bytes, C::decode)
+}
+
+impl<C> CodecExecutor<C> {
+    /// The underlying executor (whose own `submit`/`map` use rkyv).
+    pub fn executor(&self) -> &ProcessPoolExecutor {
+        &self.ex
+    }
+
+    /// Submits `f(arg)`, encoding `arg` and the result with `C`.
+    ///
+    /// Same contract as [`ProcessPoolExecutor::submit`]; a failing or
+    /// panicking `C::encode` is an [`Error::Codec`] here, a failing decode
+    /// (in the worker or the parent) fails only the returned future.
+    pub fn submit<F, A, R>(&self, f: F, arg: A) -> Result<Future<R>>
+    where
+        F: TaskFn<A, R>,
+        A: Send + 'static,
+        R: Send + 'static,
+        C: Codec<A> + Codec<R>,
+    {
+        self.try_submit(f, arg).map_err(|e| e.error)
+    }
+
+    /// Like [`submit`](Self::submit), but hands the argument back when the
+    /// task could not be submitted (a codec error, a shut-down executor).
+    ///
+    /// ```
+    /// let ex = loky::ProcessPoolExecutor::builder().max_workers(1).build()?;
+    /// ex.shutdown(true, false, false);
+    /// let big = vec![0u8; 1 << 20];
+    /// let rejected = ex.with_codec::<loky::Rkyv>().try_submit(|v: Vec<u8>| v.len(), big).unwrap_err();
+    /// assert!(matches!(rejected.error, loky::Error::ShutdownExecutor));
+    /// assert_eq!(rejected.arg.len(), 1 << 20); // not lost
+    /// # Ok::<(), loky::Error>(())
+    /// ```
+    pub fn try_submit<F, A, R>(
+        &self,
+        f: F,
+        arg: A,
+    ) -> std::result::Result<Future<R>, SubmitError<A>>
+    where
+        F: TaskFn<A, R>,
+        A: Send + 'static,
+        R: Send + 'static,
+        C: Codec<A> + Codec<R>,
+    {
+        const { assert_zero_sized::<F>() };
+        let _ = f;
+        let trampoline = task_offset::<_, A, R, C>(adapt::<F, A, R, C>());
+        let arg = Coded::<A, C>::new(arg);
+        match self.ex.submit_raw(
+            trampoline,
+            |out| crate::Payload::encode(&arg, out),
+            decode_coded::<R, C>,
+        ) {
+            Ok(fut) => Ok(fut),
+            Err(error) => Err(SubmitError {
+                error,
+                arg: arg.into_inner(),
+            }),
+        }
+    }
+
+    /// Like [`submit`](Self::submit), with a time limit counted from now
+    /// (see [`ProcessPoolExecutor::submit_with_timeout`]).
+    pub fn submit_with_timeout<F, A, R>(&self, f: F, arg: A, timeout: Duration) -> Result<Future<R>>
+    where
+        F: TaskFn<A, R>,
+        A: Send + 'static,
+        R: Send + 'static,
+        C: Codec<A> + Codec<R>,
+    {
+        let fut = self.submit(f, arg)?;
+        self.ex
+            .pool()
+            .add_deadline(Instant::now() + timeout, fut.id());
+        Ok(fut)
+    }
+
+    /// [`ProcessPoolExecutor::map`] with codec `C`: lazy, in order, chunked
+    /// (chunks use [`Codec::encode_batch`]).
+    pub fn map<'a, F, A, R, I>(&self, f: F, input: I) -> CodecMap<'a, R>
+    where
+        F: TaskFn<A, R>,
+        A: Send + 'static,
+        R: Send + 'static,
+        C: Codec<A> + Codec<R>,
+        I: IntoIterator<Item = A>,
+        I::IntoIter: 'a,
+    {
+        const { assert_zero_sized::<F>() };
+        let _ = f;
+        let input = input
+            .into_iter()
+            .map(Coded::<A, C>::new as fn(A) -> Coded<A, C>);
+        CodecMap {
+            inner: Box::new(Some(self.ex.map(adapt::<F, A, R, C>(), input))),
+        }
+    }
+
+    /// [`ProcessPoolExecutor::map_unordered`] with codec `C`: yields
+    /// `(input position, outcome)` pairs as chunks complete.
+    pub fn map_unordered<'a, F, A, R, I>(&self, f: F, input: I) -> CodecMapUnordered<'a, R>
+    where
+        F: TaskFn<A, R>,
+        A: Send + 'static,
+        R: Send + 'static,
+        C: Codec<A> + Codec<R>,
+        I: IntoIterator<Item = A>,
+        I::IntoIter: 'a,
+    {
+        const { assert_zero_sized::<F>() };
+        let _ = f;
+        let input = input
+            .into_iter()
+            .map(Coded::<A, C>::new as fn(A) -> Coded<A, C>);
+        CodecMapUnordered {
+            inner: Box::new(Some(self.ex.map_unordered(adapt::<F, A, R, C>(), input))),
+        }
+    }
+}
+
+/// Why [`CodecExecutor::try_submit`] refused a task, with the argument.
+pub struct SubmitError<A> {
+    /// What went wrong.
+    pub error: Error,
+    /// The argument, handed back.
+    pub arg: A,
+}
+
+impl<A> std::fmt::Debug for SubmitError<A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SubmitError")
+            .field("error", &self.error)
+            .field("arg", &std::any::type_name::<A>())
+            .finish()
+    }
+}
+
+impl<A> std::fmt::Display for SubmitError<A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&self.error, f)
+    }
+}
+
+impl<A> std::error::Error for SubmitError<A> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
+    }
+}
+
+impl<A> From<SubmitError<A>> for Error {
+    fn from(e: SubmitError<A>) -> Self {
+        e.error
+    }
+}
+
+/// The codec-erased state of a map (the adapter closure's type cannot be
+/// named). `None` only transiently, while `chunksize` rebuilds it.
+trait MapState<T> {
+    fn next_item(&mut self) -> Option<T>;
+    fn set_chunksize(&mut self, n: usize);
+    fn chunks_in_flight(&self) -> usize;
+}
+
+impl<G, A, R, C, J> MapState<Result<R>> for Option<Map<G, Coded<A, C>, Coded<R, C>, J>>
+where
+    G: Fn(Coded<A, C>) -> Coded<R, C> + Copy + Send + 'static,
+    A: Send + 'static,
+    R: Send + 'static,
+    C: Codec<A> + Codec<R>,
+    J: Iterator<Item = Coded<A, C>>,
+{
+    #[inline]
+    fn next_item(&mut self) -> Option<Result<R>> {
+        let item = self.as_mut()?.next()?;
+        Some(item.map(Coded::into_inner))
+    }
+
+    fn set_chunksize(&mut self, n: usize) {
+        *self = self.take().map(|m| m.chunksize(n));
+    }
+
+    fn chunks_in_flight(&self) -> usize {
+        self.as_ref().map_or(0, |m| m.chunks_in_flight())
+    }
+}
+
+impl<G, A, R, C, J> MapState<(usize, Result<R>)>
+    for Option<MapUnordered<G, Coded<A, C>, Coded<R, C>, J>>
+where
+    G: Fn(Coded<A, C>) -> Coded<R, C> + Copy + Send + 'static,
+    A: Send + 'static,
+    R: Send + 'static,
+    C: Codec<A> + Codec<R>,
+    J: Iterator<Item = Coded<A, C>>,
+{
+    #[inline]
+    fn next_item(&mut self) -> Option<(usize, Result<R>)> {
+        let (i, item) = self.as_mut()?.next()?;
+        Some((i, item.map(Coded::into_inner)))
+    }
+
+    fn set_chunksize(&mut self, n: usize) {
+        *self = self.take().map(|m| m.chunksize(n));
+    }
+
+    fn chunks_in_flight(&self) -> usize {
+        0
+    }
+}
+
+/// Iterator returned by [`CodecExecutor::map`]; behaves like
+/// [`Map`](crate::Map).
+pub struct CodecMap<'a, R> {
+    inner: Box<dyn MapState<Result<R>> + 'a>,
+}
+
+impl<R> CodecMap<'_, R> {
+    /// Sends `n` items per task (see [`Map::chunksize`]).
+    pub fn chunksize(mut self, n: usize) -> Self {
+        self.inner.set_chunksize(n);
+        self
+    }
+
+    /// Chunks currently submitted and not yet consumed.
+    pub fn chunks_in_flight(&self) -> usize {
+        self.inner.chunks_in_flight()
+    }
+}
+
+impl<R> Iterator for CodecMap<'_, R> {
+    type Item = Result<R>;
+
+    #[inline]
+    fn next(&mut self) -> Option<Result<R>> {
+        self.inner.next_item()
+    }
+}
+
+impl<R> std::fmt::Debug for CodecMap<'_, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CodecMap")
+            .field("chunks_in_flight", &self.chunks_in_flight())
+            .finish()
+    }
+}
+
+/// Iterator returned by [`CodecExecutor::map_unordered`]: `(input position,
+/// outcome)` pairs in completion order.
+pub struct CodecMapUnordered<'a, R> {
+    inner: Box<dyn MapState<(usize, Result<R>)> + 'a>,
+}
+
+impl<R> CodecMapUnordered<'_, R> {
+    /// Sends `n` items per task (see [`Map::chunksize`]).
+    pub fn chunksize(mut self, n: usize) -> Self {
+        self.inner.set_chunksize(n);
+        self
+    }
+}
+
+impl<R> Iterator for CodecMapUnordered<'_, R> {
+    type Item = (usize, Result<R>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.inner.next_item()
+    }
+}
+
+impl<R> std::fmt::Debug for CodecMapUnordered<'_, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CodecMapUnordered").finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,1013 @@
+//! The fault matrix of DESIGN.md section 5, with real faults: tasks that
+//! panic, abort, segfault, overflow their stack, call `exit`, SIGKILL
+//! themselves or a sibling; codecs that fail, panic or abort at each stage of
+//! a round trip; failing initializers; misbehaving done-callbacks; shutdown
+//! racing a crash. Each test asserts the exact error and that the pool heals
+//! (the next task on the same executor succeeds).
+//!
+//! Nothing here may wait unbounded: every body runs under [`bounded`] (a
+//! watchdog that fails the test instead of hanging, executor drop
+//! included), and every result is read with a timeout.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use loky::{CodecStage, Error, ExitStatus, Payload, ProcessPoolExecutor};
+
+/// Generous bound used only to turn a hang into a failure.
+const HANG: Duration = Duration::from_secs(60);
+
+// ---------------------------------------------------------------------------
+// Helpers
+
+/// Runs `body` on its own thread; fails the test if it (including the drop of
+/// its executors) has not finished within twice [`HANG`].
+fn bounded(body: impl FnOnce() + Send + 'static) {
+    let (tx, rx) = mpsc::channel();
+    let name = std::thread::current().name().unwrap_or("test").to_owned();
+    let handle = std::thread::Builder::new()
+        .name(name.clone())
+        .spawn(move || {
+            let _ = tx.send(catch_unwind(AssertUnwindSafe(body)));
+        })
+        .expect("spawn test thread");
+    match rx.recv_timeout(2 * HANG) {
+        Ok(Ok(())) => handle.join().expect("test thread"),
+        Ok(Err(panic)) => std::panic::resume_unwind(panic),
+        Err(_) => panic!(
+            "{name}: hung for {:?} (the pool did not heal, or a failure reported \
+             above dropped an executor whose shutdown hangs)",
+            2 * HANG
+        ),
+    }
+}
+
+/// Crashing workers dump no core: the limit is inherited by the workers
+/// spawned afterwards.
+fn no_core_dumps() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let zero = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: plain system call on a valid struct; only lowers a limit.
+        unsafe { libc::setrlimit(libc::RLIMIT_CORE, &zero) };
+    });
+}
+
+/// A pool of `n` workers.
+fn pool(n: usize) -> ProcessPoolExecutor {
+    no_core_dumps();
+    ProcessPoolExecutor::builder()
+        .max_workers(n)
+        .build()
+        .expect("pool")
+}
+
+/// The pid of the worker that runs the next task (the only one in a pool of
+/// one).
+fn worker_pid(ex: &ProcessPoolExecutor) -> u32 {
+    ex.submit(|_: ()| std::process::id(), ())
+        .unwrap()
+        .result_timeout(HANG)
+        .expect("worker pid")
+}
+
+/// The pids of both workers of a pool of two (once both are ready).
+fn two_worker_pids(ex: &ProcessPoolExecutor) -> (u32, u32) {
+    fn pid_after(ms: u64) -> u32 {
+        std::thread::sleep(Duration::from_millis(ms));
+        std::process::id()
+    }
+    for _ in 0..200 {
+        let a = ex.submit(pid_after, 30).unwrap();
+        let b = ex.submit(pid_after, 30).unwrap();
+        let (a, b) = (
+            a.result_timeout(HANG).unwrap(),
+            b.result_timeout(HANG).unwrap(),
+        );
+        if a != b {
+            return (a, b);
+        }
+    }
+    panic!("never saw two distinct workers");
+}
+
+/// The pool heals: a new task on the same executor succeeds.
+fn assert_heals(ex: &ProcessPoolExecutor) {
+    let f = ex
+        .submit(|x: u64| x + 1, 41)
+        .expect("submit after the fault");
+    assert_eq!(f.result_timeout(HANG).expect("task after the fault"), 42);
+}
+
+/// Waits (bounded) until a worker holds the task.
+fn wait_running<R: Send + 'static>(f: &loky::Future<R>) {
+    let start = Instant::now();
+    while !f.running() && !f.done() {
+        assert!(start.elapsed() < HANG, "task never started");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Checks that a codec error carries the codec's own message. rkyv's
+/// `rancor::Error` keeps it only in builds with debug assertions (in release
+/// it reads "failed without error information").
+fn assert_mentions(message: &str, needle: &str) {
+    if cfg!(debug_assertions) {
+        assert!(message.contains(needle), "{message:?} lacks {needle:?}");
+    }
+}
+
+/// Unpacks a `TerminatedWorker` error.
+fn terminated<R: std::fmt::Debug>(r: Result<R, Error>) -> (u32, ExitStatus, u64) {
+    match r {
+        Err(Error::TerminatedWorker { pid, status, task }) => (pid, status, task),
+        other => panic!("expected TerminatedWorker, got {other:?}"),
+    }
+}
+
+fn signaled(status: ExitStatus) -> Option<i32> {
+    match status {
+        ExitStatus::Signaled { signal, .. } => Some(signal),
+        ExitStatus::Exited(_) => None,
+    }
+}
+
+/// Submits a task that kills its worker to a fresh pool of one, and checks
+/// the contract: `TerminatedWorker` naming the worker and the task, with a
+/// status `want` accepts; a replacement worker; counters; the pool heals.
+fn assert_crash<F, A>(f: F, arg: A, want: fn(ExitStatus) -> bool)
+where
+    F: Fn(A) -> u64 + Copy + Send + 'static,
+    A: Payload,
+{
+    let ex = pool(1);
+    let before = worker_pid(&ex);
+    let fut = ex.submit(f, arg).unwrap();
+    let (pid, status, task) = terminated(fut.result_timeout(HANG));
+    assert_eq!(pid, before, "the error names the dead worker");
+    assert_eq!(task, fut.id(), "the error names the task");
+    assert!(want(status), "unexpected exit status: {status}");
+    // The error stays in the future.
+    assert!(matches!(
+        fut.result_timeout(HANG),
+        Err(Error::TerminatedWorker { .. })
+    ));
+    assert_heals(&ex);
+    assert_ne!(
+        worker_pid(&ex),
+        before,
+        "a new worker replaced the dead one"
+    );
+    let s = ex.stats();
+    assert_eq!((s.crashed, s.respawned), (1, 1), "{s:?}");
+    assert_eq!(s.workers_alive, 1, "{s:?}");
+}
+
+fn abort_task(_: ()) -> u64 {
+    std::process::abort()
+}
+
+/// Recurses until the stack runs out.
+fn overflow(depth: u64) -> u64 {
+    let frame = std::hint::black_box([depth; 64]);
+    if depth == u64::MAX {
+        return 0;
+    }
+    overflow(depth + 1).wrapping_add(frame[(depth % 64) as usize])
+}
+
+// ---------------------------------------------------------------------------
+// A payload whose codec misbehaves on demand, at a chosen stage.
+
+/// What a [`Fuse`] does when its `Serialize`/`Deserialize` runs.
+mod mode {
+    pub(crate) const OK: u8 = 0;
+    pub(crate) const PANIC: u8 = 1;
+    pub(crate) const ABORT: u8 = 2;
+    pub(crate) const ERROR: u8 = 3;
+}
+
+/// Only `Archive` is derived; `Serialize` does what `ser` says and
+/// `Deserialize` what `de` says.
+#[derive(rkyv::Archive, Debug, Clone, Copy, PartialEq, Eq)]
+struct Fuse {
+    ser: u8,
+    de: u8,
+    value: u64,
+}
+
+impl Fuse {
+    const fn new(ser: u8, de: u8, value: u64) -> Self {
+        Self { ser, de, value }
+    }
+}
+
+#[derive(Debug)]
+struct FuseError(&'static str);
+
+impl std::fmt::Display for FuseError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "fuse refused to {}", self.0)
+    }
+}
+
+impl std::error::Error for FuseError {}
+
+fn blow<E: rkyv::rancor::Source>(mode: u8, what: &'static str) -> Result<(), E> {
+    match mode {
+        mode::PANIC => panic!("fuse panicked in {what}"),
+        mode::ABORT => std::process::abort(),
+        mode::ERROR => Err(E::new(FuseError(what))),
+        _ => Ok(()),
+    }
+}
+
+impl<S> rkyv::Serialize<S> for Fuse
+where
+    S: rkyv::rancor::Fallible + ?Sized,
+    S::Error: rkyv::rancor::Source,
+{
+    fn serialize(&self, _: &mut S) -> Result<FuseResolver, S::Error> {
+        blow(self.ser, "serialize")?;
+        Ok(FuseResolver {
+            ser: (),
+            de: (),
+            value: (),
+        })
+    }
+}
+
+impl<D> rkyv::Deserialize<Fuse, D> for ArchivedFuse
+where
+    D: rkyv::rancor::Fallible + ?Sized,
+    D::Error: rkyv::rancor::Source,
+{
+    fn deserialize(&self, _: &mut D) -> Result<Fuse, D::Error> {
+        blow(self.de, "deserialize")?;
+        Ok(Fuse::new(self.ser, self.de, self.value.to_native()))
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Worker, running the task
+
+#[test]
+fn panic_in_task_is_task_panicked_and_the_worker_survives() {
+    bounded(|| {
+        let ex = pool(1);
+        let pid = worker_pid(&ex);
+        let f = ex
+            .submit(|x: u32| -> u32 { panic!("bad input {x}") }, 7)
+            .unwrap();
+        match f.result_timeout(HANG) {
+            Err(Error::TaskPanicked {
+                message, location, ..
+            }) => {
+                assert_eq!(message, "bad input 7");
+                assert!(location.contains("faults.rs"), "{location}");
+            }
+            other => panic!("expected TaskPanicked, got {other:?}"),
+        }
+        assert_eq!(worker_pid(&ex), pid, "the same worker serves the next task");
+        assert_heals(&ex);
+        let s = ex.stats();
+        assert_eq!((s.crashed, s.respawned, s.failed), (0, 0, 1), "{s:?}");
+    });
+}
+
+#[test]
+fn abort_is_terminated_worker_with_sigabrt() {
+    bounded(|| assert_crash(abort_task, (), |s| signaled(s) == Some(libc::SIGABRT)));
+}
+
+#[test]
+fn null_pointer_write_is_terminated_worker_with_sigsegv() {
+    bounded(|| {
+        assert_crash(
+            |_: ()| -> u64 {
+                // SAFETY: none; this is the fault under test (the worker dies).
+                unsafe { std::ptr::null_mut::<u8>().write_volatile(1) };
+                0
+            },
+            (),
+            |s| signaled(s) == Some(libc::SIGSEGV),
+        )
+    });
+}
+
+#[test]
+fn exit_zero_is_terminated_worker_with_exit_code_zero() {
+    bounded(|| {
+        assert_crash(
+            |code: i32| -> u64 { std::process::exit(code) },
+            0,
+            |s| s == ExitStatus::Exited(0),
+        )
+    });
+}
+
+#[test]
+fn exit_seven_is_terminated_worker_with_exit_code_seven() {
+    bounded(|| {
+        assert_crash(
+            |code: i32| -> u64 { std::process::exit(code) },
+            7,
+            |s| s == ExitStatus::Exited(7),
+        )
+    });
+}
+
+#[test]
+fn sigkill_of_itself_is_terminated_worker_with_sigkill() {
+    bounded(|| {
+        assert_crash(
+            |_: ()| -> u64 {
+                // SAFETY: plain system calls.
+                unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+                loop {
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            },
+            (),
+            |s| signaled(s) == Some(libc::SIGKILL),
+        )
+    });
+}
+
+#[test]
+fn stack_overflow_is_terminated_worker_with_sigsegv() {
+    // Workers never run `main`, so Rust's stack-guard handler is not
+    // installed: the overflow is a plain SIGSEGV (SIGBUS on some kernels).
+    bounded(|| {
+        assert_crash(overflow, 0, |s| {
+            matches!(signaled(s), Some(libc::SIGSEGV) | Some(libc::SIGBUS))
+        })
+    });
+}
+
+#[test]
+fn sigkill_of_a_sibling_fails_only_the_siblings_task() {
+    bounded(|| {
+        let ex = pool(2);
+        let pids = two_worker_pids(&ex);
+        // A long task occupies one worker...
+        let long = ex
+            .submit(
+                |ms: u64| -> u32 {
+                    std::thread::sleep(Duration::from_millis(ms));
+                    std::process::id()
+                },
+                HANG.as_millis() as u64,
+            )
+            .unwrap();
+        wait_running(&long);
+        // ... so the killer goes to the other (least loaded) one, and kills
+        // the worker that is not itself.
+        let killer = ex
+            .submit(
+                |pids: (u32, u32)| -> (u32, u32, i32) {
+                    let me = std::process::id();
+                    let victim = if pids.0 == me { pids.1 } else { pids.0 };
+                    // SAFETY: plain system call.
+                    let rc = unsafe { libc::kill(victim as i32, libc::SIGKILL) };
+                    (me, victim, rc)
+                },
+                pids,
+            )
+            .unwrap();
+        let (killer_pid, victim, rc) = killer.result_timeout(HANG).expect("the killer succeeds");
+        assert_eq!(rc, 0, "kill({victim}) failed");
+        assert_ne!(killer_pid, victim);
+        let (pid, status, task) = terminated(long.result_timeout(HANG));
+        assert_eq!(pid, victim);
+        assert_eq!(signaled(status), Some(libc::SIGKILL), "{status}");
+        assert_eq!(task, long.id());
+        assert_heals(&ex);
+        let s = ex.stats();
+        assert_eq!((s.crashed, s.respawned), (1, 1), "{s:?}");
+        // The dead worker was replaced: two live workers, neither the victim.
+        let (a, b) = two_worker_pids(&ex);
+        assert!(a != victim && b != victim, "{a} {b} {victim}");
+        assert!(a == killer_pid || b == killer_pid, "the killer lives on");
+    });
+}
+
+// ---------------------------------------------------------------------------
+// Codec faults, stage by stage
+
+#[test]
+fn parent_encoding_the_argument_error_is_an_err_from_submit() {
+    bounded(|| {
+        let ex = pool(1);
+        match ex.submit(|f: Fuse| f.value, Fuse::new(mode::ERROR, mode::OK, 1)) {
+            Err(Error::Codec {
+                stage: CodecStage::EncodeArgument,
+                message,
+            }) => assert_mentions(&message, "fuse refused to serialize"),
+            other => panic!("expected a codec error from submit, got {other:?}"),
+        }
+        assert_heals(&ex);
+        assert_eq!(ex.stats().submitted, 1, "the failed submit is not counted");
+    });
+}
+
+#[test]
+fn parent_encoding_the_argument_panic_is_an_err_from_submit() {
+    bounded(|| {
+        let ex = pool(1);
+        let submitted = catch_unwind(AssertUnwindSafe(|| {
+            ex.submit(|f: Fuse| f.value, Fuse::new(mode::PANIC, mode::OK, 1))
+        }));
+        match submitted {
+            Ok(Err(Error::Codec {
+                stage: CodecStage::EncodeArgument,
+                ..
+            }))
+            | Ok(Err(Error::TaskPanicked { .. })) => {}
+            Ok(other) => panic!("expected an Err from submit, got {other:?}"),
+            Err(_) => panic!("the panic in Serialize escaped from submit()"),
+        }
+        assert_heals(&ex);
+    });
+}
+
+#[test]
+fn worker_decoding_the_argument_error_is_a_codec_error() {
+    bounded(|| {
+        let ex = pool(1);
+        let pid = worker_pid(&ex);
+        let f = ex
+            .submit(|f: Fuse| f.value, Fuse::new(mode::OK, mode::ERROR, 1))
+            .unwrap();
+        match f.result_timeout(HANG) {
+            Err(Error::Codec {
+                stage: CodecStage::DecodeArgument,
+                message,
+            }) => assert_mentions(&message, "fuse refused to deserialize"),
+            other => panic!("expected Codec(DecodeArgument), got {other:?}"),
+        }
+        assert_eq!(worker_pid(&ex), pid, "the worker survives");
+        assert_heals(&ex);
+        assert_eq!(ex.stats().crashed, 0);
+    });
+}
+
+#[test]
+fn worker_decoding_the_argument_panic_is_task_panicked() {
+    bounded(|| {
+        let ex = pool(1);
+        let pid = worker_pid(&ex);
+        let f = ex
+            .submit(|f: Fuse| f.value, Fuse::new(mode::OK, mode::PANIC, 1))
+            .unwrap();
+        match f.result_timeout(HANG) {
+            Err(Error::TaskPanicked {
+                message, location, ..
+            }) => {
+                assert_eq!(message, "fuse panicked in deserialize");
+                assert!(location.contains("faults.rs"), "{location}");
+            }
+            other => panic!("expected TaskPanicked, got {other:?}"),
+        }
+        assert_eq!(worker_pid(&ex), pid, "the worker survives");
+        assert_heals(&ex);
+        assert_eq!(ex.stats().crashed, 0);
+    });
+}
+
+#[test]
+fn worker_decoding_the_argument_abort_is_terminated_worker() {
+    bounded(|| {
+        assert_crash(
+            |f: Fuse| f.value,
+            Fuse::new(mode::OK, mode::ABORT, 1),
+            |s| signaled(s) == Some(libc::SIGABRT),
+        )
+    });
+}
+
+#[test]
+fn worker_encoding_the_result_error_is_a_codec_error() {
+    bounded(|| {
+        let ex = pool(1);
+        let pid = worker_pid(&ex);
+        let f = ex
+            .submit(|m: u8| Fuse::new(m, mode::OK, 1), mode::ERROR)
+            .unwrap();
+        match f.result_timeout(HANG) {
+            Err(Error::Codec {
+                stage: CodecStage::EncodeResult,
+                message,
+            }) => assert_mentions(&message, "fuse refused to serialize"),
+            other => panic!("expected Codec(EncodeResult), got {other:?}"),
+        }
+        assert_eq!(worker_pid(&ex), pid, "the worker survives");
+        assert_heals(&ex);
+        assert_eq!(ex.stats().crashed, 0);
+    });
+}
+
+#[test]
+fn worker_encoding_the_result_panic_is_task_panicked() {
+    bounded(|| {
+        let ex = pool(1);
+        let pid = worker_pid(&ex);
+        let f = ex
+            .submit(|m: u8| Fuse::new(m, mode::OK, 1), mode::PANIC)
+            .unwrap();
+        match f.result_timeout(HANG) {
+            Err(Error::TaskPanicked { message, .. }) => {
+                assert_eq!(message, "fuse panicked in serialize")
+            }
+            other => panic!("expected TaskPanicked, got {other:?}"),
+        }
+        assert_eq!(worker_pid(&ex), pid, "the worker survives");
+        assert_heals(&ex);
+        assert_eq!(ex.stats().crashed, 0);
+    });
+}
+
+#[test]
+fn worker_encoding_the_result_abort_is_terminated_worker() {
+    bounded(|| {
+        let ex = pool(1);
+        let before = worker_pid(&ex);
+        let f = ex
+            .submit(|m: u8| Fuse::new(m, mode::OK, 1), mode::ABORT)
+            .unwrap();
+        let (pid, status, task) = terminated(f.result_timeout(HANG));
+        assert_eq!((pid, task), (before, f.id()));
+        assert_eq!(signaled(status), Some(libc::SIGABRT), "{status}");
+        assert_heals(&ex);
+        let s = ex.stats();
+        assert_eq!((s.crashed, s.respawned), (1, 1), "{s:?}");
+    });
+}
+
+#[test]
+fn parent_decoding_the_result_error_is_a_codec_error() {
+    bounded(|| {
+        let ex = pool(1);
+        let f = ex
+            .submit(|m: u8| Fuse::new(mode::OK, m, 1), mode::ERROR)
+            .unwrap();
+        match f.result_timeout(HANG) {
+            Err(Error::Codec {
+                stage: CodecStage::DecodeResult,
+                message,
+            }) => assert_mentions(&message, "fuse refused to deserialize"),
+            other => panic!("expected Codec(DecodeResult), got {other:?}"),
+        }
+        assert_heals(&ex);
+        assert_eq!(ex.stats().crashed, 0);
+    });
+}
+
+#[test]
+fn parent_decoding_the_result_panic_fails_only_that_future() {
+    // The result's Deserialize runs in the parent, on whichever thread
+    // drains the ring (the manager, or a caller spinning in `result`). A
+    // panic there must fail that future, not escape or kill the manager.
+    bounded(|| {
+        let ex = pool(1);
+        let f = ex
+            .submit(
+                |m: u8| {
+                    std::thread::sleep(Duration::from_millis(50));
+                    Fuse::new(mode::OK, m, 1)
+                },
+                mode::PANIC,
+            )
+            .unwrap();
+        // Let the manager (not this thread) drain it.
+        let (tx, rx) = mpsc::channel();
+        f.add_done_callback(move |_| {
+            let _ = tx.send(());
+        });
+        rx.recv_timeout(HANG).expect("the future completed");
+        match catch_unwind(AssertUnwindSafe(|| f.result_timeout(HANG))) {
+            Ok(Err(Error::TaskPanicked { .. }))
+            | Ok(Err(Error::Codec {
+                stage: CodecStage::DecodeResult,
+                ..
+            })) => {}
+            Ok(other) => panic!("expected an error in the future, got {other:?}"),
+            Err(_) => panic!("the panic in Deserialize escaped from result_timeout()"),
+        }
+        assert_heals(&ex);
+    });
+}
+
+// ---------------------------------------------------------------------------
+// Initializer
+
+fn assert_broken_by_initializer(ex: ProcessPoolExecutor, hint: &str) {
+    let mut futures = Vec::new();
+    for i in 0..5u64 {
+        match ex.submit(|x: u64| x, i) {
+            Ok(f) => futures.push(f),
+            Err(Error::BrokenProcessPool { .. }) => {}
+            Err(other) => panic!("expected BrokenProcessPool from submit, got {other:?}"),
+        }
+    }
+    for f in &futures {
+        match f.result_timeout(HANG) {
+            Err(Error::BrokenProcessPool { cause }) => {
+                assert!(cause.contains(hint), "{cause:?} lacks {hint:?}")
+            }
+            other => panic!("expected BrokenProcessPool, got {other:?}"),
+        }
+    }
+    // Once broken (at the latest when a future failed with it, and at once
+    // if none was accepted), later submits fail too.
+    let start = Instant::now();
+    loop {
+        match ex.submit(|x: u64| x, 1) {
+            // (Its cause is checked by
+            // `broken_pool_cause_names_the_failing_initializer`.)
+            Err(Error::BrokenProcessPool { .. }) => break,
+            Ok(f) => {
+                assert!(futures.is_empty(), "submit accepted work after breaking");
+                assert!(matches!(
+                    f.result_timeout(HANG),
+                    Err(Error::BrokenProcessPool { .. })
+                ));
+                assert!(start.elapsed() < HANG, "the pool never broke");
+            }
+            Err(other) => panic!("expected BrokenProcessPool, got {other:?}"),
+        }
+    }
+    assert!(matches!(
+        ex.map(|x: u64| x, 0..3).next(),
+        Some(Err(Error::BrokenProcessPool { .. }))
+    ));
+}
+
+#[test]
+fn panicking_initializer_breaks_the_pool() {
+    bounded(|| {
+        no_core_dumps();
+        let ex = ProcessPoolExecutor::builder()
+            .max_workers(2)
+            .initializer(|_: u32| panic!("init"), 0)
+            .build()
+            .unwrap();
+        assert_broken_by_initializer(ex, "initializer panicked");
+    });
+}
+
+#[test]
+fn exiting_initializer_breaks_the_pool() {
+    bounded(|| {
+        no_core_dumps();
+        let ex = ProcessPoolExecutor::builder()
+            .max_workers(2)
+            .initializer(|code: i32| std::process::exit(code), 3)
+            .build()
+            .unwrap();
+        assert_broken_by_initializer(ex, "exit code 3");
+    });
+}
+
+#[test]
+
+fn broken_pool_cause_names_the_failing_initializer() {
+    bounded(|| {
+        no_core_dumps();
+        let ex = ProcessPoolExecutor::builder()
+            .max_workers(4)
+            .initializer(|_: u32| panic!("init"), 0)
+            .build()
+            .unwrap();
+        let start = Instant::now();
+        while let Ok(f) = ex.submit(|x: u64| x, 1) {
+            assert!(matches!(
+                f.result_timeout(HANG),
+                Err(Error::BrokenProcessPool { .. })
+            ));
+            assert!(start.elapsed() < HANG, "the pool never broke");
+        }
+        // Once every worker is gone the cause is final.
+        while ex.stats().workers_alive > 0 {
+            assert!(start.elapsed() < HANG, "workers of a broken pool linger");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        match ex.submit(|x: u64| x, 1) {
+            Err(Error::BrokenProcessPool { cause }) => assert!(
+                cause.contains("initializer panicked"),
+                "the cause does not name the initializer: {cause:?}"
+            ),
+            other => panic!("expected BrokenProcessPool, got {other:?}"),
+        }
+    });
+}
+
+// ---------------------------------------------------------------------------
+// Done-callbacks
+
+#[test]
+fn panicking_done_callback_does_not_affect_the_result_or_the_pool() {
+    bounded(|| {
+        let ex = pool(1);
+        // On a success (runs on the manager or a caller thread)...
+        let f = ex
+            .submit(
+                |x: u64| {
+                    std::thread::sleep(Duration::from_millis(20));
+                    x
+                },
+                5,
+            )
+            .unwrap();
+        f.add_done_callback(|_| panic!("callback bug"));
+        assert_eq!(f.result_timeout(HANG).unwrap(), 5);
+        // ... on a crash (runs on the watchdog thread) ...
+        let c = ex
+            .submit(
+                |ms: u64| -> u64 {
+                    std::thread::sleep(Duration::from_millis(ms));
+                    std::process::abort()
+                },
+                50,
+            )
+            .unwrap();
+        c.add_done_callback(|_| panic!("callback bug on a crash"));
+        terminated(c.result_timeout(HANG));
+        // ... and added after completion (runs on this thread).
+        let g = ex.submit(|x: u64| x * 2, 4).unwrap();
+        assert_eq!(g.result_timeout(HANG).unwrap(), 8);
+        g.add_done_callback(|_| panic!("late callback bug"));
+        assert_heals(&ex);
+        assert_heals(&ex);
+        let s = ex.stats();
+        assert_eq!((s.crashed, s.respawned), (1, 1), "{s:?}");
+    });
+}
+
+#[test]
+fn done_callback_of_a_success_submits_and_waits_without_deadlock() {
+    bounded(|| {
+        let ex = pool(1);
+        let (tx, rx) = mpsc::channel();
+        let ex2 = ex.clone();
+        let f = ex
+            .submit(
+                |x: u64| {
+                    std::thread::sleep(Duration::from_millis(50));
+                    x + 1
+                },
+                1,
+            )
+            .unwrap();
+        f.add_done_callback(move |r| {
+            let v = *r.as_ref().unwrap();
+            let g = ex2.submit(|x: u64| x * 10, v).unwrap();
+            tx.send(g.result_timeout(HANG)).unwrap();
+        });
+        assert_eq!(rx.recv_timeout(HANG).unwrap().unwrap(), 20);
+        assert_heals(&ex);
+    });
+}
+
+#[test]
+
+fn done_callback_of_a_crash_submits_and_waits_without_deadlock() {
+    bounded(|| {
+        let ex = pool(1);
+        let (tx, rx) = mpsc::channel();
+        let ex2 = ex.clone();
+        let f = ex
+            .submit(
+                |ms: u64| -> u64 {
+                    std::thread::sleep(Duration::from_millis(ms));
+                    std::process::abort()
+                },
+                100,
+            )
+            .unwrap();
+        f.add_done_callback(move |r| {
+            let crashed = matches!(r, Err(Error::TerminatedWorker { .. }));
+            let g = ex2.submit(|x: u64| x * 10, 2).unwrap();
+            let thread = std::thread::current().name().map(str::to_owned);
+            tx.send((crashed, g.result_timeout(HANG), thread)).unwrap();
+        });
+        let (crashed, g, thread) = rx
+            .recv_timeout(HANG + Duration::from_secs(10))
+            .expect("callback finished");
+        assert!(crashed, "the callback saw TerminatedWorker");
+        match g {
+            Ok(v) => assert_eq!(v, 20),
+            Err(e) => panic!("work submitted from a callback on {thread:?}: {e:?}"),
+        }
+        terminated(f.result_timeout(HANG));
+        assert_heals(&ex);
+    });
+}
+
+// ---------------------------------------------------------------------------
+// Shutdown racing a crash
+
+fn sleep_then(ms: u64, crash: bool) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    if crash {
+        std::process::abort();
+    }
+    ms
+}
+
+/// `shutdown(wait = true, ..)`, failing with the pool's state if it does not
+/// return.
+fn shutdown_and_wait(ex: &ProcessPoolExecutor, cancel_futures: bool, kill_workers: bool) {
+    let (tx, rx) = mpsc::channel();
+    let ex2 = ex.clone();
+    std::thread::spawn(move || {
+        ex2.shutdown(true, cancel_futures, kill_workers);
+        let _ = tx.send(());
+    });
+    if rx.recv_timeout(HANG).is_err() {
+        panic!(
+            "shutdown(wait = true, cancel_futures = {cancel_futures}, kill_workers = \
+             {kill_workers}) did not return; {:?}\n{}",
+            ex.stats(),
+            ex.debug_state()
+        );
+    }
+}
+
+#[test]
+
+fn shutdown_while_workers_are_still_starting_does_not_hang() {
+    // The watchdog may be half-way through spawning a worker when shutdown
+    // begins: that worker must still be told to exit (or be killed).
+    bounded(|| {
+        for kill_workers in [false, true, false, true, false, true] {
+            let ex = pool(2);
+            shutdown_and_wait(&ex, false, kill_workers);
+        }
+    });
+}
+
+#[test]
+fn shutdown_killing_workers_races_a_crashing_task() {
+    bounded(|| {
+        for (crash_ms, pause_ms) in [(0, 0), (0, 5), (5, 0), (10, 10), (20, 5), (1, 30)] {
+            let ex = pool(2);
+            // Both workers up first: this races the crash (and the respawn
+            // it triggers) with shutdown, not the initial start-up.
+            two_worker_pids(&ex);
+            let crash = ex.submit(|ms: u64| sleep_then(ms, true), crash_ms).unwrap();
+            let others: Vec<_> = (0..6u64)
+                .map(|i| ex.submit(|ms: u64| sleep_then(ms, false), 10 + i).unwrap())
+                .collect();
+            std::thread::sleep(Duration::from_millis(pause_ms));
+            shutdown_and_wait(&ex, false, true);
+            match crash.result_timeout(HANG) {
+                Err(Error::TerminatedWorker { .. }) | Err(Error::ShutdownExecutor) => {}
+                other => panic!("crashing task: {other:?}"),
+            }
+            for (i, f) in others.iter().enumerate() {
+                match f.result_timeout(HANG) {
+                    Ok(v) => assert_eq!(v, 10 + i as u64),
+                    Err(Error::TerminatedWorker { .. }) | Err(Error::ShutdownExecutor) => {}
+                    other => panic!("task {i}: {other:?}"),
+                }
+            }
+            assert!(matches!(
+                ex.submit(|x: u64| x, 1),
+                Err(Error::ShutdownExecutor)
+            ));
+        }
+    });
+}
+
+#[test]
+
+fn shutdown_right_after_a_crash_while_the_replacement_starts() {
+    // The crash is reported, then the watchdog spawns a replacement: a
+    // shutdown now races that spawn.
+    bounded(|| {
+        for kill_workers in [true, false, true, false, true, false] {
+            let ex = pool(1);
+            worker_pid(&ex);
+            terminated(ex.submit(abort_task, ()).unwrap().result_timeout(HANG));
+            shutdown_and_wait(&ex, false, kill_workers);
+            assert!(matches!(
+                ex.submit(|x: u64| x, 1),
+                Err(Error::ShutdownExecutor)
+            ));
+        }
+    });
+}
+
+#[test]
+fn graceful_shutdown_races_a_crashing_task_and_still_runs_queued_work() {
+    bounded(|| {
+        for (crash_ms, pause_ms) in [(0, 0), (5, 0), (10, 10), (1, 30)] {
+            let ex = pool(2);
+            two_worker_pids(&ex);
+            let crash = ex.submit(|ms: u64| sleep_then(ms, true), crash_ms).unwrap();
+            let others: Vec<_> = (0..8u64)
+                .map(|i| ex.submit(|ms: u64| sleep_then(ms, false), 10 + i).unwrap())
+                .collect();
+            std::thread::sleep(Duration::from_millis(pause_ms));
+            shutdown_and_wait(&ex, false, false);
+            terminated(crash.result_timeout(HANG));
+            let mut failed = 0;
+            for (i, f) in others.iter().enumerate() {
+                match f.result_timeout(HANG) {
+                    Ok(v) => assert_eq!(v, 10 + i as u64),
+                    Err(Error::TerminatedWorker { .. }) => failed += 1,
+                    other => panic!("task {i}: {other:?}"),
+                }
+            }
+            // Only a task behind the crashing one on its worker may fail.
+            assert!(failed <= 1, "{failed} innocent tasks failed");
+        }
+    });
+}
+
+// ---------------------------------------------------------------------------
+// Crashes among other work, and many crashes
+
+#[test]
+fn crash_among_queued_tasks_fails_at_most_the_tasks_on_that_worker() {
+    bounded(|| {
+        let ex = pool(2);
+        let futs: Vec<_> = (0..20u64)
+            .map(|i| {
+                ex.submit(
+                    |i: u64| -> u64 {
+                        if i == 7 {
+                            std::process::abort();
+                        }
+                        std::thread::sleep(Duration::from_millis(5));
+                        i * 10
+                    },
+                    i,
+                )
+                .unwrap()
+            })
+            .collect();
+        let (dead, status, task) = terminated(futs[7].result_timeout(HANG));
+        assert_eq!(signaled(status), Some(libc::SIGABRT), "{status}");
+        assert_eq!(task, futs[7].id());
+        let mut failures = 1;
+        for (i, f) in futs.iter().enumerate().filter(|(i, _)| *i != 7) {
+            match f.result_timeout(HANG) {
+                Ok(v) => assert_eq!(v, i as u64 * 10, "task {i}"),
+                Err(Error::TerminatedWorker { pid, task: t, .. }) => {
+                    assert_eq!(pid, dead, "task {i} failed with another crash");
+                    // It names the crashing task (or itself).
+                    assert!(t == task || t == f.id(), "task {i}: task = {t}");
+                    failures += 1;
+                }
+                other => panic!("task {i}: {other:?}"),
+            }
+        }
+        assert!(failures <= 2, "{failures} tasks failed for one crash");
+        assert_heals(&ex);
+        let s = ex.stats();
+        assert_eq!((s.crashed, s.respawned), (1, 1), "{s:?}");
+    });
+}
+
+#[test]
+fn many_crashes_in_a_row_do_not_break_the_pool() {
+    bounded(|| {
+        let ex = pool(1);
+        let mut pids = std::collections::BTreeSet::new();
+        for _ in 0..20 {
+            let f = ex.submit(abort_task, ()).unwrap();
+            let (pid, status, task) = terminated(f.result_timeout(HANG));
+            assert_eq!(signaled(status), Some(libc::SIGABRT), "{status}");
+            assert_eq!(task, f.id());
+            assert!(pids.insert(pid), "pid {pid} reported twice");
+        }
+        assert_heals(&ex);
+        let s = ex.stats();
+        assert_eq!((s.crashed, s.respawned), (20, 20), "{s:?}");
+        assert_eq!(s.workers_alive, 1, "{s:?}");
+    });
+}
+
+#[test]
+fn a_burst_of_concurrent_crashes_does_not_break_the_pool() {
+    bounded(|| {
+        let ex = pool(2);
+        let futs: Vec<_> = (0..20)
+            .map(|_| ex.submit(abort_task, ()).unwrap())
+            .collect();
+        for f in &futs {
+            terminated(f.result_timeout(HANG));
+        }
+        assert_heals(&ex);
+        let s = ex.stats();
+        // Up to two tasks die with each worker.
+        assert!((10..=20).contains(&s.crashed), "{s:?}");
+        assert_eq!(s.respawned, s.crashed, "{s:?}");
+    });
+}
