@@ -126,6 +126,8 @@ pub(crate) trait Completion: Send + Sync {
     fn publish(&self);
     /// Cancels the task if it has not started; true on success.
     fn try_cancel(&self) -> bool;
+    /// Whether publishing would run user callbacks.
+    fn has_callbacks(&self) -> bool;
 }
 
 impl<R: Send + 'static> TaskCell<R> {
@@ -200,6 +202,13 @@ impl<R: Send + 'static> Completion for Cell<R> {
 
     fn publish(&self) {
         self.task.finish(None);
+    }
+
+    fn has_callbacks(&self) -> bool {
+        lock(&self.task.slot)
+            .listeners
+            .iter()
+            .any(|l| matches!(l, Listener::Callback(_)))
     }
 
     fn try_cancel(&self) -> bool {

@@ -562,7 +562,14 @@ impl Pool {
     }
 
     /// Hands a staged outcome to the manager thread for publishing.
+    /// Outcomes without callbacks are published at once (waking the waiter
+    /// directly); those with callbacks go to the manager, as a callback may
+    /// block and this thread must keep watching the workers.
     pub(crate) fn publish_later(&self, cell: Arc<dyn Completion>) {
+        if !cell.has_callbacks() {
+            cell.publish();
+            return;
+        }
         lock(&self.to_publish).push(cell);
         self.manager_wake.fire();
         self.region.parent_bell().wake_all();
