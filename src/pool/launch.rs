@@ -158,7 +158,7 @@ impl Pool {
             idle_since: Instant::now(),
         };
         if let Some(init) = &self.config.initializer {
-            if !worker.sender.try_send(super::INIT_TAG, init)? {
+            if !worker.sender.try_send(crate::protocol::TAG_INIT, init)? {
                 return Err(crate::Error::InvalidConfig(
                     "initializer argument does not fit".into(),
                 ));

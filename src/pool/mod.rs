@@ -27,7 +27,7 @@ pub(crate) use launch::{WorkerSpec, ENV_WORKER, REGION_FD, SOCKET_FD};
 use crate::error::{Error, Result};
 use crate::future::{lock, Completion};
 use crate::protocol::{
-    read_header, ResultHeader, TaskHeader, TAG_EXIT, TAG_INIT, TAG_READY, TAG_RESULT, TAG_TASK,
+    read_header, ResultHeader, TaskHeader, TAG_EXIT, TAG_READY, TAG_RESULT, TAG_TASK,
 };
 
 /// Tasks a worker holds at once (running + waiting in its ring). Two keeps
@@ -85,7 +85,6 @@ pub(crate) struct Pool {
     state: Mutex<State>,
     receivers: Box<[Mutex<Option<Receiver<'static>>>]>,
     watchdog_wake: Notifier,
-    closed: AtomicBool,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
     thread_ids: Mutex<Vec<std::thread::ThreadId>>,
     ncpu: u32,
@@ -139,7 +138,6 @@ impl Pool {
                 ..State::default()
             }),
             watchdog_wake: Notifier::new()?,
-            closed: AtomicBool::new(false),
             threads: Mutex::new(Vec::new()),
             thread_ids: Mutex::new(Vec::new()),
             ncpu: crate::topology::cpu_count() as u32,
@@ -268,7 +266,7 @@ impl Pool {
                 Ok(None) => return,
                 Err(e) => {
                     tracing::error!(slot = i, error = %e, "corrupt result ring; killing the worker");
-                    self.kill_slot(i, None);
+                    self.kill_slot(i);
                     return;
                 }
             };
@@ -276,7 +274,7 @@ impl Pool {
                 TAG_RESULT => {
                     let Some((hdr, payload)) = read_header::<ResultHeader>(msg.bytes) else {
                         tracing::error!(slot = i, "short result message; killing the worker");
-                        self.kill_slot(i, None);
+                        self.kill_slot(i);
                         return;
                     };
                     let cell = self.complete_in_state(i, &hdr);
@@ -291,7 +289,7 @@ impl Pool {
                                 task = hdr.task_id,
                                 "result for an unknown task; killing the worker"
                             );
-                            self.kill_slot(i, None);
+                            self.kill_slot(i);
                             return;
                         }
                     }
@@ -311,13 +309,13 @@ impl Pool {
                         tag = other,
                         "unknown message from worker; killing it"
                     );
-                    self.kill_slot(i, None);
+                    self.kill_slot(i);
                     return;
                 }
             }
             if let Err(e) = rx.pop() {
                 tracing::error!(slot = i, error = %e, "corrupt result ring; killing the worker");
-                self.kill_slot(i, None);
+                self.kill_slot(i);
                 return;
             }
         }
@@ -371,20 +369,11 @@ impl Pool {
         Some(cell)
     }
 
-    /// Kills worker `i` (its death is then handled by the watchdog); the
-    /// in-flight tasks will get `reason` (default: `TerminatedWorker`).
-    pub(crate) fn kill_slot(&self, i: usize, reason: Option<Error>) {
-        let st = self.state();
-        if let Some(w) = st.workers[i].as_ref() {
-            let pidfd = w.pidfd.clone();
-            drop(st);
-            let mut st = self.state();
-            if let Some(w) = st.workers[i].as_mut() {
-                if w.kill_reason.is_none() {
-                    w.kill_reason = reason;
-                }
-            }
-            drop(st);
+    /// Kills worker `i` after a protocol violation; the watchdog then fails
+    /// its in-flight tasks with `TerminatedWorker` and replaces it.
+    pub(crate) fn kill_slot(&self, i: usize) {
+        let pidfd = self.state().workers[i].as_ref().map(|w| w.pidfd.clone());
+        if let Some(pidfd) = pidfd {
             let _ = pidfd.kill(rustix::process::Signal::KILL);
         }
     }
@@ -511,21 +500,21 @@ impl Pool {
     /// Stops tasks past their time limit; returns when the next limit falls.
     pub(crate) fn expire_deadlines(&self) -> Option<Instant> {
         let now = Instant::now();
-        let expired: Vec<u64> = {
+        let (expired, next): (Vec<u64>, Option<Instant>) = {
             let mut st = self.state();
-            let ids = st
+            let expired = st
                 .deadlines
                 .iter()
                 .filter(|(at, _)| *at <= now)
                 .map(|&(_, id)| id)
                 .collect();
             st.deadlines.retain(|(at, _)| *at > now);
-            ids
+            (expired, st.deadlines.iter().map(|&(at, _)| at).min())
         };
         for id in expired {
             self.stop_task(id, Error::Timeout);
         }
-        self.state().deadlines.iter().map(|&(at, _)| at).min()
+        next
     }
 
     /// Spins up to the configured budget draining result rings until
@@ -649,7 +638,6 @@ impl Pool {
         {
             let mut st = self.state();
             st.shutdown = true;
-            self.closed.store(true, Ordering::Release);
             if cancel_futures || kill_workers {
                 for q in st.queue.drain(..) {
                     if cancel_futures {
@@ -884,7 +872,8 @@ impl Worker {
     }
 }
 
-/// Encodes nothing: marker for the initializer message.
+/// The initializer message: a `TaskHeader` (task id 0) and the archived
+/// argument, built once per pool and sent to every new worker.
 pub(crate) fn init_message(trampoline: i64, arg: &[u8]) -> Vec<u8> {
     let hdr = TaskHeader {
         task_id: 0,
@@ -894,8 +883,6 @@ pub(crate) fn init_message(trampoline: i64, arg: &[u8]) -> Vec<u8> {
     v.extend_from_slice(arg);
     v
 }
-
-pub(crate) const INIT_TAG: u32 = TAG_INIT;
 
 /// How deep pools may nest (a task starting a pool whose task starts a
 /// pool ...).

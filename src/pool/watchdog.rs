@@ -107,8 +107,6 @@ impl Pool {
             );
             tracing::error!(%cause, "process pool broken");
             st.broken = Some(cause.clone());
-            self.closed
-                .store(true, std::sync::atomic::Ordering::Release);
             for q in st.queue.drain(..) {
                 failed.push(q.cell);
             }
