@@ -76,6 +76,61 @@ pub enum Error {
     #[error("the result of this future was already taken")]
     ResultTaken,
 
+    /// The pool's shared arena has no room for a new [`SharedVec`]: its
+    /// limit is reached, or the system refused to commit the memory. Drop
+    /// shared arrays you no longer need, or raise the limit with
+    /// [`arena_limit`](crate::ProcessPoolExecutorBuilder::arena_limit).
+    ///
+    /// [`SharedVec`]: crate::SharedVec
+    #[error("shared arena cannot hold {requested} more bytes ({in_use} of {limit} in use{reason}); drop unused SharedVecs or raise arena_limit")]
+    ArenaFull {
+        /// Bytes asked for.
+        requested: usize,
+        /// Bytes held by live shared arrays.
+        in_use: usize,
+        /// The arena's limit in bytes.
+        limit: usize,
+        /// Empty, or why the system refused (with a leading `"; "`).
+        reason: String,
+    },
+
+    /// A range of a shared array is out of its bounds.
+    #[error("range {start}..{end} out of bounds for a shared array of length {len}")]
+    OutOfBounds {
+        /// Start of the requested range.
+        start: usize,
+        /// End of the requested range.
+        end: usize,
+        /// Length of the array.
+        len: usize,
+    },
+
+    /// A range of a shared array is in use by a handle that conflicts with
+    /// the access asked for: a writable handle ([`SharedSliceMut`]) excludes
+    /// every other handle to the same elements, and any handle excludes
+    /// `&mut` access to the whole array. Drop the handle, or wait for the
+    /// task that holds it to finish.
+    ///
+    /// [`SharedSliceMut`]: crate::SharedSliceMut
+    #[error("elements {start}..{end} of a shared array are in use by another handle (a SharedSliceMut excludes all other access to its range); drop it or wait for its task")]
+    RangeBusy {
+        /// Start of the conflicting range.
+        start: usize,
+        /// End of the conflicting range.
+        end: usize,
+    },
+
+    /// A shared array handle was sent to a pool other than the one whose
+    /// arena holds it. Allocate it with the executor you submit to (pools
+    /// do not share arenas), or send the data by value.
+    #[error("this shared array belongs to another pool's arena; allocate it with the executor you submit to, or send the data by value")]
+    ForeignArena,
+
+    /// An argument is out of its domain (a zero chunk length, lengths that
+    /// must match and do not, ...).
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+
     /// An operating-system or shared-memory transport failure (out of
     /// memory for a segment, out of file descriptors, ...).
     #[error("transport failure: {0}")]

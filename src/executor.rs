@@ -161,20 +161,24 @@ impl ProcessPoolExecutor {
     ) -> Result<Future<R>> {
         let pool = self.pool();
         let id = pool.next_id()?;
-        let cell = Arc::new(Cell {
-            task: TaskCell::new(id, Arc::downgrade(pool)),
-            decode,
-        });
+        let cell = Arc::new(Cell::new(TaskCell::new(id, Arc::downgrade(pool)), decode));
         let header = TaskHeader {
             task_id: id,
             trampoline,
         };
-        with_encoded(
-            bytemuck::bytes_of(&header),
-            write,
-            CodecStage::EncodeArgument,
-            |bytes| pool.dispatch(cell.clone(), bytes),
-        )??;
+        // Shared-array handles in the argument pin their leases into the
+        // cell before it can reach a worker.
+        crate::shared::encoding_for(pool.arena.id(), || {
+            with_encoded(
+                bytemuck::bytes_of(&header),
+                write,
+                CodecStage::EncodeArgument,
+                |bytes| {
+                    cell.set_pins(crate::shared::take_pins());
+                    pool.dispatch(cell.clone(), bytes)
+                },
+            )?
+        })?;
         Ok(Future::new(cell))
     }
 
@@ -201,6 +205,28 @@ impl ProcessPoolExecutor {
     /// Process ids of the live workers (in slot order).
     pub fn worker_pids(&self) -> Vec<u32> {
         self.pool().worker_pids()
+    }
+
+    /// The pool's shared arena.
+    pub(crate) fn arena(&self) -> Result<&Arc<loky_ipc::Arena>> {
+        Ok(&self.pool().arena)
+    }
+
+    /// Bytes of the pool's shared arena held by live
+    /// [`SharedVec`](crate::SharedVec)s (including arrays whose handles are
+    /// still in running tasks), and the arena's limit.
+    ///
+    /// ```
+    /// let ex = loky::ProcessPoolExecutor::new(1)?;
+    /// let v = loky::SharedVec::<u64>::zeroed(&ex, 1000)?;
+    /// assert!(ex.shared_memory().0 >= 8000);
+    /// drop(v);
+    /// assert_eq!(ex.shared_memory().0, 0);
+    /// # Ok::<(), loky::Error>(())
+    /// ```
+    pub fn shared_memory(&self) -> (usize, usize) {
+        let arena = &self.pool().arena;
+        (arena.in_use(), arena.limit())
     }
 
     /// A snapshot of the pool's counters.
@@ -288,6 +314,7 @@ pub struct ProcessPoolExecutorBuilder {
     hard_memory_limit: Option<u64>,
     pin: crate::topology::Pinning,
     spin: Option<Duration>,
+    arena_limit: Option<usize>,
 }
 
 impl ProcessPoolExecutorBuilder {
@@ -383,6 +410,22 @@ impl ProcessPoolExecutorBuilder {
         self
     }
 
+    /// The most bytes the pool's shared arena may hold, i.e. the total size
+    /// of its live [`SharedVec`](crate::SharedVec)s (default: the machine's
+    /// physical memory). Allocating past it fails with
+    /// [`Error::ArenaFull`]; memory is committed per array, not up front.
+    ///
+    /// ```
+    /// let ex = loky::ProcessPoolExecutor::builder().max_workers(1).arena_limit(1 << 20).build()?;
+    /// assert!(loky::SharedVec::<u8>::zeroed(&ex, 1 << 20).is_ok());
+    /// assert!(matches!(loky::SharedVec::<u8>::zeroed(&ex, 2 << 20), Err(loky::Error::ArenaFull { .. })));
+    /// # Ok::<(), loky::Error>(())
+    /// ```
+    pub fn arena_limit(mut self, bytes: usize) -> Self {
+        self.arena_limit = Some(bytes);
+        self
+    }
+
     pub(crate) fn config(self) -> Result<Config> {
         let max_workers = self.max_workers.unwrap_or_else(crate::cpu_count);
         if max_workers == 0 {
@@ -403,7 +446,13 @@ impl ProcessPoolExecutorBuilder {
                 "max_tasks_per_child must be at least 1".into(),
             ));
         }
+        if self.arena_limit == Some(0) {
+            return Err(Error::InvalidConfig(
+                "arena_limit must be at least 1 byte".into(),
+            ));
+        }
         Ok(Config {
+            arena_limit: self.arena_limit,
             max_workers,
             env: self.env,
             initializer: self.initializer.transpose()?,

@@ -128,6 +128,9 @@ pub(crate) trait Completion: Send + Sync {
     fn try_cancel(&self) -> bool;
     /// Whether publishing would run user callbacks.
     fn has_callbacks(&self) -> bool;
+    /// Drops what the task kept alive for its worker; called by the pool
+    /// once the worker is done with the task (its result came, or it died).
+    fn release_pins(&self);
 }
 
 impl<R: Send + 'static> TaskCell<R> {
@@ -170,6 +173,26 @@ pub(crate) type Decoder<R> = fn(u32, &[u8]) -> Result<R>;
 pub(crate) struct Cell<R> {
     pub(crate) task: TaskCell<R>,
     pub(crate) decode: Decoder<R>,
+    /// What the task keeps alive for its worker (shared-array leases).
+    pins: Mutex<crate::shared::Pins>,
+    /// Set once the task was handed to a worker: from then on only the pool
+    /// may drop the pins (when the worker is done with the task).
+    sent: std::sync::atomic::AtomicBool,
+}
+
+impl<R> Cell<R> {
+    pub(crate) fn new(task: TaskCell<R>, decode: Decoder<R>) -> Self {
+        Self {
+            task,
+            decode,
+            pins: Mutex::new(Vec::new()),
+            sent: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    pub(crate) fn set_pins(&self, pins: crate::shared::Pins) {
+        *lock(&self.pins) = pins;
+    }
 }
 
 impl<R: Send + 'static> Completion for Cell<R> {
@@ -180,7 +203,7 @@ impl<R: Send + 'static> Completion for Cell<R> {
     fn set_running(&self) -> bool {
         // PENDING -> RUNNING; a task already RUNNING (requeued after a full
         // ring) stays so. Only a finished (cancelled) task is refused.
-        match self.task.state.compare_exchange(
+        let handed = match self.task.state.compare_exchange(
             PENDING,
             RUNNING,
             Ordering::AcqRel,
@@ -188,7 +211,16 @@ impl<R: Send + 'static> Completion for Cell<R> {
         ) {
             Ok(_) => true,
             Err(current) => current == RUNNING,
+        };
+        if handed {
+            self.sent.store(true, Ordering::Release);
         }
+        handed
+    }
+
+    fn release_pins(&self) {
+        let pins = std::mem::take(&mut *lock(&self.pins));
+        drop(pins);
     }
 
     fn stage_bytes(&self, status: u32, elapsed_ns: u64, bytes: &[u8]) {
@@ -201,6 +233,10 @@ impl<R: Send + 'static> Completion for Cell<R> {
     }
 
     fn publish(&self) {
+        if !self.sent.load(Ordering::Acquire) {
+            // Never reached a worker: nothing can still use the pins.
+            self.release_pins();
+        }
         self.task.finish(None);
     }
 
@@ -220,6 +256,7 @@ impl<R: Send + 'static> Completion for Cell<R> {
         {
             return false;
         }
+        self.release_pins();
         self.task.finish(Some(Err(Error::Cancelled)));
         true
     }
@@ -587,10 +624,7 @@ mod tests {
     use super::*;
 
     fn cell() -> Cell<u64> {
-        Cell {
-            task: TaskCell::new(1, Weak::new()),
-            decode: |_, _| Ok(0),
-        }
+        Cell::new(TaskCell::new(1, Weak::new()), |_, _| Ok(0))
     }
 
     #[test]

@@ -20,6 +20,7 @@
 //! and the `SYNC POINT` that pairs each Release store with its Acquire load.
 #![cfg(target_os = "linux")]
 
+pub mod arena;
 pub mod channel;
 pub mod doorbell;
 mod error;
@@ -32,6 +33,7 @@ pub mod spawn;
 mod spin;
 mod sync;
 
+pub use arena::{Arena, ArenaError, ArenaView, Block};
 pub use channel::{Incoming, Receiver, Sender};
 pub use doorbell::Doorbell;
 pub use error::{Error, Result};

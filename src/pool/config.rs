@@ -18,4 +18,6 @@ pub(crate) struct Config {
     pub(crate) pin: crate::topology::Pinning,
     /// How long a waiting thread (caller or worker) spins before sleeping.
     pub(crate) spin: Duration,
+    /// Most bytes the shared arena may hold (default: physical memory).
+    pub(crate) arena_limit: Option<usize>,
 }

@@ -18,6 +18,8 @@ pub(crate) const ENV_WORKER: &str = "LOKY_WORKER_SPEC";
 pub(crate) const REGION_FD: i32 = 3;
 /// The worker's end of the descriptor socket.
 pub(crate) const SOCKET_FD: i32 = 4;
+/// The shared arena's memfd in the worker.
+pub(crate) const ARENA_FD: i32 = 5;
 
 /// What a worker learns from its environment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,6 +117,7 @@ impl Pool {
             .env(env)?
             .fd(self.region.fd(), REGION_FD)?
             .fd(child_sock.as_fd(), SOCKET_FD)?
+            .fd(self.arena.fd(), ARENA_FD)?
             .death_signal(libc::SIGKILL);
         let pidfd = match spec_cpu {
             Some(cpu) => pidfd.cpu(cpu),

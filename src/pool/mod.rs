@@ -22,7 +22,7 @@ use loky_ipc::{PidFd, Receiver, Region, RegionConfig, Sender};
 
 pub(crate) use config::Config;
 pub(crate) use identity::binary_tag;
-pub(crate) use launch::{WorkerSpec, ENV_WORKER, REGION_FD, SOCKET_FD};
+pub(crate) use launch::{WorkerSpec, ARENA_FD, ENV_WORKER, REGION_FD, SOCKET_FD};
 
 use crate::error::{Error, Result};
 use crate::future::{lock, Completion};
@@ -100,6 +100,8 @@ pub(crate) struct Pool {
     watchdog_done: AtomicBool,
     /// Outcomes staged by the watchdog, published by the manager.
     to_publish: Mutex<Vec<Arc<dyn Completion>>>,
+    /// The shared arena behind `SharedVec`s (mapped lazily).
+    pub(crate) arena: Arc<loky_ipc::Arena>,
     // Declared last: dropped after every Sender/Receiver borrowing it.
     region: Arc<Region>,
 }
@@ -128,7 +130,12 @@ impl Pool {
             ring_capacity: config.ring_capacity,
             tag: binary_tag(),
         })?;
+        let arena = loky_ipc::Arena::create(
+            config.arena_limit.unwrap_or_else(default_arena_limit),
+            arena_id(),
+        )?;
         let pool = Arc::new(Self {
+            arena: Arc::new(arena),
             receivers: (0..slots).map(|_| Mutex::new(None)).collect(),
             state: Mutex::new(State {
                 want: config.max_workers,
@@ -331,6 +338,8 @@ impl Pool {
             return None;
         }
         let cell = w.in_flight.pop_front()?;
+        // The worker is done with the task: its shared-array handles go.
+        cell.release_pins();
         w.tasks_done += 1;
         if w.in_flight.is_empty() {
             w.idle_since = Instant::now();
@@ -903,3 +912,22 @@ pub(crate) fn child_depth() -> String {
 
 /// How long the manager sleeps between housekeeping rounds.
 pub(crate) const TICK: Duration = Duration::from_millis(100);
+
+/// The default arena limit: the machine's physical memory (the arena only
+/// commits what live arrays use).
+fn default_arena_limit() -> usize {
+    let info = rustix::system::sysinfo();
+    let total = u64::from(info.mem_unit).saturating_mul(info.totalram as u64);
+    usize::try_from(total).unwrap_or(usize::MAX).max(64 << 20)
+}
+
+/// A fresh identity for an arena, different in every pool of every process
+/// (handles carry it so a worker can tell a foreign one).
+fn arena_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    h.write_u64(COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    h.finish()
+}

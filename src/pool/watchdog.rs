@@ -176,6 +176,9 @@ impl Pool {
                     tracing::warn!(pid = w.pid, %status, task = running, in_flight = w.in_flight.len(), "worker died");
                 }
                 for c in w.in_flight.drain(..) {
+                    // The worker is gone: nothing uses the task's shared
+                    // arrays any more.
+                    c.release_pins();
                     let e = match &task_kill {
                         Some((id, e)) if *id == c.id() => e.clone(),
                         _ => error.clone(),

@@ -105,6 +105,8 @@ pub(crate) fn run(raw_spec: &str) -> i32 {
         )
     };
     crate::transport::install_panic_hook();
+    // Shared-array handles in arguments map the arena at `ARENA_FD`.
+    crate::shared::set_worker();
     let mut w = WorkerLoop {
         region: &region,
         spec,
@@ -172,7 +174,10 @@ impl WorkerLoop<'_> {
                 // in the parent, which runs this same binary (the region tag
                 // checked at attach proves it).
                 let trampoline = unsafe { crate::transport::resolve(h.trampoline) };
-                trampoline(arg, &mut self.out)
+                let status = trampoline(arg, &mut self.out);
+                // Shared-array handles this task received expire with it.
+                crate::shared::task_finished();
+                status
             }
             _ => crate::protocol::STATUS_DECODE_ARG,
         };
@@ -269,16 +274,20 @@ impl WorkerLoop<'_> {
     }
 }
 
-/// Resident set size in KiB, from `/proc/self/statm`.
+/// Private resident memory in KiB (resident minus shared pages, from
+/// `/proc/self/statm`): shared arrays a task reads are not the worker's
+/// growth.
 fn rss_kib() -> u32 {
     let Ok(s) = std::fs::read_to_string("/proc/self/statm") else {
         return 0;
     };
-    let pages: u64 = s
+    let mut fields = s
         .split_whitespace()
-        .nth(1)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
+        .skip(1)
+        .map(|v| v.parse::<u64>().unwrap_or(0));
+    let resident = fields.next().unwrap_or(0);
+    let shared = fields.next().unwrap_or(0);
+    let pages = resident.saturating_sub(shared);
     let page = rustix::param::page_size() as u64;
     (pages * page / 1024).min(u64::from(u32::MAX)) as u32
 }

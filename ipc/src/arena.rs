@@ -1,0 +1,675 @@
+//! The arena behind shared arrays: one anonymous memfd that the parent carves
+//! into blocks and every worker maps, so a block travels between processes as
+//! an `(offset, len)` pair instead of its bytes.
+//!
+//! ```text
+//! offset 0      ArenaHeader (one page), written once by the creator
+//! PAGE ..       blocks, each 64-byte aligned (page aligned from 64 KiB up)
+//!        .. reserve
+//! ```
+//!
+//! The file is sized to the whole reservation up front but is sparse: a page
+//! costs memory only once a block that covers it is allocated. Allocation
+//! commits the block's pages with `fallocate`, so running out of memory is an
+//! [`ArenaError`] at allocation time, never a `SIGBUS` when a worker touches
+//! the page. Because the file never shrinks, any offset below the reservation
+//! is backed by the file, and a view that checks its bounds cannot fault
+//! either. Freed blocks return to a free list (coalesced with their
+//! neighbours); large free stretches are punched out of the file so their
+//! memory goes back to the system.
+//!
+//! Only the creator allocates; the allocator's state lives in its process, so
+//! a worker that dies cannot corrupt it. Mappings are made lazily (the first
+//! allocation, the first [`ArenaView::range`]): a pool that never uses shared
+//! arrays pays for one empty memfd.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::ptr::NonNull;
+use std::sync::{Mutex, MutexGuard, OnceLock};
+
+use memmap2::{MmapOptions, MmapRaw};
+use rustix::fs::{FallocateFlags, MemfdFlags, SealFlags};
+
+use crate::error::OsContext;
+use crate::{Error, Result};
+
+const MAGIC: [u8; 8] = *b"LOKYARN\0";
+/// Version of the arena header layout. Bump on any change to
+/// [`ArenaHeader`].
+pub const ARENA_VERSION: u32 = 1;
+const PAGE: usize = 4096;
+/// Every block starts on a cache line.
+const ALIGN: usize = 64;
+/// Blocks at least this large start on a page (so their pages can be punched
+/// and populated as a whole).
+const PAGE_ALIGN_FROM: usize = 64 << 10;
+/// Free stretches at least this large give their pages back to the system.
+const PUNCH_FROM: usize = 1 << 20;
+/// Blocks at least this large get their page tables filled in one call.
+const POPULATE_FROM: usize = 2 << 20;
+
+/// The arena header at offset 0. `#[repr(C)]`, written once by the creator
+/// before the descriptor is handed to anyone, read-only afterwards.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ArenaHeader {
+    magic: [u8; 8],
+    version: u32,
+    header_size: u32,
+    /// Bytes reserved (the file's size): no block ends past this.
+    reserve: u64,
+    /// The creator's identity for this arena; handles carry it.
+    id: u64,
+}
+
+const _: () = assert!(std::mem::size_of::<ArenaHeader>() <= PAGE);
+
+/// Why an allocation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ArenaError {
+    /// The arena's reservation (its configured limit) has no free stretch
+    /// large enough.
+    #[error("shared arena full: {requested} bytes requested, {in_use} of {limit} bytes in use")]
+    Full {
+        /// Bytes asked for.
+        requested: usize,
+        /// Bytes in live blocks.
+        in_use: usize,
+        /// The reservation.
+        limit: usize,
+    },
+    /// The system refused to commit memory for the block (`fallocate`
+    /// failed: memory or a cgroup limit is exhausted).
+    #[error("no memory for a shared block of {requested} bytes: {reason}")]
+    NoMemory {
+        /// Bytes asked for.
+        requested: usize,
+        /// What the kernel said.
+        reason: String,
+    },
+}
+
+/// A block of an arena: `len` bytes at `offset` from the start of the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Block {
+    /// Offset from the start of the arena file.
+    pub offset: usize,
+    /// Length in bytes (the requested length; the block may be padded).
+    pub len: usize,
+}
+
+/// The creator's side of an arena (see the module docs): allocates, frees,
+/// and maps the whole reservation.
+#[derive(Debug)]
+pub struct Arena {
+    file: File,
+    id: u64,
+    reserve: usize,
+    map: OnceLock<MmapRaw>,
+    state: Mutex<FreeList>,
+}
+
+// SAFETY: the mapping is shared memory handed out as raw pointers to blocks;
+// who may touch which block is the caller's protocol (see `Arena::ptr`).
+unsafe impl Send for Arena {}
+// SAFETY: as above; the allocator's state is behind a mutex.
+unsafe impl Sync for Arena {}
+
+impl Arena {
+    /// Creates an arena that can hold up to `limit` bytes (rounded up to
+    /// pages, plus one header page); `id` identifies it in handles.
+    pub fn create(limit: usize, id: u64) -> Result<Self> {
+        let reserve = limit
+            .checked_next_multiple_of(PAGE)
+            .and_then(|l| l.checked_add(PAGE))
+            .filter(|&l| l <= isize::MAX as usize)
+            .ok_or_else(|| Error::Config(format!("arena limit {limit} is too large")))?;
+        let fd = rustix::fs::memfd_create(
+            "loky-arena",
+            MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
+        )
+        .os("memfd_create")?;
+        rustix::fs::ftruncate(&fd, reserve as u64).os("ftruncate (sizing the arena)")?;
+        // The size never changes again, so no peer can make a checked offset
+        // fault by shrinking the file.
+        rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)
+            .os("fcntl(F_ADD_SEALS)")?;
+        let header = ArenaHeader {
+            magic: MAGIC,
+            version: ARENA_VERSION,
+            header_size: std::mem::size_of::<ArenaHeader>() as u32,
+            reserve: reserve as u64,
+            id,
+        };
+        // SAFETY: `ArenaHeader` is `#[repr(C)]` plain data without padding
+        // (8 + 4 + 4 + 8 + 8 bytes), so viewing it as bytes is sound.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(
+                (&header as *const ArenaHeader).cast::<u8>(),
+                std::mem::size_of::<ArenaHeader>(),
+            )
+        };
+        rustix::io::pwrite(&fd, bytes, 0).os("pwrite (arena header)")?;
+        Ok(Self {
+            file: File::from(fd),
+            id,
+            reserve,
+            map: OnceLock::new(),
+            state: Mutex::new(FreeList::new(PAGE, reserve)),
+        })
+    }
+
+    /// The descriptor, for workers to [`ArenaView::attach`].
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.file.as_fd()
+    }
+
+    /// The identity given at creation.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The largest number of bytes the arena can hold.
+    pub fn limit(&self) -> usize {
+        self.reserve - PAGE
+    }
+
+    /// Bytes in live blocks (padding included).
+    pub fn in_use(&self) -> usize {
+        self.lock().in_use
+    }
+
+    fn lock(&self) -> MutexGuard<'_, FreeList> {
+        // The free list is consistent between statements that can panic.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn mapping(&self) -> Result<&MmapRaw> {
+        if let Some(m) = self.map.get() {
+            return Ok(m);
+        }
+        let map = map_reserve(&self.file, self.reserve)?;
+        Ok(self.map.get_or_init(|| map))
+    }
+
+    /// Allocates a block of `len` bytes with its pages committed. With
+    /// `zeroed`, its bytes read as zero (fresh pages already do; reused
+    /// ones are cleared). A zero-length block takes no space.
+    pub fn allocate(&self, len: usize, zeroed: bool) -> Result<Block, AllocFailure> {
+        if len == 0 {
+            return Ok(Block {
+                offset: PAGE,
+                len: 0,
+            });
+        }
+        let map = self.mapping().map_err(AllocFailure::Os)?;
+        let (padded, align) = padded_len(len).ok_or_else(|| {
+            AllocFailure::Arena(ArenaError::Full {
+                requested: len,
+                in_use: self.in_use(),
+                limit: self.limit(),
+            })
+        })?;
+        let (offset, clean_from) = {
+            let mut st = self.lock();
+            match st.take(padded, align) {
+                Some(found) => found,
+                None => {
+                    return Err(AllocFailure::Arena(ArenaError::Full {
+                        requested: len,
+                        in_use: st.in_use,
+                        limit: self.limit(),
+                    }))
+                }
+            }
+        };
+        let first_page = offset / PAGE * PAGE;
+        let end_page = (offset + padded).next_multiple_of(PAGE);
+        if let Err(e) = rustix::fs::fallocate(
+            &self.file,
+            FallocateFlags::KEEP_SIZE,
+            first_page as u64,
+            (end_page - first_page) as u64,
+        ) {
+            self.lock().give_back(offset, padded);
+            return Err(AllocFailure::Arena(ArenaError::NoMemory {
+                requested: len,
+                reason: std::io::Error::from(e).to_string(),
+            }));
+        }
+        let base = map.as_mut_ptr();
+        if padded >= POPULATE_FROM {
+            // Fill the creator's page tables in one call rather than a fault
+            // per page; purely an optimisation (old kernels refuse it).
+            // SAFETY: the range lies inside our mapping (offset + padded <=
+            // reserve, checked by the free list) and is committed;
+            // populating does not change its contents.
+            let _ = unsafe {
+                rustix::mm::madvise(
+                    base.add(first_page).cast(),
+                    end_page - first_page,
+                    rustix::mm::Advice::LinuxPopulateWrite,
+                )
+            };
+        }
+        if zeroed && clean_from > offset {
+            let dirty = clean_from.min(offset + len) - offset;
+            // SAFETY: `[offset, offset + dirty)` is inside the block just
+            // taken from the free list, which no one else holds.
+            unsafe { base.add(offset).write_bytes(0, dirty) };
+        }
+        Ok(Block { offset, len })
+    }
+
+    /// Returns a block to the arena.
+    ///
+    /// # Safety
+    ///
+    /// `block` came from [`Arena::allocate`] on this arena, is freed once,
+    /// and nothing (in any process) touches its bytes afterwards.
+    pub unsafe fn free(&self, block: Block) {
+        if block.len == 0 {
+            return;
+        }
+        let Some((padded, _)) = padded_len(block.len) else {
+            return;
+        };
+        let punch = self.lock().give_back(block.offset, padded);
+        if let Some((start, len)) = punch {
+            // Returning memory is best effort: on failure the pages stay
+            // committed and are reused by later blocks.
+            let _ = rustix::fs::fallocate(
+                &self.file,
+                FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
+                start as u64,
+                len as u64,
+            );
+        }
+    }
+
+    /// The address of byte `offset` in the creator's mapping.
+    ///
+    /// Dereferencing it is up to the caller's protocol: the block holding
+    /// it must be allocated and not written by anyone else meanwhile.
+    pub fn ptr(&self, offset: usize) -> Result<NonNull<u8>> {
+        let map = self.mapping()?;
+        if offset > self.reserve {
+            return Err(Error::Config(format!("offset {offset} outside the arena")));
+        }
+        // SAFETY: `offset <= reserve`, the mapping's length, so the result
+        // is in bounds or one past the end; the mapping is non-null.
+        Ok(unsafe { NonNull::new_unchecked(map.as_mut_ptr().add(offset)) })
+    }
+}
+
+/// Why [`Arena::allocate`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AllocFailure {
+    /// No room or no memory.
+    #[error(transparent)]
+    Arena(#[from] ArenaError),
+    /// Mapping the arena failed.
+    #[error(transparent)]
+    Os(Error),
+}
+
+/// A worker's read/write view of an arena it was given the descriptor of.
+#[derive(Debug)]
+pub struct ArenaView {
+    file: File,
+    header: ArenaHeader,
+    map: OnceLock<MmapRaw>,
+}
+
+// SAFETY: as for `Arena`: raw shared memory whose use follows the caller's
+// protocol.
+unsafe impl Send for ArenaView {}
+// SAFETY: as above.
+unsafe impl Sync for ArenaView {}
+
+impl ArenaView {
+    /// Attaches to an arena: reads and checks its header (magic, version,
+    /// size, seals). The reservation is mapped at the first [`Self::range`].
+    pub fn attach(fd: OwnedFd) -> Result<Self> {
+        let mut raw = [0u8; std::mem::size_of::<ArenaHeader>()];
+        let n = rustix::io::pread(&fd, &mut raw, 0).os("pread (arena header)")?;
+        if n != raw.len() {
+            return Err(Error::BadHeader("arena shorter than its header".into()));
+        }
+        // SAFETY: `raw` holds `size_of::<ArenaHeader>()` bytes and every bit
+        // pattern is a valid `ArenaHeader` (integers and a byte array);
+        // `read_unaligned` needs no alignment.
+        let header = unsafe { raw.as_ptr().cast::<ArenaHeader>().read_unaligned() };
+        if header.magic != MAGIC {
+            return Err(Error::BadHeader("not a loky arena".into()));
+        }
+        if header.version != ARENA_VERSION
+            || header.header_size != std::mem::size_of::<ArenaHeader>() as u32
+        {
+            return Err(Error::BadHeader(format!(
+                "arena layout version {} (header {} bytes), expected {ARENA_VERSION} ({} bytes)",
+                header.version,
+                header.header_size,
+                std::mem::size_of::<ArenaHeader>()
+            )));
+        }
+        let size = rustix::fs::fstat(&fd).os("fstat (arena)")?.st_size as u64;
+        let seals = rustix::fs::fcntl_get_seals(&fd).os("fcntl(F_GET_SEALS)")?;
+        if size != header.reserve || !seals.contains(SealFlags::SHRINK) {
+            return Err(Error::BadHeader(format!(
+                "arena of {size} bytes announced as {} bytes, or not sealed against shrinking",
+                header.reserve
+            )));
+        }
+        Ok(Self {
+            file: File::from(fd),
+            header,
+            map: OnceLock::new(),
+        })
+    }
+
+    /// The creator's identity for this arena.
+    pub fn id(&self) -> u64 {
+        self.header.id
+    }
+
+    /// The address of `len` bytes at `offset`, after checking they lie
+    /// inside the arena (so touching them cannot fault).
+    ///
+    /// Whether the bytes belong to a live block, and who may write them, is
+    /// the caller's protocol.
+    pub fn range(&self, offset: usize, len: usize) -> Result<NonNull<u8>> {
+        let reserve = self.header.reserve as usize;
+        let in_bounds = offset >= PAGE && offset.checked_add(len).is_some_and(|end| end <= reserve);
+        if !in_bounds {
+            return Err(Error::Corrupt(format!(
+                "block of {len} bytes at {offset} outside an arena of {reserve} bytes"
+            )));
+        }
+        let map = match self.map.get() {
+            Some(m) => m,
+            None => {
+                let m = map_reserve(&self.file, reserve)?;
+                self.map.get_or_init(|| m)
+            }
+        };
+        // SAFETY: `offset + len <= reserve`, the mapping's length; the
+        // mapping is non-null.
+        let ptr = unsafe { NonNull::new_unchecked(map.as_mut_ptr().add(offset)) };
+        if len >= POPULATE_FROM {
+            // Map the block's pages in one call rather than a fault per
+            // page; an optimisation only (old kernels refuse it).
+            let start = offset / PAGE * PAGE;
+            let end = (offset + len).next_multiple_of(PAGE).min(reserve);
+            // SAFETY: `[start, end)` lies in the mapping; populating reads
+            // nothing and changes nothing.
+            let _ = unsafe {
+                rustix::mm::madvise(
+                    map.as_mut_ptr().add(start).cast(),
+                    end - start,
+                    rustix::mm::Advice::LinuxPopulateWrite,
+                )
+            };
+        }
+        Ok(ptr)
+    }
+}
+
+/// Maps `reserve` bytes of `file` shared, without reserving swap: pages are
+/// committed per block by `fallocate`.
+fn map_reserve(file: &File, reserve: usize) -> Result<MmapRaw> {
+    MmapOptions::new()
+        .len(reserve)
+        .no_reserve_swap()
+        .map_raw(file)
+        .os("mmap (shared arena)")
+}
+
+/// The padded length and alignment of a block of `len` bytes.
+fn padded_len(len: usize) -> Option<(usize, usize)> {
+    let align = if len >= PAGE_ALIGN_FROM { PAGE } else { ALIGN };
+    Some((len.checked_next_multiple_of(align)?, align))
+}
+
+/// The creator's bookkeeping: free stretches by offset and by size. Offsets
+/// at or past `clean` have never been written since they were last punched
+/// (or created), so they read as zero.
+#[derive(Debug)]
+struct FreeList {
+    by_offset: BTreeMap<usize, usize>,
+    by_size: BTreeSet<(usize, usize)>,
+    clean: usize,
+    in_use: usize,
+}
+
+impl FreeList {
+    fn new(start: usize, end: usize) -> Self {
+        let mut list = Self {
+            by_offset: BTreeMap::new(),
+            by_size: BTreeSet::new(),
+            clean: start,
+            in_use: 0,
+        };
+        if end > start {
+            list.insert(start, end - start);
+        }
+        list
+    }
+
+    fn insert(&mut self, offset: usize, len: usize) {
+        self.by_offset.insert(offset, len);
+        self.by_size.insert((len, offset));
+    }
+
+    fn remove(&mut self, offset: usize, len: usize) {
+        self.by_offset.remove(&offset);
+        self.by_size.remove(&(len, offset));
+    }
+
+    /// Takes `len` bytes aligned to `align` (best fit); returns the offset
+    /// and the offset from which the bytes are known to be zero.
+    fn take(&mut self, len: usize, align: usize) -> Option<(usize, usize)> {
+        let (free_len, free_off, start) = self
+            .by_size
+            .range((len, 0)..)
+            .map(|&(l, o)| (l, o, o.next_multiple_of(align)))
+            .find(|&(l, o, start)| start - o + len <= l)?;
+        self.remove(free_off, free_len);
+        if start > free_off {
+            self.insert(free_off, start - free_off);
+        }
+        let end = start + len;
+        if free_off + free_len > end {
+            self.insert(end, free_off + free_len - end);
+        }
+        self.in_use += len;
+        let clean_from = self.clean.max(start);
+        if end > self.clean {
+            self.clean = end;
+        }
+        Some((start, clean_from))
+    }
+
+    /// Returns `[offset, offset + len)`, merging it with free neighbours;
+    /// returns the page-aligned stretch to punch out, if worth it.
+    fn give_back(&mut self, offset: usize, len: usize) -> Option<(usize, usize)> {
+        self.in_use -= len;
+        let (mut start, mut end) = (offset, offset + len);
+        if let Some((&o, &l)) = self.by_offset.range(..start).next_back() {
+            if o + l == start {
+                self.remove(o, l);
+                start = o;
+            }
+        }
+        if let Some(&l) = self.by_offset.get(&end) {
+            self.remove(end, l);
+            end += l;
+        }
+        self.insert(start, end - start);
+        let punch_start = start.next_multiple_of(PAGE);
+        if end >= self.clean {
+            // The never-written tail: punch what was written of this
+            // stretch, and everything from here on reads as zero again.
+            let punch_end = self.clean.next_multiple_of(PAGE);
+            if punch_start >= self.clean {
+                return None;
+            }
+            self.clean = punch_start;
+            return Some((punch_start, punch_end - punch_start));
+        }
+        let punch_end = end / PAGE * PAGE;
+        // Only large stretches in the middle are worth a system call.
+        (punch_end >= punch_start + PUNCH_FROM).then(|| (punch_start, punch_end - punch_start))
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    fn arena(limit: usize) -> Arena {
+        Arena::create(limit, 7).unwrap()
+    }
+
+    #[test]
+    fn blocks_are_aligned_disjoint_and_reused() {
+        let a = arena(8 << 20);
+        let b1 = a.allocate(100, false).unwrap();
+        let b2 = a.allocate(100_000, false).unwrap();
+        let b3 = a.allocate(10, false).unwrap();
+        assert_eq!(b1.offset % ALIGN, 0);
+        assert_eq!(b2.offset % PAGE, 0);
+        let ranges = [b1, b2, b3].map(|b| b.offset..b.offset + b.len);
+        for (i, r) in ranges.iter().enumerate() {
+            for s in &ranges[i + 1..] {
+                assert!(r.end <= s.start || s.end <= r.start, "{r:?} overlaps {s:?}");
+            }
+        }
+        // SAFETY: each block is freed once and not touched afterwards.
+        unsafe { a.free(b2) };
+        let b4 = a.allocate(50_000, false).unwrap();
+        assert!(
+            b4.offset + b4.len <= b2.offset + b2.len,
+            "best fit reuses the freed stretch: {b4:?} after {b2:?}"
+        );
+        // SAFETY: as above.
+        unsafe {
+            a.free(b1);
+            a.free(b3);
+            a.free(b4);
+        }
+        assert_eq!(a.in_use(), 0);
+        let st = a.lock();
+        assert_eq!(
+            st.by_offset.len(),
+            1,
+            "everything merged back: {:?}",
+            st.by_offset
+        );
+    }
+
+    #[test]
+    fn full_is_an_error_not_a_fault() {
+        let a = arena(1 << 20);
+        let b = a.allocate(600 << 10, false).unwrap();
+        match a.allocate(600 << 10, false) {
+            Err(AllocFailure::Arena(ArenaError::Full { requested, .. })) => {
+                assert_eq!(requested, 600 << 10)
+            }
+            other => panic!("expected Full, got {other:?}"),
+        }
+        // SAFETY: freed once, untouched afterwards.
+        unsafe { a.free(b) };
+        a.allocate(1 << 20, false).unwrap();
+    }
+
+    #[test]
+    fn zeroed_blocks_read_zero_after_reuse() {
+        let a = arena(4 << 20);
+        for len in [64usize, 5000, 100_000, 3 << 20] {
+            let b = a.allocate(len, false).unwrap();
+            let p = a.ptr(b.offset).unwrap();
+            // SAFETY: the block is ours and `len` bytes long.
+            unsafe { p.as_ptr().write_bytes(0xAB, len) };
+            // SAFETY: freed once, untouched afterwards.
+            unsafe { a.free(b) };
+            let z = a.allocate(len, true).unwrap();
+            let p = a.ptr(z.offset).unwrap();
+            // SAFETY: the block is ours and `len` bytes long.
+            let bytes = unsafe { std::slice::from_raw_parts(p.as_ptr(), len) };
+            assert!(bytes.iter().all(|&x| x == 0), "len {len}");
+            // SAFETY: freed once, untouched afterwards.
+            unsafe { a.free(z) };
+        }
+    }
+
+    #[test]
+    fn a_view_sees_the_creators_bytes_and_checks_bounds() {
+        let a = arena(1 << 20);
+        let b = a.allocate(4096, false).unwrap();
+        // SAFETY: the block is ours.
+        unsafe { a.ptr(b.offset).unwrap().as_ptr().add(10).write(42) };
+        let view = ArenaView::attach(a.fd().try_clone_to_owned().unwrap()).unwrap();
+        assert_eq!(view.id(), 7);
+        let p = view.range(b.offset, b.len).unwrap();
+        // SAFETY: in bounds (checked), and the creator wrote it above.
+        assert_eq!(unsafe { p.as_ptr().add(10).read() }, 42);
+        assert!(view.range(0, 16).is_err(), "the header is not a block");
+        assert!(view.range(a.limit() + PAGE, 1).is_err());
+        assert!(view.range(usize::MAX - 3, 8).is_err());
+    }
+
+    #[test]
+    fn attach_rejects_other_files() {
+        let fd = rustix::fs::memfd_create("not-an-arena", MemfdFlags::CLOEXEC).unwrap();
+        rustix::fs::ftruncate(&fd, 8192).unwrap();
+        assert!(matches!(ArenaView::attach(fd), Err(Error::BadHeader(_))));
+    }
+
+    #[test]
+    fn large_frees_return_memory() {
+        let a = arena(64 << 20);
+        let b = a.allocate(32 << 20, false).unwrap();
+        let p = a.ptr(b.offset).unwrap();
+        // SAFETY: the block is ours.
+        unsafe { p.as_ptr().write_bytes(1, b.len) };
+        let used = |f: &File| rustix::fs::fstat(f).unwrap().st_blocks as usize * 512;
+        assert!(used(&a.file) >= 32 << 20);
+        // SAFETY: freed once, untouched afterwards.
+        unsafe { a.free(b) };
+        assert!(
+            used(&a.file) < 1 << 20,
+            "{} bytes still held",
+            used(&a.file)
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn random_alloc_free_never_overlaps(ops in proptest::collection::vec((1usize..200_000, proptest::bool::ANY), 1..60)) {
+            let a = arena(16 << 20);
+            let mut live: Vec<Block> = Vec::new();
+            for (len, free_one) in ops {
+                if free_one && !live.is_empty() {
+                    let b = live.swap_remove(len % live.len());
+                    // SAFETY: freed once, untouched afterwards.
+                    unsafe { a.free(b) };
+                } else if let Ok(b) = a.allocate(len, false) {
+                    for o in &live {
+                        proptest::prop_assert!(b.offset + b.len <= o.offset || o.offset + o.len <= b.offset);
+                    }
+                    proptest::prop_assert!(b.offset >= PAGE && b.offset + b.len <= a.reserve);
+                    live.push(b);
+                }
+            }
+            for b in live.drain(..) {
+                // SAFETY: freed once, untouched afterwards.
+                unsafe { a.free(b) };
+            }
+            proptest::prop_assert_eq!(a.in_use(), 0);
+        }
+    }
+}

@@ -1,0 +1,233 @@
+//! Who may touch which elements of a shared array, in the parent.
+//!
+//! An [`Allocation`] is one arena block. Every handle to part of it holds a
+//! [`Lease`] on its element range: any number of read leases, or one write
+//! lease, per element — the borrow rules of `&[T]`/`&mut [T]`, checked at
+//! run time because handles outlive the borrows that made them (they travel
+//! into tasks). Handles sent to a worker are kept alive by the task until
+//! the worker is done with it (see `wire::Pins`), so a range is never
+//! re-leased, nor its memory reused, while a worker may still use it.
+
+use std::ops::Range;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use loky_ipc::{Arena, Block};
+
+use crate::error::{Error, Result};
+
+/// One block of a pool's arena, freed when the last reference (the
+/// `SharedVec`, a handle, a task's pin) goes.
+pub(crate) struct Allocation {
+    pub(crate) arena: Arc<Arena>,
+    pub(crate) block: Block,
+    /// The block's first byte in this process.
+    pub(crate) base: std::ptr::NonNull<u8>,
+    leases: Mutex<LeaseTable>,
+}
+
+// SAFETY: `base` points into the arena's shared mapping, which lives as long
+// as `arena`; access to the bytes is governed by the lease table (behind a
+// mutex), not by which thread holds the `Allocation`.
+unsafe impl Send for Allocation {}
+// SAFETY: as above.
+unsafe impl Sync for Allocation {}
+
+impl std::fmt::Debug for Allocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Allocation")
+            .field("arena", &self.arena.id())
+            .field("block", &self.block)
+            .finish()
+    }
+}
+
+impl Allocation {
+    /// Allocates `bytes` bytes in `arena` (zeroed if asked).
+    pub(crate) fn new(arena: &Arc<Arena>, bytes: usize, zeroed: bool) -> Result<Arc<Self>> {
+        let block = arena.allocate(bytes, zeroed).map_err(|e| match e {
+            loky_ipc::arena::AllocFailure::Arena(loky_ipc::ArenaError::Full {
+                requested,
+                in_use,
+                limit,
+            }) => Error::ArenaFull {
+                requested,
+                in_use,
+                limit,
+                reason: String::new(),
+            },
+            loky_ipc::arena::AllocFailure::Arena(loky_ipc::ArenaError::NoMemory {
+                requested,
+                reason,
+            }) => Error::ArenaFull {
+                requested,
+                in_use: arena.in_use(),
+                limit: arena.limit(),
+                reason: format!("; {reason}"),
+            },
+            loky_ipc::arena::AllocFailure::Os(e) => Error::from(e),
+            other => Error::InvalidArgument(other.to_string()),
+        })?;
+        let base = match arena.ptr(block.offset) {
+            Ok(p) => p,
+            Err(e) => {
+                // SAFETY: the block was just allocated and never handed out.
+                unsafe { arena.free(block) };
+                return Err(e.into());
+            }
+        };
+        Ok(Arc::new(Self {
+            arena: arena.clone(),
+            block,
+            base,
+            leases: Mutex::new(LeaseTable::default()),
+        }))
+    }
+
+    fn table(&self) -> MutexGuard<'_, LeaseTable> {
+        // The table is consistent between statements that can panic.
+        self.leases.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Fails if a lease conflicting with `access` to `range` (in elements)
+    /// is held.
+    pub(crate) fn check(&self, range: &Range<usize>, writable: bool) -> Result<()> {
+        self.table().conflict(range, writable)
+    }
+
+    /// Takes a lease on `range` (in elements).
+    pub(crate) fn lease(self: &Arc<Self>, range: Range<usize>, writable: bool) -> Result<Lease> {
+        let id = self.table().take(&range, writable)?;
+        Ok(Lease {
+            alloc: self.clone(),
+            id,
+            writable,
+        })
+    }
+}
+
+impl Drop for Allocation {
+    fn drop(&mut self) {
+        // SAFETY: this was the last reference: no `SharedVec`, handle or
+        // task pin remains, so no process will touch the block again (a
+        // worker's copy of a handle dies with its task, and the pool drops
+        // a task's pins only after the worker reported the task done or
+        // died). The block came from this arena and is freed once.
+        unsafe { self.arena.free(self.block) };
+    }
+}
+
+/// A held claim on a range of an allocation; released on drop.
+#[derive(Debug)]
+pub(crate) struct Lease {
+    pub(crate) alloc: Arc<Allocation>,
+    id: u64,
+    pub(crate) writable: bool,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.alloc.table().release(self.id, self.writable);
+    }
+}
+
+#[derive(Debug, Default)]
+struct LeaseTable {
+    next: u64,
+    readers: Vec<(u64, Range<usize>)>,
+    writers: Vec<(u64, Range<usize>)>,
+}
+
+fn overlaps(a: &Range<usize>, b: &Range<usize>) -> bool {
+    a.start < b.end && b.start < a.end
+}
+
+impl LeaseTable {
+    fn conflict(&self, range: &Range<usize>, writable: bool) -> Result<()> {
+        if range.is_empty() {
+            return Ok(());
+        }
+        let held = if writable {
+            self.readers.iter().chain(&self.writers).collect::<Vec<_>>()
+        } else {
+            self.writers.iter().collect()
+        };
+        match held.into_iter().find(|(_, r)| overlaps(r, range)) {
+            Some((_, r)) => Err(Error::RangeBusy {
+                start: r.start,
+                end: r.end,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    fn take(&mut self, range: &Range<usize>, writable: bool) -> Result<u64> {
+        self.conflict(range, writable)?;
+        self.next += 1;
+        let list = if writable {
+            &mut self.writers
+        } else {
+            &mut self.readers
+        };
+        list.push((self.next, range.clone()));
+        Ok(self.next)
+    }
+
+    fn release(&mut self, id: u64, writable: bool) {
+        let list = if writable {
+            &mut self.writers
+        } else {
+            &mut self.readers
+        };
+        if let Some(pos) = list.iter().rposition(|(i, _)| *i == id) {
+            list.swap_remove(pos);
+        }
+    }
+
+    #[cfg(test)]
+    fn held(&self) -> usize {
+        self.readers.len() + self.writers.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alloc() -> Arc<Allocation> {
+        let arena = Arc::new(Arena::create(1 << 20, 1).unwrap());
+        Allocation::new(&arena, 800, false).unwrap()
+    }
+
+    #[test]
+    fn readers_share_writers_exclude() {
+        let a = alloc();
+        let r1 = a.lease(0..50, false).unwrap();
+        let _r2 = a.lease(10..60, false).unwrap();
+        assert!(matches!(
+            a.lease(40..70, true),
+            Err(Error::RangeBusy { .. })
+        ));
+        let w = a.lease(60..100, true).unwrap();
+        assert!(matches!(
+            a.lease(90..95, false),
+            Err(Error::RangeBusy {
+                start: 60,
+                end: 100
+            })
+        ));
+        assert!(a.lease(99..100, true).is_err());
+        drop(w);
+        a.lease(90..95, false).unwrap();
+        drop(r1);
+        assert_eq!(a.table().held(), 1);
+        assert!(a.check(&(0..10), true).is_ok());
+        assert!(a.check(&(0..11), true).is_err());
+    }
+
+    #[test]
+    fn empty_ranges_never_conflict() {
+        let a = alloc();
+        let _w = a.lease(0..100, true).unwrap();
+        a.lease(5..5, true).unwrap();
+    }
+}

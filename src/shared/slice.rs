@@ -1,0 +1,370 @@
+//! Handles to ranges of a [`SharedVec`](crate::SharedVec): what tasks take
+//! as arguments.
+
+use std::marker::PhantomData;
+use std::ops::{Deref, DerefMut, Range, RangeBounds};
+use std::ptr::NonNull;
+use std::sync::Arc;
+
+use bytemuck::Pod;
+use rkyv::rancor::{Fallible, Source};
+use rkyv::Place;
+
+use super::lease::Lease;
+use super::wire::{self, ArchivedHandle, Received, Wire};
+use crate::error::{Error, Result};
+
+/// Where a handle's elements live in this process, and what keeps them.
+#[derive(Debug, Clone)]
+enum Origin {
+    /// Made in the parent: the lease keeps the range claimed and the block
+    /// allocated.
+    Parent(Arc<Lease>),
+    /// Received by a worker: valid during the task of that epoch.
+    Worker(u64),
+}
+
+/// A read-only view of a range of a [`SharedVec`](crate::SharedVec) that can
+/// be sent to a worker as (part of) a task argument. Sending it costs a
+/// handle — arena, offset, length — whatever its length: the worker reads
+/// the same pages, without a copy.
+///
+/// Derefs to `[T]` in the parent and in the worker. While it exists no
+/// [`SharedSliceMut`] can cover any of its elements.
+///
+/// ```
+/// use loky::{ProcessPoolExecutor, SharedSlice, SharedVec};
+///
+/// let ex = ProcessPoolExecutor::new(2)?;
+/// let data = SharedVec::from_slice(&ex, &[1.0f64, 2.0, 3.0, 4.0])?;
+/// let sum = ex.submit(|s: SharedSlice<f64>| s.iter().sum::<f64>(), data.slice(1..)?)?;
+/// assert_eq!(sum.result()?, 9.0);
+/// # Ok::<(), loky::Error>(())
+/// ```
+///
+/// A handle received by a task is valid until that task returns; keeping
+/// it (in a `static`, say) and using it in a later task panics.
+pub struct SharedSlice<T> {
+    ptr: NonNull<T>,
+    len: usize,
+    /// Byte offset of the first element in the arena.
+    offset: usize,
+    arena: u64,
+    origin: Origin,
+    _t: PhantomData<T>,
+}
+
+/// A writable view of a range of a [`SharedVec`](crate::SharedVec) that a
+/// task fills in place. Made by [`SharedVec::slice_mut`] or
+/// [`SharedVec::chunks_mut`]; no other handle (read or write) can cover any
+/// of its elements while it exists, so two in-flight tasks never write the
+/// same element. Sent like a [`SharedSlice`]: as a handle.
+///
+/// ```
+/// use loky::{ProcessPoolExecutor, SharedSliceMut, SharedVec};
+///
+/// let ex = ProcessPoolExecutor::new(2)?;
+/// let mut out = SharedVec::<u32>::zeroed(&ex, 1000)?;
+/// let futures = out
+///     .chunks_mut(250)?
+///     .map(|chunk| ex.submit(|mut c: SharedSliceMut<u32>| c.fill(7), chunk))
+///     .collect::<Result<Vec<_>, _>>()?;
+/// for f in futures {
+///     f.result()?;
+/// }
+/// assert!(out.as_slice().iter().all(|&x| x == 7));
+/// # Ok::<(), loky::Error>(())
+/// ```
+///
+/// [`SharedVec::slice_mut`]: crate::SharedVec::slice_mut
+/// [`SharedVec::chunks_mut`]: crate::SharedVec::chunks_mut
+pub struct SharedSliceMut<T> {
+    inner: SharedSlice<T>,
+}
+
+// SAFETY: a `SharedSlice` gives shared (`&[T]`) access to elements no one
+// writes while it exists (the lease table excludes writers; a worker's copy
+// is bounded by its task, during which the parent holds the lease). `T: Pod`
+// contains no pointers and no interior mutability (bytemuck's contract), so
+// its values are `Send` and `Sync` whatever auto traits the compiler infers.
+unsafe impl<T: Pod> Send for SharedSlice<T> {}
+// SAFETY: as above; `&SharedSlice` only hands out `&[T]`.
+unsafe impl<T: Pod> Sync for SharedSlice<T> {}
+// SAFETY: a `SharedSliceMut` is the only handle to its elements (write
+// lease), like a `&mut [T]`, which is `Send` for `T: Send`.
+unsafe impl<T: Pod> Send for SharedSliceMut<T> {}
+// SAFETY: `&SharedSliceMut` only hands out `&[T]`, like `&&mut [T]`.
+unsafe impl<T: Pod> Sync for SharedSliceMut<T> {}
+
+impl<T: Pod> SharedSlice<T> {
+    /// Makes a parent-side handle from a lease on `range` (in elements) of
+    /// the allocation whose elements start at `base`.
+    pub(super) fn from_lease(lease: Lease, range: Range<usize>) -> Self {
+        let alloc = &lease.alloc;
+        let elem = std::mem::size_of::<T>();
+        let byte_start = range.start * elem;
+        // SAFETY: `range` lies within the allocation's elements (checked by
+        // the caller), so the offset stays inside the block.
+        let ptr = unsafe { alloc.base.add(byte_start) }.cast::<T>();
+        Self {
+            ptr,
+            len: range.len(),
+            offset: alloc.block.offset + byte_start,
+            arena: alloc.arena.id(),
+            origin: Origin::Parent(Arc::new(lease)),
+            _t: PhantomData,
+        }
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True if the slice has no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The elements.
+    ///
+    /// # Panics
+    ///
+    /// In a worker, if the handle is used after the task that received it
+    /// returned.
+    pub fn as_slice(&self) -> &[T] {
+        if let Origin::Worker(epoch) = self.origin {
+            assert!(
+                wire::still_valid(epoch),
+                "a SharedSlice received by a task is only valid until that task returns"
+            );
+        }
+        // SAFETY: `ptr` points to `len` initialised `T`s (Pod: every bit
+        // pattern is valid) inside a live arena block: in the parent the
+        // lease keeps the block allocated; in a worker the epoch check
+        // above proves the task (and so the parent's pin) is still running.
+        // No one writes them meanwhile (no write lease overlaps a read one).
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+
+    /// A handle to a sub-range (indices relative to this slice).
+    ///
+    /// Only in the parent; fails with [`Error::OutOfBounds`] if the range
+    /// does not fit.
+    pub fn slice(&self, range: impl RangeBounds<usize>) -> Result<SharedSlice<T>> {
+        let r = super::vec::resolve_range(range, self.len)?;
+        match &self.origin {
+            Origin::Parent(lease) => {
+                let elem = std::mem::size_of::<T>();
+                let first = (self.offset - lease.alloc.block.offset) / elem.max(1);
+                let abs = first + r.start..first + r.end;
+                let sub = lease.alloc.lease(abs.clone(), false)?;
+                Ok(SharedSlice::from_lease(sub, abs))
+            }
+            Origin::Worker(_) => Err(Error::InvalidArgument(
+                "a SharedSlice can only be re-sliced in the parent".into(),
+            )),
+        }
+    }
+
+    fn wire(&self, writable: bool) -> Wire {
+        Wire {
+            arena: self.arena,
+            offset: self.offset,
+            len: self.len,
+            elem_size: std::mem::size_of::<T>(),
+            writable,
+        }
+    }
+
+    fn received(r: Received, len: usize) -> Self {
+        Self {
+            ptr: r.ptr.cast(),
+            len,
+            offset: 0,
+            arena: 0,
+            origin: Origin::Worker(r.epoch),
+            _t: PhantomData,
+        }
+    }
+
+    fn pin(&self) -> Option<wire::Pin> {
+        match &self.origin {
+            Origin::Parent(lease) => Some(lease.clone()),
+            Origin::Worker(_) => None,
+        }
+    }
+}
+
+impl<T: Pod> Clone for SharedSlice<T> {
+    /// Another handle to the same elements (sharing the read lease).
+    fn clone(&self) -> Self {
+        Self {
+            origin: self.origin.clone(),
+            ..*self
+        }
+    }
+}
+
+impl<T: Pod> Deref for SharedSlice<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        self.as_slice()
+    }
+}
+
+impl<T: Pod + std::fmt::Debug> std::fmt::Debug for SharedSlice<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedSlice")
+            .field("len", &self.len)
+            .field("offset", &self.offset)
+            .field("worker_side", &matches!(self.origin, Origin::Worker(_)))
+            .finish()
+    }
+}
+
+impl<T: Pod> SharedSliceMut<T> {
+    pub(super) fn from_lease(lease: Lease, range: Range<usize>) -> Self {
+        Self {
+            inner: SharedSlice::from_lease(lease, range),
+        }
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.inner.len
+    }
+
+    /// True if the slice has no elements.
+    pub fn is_empty(&self) -> bool {
+        self.inner.len == 0
+    }
+
+    /// The elements.
+    ///
+    /// # Panics
+    ///
+    /// As [`SharedSlice::as_slice`].
+    pub fn as_slice(&self) -> &[T] {
+        self.inner.as_slice()
+    }
+
+    /// The elements, for writing.
+    ///
+    /// # Panics
+    ///
+    /// In a worker, if the handle is used after the task that received it
+    /// returned.
+    pub fn as_mut_slice(&mut self) -> &mut [T] {
+        let elems = self.inner.as_slice();
+        let (ptr, len) = (elems.as_ptr().cast_mut(), elems.len());
+        // SAFETY: as in `as_slice` (checked just above), and this handle
+        // holds the only lease on its elements (a write lease excludes
+        // every other handle in the parent; the worker got the only copy),
+        // so with `&mut self` this is the only access.
+        unsafe { std::slice::from_raw_parts_mut(ptr, len) }
+    }
+}
+
+impl<T: Pod> Deref for SharedSliceMut<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        self.as_slice()
+    }
+}
+
+impl<T: Pod> DerefMut for SharedSliceMut<T> {
+    fn deref_mut(&mut self) -> &mut [T] {
+        self.as_mut_slice()
+    }
+}
+
+impl<T: Pod + std::fmt::Debug> std::fmt::Debug for SharedSliceMut<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedSliceMut")
+            .field("len", &self.inner.len)
+            .field("offset", &self.inner.offset)
+            .finish()
+    }
+}
+
+// ---- crossing the process boundary -------------------------------------
+
+impl<T: Pod> rkyv::Archive for SharedSlice<T> {
+    type Archived = ArchivedHandle;
+    type Resolver = ();
+
+    fn resolve(&self, (): (), out: Place<ArchivedHandle>) {
+        self.wire(false).resolve(out)
+    }
+}
+
+impl<T: Pod, S: Fallible + ?Sized> rkyv::Serialize<S> for SharedSlice<T>
+where
+    S::Error: Source,
+{
+    fn serialize(&self, _: &mut S) -> Result<(), S::Error> {
+        let pin = self.pin().ok_or_else(|| {
+            S::Error::new(wire::HandleError(
+                "a SharedSlice received by a task cannot be sent on".into(),
+            ))
+        })?;
+        self.wire(false).send(pin)
+    }
+}
+
+impl<T: Pod, D: Fallible + ?Sized> rkyv::Deserialize<SharedSlice<T>, D> for ArchivedHandle
+where
+    D::Error: Source,
+{
+    fn deserialize(&self, _: &mut D) -> Result<SharedSlice<T>, D::Error> {
+        let (r, len) = self.receive(std::mem::size_of::<T>(), false)?;
+        check_alignment::<T, D::Error>(r.ptr)?;
+        Ok(SharedSlice::received(r, len))
+    }
+}
+
+impl<T: Pod> rkyv::Archive for SharedSliceMut<T> {
+    type Archived = ArchivedHandle;
+    type Resolver = ();
+
+    fn resolve(&self, (): (), out: Place<ArchivedHandle>) {
+        self.inner.wire(true).resolve(out)
+    }
+}
+
+impl<T: Pod, S: Fallible + ?Sized> rkyv::Serialize<S> for SharedSliceMut<T>
+where
+    S::Error: Source,
+{
+    fn serialize(&self, _: &mut S) -> Result<(), S::Error> {
+        let pin = self.inner.pin().ok_or_else(|| {
+            S::Error::new(wire::HandleError(
+                "a SharedSliceMut received by a task cannot be sent on".into(),
+            ))
+        })?;
+        self.inner.wire(true).send(pin)
+    }
+}
+
+impl<T: Pod, D: Fallible + ?Sized> rkyv::Deserialize<SharedSliceMut<T>, D> for ArchivedHandle
+where
+    D::Error: Source,
+{
+    fn deserialize(&self, _: &mut D) -> Result<SharedSliceMut<T>, D::Error> {
+        let (r, len) = self.receive(std::mem::size_of::<T>(), true)?;
+        check_alignment::<T, D::Error>(r.ptr)?;
+        Ok(SharedSliceMut {
+            inner: SharedSlice::received(r, len),
+        })
+    }
+}
+
+fn check_alignment<T, E: Source>(ptr: NonNull<u8>) -> Result<(), E> {
+    if ptr.as_ptr() as usize % std::mem::align_of::<T>() != 0 {
+        return Err(E::new(wire::HandleError(
+            "misaligned shared array handle".into(),
+        )));
+    }
+    Ok(())
+}

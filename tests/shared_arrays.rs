@@ -1,0 +1,401 @@
+//! Shared arrays: zero-copy arguments, in-place outputs, the lease rules,
+//! memory returning to the arena, and every bad input as a typed error.
+
+use std::time::Duration;
+
+use loky::{Error, ProcessPoolExecutor, SharedSlice, SharedSliceMut, SharedVec};
+
+/// Fails the test (instead of hanging it) if `body` takes longer than
+/// `secs`.
+fn bounded<T: Send + 'static>(secs: u64, body: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(body());
+    });
+    rx.recv_timeout(Duration::from_secs(secs))
+        .expect("test body did not finish in time")
+}
+
+fn pool(n: usize) -> ProcessPoolExecutor {
+    ProcessPoolExecutor::new(n).unwrap()
+}
+
+#[test]
+fn a_worker_reads_the_parents_array_in_place() {
+    bounded(60, || {
+        let ex = pool(2);
+        let data: Vec<f64> = (0..1_000_000).map(|i| (i % 1000) as f64 * 0.5).collect();
+        let v = SharedVec::from_slice(&ex, &data).unwrap();
+        let expected: f64 = data.iter().sum();
+        let sum = ex
+            .submit(
+                |s: SharedSlice<f64>| s.iter().sum::<f64>(),
+                v.slice(..).unwrap(),
+            )
+            .unwrap();
+        assert_eq!(sum.result().unwrap(), expected);
+        // The worker saw the very pages: its address of element 0 differs,
+        // but a write by the parent after sending is visible to a later task.
+        let mut v = v;
+        v.as_mut_slice()[123] = 1e9;
+        let x = ex
+            .submit(|s: SharedSlice<f64>| s[123], v.slice(..).unwrap())
+            .unwrap();
+        assert_eq!(x.result().unwrap(), 1e9);
+    });
+}
+
+#[test]
+fn tasks_fill_disjoint_chunks_in_place() {
+    bounded(60, || {
+        let ex = pool(2);
+        let mut out = SharedVec::<u64>::zeroed(&ex, 100_003).unwrap();
+        let futures: Vec<_> = out
+            .chunks_mut(10_000)
+            .unwrap()
+            .enumerate()
+            .map(|(i, chunk)| {
+                ex.submit(
+                    |(i, mut c): (u64, SharedSliceMut<u64>)| {
+                        for (j, x) in c.iter_mut().enumerate() {
+                            *x = i * 10_000 + j as u64;
+                        }
+                        c.len()
+                    },
+                    (i as u64, chunk),
+                )
+                .unwrap()
+            })
+            .collect();
+        assert_eq!(futures.len(), 11);
+        let total: usize = futures.into_iter().map(|f| f.result().unwrap()).sum();
+        assert_eq!(total, 100_003);
+        let got = out.as_slice();
+        assert!(got.iter().enumerate().all(|(i, &x)| x == i as u64));
+    });
+}
+
+#[test]
+fn map_shared_doubles_every_element_and_reports_panics() {
+    bounded(60, || {
+        let ex = pool(2);
+        let input = SharedVec::from_iter_in(&ex, 0..1_000_000u64).unwrap();
+        let out = ex.map_shared(|x: u64| x * 2, &input).unwrap();
+        assert_eq!(out.len(), input.len());
+        assert!(out
+            .as_slice()
+            .iter()
+            .enumerate()
+            .all(|(i, &x)| x == 2 * i as u64));
+
+        let err = ex
+            .map_shared(
+                |x: u64| {
+                    assert!(x != 777_777, "bad element");
+                    x
+                },
+                &input,
+            )
+            .unwrap_err();
+        assert!(matches!(err, Error::TaskPanicked { .. }), "{err}");
+        // Every task finished: the input is free for writing again.
+        let mut input = input;
+        input.as_mut_slice()[0] = 5;
+
+        let mut wrong = SharedVec::<u64>::zeroed(&ex, 3).unwrap();
+        assert!(matches!(
+            ex.map_shared_into(|x: u64| x, &input, &mut wrong),
+            Err(Error::InvalidArgument(_))
+        ));
+    });
+}
+
+#[test]
+fn map_over_chunks_of_a_shared_vec() {
+    bounded(60, || {
+        let ex = pool(2);
+        let v = SharedVec::from_iter_in(&ex, (0..50_000u32).map(|i| i as f32)).unwrap();
+        let sums: Vec<f64> = ex
+            .map(
+                |c: SharedSlice<f32>| c.iter().map(|&x| f64::from(x)).sum::<f64>(),
+                v.chunks(4096).unwrap(),
+            )
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(sums.len(), 50_000usize.div_ceil(4096));
+        let expected: f64 = (0..50_000u32).map(f64::from).sum();
+        assert_eq!(sums.iter().sum::<f64>(), expected);
+    });
+}
+
+#[test]
+fn leases_follow_the_borrow_rules() {
+    let ex = pool(1);
+    let mut v = SharedVec::<u32>::zeroed(&ex, 100).unwrap();
+    let r = v.slice(10..20).unwrap();
+    assert!(matches!(
+        v.slice_mut(15..30),
+        Err(Error::RangeBusy { start: 10, end: 20 })
+    ));
+    assert!(v.try_as_mut_slice().is_err());
+    let w = v.slice_mut(20..30).unwrap();
+    assert!(matches!(v.slice(25..26), Err(Error::RangeBusy { .. })));
+    assert!(
+        v.try_as_slice().is_err(),
+        "a writer excludes reading the whole"
+    );
+    assert!(v.chunks(10).is_err());
+    drop(w);
+    assert_eq!(v.try_as_slice().unwrap().len(), 100);
+    let sub = r.slice(2..5).unwrap();
+    drop(r);
+    assert!(
+        v.slice_mut(12..13).is_err(),
+        "the sub-slice still holds 12..15"
+    );
+    drop(sub);
+    v.as_mut_slice()[0] = 1;
+}
+
+#[test]
+fn out_of_bounds_and_zero_chunks_are_errors() {
+    let ex = pool(1);
+    let mut v = SharedVec::<u8>::zeroed(&ex, 10).unwrap();
+    assert!(matches!(
+        v.slice(5..100),
+        Err(Error::OutOfBounds {
+            start: 5,
+            end: 100,
+            len: 10
+        })
+    ));
+    #[allow(clippy::reversed_empty_ranges)]
+    let backwards = v.slice(7..3);
+    assert!(matches!(backwards, Err(Error::OutOfBounds { .. })));
+    assert!(matches!(v.slice_mut(..=10), Err(Error::OutOfBounds { .. })));
+    assert!(matches!(v.chunks(0), Err(Error::InvalidArgument(_))));
+    assert!(matches!(v.chunks_mut(0), Err(Error::InvalidArgument(_))));
+    let s = v.slice(2..8).unwrap();
+    assert!(matches!(s.slice(0..7), Err(Error::OutOfBounds { .. })));
+}
+
+#[test]
+fn a_handle_sent_to_another_pool_is_refused() {
+    bounded(60, || {
+        let a = pool(1);
+        let b = pool(1);
+        let v = SharedVec::from_slice(&a, &[1u64, 2, 3]).unwrap();
+        assert!(v.belongs_to(&a) && !v.belongs_to(&b));
+        let err = b
+            .submit(|s: SharedSlice<u64>| s.len(), v.slice(..).unwrap())
+            .unwrap_err();
+        assert!(matches!(err, Error::ForeignArena), "{err}");
+        // The failed submission released its pin.
+        drop(v);
+        assert_eq!(a.shared_memory().0, 0);
+        assert_eq!(b.submit(|x: u8| x, 1).unwrap().result().unwrap(), 1);
+    });
+}
+
+#[test]
+fn a_full_arena_is_an_error_and_frees_make_room() {
+    let ex = ProcessPoolExecutor::builder()
+        .max_workers(1)
+        .arena_limit(1 << 20)
+        .build()
+        .unwrap();
+    assert_eq!(ex.shared_memory().1, 1 << 20);
+    let a = SharedVec::<u8>::zeroed(&ex, 600 << 10).unwrap();
+    let err = SharedVec::<u8>::zeroed(&ex, 600 << 10).unwrap_err();
+    match err {
+        Error::ArenaFull {
+            requested, limit, ..
+        } => {
+            assert_eq!(requested, 600 << 10);
+            assert_eq!(limit, 1 << 20);
+        }
+        other => panic!("expected ArenaFull, got {other}"),
+    }
+    drop(a);
+    SharedVec::<u8>::zeroed(&ex, 1 << 20).unwrap();
+    assert!(matches!(
+        SharedVec::<u64>::zeroed(&ex, usize::MAX / 4),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        ProcessPoolExecutor::builder().arena_limit(0).build(),
+        Err(Error::InvalidConfig(_))
+    ));
+}
+
+#[test]
+fn memory_returns_when_the_last_handle_including_a_tasks_goes() {
+    bounded(60, || {
+        let ex = pool(1);
+        let v = SharedVec::<u8>::zeroed(&ex, 8 << 20).unwrap();
+        let slow = ex
+            .submit(
+                |s: SharedSlice<u8>| {
+                    std::thread::sleep(Duration::from_millis(300));
+                    s.iter().map(|&b| u64::from(b)).sum::<u64>()
+                },
+                v.slice(..).unwrap(),
+            )
+            .unwrap();
+        drop(v);
+        assert!(
+            ex.shared_memory().0 >= 8 << 20,
+            "the running task still holds the array"
+        );
+        assert_eq!(slow.result().unwrap(), 0);
+        assert_eq!(
+            ex.shared_memory().0,
+            0,
+            "the task's pin went with its result"
+        );
+    });
+}
+
+#[test]
+fn a_killed_task_queued_behind_another_keeps_its_range_until_the_worker_is_done() {
+    bounded(60, || {
+        let ex = pool(1);
+        let mut v = SharedVec::<u32>::zeroed(&ex, 1000).unwrap();
+        let first = ex
+            .submit(|ms: u64| std::thread::sleep(Duration::from_millis(ms)), 300)
+            .unwrap();
+        while !first.running() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let behind = ex
+            .submit(
+                |mut c: SharedSliceMut<u32>| c.fill(9),
+                v.slice_mut(..).unwrap(),
+            )
+            .unwrap();
+        behind.kill();
+        assert!(behind.result().is_err());
+        // The worker will still run it: the range stays leased.
+        assert!(matches!(v.try_as_slice(), Err(Error::RangeBusy { .. })));
+        first.result().unwrap();
+        ex.submit(|x: u8| x, 0).unwrap().result().unwrap();
+        assert!(v.try_as_mut_slice().is_ok());
+    });
+}
+
+#[test]
+fn a_crash_while_writing_releases_the_range() {
+    bounded(60, || {
+        let ex = pool(1);
+        let mut v = SharedVec::<u8>::zeroed(&ex, 4096).unwrap();
+        let f = ex
+            .submit(
+                |mut c: SharedSliceMut<u8>| -> () {
+                    c[0] = 1;
+                    std::process::abort()
+                },
+                v.slice_mut(..).unwrap(),
+            )
+            .unwrap();
+        assert!(matches!(f.result(), Err(Error::TerminatedWorker { .. })));
+        assert_eq!(v.as_mut_slice()[0], 1, "writes before the crash are kept");
+        let ok = ex
+            .submit(
+                |mut c: SharedSliceMut<u8>| c[1] = 2,
+                v.slice_mut(..).unwrap(),
+            )
+            .unwrap();
+        ok.result().unwrap();
+        assert_eq!(v.as_slice()[1], 2);
+    });
+}
+
+thread_local! {
+    static KEPT: std::cell::RefCell<Option<SharedSlice<u8>>> = const { std::cell::RefCell::new(None) };
+}
+
+#[test]
+fn a_handle_kept_past_its_task_or_sent_back_is_refused() {
+    bounded(60, || {
+        let ex = pool(1);
+        let v = SharedVec::from_slice(&ex, &[7u8; 64]).unwrap();
+        ex.submit(
+            |s: SharedSlice<u8>| KEPT.with(|k| *k.borrow_mut() = Some(s)),
+            v.slice(..).unwrap(),
+        )
+        .unwrap()
+        .result()
+        .unwrap();
+        let late = ex
+            .submit(|_: ()| KEPT.with(|k| k.borrow().as_ref().map(|s| s[0])), ())
+            .unwrap();
+        match late.result() {
+            Err(Error::TaskPanicked { message, .. }) => {
+                assert!(
+                    message.contains("only valid until that task returns"),
+                    "{message}"
+                )
+            }
+            other => panic!("expected a panic, got {other:?}"),
+        }
+        let back = ex
+            .submit(|s: SharedSlice<u8>| s, v.slice(..).unwrap())
+            .unwrap();
+        assert!(
+            matches!(back.result(), Err(Error::Codec { .. })),
+            "a handle cannot come back as a result"
+        );
+        // Still usable afterwards.
+        assert_eq!(
+            ex.submit(|s: SharedSlice<u8>| s[63], v.slice(..).unwrap())
+                .unwrap()
+                .result()
+                .unwrap(),
+            7
+        );
+    });
+}
+
+#[test]
+fn empty_arrays_and_outside_a_pool() {
+    let ex = pool(1);
+    let v = SharedVec::<f64>::zeroed(&ex, 0).unwrap();
+    assert!(v.is_empty() && v.as_slice().is_empty());
+    assert_eq!(v.chunks(5).unwrap().count(), 0);
+    let s = v.slice(..).unwrap();
+    assert_eq!(
+        ex.submit(|s: SharedSlice<f64>| s.len(), s)
+            .unwrap()
+            .result()
+            .unwrap(),
+        0
+    );
+    // Encoding a handle outside `submit` is an error, not a leak of the
+    // lease into nowhere.
+    let h = v.slice(..).unwrap();
+    assert!(rkyv::to_bytes::<rkyv::rancor::Error>(&h).is_err());
+}
+
+#[test]
+fn reading_shared_arrays_does_not_count_as_worker_memory_growth() {
+    bounded(120, || {
+        let ex = ProcessPoolExecutor::builder()
+            .max_workers(1)
+            .memory_limit(32 << 20)
+            .build()
+            .unwrap();
+        let v = SharedVec::<u64>::from_iter_in(&ex, 0..(16u64 << 20)).unwrap(); // 128 MiB
+        let pid = ex.worker_pids();
+        for _ in 0..3 {
+            let s = ex
+                .submit(
+                    |s: SharedSlice<u64>| s.iter().sum::<u64>(),
+                    v.slice(..).unwrap(),
+                )
+                .unwrap();
+            assert_eq!(s.result().unwrap(), (16u64 << 20) * ((16u64 << 20) - 1) / 2);
+        }
+        assert_eq!(ex.worker_pids(), pid, "the worker was not recycled");
+        assert_eq!(ex.stats().respawned, 0);
+    });
+}
