@@ -91,9 +91,15 @@ impl<T: Pod> SharedVec<T> {
         Self::allocate(ex, len, true)
     }
 
+    /// Prepares the parent's page tables for writing every element.
+    fn populate(&self) {
+        self.alloc.arena.populate(self.alloc.block);
+    }
+
     /// A copy of `data` in the arena of `ex`'s pool.
     pub fn from_slice(ex: &ProcessPoolExecutor, data: &[T]) -> Result<Self> {
         let mut v = Self::allocate(ex, data.len(), false)?;
+        v.populate();
         v.as_mut_slice().copy_from_slice(data);
         Ok(v)
     }
@@ -108,6 +114,7 @@ impl<T: Pod> SharedVec<T> {
         match iter.size_hint() {
             (lo, Some(hi)) if lo == hi => {
                 let mut v = Self::allocate(ex, lo, false)?;
+                v.populate();
                 let dst = v.as_mut_slice();
                 let mut n = 0;
                 for (slot, x) in dst.iter_mut().zip(iter) {
