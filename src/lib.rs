@@ -20,7 +20,10 @@
 //! [`Error::TerminatedWorker`] and is replaced. Arguments and results travel
 //! as validated rkyv archives through per-worker shared-memory rings; serde
 //! types and custom codecs work too, see
-//! [Sending data to workers](guide::sending_data).
+//! [Sending data to workers](guide::sending_data). Large arrays stay in
+//! shared memory: a [`SharedVec`] lives in the pool's arena and tasks take
+//! [`SharedSlice`]/[`SharedSliceMut`] handles to it, which cost a few bytes
+//! to send whatever their length.
 #![cfg(target_os = "linux")]
 
 mod codec;
