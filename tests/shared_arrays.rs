@@ -399,3 +399,41 @@ fn reading_shared_arrays_does_not_count_as_worker_memory_growth() {
         assert_eq!(ex.stats().respawned, 0);
     });
 }
+
+#[test]
+fn concurrent_allocations_never_overlap() {
+    bounded(120, || {
+        let ex = std::sync::Arc::new(pool(2));
+        let threads: Vec<_> = (0..4u32)
+            .map(|t| {
+                let ex = ex.clone();
+                std::thread::spawn(move || {
+                    for round in 0..40u32 {
+                        let tag = t * 1000 + round;
+                        let len = 1 + ((tag as usize * 7919) % 300_000);
+                        let input = SharedVec::from_slice(&ex, &vec![tag; len]).unwrap();
+                        let mut out = SharedVec::<u32>::zeroed(&ex, len).unwrap();
+                        let f = ex
+                            .submit(
+                                |(i, mut o): (SharedSlice<u32>, SharedSliceMut<u32>)| {
+                                    let first = i[0];
+                                    let uniform = i.iter().all(|&x| x == first);
+                                    o.iter_mut().for_each(|x| *x = first + 1);
+                                    uniform
+                                },
+                                (input.slice(..).unwrap(), out.slice_mut(..).unwrap()),
+                            )
+                            .unwrap();
+                        assert!(f.result().unwrap(), "input {tag} was overwritten");
+                        assert!(out.as_slice().iter().all(|&x| x == tag + 1));
+                        assert!(input.as_slice().iter().all(|&x| x == tag));
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(ex.shared_memory().0, 0);
+    });
+}

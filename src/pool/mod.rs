@@ -287,6 +287,10 @@ impl Pool {
                     let cell = self.complete_in_state(i, &hdr);
                     match cell {
                         Some(cell) => {
+                            // The worker is done with the task: its shared
+                            // arrays go (outside the state lock: a large
+                            // free returns memory with a system call).
+                            cell.release_pins();
                             cell.stage_bytes(hdr.status, hdr.elapsed_ns, payload);
                             done.push(cell);
                         }
@@ -338,8 +342,6 @@ impl Pool {
             return None;
         }
         let cell = w.in_flight.pop_front()?;
-        // The worker is done with the task: its shared-array handles go.
-        cell.release_pins();
         w.tasks_done += 1;
         if w.in_flight.is_empty() {
             w.idle_since = Instant::now();

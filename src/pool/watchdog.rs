@@ -176,9 +176,6 @@ impl Pool {
                     tracing::warn!(pid = w.pid, %status, task = running, in_flight = w.in_flight.len(), "worker died");
                 }
                 for c in w.in_flight.drain(..) {
-                    // The worker is gone: nothing uses the task's shared
-                    // arrays any more.
-                    c.release_pins();
                     let e = match &task_kill {
                         Some((id, e)) if *id == c.id() => e.clone(),
                         _ => error.clone(),
@@ -198,6 +195,9 @@ impl Pool {
             self.publish_later(c);
         }
         for (c, e) in failed {
+            // The worker is gone: nothing uses the task's shared arrays any
+            // more (released outside the state lock).
+            c.release_pins();
             c.stage_error(e);
             self.publish_later(c);
         }

@@ -225,6 +225,12 @@ static EPOCH: AtomicU64 = AtomicU64::new(0);
 /// Marks this process as a worker whose parent's arena is at
 /// [`crate::pool::ARENA_FD`].
 pub(crate) fn set_worker() {
+    // SAFETY: in a worker the parent placed the arena's memfd at `ARENA_FD`
+    // before exec, and it stays open for the life of the process (only
+    // `worker_arena` takes ownership, and keeps it in a static).
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(crate::pool::ARENA_FD) };
+    // Programs a task starts must not inherit the arena.
+    let _ = rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::CLOEXEC);
     IS_WORKER.store(true, Ordering::Relaxed);
 }
 
