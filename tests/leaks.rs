@@ -1,4 +1,5 @@
-//! 200 create / submit / drop cycles leave the process's descriptors,
+//! 200 create / submit / drop cycles (half of them with a shared array)
+//! leave the process's descriptors,
 //! mappings, children and /dev/shm as they were.
 
 use std::time::Duration;
@@ -51,6 +52,20 @@ fn cycle(i: u64) {
             .unwrap(),
         i + 1
     );
+    if i % 2 == 0 {
+        // The shared arena: its memfd, both mappings and the task's pin.
+        let v = loky::SharedVec::from_slice(&ex, &[i; 1000]).unwrap();
+        let sum = ex
+            .submit(
+                |s: loky::SharedSlice<u64>| s.iter().sum::<u64>(),
+                v.slice(..).unwrap(),
+            )
+            .unwrap();
+        assert_eq!(
+            sum.result_timeout(Duration::from_secs(60)).unwrap(),
+            i * 1000
+        );
+    }
     if i % 3 == 0 {
         ex.shutdown(true, true, true);
     } else if i % 3 == 1 {
