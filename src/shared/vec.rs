@@ -230,9 +230,12 @@ impl<T: Pod> SharedVec<T> {
         check_chunk_len(chunk_len)?;
         self.alloc.check(&self.whole(), false)?;
         Ok(SharedChunks {
+            at: ChunkCursor {
+                next: 0,
+                chunk_len,
+                len: self.len,
+            },
             vec: self,
-            next: 0,
-            chunk_len,
         })
     }
 
@@ -245,9 +248,12 @@ impl<T: Pod> SharedVec<T> {
         check_chunk_len(chunk_len)?;
         self.alloc.check(&self.whole(), true)?;
         Ok(SharedChunksMut {
+            at: ChunkCursor {
+                next: 0,
+                chunk_len,
+                len: self.len,
+            },
             vec: self,
-            next: 0,
-            chunk_len,
         })
     }
 
@@ -298,19 +304,38 @@ pub(super) fn resolve_range(range: impl RangeBounds<usize>, len: usize) -> Resul
 #[derive(Debug)]
 pub struct SharedChunks<'a, T> {
     vec: &'a SharedVec<T>,
+    at: ChunkCursor,
+}
+
+/// Where consecutive chunks of `chunk_len` elements of `len` stand.
+#[derive(Debug)]
+struct ChunkCursor {
     next: usize,
     chunk_len: usize,
+    len: usize,
+}
+
+impl ChunkCursor {
+    fn advance(&mut self) -> Option<Range<usize>> {
+        if self.next >= self.len {
+            return None;
+        }
+        let r = self.next..(self.next + self.chunk_len).min(self.len);
+        self.next = r.end;
+        Some(r)
+    }
+
+    fn remaining(&self) -> (usize, Option<usize>) {
+        let n = (self.len - self.next.min(self.len)).div_ceil(self.chunk_len);
+        (n, Some(n))
+    }
 }
 
 impl<T: Pod> Iterator for SharedChunks<'_, T> {
     type Item = SharedSlice<T>;
 
     fn next(&mut self) -> Option<SharedSlice<T>> {
-        if self.next >= self.vec.len {
-            return None;
-        }
-        let r = self.next..(self.next + self.chunk_len).min(self.vec.len);
-        self.next = r.end;
+        let r = self.at.advance()?;
         // No write lease can appear while `vec` is borrowed shared, and
         // there was none at creation: taking a read lease cannot fail.
         let lease = self.vec.alloc.lease(r.clone(), false).ok()?;
@@ -318,8 +343,7 @@ impl<T: Pod> Iterator for SharedChunks<'_, T> {
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        let n = (self.vec.len - self.next.min(self.vec.len)).div_ceil(self.chunk_len);
-        (n, Some(n))
+        self.at.remaining()
     }
 }
 
@@ -330,19 +354,14 @@ impl<T: Pod> ExactSizeIterator for SharedChunks<'_, T> {}
 #[derive(Debug)]
 pub struct SharedChunksMut<'a, T> {
     vec: &'a mut SharedVec<T>,
-    next: usize,
-    chunk_len: usize,
+    at: ChunkCursor,
 }
 
 impl<T: Pod> Iterator for SharedChunksMut<'_, T> {
     type Item = SharedSliceMut<T>;
 
     fn next(&mut self) -> Option<SharedSliceMut<T>> {
-        if self.next >= self.vec.len {
-            return None;
-        }
-        let r = self.next..(self.next + self.chunk_len).min(self.vec.len);
-        self.next = r.end;
+        let r = self.at.advance()?;
         // No handle existed at creation and only this iterator can make
         // new ones (it borrows `vec` exclusively); chunks are disjoint.
         let lease = self.vec.alloc.lease(r.clone(), true).ok()?;
@@ -350,8 +369,7 @@ impl<T: Pod> Iterator for SharedChunksMut<'_, T> {
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        let n = (self.vec.len - self.next.min(self.vec.len)).div_ceil(self.chunk_len);
-        (n, Some(n))
+        self.at.remaining()
     }
 }
 
