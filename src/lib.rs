@@ -35,6 +35,7 @@ mod future;
 pub mod guide;
 mod map;
 mod pool;
+mod progress;
 mod protocol;
 mod reusable;
 #[cfg(feature = "serde")]

@@ -1,0 +1,135 @@
+//! Progress bars on maps (feature `progress`): the bar follows the items
+//! done and ends at the total, for ordered and unordered maps, inputs of
+//! known and unknown length, and items that fail.
+#![cfg(feature = "progress")]
+
+use indicatif::ProgressBar;
+use loky::ProcessPoolExecutor;
+
+fn pool() -> ProcessPoolExecutor {
+    ProcessPoolExecutor::builder()
+        .max_workers(2)
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn a_bar_reaches_the_total_of_an_ordered_map() {
+    let ex = pool();
+    let bar = ProgressBar::hidden();
+    let mut seen = 0u64;
+    for (i, r) in ex
+        .map(|x: u64| x * 2, 0..1_000_000)
+        .progress_with(bar.clone())
+        .enumerate()
+    {
+        assert_eq!(r.unwrap(), i as u64 * 2);
+        // Results are counted when their chunk finished, before they are
+        // yielded.
+        assert!(
+            bar.position() > i as u64,
+            "item {i}: bar at {}",
+            bar.position()
+        );
+        seen += 1;
+        if seen == 1_000_000 {
+            // Counted, not just set to the length when finished.
+            assert_eq!(bar.position(), 1_000_000);
+            assert!(!bar.is_finished(), "finished before the map ended");
+        }
+    }
+    assert_eq!(seen, 1_000_000);
+    assert_eq!(
+        bar.length(),
+        Some(1_000_000),
+        "the length comes from the range"
+    );
+    assert_eq!(bar.position(), 1_000_000);
+    assert!(bar.is_finished());
+}
+
+#[test]
+fn a_bar_reaches_the_total_of_an_unordered_map() {
+    let ex = pool();
+    let bar = ProgressBar::hidden();
+    let mut m = ex
+        .map_unordered(|x: u64| x + 1, 0..100_000)
+        .progress_with(bar.clone());
+    assert_eq!(m.by_ref().take(100_000).count(), 100_000);
+    assert_eq!((bar.position(), bar.length()), (100_000, Some(100_000)));
+    assert!(!bar.is_finished(), "finished before the map ended");
+    assert!(m.next().is_none());
+    assert!(bar.is_finished());
+}
+
+#[test]
+fn an_input_of_unknown_length_counts_without_a_total() {
+    let ex = pool();
+    let bar = ProgressBar::hidden();
+    // `filter` cannot tell its length in advance.
+    let input = (0..30_000u64).filter(|x| x % 3 == 0);
+    let mut m = ex.map(|x: u64| x, input).progress_with(bar.clone());
+    assert_eq!(m.by_ref().take(10_000).count(), 10_000);
+    assert_eq!((bar.position(), bar.length()), (10_000, None));
+    assert!(m.next().is_none());
+    assert!(bar.is_finished());
+}
+
+#[test]
+fn failed_items_count_as_done() {
+    let ex = pool();
+    let bar = ProgressBar::hidden();
+    let mut m = ex
+        .map(
+            |x: u64| {
+                assert!(x % 100 != 7, "item {x} fails");
+                x
+            },
+            0..1000,
+        )
+        .progress_with(bar.clone());
+    let failed = m.by_ref().take(1000).filter(|r| r.is_err()).count();
+    assert_eq!(failed, 10);
+    assert_eq!(bar.position(), 1000);
+    assert!(m.next().is_none());
+}
+
+#[test]
+fn a_bar_attached_midway_starts_at_the_items_done() {
+    let ex = pool();
+    let mut m = ex.map(|x: u64| x, 0..50_000).chunksize(1000);
+    assert_eq!(m.by_ref().take(10).count(), 10); // the first chunk finished
+    let bar = ProgressBar::hidden();
+    let mut m = m.progress_with(bar.clone());
+    assert!(bar.position() >= 1000, "the first chunk is counted at once");
+    assert_eq!(m.by_ref().take(49_990).count(), 49_990);
+    assert_eq!((bar.position(), bar.length()), (50_000, Some(50_000)));
+    assert!(m.next().is_none());
+}
+
+#[test]
+fn a_bar_with_its_own_length_keeps_it() {
+    let ex = pool();
+    let bar = ProgressBar::hidden();
+    bar.set_length(123);
+    let n = ex
+        .map(|x: u64| x, 0..1000)
+        .progress_with(bar.clone())
+        .count();
+    assert_eq!(n, 1000);
+    assert_eq!(bar.length(), Some(123));
+    assert!(bar.is_finished());
+}
+
+#[test]
+fn default_bars_run_to_the_end() {
+    // Drawn on stderr when it is a terminal, hidden otherwise (as here).
+    let ex = pool();
+    let n = ex.map(|x: u64| x, 0..20_000).progress().count();
+    assert_eq!(n, 20_000);
+    let n = ex
+        .map_unordered(|x: u64| x, (0..20_000u64).filter(|x| x % 2 == 0))
+        .progress()
+        .count();
+    assert_eq!(n, 10_000);
+}

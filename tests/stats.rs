@@ -1,0 +1,86 @@
+//! `executor.stats()` counts what happened: workers alive, tasks queued and
+//! running, completed, failed (panics), crashed workers and their
+//! replacements, in one pool that sees all of them.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use loky::{Error, ProcessPoolExecutor, Stats};
+
+/// A hang detector, not a timing assertion.
+const HANG: Duration = Duration::from_secs(60);
+
+fn wait_for(what: &str, ex: &ProcessPoolExecutor, cond: impl Fn(&Stats) -> bool) -> Stats {
+    let start = Instant::now();
+    loop {
+        let s = ex.stats();
+        if cond(&s) {
+            return s;
+        }
+        assert!(start.elapsed() < HANG, "waited {HANG:?} for {what}: {s:?}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Blocks until the file `path` exists.
+fn wait_for_file(path: String) -> u32 {
+    while !Path::new(&path).exists() {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    std::process::id()
+}
+
+#[test]
+fn stats_count_completions_failures_crashes_and_respawns() {
+    let ex = ProcessPoolExecutor::new(1).unwrap();
+    let s = wait_for("the worker", &ex, |s| s.workers_alive == 1);
+    assert_eq!((s.submitted, s.queued, s.running), (0, 0, 0), "{s:?}");
+
+    // Four tasks that block until a file appears: one worker holds some
+    // (running: handed to it), the parent keeps the rest (queued).
+    let gate = std::env::temp_dir()
+        .join(format!("loky-stats-gate-{}", std::process::id()))
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let _ = std::fs::remove_file(&gate);
+    let blocked: Vec<_> = (0..4)
+        .map(|_| ex.submit(wait_for_file, gate.clone()).unwrap())
+        .collect();
+    let s = wait_for("a task to reach the worker", &ex, |s| s.running >= 1);
+    assert_eq!(s.queued + s.running, 4, "{s:?}");
+    assert!(s.queued >= 1, "one worker cannot hold 4 tasks: {s:?}");
+    assert_eq!((s.submitted, s.completed), (4, 0), "{s:?}");
+    std::fs::write(&gate, b"").unwrap();
+    for f in &blocked {
+        f.result_timeout(HANG).unwrap();
+    }
+    std::fs::remove_file(&gate).unwrap();
+
+    // A panic fails its task; the worker lives on.
+    let panicked = ex
+        .submit(|_: ()| -> u8 { panic!("on purpose") }, ())
+        .unwrap();
+    assert!(matches!(
+        panicked.result_timeout(HANG),
+        Err(Error::TaskPanicked { .. })
+    ));
+    // An abort kills the worker: a crash and a replacement.
+    let crashed = ex
+        .submit(|_: ()| -> u8 { std::process::abort() }, ())
+        .unwrap();
+    assert!(matches!(
+        crashed.result_timeout(HANG),
+        Err(Error::TerminatedWorker { .. })
+    ));
+    // A map is one task per chunk.
+    let n = ex.map(|x: u64| x, 0..1000).chunksize(100).count();
+    assert_eq!(n, 1000);
+
+    let s = wait_for("the replacement worker", &ex, |s| s.workers_alive == 1);
+    assert_eq!(s.submitted, 4 + 1 + 1 + 10, "{s:?}");
+    assert_eq!(s.completed, 4 + 10, "{s:?}");
+    assert_eq!(s.failed, 1, "the panic, not the crash: {s:?}");
+    assert_eq!((s.crashed, s.respawned), (1, 1), "{s:?}");
+    assert_eq!((s.queued, s.running, s.cancelled), (0, 0, 0), "{s:?}");
+}
