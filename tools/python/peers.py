@@ -374,8 +374,26 @@ def w3(peer, args, p):
         joblib_shutdown()
         how = ("auto-memmapping (max_nbytes default), memmap reused: calls after the "
                "first; each call still hashes the array in the parent")
-        return report(times, how, rec(peer, "W3", "s_first_call", first, "s",
-                                      f"first call, dumps the memmap; {size_note.split(',')[0]}"))
+        out = report(times, how, rec(peer, "W3", "s_first_call", first, "s",
+                                     f"first call, dumps the memmap; {size_note.split(',')[0]}"))
+        # the same call with memmapping off: the array is pickled to the
+        # worker, as with the other pools (metrics *_by_value)
+        with Parallel(n_jobs=2, max_nbytes=None) as par:
+            assert par([delayed(inc)(1)])[0] == 2  # workers up
+            times = []
+            for i in range(p["w3_reps"] + 1):
+                t0 = now()
+                s = par([delayed(array_sum)(arr)])[0]
+                dt = now() - t0
+                assert s == expect
+                if i:  # first is warm-up
+                    times.append(dt)
+        joblib_shutdown()
+        how = "max_nbytes=None: by value (pickled through the pool)"
+        for r in report(times, how):
+            r["metric"] += "_by_value"
+            out.append(r)
+        return out
 
     pool = ADAPTERS[peer](args)
     try:

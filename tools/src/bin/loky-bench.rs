@@ -1,0 +1,221 @@
+//! `loky-bench`: the workloads W1–W6 of DESIGN.md section 4, measured in
+//! this process through loky's public API, printed as one markdown table
+//! beside their in-process references (rayon, a thread, the same loop) and,
+//! with `--python`, the Python peers measured by `tools/python/peers.py`.
+//!
+//! ```text
+//! cargo run --release -p loky-tools --bin loky-bench -- --python python3
+//! ```
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[path = "../bench/machine.rs"]
+mod machine;
+#[path = "../bench/plot.rs"]
+mod plot;
+#[path = "../bench/python.rs"]
+mod python;
+#[path = "../bench/report.rs"]
+mod report;
+#[path = "../bench/workloads.rs"]
+mod workloads;
+
+use workloads::{Config, WORKLOADS};
+
+const USAGE: &str = "\
+usage: loky-bench [--json] [--plot FILE.svg] [--python PATH] [--quick]
+                  [--workers N] [--only W1,W3] [--readme FILE]
+
+Runs the workloads W1-W6 (DESIGN.md section 4) on loky and prints a markdown
+table: loky's figure, its in-process reference measured in the same run
+(rayon par_iter, a thread round trip, the same loop in-process), and with
+--python the Python peers side by side.
+
+  W1  submit x+1 then wait, 10 000 times in sequence: p50/p99 µs
+  W2  map(x*2) over 1M and 10M u64, best chunksize: items/s vs rayon
+  W3  sum of a 256 MiB f64 array in a worker: s per call, GB/s vs in-process
+  W4  create a pool, first result, drop: ms (cold)
+  W5  second get_reusable_executor with the same config + one task: µs
+  W6  a task SIGKILLs its own worker: ms to the failure, then to the next success
+
+  --json           print one JSON document (every figure, the machine) instead
+  --plot FILE.svg  also draw the table as grouped bar charts (SVG)
+  --python PATH    also run tools/python/peers.py with this interpreter
+                   (concurrent.futures, loky, multiprocessing, joblib; peers it
+                   lacks show as n/a)
+  --quick          few repetitions and smaller arrays (a smoke run)
+  --workers N      workers per pool and rayon threads (default 2)
+  --only LIST      comma-separated workloads, e.g. W1,W3 (default: all)
+  --readme FILE    also put the markdown report into FILE, between its lines
+                   <!-- loky-bench: begin ... --> and <!-- loky-bench: end -->
+  -h, --help       print this help
+
+Progress goes to stderr; the table or the JSON to stdout.";
+
+#[derive(Debug)]
+struct Args {
+    json: bool,
+    plot: Option<PathBuf>,
+    readme: Option<PathBuf>,
+    python: Option<PathBuf>,
+    quick: bool,
+    workers: usize,
+    only: Vec<&'static str>,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args {
+        json: false,
+        plot: None,
+        readme: None,
+        python: None,
+        quick: false,
+        workers: 2,
+        only: WORKLOADS.to_vec(),
+    };
+    let mut it = std::env::args_os().skip(1);
+    while let Some(arg) = it.next() {
+        let arg = arg
+            .into_string()
+            .map_err(|arg| format!("unexpected argument {arg:?}"))?;
+        let (name, inline) = match arg.split_once('=') {
+            Some((name, value)) if name.starts_with("--") => {
+                (name.to_owned(), Some(value.to_owned()))
+            }
+            _ => (arg, None),
+        };
+        let mut value = |name: &str| {
+            inline
+                .clone()
+                .map(Into::into)
+                .or_else(|| it.next())
+                .ok_or_else(|| format!("{name} needs a value"))
+        };
+        match name.as_str() {
+            "--json" => args.json = true,
+            "--quick" => args.quick = true,
+            "--plot" => args.plot = Some(value("--plot")?.into()),
+            "--readme" => args.readme = Some(value("--readme")?.into()),
+            "--python" => args.python = Some(value("--python")?.into()),
+            "--workers" | "-n" => {
+                let text = value("--workers")?.to_string_lossy().into_owned();
+                args.workers = match text.parse() {
+                    Ok(n) if n > 0 => n,
+                    _ => return Err(format!("--workers: {text:?} is not a positive number")),
+                };
+            }
+            "--only" => {
+                let text = value("--only")?.to_string_lossy().to_uppercase();
+                let mut only = Vec::new();
+                for w in text.split(',').map(str::trim).filter(|w| !w.is_empty()) {
+                    let Some(known) = WORKLOADS.iter().find(|k| **k == w) else {
+                        return Err(format!(
+                            "--only: unknown workload {w:?} (choose from {})",
+                            WORKLOADS.join(",")
+                        ));
+                    };
+                    if !only.contains(known) {
+                        only.push(*known);
+                    }
+                }
+                if only.is_empty() {
+                    return Err("--only: no workload given".into());
+                }
+                only.sort();
+                args.only = only;
+            }
+            "-h" | "--help" => return Err(String::new()),
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    Ok(args)
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(args) => args,
+        Err(msg) if msg.is_empty() => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(msg) => {
+            eprintln!("loky-bench: {msg}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let machine = machine::Machine::probe(args.workers, args.quick);
+    if !machine.release {
+        eprintln!("loky-bench: a debug build; run with --release for figures worth reading");
+    }
+    let cfg = Config {
+        workers: args.workers,
+        quick: args.quick,
+    };
+    let mut rows = Vec::new();
+    let mut failed = false;
+    for w in &args.only {
+        let start = std::time::Instant::now();
+        eprintln!("# loky {w} ...");
+        match workloads::run(w, &cfg) {
+            Ok(r) => {
+                eprintln!("# loky {w}: {:.1} s", start.elapsed().as_secs_f64());
+                rows.extend(r);
+            }
+            Err(e) => {
+                eprintln!("loky-bench: {w} failed: {e}");
+                failed = true;
+            }
+        }
+    }
+
+    let peers = args
+        .python
+        .as_ref()
+        .and_then(|py| match python::run(py, args.quick, &args.only) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                eprintln!("loky-bench: the Python peers were not measured: {e}");
+                failed = true;
+                None
+            }
+        });
+    if let Some(p) = &peers {
+        python::fill(&mut rows, p);
+    }
+
+    if let Some(path) = &args.plot {
+        if let Err(e) = plot::draw(path, &machine, &rows, peers.is_some()) {
+            eprintln!("loky-bench: cannot draw {}: {e}", path.display());
+            failed = true;
+        }
+    }
+    let markdown = report::markdown(&machine, &rows, peers.as_ref());
+    if let Some(path) = &args.readme {
+        let spliced = std::fs::read_to_string(path)
+            .map_err(|e| e.to_string())
+            .and_then(|text| report::splice(&text, &markdown))
+            .and_then(|text| std::fs::write(path, text).map_err(|e| e.to_string()));
+        if let Err(e) = spliced {
+            eprintln!("loky-bench: cannot update {}: {e}", path.display());
+            failed = true;
+        }
+    }
+    if args.json {
+        let doc = report::json(&machine, &rows, peers.as_ref());
+        match serde_json::to_string_pretty(&doc) {
+            Ok(text) => println!("{text}"),
+            Err(e) => {
+                eprintln!("loky-bench: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        print!("{markdown}");
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}

@@ -1,0 +1,126 @@
+//! Smoke tests of the `loky-bench` binary: a quick run of the fast
+//! workloads in JSON, and `--plot`.
+
+use std::process::Command;
+
+use serde_json::Value;
+
+fn bench() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_loky-bench"))
+}
+
+fn run_json(args: &[&str]) -> Value {
+    let out = bench().args(args).output().expect("run loky-bench");
+    assert!(
+        out.status.success(),
+        "loky-bench {args:?} failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("loky-bench --json prints one JSON document")
+}
+
+fn positive(v: &Value, what: &str) -> f64 {
+    let x = v
+        .as_f64()
+        .unwrap_or_else(|| panic!("{what} is not a number: {v}"));
+    assert!(x.is_finite() && x > 0.0, "{what} = {x}");
+    x
+}
+
+#[test]
+fn quick_json_has_every_figure() {
+    let doc = run_json(&["--quick", "--json", "--only", "W1,W4,W5"]);
+
+    let machine = &doc["machine"];
+    positive(&machine["cpu_count"], "machine.cpu_count");
+    positive(
+        &machine["available_parallelism"],
+        "machine.available_parallelism",
+    );
+    assert_eq!(machine["workers"], 2);
+    assert_eq!(machine["quick"], true);
+    assert_eq!(machine["loky_version"], env!("CARGO_PKG_VERSION"));
+    let date = machine["date"].as_str().expect("machine.date");
+    assert!(date.len() == 20 && date.ends_with('Z'), "date {date:?}");
+    assert!(doc["python"].is_null(), "no --python: no peers");
+
+    let rows = doc["rows"].as_array().expect("rows");
+    let keys: Vec<(String, String)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["workload"].as_str().unwrap().to_owned(),
+                r["key"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    for (w, k) in [
+        ("W1", "p50"),
+        ("W1", "p99"),
+        ("W4", "ms_create_first_result_shutdown"),
+        ("W4", "ms_to_first_result"),
+        ("W5", "us_get_and_one_task"),
+        ("W5", "us_get_only"),
+    ] {
+        assert!(
+            keys.contains(&(w.to_owned(), k.to_owned())),
+            "no {w} {k} row in {keys:?}"
+        );
+    }
+    assert!(keys
+        .iter()
+        .all(|(w, _)| ["W1", "W4", "W5"].contains(&w.as_str())));
+    for r in rows {
+        let what = format!("{} {}", r["workload"], r["key"]);
+        positive(&r["loky"], &what);
+        assert!(r["unit"].is_string() && r["metric"].is_string(), "{what}");
+        if !r["reference"].is_null() {
+            positive(&r["reference"]["value"], &format!("{what} reference"));
+            positive(&r["loky_speed_vs_reference"], &format!("{what} ratio"));
+        }
+    }
+    let p50 = rows.iter().find(|r| r["key"] == "p50").unwrap();
+    let p99 = rows.iter().find(|r| r["key"] == "p99").unwrap();
+    assert!(p50["loky"].as_f64() <= p99["loky"].as_f64());
+    assert!(!p50["reference"].is_null(), "W1 has its thread reference");
+}
+
+#[test]
+fn plot_writes_an_svg() {
+    let dir = std::env::temp_dir().join(format!("loky-bench-plot-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let svg = dir.join("bench.svg");
+    let out = bench()
+        .args(["--quick", "--only", "W1", "--plot"])
+        .arg(&svg)
+        .output()
+        .expect("run loky-bench");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("| W1 |"),
+        "markdown table on stdout: {table}"
+    );
+    let text = std::fs::read_to_string(&svg).expect("the SVG was written");
+    assert!(
+        text.starts_with("<svg") || text.contains("<svg"),
+        "not an SVG"
+    );
+    assert!(text.contains("W1") && text.contains("<rect"), "no bars");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn bad_arguments_are_refused() {
+    let out = bench().args(["--only", "W9"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown workload"));
+    let out = bench().arg("--help").output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("--python PATH"));
+}
