@@ -124,3 +124,32 @@ fn bad_arguments_are_refused() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("--python PATH"));
 }
+
+#[test]
+fn python_peers_side_by_side() {
+    // Only where a python3 is on PATH; W5 is the fastest workload peers.py
+    // runs (Python loky only).
+    let Ok(probe) = Command::new("python3").arg("-c").arg("pass").output() else {
+        eprintln!("no python3: skipped");
+        return;
+    };
+    if !probe.status.success() {
+        eprintln!("python3 does not run: skipped");
+        return;
+    }
+    let doc = run_json(&["--quick", "--json", "--only", "W5", "--python", "python3"]);
+    assert!(doc["python"]["results"].is_array(), "peers.py's document");
+    let has_loky = Command::new("python3")
+        .args(["-c", "import loky"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    for row in doc["rows"].as_array().unwrap() {
+        let peers = row["python"].as_object().expect("a python column per peer");
+        assert!(peers.contains_key("concurrent.futures"), "{peers:?}");
+        // W5 is Python loky's only: the others have no such figure.
+        assert!(peers["concurrent.futures"].is_null());
+        if has_loky {
+            positive(&peers["loky (Python)"], "Python loky W5");
+        }
+    }
+}

@@ -88,7 +88,7 @@ impl Machine {
         }
         parts.push(format!("{} workers", self.workers));
         if !self.release {
-            parts.push("**debug build**".into());
+            parts.push("DEBUG build (use --release)".into());
         }
         if self.quick {
             parts.push("--quick".into());

@@ -51,9 +51,9 @@ fn series(with_peers: bool) -> Vec<Series> {
         },
     ];
     if with_peers {
-        for (i, (_, column)) in PEER_COLUMNS.iter().enumerate() {
+        for (i, (peer, column)) in PEER_COLUMNS.iter().enumerate() {
             out.push(Series {
-                name: format!("Python {column}"),
+                name: format!("Python {peer}"),
                 colour: COLOURS[(2 + i) % COLOURS.len()],
                 value: Box::new(move |r: &Row| match r.peers.get(column) {
                     Some(Cell::Value(v)) => Some(*v),
@@ -217,11 +217,11 @@ pub(crate) fn draw(
                     [(x0, lo), (x1, *v)],
                     s.colour.filled(),
                 )))?;
-                let style = TextStyle::from((FONT, 11).into_font())
+                let style = TextStyle::from((FONT, 10).into_font())
                     .color(&BLACK)
                     .pos(Pos::new(HPos::Center, VPos::Bottom));
                 chart.draw_series(std::iter::once(Text::new(
-                    fmt_value(*v, unit),
+                    fmt_value(*v, unit).replace(' ', ""),
                     ((x0 + x1) / 2.0, *v * 1.08),
                     style,
                 )))?;

@@ -20,9 +20,22 @@ pub(crate) const PEER_COLUMNS: &[(&str, &str)] = &[
 /// peers.py's name for the numpy sum in the calling interpreter (W3 only).
 const IN_PROCESS: &str = "numpy (in-process)";
 
-/// Where peers.py lives: beside this crate's sources.
-pub(crate) fn script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("python/peers.py")
+/// Where peers.py lives: beside this crate's sources, or, for a binary
+/// whose sources moved, under `tools/` of the current directory.
+pub(crate) fn script() -> Result<PathBuf, String> {
+    let built = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/peers.py");
+    let here = Path::new("tools/python/peers.py");
+    if built.is_file() {
+        return Ok(built);
+    }
+    if here.is_file() {
+        return Ok(here.to_path_buf());
+    }
+    Err(format!(
+        "peers.py is neither at {} nor at {} (run from the repository's root)",
+        built.display(),
+        here.display()
+    ))
 }
 
 /// peers.py's JSON document.
@@ -34,7 +47,7 @@ pub(crate) struct Peers {
 /// Runs peers.py with `python` on `workloads`; its progress lines go to
 /// our stderr.
 pub(crate) fn run(python: &Path, quick: bool, workloads: &[&str]) -> Result<Peers, String> {
-    let script = script();
+    let script = script()?;
     let mut cmd = Command::new(python);
     cmd.arg(&script)
         .arg("--json")

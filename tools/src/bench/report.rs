@@ -237,7 +237,7 @@ pub(crate) fn markdown(machine: &Machine, rows: &[Row], peers: Option<&Peers>) -
             format!(
                 "* {} {}: {}",
                 row.workload,
-                row.metric,
+                escape_md(&row.metric),
                 escape_md(&row.note)
             )
         })
