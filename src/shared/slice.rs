@@ -49,6 +49,8 @@ pub struct SharedSlice<T> {
     len: usize,
     /// Byte offset of the first element in the arena.
     offset: usize,
+    /// Index of the first element in its `SharedVec` (parent side).
+    first: usize,
     arena: u64,
     origin: Origin,
     _t: PhantomData<T>,
@@ -110,6 +112,7 @@ impl<T: Pod> SharedSlice<T> {
             ptr,
             len: range.len(),
             offset: alloc.block.offset + byte_start,
+            first: range.start,
             arena: alloc.arena.id(),
             origin: Origin::Parent(Arc::new(lease)),
             _t: PhantomData,
@@ -155,9 +158,7 @@ impl<T: Pod> SharedSlice<T> {
         let r = super::vec::resolve_range(range, self.len)?;
         match &self.origin {
             Origin::Parent(lease) => {
-                let elem = std::mem::size_of::<T>();
-                let first = (self.offset - lease.alloc.block.offset) / elem.max(1);
-                let abs = first + r.start..first + r.end;
+                let abs = self.first + r.start..self.first + r.end;
                 let sub = lease.alloc.lease(abs.clone(), false)?;
                 Ok(SharedSlice::from_lease(sub, abs))
             }
@@ -182,6 +183,7 @@ impl<T: Pod> SharedSlice<T> {
             ptr: r.ptr.cast(),
             len,
             offset: 0,
+            first: 0,
             arena: 0,
             origin: Origin::Worker(r.epoch),
             _t: PhantomData,
