@@ -158,18 +158,19 @@ where
     /// that the remaining items spread over all the chunks in flight, and
     /// every worker finishes at about the same time.
     ///
-    /// Why 5 ms and not joblib's 0.2-2 s batches: a chunk costs Python's
-    /// process pools a pickle and a pipe round trip, milliseconds, and large
-    /// batches are needed to hide it. Here a chunk costs a few microseconds
-    /// (encoded straight into the worker's shared-memory ring, and the
-    /// worker's next chunk is already queued while it runs one), so 5 ms
-    /// keeps that overhead near 0.1 %, and even a worker that has to be
-    /// woken from sleep (tens of µs) loses under 1 %. Smaller chunks are
-    /// what keeps the workers busy until the end of the map: the last chunk
-    /// of one worker delays the result by at most its own duration, 5 ms,
-    /// instead of up to 2 s. Items cheaper than 5 ms / 16 384 ≈ 0.3 µs are
-    /// capped at 16 384 items per chunk (for `u64` arguments, 128 KiB);
-    /// items slower than 5 ms travel one per chunk.
+    /// Why 5 ms and not joblib's 0.2-2 s batches: joblib sizes its batches
+    /// to hide a pickle and a pipe round trip each, milliseconds in Python.
+    /// Here a chunk is encoded straight into the worker's shared-memory
+    /// ring, and the worker's next chunk is already queued while it runs
+    /// one: a round trip costs about 1.5 µs when nobody sleeps, and a map
+    /// of one-item chunks of `x * 2` costs about 33 µs per chunk on a 2-core
+    /// VM where the parent and two workers share the cores (futex wake-ups,
+    /// mostly). Against 5 ms of work that is under 1 %. Short chunks are
+    /// what keeps every worker busy until the end of the map: the last
+    /// chunk of a worker finishes at most one chunk's duration after the
+    /// others, 5 ms rather than seconds. Items cheaper than 5 ms / 16 384
+    /// ≈ 0.3 µs are capped at 16 384 per chunk (for `u64` arguments,
+    /// 128 KiB); items slower than 5 ms travel one per chunk.
     ///
     /// Set it yourself when the items' cost varies a lot along the input (the
     /// automatic size follows the recent chunks), or to reproduce a run
