@@ -9,6 +9,7 @@
 
 use std::cell::RefCell;
 
+use loky_ipc::spill::{self, Buffer};
 use rkyv::api::high::{HighDeserializer, HighSerializer, HighValidator};
 use rkyv::bytecheck::CheckBytes;
 use rkyv::rancor;
@@ -70,7 +71,7 @@ where
 {
     #[inline]
     fn encode(&self, out: &mut AlignedVec) -> Result<(), String> {
-        archive(self, out)
+        archive_direct(self, out)
     }
 
     #[inline]
@@ -97,6 +98,7 @@ pub trait Archivable:
         Archived: for<'a> CheckBytes<HighValidator<'a, rancor::BoxedError>>
                       + rkyv::Deserialize<Self, HighDeserializer<rancor::BoxedError>>,
     > + for<'a> rkyv::Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::BoxedError>>
+    + for<'a> rkyv::Serialize<HighSerializer<SpillWriter, ArenaHandle<'a>, rancor::BoxedError>>
     + Sized
     + Send
     + 'static
@@ -108,6 +110,7 @@ impl<T> Archivable for T where
             Archived: for<'a> CheckBytes<HighValidator<'a, rancor::BoxedError>>
                           + rkyv::Deserialize<T, HighDeserializer<rancor::BoxedError>>,
         > + for<'a> rkyv::Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::BoxedError>>
+        + for<'a> rkyv::Serialize<HighSerializer<SpillWriter, ArenaHandle<'a>, rancor::BoxedError>>
         + Send
         + 'static
 {
@@ -130,12 +133,154 @@ pub(crate) fn unarchive<T: Archivable>(bytes: &[u8]) -> Result<T, String> {
     rkyv::from_bytes::<T, rancor::BoxedError>(bytes).map_err(|e| e.to_string())
 }
 
+/// An archive that grows past this many bytes (header included) while it is
+/// written is moved into a shared-memory spill buffer and finished there
+/// (see [`direct_encode`]).
+const DIRECT_MIN: usize = 1 << 20;
+
+/// The one archive on this thread that may go straight to shared memory: the
+/// top-level one written into `scratch` after its first `mark` bytes.
+struct Direct {
+    scratch: *const u8,
+    mark: usize,
+    spilled: Option<(Buffer, usize)>,
+}
+
 thread_local! {
     static SCRATCH: RefCell<AlignedVec> = RefCell::new(AlignedVec::with_capacity(4096));
+    static DIRECT: RefCell<Option<Direct>> = const { RefCell::new(None) };
+}
+
+/// Runs `write` on `out` and lets the top-level archive it appends (through
+/// [`Payload::encode`] of an rkyv type) go straight into a spill buffer once
+/// it grows past [`DIRECT_MIN`], instead of into `out` and then, copied, into
+/// shared memory. Large values thus cost one copy on the sending side, and
+/// the pages they go to are reused from message to message.
+///
+/// Returns what `write` returned and, if the archive was spilled, the
+/// buffer and the message's length: the buffer then holds a copy of the
+/// `out.len()` bytes `out` held before `write`, followed by the archive,
+/// and `out` is left as it was. Nested uses (an encoder that submits a task)
+/// each get their own target.
+pub(crate) fn direct_encode<T>(
+    out: &mut AlignedVec,
+    write: impl FnOnce(&mut AlignedVec) -> T,
+) -> (T, Option<(Buffer, usize)>) {
+    /// Puts back the enclosing target, also when `write` panics (dropping
+    /// ours returns its buffer to the pool).
+    struct Restore(Option<Direct>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let prev = self.0.take();
+            let ours = DIRECT.try_with(|d| std::mem::replace(&mut *d.borrow_mut(), prev));
+            drop(ours);
+        }
+    }
+    let target = Direct {
+        scratch: out.as_ptr(),
+        mark: out.len(),
+        spilled: None,
+    };
+    let mark = out.len();
+    let _restore = Restore(DIRECT.with(|d| d.borrow_mut().replace(target)));
+    let written = write(out);
+    let spilled = DIRECT.with(|d| d.borrow_mut().as_mut().and_then(|d| d.spilled.take()));
+    // The spilled archive must be the last thing `write` wrote: bytes
+    // appended to `out` after it would be lost.
+    debug_assert!(
+        spilled.is_none() || out.len() == mark,
+        "bytes appended after an archive that went to shared memory"
+    );
+    (written, spilled)
+}
+
+/// Appends the archive of `value` to `out`, or writes it to the spill buffer
+/// if `out` is the target of the enclosing [`direct_encode`] (nothing was
+/// appended to it since) and the archive is large.
+pub(crate) fn archive_direct<T: Archivable>(value: &T, out: &mut AlignedVec) -> Result<(), String> {
+    let targeted = DIRECT.with(|d| {
+        matches!(&*d.borrow(), Some(d) if d.spilled.is_none()
+            && d.scratch == out.as_ptr()
+            && d.mark == out.len())
+    });
+    if !targeted {
+        return archive(value, out);
+    }
+    let mark = out.len();
+    let writer = SpillWriter {
+        pos: mark,
+        head: std::mem::take(out),
+        spill: None,
+    };
+    let writer = rkyv::api::high::to_bytes_in::<_, rancor::BoxedError>(value, writer)
+        .map_err(|e| e.to_string())?;
+    *out = writer.head;
+    if let Some(spill) = writer.spill {
+        out.resize(mark, 0);
+        DIRECT.with(|d| {
+            if let Some(d) = d.borrow_mut().as_mut() {
+                d.spilled = Some((spill, writer.pos));
+            }
+        });
+    }
+    Ok(())
+}
+
+/// The rkyv writer behind [`archive_direct`]: appends to an `AlignedVec`
+/// until the archive reaches [`DIRECT_MIN`] bytes, then moves what it has
+/// into a leased spill buffer and goes on there. Positions are the same as
+/// in the `AlignedVec` (both start 16-byte aligned), so the bytes are too.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct SpillWriter {
+    head: AlignedVec,
+    spill: Option<Buffer>,
+    pos: usize,
+}
+
+impl rkyv::ser::Positional for SpillWriter {
+    #[inline]
+    fn pos(&self) -> usize {
+        self.pos
+    }
+}
+
+impl<E: rancor::Source> rkyv::ser::Writer<E> for SpillWriter {
+    fn write(&mut self, bytes: &[u8]) -> Result<(), E> {
+        let end = self
+            .pos
+            .checked_add(bytes.len())
+            .ok_or_else(|| E::new(loky_ipc::Error::Config("archive too large".into())))?;
+        match &mut self.spill {
+            None if end <= DIRECT_MIN => self.head.extend_from_slice(bytes),
+            None => {
+                let mut spill = Buffer::lease(end).map_err(E::new)?;
+                let dst = spill.as_mut_slice();
+                dst[..self.pos].copy_from_slice(&self.head[..self.pos]);
+                dst[self.pos..end].copy_from_slice(bytes);
+                self.spill = Some(spill);
+            }
+            Some(spill) => {
+                if end > spill.capacity() {
+                    let mut bigger = Buffer::lease(end.max(spill.capacity().saturating_mul(2)))
+                        .map_err(E::new)?;
+                    bigger.as_mut_slice()[..self.pos]
+                        .copy_from_slice(&spill.as_slice()[..self.pos]);
+                    *spill = bigger;
+                }
+                spill.as_mut_slice()[self.pos..end].copy_from_slice(bytes);
+            }
+        }
+        self.pos = end;
+        Ok(())
+    }
 }
 
 /// Encodes `value` behind a `header` (whose length must be a multiple of
 /// 16) into a reusable per-thread buffer and hands the bytes to `use_bytes`.
+/// A large archive goes straight into a shared-memory spill buffer instead
+/// ([`direct_encode`]), staged so that the channel sends that buffer rather
+/// than a copy of it.
 ///
 /// rkyv's relative pointers are position independent and its padding is
 /// computed from the buffer start, so an archive appended after a 16-byte
@@ -152,10 +297,18 @@ pub(crate) fn with_encoded<O>(
         buf.extend_from_slice(header);
         // A panicking encoder (a `Serialize` impl, a custom codec) is a
         // codec error for this task, not a panic in the caller.
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| write(buf)))
-            .unwrap_or_else(|panic| Err(panic_message(&*panic)))
-            .map_err(|message| Error::Codec { stage, message })?;
-        Ok(use_bytes(buf))
+        let (written, spilled) = direct_encode(buf, |buf| {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| write(buf)))
+                .unwrap_or_else(|panic| Err(panic_message(&*panic)))
+        });
+        written.map_err(|message| Error::Codec { stage, message })?;
+        match spilled {
+            Some((spill, len)) => {
+                let staged = spill::stage(spill, len)?;
+                Ok(use_bytes(staged.bytes()))
+            }
+            None => Ok(use_bytes(buf)),
+        }
     };
     SCRATCH.with(|cell| match cell.try_borrow_mut() {
         Ok(mut buf) => {

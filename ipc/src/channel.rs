@@ -1,36 +1,175 @@
 //! A one-way channel of arbitrarily large messages: a [`crate::ring`] for
-//! messages that fit, a [`Segment`] per larger message, its descriptor passed
-//! over a Unix socket ([`crate::fdpass`]).
+//! messages that fit, a reusable [`crate::spill`] buffer for larger ones,
+//! its descriptor passed over a Unix socket ([`crate::fdpass`]) the first
+//! time the receiver needs it.
 //!
 //! The ring frame of a large message has the [`SPILL`] bit set in its tag
-//! and carries the payload length (`u64`); the descriptor is sent before the
-//! frame is published, so the receiver finds it queued.
+//! and carries a `SpillFrame`: the payload length, the buffer's id, and
+//! the slot of the receiver's cache of mapped buffers it lives in. When the
+//! frame says a descriptor follows, the descriptor was sent before the frame
+//! was published, so the receiver finds it queued. The sender mirrors the
+//! receiver's cache (the receiver applies the frames in the order they were
+//! sent), so it knows when a descriptor must travel again. Protocol:
+//! `ring.md`, "Large messages".
 
 use std::os::fd::{AsFd, OwnedFd};
 
-use crate::ring::{Consumer, Producer};
-use crate::{fdpass, Error, Result, Segment};
+use crate::ring::{Consumer, Grant, Producer};
+use crate::spill::{self, Buffer, InFlight, Mapped};
+use crate::{fdpass, Error, Result};
 
-/// Tag bit marking a frame that announces a segment. User tags must be
+/// Tag bit marking a frame that announces a spill buffer. User tags must be
 /// below it.
 pub const SPILL: u32 = 1 << 31;
+
+/// Spill buffers a receiver keeps mapped (per channel).
+pub const RECEIVER_CACHE: usize = spill::MAX_POOLED;
+
+/// The frame's `slot` for a buffer the receiver must not keep.
+const UNCACHED: u32 = u32::MAX;
+/// Frame flag: a descriptor for this buffer was sent before the frame.
+const FD_FOLLOWS: u32 = 1;
+const FRAME_LEN: usize = 24;
+
+/// The payload of a [`SPILL`] frame (little-endian, 24 bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct SpillFrame {
+    /// Payload length.
+    len: u64,
+    /// The buffer's id (checked against the receiver's cache).
+    id: u64,
+    /// Slot in the receiver's cache, or [`UNCACHED`].
+    slot: u32,
+    /// [`FD_FOLLOWS`] or 0.
+    flags: u32,
+}
+
+impl SpillFrame {
+    fn write(&self, out: &mut [u8]) {
+        out[..8].copy_from_slice(&self.len.to_le_bytes());
+        out[8..16].copy_from_slice(&self.id.to_le_bytes());
+        out[16..20].copy_from_slice(&self.slot.to_le_bytes());
+        out[20..24].copy_from_slice(&self.flags.to_le_bytes());
+    }
+
+    fn read(bytes: &[u8]) -> Result<Self> {
+        let word = |at: usize, n: usize| -> Result<u64> {
+            let b = bytes
+                .get(at..at + n)
+                .ok_or_else(|| Error::Corrupt("short spill frame".into()))?;
+            let mut v = [0u8; 8];
+            v[..n].copy_from_slice(b);
+            Ok(u64::from_le_bytes(v))
+        };
+        if bytes.len() != FRAME_LEN {
+            return Err(Error::Corrupt(format!(
+                "spill frame of {} bytes",
+                bytes.len()
+            )));
+        }
+        Ok(Self {
+            len: word(0, 8)?,
+            id: word(8, 8)?,
+            slot: word(16, 4)? as u32,
+            flags: word(20, 4)? as u32,
+        })
+    }
+}
+
+/// The sender's side of the spill protocol: its mirror of the receiver's
+/// cache and the buffers it handed over.
+#[derive(Debug)]
+struct Spills {
+    /// Buffer id in each slot of the receiver's cache (0: empty) and when
+    /// it was last used (for least-recently-used replacement).
+    remote: [(u64, u64); RECEIVER_CACHE],
+    clock: u64,
+    /// Handed over, not seen freed yet.
+    in_flight: Vec<InFlight>,
+}
+
+impl Spills {
+    fn new() -> Self {
+        Self {
+            remote: [(0, 0); RECEIVER_CACHE],
+            clock: 0,
+            in_flight: Vec::new(),
+        }
+    }
+
+    /// Announces `buf`'s first `len` bytes in `grant` (a reserved frame of
+    /// `FRAME_LEN`), sending its descriptor first if the receiver lacks it.
+    fn publish(
+        &mut self,
+        socket: &OwnedFd,
+        mut grant: Grant<'_, '_>,
+        buf: &Buffer,
+        len: usize,
+        tag: u32,
+    ) -> Result<()> {
+        self.in_flight.retain(|f| !f.is_free());
+        self.clock += 1;
+        let (slot, fd) = if !buf.pooled() {
+            (UNCACHED, true)
+        } else if let Some(i) = self.remote.iter().position(|&(id, _)| id == buf.id()) {
+            (i as u32, false)
+        } else {
+            let lru = (0..RECEIVER_CACHE)
+                .min_by_key(|&i| self.remote[i].1)
+                .unwrap_or(0);
+            (lru as u32, true)
+        };
+        if fd {
+            fdpass::send_fd(socket.as_fd(), buf.fd())?;
+        }
+        // Nothing can fail past this point: the mirror changes with the
+        // frame the receiver will see.
+        if slot != UNCACHED {
+            self.remote[slot as usize] = (buf.id(), self.clock);
+        }
+        self.in_flight.push(buf.hand_over());
+        SpillFrame {
+            len: len as u64,
+            id: buf.id(),
+            slot,
+            flags: if fd { FD_FOLLOWS } else { 0 },
+        }
+        .write(grant.payload());
+        grant.commit(tag | SPILL);
+        Ok(())
+    }
+}
 
 /// The sending end.
 #[derive(Debug)]
 pub struct Sender<'r> {
     ring: Producer<'r>,
     socket: OwnedFd,
+    spills: Spills,
 }
 
 impl<'r> Sender<'r> {
     /// Wraps the producing end of a ring and this side's socket.
     pub fn new(ring: Producer<'r>, socket: OwnedFd) -> Self {
-        Self { ring, socket }
+        Self {
+            ring,
+            socket,
+            spills: Spills::new(),
+        }
     }
 
     /// The largest payload that travels inline in the ring.
     pub fn max_inline(&self) -> usize {
         self.ring.max_message()
+    }
+
+    fn check_tag(tag: u32) -> Result<()> {
+        if tag >= SPILL {
+            return Err(Error::Config(format!(
+                "tag {tag:#x} uses the reserved SPILL bit"
+            )));
+        }
+        Ok(())
     }
 
     /// Sends a message of `len` bytes written by `fill`. Returns `Ok(false)`
@@ -41,11 +180,7 @@ impl<'r> Sender<'r> {
         len: usize,
         fill: impl FnOnce(&mut [u8]),
     ) -> Result<bool> {
-        if tag >= SPILL {
-            return Err(Error::Config(format!(
-                "tag {tag:#x} uses the reserved SPILL bit"
-            )));
-        }
+        Self::check_tag(tag)?;
         if len <= self.ring.max_message() {
             return Ok(match self.ring.reserve(len) {
                 Some(mut grant) => {
@@ -56,20 +191,49 @@ impl<'r> Sender<'r> {
                 None => false,
             });
         }
-        let Some(mut grant) = self.ring.reserve(8) else {
+        let Some(grant) = self.ring.reserve(FRAME_LEN) else {
             return Ok(false);
         };
-        let mut segment = Segment::create(len)?;
-        fill(segment.as_mut_slice());
-        fdpass::send_fd(self.socket.as_fd(), segment.fd())?;
-        grant.payload().copy_from_slice(&(len as u64).to_le_bytes());
-        grant.commit(tag | SPILL);
+        let mut buf = Buffer::lease(len)?;
+        fill(&mut buf.as_mut_slice()[..len]);
+        self.spills.publish(&self.socket, grant, &buf, len, tag)?;
         Ok(true)
     }
 
-    /// Sends a copy of `payload`; `Ok(false)` when the ring is full.
+    /// Sends a copy of `payload`; `Ok(false)` when the ring is full. A
+    /// large `payload` that is exactly the bytes of a buffer staged on this
+    /// thread ([`spill::stage`]) is sent without a copy.
     pub fn try_send(&mut self, tag: u32, payload: &[u8]) -> Result<bool> {
+        Self::check_tag(tag)?;
+        if payload.len() > self.ring.max_message() {
+            let Some(grant) = self.ring.reserve(FRAME_LEN) else {
+                return Ok(false);
+            };
+            let (spills, socket) = (&mut self.spills, &self.socket);
+            let mut grant = Some(grant);
+            let staged = spill::with_staged(payload, |buf| match grant.take() {
+                Some(g) => spills
+                    .publish(socket, g, buf, payload.len(), tag)
+                    .map(|()| true),
+                None => Ok(false),
+            });
+            if let Some(sent) = staged {
+                return sent;
+            }
+            // Not staged: copied below (the unused reservation publishes
+            // nothing).
+        }
         self.send_with(tag, payload.len(), |buf| buf.copy_from_slice(payload))
+    }
+}
+
+impl Drop for Sender<'_> {
+    fn drop(&mut self) {
+        // A receiver that never marks a buffer free again (it died) must not
+        // keep it out of use forever.
+        for f in self.spills.in_flight.drain(..) {
+            f.abandon();
+        }
     }
 }
 
@@ -78,7 +242,22 @@ impl<'r> Sender<'r> {
 pub struct Receiver<'r> {
     ring: Consumer<'r>,
     socket: OwnedFd,
-    segment: Option<(u32, Segment)>,
+    cache: [Option<Mapped>; RECEIVER_CACHE],
+    current: Option<Current>,
+}
+
+/// A large message taken off the ring and not released yet.
+#[derive(Debug)]
+struct Current {
+    tag: u32,
+    len: usize,
+    place: Place,
+}
+
+#[derive(Debug)]
+enum Place {
+    Cached(usize),
+    Uncached(Mapped),
 }
 
 /// A message borrowed from a [`Receiver`] until [`Receiver::pop`].
@@ -96,33 +275,78 @@ impl<'r> Receiver<'r> {
         Self {
             ring,
             socket,
-            segment: None,
+            cache: std::array::from_fn(|_| None),
+            current: None,
         }
     }
 
     /// True if a message is waiting (cheap).
     #[inline]
     pub fn has_message(&mut self) -> bool {
-        self.segment.is_some() || self.ring.has_message()
+        self.current.is_some() || self.ring.has_message()
+    }
+
+    /// Maps (or finds) the buffer a frame announces.
+    fn attach(&mut self, frame: SpillFrame) -> Result<Place> {
+        let len = usize::try_from(frame.len)
+            .map_err(|_| Error::Corrupt("spill length out of range".into()))?;
+        let place = if frame.flags & FD_FOLLOWS != 0 {
+            let fd = fdpass::recv_fd(self.socket.as_fd())?;
+            let mapped = Mapped::open(fd, frame.id)?;
+            match frame.slot {
+                UNCACHED => Place::Uncached(mapped),
+                s if (s as usize) < RECEIVER_CACHE => {
+                    // Replaces (unmaps) what the sender evicted from this
+                    // slot; no message of ours still points there (they
+                    // are read and released in order).
+                    self.cache[s as usize] = Some(mapped);
+                    Place::Cached(s as usize)
+                }
+                s => return Err(Error::Corrupt(format!("spill cache slot {s}"))),
+            }
+        } else {
+            let s = frame.slot as usize;
+            match self.cache.get(s).and_then(Option::as_ref) {
+                Some(m) if m.id() == frame.id => Place::Cached(s),
+                _ => {
+                    return Err(Error::Corrupt(format!(
+                        "spill buffer {} is not in cache slot {s}",
+                        frame.id
+                    )))
+                }
+            }
+        };
+        if len > self.mapped(&place).capacity() {
+            return Err(Error::Corrupt(format!(
+                "spill of {len} bytes in a buffer of {}",
+                self.mapped(&place).capacity()
+            )));
+        }
+        Ok(place)
+    }
+
+    fn mapped<'a>(&'a self, place: &'a Place) -> &'a Mapped {
+        match place {
+            Place::Uncached(m) => m,
+            Place::Cached(s) => match &self.cache[*s] {
+                Some(m) => m,
+                // `attach` only returns slots it has checked or filled.
+                None => unreachable!("cached spill slot {s} is empty"),
+            },
+        }
     }
 
     /// The next message, in place; `None` if none is waiting.
     pub fn peek(&mut self) -> Result<Option<Incoming<'_>>> {
-        if self.segment.is_none() {
+        if self.current.is_none() {
             // Two steps because returning the first borrow conditionally is
             // beyond the borrow checker; the second `peek` is a cached read.
             let spill = match self.ring.peek()? {
                 None => return Ok(None),
                 Some(m) if m.tag & SPILL == 0 => None,
-                Some(m) => {
-                    let len: [u8; 8] = m
-                        .payload
-                        .try_into()
-                        .map_err(|_| Error::Corrupt("spill frame without a length".into()))?;
-                    Some((m.tag & !SPILL, u64::from_le_bytes(len) as usize))
-                }
+                Some(m) => Some((m.tag & !SPILL, SpillFrame::read(m.payload)?)),
             };
-            let Some((tag, len)) = spill else {
+            let Some((tag, frame)) = spill else {
                 let m = self
                     .ring
                     .peek()?
@@ -132,20 +356,24 @@ impl<'r> Receiver<'r> {
                     bytes: m.payload,
                 }));
             };
-            let fd = fdpass::recv_fd(self.socket.as_fd())?;
-            let segment = Segment::open_len(fd, len)?;
+            let place = self.attach(frame)?;
             self.ring.pop()?;
-            self.segment = Some((tag, segment));
+            self.current = Some(Current {
+                tag,
+                len: frame.len as usize,
+                place,
+            });
         }
-        Ok(self.segment.as_ref().map(|(tag, s)| Incoming {
-            tag: *tag,
-            bytes: s.as_slice(),
+        Ok(self.current.as_ref().map(|c| Incoming {
+            tag: c.tag,
+            bytes: self.mapped(&c.place).bytes(c.len),
         }))
     }
 
     /// Releases the message returned by the last [`Self::peek`].
     pub fn pop(&mut self) -> Result<()> {
-        if self.segment.take().is_some() {
+        if let Some(c) = self.current.take() {
+            self.mapped(&c.place).release();
             return Ok(());
         }
         self.ring.pop()

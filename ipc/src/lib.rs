@@ -10,8 +10,9 @@
 //!   16-byte aligned messages (protocol in `ring.md`).
 //! * [`doorbell`]: a futex-backed event count; producers issue a wake only when
 //!   no consumer is awake.
-//! * [`segment`] and [`fdpass`]: messages larger than a ring travel in a memfd
-//!   segment of their own whose descriptor is passed over a Unix socket.
+//! * [`channel`], [`spill`] and [`fdpass`]: messages larger than a ring
+//!   travel in reusable memfd spill buffers whose descriptors are passed over
+//!   a Unix socket once per receiver ([`segment`]: a one-off memfd).
 //! * [`pidfd`]: process handles that report a death the moment it happens.
 //! * [`spawn`]: fork + exec with descriptors placed at fixed numbers and a
 //!   parent-death signal.
@@ -30,6 +31,7 @@ pub mod region;
 pub mod ring;
 pub mod segment;
 pub mod spawn;
+pub mod spill;
 mod spin;
 mod sync;
 

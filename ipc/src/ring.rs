@@ -11,8 +11,8 @@
 //! place.
 //!
 //! The largest message that always fits is [`Producer::max_message`] (half
-//! the capacity minus a frame): larger ones must travel another way (the
-//! `loky` crate sends them in a [`crate::Segment`]).
+//! the capacity minus a frame): larger ones must travel another way
+//! ([`crate::channel`] sends them in [`crate::spill`] buffers).
 
 use std::marker::PhantomData;
 use std::ptr::NonNull;

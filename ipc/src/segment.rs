@@ -1,11 +1,12 @@
-//! A memfd segment holding one large message.
+//! A one-off memfd segment: shared memory for one message or one array.
 //!
-//! Messages too large for a ring are written into a segment of their own; its
-//! descriptor travels over a Unix socket ([`crate::fdpass`]) and the ring
-//! carries only a small frame announcing it. The receiver maps the same pages,
-//! so the payload is written once and read in place. Pages are reserved with
-//! `fallocate` at creation, so running out of memory is an error from
-//! [`Segment::create`], never a `SIGBUS` at first touch.
+//! The pages are reserved with `fallocate` at creation, so running out of
+//! memory is an error from [`Segment::create`], never a `SIGBUS` at first
+//! touch; its descriptor can travel over a Unix socket ([`crate::fdpass`])
+//! and the receiver maps the same pages. Messages larger than a ring do not
+//! use one segment each any more: they go through reusable, sealed
+//! [`crate::spill`] buffers, since creating and mapping fresh pages per
+//! message costs several times copying into pages already mapped.
 
 use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};

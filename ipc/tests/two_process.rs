@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use loky_ipc::pidfd::wait_readable;
 use loky_ipc::spawn::Spawn;
 use loky_ipc::{
-    fdpass, spin_until, Doorbell, ExitStatus, PidFd, Receiver, Region, RegionConfig, Sender,
+    fdpass, spill, spin_until, Doorbell, ExitStatus, PidFd, Receiver, Region, RegionConfig, Sender,
 };
 use rustix::process::Signal;
 
@@ -44,6 +44,14 @@ const HANG: Duration = Duration::from_secs(20);
 
 fn role() -> Option<String> {
     std::env::var(ROLE).ok()
+}
+
+/// Tests that send large messages share this process's spill-buffer pool;
+/// those that look at it run one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Runs this test binary again as the child playing `role` in `test`.
@@ -301,6 +309,7 @@ fn exchange_10k_messages_both_ways() {
     if role().as_deref() == Some("exchange") {
         return child_exchange();
     }
+    let _serial = serial();
     let region = region();
     let (mine, theirs) = fdpass::socket_pair().expect("socket pair");
     let child = spawn_self(
@@ -499,4 +508,236 @@ fn killed_producer_leaves_only_whole_messages() {
     unsafe { region.init_slot(0, 1) };
     assert!(slot.up_header().is_empty());
     assert_eq!(slot.generation(), 1);
+}
+
+// ---------------------------------------------------------------------------
+// Large messages: spill buffers reused across processes, and a receiver that
+// dies holding one.
+
+const MIB: usize = 1 << 20;
+/// Tag that ends an echo child.
+const END: u32 = 0x7fff_0000;
+
+/// Message `i` of the echo stream: most past the 2 KiB inline limit, of
+/// alternating sizes.
+fn echo_message(i: usize) -> Vec<u8> {
+    let len = [5 * MIB, 100, 12 * MIB + 5, 3000, MIB][i % 5];
+    let mut v = vec![0u8; len];
+    for (k, chunk) in v.chunks_mut(8).enumerate() {
+        chunk.copy_from_slice(&splitmix((i as u64) << 32 ^ k as u64).to_le_bytes()[..chunk.len()]);
+    }
+    v
+}
+
+/// Mappings of spill buffers in this process.
+fn spill_mappings() -> usize {
+    std::fs::read_to_string("/proc/self/maps")
+        .expect("maps")
+        .lines()
+        .filter(|l| l.contains("loky-spill"))
+        .count()
+}
+
+/// Waits (bounded) for a message on `rx`, sleeping on `bell`; `alive`
+/// reports a dead peer.
+fn wait_message(rx: &mut Receiver<'_>, bell: &Doorbell, mut alive: impl FnMut() -> bool) {
+    let deadline = Instant::now() + HANG;
+    while !rx.has_message() {
+        let token = bell.announce_sleep();
+        if rx.has_message() {
+            token.cancel();
+            break;
+        }
+        token.wait(Some(Duration::from_millis(20)));
+        assert!(alive(), "peer died while we waited for a message");
+        assert!(Instant::now() < deadline, "no message after {HANG:?}");
+    }
+}
+
+/// Sends, waiting (bounded) for room.
+fn send(tx: &mut Sender<'_>, tag: u32, bytes: &[u8]) {
+    let deadline = Instant::now() + HANG;
+    while !tx.try_send(tag, bytes).expect("send") {
+        assert!(Instant::now() < deadline, "no room after {HANG:?}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// The echo child: sends every message back until `END`.
+fn child_echo() {
+    let (region, socket) = child_endpoints();
+    let slot = region.slot(0);
+    slot.set_pid(std::process::id());
+    // SAFETY: this process is the slot's worker: the only producer of `up`
+    // and the only consumer of `down`.
+    let (mut tx, mut rx) = unsafe {
+        (
+            Sender::new(slot.up_producer(), socket.try_clone().expect("dup socket")),
+            Receiver::new(slot.down_consumer(), socket),
+        )
+    };
+    loop {
+        wait_message(&mut rx, slot.bell(), || true);
+        let m = rx.peek().expect("peek").expect("a message");
+        if m.tag == END {
+            return;
+        }
+        send(&mut tx, m.tag, m.bytes);
+        rx.pop().expect("pop");
+        region.parent_bell().ring();
+    }
+}
+
+/// The parent's ends of slot 0.
+fn parent_ends(region: &Region, socket: OwnedFd) -> (Sender<'_>, Receiver<'_>) {
+    let slot = region.slot(0);
+    // SAFETY: the parent is the only producer of `down` and the only
+    // consumer of `up`; the child takes the other ends.
+    unsafe {
+        (
+            Sender::new(
+                slot.down_producer(),
+                socket.try_clone().expect("dup socket"),
+            ),
+            Receiver::new(slot.up_consumer(), socket),
+        )
+    }
+}
+
+/// Sends echo messages `range` and checks each comes back intact.
+fn echo_round_trips(
+    region: &Region,
+    child: &Child,
+    tx: &mut Sender<'_>,
+    rx: &mut Receiver<'_>,
+    range: std::ops::Range<usize>,
+) {
+    for i in range {
+        let msg = echo_message(i);
+        send(tx, i as u32, &msg);
+        region.slot(0).bell().ring();
+        wait_message(rx, region.parent_bell(), || {
+            matches!(child.0.try_wait(), Ok(None))
+        });
+        let m = rx.peek().expect("peek").expect("the echo");
+        assert_eq!(m.tag, i as u32);
+        assert!(
+            m.bytes == &msg[..],
+            "echo {i} differs ({} bytes)",
+            msg.len()
+        );
+        rx.pop().expect("pop");
+    }
+}
+
+/// 100 large messages each way, alternating sizes: the buffers are mapped
+/// once on each side, not once per message.
+#[test]
+fn large_messages_reuse_buffers_across_processes() {
+    if role().as_deref() == Some("echo") {
+        return child_echo();
+    }
+    let _serial = serial();
+    let region = region();
+    let (mine, theirs) = fdpass::socket_pair().expect("socket pair");
+    let child = spawn_self(
+        "large_messages_reuse_buffers_across_processes",
+        "echo",
+        &region,
+        Some(theirs.as_fd()),
+    );
+    drop(theirs);
+    let (mut tx, mut rx) = parent_ends(&region, mine);
+    echo_round_trips(&region, &child, &mut tx, &mut rx, 0..10);
+    let warm = spill_mappings();
+    echo_round_trips(&region, &child, &mut tx, &mut rx, 10..100);
+    assert_eq!(spill_mappings(), warm, "a mapping per message");
+    assert!(warm <= 2 * spill::MAX_POOLED);
+    send(&mut tx, END, &[]);
+    region.slot(0).bell().ring();
+    assert_eq!(
+        child.wait(),
+        ExitStatus::Exited(0),
+        "the child failed (its output is above)"
+    );
+}
+
+/// A receiver killed while it holds a spill buffer: once the sender is
+/// dropped, the pool forgets the buffer (it would never be marked free),
+/// and a fresh channel carries large messages again.
+#[test]
+fn receiver_killed_holding_a_spill_buffer() {
+    match role().as_deref() {
+        Some("holder") => {
+            let (region, socket) = child_endpoints();
+            let slot = region.slot(0);
+            // SAFETY: this process is the slot's worker (see `child_echo`).
+            let (mut tx, mut rx) = unsafe {
+                (
+                    Sender::new(slot.up_producer(), socket.try_clone().expect("dup socket")),
+                    Receiver::new(slot.down_consumer(), socket),
+                )
+            };
+            wait_message(&mut rx, slot.bell(), || true);
+            let m = rx.peek().expect("peek").expect("a message");
+            assert_eq!(m.bytes, &echo_message(0)[..]);
+            send(&mut tx, 1, b"got it");
+            region.parent_bell().ring();
+            // Hold the message until killed.
+            std::thread::sleep(HANG * 3);
+            std::process::exit(3);
+        }
+        Some("echo") => return child_echo(),
+        _ => {}
+    }
+    let _serial = serial();
+    let region = region();
+    let (mine, theirs) = fdpass::socket_pair().expect("socket pair");
+    let child = spawn_self(
+        "receiver_killed_holding_a_spill_buffer",
+        "holder",
+        &region,
+        Some(theirs.as_fd()),
+    );
+    drop(theirs);
+    let (mut tx, mut rx) = parent_ends(&region, mine);
+    send(&mut tx, 0, &echo_message(0));
+    region.slot(0).bell().ring();
+    wait_message(&mut rx, region.parent_bell(), || {
+        matches!(child.0.try_wait(), Ok(None))
+    });
+    assert_eq!(rx.peek().expect("peek").expect("reply").bytes, b"got it");
+    let held = spill::pool_stats();
+    assert!(held.busy >= 1, "{held:?}");
+    child.0.kill(Signal::KILL).expect("kill");
+    assert!(matches!(
+        child.wait(),
+        ExitStatus::Signaled { signal: 9, .. }
+    ));
+    drop((tx, rx));
+    let after = spill::pool_stats();
+    assert_eq!(
+        (after.busy, after.buffers),
+        (held.busy - 1, held.buffers - 1)
+    );
+    // The slot goes to a replacement, with fresh rings and socket.
+    // SAFETY: its worker is dead and the parent dropped its ends.
+    unsafe { region.init_slot(0, 2) };
+    let (mine, theirs) = fdpass::socket_pair().expect("socket pair");
+    let child = spawn_self(
+        "receiver_killed_holding_a_spill_buffer",
+        "echo",
+        &region,
+        Some(theirs.as_fd()),
+    );
+    drop(theirs);
+    let (mut tx, mut rx) = parent_ends(&region, mine);
+    echo_round_trips(&region, &child, &mut tx, &mut rx, 0..6);
+    send(&mut tx, END, &[]);
+    region.slot(0).bell().ring();
+    assert_eq!(
+        child.wait(),
+        ExitStatus::Exited(0),
+        "the replacement failed (its output is above)"
+    );
 }

@@ -58,6 +58,8 @@ impl Pool {
     fn housekeeping(&self) -> Option<std::time::Instant> {
         let next = self.expire_deadlines();
         self.retire_idle();
+        // Large-message buffers nobody used for a while give their pages back.
+        loky_ipc::spill::trim(crate::worker::IDLE_RELEASE);
         let mut st = self.state();
         if st.shutdown {
             st.exit_idle_workers();

@@ -47,6 +47,9 @@ pub(crate) fn run(raw_spec: &str) -> i32 {
     // SAFETY: `signal` with SIG_IGN is async-signal-safe and affects only
     // this process; a worker, like a Rust `main`, ignores SIGPIPE.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+    if spec.data_limit == 0 && !spec.report_rss {
+        keep_freed_memory();
+    }
     // Pinning (`spec.cpu`) was applied by the parent before exec.
     if spec.data_limit > 0 {
         let limit = rustix::process::Rlimit {
@@ -113,6 +116,7 @@ pub(crate) fn run(raw_spec: &str) -> i32 {
         rx,
         tx,
         out: AlignedVec::with_capacity(4096),
+        spilled: None,
     };
     w.serve()
 }
@@ -123,6 +127,9 @@ struct WorkerLoop<'r> {
     rx: Receiver<'r>,
     tx: Sender<'r>,
     out: AlignedVec,
+    /// A large result written straight into shared memory (then `out`
+    /// holds only its header), and its length.
+    spilled: Option<(loky_ipc::spill::Buffer, usize)>,
 }
 
 impl WorkerLoop<'_> {
@@ -161,8 +168,9 @@ impl WorkerLoop<'_> {
         }
     }
 
-    /// Runs the task at the head of the ring; leaves the encoded outcome in
-    /// `self.out` after a placeholder header, and releases the message.
+    /// Runs the task at the head of the ring; leaves the encoded outcome
+    /// (its header first) in `self.out`, or a large one in `self.spilled`,
+    /// and releases the message.
     fn run_one(&mut self, h: TaskHeader) -> u32 {
         let start = Instant::now();
         self.out.clear();
@@ -174,7 +182,10 @@ impl WorkerLoop<'_> {
                 // in the parent, which runs this same binary (the region tag
                 // checked at attach proves it).
                 let trampoline = unsafe { crate::transport::resolve(h.trampoline) };
-                let status = trampoline(arg, &mut self.out);
+                // A large result goes straight into a spill buffer.
+                let (status, spilled) =
+                    crate::codec::direct_encode(&mut self.out, |out| trampoline(arg, out));
+                self.spilled = spilled;
                 // Shared-array handles this task received expire with it.
                 crate::shared::task_finished();
                 status
@@ -191,6 +202,9 @@ impl WorkerLoop<'_> {
             _reserved: 0,
         };
         self.out[..RESULT_HEADER].copy_from_slice(bytemuck::bytes_of(&header));
+        if let Some((spill, _)) = &mut self.spilled {
+            spill.as_mut_slice()[..RESULT_HEADER].copy_from_slice(bytemuck::bytes_of(&header));
+        }
         status
     }
 
@@ -207,9 +221,32 @@ impl WorkerLoop<'_> {
             };
             self.out.extend_from_slice(bytemuck::bytes_of(&header));
         }
+        match self.spilled.take().filter(|_| tag == TAG_RESULT) {
+            Some((spill, len)) => match loky_ipc::spill::stage(spill, len) {
+                // Staged: the channel hands the buffer over, no copy.
+                Ok(staged) => self.push(tag, staged.bytes()),
+                Err(e) => {
+                    let _ = fatal(EXIT_BOOTSTRAP, format_args!("cannot send a result: {e}"));
+                    std::process::exit(EXIT_BOOTSTRAP);
+                }
+            },
+            None => {
+                let out = std::mem::take(&mut self.out);
+                self.push(tag, &out);
+                self.out = out;
+            }
+        }
+        self.region.parent_bell().ring();
+        if self.out.capacity() > (64 << 20) {
+            self.out = AlignedVec::with_capacity(4096);
+        }
+    }
+
+    /// Sends one message, waiting for room.
+    fn push(&mut self, tag: u32, bytes: &[u8]) {
         let mut pause = Duration::from_micros(20);
         loop {
-            match self.tx.try_send(tag, &self.out) {
+            match self.tx.try_send(tag, bytes) {
                 Ok(true) => break,
                 Ok(false) => {
                     // The parent is behind; it drains continuously, so back
@@ -226,10 +263,6 @@ impl WorkerLoop<'_> {
                     std::process::exit(EXIT_BOOTSTRAP);
                 }
             }
-        }
-        self.region.parent_bell().ring();
-        if self.out.capacity() > (64 << 20) {
-            self.out = AlignedVec::with_capacity(4096);
         }
     }
 
@@ -257,6 +290,8 @@ impl WorkerLoop<'_> {
             }
         }
         let bell = slot.bell();
+        let idle_since = Instant::now();
+        let mut released = false;
         loop {
             let token = bell.announce_sleep();
             if self.rx.has_message() {
@@ -270,7 +305,48 @@ impl WorkerLoop<'_> {
             if !self.parent_alive() {
                 return false;
             }
+            if !released && idle_since.elapsed() >= IDLE_RELEASE {
+                released = true;
+                release_heap();
+                let bytes = loky_ipc::spill::trim(Duration::ZERO);
+                tracing::trace!(spill_bytes = bytes, "idle: memory given back");
+            }
         }
+    }
+}
+
+/// How long a worker (or the parent's spill buffers) stays idle before it
+/// gives back the memory it keeps for reuse.
+pub(crate) const IDLE_RELEASE: Duration = Duration::from_secs(1);
+
+/// Makes glibc malloc keep freed memory for reuse, and serve large blocks
+/// from the heap instead of a fresh `mmap` each (its mmap threshold cannot
+/// go above 32 MiB). A task that takes or returns a 256 MiB `Vec` then
+/// reuses the pages of the previous one: without this, every such
+/// allocation is a fresh mapping whose page faults cost several times the
+/// copy into it. The trade-off: a worker holds on to its peak heap while
+/// busy, and gives it back after [`IDLE_RELEASE`] without work. Not applied
+/// when the pool has a `memory_limit` or a `hard_memory_limit`: memory the
+/// worker keeps would count against them (and fragmentation of a heap that
+/// is never trimmed could reach a hard limit sooner), so such workers free
+/// as glibc does by default. Workers whose binary installs another global
+/// allocator are unaffected (only C code calling `malloc` sees the change).
+fn keep_freed_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: `mallopt` only changes glibc malloc's tunables, under its own
+    // lock; no pointer is involved.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_MAX, 0);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, libc::c_int::MAX);
+    }
+}
+
+/// Gives freed heap memory back to the system (see [`keep_freed_memory`]).
+fn release_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: `malloc_trim` only releases memory glibc malloc holds free.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

@@ -1,0 +1,148 @@
+//! Large values by value: a 256 MiB `Vec<f64>` as a task's argument (W3 by
+//! value, DESIGN.md section 4: the worker sums it) and as a task's result,
+//! next to the in-process references on the same data in the same run.
+//!
+//! ```sh
+//! cargo bench --bench large_values
+//! ```
+//!
+//! Before criterion's own report it prints one line per figure (median and
+//! best seconds per call over [`CALLS`] calls, and GB/s = 256 MiB / seconds
+//! per call), so the figures can be quoted. The input's clone is made
+//! outside the timed part; dropping the argument (which `submit` consumes)
+//! is inside it, dropping a received result is not.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use loky::ProcessPoolExecutor;
+
+/// 256 MiB of `f64`.
+const BYTES: usize = 256 << 20;
+const LEN: usize = BYTES / 8;
+/// Calls per figure for the printed lines.
+const CALLS: usize = 10;
+
+fn value(i: usize) -> f64 {
+    (i % 1000) as f64 * 0.5
+}
+
+fn make(len: u64) -> Vec<f64> {
+    (0..len as usize).map(value).collect()
+}
+
+fn sum(v: Vec<f64>) -> f64 {
+    v.iter().sum()
+}
+
+/// Median and best of `CALLS` timings of `call` (which times itself).
+fn stats(mut call: impl FnMut() -> Duration) -> (f64, f64) {
+    let mut t: Vec<f64> = (0..CALLS).map(|_| call().as_secs_f64()).collect();
+    t.sort_by(f64::total_cmp);
+    (t[t.len() / 2], t[0])
+}
+
+fn report(what: &str, (median, best): (f64, f64), reference: Option<f64>) {
+    let gbps = |s: f64| BYTES as f64 / s / 1e9;
+    let ratio = reference.map_or(String::new(), |r| {
+        format!(", {:.2} x the in-process figure", median / r)
+    });
+    eprintln!(
+        "{what}: median {median:.4} s/call = {:.2} GB/s (best {best:.4} s = {:.2} GB/s){ratio}",
+        gbps(median),
+        gbps(best)
+    );
+}
+
+fn large_values(c: &mut Criterion) {
+    let ex = ProcessPoolExecutor::builder()
+        .max_workers(1)
+        .build()
+        .expect("pool");
+    let data = make(LEN as u64);
+    let want: f64 = data.iter().sum();
+    // Warm up: the worker is started and has seen a large message each way.
+    assert_eq!(
+        ex.submit(sum, data.clone()).unwrap().result().unwrap(),
+        want
+    );
+    assert_eq!(
+        ex.submit(make, LEN as u64).unwrap().result().unwrap().len(),
+        LEN
+    );
+
+    let in_process_sum = stats(|| {
+        let t = Instant::now();
+        black_box(black_box(&data).iter().sum::<f64>());
+        t.elapsed()
+    });
+    report(
+        "reference: in-process sequential sum of 256 MiB f64",
+        in_process_sum,
+        None,
+    );
+    let by_value = stats(|| {
+        let v = data.clone();
+        let t = Instant::now();
+        let got = ex.submit(sum, v).unwrap().result().unwrap();
+        let dt = t.elapsed();
+        assert_eq!(got, want);
+        dt
+    });
+    report(
+        "W3 by value: 256 MiB Vec<f64> argument, the worker sums it",
+        by_value,
+        Some(in_process_sum.0),
+    );
+
+    let in_process_make = stats(|| {
+        let t = Instant::now();
+        let v = make(black_box(LEN as u64));
+        let dt = t.elapsed();
+        drop(black_box(v));
+        dt
+    });
+    report(
+        "reference: in-process fill of a 256 MiB Vec<f64>",
+        in_process_make,
+        None,
+    );
+    let result = stats(|| {
+        let t = Instant::now();
+        let v = ex.submit(make, LEN as u64).unwrap().result().unwrap();
+        let dt = t.elapsed();
+        assert_eq!((v.len(), v[LEN - 1]), (LEN, value(LEN - 1)));
+        dt
+    });
+    report(
+        "256 MiB Vec<f64> result (the worker fills it)",
+        result,
+        Some(in_process_make.0),
+    );
+
+    let mut g = c.benchmark_group("large_values");
+    g.sample_size(10)
+        .measurement_time(Duration::from_secs(8))
+        .throughput(Throughput::Bytes(BYTES as u64));
+    g.bench_function("reference: in-process sum", |b| {
+        b.iter(|| black_box(&data).iter().sum::<f64>())
+    });
+    g.bench_function("W3 by value: sum of a 256 MiB argument", |b| {
+        b.iter_batched(
+            || data.clone(),
+            |v| ex.submit(sum, v).unwrap().result().unwrap(),
+            BatchSize::PerIteration,
+        )
+    });
+    g.bench_function("reference: in-process fill", |b| {
+        b.iter_with_large_drop(|| make(black_box(LEN as u64)))
+    });
+    g.bench_function("256 MiB result", |b| {
+        b.iter_with_large_drop(|| ex.submit(make, LEN as u64).unwrap().result().unwrap())
+    });
+    g.finish();
+}
+
+criterion_group!(benches, large_values);
+criterion_main!(benches);

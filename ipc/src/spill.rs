@@ -1,0 +1,643 @@
+//! Reusable shared-memory buffers for messages larger than a ring.
+//!
+//! A message too large for a ring travels in a *spill buffer*: a sealed
+//! memfd that the receiver maps and reads in place (see [`crate::channel`]).
+//! Creating, populating and unmapping a buffer for every message costs
+//! several times the copy itself (page faults dominate), so buffers are
+//! reused:
+//!
+//! * a process keeps up to [`MAX_POOLED`] buffers in one pool; a
+//!   [`Buffer`] is one of them leased for writing a message (or a one-off
+//!   buffer when all are in use);
+//! * a receiver keeps the mappings of the buffers it was sent, so a
+//!   buffer's descriptor crosses the socket once per receiver, not once per
+//!   message;
+//! * each buffer's header holds a `state` word: the receiver marks the
+//!   buffer free when it is done reading, and the pool leases only free
+//!   buffers.
+//!
+//! A writer that knows its message only once it is written (an encoder)
+//! leases a [`Buffer`], writes, and [`stage`]s it; a [`crate::Sender`] asked
+//! to send exactly the staged bytes hands the buffer over instead of copying
+//! it. Buffers idle for a while can be emptied with [`trim`] (their pages
+//! go back to the system; the mappings stay valid).
+//!
+//! The protocol, its SYNC POINTs and what happens when a peer dies are in
+//! `ring.md` ("Large messages").
+
+use std::cell::RefCell;
+use std::fs::File;
+use std::marker::PhantomData;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::AtomicU32;
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use memmap2::{MmapOptions, MmapRaw};
+use rustix::fs::{FallocateFlags, MemfdFlags, SealFlags};
+
+use crate::error::OsContext;
+use crate::{Error, Result};
+
+/// Bytes before the payload: the `Header`, padded to a page so that the
+/// payload is page-aligned (and so 16-byte aligned, as rkyv needs).
+pub const HEADER_LEN: usize = 4096;
+/// The most buffers a process keeps for reuse; past that, a message whose
+/// buffers are all in flight gets a one-off buffer.
+pub const MAX_POOLED: usize = 8;
+
+const MAGIC: u64 = u64::from_le_bytes(*b"lokyspil");
+const VERSION: u32 = 1;
+const FREE: u32 = 0;
+const BUSY: u32 = 1;
+
+/// The start of every spill buffer. `#[repr(C)]`.
+///
+/// * `magic`, `version`, `id`, `capacity`: written once by the creator,
+///   before the descriptor leaves the process; checked by each receiver
+///   when it maps the buffer.
+/// * `state`: [`BUSY`] stored by the sender (Relaxed, before the ring frame
+///   that announces the message is published); [`FREE`] stored by the
+///   receiver (Release, after its last read of the payload); loaded by the
+///   pool (Acquire) before it leases the buffer again.
+#[repr(C)]
+struct Header {
+    magic: u64,
+    version: u32,
+    state: AtomicU32,
+    id: u64,
+    capacity: u64,
+}
+
+const _: () = assert!(std::mem::size_of::<Header>() <= HEADER_LEN);
+
+/// One spill buffer, as its creator sees it.
+#[derive(Debug)]
+struct Buf {
+    id: u64,
+    file: File,
+    map: MmapRaw,
+    capacity: usize,
+}
+
+// SAFETY: the mapping is reached through `&self` methods that only touch
+// the header's atomics, or through a `Buffer`, whose lease makes it the only
+// writer (see `Buffer::as_mut_slice`).
+unsafe impl Send for Buf {}
+// SAFETY: as above.
+unsafe impl Sync for Buf {}
+
+fn next_id() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, Relaxed)
+}
+
+impl Buf {
+    /// A sealed memfd of `HEADER_LEN + capacity` bytes, pages reserved and
+    /// mapped.
+    fn create(capacity: usize) -> Result<Self> {
+        let fd = rustix::fs::memfd_create(
+            "loky-spill",
+            MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
+        )
+        .os("memfd_create")?;
+        let size = (HEADER_LEN + capacity) as u64;
+        rustix::fs::ftruncate(&fd, size).os("ftruncate")?;
+        // Reserving the pages now makes running out of memory an error
+        // here, never a SIGBUS at first touch.
+        rustix::fs::fallocate(&fd, FallocateFlags::empty(), 0, size)
+            .os("fallocate (reserving shared memory)")?;
+        // A receiver checks the size once; the seals keep it true.
+        rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)
+            .os("fcntl(F_ADD_SEALS)")?;
+        let file = File::from(fd);
+        let map = MmapOptions::new()
+            .len(HEADER_LEN + capacity)
+            .populate()
+            .map_raw(&file)
+            .os("mmap")?;
+        let id = next_id();
+        // SAFETY: the mapping is at least HEADER_LEN bytes, page-aligned,
+        // and nobody else has it yet.
+        unsafe {
+            map.as_mut_ptr().cast::<Header>().write(Header {
+                magic: MAGIC,
+                version: VERSION,
+                state: AtomicU32::new(FREE),
+                id,
+                capacity: capacity as u64,
+            });
+        }
+        Ok(Self {
+            id,
+            file,
+            map,
+            capacity,
+        })
+    }
+
+    fn state(&self) -> &AtomicU32 {
+        // SAFETY: the header was written at creation and lives as long as
+        // the mapping; its atomics may be shared with other processes.
+        unsafe { &(*self.map.as_ptr().cast::<Header>()).state }
+    }
+
+    fn is_free(&self) -> bool {
+        // SYNC POINT: pairs with the Release store of FREE in
+        // `Mapped::release`: the receiver's reads of the payload happen
+        // before whatever we write into it next.
+        self.state().load(Acquire) == FREE
+    }
+
+    fn payload(&self) -> *mut u8 {
+        // SAFETY: the mapping is HEADER_LEN + capacity bytes long.
+        unsafe { self.map.as_mut_ptr().add(HEADER_LEN) }
+    }
+
+    /// Gives the payload's pages back to the system; the file keeps its
+    /// size and every mapping stays valid. Only for a free buffer.
+    fn punch(&self) -> Result<()> {
+        rustix::fs::fallocate(
+            &self.file,
+            FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
+            HEADER_LEN as u64,
+            self.capacity as u64,
+        )
+        .os("fallocate (releasing shared memory)")
+    }
+
+    /// Reserves the payload's pages again after [`Self::punch`].
+    fn reserve(&self) -> Result<()> {
+        rustix::fs::fallocate(
+            &self.file,
+            FallocateFlags::KEEP_SIZE,
+            HEADER_LEN as u64,
+            self.capacity as u64,
+        )
+        .os("fallocate (reserving shared memory)")
+    }
+}
+
+/// A pooled buffer and what the pool knows about it.
+#[derive(Debug)]
+struct Entry {
+    buf: Arc<Buf>,
+    /// A [`Buffer`] (or a [`Staged`] guard) holds it: not leasable, even
+    /// once the receiver has marked it free.
+    leased: bool,
+    /// Its pages are allocated (false after [`trim`]).
+    reserved: bool,
+    /// Bumped at every lease; tells a stale [`InFlight`] from a current one.
+    generation: u64,
+    /// When the last lease ended.
+    last_used: Instant,
+    /// When [`trim`] first saw it free since then.
+    free_seen: Option<Instant>,
+}
+
+static POOL: Mutex<Vec<Entry>> = Mutex::new(Vec::new());
+
+fn pool() -> MutexGuard<'static, Vec<Entry>> {
+    // The pool's invariants hold between statements; a panic elsewhere
+    // while it was held leaves nothing half-done.
+    POOL.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The capacity given to a new buffer for a message of `len` bytes: some
+/// room to grow (an encoder may write a little more than it asked for,
+/// sizes drift), in whole 64 KiB.
+fn size_class(len: usize) -> usize {
+    len.saturating_add(len / 8)
+        .saturating_add(64 << 10)
+        .next_multiple_of(64 << 10)
+}
+
+/// A spill buffer leased for writing one message. Dropping it returns it
+/// to the pool (unsent, it is at once leasable again).
+#[derive(Debug)]
+pub struct Buffer {
+    buf: Arc<Buf>,
+    generation: u64,
+    pooled: bool,
+}
+
+impl Buffer {
+    /// Leases a buffer of at least `len` bytes: the smallest free pooled
+    /// one that fits, else a new one (replacing the smallest free one when
+    /// the pool is full), else a one-off buffer.
+    pub fn lease(len: usize) -> Result<Self> {
+        {
+            let mut pool = pool();
+            let fit = pool
+                .iter_mut()
+                .filter(|e| !e.leased && e.buf.capacity >= len && e.buf.is_free())
+                .min_by_key(|e| e.buf.capacity);
+            if let Some(e) = fit {
+                if !e.reserved {
+                    e.buf.reserve()?;
+                    e.reserved = true;
+                }
+                e.leased = true;
+                e.generation += 1;
+                e.free_seen = None;
+                return Ok(Self {
+                    buf: e.buf.clone(),
+                    generation: e.generation,
+                    pooled: true,
+                });
+            }
+        }
+        // Created without the lock: a large buffer takes a while.
+        let buf = Arc::new(Buf::create(size_class(len))?);
+        let mut pool = pool();
+        if pool.len() >= MAX_POOLED {
+            let smallest_free = pool
+                .iter()
+                .enumerate()
+                .filter(|(_, e)| !e.leased && e.buf.is_free())
+                .min_by_key(|(_, e)| e.buf.capacity)
+                .map(|(i, _)| i);
+            let Some(i) = smallest_free else {
+                return Ok(Self {
+                    buf,
+                    generation: 0,
+                    pooled: false,
+                });
+            };
+            let old = pool.swap_remove(i);
+            // Receivers may keep mapping it for a while: free its pages now.
+            if let Err(e) = old.buf.punch() {
+                tracing::debug!(error = %e, "could not release a replaced spill buffer's pages");
+            }
+        }
+        pool.push(Entry {
+            buf: buf.clone(),
+            leased: true,
+            reserved: true,
+            generation: 1,
+            last_used: Instant::now(),
+            free_seen: None,
+        });
+        Ok(Self {
+            buf,
+            generation: 1,
+            pooled: true,
+        })
+    }
+
+    /// Bytes that can be written.
+    pub fn capacity(&self) -> usize {
+        self.buf.capacity
+    }
+
+    /// The whole payload area, for writing (before the buffer is sent).
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: `capacity` bytes are mapped after the header. The lease
+        // makes this the only writer in this process (the pool hands a
+        // buffer to one `Buffer` at a time), and the buffer was free when
+        // leased: every receiver that read it before is done (SYNC POINT in
+        // `Buf::is_free`), and none reads it again before we send it.
+        unsafe { std::slice::from_raw_parts_mut(self.buf.payload(), self.buf.capacity) }
+    }
+
+    /// The whole payload area.
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: as for `as_mut_slice`; shared access only reads.
+        unsafe { std::slice::from_raw_parts(self.buf.payload(), self.buf.capacity) }
+    }
+
+    pub(crate) fn id(&self) -> u64 {
+        self.buf.id
+    }
+
+    pub(crate) fn pooled(&self) -> bool {
+        self.pooled
+    }
+
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.buf.file.as_fd()
+    }
+
+    /// Marks the buffer as handed to a receiver (before the frame that
+    /// announces it is published) and returns what the sender must keep.
+    pub(crate) fn hand_over(&self) -> InFlight {
+        // Relaxed: the Release store of the ring's `head` that publishes
+        // the frame orders it before the receiver's FREE (ring.md, "Large
+        // messages").
+        self.buf.state().store(BUSY, Relaxed);
+        InFlight {
+            buf: self.buf.clone(),
+            generation: self.generation,
+            pooled: self.pooled,
+        }
+    }
+}
+
+impl Drop for Buffer {
+    fn drop(&mut self) {
+        if !self.pooled {
+            return;
+        }
+        let mut pool = pool();
+        if let Some(e) = pool.iter_mut().find(|e| Arc::ptr_eq(&e.buf, &self.buf)) {
+            e.leased = false;
+            e.last_used = Instant::now();
+        }
+    }
+}
+
+/// A buffer a sender handed over and has not seen freed yet.
+#[derive(Debug)]
+pub(crate) struct InFlight {
+    buf: Arc<Buf>,
+    generation: u64,
+    pooled: bool,
+}
+
+impl InFlight {
+    /// True once the receiver is done with it.
+    pub(crate) fn is_free(&self) -> bool {
+        self.buf.state().load(Relaxed) == FREE
+    }
+
+    /// The sender goes away (its receiver is presumed dead): a buffer still
+    /// marked busy will never be marked free, so the pool forgets it. It is
+    /// unmapped when the last process holding it lets go.
+    pub(crate) fn abandon(self) {
+        if !self.pooled || self.is_free() {
+            return;
+        }
+        let mut pool = pool();
+        if let Some(i) = pool
+            .iter()
+            .position(|e| Arc::ptr_eq(&e.buf, &self.buf) && e.generation == self.generation)
+        {
+            pool.swap_remove(i);
+        }
+    }
+}
+
+/// Gives back the pages of every pooled buffer that has been unused for at
+/// least `idle` (zero: every free one): not leased for that long, and seen
+/// free by an earlier call at least that long ago (a receiver may hold a
+/// buffer long after it was sent; call this periodically). The buffers stay
+/// pooled and are reserved again when next leased. Returns the bytes
+/// released.
+pub fn trim(idle: Duration) -> usize {
+    let mut pool = pool();
+    let mut released = 0;
+    let now = Instant::now();
+    for e in pool.iter_mut() {
+        if !e.reserved || e.leased || !e.buf.is_free() {
+            continue;
+        }
+        let free_since = *e.free_seen.get_or_insert(now);
+        if now.duration_since(e.last_used) >= idle && now.duration_since(free_since) >= idle {
+            match e.buf.punch() {
+                Ok(()) => {
+                    e.reserved = false;
+                    released += e.buf.capacity;
+                }
+                Err(err) => {
+                    tracing::debug!(error = %err, "could not release a spill buffer's pages")
+                }
+            }
+        }
+    }
+    released
+}
+
+/// What the pool holds (for tests and diagnostics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Buffers pooled.
+    pub buffers: usize,
+    /// Their capacity in bytes, counting only those with pages reserved.
+    pub reserved_bytes: usize,
+    /// Buffers leased right now.
+    pub leased: usize,
+    /// Buffers a receiver has not marked free yet.
+    pub busy: usize,
+}
+
+/// A snapshot of this process's pool.
+pub fn pool_stats() -> PoolStats {
+    let pool = pool();
+    PoolStats {
+        buffers: pool.len(),
+        reserved_bytes: pool
+            .iter()
+            .filter(|e| e.reserved)
+            .map(|e| e.buf.capacity)
+            .sum(),
+        leased: pool.iter().filter(|e| e.leased).count(),
+        busy: pool.iter().filter(|e| !e.buf.is_free()).count(),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Staging: handing an already written buffer to a `Sender` without a copy.
+
+struct StagedEntry {
+    buffer: Buffer,
+    len: usize,
+    sent: bool,
+}
+
+thread_local! {
+    static STAGED: RefCell<Vec<StagedEntry>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The first `len` bytes of a staged [`Buffer`], for as long as this guard
+/// lives. Passing exactly these bytes to [`crate::Sender::try_send`] on
+/// this thread sends the buffer itself (once); dropping the guard returns
+/// the buffer to the pool (leasable again once its receiver is done).
+#[derive(Debug)]
+pub struct Staged {
+    ptr: *const u8,
+    len: usize,
+    // Keeps the mapping alive, and ties the guard to its thread.
+    _buf: Arc<Buf>,
+    _thread: PhantomData<*const ()>,
+}
+
+/// Stages the first `len` bytes of `buffer` (see [`Staged`]).
+pub fn stage(buffer: Buffer, len: usize) -> Result<Staged> {
+    if len > buffer.capacity() {
+        return Err(Error::Config(format!(
+            "staged length {len} exceeds the buffer's {} bytes",
+            buffer.capacity()
+        )));
+    }
+    let guard = Staged {
+        ptr: buffer.buf.payload(),
+        len,
+        _buf: buffer.buf.clone(),
+        _thread: PhantomData,
+    };
+    STAGED.with(|s| {
+        s.borrow_mut().push(StagedEntry {
+            buffer,
+            len,
+            sent: false,
+        })
+    });
+    Ok(guard)
+}
+
+impl Staged {
+    /// The staged bytes.
+    pub fn bytes(&self) -> &[u8] {
+        // SAFETY: `len` bytes of the payload are mapped (checked in
+        // `stage`; `_buf` keeps the mapping). The buffer stays leased while
+        // this guard lives, so nobody in this process writes it; a receiver
+        // only reads it.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        let entry = STAGED.with(|s| {
+            let mut s = s.borrow_mut();
+            let i = s
+                .iter()
+                .rposition(|e| e.buffer.buf.payload().cast_const() == self.ptr)?;
+            Some(s.remove(i))
+        });
+        drop(entry); // returns the buffer to the pool, outside the borrow
+    }
+}
+
+/// If `payload` is exactly the bytes of a buffer staged on this thread and
+/// not sent yet, runs `send` on it and marks it sent when `send` returns
+/// `Ok(true)`; `None` otherwise.
+pub(crate) fn with_staged(
+    payload: &[u8],
+    send: impl FnOnce(&Buffer) -> Result<bool>,
+) -> Option<Result<bool>> {
+    STAGED.with(|s| {
+        let mut s = s.borrow_mut();
+        let e = s.iter_mut().rev().find(|e| {
+            !e.sent
+                && e.len == payload.len()
+                && e.buffer.buf.payload().cast_const() == payload.as_ptr()
+        })?;
+        let r = send(&e.buffer);
+        if matches!(r, Ok(true)) {
+            e.sent = true;
+        }
+        Some(r)
+    })
+}
+
+// ---------------------------------------------------------------------------
+// The receiving side.
+
+/// A spill buffer as a receiver maps it.
+#[derive(Debug)]
+pub(crate) struct Mapped {
+    id: u64,
+    map: MmapRaw,
+    capacity: usize,
+}
+
+// SAFETY: the receiver reads the payload only between a frame's arrival
+// and `release`; the header is reached through atomics.
+unsafe impl Send for Mapped {}
+
+impl Mapped {
+    /// Maps a buffer received from the peer, checking that it is a sealed
+    /// spill buffer with id `id`.
+    pub(crate) fn open(fd: OwnedFd, id: u64) -> Result<Self> {
+        let file = File::from(fd);
+        let seals = rustix::fs::fcntl_get_seals(&file).os("fcntl(F_GET_SEALS)")?;
+        if !seals.contains(SealFlags::SHRINK) {
+            return Err(Error::Corrupt(
+                "spill buffer is not sealed against shrinking".into(),
+            ));
+        }
+        let size = file.metadata().os("fstat")?.len() as usize;
+        if size < HEADER_LEN {
+            return Err(Error::Corrupt(format!("spill buffer of {size} bytes")));
+        }
+        // Populated at once: a buffer is mapped once and read many times.
+        let map = MmapOptions::new()
+            .len(size)
+            .populate()
+            .map_raw(&file)
+            .os("mmap")?;
+        // SAFETY: at least HEADER_LEN bytes are mapped; every field is
+        // plain data or an atomic, valid for any bit pattern.
+        let h = unsafe { &*map.as_ptr().cast::<Header>() };
+        let capacity = size - HEADER_LEN;
+        if h.magic != MAGIC || h.version != VERSION || h.id != id || h.capacity != capacity as u64 {
+            return Err(Error::Corrupt(format!(
+                "spill buffer header mismatch (id {} for {id}, capacity {} of {capacity})",
+                h.id, h.capacity
+            )));
+        }
+        Ok(Self { id, map, capacity })
+    }
+
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
+    pub(crate) fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// The first `len` bytes of the payload (`len <= capacity`, checked by
+    /// the caller).
+    pub(crate) fn bytes(&self, len: usize) -> &[u8] {
+        debug_assert!(len <= self.capacity);
+        // SAFETY: `capacity` bytes are mapped after the header and the file
+        // cannot shrink (sealed, checked in `open`). The sender does not
+        // write them until `release` (ring.md, "Large messages").
+        unsafe {
+            std::slice::from_raw_parts(self.map.as_ptr().add(HEADER_LEN), len.min(self.capacity))
+        }
+    }
+
+    /// Tells the sender we are done reading.
+    pub(crate) fn release(&self) {
+        // SAFETY: as in `open`.
+        let h = unsafe { &*self.map.as_ptr().cast::<Header>() };
+        // SYNC POINT: pairs with the Acquire load in `Buf::is_free`: our
+        // reads of the payload happen before the sender's next writes.
+        h.state.store(FREE, Release);
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn size_classes_leave_room() {
+        assert_eq!(size_class(0), 64 << 10);
+        assert!(size_class(256 << 20) >= (256 << 20) + (32 << 20));
+        assert_eq!(size_class(1000) % (64 << 10), 0);
+    }
+
+    #[test]
+    fn a_mapped_buffer_sees_the_writes_and_frees_it() {
+        let mut b = Buffer::lease(10_000).unwrap();
+        b.as_mut_slice()[..5].copy_from_slice(b"hello");
+        let flight = b.hand_over();
+        assert!(!flight.is_free());
+        let m = Mapped::open(b.fd().try_clone_to_owned().unwrap(), b.id()).unwrap();
+        assert_eq!(m.bytes(5), b"hello");
+        assert!(Mapped::open(b.fd().try_clone_to_owned().unwrap(), b.id() + 1).is_err());
+        m.release();
+        assert!(flight.is_free());
+    }
+
+    #[test]
+    fn an_unsealed_file_is_refused() {
+        let seg = crate::Segment::create(HEADER_LEN + 64).unwrap();
+        assert!(Mapped::open(seg.fd().try_clone_to_owned().unwrap(), 1).is_err());
+    }
+}

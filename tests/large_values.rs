@@ -1,0 +1,205 @@
+//! Large values by value: a 256 MiB `Vec<f64>` as a task's argument and as
+//! its result, a worker that dies while large messages are in flight, and
+//! repeated pools with large values leaving nothing behind.
+//!
+//! Each test moves several 256 MiB copies around; they run one at a time.
+
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use loky::{Error, ProcessPoolExecutor};
+
+/// 256 MiB of `f64`.
+const LEN: usize = (256 << 20) / 8;
+/// A generous bound that only turns a hang into a failure.
+const HANG: Duration = Duration::from_secs(120);
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn value(i: usize) -> f64 {
+    (i % 1000) as f64 * 0.5
+}
+
+fn make(len: u64) -> Vec<f64> {
+    (0..len as usize).map(value).collect()
+}
+
+/// The exact sum of `make(len)` (every partial sum is a multiple of 0.5
+/// well below 2^52, so the sequential sum is exact too).
+fn expected_sum(len: usize) -> f64 {
+    let full = (len / 1000) as f64 * (0..1000).map(value).sum::<f64>();
+    full + (0..len % 1000).map(value).sum::<f64>()
+}
+
+/// The sum, the length, and a few samples.
+type Summary = (f64, u64, [f64; 4]);
+
+fn summarize(v: Vec<f64>) -> Summary {
+    let n = v.len();
+    (
+        v.iter().sum(),
+        n as u64,
+        [v[0], v[n / 3], v[n / 2 + 1], v[n - 1]],
+    )
+}
+
+fn expected_summary(len: usize) -> Summary {
+    (
+        expected_sum(len),
+        len as u64,
+        [value(0), value(len / 3), value(len / 2 + 1), value(len - 1)],
+    )
+}
+
+fn pool() -> ProcessPoolExecutor {
+    ProcessPoolExecutor::builder()
+        .max_workers(1)
+        .build()
+        .expect("pool")
+}
+
+#[test]
+fn a_256_mib_argument_arrives_whole() {
+    let _serial = serial();
+    let ex = pool();
+    let data = make(LEN as u64);
+    // Twice: the second call goes through the buffers the first one left.
+    for _ in 0..2 {
+        let got = ex
+            .submit(summarize, data.clone())
+            .unwrap()
+            .result_timeout(HANG)
+            .unwrap();
+        assert_eq!(got, expected_summary(LEN));
+    }
+    // Sizes on either side of the direct-to-shared-memory threshold and of
+    // the ring's inline limit.
+    for len in [3, 60_000, 131_000, 140_000, 1 << 20] {
+        let got = ex
+            .submit(summarize, make(len as u64))
+            .unwrap()
+            .result_timeout(HANG)
+            .unwrap();
+        assert_eq!(got, expected_summary(len), "{len} values");
+    }
+}
+
+#[test]
+fn a_256_mib_result_arrives_whole() {
+    let _serial = serial();
+    let ex = pool();
+    for _ in 0..2 {
+        let v = ex
+            .submit(make, LEN as u64)
+            .unwrap()
+            .result_timeout(HANG)
+            .unwrap();
+        assert_eq!(summarize(v), expected_summary(LEN));
+    }
+    // Argument and result both large.
+    let doubled = ex
+        .submit(
+            |v: Vec<f64>| v.into_iter().map(|x| 2.0 * x).collect::<Vec<f64>>(),
+            make(LEN as u64),
+        )
+        .unwrap()
+        .result_timeout(HANG)
+        .unwrap();
+    assert_eq!(doubled.len(), LEN);
+    assert_eq!(doubled.iter().sum::<f64>(), 2.0 * expected_sum(LEN));
+}
+
+#[test]
+fn a_worker_dying_with_large_messages_in_flight_heals() {
+    let _serial = serial();
+    let ex = pool();
+    let data = make(LEN as u64);
+    // The worker dies holding its 256 MiB argument, with a second large
+    // task probably waiting behind it in its ring.
+    let dies = ex
+        .submit(
+            |v: Vec<f64>| -> f64 {
+                if !v.is_empty() {
+                    std::thread::sleep(Duration::from_millis(300));
+                    std::process::abort();
+                }
+                0.0
+            },
+            data.clone(),
+        )
+        .unwrap();
+    let behind = ex.submit(summarize, data.clone()).unwrap();
+    match dies.result_timeout(HANG) {
+        Err(Error::TerminatedWorker { .. }) => {}
+        other => panic!("expected TerminatedWorker, got {other:?}"),
+    }
+    match behind.result_timeout(HANG) {
+        // It was in the dead worker's ring...
+        Err(Error::TerminatedWorker { .. }) => {}
+        // ... or reached the replacement.
+        Ok(got) => assert_eq!(got, expected_summary(LEN)),
+        Err(other) => panic!("unexpected {other}"),
+    }
+    // The replacement takes large arguments and results again.
+    let got = ex
+        .submit(summarize, data)
+        .unwrap()
+        .result_timeout(HANG)
+        .unwrap();
+    assert_eq!(got, expected_summary(LEN));
+    let v = ex
+        .submit(make, LEN as u64)
+        .unwrap()
+        .result_timeout(HANG)
+        .unwrap();
+    assert_eq!(summarize(v), expected_summary(LEN));
+    assert!(ex.stats().crashed >= 1);
+    // The buffer the dead worker held was forgotten, not left busy.
+    assert_eq!(loky_ipc::spill::pool_stats().busy, 0);
+}
+
+fn fd_count() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+fn spill_mappings() -> usize {
+    std::fs::read_to_string("/proc/self/maps")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("loky-spill"))
+        .count()
+}
+
+#[test]
+fn pools_with_large_values_leave_nothing_behind() {
+    let _serial = serial();
+    const N: usize = (64 << 20) / 8;
+    let cycle = || {
+        let ex = pool();
+        let got = ex
+            .submit(summarize, make(N as u64))
+            .unwrap()
+            .result_timeout(HANG)
+            .unwrap();
+        assert_eq!(got, expected_summary(N));
+        let v = ex
+            .submit(make, N as u64)
+            .unwrap()
+            .result_timeout(HANG)
+            .unwrap();
+        assert_eq!(v.len(), N);
+    };
+    // The first cycle fills this process's buffer pool; later ones reuse it.
+    cycle();
+    let (fds, maps) = (fd_count(), spill_mappings());
+    for _ in 0..5 {
+        cycle();
+    }
+    assert_eq!(fd_count(), fds, "descriptors leaked");
+    assert_eq!(spill_mappings(), maps, "spill buffers leaked");
+    assert!(maps <= loky_ipc::spill::MAX_POOLED);
+}
