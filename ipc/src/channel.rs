@@ -181,6 +181,10 @@ impl<'r> Sender<'r> {
         fill: impl FnOnce(&mut [u8]),
     ) -> Result<bool> {
         Self::check_tag(tag)?;
+        if !self.spills.in_flight.is_empty() {
+            // Lets go of one-off buffers (and their mappings) soon.
+            self.spills.in_flight.retain(|f| !f.is_free());
+        }
         if len <= self.ring.max_message() {
             return Ok(match self.ring.reserve(len) {
                 Some(mut grant) => {

@@ -81,13 +81,6 @@ struct Buf {
     capacity: usize,
 }
 
-// SAFETY: the mapping is reached through `&self` methods that only touch
-// the header's atomics, or through a `Buffer`, whose lease makes it the only
-// writer (see `Buffer::as_mut_slice`).
-unsafe impl Send for Buf {}
-// SAFETY: as above.
-unsafe impl Sync for Buf {}
-
 fn next_id() -> u64 {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     NEXT.fetch_add(1, Relaxed)
@@ -356,7 +349,8 @@ pub(crate) struct InFlight {
 }
 
 impl InFlight {
-    /// True once the receiver is done with it.
+    /// True once the receiver is done with it. (Relaxed: only bookkeeping
+    /// follows; a writer goes through `Buf::is_free`.)
     pub(crate) fn is_free(&self) -> bool {
         self.buf.state().load(Relaxed) == FREE
     }
@@ -499,7 +493,8 @@ impl Staged {
 
 impl Drop for Staged {
     fn drop(&mut self) {
-        let entry = STAGED.with(|s| {
+        // `try_with`: nothing to return if the thread is being torn down.
+        let entry = STAGED.try_with(|s| {
             let mut s = s.borrow_mut();
             let i = s
                 .iter()
@@ -542,10 +537,6 @@ pub(crate) struct Mapped {
     map: MmapRaw,
     capacity: usize,
 }
-
-// SAFETY: the receiver reads the payload only between a frame's arrival
-// and `release`; the header is reached through atomics.
-unsafe impl Send for Mapped {}
 
 impl Mapped {
     /// Maps a buffer received from the peer, checking that it is a sealed
