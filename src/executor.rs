@@ -175,7 +175,12 @@ impl ProcessPoolExecutor {
                 CodecStage::EncodeArgument,
                 |bytes| {
                     cell.set_pins(crate::shared::take_pins());
-                    pool.dispatch(cell.clone(), bytes)
+                    let sent = pool.dispatch(cell.clone(), bytes);
+                    if sent.is_err() {
+                        // Not sent after all: the handles are usable again.
+                        crate::shared::unsend(cell.take_pins());
+                    }
+                    sent
                 },
             )?
         })?;

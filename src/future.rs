@@ -13,6 +13,8 @@ use crate::pool::Pool;
 const PENDING: u8 = 0;
 const RUNNING: u8 = 1;
 const FINISHED: u8 = 2;
+/// Cancelled before it ran, outcome not published yet: no worker may get it.
+const CANCELLING: u8 = 3;
 
 /// Wakes a thread blocked on one or more futures (`result`, `wait`,
 /// `as_completed`).
@@ -113,9 +115,15 @@ impl<R> std::fmt::Debug for TaskCell<R> {
 /// What the pool needs from a task of any result type.
 pub(crate) trait Completion: Send + Sync {
     fn id(&self) -> u64;
-    /// Marks the task as handed to a worker. False if it was cancelled (or
-    /// otherwise finished) meanwhile.
+    /// Marks the task as about to be handed to a worker. False if it was
+    /// cancelled (or otherwise finished) meanwhile.
     fn set_running(&self) -> bool;
+    /// Undoes [`Completion::set_running`]: the worker's ring was full and
+    /// the task waits in the parent again (so it can still be cancelled).
+    fn requeued(&self);
+    /// Records that the task's bytes are in a worker's ring: from now on
+    /// only the pool releases its pins, once the worker is done with it.
+    fn mark_sent(&self);
     /// Stores the outcome decoded from a worker's result message; does not
     /// wake anyone yet (see [`Completion::publish`]).
     fn stage_bytes(&self, status: u32, elapsed_ns: u64, bytes: &[u8]);
@@ -193,6 +201,10 @@ impl<R> Cell<R> {
     pub(crate) fn set_pins(&self, pins: crate::shared::Pins) {
         *lock(&self.pins) = pins;
     }
+
+    pub(crate) fn take_pins(&self) -> crate::shared::Pins {
+        std::mem::take(&mut *lock(&self.pins))
+    }
 }
 
 impl<R: Send + 'static> Completion for Cell<R> {
@@ -201,21 +213,23 @@ impl<R: Send + 'static> Completion for Cell<R> {
     }
 
     fn set_running(&self) -> bool {
-        // PENDING -> RUNNING; a task already RUNNING (requeued after a full
-        // ring) stays so. Only a finished (cancelled) task is refused.
-        let handed = match self.task.state.compare_exchange(
-            PENDING,
-            RUNNING,
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        ) {
-            Ok(_) => true,
-            Err(current) => current == RUNNING,
-        };
-        if handed {
-            self.sent.store(true, Ordering::Release);
-        }
-        handed
+        // PENDING -> RUNNING. A task being cancelled (or finished) is
+        // refused: its pins may already be gone.
+        self.task
+            .state
+            .compare_exchange(PENDING, RUNNING, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    fn requeued(&self) {
+        let _ =
+            self.task
+                .state
+                .compare_exchange(RUNNING, PENDING, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    fn mark_sent(&self) {
+        self.sent.store(true, Ordering::Release);
     }
 
     fn release_pins(&self) {
@@ -251,11 +265,12 @@ impl<R: Send + 'static> Completion for Cell<R> {
         if self
             .task
             .state
-            .compare_exchange(PENDING, RUNNING, Ordering::AcqRel, Ordering::Acquire)
+            .compare_exchange(PENDING, CANCELLING, Ordering::AcqRel, Ordering::Acquire)
             .is_err()
         {
             return false;
         }
+        // Never sent (sending needs PENDING -> RUNNING first).
         self.release_pins();
         self.task.finish(Some(Err(Error::Cancelled)));
         true
@@ -628,14 +643,18 @@ mod tests {
     }
 
     #[test]
-    fn set_running_is_idempotent_so_a_requeued_task_is_not_dropped() {
+    fn a_requeued_task_can_run_later_or_be_cancelled() {
         // `refill` marks a task running, may find the ring full and queue it
-        // again, then marks it running a second time: that must not read as
-        // "cancelled" (which drops the task).
+        // again: it is pending again, so it still runs later, and a cancel
+        // meanwhile wins.
         let c = cell();
         assert!(c.set_running());
-        assert!(c.set_running());
         assert!(!c.try_cancel(), "a running task cannot be cancelled");
+        c.requeued();
+        assert!(c.set_running(), "a requeued task runs later");
+        c.requeued();
+        assert!(c.try_cancel(), "a requeued task can be cancelled");
+        assert!(!c.set_running(), "and is then never started");
     }
 
     #[test]

@@ -319,25 +319,35 @@ fn a_handle_kept_past_its_task_or_sent_back_is_refused() {
     bounded(60, || {
         let ex = pool(1);
         let v = SharedVec::from_slice(&ex, &[7u8; 64]).unwrap();
-        ex.submit(
-            |s: SharedSlice<u8>| KEPT.with(|k| *k.borrow_mut() = Some(s)),
-            v.slice(..).unwrap(),
-        )
-        .unwrap()
-        .result()
-        .unwrap();
-        let late = ex
-            .submit(|_: ()| KEPT.with(|k| k.borrow().as_ref().map(|s| s[0])), ())
+        // Keeping a handle would let the worker touch memory the parent
+        // reuses: the worker exits instead of reporting the task done.
+        let kept = ex
+            .submit(
+                |s: SharedSlice<u8>| KEPT.with(|k| *k.borrow_mut() = Some(s)),
+                v.slice(..).unwrap(),
+            )
             .unwrap();
-        match late.result() {
-            Err(Error::TaskPanicked { message, .. }) => {
-                assert!(
-                    message.contains("only valid until that task returns"),
-                    "{message}"
-                )
+        match kept.result() {
+            Err(Error::TerminatedWorker { status, .. }) => {
+                assert_eq!(status, loky::ExitStatus::Exited(80))
             }
-            other => panic!("expected a panic, got {other:?}"),
+            other => panic!("expected the worker to exit, got {other:?}"),
         }
+        let leaked = ex
+            .submit(
+                |s: SharedSliceMut<u8>| {
+                    Box::leak(Box::new(s));
+                },
+                SharedVec::<u8>::zeroed(&ex, 8)
+                    .unwrap()
+                    .slice_mut(..)
+                    .unwrap(),
+            )
+            .unwrap();
+        assert!(matches!(
+            leaked.result(),
+            Err(Error::TerminatedWorker { .. })
+        ));
         let back = ex
             .submit(|s: SharedSlice<u8>| s, v.slice(..).unwrap())
             .unwrap();
@@ -345,7 +355,19 @@ fn a_handle_kept_past_its_task_or_sent_back_is_refused() {
             matches!(back.result(), Err(Error::Codec { .. })),
             "a handle cannot come back as a result"
         );
-        // Still usable afterwards.
+        // Decoding a handle by hand inside a task is refused too.
+        let forged = ex
+            .submit(
+                |bytes: Vec<u8>| {
+                    let mut aligned = rkyv::util::AlignedVec::<16>::new();
+                    aligned.extend_from_slice(&bytes);
+                    rkyv::from_bytes::<SharedSlice<u8>, rkyv::rancor::Error>(&aligned).is_err()
+                },
+                vec![0u8; 32],
+            )
+            .unwrap();
+        assert!(forged.result().unwrap());
+        // Still usable afterwards, and nothing is left pinned.
         assert_eq!(
             ex.submit(|s: SharedSlice<u8>| s[63], v.slice(..).unwrap())
                 .unwrap()
@@ -353,6 +375,37 @@ fn a_handle_kept_past_its_task_or_sent_back_is_refused() {
                 .unwrap(),
             7
         );
+        drop(v);
+        assert_eq!(ex.shared_memory().0, 0);
+    });
+}
+
+#[test]
+fn a_writable_handle_goes_to_one_task_only() {
+    bounded(60, || {
+        let ex = pool(1);
+        let mut v = SharedVec::<u32>::zeroed(&ex, 16).unwrap();
+        let shared = std::sync::Arc::new(v.slice_mut(..).unwrap());
+        let first = ex
+            .submit(
+                |s: std::sync::Arc<SharedSliceMut<u32>>| s.len(),
+                shared.clone(),
+            )
+            .unwrap();
+        // The same writable range through the same Arc: refused.
+        assert!(matches!(
+            ex.submit(
+                |s: std::sync::Arc<SharedSliceMut<u32>>| s.len(),
+                shared.clone()
+            ),
+            Err(Error::Codec { .. })
+        ));
+        // And the parent's copy no longer gives access.
+        let parent_copy = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| shared[0]));
+        assert!(parent_copy.is_err());
+        assert_eq!(first.result().unwrap(), 16);
+        drop(shared);
+        v.as_mut_slice()[0] = 1;
     });
 }
 

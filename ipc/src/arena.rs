@@ -239,7 +239,8 @@ impl Arena {
             first_page as u64,
             (end_page - first_page) as u64,
         ) {
-            self.lock().give_back(offset, padded);
+            let mut st = self.lock();
+            self.release(&mut st, offset, padded);
             return Err(AllocFailure::Arena(ArenaError::NoMemory {
                 requested: len,
                 reason: std::io::Error::from(e).to_string(),
@@ -268,16 +269,46 @@ impl Arena {
         let Some((padded, _)) = padded_len(block.len) else {
             return;
         };
-        let punch = self.lock().give_back(block.offset, padded);
-        if let Some((start, len)) = punch {
-            // Returning memory is best effort: on failure the pages stay
-            // committed and are reused by later blocks.
-            let _ = rustix::fs::fallocate(
-                &self.file,
-                FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
-                start as u64,
-                len as u64,
-            );
+        let mut st = self.lock();
+        self.release(&mut st, block.offset, padded);
+    }
+
+    /// Returns `[offset, offset + padded)` to the free list and, while more
+    /// than the retained amount of freed memory is committed, punches the
+    /// merged free stretch out of the file. All under the free-list lock: a
+    /// stretch must not be handed out again before its punch is done (the
+    /// punch would zero and uncommit a live block).
+    fn release(&self, st: &mut FreeList, offset: usize, padded: usize) {
+        let (start, end) = st.give_back(offset, padded);
+        let Ok(stat) = rustix::fs::fstat(&self.file) else {
+            return;
+        };
+        let committed = (stat.st_blocks as u64).saturating_mul(512) as usize;
+        if committed.saturating_sub(st.in_use) <= st.retain_max {
+            return;
+        }
+        let tail = end >= st.clean;
+        let punch_start = start.next_multiple_of(PAGE);
+        let punch_end = if tail {
+            // The written part of the never-used tail: once punched, all of
+            // it reads as zero again.
+            st.clean.next_multiple_of(PAGE)
+        } else {
+            end / PAGE * PAGE
+        };
+        // Only large stretches (or the tail) are worth a system call.
+        if punch_end <= punch_start || (!tail && punch_end - punch_start < PUNCH_FROM) {
+            return;
+        }
+        // Best effort: on failure the pages stay committed and are reused.
+        let punched = rustix::fs::fallocate(
+            &self.file,
+            FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
+            punch_start as u64,
+            (punch_end - punch_start) as u64,
+        );
+        if punched.is_ok() && tail {
+            st.clean = punch_start;
         }
     }
 
@@ -447,8 +478,7 @@ struct FreeList {
     by_size: BTreeSet<(usize, usize)>,
     clean: usize,
     in_use: usize,
-    /// Freed bytes left committed (an estimate: reuse lowers it).
-    retained: usize,
+    /// Freed memory that may stay committed, in bytes.
     retain_max: usize,
 }
 
@@ -459,7 +489,6 @@ impl FreeList {
             by_size: BTreeSet::new(),
             clean: start,
             in_use: 0,
-            retained: 0,
             retain_max,
         };
         if end > start {
@@ -495,7 +524,6 @@ impl FreeList {
             self.insert(end, free_off + free_len - end);
         }
         self.in_use += len;
-        self.retained = self.retained.saturating_sub(len);
         let clean_from = self.clean.max(start);
         if end > self.clean {
             self.clean = end;
@@ -504,8 +532,8 @@ impl FreeList {
     }
 
     /// Returns `[offset, offset + len)`, merging it with free neighbours;
-    /// returns the page-aligned stretch to punch out, if worth it.
-    fn give_back(&mut self, offset: usize, len: usize) -> Option<(usize, usize)> {
+    /// returns the merged free stretch.
+    fn give_back(&mut self, offset: usize, len: usize) -> (usize, usize) {
         self.in_use -= len;
         let (mut start, mut end) = (offset, offset + len);
         if let Some((&o, &l)) = self.by_offset.range(..start).next_back() {
@@ -519,32 +547,7 @@ impl FreeList {
             end += l;
         }
         self.insert(start, end - start);
-        if self.retained + len <= self.retain_max {
-            self.retained += len;
-            return None;
-        }
-        let punch_start = start.next_multiple_of(PAGE);
-        let punch_end = if end >= self.clean {
-            // The written part of the tail: everything from `punch_start`
-            // on reads as zero again once punched.
-            self.clean.next_multiple_of(PAGE)
-        } else {
-            end / PAGE * PAGE
-        };
-        // Only large stretches (or the tail) are worth a system call.
-        let worth =
-            punch_end >= punch_start + PUNCH_FROM || (end >= self.clean && punch_end > punch_start);
-        if !worth {
-            self.retained += len;
-            return None;
-        }
-        if end >= self.clean {
-            self.clean = punch_start;
-        }
-        // Retained neighbours merged into this stretch are punched too.
-        let neighbours = (punch_end - punch_start).saturating_sub(len);
-        self.retained = self.retained.saturating_sub(neighbours);
-        Some((punch_start, punch_end - punch_start))
+        (start, end)
     }
 }
 
@@ -667,6 +670,68 @@ mod tests {
             "{} bytes still held",
             used(&a.file)
         );
+    }
+
+    #[test]
+    fn concurrent_frees_never_punch_a_live_block() {
+        let a = std::sync::Arc::new(arena(16 << 20));
+        let threads: Vec<_> = (0..3u8)
+            .map(|t| {
+                let a = a.clone();
+                std::thread::spawn(move || {
+                    for round in 0..60u8 {
+                        let Ok(b) = a.allocate(4 << 20, true) else {
+                            continue;
+                        };
+                        let p = a.ptr(b.offset).unwrap().as_ptr();
+                        // SAFETY: the block is ours until freed below.
+                        let bytes = unsafe { std::slice::from_raw_parts_mut(p, b.len) };
+                        assert!(
+                            bytes.iter().step_by(4096).all(|&x| x == 0),
+                            "zeroed block not zero"
+                        );
+                        let mark = t.wrapping_mul(61).wrapping_add(round) | 1;
+                        bytes.iter_mut().step_by(512).for_each(|x| *x = mark);
+                        std::thread::yield_now();
+                        assert!(
+                            bytes.iter().step_by(512).all(|&x| x == mark),
+                            "data vanished"
+                        );
+                        // SAFETY: freed once, untouched afterwards.
+                        unsafe { a.free(b) };
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+    }
+
+    #[test]
+    fn freed_memory_kept_committed_is_capped() {
+        let a = arena(512 << 20);
+        let cap = a.lock().retain_max;
+        let committed = |a: &Arena| rustix::fs::fstat(&a.file).unwrap().st_blocks as usize * 512;
+        let mut live = Vec::new();
+        for i in 0..40usize {
+            let b = a.allocate((1 + i % 7) << 20, false).unwrap();
+            let p = a.ptr(b.offset).unwrap();
+            // SAFETY: the block is ours.
+            unsafe { p.as_ptr().write_bytes(1, b.len) };
+            live.push(b);
+            if i % 3 == 2 {
+                for b in live.drain(..2) {
+                    // SAFETY: freed once, untouched afterwards.
+                    unsafe { a.free(b) };
+                }
+            }
+            let free_committed = committed(&a).saturating_sub(a.in_use());
+            assert!(
+                free_committed <= cap + (8 << 20),
+                "{free_committed} bytes of freed memory committed, cap {cap}"
+            );
+        }
     }
 
     proptest::proptest! {

@@ -651,8 +651,8 @@ impl Pool {
             st.shutdown = true;
             if cancel_futures || kill_workers {
                 for q in st.queue.drain(..) {
-                    if cancel_futures {
-                        q.cell.try_cancel();
+                    if cancel_futures && q.cell.try_cancel() {
+                        // Cancelled and published.
                     } else {
                         q.cell.stage_error(Error::ShutdownExecutor);
                         failed.push(q.cell);
@@ -813,6 +813,7 @@ impl State {
             return Ok(false);
         }
         w.in_flight.push_back(cell.clone());
+        cell.mark_sent();
         w.wake();
         Ok(true)
     }
@@ -836,6 +837,7 @@ impl State {
             match self.push_to(i, &q.cell, &q.bytes) {
                 Ok(true) => {}
                 Ok(false) => {
+                    q.cell.requeued();
                     self.queue.push_front(q);
                     return;
                 }

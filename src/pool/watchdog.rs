@@ -111,7 +111,8 @@ impl Pool {
                 failed.push(q.cell);
             }
             for w in st.workers.iter_mut().flatten() {
-                failed.extend(w.in_flight.drain(..));
+                // Their tasks fail in `bury`, once the worker is dead (and
+                // so done with the tasks' shared arrays).
                 w.kill_reason = Some(Error::BrokenProcessPool {
                     cause: cause.clone(),
                 });
@@ -215,6 +216,9 @@ fn describe_startup_failure(status: ExitStatus) -> String {
         }
         ExitStatus::Exited(code) if code == crate::worker::EXIT_BAD_BINARY => {
             "the worker is not the same binary as the parent (was it rebuilt while running?)"
+        }
+        ExitStatus::Exited(code) if code == crate::worker::EXIT_KEPT_HANDLE => {
+            "a task kept a shared array handle past its end"
         }
         ExitStatus::Exited(code) if code == crate::worker::EXIT_BOOTSTRAP => {
             "the worker could not attach to the pool"

@@ -8,7 +8,9 @@
 //! the worker is done with it (see `wire::Pins`), so a range is never
 //! re-leased, nor its memory reused, while a worker may still use it.
 
+use std::collections::BTreeMap;
 use std::ops::Range;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use loky_ipc::{Arena, Block};
@@ -65,7 +67,12 @@ impl Allocation {
                 reason: format!("; {reason}"),
             },
             loky_ipc::arena::AllocFailure::Os(e) => Error::from(e),
-            other => Error::InvalidArgument(other.to_string()),
+            loky_ipc::arena::AllocFailure::Arena(other) => Error::ArenaFull {
+                requested: bytes,
+                in_use: arena.in_use(),
+                limit: arena.limit(),
+                reason: format!("; {other}"),
+            },
         })?;
         let base = match arena.ptr(block.offset) {
             Ok(p) => p,
@@ -100,7 +107,9 @@ impl Allocation {
         Ok(Lease {
             alloc: self.clone(),
             id,
+            range,
             writable,
+            sent: AtomicBool::new(false),
         })
     }
 }
@@ -121,24 +130,34 @@ impl Drop for Allocation {
 pub(crate) struct Lease {
     pub(crate) alloc: Arc<Allocation>,
     id: u64,
+    range: Range<usize>,
     pub(crate) writable: bool,
+    /// A write lease that went to a task: the parent's handle (still
+    /// reachable through an `Arc` or a reference) no longer gives access.
+    pub(crate) sent: AtomicBool,
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        self.alloc.table().release(self.id, self.writable);
+        self.alloc
+            .table()
+            .release(self.id, &self.range, self.writable);
     }
 }
 
+/// Write leases are disjoint, so they are kept by start for `O(log n)`
+/// checks; read leases may overlap and are scanned (only a new writer, or
+/// `&mut` access to the array, needs to).
 #[derive(Debug, Default)]
 struct LeaseTable {
     next: u64,
     readers: Vec<(u64, Range<usize>)>,
-    writers: Vec<(u64, Range<usize>)>,
+    /// start -> (end, id)
+    writers: BTreeMap<usize, (usize, u64)>,
 }
 
 fn overlaps(a: &Range<usize>, b: &Range<usize>) -> bool {
-    a.start < b.end && b.start < a.end
+    !a.is_empty() && !b.is_empty() && a.start < b.end && b.start < a.end
 }
 
 impl LeaseTable {
@@ -146,40 +165,46 @@ impl LeaseTable {
         if range.is_empty() {
             return Ok(());
         }
-        let held = if writable {
-            self.readers.iter().chain(&self.writers).collect::<Vec<_>>()
-        } else {
-            self.writers.iter().collect()
-        };
-        match held.into_iter().find(|(_, r)| overlaps(r, range)) {
-            Some((_, r)) => Err(Error::RangeBusy {
-                start: r.start,
-                end: r.end,
-            }),
-            None => Ok(()),
+        // The last writer starting before `range` ends is the only one that
+        // can overlap it (writers are disjoint and non-empty).
+        if let Some((&start, &(end, _))) = self.writers.range(..range.end).next_back() {
+            if end > range.start {
+                return Err(Error::RangeBusy { start, end });
+            }
         }
+        if writable {
+            if let Some((_, r)) = self.readers.iter().find(|(_, r)| overlaps(r, range)) {
+                return Err(Error::RangeBusy {
+                    start: r.start,
+                    end: r.end,
+                });
+            }
+        }
+        Ok(())
     }
 
     fn take(&mut self, range: &Range<usize>, writable: bool) -> Result<u64> {
         self.conflict(range, writable)?;
         self.next += 1;
-        let list = if writable {
-            &mut self.writers
-        } else {
-            &mut self.readers
-        };
-        list.push((self.next, range.clone()));
+        if !writable {
+            self.readers.push((self.next, range.clone()));
+        } else if !range.is_empty() {
+            self.writers.insert(range.start, (range.end, self.next));
+        }
         Ok(self.next)
     }
 
-    fn release(&mut self, id: u64, writable: bool) {
-        let list = if writable {
-            &mut self.writers
-        } else {
-            &mut self.readers
-        };
-        if let Some(pos) = list.iter().rposition(|(i, _)| *i == id) {
-            list.swap_remove(pos);
+    fn release(&mut self, id: u64, range: &Range<usize>, writable: bool) {
+        if writable {
+            if self
+                .writers
+                .get(&range.start)
+                .is_some_and(|&(_, i)| i == id)
+            {
+                self.writers.remove(&range.start);
+            }
+        } else if let Some(pos) = self.readers.iter().rposition(|(i, _)| *i == id) {
+            self.readers.swap_remove(pos);
         }
     }
 

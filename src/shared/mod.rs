@@ -19,4 +19,6 @@ mod wire;
 pub use slice::{SharedSlice, SharedSliceMut};
 pub use vec::{SharedChunks, SharedChunksMut, SharedVec};
 pub use wire::ArchivedHandle;
-pub(crate) use wire::{encoding_for, set_worker, take_pins, task_finished, Pins};
+pub(crate) use wire::{
+    encoding_for, receiving, set_worker, take_pins, task_finished, unsend, Pins,
+};

@@ -11,7 +11,7 @@ use rkyv::rancor::{Fallible, Source};
 use rkyv::Place;
 
 use super::lease::Lease;
-use super::wire::{self, ArchivedHandle, Received, Wire};
+use super::wire::{self, ArchivedHandle, Received, Wire, WorkerGuard};
 use crate::error::{Error, Result};
 
 /// Where a handle's elements live in this process, and what keeps them.
@@ -20,8 +20,8 @@ enum Origin {
     /// Made in the parent: the lease keeps the range claimed and the block
     /// allocated.
     Parent(Arc<Lease>),
-    /// Received by a worker: valid during the task of that epoch.
-    Worker(u64),
+    /// Received by a worker: valid during the task that received it.
+    Worker(WorkerGuard),
 }
 
 /// A read-only view of a range of a [`SharedVec`](crate::SharedVec) that can
@@ -86,14 +86,15 @@ pub struct SharedSliceMut<T> {
 
 // SAFETY: a `SharedSlice` gives shared (`&[T]`) access to elements no one
 // writes while it exists (the lease table excludes writers; a worker's copy
-// is bounded by its task, during which the parent holds the lease). `T: Pod`
+// lives within its task, during which the parent holds the lease). `T: Pod`
 // contains no pointers and no interior mutability (bytemuck's contract), so
 // its values are `Send` and `Sync` whatever auto traits the compiler infers.
 unsafe impl<T: Pod> Send for SharedSlice<T> {}
 // SAFETY: as above; `&SharedSlice` only hands out `&[T]`.
 unsafe impl<T: Pod> Sync for SharedSlice<T> {}
-// SAFETY: a `SharedSliceMut` is the only handle to its elements (write
-// lease), like a `&mut [T]`, which is `Send` for `T: Send`.
+// SAFETY: a `SharedSliceMut` is the only usable handle to its elements (a
+// write lease; once sent to a task, the parent's copy refuses access), like
+// a `&mut [T]`, which is `Send` for `T: Send` (and `Pod` is, see above).
 unsafe impl<T: Pod> Send for SharedSliceMut<T> {}
 // SAFETY: `&SharedSliceMut` only hands out `&[T]`, like `&&mut [T]`.
 unsafe impl<T: Pod> Sync for SharedSliceMut<T> {}
@@ -136,17 +137,20 @@ impl<T: Pod> SharedSlice<T> {
     /// In a worker, if the handle is used after the task that received it
     /// returned.
     pub fn as_slice(&self) -> &[T] {
-        if let Origin::Worker(epoch) = self.origin {
+        if let Origin::Worker(guard) = &self.origin {
             assert!(
-                wire::still_valid(epoch),
+                guard.valid(),
                 "a SharedSlice received by a task is only valid until that task returns"
             );
         }
         // SAFETY: `ptr` points to `len` initialised `T`s (Pod: every bit
-        // pattern is valid) inside a live arena block: in the parent the
-        // lease keeps the block allocated; in a worker the epoch check
-        // above proves the task (and so the parent's pin) is still running.
-        // No one writes them meanwhile (no write lease overlaps a read one).
+        // pattern is valid) inside a live arena block. In the parent the
+        // lease keeps the block allocated. In a worker the parent pins the
+        // lease until the worker reported the task done or died, and a
+        // worker never reports a task done while a handle it received is
+        // alive (`wire::task_finished`: it exits instead), so the block
+        // outlives this borrow. No one writes the elements meanwhile: no
+        // write lease overlaps a read one.
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
     }
 
@@ -185,8 +189,19 @@ impl<T: Pod> SharedSlice<T> {
             offset: 0,
             first: 0,
             arena: 0,
-            origin: Origin::Worker(r.epoch),
+            origin: Origin::Worker(r.guard),
             _t: PhantomData,
+        }
+    }
+
+    /// Panics if this is the parent's side of a write handle that went to
+    /// a task (reached through an `Arc` or a reference after sending).
+    fn check_not_sent(&self) {
+        if let Origin::Parent(lease) = &self.origin {
+            assert!(
+                !lease.sent.load(std::sync::atomic::Ordering::Acquire),
+                "this SharedSliceMut was sent to a task: the parent cannot use it any more"
+            );
         }
     }
 
@@ -219,9 +234,8 @@ impl<T: Pod + std::fmt::Debug> std::fmt::Debug for SharedSlice<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SharedSlice")
             .field("len", &self.len)
-            .field("offset", &self.offset)
             .field("worker_side", &matches!(self.origin, Origin::Worker(_)))
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
@@ -248,6 +262,7 @@ impl<T: Pod> SharedSliceMut<T> {
     ///
     /// As [`SharedSlice::as_slice`].
     pub fn as_slice(&self) -> &[T] {
+        self.inner.check_not_sent();
         self.inner.as_slice()
     }
 
@@ -256,14 +271,16 @@ impl<T: Pod> SharedSliceMut<T> {
     /// # Panics
     ///
     /// In a worker, if the handle is used after the task that received it
-    /// returned.
+    /// returned; in the parent, if the handle was sent to a task (through an
+    /// `Arc` or a reference).
     pub fn as_mut_slice(&mut self) -> &mut [T] {
-        let elems = self.inner.as_slice();
+        let elems = self.as_slice();
         let (ptr, len) = (elems.as_ptr().cast_mut(), elems.len());
         // SAFETY: as in `as_slice` (checked just above), and this handle
-        // holds the only lease on its elements (a write lease excludes
-        // every other handle in the parent; the worker got the only copy),
-        // so with `&mut self` this is the only access.
+        // holds the only lease on its elements: a write lease excludes every
+        // other handle, it can be sent to one task only, and once sent the
+        // parent's copy refuses access (`check_not_sent`). With `&mut self`
+        // this is the only access.
         unsafe { std::slice::from_raw_parts_mut(ptr, len) }
     }
 }
@@ -285,8 +302,7 @@ impl<T: Pod + std::fmt::Debug> std::fmt::Debug for SharedSliceMut<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SharedSliceMut")
             .field("len", &self.inner.len)
-            .field("offset", &self.inner.offset)
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 

@@ -12,10 +12,9 @@
 //!   a handle that is valid until the task returns: each task gets a new
 //!   epoch, and a handle kept past its task refuses to give access.
 
-use std::any::Any;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::os::fd::{FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use rkyv::rancor::{Fallible, Source};
@@ -25,7 +24,7 @@ use rkyv::Place;
 use crate::error::Error;
 
 /// Something a task keeps alive until its worker is done with it.
-pub(crate) type Pin = Arc<dyn Any + Send + Sync>;
+pub(crate) type Pin = Arc<super::lease::Lease>;
 
 /// The pins of one task.
 pub(crate) type Pins = Vec<Pin>;
@@ -48,6 +47,17 @@ pub(crate) fn encoding_for<O>(
     arena: u64,
     encode: impl FnOnce() -> Result<O, Error>,
 ) -> Result<O, Error> {
+    /// Pops the context even if `encode` unwinds.
+    struct Scope;
+    impl Drop for Scope {
+        fn drop(&mut self) {
+            if let Some(ctx) = CONTEXT.with(|c| c.borrow_mut().pop()) {
+                // Pins left here were not taken by a task: the handles they
+                // belong to were not sent after all.
+                unsend(ctx.pins);
+            }
+        }
+    }
     CONTEXT.with(|c| {
         c.borrow_mut().push(EncodeContext {
             arena,
@@ -55,11 +65,21 @@ pub(crate) fn encoding_for<O>(
             error: None,
         })
     });
+    let scope = Scope;
     let out = encode();
-    let ctx = CONTEXT.with(|c| c.borrow_mut().pop());
-    match (out, ctx) {
-        (Err(_), Some(EncodeContext { error: Some(e), .. })) => Err(e),
+    let error = CONTEXT.with(|c| c.borrow_mut().last_mut().and_then(|ctx| ctx.error.take()));
+    drop(scope);
+    match (out, error) {
+        (Err(_), Some(e)) => Err(e),
         (out, _) => out,
+    }
+}
+
+/// Undoes the "sent" mark of pins whose task never went out, so their
+/// `SharedSliceMut`s are usable in the parent again.
+pub(crate) fn unsend(pins: Pins) {
+    for pin in pins {
+        pin.sent.store(false, Ordering::Release);
     }
 }
 
@@ -74,7 +94,7 @@ pub(crate) fn take_pins() -> Pins {
 }
 
 /// Called by a handle being encoded: checks it goes to its own arena and
-/// pins `lease`.
+/// pins `lease`. A write lease can be sent once.
 fn pin_for_send(arena: u64, lease: Pin) -> Result<(), HandleError> {
     CONTEXT.with(|c| {
         let mut stack = c.borrow_mut();
@@ -89,6 +109,13 @@ fn pin_for_send(arena: u64, lease: Pin) -> Result<(), HandleError> {
         if ctx.arena != arena {
             ctx.error = Some(Error::ForeignArena);
             return Err(HandleError(Error::ForeignArena.to_string()));
+        }
+        if lease.writable && lease.sent.swap(true, Ordering::AcqRel) {
+            return Err(HandleError(
+                "this SharedSliceMut was already sent to a task (through an Arc or a \
+                 reference); a writable range goes to one task only"
+                    .into(),
+            ));
         }
         ctx.pins.push(lease);
         Ok(())
@@ -165,12 +192,12 @@ impl Wire {
     }
 }
 
-/// Where a decoded handle's elements are in this (worker) process, and the
-/// epoch it is valid in.
-#[derive(Debug, Clone, Copy)]
+/// Where a decoded handle's elements are in this (worker) process, and its
+/// guard.
+#[derive(Debug)]
 pub(crate) struct Received {
     pub(crate) ptr: std::ptr::NonNull<u8>,
-    pub(crate) epoch: u64,
+    pub(crate) guard: WorkerGuard,
 }
 
 impl ArchivedHandle {
@@ -193,6 +220,13 @@ impl ArchivedHandle {
                 "a SharedSlice and a SharedSliceMut are not interchangeable".into(),
             ));
         }
+        if !RECEIVING.with(Cell::get) {
+            return Err(fail(
+                "shared array handles can only be decoded by loky, as part of a task's \
+                 argument"
+                    .into(),
+            ));
+        }
         let view = worker_arena().map_err(fail)?;
         if view.id() != self.arena.to_native() {
             return Err(fail(
@@ -208,10 +242,64 @@ impl ArchivedHandle {
         Ok((
             Received {
                 ptr,
-                epoch: EPOCH.load(Ordering::Relaxed),
+                guard: WorkerGuard::new(),
             },
             len,
         ))
+    }
+}
+
+thread_local! {
+    /// Set while loky decodes a task's argument in a worker.
+    static RECEIVING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `decode` (a task argument's decoder) with handle decoding allowed.
+pub(crate) fn receiving<O>(decode: impl FnOnce() -> O) -> O {
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            RECEIVING.with(|r| r.set(false));
+        }
+    }
+    RECEIVING.with(|r| r.set(true));
+    let _reset = Reset;
+    decode()
+}
+
+/// Worker-side handles alive in this process.
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+
+/// Counts a worker-side handle, and remembers the task it belongs to.
+#[derive(Debug)]
+pub(crate) struct WorkerGuard {
+    epoch: u64,
+}
+
+impl WorkerGuard {
+    fn new() -> Self {
+        LIVE.fetch_add(1, Ordering::Relaxed);
+        Self {
+            epoch: EPOCH.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Whether the task that received the handle is still running.
+    pub(crate) fn valid(&self) -> bool {
+        EPOCH.load(Ordering::Relaxed) == self.epoch
+    }
+}
+
+impl Clone for WorkerGuard {
+    fn clone(&self) -> Self {
+        LIVE.fetch_add(1, Ordering::Relaxed);
+        Self { epoch: self.epoch }
+    }
+}
+
+impl Drop for WorkerGuard {
+    fn drop(&mut self) {
+        LIVE.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -234,14 +322,13 @@ pub(crate) fn set_worker() {
     IS_WORKER.store(true, Ordering::Relaxed);
 }
 
-/// Ends the current task: handles it received stop giving access.
-pub(crate) fn task_finished() {
+/// Ends the current task: handles it received stop giving access. Returns
+/// how many of them are still alive (leaked, or kept in a `static` or
+/// another thread); the worker must then exit rather than report the task
+/// done, because the parent would reuse the memory they point to.
+pub(crate) fn task_finished() -> usize {
     EPOCH.fetch_add(1, Ordering::Relaxed);
-}
-
-/// Whether a handle received in `epoch` may still be used.
-pub(crate) fn still_valid(epoch: u64) -> bool {
-    EPOCH.load(Ordering::Relaxed) == epoch
+    LIVE.load(Ordering::Relaxed)
 }
 
 fn worker_arena() -> Result<&'static loky_ipc::ArenaView, String> {

@@ -21,6 +21,8 @@ pub(crate) const EXIT_INIT_FAILED: i32 = 77;
 pub(crate) const EXIT_BAD_BINARY: i32 = 78;
 /// Exit code: the worker could not set itself up.
 pub(crate) const EXIT_BOOTSTRAP: i32 = 79;
+/// Exit code: a task kept a shared-array handle past its end.
+pub(crate) const EXIT_KEPT_HANDLE: i32 = 80;
 
 /// How long a sleeping worker waits before checking its parent is alive
 /// (the parent-death signal normally kills it first).
@@ -186,8 +188,22 @@ impl WorkerLoop<'_> {
                 let (status, spilled) =
                     crate::codec::direct_encode(&mut self.out, |out| trampoline(arg, out));
                 self.spilled = spilled;
-                // Shared-array handles this task received expire with it.
-                crate::shared::task_finished();
+                // Shared-array handles this task received expire with it. If
+                // one is still alive (leaked, or held by a thread the task
+                // started), the parent must not reuse its memory: exit, so
+                // the task fails and its arrays are released only once this
+                // process is gone.
+                let kept = crate::shared::task_finished();
+                if kept > 0 {
+                    std::process::exit(fatal(
+                        EXIT_KEPT_HANDLE,
+                        format_args!(
+                            "task {} kept {kept} shared array handle(s) past its end; \
+                             exiting so that their memory is not reused under them",
+                            h.task_id
+                        ),
+                    ));
+                }
                 status
             }
             _ => crate::protocol::STATUS_DECODE_ARG,
