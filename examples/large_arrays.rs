@@ -66,7 +66,7 @@ fn main() -> Result<(), loky::Error> {
         reduced.as_secs_f64() * 1e3,
         (LEN * 8) as f64 / reduced.as_secs_f64() / 1e9
     );
-    let (in_use, limit) = ex.shared_memory();
+    let loky::ArenaUsage { in_use, limit, .. } = ex.shared_memory();
     println!(
         "  arena: {} MiB in use of {} MiB",
         in_use >> 20,

@@ -217,21 +217,24 @@ impl ProcessPoolExecutor {
         Ok(&self.pool().arena)
     }
 
-    /// Bytes of the pool's shared arena held by live
-    /// [`SharedVec`](crate::SharedVec)s (including arrays whose handles are
-    /// still in running tasks), and the arena's limit.
+    /// How much of the pool's shared arena live
+    /// [`SharedVec`](crate::SharedVec)s hold (including arrays whose handles
+    /// are still in running tasks), and its limit.
     ///
     /// ```
     /// let ex = loky::ProcessPoolExecutor::new(1)?;
     /// let v = loky::SharedVec::<u64>::zeroed(&ex, 1000)?;
-    /// assert!(ex.shared_memory().0 >= 8000);
+    /// assert!(ex.shared_memory().in_use >= 8000);
     /// drop(v);
-    /// assert_eq!(ex.shared_memory().0, 0);
+    /// assert_eq!(ex.shared_memory().in_use, 0);
     /// # Ok::<(), loky::Error>(())
     /// ```
-    pub fn shared_memory(&self) -> (usize, usize) {
+    pub fn shared_memory(&self) -> crate::ArenaUsage {
         let arena = &self.pool().arena;
-        (arena.in_use(), arena.limit())
+        crate::ArenaUsage {
+            in_use: arena.in_use(),
+            limit: arena.limit(),
+        }
     }
 
     /// A snapshot of the pool's counters.
@@ -455,6 +458,14 @@ impl ProcessPoolExecutorBuilder {
             return Err(Error::InvalidConfig(
                 "arena_limit must be at least 1 byte".into(),
             ));
+        }
+        if let Some(limit) = self.arena_limit {
+            let most = crate::pool::memory_and_swap();
+            if limit > most {
+                return Err(Error::InvalidConfig(format!(
+                    "arena_limit of {limit} bytes is more than this machine's memory and swap ({most} bytes)"
+                )));
+            }
         }
         Ok(Config {
             arena_limit: self.arena_limit,

@@ -251,7 +251,8 @@ where
                 |out| {
                     let before = out.len();
                     let r = A::encode_batch(&items, out);
-                    encoded = out.len() - before;
+                    // An encoder that failed may have emptied `out`.
+                    encoded = out.len().saturating_sub(before);
                     r
                 },
                 decode_chunk_result::<R>,

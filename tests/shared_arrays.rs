@@ -192,7 +192,7 @@ fn a_handle_sent_to_another_pool_is_refused() {
         assert!(matches!(err, Error::ForeignArena), "{err}");
         // The failed submission released its pin.
         drop(v);
-        assert_eq!(a.shared_memory().0, 0);
+        assert_eq!(a.shared_memory().in_use, 0);
         assert_eq!(b.submit(|x: u8| x, 1).unwrap().result().unwrap(), 1);
     });
 }
@@ -204,7 +204,7 @@ fn a_full_arena_is_an_error_and_frees_make_room() {
         .arena_limit(1 << 20)
         .build()
         .unwrap();
-    assert_eq!(ex.shared_memory().1, 1 << 20);
+    assert_eq!(ex.shared_memory().limit, 1 << 20);
     let a = SharedVec::<u8>::zeroed(&ex, 600 << 10).unwrap();
     let err = SharedVec::<u8>::zeroed(&ex, 600 << 10).unwrap_err();
     match err {
@@ -244,12 +244,12 @@ fn memory_returns_when_the_last_handle_including_a_tasks_goes() {
             .unwrap();
         drop(v);
         assert!(
-            ex.shared_memory().0 >= 8 << 20,
+            ex.shared_memory().in_use >= 8 << 20,
             "the running task still holds the array"
         );
         assert_eq!(slow.result().unwrap(), 0);
         assert_eq!(
-            ex.shared_memory().0,
+            ex.shared_memory().in_use,
             0,
             "the task's pin went with its result"
         );
@@ -376,7 +376,7 @@ fn a_handle_kept_past_its_task_or_sent_back_is_refused() {
             7
         );
         drop(v);
-        assert_eq!(ex.shared_memory().0, 0);
+        assert_eq!(ex.shared_memory().in_use, 0);
     });
 }
 
@@ -487,6 +487,77 @@ fn concurrent_allocations_never_overlap() {
         for t in threads {
             t.join().unwrap();
         }
-        assert_eq!(ex.shared_memory().0, 0);
+        assert_eq!(ex.shared_memory().in_use, 0);
     });
+}
+
+#[test]
+fn a_task_stopped_while_waiting_in_the_parent_releases_its_range() {
+    bounded(60, || {
+        let ex = pool(1);
+        let mut v = SharedVec::<u32>::zeroed(&ex, 16).unwrap();
+        let busy = ex
+            .submit(|ms: u64| std::thread::sleep(Duration::from_millis(ms)), 300)
+            .unwrap();
+        while !busy.running() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // The worker's ring takes one more task; the next ones wait in the
+        // parent.
+        let filler = ex.submit(|x: u8| x, 1).unwrap();
+        let waiting = ex
+            .submit(
+                |mut c: SharedSliceMut<u32>| c.fill(1),
+                v.slice_mut(..).unwrap(),
+            )
+            .unwrap();
+        assert!(!waiting.running());
+        waiting.kill();
+        assert!(waiting.result().is_err());
+        assert!(
+            v.try_as_mut_slice().is_ok(),
+            "a task that never reached a worker holds nothing"
+        );
+        // The same with cancel.
+        let again = ex
+            .submit(
+                |mut c: SharedSliceMut<u32>| c.fill(2),
+                v.slice_mut(..).unwrap(),
+            )
+            .unwrap();
+        assert!(
+            again.cancel(),
+            "a task waiting in the parent can be cancelled"
+        );
+        assert!(v.try_as_mut_slice().is_ok());
+        busy.result().unwrap();
+        assert_eq!(filler.result().unwrap(), 1);
+        assert!(v.as_slice().iter().all(|&x| x == 0), "neither task ran");
+    });
+}
+
+#[test]
+fn iterators_must_keep_their_size_hint_and_limits_must_fit_the_machine() {
+    struct Liar(u32);
+    impl Iterator for Liar {
+        type Item = u32;
+        fn next(&mut self) -> Option<u32> {
+            self.0 += 1;
+            (self.0 < 10).then_some(self.0)
+        }
+        fn size_hint(&self) -> (usize, Option<usize>) {
+            (3, Some(3))
+        }
+    }
+    let ex = pool(1);
+    assert!(matches!(
+        SharedVec::from_iter_in(&ex, Liar(0)),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        ProcessPoolExecutor::builder()
+            .arena_limit(usize::MAX)
+            .build(),
+        Err(Error::InvalidConfig(_))
+    ));
 }

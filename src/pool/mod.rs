@@ -925,6 +925,14 @@ fn default_arena_limit() -> usize {
     usize::try_from(total).unwrap_or(usize::MAX).max(64 << 20)
 }
 
+/// Physical memory plus swap: no arena can hold more.
+pub(crate) fn memory_and_swap() -> usize {
+    let info = rustix::system::sysinfo();
+    let total = u64::from(info.mem_unit)
+        .saturating_mul((info.totalram as u64).saturating_add(info.totalswap as u64));
+    usize::try_from(total).unwrap_or(usize::MAX).max(64 << 20)
+}
+
 /// A fresh identity for an arena, different in every pool of every process
 /// (handles carry it so a worker can tell a foreign one).
 fn arena_id() -> u64 {

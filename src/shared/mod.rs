@@ -19,6 +19,18 @@ mod wire;
 pub use slice::{SharedSlice, SharedSliceMut};
 pub use vec::{SharedChunks, SharedChunksMut, SharedVec};
 pub use wire::ArchivedHandle;
+
+/// How much of a pool's shared arena is in use; see
+/// [`ProcessPoolExecutor::shared_memory`](crate::ProcessPoolExecutor::shared_memory).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ArenaUsage {
+    /// Bytes held by live shared arrays (including padding).
+    pub in_use: usize,
+    /// The most the arena may hold
+    /// ([`arena_limit`](crate::ProcessPoolExecutorBuilder::arena_limit)).
+    pub limit: usize,
+}
 pub(crate) use wire::{
     encoding_for, receiving, set_worker, take_pins, task_finished, unsend, Pins,
 };

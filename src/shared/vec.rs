@@ -41,10 +41,22 @@ use crate::executor::ProcessPoolExecutor;
 /// ```
 ///
 /// A `SharedVec` belongs to the pool it was allocated with: sending a
-/// handle to another pool fails with [`Error::ForeignArena`]. The arena
-/// holds at most the pool's
+/// handle to another pool fails with [`Error::ForeignArena`]. That includes
+/// the new pool [`get_reusable_executor`](crate::get_reusable_executor)
+/// makes when the configuration changes or the old pool broke (resizing
+/// keeps the pool and its arena); check with
+/// [`belongs_to`](Self::belongs_to). The arena holds at most the pool's
 /// [`arena_limit`](crate::ProcessPoolExecutorBuilder::arena_limit); past it
 /// allocation fails with [`Error::ArenaFull`].
+///
+/// Elements must be plain data (`bytemuck::Pod`): no pointers, so the
+/// bytes mean the same in every process.
+///
+/// ```compile_fail,E0277
+/// let ex = loky::ProcessPoolExecutor::new(1)?;
+/// let v = loky::SharedVec::from_slice(&ex, &[String::from("no")])?;
+/// # Ok::<(), loky::Error>(())
+/// ```
 pub struct SharedVec<T> {
     alloc: Arc<Allocation>,
     len: usize,
@@ -116,14 +128,20 @@ impl<T: Pod> SharedVec<T> {
                 let mut v = Self::allocate(ex, lo, false)?;
                 v.populate();
                 let dst = v.as_mut_slice();
+                let mut iter = iter;
                 let mut n = 0;
-                for (slot, x) in dst.iter_mut().zip(iter) {
+                for (slot, x) in dst.iter_mut().zip(iter.by_ref()) {
                     *slot = x;
                     n += 1;
                 }
-                if n != lo {
+                if n != lo || iter.next().is_some() {
                     return Err(Error::InvalidArgument(format!(
-                        "the iterator promised {lo} items and gave {n}"
+                        "the iterator's size hint promised exactly {lo} items, it gave {}",
+                        if n == lo {
+                            "more".to_string()
+                        } else {
+                            n.to_string()
+                        }
                     )));
                 }
                 Ok(v)
