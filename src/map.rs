@@ -23,6 +23,9 @@ const TARGET_CHUNK: Duration = Duration::from_millis(5);
 /// overhead is already far below the per-item cost, and a larger chunk only
 /// delays the first results and holds more memory.
 const MAX_AUTO_CHUNK: usize = 1 << 14;
+/// Tapered chunks at the end of a known-length input stay at least
+/// `auto / TAPER_FLOOR_DIVISOR` items.
+const TAPER_FLOOR_DIVISOR: usize = 8;
 /// An automatic chunk's encoded arguments stay within this fraction of the
 /// ring, so the chunks in flight of a worker travel inline in its ring
 /// (messages over half the ring take a shared-memory segment of their own)
@@ -220,9 +223,13 @@ where
         // Near the end of a known-length input, spread what is left over
         // all the chunks in flight (guided self-scheduling), so no worker
         // is left with a long last chunk while the others idle.
+        // Not below an eighth of the target (about 0.6 ms of work): tiny
+        // tail chunks would cost more in per-chunk overhead than they save
+        // in balance.
         if let (remaining, Some(hi)) = self.input.size_hint() {
             if remaining == hi && remaining > 0 {
-                n = n.min(remaining.div_ceil(self.max_chunks()));
+                let floor = (self.auto / TAPER_FLOOR_DIVISOR).max(1);
+                n = n.min(remaining.div_ceil(self.max_chunks()).max(floor));
             }
         }
         n.max(1)
