@@ -171,5 +171,39 @@ fn w2(c: &mut Criterion) {
     );
 }
 
-criterion_group!(benches, w3, w2);
+/// Sending a handle costs the same whatever its length: a round trip of a
+/// task taking a 1 KiB slice and one taking a 1 GiB slice.
+fn handle_cost(c: &mut Criterion) {
+    let ex = ProcessPoolExecutor::new(2).expect("pool");
+    let small = SharedVec::<u8>::zeroed(&ex, 1 << 10).expect("arena");
+    let big = SharedVec::<u8>::zeroed(&ex, 1 << 30).expect("arena");
+    let (s, b) = (small.slice(..).unwrap(), big.slice(..).unwrap());
+    let len = |x: SharedSlice<u8>| x.len();
+    assert_eq!(
+        ex.submit(len, b.clone()).unwrap().result().unwrap(),
+        1 << 30
+    );
+    let mut g = c.benchmark_group("send_a_handle");
+    g.bench_function("1KiB", |bch| {
+        bch.iter(|| ex.submit(len, s.clone()).unwrap().result().unwrap())
+    });
+    g.bench_function("1GiB", |bch| {
+        bch.iter(|| ex.submit(len, b.clone()).unwrap().result().unwrap())
+    });
+    g.finish();
+    let reps = 2001;
+    let small_s = median_secs(reps, || {
+        black_box(ex.submit(len, s.clone()).unwrap().result().unwrap());
+    });
+    let big_s = median_secs(reps, || {
+        black_box(ex.submit(len, b.clone()).unwrap().result().unwrap());
+    });
+    eprintln!(
+        "handle round trip: 1 KiB slice {:.2} us, 1 GiB slice {:.2} us",
+        small_s * 1e6,
+        big_s * 1e6
+    );
+}
+
+criterion_group!(benches, w3, w2, handle_cost);
 criterion_main!(benches);
