@@ -61,7 +61,10 @@ pub use reusable::{get_reusable_executor, ReusableExecutorBuilder};
 pub use rkyv::util::AlignedVec;
 #[cfg(feature = "serde")]
 pub use serde_payload::{ArchivedSerde, MsgPack, Serde, SerdeResolver};
-pub use shared::{ArchivedHandle, ArenaUsage, SharedChunks, SharedChunksMut, SharedSlice, SharedSliceMut, SharedVec};
+pub use shared::{
+    ArchivedHandle, ArenaUsage, SharedChunks, SharedChunksMut, SharedSlice, SharedSliceMut,
+    SharedVec,
+};
 pub use stats::Stats;
 pub use task::TaskFn;
 pub use topology::{cpu_count, cpu_count_physical, cpu_count_report, Pinning};
