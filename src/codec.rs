@@ -53,6 +53,13 @@ use crate::error::{CodecStage, Error};
 pub trait Payload: Sized + Send + 'static {
     /// Appends the encoding of `self` to `out` (which starts 16-byte aligned).
     fn encode(&self, out: &mut AlignedVec) -> Result<(), String>;
+    /// Like [`Payload::encode`], for a task's whole argument or result only
+    /// (loky calls it; nothing may be appended after it): a large rkyv
+    /// archive may go straight to shared memory instead of `out`.
+    #[doc(hidden)]
+    fn encode_top(&self, out: &mut AlignedVec) -> Result<(), String> {
+        self.encode(out)
+    }
     /// Validates and decodes a value from 16-byte aligned bytes.
     fn decode(bytes: &[u8]) -> Result<Self, String>;
     /// Appends the encoding of a batch of values (one archive, for `map`).
@@ -71,6 +78,11 @@ where
 {
     #[inline]
     fn encode(&self, out: &mut AlignedVec) -> Result<(), String> {
+        archive(self, out)
+    }
+
+    #[inline]
+    fn encode_top(&self, out: &mut AlignedVec) -> Result<(), String> {
         archive_direct(self, out)
     }
 
@@ -184,13 +196,16 @@ pub(crate) fn direct_encode<T>(
     let mark = out.len();
     let _restore = Restore(DIRECT.with(|d| d.borrow_mut().replace(target)));
     let written = write(out);
-    let spilled = DIRECT.with(|d| d.borrow_mut().as_mut().and_then(|d| d.spilled.take()));
-    // The spilled archive must be the last thing `write` wrote: bytes
-    // appended to `out` after it would be lost.
-    debug_assert!(
-        spilled.is_none() || out.len() == mark,
-        "bytes appended after an archive that went to shared memory"
-    );
+    let mut spilled = DIRECT.with(|d| d.borrow_mut().as_mut().and_then(|d| d.spilled.take()));
+    // The spilled archive must be the whole of what `write` wrote: only
+    // `Payload::encode_top` spills, and loky appends nothing after it. If
+    // something was appended anyway, drop the spill: the message is then
+    // incomplete and fails to decode, rather than being sent truncated as
+    // if whole.
+    if spilled.is_some() && out.len() != mark {
+        tracing::error!("bytes were appended after an archive that went to shared memory");
+        spilled = None;
+    }
     (written, spilled)
 }
 
@@ -266,7 +281,9 @@ impl<E: rancor::Source> rkyv::ser::Writer<E> for SpillWriter {
                         .map_err(E::new)?;
                     bigger.as_mut_slice()[..self.pos]
                         .copy_from_slice(&spill.as_slice()[..self.pos]);
-                    *spill = bigger;
+                    // The outgrown buffer served only this archive: do not
+                    // keep it pooled (nor its pages).
+                    std::mem::replace(spill, bigger).discard();
                 }
                 spill.as_mut_slice()[self.pos..end].copy_from_slice(bytes);
             }

@@ -61,6 +61,9 @@ pub(crate) struct Handle {
 impl Drop for Handle {
     fn drop(&mut self) {
         self.pool.shutdown(true, false, false);
+        // The process-wide large-message buffers this pool used give their
+        // pages back (they are reserved again if another pool needs them).
+        loky_ipc::spill::trim(std::time::Duration::ZERO);
     }
 }
 
@@ -122,7 +125,7 @@ impl ProcessPoolExecutor {
         let _ = f;
         self.submit_raw(
             offset_of(run_task::<F, A, R>),
-            |out| arg.encode(out),
+            |out| arg.encode_top(out),
             decode_result::<R>,
         )
     }

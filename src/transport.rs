@@ -183,7 +183,7 @@ where
     };
     let f = conjure::<F>();
     match guarded(move || f(arg)) {
-        Ok(value) => encode_result(out, |out| value.encode(out)),
+        Ok(value) => encode_result(out, |out| value.encode_top(out)),
         Err(panic) => fail(out, STATUS_PANIC, panic),
     }
 }

@@ -203,3 +203,44 @@ fn pools_with_large_values_leave_nothing_behind() {
     assert_eq!(spill_mappings(), maps, "spill buffers leaked");
     assert!(maps <= loky_ipc::spill::MAX_POOLED);
 }
+
+/// A payload of its own: an rkyv archive followed by a trailer. Encoding
+/// the inner value must not divert it to shared memory (the trailer would be
+/// lost), however large it is.
+#[derive(Debug, PartialEq)]
+struct WithTrailer(Vec<u8>, u64);
+
+impl loky::Payload for WithTrailer {
+    fn encode(&self, out: &mut rkyv::util::AlignedVec) -> Result<(), String> {
+        self.0.encode(out)?;
+        out.extend_from_slice(&self.1.to_le_bytes());
+        Ok(())
+    }
+    fn decode(bytes: &[u8]) -> Result<Self, String> {
+        let (archive, trailer) = bytes
+            .split_at_checked(bytes.len().wrapping_sub(8))
+            .ok_or("short")?;
+        let t = u64::from_le_bytes(trailer.try_into().map_err(|_| "trailer")?);
+        Ok(Self(Vec::<u8>::decode(archive)?, t))
+    }
+    fn encode_batch(_: &Vec<Self>, _: &mut rkyv::util::AlignedVec) -> Result<(), String> {
+        Err("not batched".into())
+    }
+    fn decode_batch(_: &[u8]) -> Result<Vec<Self>, String> {
+        Err("not batched".into())
+    }
+}
+
+#[test]
+fn a_custom_payload_appending_after_a_large_archive_keeps_its_bytes() {
+    let ex = ProcessPoolExecutor::new(1).unwrap();
+    let big = WithTrailer(vec![7u8; 3 << 20], 0xfeed);
+    let echoed = ex
+        .submit(|w: WithTrailer| WithTrailer(w.0, w.1 + 1), big)
+        .unwrap()
+        .result_timeout(std::time::Duration::from_secs(60))
+        .unwrap();
+    assert_eq!(echoed.1, 0xfeee);
+    assert_eq!(echoed.0.len(), 3 << 20);
+    assert!(echoed.0.iter().all(|&b| b == 7));
+}

@@ -284,6 +284,20 @@ impl Buffer {
         self.buf.capacity
     }
 
+    /// Gives the buffer up for good (it was a step of a message that
+    /// outgrew it): it leaves the pool, and its pages go back to the system.
+    pub fn discard(self) {
+        if self.pooled {
+            let mut pool = pool();
+            if let Some(i) = pool.iter().position(|e| Arc::ptr_eq(&e.buf, &self.buf)) {
+                pool.swap_remove(i);
+            }
+        }
+        if let Err(e) = self.buf.punch() {
+            tracing::debug!(error = %e, "could not release an outgrown spill buffer's pages");
+        }
+    }
+
     /// The whole payload area, for writing (before the buffer is sent).
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
         // SAFETY: `capacity` bytes are mapped after the header. The lease
@@ -530,6 +544,15 @@ pub(crate) fn with_staged(
 // ---------------------------------------------------------------------------
 // The receiving side.
 
+/// The largest spill buffer a receiver maps: the machine's memory and swap
+/// (no honest message is larger, and a peer must not make us reserve more).
+fn max_buffer() -> usize {
+    let info = rustix::system::sysinfo();
+    let total = u64::from(info.mem_unit)
+        .saturating_mul((info.totalram as u64).saturating_add(info.totalswap as u64));
+    usize::try_from(total).unwrap_or(usize::MAX)
+}
+
 /// A spill buffer as a receiver maps it.
 #[derive(Debug)]
 pub(crate) struct Mapped {
@@ -550,15 +573,16 @@ impl Mapped {
             ));
         }
         let size = file.metadata().os("fstat")?.len() as usize;
-        if size < HEADER_LEN {
-            return Err(Error::Corrupt(format!("spill buffer of {size} bytes")));
+        if size < HEADER_LEN || size > max_buffer() {
+            return Err(Error::Corrupt(format!(
+                "spill buffer of {size} bytes (at most {} accepted)",
+                max_buffer()
+            )));
         }
-        // Populated at once: a buffer is mapped once and read many times.
-        let map = MmapOptions::new()
-            .len(size)
-            .populate()
-            .map_raw(&file)
-            .os("mmap")?;
+        // Not populated: the peer chose the size, and touching a page of a
+        // sparse memfd allocates it. Reading a message faults in only its
+        // own pages, once (the mapping is kept for the next messages).
+        let map = MmapOptions::new().len(size).map_raw(&file).os("mmap")?;
         // SAFETY: at least HEADER_LEN bytes are mapped; every field is
         // plain data or an atomic, valid for any bit pattern.
         let h = unsafe { &*map.as_ptr().cast::<Header>() };
@@ -611,6 +635,23 @@ mod tests {
         assert_eq!(size_class(0), 64 << 10);
         assert!(size_class(256 << 20) >= (256 << 20) + (32 << 20));
         assert_eq!(size_class(1000) % (64 << 10), 0);
+    }
+
+    #[test]
+    fn mapping_a_peers_sparse_buffer_allocates_nothing() {
+        // A peer (an untrusted worker) sends a large, mostly unallocated
+        // buffer: mapping it must not fault it all in.
+        let buf = Buf::create(256 << 20).unwrap();
+        buf.punch().unwrap();
+        let used = |f: &File| rustix::fs::fstat(f).unwrap().st_blocks as usize * 512;
+        assert!(used(&buf.file) < (1 << 20));
+        let m = Mapped::open(buf.file.as_fd().try_clone_to_owned().unwrap(), buf.id).unwrap();
+        assert_eq!(m.bytes(16).len(), 16);
+        assert!(
+            used(&buf.file) < (1 << 20),
+            "{} bytes allocated by mapping",
+            used(&buf.file)
+        );
     }
 
     #[test]
