@@ -44,8 +44,10 @@ impl ProcessPoolExecutor {
     /// fixes the size; by default it adapts to the measured duration of the
     /// tasks (see there). A panicking item yields `Err(TaskPanicked)` in
     /// its place; a chunk whose worker died yields `Err(TerminatedWorker)`
-    /// for each of its items. With the `progress` feature, `.progress()`
-    /// draws a progress bar.
+    /// for each of its items. If a chunk cannot be submitted at all (the
+    /// executor was shut down, or the pool broke), the map ends with that
+    /// one error and reads no more input. With the `progress` feature,
+    /// `.progress()` draws a progress bar.
     ///
     /// ```
     /// let ex = loky::ProcessPoolExecutor::builder().max_workers(2).build()?;
@@ -105,7 +107,9 @@ pub struct Map<F, A, R, I> {
     ready: Ready<R>,
     ready_start: usize,
     next_index: usize,
-    submit_error: Option<Error>,
+    /// A chunk that could not be submitted (the pool was shut down or
+    /// broke): its first item's index and the error. The map ends with it.
+    submit_error: Option<(usize, Error)>,
     notify: Arc<Notify>,
     progress: crate::progress::Tracker,
     _f: PhantomData<fn(A) -> F>,
@@ -271,7 +275,12 @@ where
                         len,
                     });
                 }
-                Err(e) => self.submit_error = Some(e),
+                Err(e) => {
+                    // Later chunks would fail the same way: end the map
+                    // here, with this error, and read no more input.
+                    self.submit_error = Some((self.next_index, e));
+                    self.exhausted = true;
+                }
             }
             self.next_index += len;
             if self.fixed.is_none() && encoded > 0 {
@@ -331,7 +340,7 @@ where
             self.fill();
             let Some(chunk) = self.window.pop_front() else {
                 self.progress.finish();
-                return self.submit_error.take().map(Err);
+                return self.submit_error.take().map(|(_, e)| Err(e));
             };
             self.ready_start = chunk.start;
             self.ready = self.expand(chunk);
@@ -348,7 +357,7 @@ where
             self.fill();
             if self.window.is_empty() {
                 self.progress.finish();
-                return self.submit_error.take().map(|e| (self.next_index, Err(e)));
+                return self.submit_error.take().map(|(i, e)| (i, Err(e)));
             }
             let pos = loop {
                 if let Some(p) = self.window.iter().position(|c| c.fut.is_done_now()) {

@@ -565,3 +565,27 @@ fn chunks_that_fill_the_ring_are_requeued_not_lost() {
     assert_eq!(out.len(), 200_000);
     assert!(out.iter().enumerate().all(|(i, &v)| v == i as u64 + 1));
 }
+
+#[test]
+fn a_map_on_a_shut_down_pool_ends_with_one_error_and_stops_reading() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static READ: AtomicUsize = AtomicUsize::new(0);
+    let ex = loky::ProcessPoolExecutor::new(1).unwrap();
+    ex.shutdown(true, false, false);
+    let input = (0..1_000_000u64).inspect(|_| {
+        READ.fetch_add(1, Ordering::Relaxed);
+    });
+    let out: Vec<_> = ex.map(|x: u64| x, input).chunksize(100).collect();
+    assert_eq!(out.len(), 1);
+    assert!(matches!(out[0], Err(loky::Error::ShutdownExecutor)));
+    assert!(
+        READ.load(Ordering::Relaxed) <= 100,
+        "the map kept reading its input"
+    );
+    let unordered: Vec<_> = ex.map_unordered(|x: u64| x, 0..1000u64).collect();
+    assert_eq!(unordered.len(), 1);
+    assert_eq!(
+        unordered[0].0, 0,
+        "the error names the first item that was not run"
+    );
+}
