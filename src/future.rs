@@ -183,6 +183,9 @@ pub(crate) struct Cell<R> {
     pub(crate) decode: Decoder<R>,
     /// What the task keeps alive for its worker (shared-array leases).
     pins: Mutex<crate::shared::Pins>,
+    /// Whether `pins` holds any: most tasks carry no shared array, and then
+    /// never take the lock.
+    pinned: std::sync::atomic::AtomicBool,
     /// Set once the task was handed to a worker: from then on only the pool
     /// may drop the pins (when the worker is done with the task).
     sent: std::sync::atomic::AtomicBool,
@@ -194,15 +197,23 @@ impl<R> Cell<R> {
             task,
             decode,
             pins: Mutex::new(Vec::new()),
+            pinned: std::sync::atomic::AtomicBool::new(false),
             sent: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
     pub(crate) fn set_pins(&self, pins: crate::shared::Pins) {
+        if pins.is_empty() {
+            return;
+        }
         *lock(&self.pins) = pins;
+        self.pinned.store(true, Ordering::Release);
     }
 
     pub(crate) fn take_pins(&self) -> crate::shared::Pins {
+        if !self.pinned.swap(false, Ordering::AcqRel) {
+            return Vec::new();
+        }
         std::mem::take(&mut *lock(&self.pins))
     }
 }
@@ -233,8 +244,7 @@ impl<R: Send + 'static> Completion for Cell<R> {
     }
 
     fn release_pins(&self) {
-        let pins = std::mem::take(&mut *lock(&self.pins));
-        drop(pins);
+        drop(self.take_pins());
     }
 
     fn stage_bytes(&self, status: u32, elapsed_ns: u64, bytes: &[u8]) {

@@ -64,7 +64,7 @@ impl ProcessPoolExecutor {
     {
         const { assert_zero_sized::<F>() };
         let _ = f;
-        Map::new(self.clone(), input.into_iter(), true)
+        Map::new(self.clone(), input.into_iter())
     }
 
     /// Like [`map`](Self::map), but yields results as soon as their chunk
@@ -79,7 +79,7 @@ impl ProcessPoolExecutor {
         const { assert_zero_sized::<F>() };
         let _ = f;
         MapUnordered {
-            inner: Map::new(self.clone(), input.into_iter(), false),
+            inner: Map::new(self.clone(), input.into_iter()),
         }
     }
 }
@@ -132,7 +132,7 @@ where
     R: Payload,
     I: Iterator<Item = A>,
 {
-    fn new(ex: ProcessPoolExecutor, input: I, _ordered: bool) -> Self {
+    fn new(ex: ProcessPoolExecutor, input: I) -> Self {
         Self {
             ex,
             input,
@@ -218,8 +218,8 @@ where
         self.ex.max_workers() * CHUNKS_PER_WORKER
     }
 
-    /// Items in the next chunk.
-    fn chunk_len(&self) -> usize {
+    /// Items in the next chunk, with at most `max_chunks` in flight.
+    fn chunk_len(&self, max_chunks: usize) -> usize {
         if let Some(n) = self.fixed {
             return n;
         }
@@ -233,7 +233,7 @@ where
         if let (remaining, Some(hi)) = self.input.size_hint() {
             if remaining == hi && remaining > 0 {
                 let floor = (self.auto / TAPER_FLOOR_DIVISOR).max(1);
-                n = n.min(remaining.div_ceil(self.max_chunks()).max(floor));
+                n = n.min(remaining.div_ceil(max_chunks).max(floor));
             }
         }
         n.max(1)
@@ -241,11 +241,10 @@ where
 
     /// Submits chunks until the window is full or the input ends.
     fn fill(&mut self) {
-        while !self.exhausted
-            && self.submit_error.is_none()
-            && self.window.len() < self.max_chunks()
-        {
-            let n = self.chunk_len();
+        // Read once per fill: it takes the pool's lock.
+        let max_chunks = self.max_chunks();
+        while !self.exhausted && self.submit_error.is_none() && self.window.len() < max_chunks {
+            let n = self.chunk_len(max_chunks);
             let items: Vec<A> = self.input.by_ref().take(n).collect();
             if items.len() < n {
                 self.exhausted = true;

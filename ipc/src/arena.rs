@@ -40,8 +40,10 @@ const MAGIC: [u8; 8] = *b"LOKYARN\0";
 /// [`ArenaHeader`].
 pub const ARENA_VERSION: u32 = 1;
 const PAGE: usize = 4096;
-/// Every block starts on a cache line.
-const ALIGN: usize = 64;
+/// Every block starts on a cache line: element types aligned to at most
+/// this many bytes can live in a block.
+pub const BLOCK_ALIGN: usize = 64;
+const ALIGN: usize = BLOCK_ALIGN;
 /// Blocks at least this large start on a page (so their pages can be punched
 /// and populated as a whole).
 const PAGE_ALIGN_FROM: usize = 64 << 10;
@@ -193,11 +195,7 @@ impl Arena {
     }
 
     fn mapping(&self) -> Result<&MmapRaw> {
-        if let Some(m) = self.map.get() {
-            return Ok(m);
-        }
-        let map = map_reserve(&self.file, self.reserve)?;
-        Ok(self.map.get_or_init(|| map))
+        lazy_map(&self.map, &self.file, self.reserve)
     }
 
     /// Allocates a block of `len` bytes with its pages committed. With
@@ -280,13 +278,6 @@ impl Arena {
     /// punch would zero and uncommit a live block).
     fn release(&self, st: &mut FreeList, offset: usize, padded: usize) {
         let (start, end) = st.give_back(offset, padded);
-        let Ok(stat) = rustix::fs::fstat(&self.file) else {
-            return;
-        };
-        let committed = (stat.st_blocks as u64).saturating_mul(512) as usize;
-        if committed.saturating_sub(st.in_use) <= st.retain_max {
-            return;
-        }
         let tail = end >= st.clean;
         let punch_start = start.next_multiple_of(PAGE);
         let punch_end = if tail {
@@ -296,8 +287,17 @@ impl Arena {
         } else {
             end / PAGE * PAGE
         };
-        // Only large stretches (or the tail) are worth a system call.
+        // Only large stretches (or the tail) are worth a system call, and
+        // only while more than the retained amount of freed memory is
+        // committed (the file's real size says how much is).
         if punch_end <= punch_start || (!tail && punch_end - punch_start < PUNCH_FROM) {
+            return;
+        }
+        let Ok(stat) = rustix::fs::fstat(&self.file) else {
+            return;
+        };
+        let committed = (stat.st_blocks as u64).saturating_mul(512) as usize;
+        if committed.saturating_sub(st.in_use) <= st.retain_max {
             return;
         }
         // Best effort: on failure the pages stay committed and are reused.
@@ -435,13 +435,7 @@ impl ArenaView {
                 "block of {len} bytes at {offset} outside an arena of {reserve} bytes"
             )));
         }
-        let map = match self.map.get() {
-            Some(m) => m,
-            None => {
-                let m = map_reserve(&self.file, reserve)?;
-                self.map.get_or_init(|| m)
-            }
-        };
+        let map = lazy_map(&self.map, &self.file, reserve)?;
         // SAFETY: `offset + len <= reserve`, the mapping's length; the
         // mapping is non-null.
         let ptr = unsafe { NonNull::new_unchecked(map.as_mut_ptr().add(offset)) };
@@ -451,6 +445,15 @@ impl ArenaView {
         // faulting it in (measured: ~20 ms per 256 MiB either way).
         Ok(ptr)
     }
+}
+
+/// The mapping in `cell`, made on first use.
+fn lazy_map<'a>(cell: &'a OnceLock<MmapRaw>, file: &File, reserve: usize) -> Result<&'a MmapRaw> {
+    if let Some(m) = cell.get() {
+        return Ok(m);
+    }
+    let map = map_reserve(file, reserve)?;
+    Ok(cell.get_or_init(|| map))
 }
 
 /// Maps `reserve` bytes of `file` shared, without reserving swap: pages are

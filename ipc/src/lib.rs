@@ -34,6 +34,7 @@ pub mod spawn;
 pub mod spill;
 mod spin;
 mod sync;
+pub mod sysmem;
 
 pub use arena::{Arena, ArenaError, ArenaView, Block};
 pub use channel::{Incoming, Receiver, Sender};

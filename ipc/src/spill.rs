@@ -547,10 +547,7 @@ pub(crate) fn with_staged(
 /// The largest spill buffer a receiver maps: the machine's memory and swap
 /// (no honest message is larger, and a peer must not make us reserve more).
 fn max_buffer() -> usize {
-    let info = rustix::system::sysinfo();
-    let total = u64::from(info.mem_unit)
-        .saturating_mul((info.totalram as u64).saturating_add(info.totalswap as u64));
-    usize::try_from(total).unwrap_or(usize::MAX)
+    crate::sysmem::memory_and_swap()
 }
 
 /// A spill buffer as a receiver maps it.

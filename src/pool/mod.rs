@@ -920,17 +920,12 @@ pub(crate) const TICK: Duration = Duration::from_millis(100);
 /// The default arena limit: the machine's physical memory (the arena only
 /// commits what live arrays use).
 fn default_arena_limit() -> usize {
-    let info = rustix::system::sysinfo();
-    let total = u64::from(info.mem_unit).saturating_mul(info.totalram as u64);
-    usize::try_from(total).unwrap_or(usize::MAX).max(64 << 20)
+    loky_ipc::sysmem::physical_memory().max(64 << 20)
 }
 
 /// Physical memory plus swap: no arena can hold more.
 pub(crate) fn memory_and_swap() -> usize {
-    let info = rustix::system::sysinfo();
-    let total = u64::from(info.mem_unit)
-        .saturating_mul((info.totalram as u64).saturating_add(info.totalswap as u64));
-    usize::try_from(total).unwrap_or(usize::MAX).max(64 << 20)
+    loky_ipc::sysmem::memory_and_swap().max(64 << 20)
 }
 
 /// A fresh identity for an arena, different in every pool of every process

@@ -308,6 +308,29 @@ impl<T: Pod + std::fmt::Debug> std::fmt::Debug for SharedSliceMut<T> {
 
 // ---- crossing the process boundary -------------------------------------
 
+impl<T: Pod> SharedSlice<T> {
+    /// Pins this handle into the task being encoded (see `wire`).
+    fn send<E: Source>(&self, writable: bool) -> Result<(), E> {
+        let pin = self.pin().ok_or_else(|| {
+            E::new(wire::HandleError(
+                "a shared array handle received by a task cannot be sent on".into(),
+            ))
+        })?;
+        self.wire(writable).send(pin)
+    }
+
+    /// Maps a received handle into this worker.
+    fn receive<E: Source>(h: &ArchivedHandle, writable: bool) -> Result<Self, E> {
+        let (r, len) = h.receive(std::mem::size_of::<T>(), writable)?;
+        if r.ptr.as_ptr() as usize % std::mem::align_of::<T>() != 0 {
+            return Err(E::new(wire::HandleError(
+                "misaligned shared array handle".into(),
+            )));
+        }
+        Ok(Self::received(r, len))
+    }
+}
+
 impl<T: Pod> rkyv::Archive for SharedSlice<T> {
     type Archived = ArchivedHandle;
     type Resolver = ();
@@ -322,12 +345,7 @@ where
     S::Error: Source,
 {
     fn serialize(&self, _: &mut S) -> Result<(), S::Error> {
-        let pin = self.pin().ok_or_else(|| {
-            S::Error::new(wire::HandleError(
-                "a SharedSlice received by a task cannot be sent on".into(),
-            ))
-        })?;
-        self.wire(false).send(pin)
+        self.send(false)
     }
 }
 
@@ -336,9 +354,7 @@ where
     D::Error: Source,
 {
     fn deserialize(&self, _: &mut D) -> Result<SharedSlice<T>, D::Error> {
-        let (r, len) = self.receive(std::mem::size_of::<T>(), false)?;
-        check_alignment::<T, D::Error>(r.ptr)?;
-        Ok(SharedSlice::received(r, len))
+        SharedSlice::receive(self, false)
     }
 }
 
@@ -356,12 +372,7 @@ where
     S::Error: Source,
 {
     fn serialize(&self, _: &mut S) -> Result<(), S::Error> {
-        let pin = self.inner.pin().ok_or_else(|| {
-            S::Error::new(wire::HandleError(
-                "a SharedSliceMut received by a task cannot be sent on".into(),
-            ))
-        })?;
-        self.inner.wire(true).send(pin)
+        self.inner.send(true)
     }
 }
 
@@ -370,19 +381,8 @@ where
     D::Error: Source,
 {
     fn deserialize(&self, _: &mut D) -> Result<SharedSliceMut<T>, D::Error> {
-        let (r, len) = self.receive(std::mem::size_of::<T>(), true)?;
-        check_alignment::<T, D::Error>(r.ptr)?;
         Ok(SharedSliceMut {
-            inner: SharedSlice::received(r, len),
+            inner: SharedSlice::receive(self, true)?,
         })
     }
-}
-
-fn check_alignment<T, E: Source>(ptr: NonNull<u8>) -> Result<(), E> {
-    if ptr.as_ptr() as usize % std::mem::align_of::<T>() != 0 {
-        return Err(E::new(wire::HandleError(
-            "misaligned shared array handle".into(),
-        )));
-    }
-    Ok(())
 }

@@ -72,9 +72,10 @@ unsafe impl<T: Pod> Sync for SharedVec<T> {}
 
 impl<T: Pod> SharedVec<T> {
     fn allocate(ex: &ProcessPoolExecutor, len: usize, zeroed: bool) -> Result<Self> {
-        if std::mem::align_of::<T>() > 64 {
+        if std::mem::align_of::<T>() > loky_ipc::arena::BLOCK_ALIGN {
             return Err(Error::InvalidArgument(format!(
-                "shared arrays support element alignment up to 64 bytes, {} has {}",
+                "shared arrays support element alignment up to {} bytes, {} has {}",
+                loky_ipc::arena::BLOCK_ALIGN,
                 std::any::type_name::<T>(),
                 std::mem::align_of::<T>()
             )));

@@ -242,8 +242,10 @@ impl WorkerLoop<'_> {
                 // Staged: the channel hands the buffer over, no copy.
                 Ok(staged) => self.push(tag, staged.bytes()),
                 Err(e) => {
-                    let _ = fatal(EXIT_BOOTSTRAP, format_args!("cannot send a result: {e}"));
-                    std::process::exit(EXIT_BOOTSTRAP);
+                    std::process::exit(fatal(
+                        EXIT_BOOTSTRAP,
+                        format_args!("cannot send a result: {e}"),
+                    ));
                 }
             },
             None => {
@@ -275,8 +277,10 @@ impl WorkerLoop<'_> {
                     }
                 }
                 Err(e) => {
-                    let _ = fatal(EXIT_BOOTSTRAP, format_args!("cannot send a result: {e}"));
-                    std::process::exit(EXIT_BOOTSTRAP);
+                    std::process::exit(fatal(
+                        EXIT_BOOTSTRAP,
+                        format_args!("cannot send a result: {e}"),
+                    ));
                 }
             }
         }
