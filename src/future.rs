@@ -139,6 +139,9 @@ pub(crate) trait Completion: Send + Sync {
     /// Drops what the task kept alive for its worker; called by the pool
     /// once the worker is done with the task (its result came, or it died).
     fn release_pins(&self);
+    /// Whether the task holds shared-array pins (which only the worker's
+    /// real end may release).
+    fn has_pins(&self) -> bool;
 }
 
 impl<R: Send + 'static> TaskCell<R> {
@@ -245,6 +248,10 @@ impl<R: Send + 'static> Completion for Cell<R> {
 
     fn release_pins(&self) {
         drop(self.take_pins());
+    }
+
+    fn has_pins(&self) -> bool {
+        self.pinned.load(Ordering::Acquire)
     }
 
     fn stage_bytes(&self, status: u32, elapsed_ns: u64, bytes: &[u8]) {

@@ -1011,3 +1011,41 @@ fn a_burst_of_concurrent_crashes_does_not_break_the_pool() {
         assert_eq!(s.respawned, s.crashed, "{s:?}");
     });
 }
+
+/// Touches `mib` MiB of heap, then SIGKILLs its own worker.
+fn die_with_a_big_heap(mib: usize) -> u64 {
+    let mut heap = vec![0u8; mib << 20];
+    for page in heap.chunks_mut(4096) {
+        page[0] = 1;
+    }
+    std::hint::black_box(&heap);
+    // SAFETY: plain system calls; the worker is meant to die here.
+    unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+    unreachable!("SIGKILL is not caught")
+}
+
+#[test]
+fn a_dying_worker_fails_its_task_before_the_kernel_has_torn_it_down() {
+    bounded(|| {
+        let ex = pool(1);
+        let pid = worker_pid(&ex);
+        // Unmapping 1 GiB takes the kernel tens of milliseconds, and the
+        // pidfd turns readable only after that (then the watchdog reaps the
+        // worker). Its lifeline breaks first.
+        let r = ex
+            .submit(die_with_a_big_heap, 1024)
+            .unwrap()
+            .result_timeout(HANG);
+        let still_there = std::path::Path::new(&format!("/proc/{pid}")).exists();
+        let (dead, status, _) = terminated(r);
+        assert_eq!(dead, pid);
+        assert_eq!(signaled(status), Some(libc::SIGKILL), "{status}");
+        assert!(
+            still_there,
+            "the error came only once worker {pid} was reaped (no lifeline?)"
+        );
+        assert_heals(&ex);
+        let s = ex.stats();
+        assert_eq!((s.crashed, s.respawned), (1, 1), "{s:?}");
+    });
+}

@@ -155,6 +155,25 @@ impl SleepToken<'_> {
         self.done = true;
         self.bell.awake.fetch_add(1, SeqCst);
     }
+
+    /// Like [`SleepToken::wait`], and also wakes when one of the `armed`
+    /// lifelines breaks (see [`crate::lifeline`]). Falls back to a plain
+    /// wait where `futex_waitv` is missing (Linux before 5.16).
+    #[cfg(not(loom))]
+    pub fn wait_watching(mut self, armed: &[crate::lifeline::Armed<'_>], timeout: Duration) {
+        use std::sync::atomic::AtomicBool;
+        static NO_WAITV: AtomicBool = AtomicBool::new(false);
+        if armed.is_empty() || NO_WAITV.load(Relaxed) {
+            return self.wait(Some(timeout));
+        }
+        let bell = crate::lifeline::shared_wait(&self.bell.seq, self.seq);
+        if crate::lifeline::waitv(Some(bell), armed, timeout).is_err() {
+            NO_WAITV.store(true, Relaxed);
+            return self.wait(Some(timeout));
+        }
+        self.done = true;
+        self.bell.awake.fetch_add(1, SeqCst);
+    }
 }
 
 #[cfg(not(loom))]

@@ -13,7 +13,9 @@
 //! * [`channel`], [`spill`] and [`fdpass`]: messages larger than a ring
 //!   travel in reusable memfd spill buffers whose descriptors are passed over
 //!   a Unix socket once per receiver ([`segment`]: a one-off memfd).
-//! * [`pidfd`]: process handles that report a death the moment it happens.
+//! * [`pidfd`]: process handles that report a death the moment it happens;
+//!   [`lifeline`]: robust-futex words that report it even before the kernel
+//!   has torn the process down.
 //! * [`spawn`]: fork + exec with descriptors placed at fixed numbers and a
 //!   parent-death signal.
 //!
@@ -26,6 +28,7 @@ pub mod channel;
 pub mod doorbell;
 mod error;
 pub mod fdpass;
+pub mod lifeline;
 pub mod pidfd;
 pub mod region;
 pub mod ring;

@@ -26,6 +26,7 @@ use memmap2::{MmapOptions, MmapRaw};
 use rustix::fs::{MemfdFlags, SealFlags};
 
 use crate::error::OsContext;
+use crate::lifeline::Lifeline;
 use crate::ring::{Consumer, Producer, RingHeader};
 use crate::sync::{AtomicU32, Padded};
 use crate::{Doorbell, Error, Result};
@@ -34,7 +35,7 @@ use std::sync::atomic::Ordering::Relaxed;
 const MAGIC: [u8; 8] = *b"LOKYIPC\0";
 /// Version of the region layout. Bump on any change to a `#[repr(C)]`
 /// structure below or to the ring framing.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 const PAGE: usize = 4096;
 
 /// What to build a region for.
@@ -100,6 +101,8 @@ pub struct RegionHeader {
 /// * `spinning`: 1 while the worker spins; written by the worker, read by
 ///   everyone deciding whether to spin. Reset by the parent with the slot.
 /// * `bell`: the worker is the only consumer (`awake`), the parent rings.
+/// * `lifeline`: held by the worker's main thread, watched by the parent;
+///   see [`Lifeline`]. Reset by the parent with the slot.
 /// * `down`, `up`: see [`RingHeader`].
 #[repr(C)]
 #[derive(Debug)]
@@ -109,6 +112,7 @@ pub struct SlotHeader {
     spinning: AtomicU32,
     _reserved: u32,
     bell: Padded<Doorbell>,
+    lifeline: Lifeline,
     down: RingHeader,
     up: RingHeader,
 }
@@ -283,6 +287,7 @@ impl Region {
             spinning: AtomicU32::new(0),
             _reserved: 0,
             bell: Padded(Doorbell::new(1)),
+            lifeline: Lifeline::new(),
             down: RingHeader::new(self.cfg.ring_capacity),
             up: RingHeader::new(self.cfg.ring_capacity),
         };
@@ -321,6 +326,11 @@ impl<'r> Slot<'r> {
     /// The pid the worker recorded, 0 if none.
     pub fn pid(&self) -> u32 {
         self.header().pid.load(Relaxed)
+    }
+
+    /// The slot's lifeline (see [`crate::lifeline`]).
+    pub fn lifeline(&self) -> &'r Lifeline {
+        &self.header().lifeline
     }
 
     /// Records the attached worker's pid.

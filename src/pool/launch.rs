@@ -127,6 +127,14 @@ impl Pool {
         drop(child_sock);
         let pid = pidfd.pid();
         tracing::debug!(pid, slot = i, generation, "worker spawned");
+        // Opened now: the pid of an unreaped child cannot be reused.
+        let probe = match loky_ipc::lifeline::ExitProbe::open(pid) {
+            Ok(p) => Some(Arc::new(p)),
+            Err(e) => {
+                tracing::debug!(pid, error = %e, "no exit probe; deaths are reported at reaping");
+                None
+            }
+        };
         let sock2: OwnedFd = parent_sock.try_clone().map_err(|e| loky_ipc::Error::Os {
             op: "dup",
             source: e,
@@ -159,6 +167,10 @@ impl Pool {
             tasks_done: 0,
             rss_baseline: None,
             idle_since: Instant::now(),
+            probe,
+            watch_lifeline: true,
+            died: None,
+            end_counted: false,
         };
         if let Some(init) = &self.config.initializer {
             if !worker.sender.try_send(crate::protocol::TAG_INIT, init)? {

@@ -35,19 +35,15 @@ pub(super) fn run(pool: &Arc<Pool>) {
             bell.enter();
             continue;
         }
-        let token = bell.announce_sleep();
-        if pool.results_pending()
-            || pool.has_pending_publish()
-            || pool
-                .watchdog_done
-                .load(std::sync::atomic::Ordering::Acquire)
-        {
-            // (Once the watchdog is done the pool stays finished: the check
-            // at the top of the loop ends it.)
-            token.cancel();
-            continue;
-        }
-        token.wait(Some(nap));
+        // (Once the watchdog is done the pool stays finished: the check at
+        // the top of the loop ends it.)
+        pool.sleep_on_bell(nap, || {
+            pool.results_pending()
+                || pool.has_pending_publish()
+                || pool
+                    .watchdog_done
+                    .load(std::sync::atomic::Ordering::Acquire)
+        });
     }
     tracing::debug!("manager exits");
 }

@@ -9,6 +9,7 @@
 mod config;
 mod identity;
 mod launch;
+mod lifeline;
 mod manager;
 mod watchdog;
 
@@ -57,6 +58,16 @@ pub(crate) struct Worker {
     /// Resident size after the first task (for `memory_limit`).
     rss_baseline: Option<u64>,
     pub(crate) idle_since: Instant,
+    /// Reads the exit code of the dying worker before it is a zombie.
+    probe: Option<Arc<loky_ipc::lifeline::ExitProbe>>,
+    /// Whether sleepers still watch this worker's lifeline.
+    watch_lifeline: bool,
+    /// Set once the worker is known dead (its lifeline broke, or it was
+    /// reaped): how it ended and the task it was running. It gets no more
+    /// work; the watchdog reaps it and fills the slot.
+    died: Option<(loky_ipc::ExitStatus, u64)>,
+    /// Whether its end is in the stats already.
+    end_counted: bool,
 }
 
 #[derive(Default)]
@@ -430,6 +441,7 @@ impl Pool {
             .workers
             .iter()
             .flatten()
+            .filter(|w| w.died.is_none())
             .map(|w| w.pid)
             .collect()
     }
@@ -613,13 +625,10 @@ impl Pool {
             if deadline.is_some_and(|d| now >= d) {
                 break false;
             }
-            let token = bell.announce_sleep();
-            if self.results_pending() || done() || notify.take() {
-                token.cancel();
+            let nap = deadline.map_or(TICK, |d| (d - now).min(TICK));
+            if !self.sleep_on_bell(nap, || self.results_pending() || done() || notify.take()) {
                 continue;
             }
-            let nap = deadline.map_or(TICK, |d| (d - now).min(TICK));
-            token.wait(Some(nap));
         };
         bell.leave();
         if self.standby.fetch_sub(1, Ordering::SeqCst) == 1 {
@@ -721,10 +730,11 @@ impl Pool {
             let slot = self.region.slot(i as u32);
             match w {
                 Some(w) => out += &format!(
-                    "slot {i}: pid={} ready={} exiting={} in_flight={:?} down_used={} up_used={} worker_awake={}\n",
+                    "slot {i}: pid={} ready={} exiting={} died={:?} in_flight={:?} down_used={} up_used={} worker_awake={}\n",
                     w.pid,
                     w.ready,
                     w.exiting,
+                    w.died,
                     w.in_flight.iter().map(|c| c.id()).collect::<Vec<_>>(),
                     slot.down_header().used(),
                     slot.up_header().used(),
@@ -741,7 +751,12 @@ impl Pool {
         let st = self.state();
         let c = st.stats;
         crate::stats::Stats {
-            workers_alive: st.alive(),
+            workers_alive: st
+                .workers
+                .iter()
+                .flatten()
+                .filter(|w| w.died.is_none())
+                .count(),
             queued: st.queue.len(),
             running: st.workers.iter().flatten().map(|w| w.in_flight.len()).sum(),
             submitted: c.submitted,
@@ -792,8 +807,7 @@ impl State {
         let mut best: Option<(usize, usize)> = None;
         for (i, w) in self.workers.iter().enumerate() {
             if let Some(w) = w {
-                if w.ready
-                    && !w.exiting
+                if w.takes_work()
                     && w.in_flight.len() < depth
                     && best.map_or(true, |(_, n)| w.in_flight.len() < n)
                 {
@@ -825,7 +839,7 @@ impl State {
             let Some(w) = self.workers[i].as_ref() else {
                 return;
             };
-            if !w.ready || w.exiting || w.in_flight.len() >= depth {
+            if !w.takes_work() || w.in_flight.len() >= depth {
                 return;
             }
             let Some(q) = self.queue.pop_front() else {
@@ -856,7 +870,7 @@ impl State {
             return;
         }
         for w in self.workers.iter_mut().flatten() {
-            if w.in_flight.is_empty() && !w.exiting {
+            if w.in_flight.is_empty() && !w.exiting && w.died.is_none() {
                 w.exiting = true;
                 w.send_exit();
             }
@@ -869,6 +883,73 @@ impl State {
 }
 
 impl Worker {
+    /// Whether the pool killed this worker (its tasks get the reason).
+    fn killed_by_us(&self) -> bool {
+        self.kill_reason.is_some() || self.task_kill.is_some()
+    }
+
+    /// Counts this worker's end in `stats`, once: a crash unless it exited
+    /// cleanly or the pool killed it, and the replacement to come unless the
+    /// pool is `ending`.
+    fn count_end(&mut self, stats: &mut crate::stats::Counters, clean: bool, ending: bool) {
+        if std::mem::replace(&mut self.end_counted, true) {
+            return;
+        }
+        if !clean && !self.killed_by_us() {
+            stats.crashed += 1;
+        }
+        if !ending {
+            stats.respawned += 1;
+        }
+    }
+
+    /// Ready, not retiring, not dead: may be given tasks.
+    fn takes_work(&self) -> bool {
+        self.ready && !self.exiting && self.died.is_none()
+    }
+
+    /// Fails the in-flight tasks of this dead worker and returns them with
+    /// their errors; counts and logs the death the first time. With
+    /// `keep_pinned`, tasks holding shared arrays stay in flight: only the
+    /// reaped process is surely done with them (another of its threads may
+    /// still run for a moment after the main thread started to exit).
+    fn fail_in_flight(
+        &mut self,
+        status: loky_ipc::ExitStatus,
+        keep_pinned: bool,
+    ) -> Vec<(Arc<dyn Completion>, Error)> {
+        let first = self.died.is_none();
+        let running = match self.died {
+            Some((_, running)) => running,
+            None => self.in_flight.front().map_or(0, |c| c.id()),
+        };
+        self.died = Some((status, running));
+        let killed_by_us = self.killed_by_us();
+        if first && !killed_by_us {
+            tracing::warn!(pid = self.pid, %status, task = running, in_flight = self.in_flight.len(), "worker died");
+        }
+        let error = self.kill_reason.clone().unwrap_or(Error::TerminatedWorker {
+            pid: self.pid,
+            status,
+            task: running,
+        });
+        let mut failed = Vec::new();
+        let mut kept = VecDeque::new();
+        for c in self.in_flight.drain(..) {
+            if keep_pinned && c.has_pins() {
+                kept.push_back(c);
+                continue;
+            }
+            let e = match &self.task_kill {
+                Some((id, e)) if *id == c.id() => e.clone(),
+                _ => error.clone(),
+            };
+            failed.push((c, e));
+        }
+        self.in_flight = kept;
+        failed
+    }
+
     fn wake(&self) {
         // The worker is the only consumer of its bell; ring after publishing.
         self.bell.ring();

@@ -156,37 +156,15 @@ impl Pool {
             let Some(mut w) = st.workers[i].take() else {
                 return;
             };
-            let running = w.in_flight.front().map(|c| c.id()).unwrap_or(0);
             let clean = w.exiting && status == ExitStatus::Exited(0);
             if !clean {
-                let killed_by_us = w.kill_reason.is_some() || w.task_kill.is_some();
-                let task_kill = w.task_kill.take();
-                let error = match w.kill_reason.take() {
-                    Some(e) => e,
-                    None => Error::TerminatedWorker {
-                        pid: w.pid,
-                        status,
-                        task: running,
-                    },
-                };
-                if !w.ready && !killed_by_us && !st.shutdown {
+                if !w.ready && !w.killed_by_us() && !st.shutdown {
                     startup_failure = Some(describe_startup_failure(status));
                 }
-                if !killed_by_us {
-                    st.stats.crashed += 1;
-                    tracing::warn!(pid = w.pid, %status, task = running, in_flight = w.in_flight.len(), "worker died");
-                }
-                for c in w.in_flight.drain(..) {
-                    let e = match &task_kill {
-                        Some((id, e)) if *id == c.id() => e.clone(),
-                        _ => error.clone(),
-                    };
-                    failed.push((c, e));
-                }
+                failed = w.fail_in_flight(status, false);
             }
-            if !st.shutdown && st.broken.is_none() {
-                st.stats.respawned += 1;
-            }
+            let ending = st.shutdown || st.broken.is_some();
+            w.count_end(&mut st.stats, clean, ending);
             drop(w);
         }
         // Completed on the manager thread, not here: a done-callback that

@@ -99,8 +99,16 @@ pub(crate) fn run(raw_spec: &str) -> i32 {
         Ok(s) => s,
         Err(e) => return fatal(EXIT_BOOTSTRAP, format_args!("dup: {e}")),
     };
+    // The region lives as long as the process: the lifeline below must stay
+    // mapped until this thread dies.
+    let region: &'static Region = Box::leak(Box::new(region));
     let slot = region.slot(spec.slot);
     slot.set_pid(std::process::id());
+    // From here on the parent learns of this thread's death the moment it
+    // starts, not once the kernel has torn the process down.
+    if let Err(e) = slot.lifeline().hold() {
+        tracing::debug!(error = %e, "no lifeline; the parent relies on the pidfd");
+    }
     // SAFETY: the parent initialised this slot for us (generation checked);
     // the worker is the only consumer of `down` and producer of `up`.
     let (rx, tx) = unsafe {
@@ -113,7 +121,7 @@ pub(crate) fn run(raw_spec: &str) -> i32 {
     // Shared-array handles in arguments map the arena at `ARENA_FD`.
     crate::shared::set_worker();
     let mut w = WorkerLoop {
-        region: &region,
+        region,
         spec,
         rx,
         tx,
