@@ -1029,11 +1029,11 @@ fn a_dying_worker_fails_its_task_before_the_kernel_has_torn_it_down() {
     bounded(|| {
         let ex = pool(1);
         let pid = worker_pid(&ex);
-        // Unmapping 1 GiB takes the kernel tens of milliseconds, and the
-        // pidfd turns readable only after that (then the watchdog reaps the
+        // Unmapping 256 MiB takes the kernel milliseconds, and the pidfd
+        // turns readable only after that (then the watchdog reaps the
         // worker). Its lifeline breaks first.
         let r = ex
-            .submit(die_with_a_big_heap, 1024)
+            .submit(die_with_a_big_heap, 256)
             .unwrap()
             .result_timeout(HANG);
         let still_there = std::path::Path::new(&format!("/proc/{pid}")).exists();

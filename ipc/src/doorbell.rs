@@ -167,9 +167,15 @@ impl SleepToken<'_> {
             return self.wait(Some(timeout));
         }
         let bell = crate::lifeline::shared_wait(&self.bell.seq, self.seq);
-        if crate::lifeline::waitv(Some(bell), armed, timeout).is_err() {
-            NO_WAITV.store(true, Relaxed);
-            return self.wait(Some(timeout));
+        match crate::lifeline::waitv(Some(bell), armed, timeout) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::NOSYS) => {
+                NO_WAITV.store(true, Relaxed);
+                return self.wait(Some(timeout));
+            }
+            // Anything else (EFAULT, EINVAL cannot happen on valid words):
+            // a plain wait this time.
+            Err(_) => return self.wait(Some(timeout)),
         }
         self.done = true;
         self.bell.awake.fetch_add(1, SeqCst);

@@ -13,7 +13,9 @@
 //! takes it once ([`Lifeline::hold`]) and never lets go, so the word changes
 //! exactly when that thread dies (or replaces its program with `execve`). A
 //! watcher in the parent [`arm`](Lifeline::arm)s the lifelines it cares about
-//! and sleeps on all of them at once ([`Watch::wait`], `futex_waitv`).
+//! and sleeps on all of them at once, and on a doorbell too if it likes
+//! (`futex_waitv`: [`wait_any`],
+//! [`SleepToken::wait_watching`](crate::doorbell::SleepToken::wait_watching)).
 //!
 //! A broken lifeline says *that* the thread is going, not *how*: the watcher
 //! reads the exit code the kernel has already recorded with an
@@ -44,8 +46,8 @@ pub const WAITERS: u32 = 0x8000_0000;
 /// The part of the word that names the holder.
 const TID_MASK: u32 = 0x3fff_ffff;
 
-/// The most lifelines one [`Watch::wait`] covers (`futex_waitv` takes 128
-/// words, one of which is the watch's own wake-up word).
+/// The most lifelines one [`wait_any`] covers (`futex_waitv` takes 128
+/// words, one of which may be a doorbell's).
 pub const MAX_WATCHED: usize = 127;
 
 /// One lifeline: a robust-futex word and room for the list node the
@@ -215,7 +217,7 @@ impl Armed<'_> {
 /// [`Error::Os`](crate::Error::Os) with `ENOSYS`. To sleep on a doorbell at
 /// the same time, see [`crate::doorbell::SleepToken::wait_watching`].
 pub fn wait_any(armed: &[Armed<'_>], timeout: Duration) -> crate::Result<()> {
-    waitv(None, armed, timeout)
+    waitv(None, armed, timeout).os("futex_waitv")
 }
 
 /// `futex_waitv` on `also` (if any) and the words of `armed`.
@@ -223,7 +225,7 @@ pub(crate) fn waitv(
     also: Option<futex::Wait>,
     armed: &[Armed<'_>],
     timeout: Duration,
-) -> crate::Result<()> {
+) -> Result<(), rustix::io::Errno> {
     let mut waits = Vec::with_capacity(armed.len().min(MAX_WATCHED) + 1);
     waits.extend(also);
     for a in armed.iter().take(MAX_WATCHED) {
@@ -250,11 +252,12 @@ pub(crate) fn waitv(
         | Err(rustix::io::Errno::AGAIN)
         | Err(rustix::io::Errno::INTR)
         | Err(rustix::io::Errno::TIMEDOUT) => Ok(()),
-        Err(e) => Err(e).os("futex_waitv"),
+        Err(e) => Err(e),
     }
 }
 
 /// A `futex_waitv` entry for a shared 32-bit word expected to hold `val`.
+#[cfg_attr(loom, allow(dead_code))]
 pub(crate) fn shared_wait(word: &AtomicU32, val: u32) -> futex::Wait {
     let mut w = futex::Wait::new();
     w.val = u64::from(val);
@@ -364,11 +367,17 @@ fn hold(line: &'static Lifeline) -> Result<(), HoldError> {
         return Err(HoldError::NoList(format!("head {head:?}, length {len}")));
     }
     // SAFETY: glibc registered `head` for this thread: it points to the
-    // `robust_head` in this thread's descriptor, valid while the thread
-    // lives, and only this thread modifies it.
-    let h = unsafe { &mut *head };
+    // `robust_head` in this thread's descriptor, valid and aligned while the
+    // thread lives, and only this thread (and its kernel side) touches it.
+    // Read through the raw pointer: no Rust reference into glibc's memory.
+    let (list, futex_offset) = unsafe {
+        (
+            std::ptr::addr_of!((*head).list).read_volatile(),
+            std::ptr::addr_of!((*head).futex_offset).read_volatile(),
+        )
+    };
     let head_addr = head as usize;
-    if h.list as usize & !1 != head_addr {
+    if list as usize & !1 != head_addr {
         // A robust mutex is held right now; linking in front of it would
         // mean touching glibc's private back-pointer. Not at start-up.
         return Err(HoldError::NoList(
@@ -379,7 +388,7 @@ fn hold(line: &'static Lifeline) -> Result<(), HoldError> {
     // the address of the node's `next` field; glibc's node is
     // `{ prev, next }`.
     let word_addr = line.word.as_ptr() as usize;
-    let next_addr = word_addr.wrapping_sub(h.futex_offset as usize);
+    let next_addr = word_addr.wrapping_sub(futex_offset as usize);
     let prev_addr = next_addr.wrapping_sub(std::mem::size_of::<usize>());
     let node_start = line.node.as_ptr() as usize;
     let node_end = node_start + std::mem::size_of_val(&line.node);
@@ -388,8 +397,7 @@ fn hold(line: &'static Lifeline) -> Result<(), HoldError> {
         || prev_addr % std::mem::align_of::<usize>() != 0
     {
         return Err(HoldError::NoList(format!(
-            "futex offset {} does not fit a lifeline",
-            h.futex_offset
+            "futex offset {futex_offset} does not fit a lifeline"
         )));
     }
     let tid = rustix::thread::gettid().as_raw_nonzero().get() as u32;
@@ -402,14 +410,14 @@ fn hold(line: &'static Lifeline) -> Result<(), HoldError> {
         return Err(HoldError::Taken);
     }
     // SAFETY: `prev_addr..next_addr + 8` lies inside `line.node` (checked
-    // above), which is 'static, aligned, and written by nobody else. The
-    // node is filled in before `h.list` publishes it, as glibc's ENQUEUE
-    // does: the kernel may walk the list at any instant.
+    // above), which is 'static, aligned, and written by nobody else; `head`
+    // is valid as above. The node is filled in before `list` publishes it,
+    // as glibc's ENQUEUE does: the kernel may walk the list at any instant.
     unsafe {
         (prev_addr as *mut usize).write_volatile(head_addr);
         (next_addr as *mut usize).write_volatile(head_addr);
         std::sync::atomic::compiler_fence(Ordering::SeqCst);
-        std::ptr::write_volatile(&mut h.list, next_addr as *mut usize);
+        std::ptr::addr_of_mut!((*head).list).write_volatile(next_addr as *mut usize);
     }
     Ok(())
 }
@@ -496,18 +504,32 @@ mod tests {
     }
 
     /// Forks a child that runs `f` then SIGKILLs itself; returns its pid.
+    /// The child never outlives the test: it dies with it, and exits (1)
+    /// instead of unwinding into the forked test harness.
     fn fork_and_die(f: impl FnOnce()) -> libc::pid_t {
-        // SAFETY: the child only makes system calls and touches memory
-        // mapped before the fork, then dies without returning.
+        // SAFETY: the child makes system calls, touches memory mapped before
+        // the fork, and ends in _exit or SIGKILL without returning.
         unsafe {
             let pid = libc::fork();
             assert!(pid >= 0);
             if pid == 0 {
-                f();
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_err() {
+                    libc::_exit(1);
+                }
                 libc::kill(libc::getpid(), libc::SIGKILL);
                 libc::_exit(99);
             }
             pid
+        }
+    }
+
+    /// In a child: waits (bounded) until the parent armed `line`.
+    fn until_armed(line: &Lifeline) {
+        let start = std::time::Instant::now();
+        while line.word.load(Ordering::Acquire) & WAITERS == 0 {
+            assert!(start.elapsed() < Duration::from_secs(10), "never armed");
+            std::hint::spin_loop();
         }
     }
 
@@ -548,9 +570,7 @@ mod tests {
         let pid = fork_and_die(|| {
             line.hold().expect("hold");
             // The kill comes only after the parent armed the lifeline.
-            while line.word.load(Ordering::Acquire) & WAITERS == 0 {
-                std::hint::spin_loop();
-            }
+            until_armed(line);
         });
         let probe = ExitProbe::open(pid as u32).expect("probe");
         let armed = watch_until_broken(line);
@@ -578,16 +598,16 @@ mod tests {
         let page = shared_page();
         // SAFETY: as above.
         let line: &'static Lifeline = unsafe { &*page.as_ptr().cast::<Lifeline>() };
-        // SAFETY: offset 64 of the 4096-byte page, past the lifeline; two
+        // SAFETY: offset 64 of the 4096-byte page, past the lifeline; three
         // mutexes fit. They are initialised below before any use.
         let mutexes = unsafe { page.as_mut_ptr().add(64).cast::<libc::pthread_mutex_t>() };
-        // SAFETY: initialising two process-shared robust mutexes in place.
+        // SAFETY: initialising process-shared robust mutexes in place.
         unsafe {
             let mut attr: libc::pthread_mutexattr_t = std::mem::zeroed();
             libc::pthread_mutexattr_init(&mut attr);
             libc::pthread_mutexattr_setpshared(&mut attr, libc::PTHREAD_PROCESS_SHARED);
             libc::pthread_mutexattr_setrobust(&mut attr, libc::PTHREAD_MUTEX_ROBUST);
-            for i in 0..2 {
+            for i in 0..3 {
                 assert_eq!(libc::pthread_mutex_init(mutexes.add(i), &attr), 0);
             }
         }
@@ -595,32 +615,35 @@ mod tests {
         let pid = fork_and_die(move || {
             let m = mutexes as *mut libc::pthread_mutex_t;
             line.hold().expect("hold");
-            // SAFETY: valid, initialised mutexes in shared memory. Locking
-            // links them in front of the lifeline; unlocking the second
-            // unlinks it next to the first (glibc rewrites neighbours).
+            // SAFETY: valid, initialised mutexes in shared memory. Each lock
+            // links a mutex in front: the list reads m2, m1, m0, lifeline.
+            // Unlocking m0 unlinks the entry next to the lifeline, which
+            // makes glibc rewrite the lifeline's node.
             unsafe {
-                assert_eq!(libc::pthread_mutex_lock(m), 0);
-                assert_eq!(libc::pthread_mutex_lock(m.add(1)), 0);
-                assert_eq!(libc::pthread_mutex_unlock(m.add(1)), 0);
+                for i in 0..3 {
+                    assert_eq!(libc::pthread_mutex_lock(m.add(i)), 0);
+                }
+                assert_eq!(libc::pthread_mutex_unlock(m), 0);
             }
-            while line.word.load(Ordering::Acquire) & WAITERS == 0 {
-                std::hint::spin_loop();
-            }
+            until_armed(line);
         });
-        watch_until_broken(line);
+        let armed = watch_until_broken(line);
+        assert_eq!(armed.tid(), pid as u32);
         reap(pid);
         let m = mutexes as *mut libc::pthread_mutex_t;
-        // SAFETY: as above; the child died holding the first mutex.
+        // SAFETY: as above; the child died holding m1 and m2.
         unsafe {
-            assert_eq!(libc::pthread_mutex_lock(m), libc::EOWNERDEAD);
-            assert_eq!(libc::pthread_mutex_consistent(m), 0);
-            assert_eq!(libc::pthread_mutex_unlock(m), 0);
             assert_eq!(
-                libc::pthread_mutex_lock(m.add(1)),
+                libc::pthread_mutex_lock(m),
                 0,
-                "released before death"
+                "m0 was released before death"
             );
-            assert_eq!(libc::pthread_mutex_unlock(m.add(1)), 0);
+            assert_eq!(libc::pthread_mutex_unlock(m), 0);
+            for i in 1..3 {
+                assert_eq!(libc::pthread_mutex_lock(m.add(i)), libc::EOWNERDEAD, "m{i}");
+                assert_eq!(libc::pthread_mutex_consistent(m.add(i)), 0);
+                assert_eq!(libc::pthread_mutex_unlock(m.add(i)), 0);
+            }
         }
     }
 

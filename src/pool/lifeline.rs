@@ -108,16 +108,18 @@ impl Pool {
         let failed = {
             let mut guard = self.state();
             let st = &mut *guard;
-            let Some(w) = st.workers[i].as_mut().filter(|w| w.pid == pid) else {
-                return;
-            };
-            if w.died.is_some() {
-                return;
+            match st.workers[i].as_mut() {
+                // Not reaped, and not failed by another sleeper meanwhile.
+                Some(w) if w.pid == pid && w.died.is_none() => {
+                    w.count_end(&mut st.stats, false, st.shutdown || st.broken.is_some());
+                    w.fail_in_flight(status, true)
+                }
+                _ => Vec::new(),
             }
-            w.count_end(&mut st.stats, false, st.shutdown || st.broken.is_some());
-            w.fail_in_flight(status, true)
         };
         tracing::debug!(pid, %status, failed = failed.len(), "worker dying; its tasks fail now");
+        // Whatever happened meanwhile, the results drained above are out of
+        // the worker's books: they must be published here.
         for c in done {
             self.publish_later(c);
         }

@@ -63,11 +63,19 @@ pub(crate) struct Worker {
     /// Whether sleepers still watch this worker's lifeline.
     watch_lifeline: bool,
     /// Set once the worker is known dead (its lifeline broke, or it was
-    /// reaped): how it ended and the task it was running. It gets no more
-    /// work; the watchdog reaps it and fills the slot.
-    died: Option<(loky_ipc::ExitStatus, u64)>,
+    /// reaped). It gets no more work; the watchdog reaps it and fills the
+    /// slot.
+    died: Option<Death>,
     /// Whether its end is in the stats already.
     end_counted: bool,
+}
+
+/// How a worker ended, fixed when its death is first seen: tasks failed
+/// then and tasks failed at reaping get the same error.
+#[derive(Debug)]
+struct Death {
+    /// What its tasks get (unless a task was stopped on purpose).
+    error: Error,
 }
 
 #[derive(Default)]
@@ -472,13 +480,13 @@ impl Pool {
             .workers
             .iter()
             .flatten()
-            .filter(|w| !w.exiting)
+            .filter(|w| !w.exiting && w.died.is_none())
             .count()
             .saturating_sub(n);
         // Idle ones first, then the least loaded.
         for max_load in 0..=DEPTH {
             for w in st.workers.iter_mut().flatten() {
-                if excess > 0 && !w.exiting && w.in_flight.len() <= max_load {
+                if excess > 0 && !w.exiting && w.died.is_none() && w.in_flight.len() <= max_load {
                     w.exiting = true;
                     w.send_exit();
                     excess -= 1;
@@ -502,7 +510,7 @@ impl Pool {
         }
         let mut retired = 0;
         for w in st.workers.iter_mut().flatten() {
-            if w.ready && !w.exiting && w.in_flight.is_empty() && w.idle_since.elapsed() >= limit {
+            if w.takes_work() && w.in_flight.is_empty() && w.idle_since.elapsed() >= limit {
                 tracing::debug!(pid = w.pid, "worker idle for {limit:?}; retiring it");
                 w.exiting = true;
                 w.send_exit();
@@ -918,21 +926,22 @@ impl Worker {
         status: loky_ipc::ExitStatus,
         keep_pinned: bool,
     ) -> Vec<(Arc<dyn Completion>, Error)> {
-        let first = self.died.is_none();
-        let running = match self.died {
-            Some((_, running)) => running,
-            None => self.in_flight.front().map_or(0, |c| c.id()),
-        };
-        self.died = Some((status, running));
-        let killed_by_us = self.killed_by_us();
-        if first && !killed_by_us {
-            tracing::warn!(pid = self.pid, %status, task = running, in_flight = self.in_flight.len(), "worker died");
+        if self.died.is_none() {
+            let running = self.in_flight.front().map_or(0, |c| c.id());
+            if !self.killed_by_us() {
+                tracing::warn!(pid = self.pid, %status, task = running, in_flight = self.in_flight.len(), "worker died");
+            }
+            let error = self.kill_reason.clone().unwrap_or(Error::TerminatedWorker {
+                pid: self.pid,
+                status,
+                task: running,
+            });
+            self.died = Some(Death { error });
         }
-        let error = self.kill_reason.clone().unwrap_or(Error::TerminatedWorker {
-            pid: self.pid,
-            status,
-            task: running,
-        });
+        let error = match &self.died {
+            Some(d) => d.error.clone(),
+            None => unreachable!("set above"),
+        };
         let mut failed = Vec::new();
         let mut kept = VecDeque::new();
         for c in self.in_flight.drain(..) {

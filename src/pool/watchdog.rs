@@ -110,7 +110,8 @@ impl Pool {
             for q in st.queue.drain(..) {
                 failed.push(q.cell);
             }
-            for w in st.workers.iter_mut().flatten() {
+            // (A worker already seen dying keeps the error its tasks got.)
+            for w in st.workers.iter_mut().flatten().filter(|w| w.died.is_none()) {
                 // Their tasks fail in `bury`, once the worker is dead (and
                 // so done with the tasks' shared arrays).
                 w.kill_reason = Some(Error::BrokenProcessPool {
