@@ -647,6 +647,59 @@ mod tests {
         }
     }
 
+    #[cfg(all(target_env = "gnu", target_pointer_width = "64"))]
+    #[test]
+    fn a_doorbell_sleeper_wakes_for_a_broken_lifeline_and_for_a_ring() {
+        use crate::Doorbell;
+        let page = shared_page();
+        // SAFETY: as above; the doorbell lives at offset 64 (8 bytes,
+        // atomics only, valid when zeroed) and is initialised below.
+        let line: &'static Lifeline = unsafe { &*page.as_ptr().cast::<Lifeline>() };
+        // SAFETY: in bounds and aligned (offset 64 of a page); written
+        // before any other thread or process uses it.
+        let bell: &'static Doorbell = unsafe {
+            let p = page.as_mut_ptr().add(64).cast::<Doorbell>();
+            p.write(Doorbell::new(1));
+            &*p
+        };
+        // Sleeps (up to a minute) on the bell and `line`; reports when done.
+        let sleeper = |armed: bool| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let lines: Vec<Armed<'_>> = if armed {
+                    vec![line.arm().expect("held")]
+                } else {
+                    Vec::new()
+                };
+                bell.announce_sleep()
+                    .wait_watching(&lines, Duration::from_secs(60));
+                tx.send(()).unwrap();
+            });
+            rx
+        };
+        let pid = fork_and_die(|| {
+            line.hold().expect("hold");
+            until_armed(line);
+        });
+        while line.state() == State::Free {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // The death wakes a sleeper that only the lifeline can wake.
+        let woke = sleeper(true);
+        woke.recv_timeout(Duration::from_secs(20))
+            .expect("a broken lifeline woke the doorbell sleeper");
+        assert_eq!(line.state(), State::Broken);
+        reap(pid);
+        // A ring wakes it as before (nothing armed: the plain wait).
+        let woke = sleeper(false);
+        while bell.awake() != 0 {
+            std::thread::yield_now();
+        }
+        bell.ring();
+        woke.recv_timeout(Duration::from_secs(20))
+            .expect("a ring woke the doorbell sleeper");
+    }
+
     #[test]
     fn a_running_process_is_not_exiting() {
         let probe = ExitProbe::open(std::process::id()).expect("probe");
