@@ -366,10 +366,9 @@ fn hold(line: &'static Lifeline) -> Result<(), HoldError> {
     if head.is_null() || len != std::mem::size_of::<Head>() {
         return Err(HoldError::NoList(format!("head {head:?}, length {len}")));
     }
-    // SAFETY: glibc registered `head` for this thread: it points to the
-    // `robust_head` in this thread's descriptor, valid and aligned while the
-    // thread lives, and only this thread (and its kernel side) touches it.
     // Read through the raw pointer: no Rust reference into glibc's memory.
+    // SAFETY: glibc registered `head` for this thread (its descriptor's
+    // `robust_head`): valid and aligned while the thread lives.
     let (list, futex_offset) = unsafe {
         (
             std::ptr::addr_of!((*head).list).read_volatile(),
@@ -409,10 +408,10 @@ fn hold(line: &'static Lifeline) -> Result<(), HoldError> {
     {
         return Err(HoldError::Taken);
     }
-    // SAFETY: `prev_addr..next_addr + 8` lies inside `line.node` (checked
-    // above), which is 'static, aligned, and written by nobody else; `head`
-    // is valid as above. The node is filled in before `list` publishes it,
-    // as glibc's ENQUEUE does: the kernel may walk the list at any instant.
+    // The node is filled in before `list` publishes it, as glibc's ENQUEUE
+    // does: the kernel may walk the list at any instant.
+    // SAFETY: the node lies inside `line.node` (checked above): 'static,
+    // aligned, written by nobody else; `head` is valid as above.
     unsafe {
         (prev_addr as *mut usize).write_volatile(head_addr);
         (next_addr as *mut usize).write_volatile(head_addr);
@@ -615,10 +614,10 @@ mod tests {
         let pid = fork_and_die(move || {
             let m = mutexes as *mut libc::pthread_mutex_t;
             line.hold().expect("hold");
-            // SAFETY: valid, initialised mutexes in shared memory. Each lock
-            // links a mutex in front: the list reads m2, m1, m0, lifeline.
-            // Unlocking m0 unlinks the entry next to the lifeline, which
-            // makes glibc rewrite the lifeline's node.
+            // Each lock links a mutex in front: the list reads m2, m1, m0,
+            // lifeline. Unlocking m0 unlinks the entry next to the lifeline,
+            // which makes glibc rewrite the lifeline's node.
+            // SAFETY: valid, initialised mutexes in shared memory.
             unsafe {
                 for i in 0..3 {
                     assert_eq!(libc::pthread_mutex_lock(m.add(i)), 0);

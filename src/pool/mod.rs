@@ -63,19 +63,12 @@ pub(crate) struct Worker {
     /// Whether sleepers still watch this worker's lifeline.
     watch_lifeline: bool,
     /// Set once the worker is known dead (its lifeline broke, or it was
-    /// reaped). It gets no more work; the watchdog reaps it and fills the
-    /// slot.
-    died: Option<Death>,
+    /// reaped): the error its tasks get (unless one was stopped on purpose),
+    /// fixed at first sight so tasks failed then and at reaping agree. It
+    /// gets no more work; the watchdog reaps it and fills the slot.
+    died: Option<Error>,
     /// Whether its end is in the stats already.
     end_counted: bool,
-}
-
-/// How a worker ended, fixed when its death is first seen: tasks failed
-/// then and tasks failed at reaping get the same error.
-#[derive(Debug)]
-struct Death {
-    /// What its tasks get (unless a task was stopped on purpose).
-    error: Error,
 }
 
 #[derive(Default)]
@@ -926,7 +919,9 @@ impl Worker {
         status: loky_ipc::ExitStatus,
         keep_pinned: bool,
     ) -> Vec<(Arc<dyn Completion>, Error)> {
-        if self.died.is_none() {
+        let error = if let Some(e) = &self.died {
+            e.clone()
+        } else {
             let running = self.in_flight.front().map_or(0, |c| c.id());
             if !self.killed_by_us() {
                 tracing::warn!(pid = self.pid, %status, task = running, in_flight = self.in_flight.len(), "worker died");
@@ -936,11 +931,8 @@ impl Worker {
                 status,
                 task: running,
             });
-            self.died = Some(Death { error });
-        }
-        let error = match &self.died {
-            Some(d) => d.error.clone(),
-            None => unreachable!("set above"),
+            self.died = Some(error.clone());
+            error
         };
         let mut failed = Vec::new();
         let mut kept = VecDeque::new();
