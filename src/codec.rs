@@ -9,6 +9,7 @@
 
 use std::cell::RefCell;
 
+use loky_ipc::bulk;
 use loky_ipc::spill::{self, Buffer};
 use rkyv::api::high::{HighDeserializer, HighSerializer, HighValidator};
 use rkyv::bytecheck::CheckBytes;
@@ -140,8 +141,12 @@ pub(crate) fn archive<T: Archivable>(value: &T, out: &mut AlignedVec) -> Result<
     }
 }
 
-/// Validates and decodes an archive.
+/// Validates and decodes an archive (a large `Vec` of numbers with a
+/// parallel copy, see [`crate::numeric_vec`]).
 pub(crate) fn unarchive<T: Archivable>(bytes: &[u8]) -> Result<T, String> {
+    if let Some(decoded) = crate::numeric_vec::try_decode::<T>(bytes) {
+        return decoded;
+    }
     rkyv::from_bytes::<T, rancor::BoxedError>(bytes).map_err(|e| e.to_string())
 }
 
@@ -272,20 +277,22 @@ impl<E: rancor::Source> rkyv::ser::Writer<E> for SpillWriter {
                 let mut spill = Buffer::lease(end).map_err(E::new)?;
                 let dst = spill.as_mut_slice();
                 dst[..self.pos].copy_from_slice(&self.head[..self.pos]);
-                dst[self.pos..end].copy_from_slice(bytes);
+                bulk::copy_init(&mut dst[self.pos..end], bytes);
                 self.spill = Some(spill);
             }
             Some(spill) => {
                 if end > spill.capacity() {
                     let mut bigger = Buffer::lease(end.max(spill.capacity().saturating_mul(2)))
                         .map_err(E::new)?;
-                    bigger.as_mut_slice()[..self.pos]
-                        .copy_from_slice(&spill.as_slice()[..self.pos]);
+                    bulk::copy_init(
+                        &mut bigger.as_mut_slice()[..self.pos],
+                        &spill.as_slice()[..self.pos],
+                    );
                     // The outgrown buffer served only this archive: do not
                     // keep it pooled (nor its pages).
                     std::mem::replace(spill, bigger).discard();
                 }
-                spill.as_mut_slice()[self.pos..end].copy_from_slice(bytes);
+                bulk::copy_init(&mut spill.as_mut_slice()[self.pos..end], bytes);
             }
         }
         self.pos = end;

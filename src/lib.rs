@@ -34,6 +34,7 @@ mod executor;
 mod future;
 pub mod guide;
 mod map;
+mod numeric_vec;
 mod pool;
 mod progress;
 mod protocol;

@@ -227,7 +227,7 @@ impl<'r> Sender<'r> {
             // Not staged: copied below (the unused reservation publishes
             // nothing).
         }
-        self.send_with(tag, payload.len(), |buf| buf.copy_from_slice(payload))
+        self.send_with(tag, payload.len(), |buf| crate::bulk::copy_init(buf, payload))
     }
 }
 

@@ -13,6 +13,7 @@
 //! * [`channel`], [`spill`] and [`fdpass`]: messages larger than a ring
 //!   travel in reusable memfd spill buffers whose descriptors are passed over
 //!   a Unix socket once per receiver ([`segment`]: a one-off memfd).
+//! * [`bulk`]: copies of large messages split across a few threads.
 //! * [`pidfd`]: process handles that report a death the moment it happens;
 //!   [`lifeline`]: robust-futex words that report it even before the kernel
 //!   has torn the process down.
@@ -24,6 +25,7 @@
 #![cfg(target_os = "linux")]
 
 pub mod arena;
+pub mod bulk;
 pub mod channel;
 pub mod doorbell;
 mod error;

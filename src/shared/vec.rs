@@ -113,7 +113,10 @@ impl<T: Pod> SharedVec<T> {
     pub fn from_slice(ex: &ProcessPoolExecutor, data: &[T]) -> Result<Self> {
         let mut v = Self::allocate(ex, data.len(), false)?;
         v.populate();
-        v.as_mut_slice().copy_from_slice(data);
+        loky_ipc::bulk::copy_init(
+            bytemuck::cast_slice_mut(v.as_mut_slice()),
+            bytemuck::cast_slice(data),
+        );
         Ok(v)
     }
 
