@@ -311,7 +311,7 @@ unsafe fn child(
         }
         // Handlers were copied from the parent and would run on its memory:
         // back to the defaults (ignored signals stay ignored, as after exec).
-        for sig in 1..libc::SIGRTMAX() {
+        for sig in 1..=libc::SIGRTMAX() {
             let mut act: libc::sigaction = std::mem::zeroed();
             if libc::sigaction(sig, std::ptr::null(), &mut act) == 0
                 && act.sa_sigaction != libc::SIG_DFL
