@@ -227,7 +227,9 @@ impl<'r> Sender<'r> {
             // Not staged: copied below (the unused reservation publishes
             // nothing).
         }
-        self.send_with(tag, payload.len(), |buf| crate::bulk::copy_init(buf, payload))
+        self.send_with(tag, payload.len(), |buf| {
+            crate::bulk::copy_init(buf, payload)
+        })
     }
 }
 

@@ -10,6 +10,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+#[path = "../cli.rs"]
+mod cli;
 #[path = "../bench/machine.rs"]
 mod machine;
 #[path = "../bench/plot.rs"]
@@ -64,7 +66,8 @@ struct Args {
     only: Vec<&'static str>,
 }
 
-fn parse_args() -> Result<Args, String> {
+fn parse_args(p: &mut lexopt::Parser) -> Result<Option<Args>, lexopt::Error> {
+    use lexopt::prelude::*;
     let mut args = Args {
         json: false,
         plot: None,
@@ -74,75 +77,49 @@ fn parse_args() -> Result<Args, String> {
         workers: 2,
         only: WORKLOADS.to_vec(),
     };
-    let mut it = std::env::args_os().skip(1);
-    while let Some(arg) = it.next() {
-        let arg = arg
-            .into_string()
-            .map_err(|arg| format!("unexpected argument {arg:?}"))?;
-        let (name, inline) = match arg.split_once('=') {
-            Some((name, value)) if name.starts_with("--") => {
-                (name.to_owned(), Some(value.to_owned()))
-            }
-            _ => (arg, None),
-        };
-        let mut value = |name: &str| {
-            inline
-                .clone()
-                .map(Into::into)
-                .or_else(|| it.next())
-                .ok_or_else(|| format!("{name} needs a value"))
-        };
-        match name.as_str() {
-            "--json" => args.json = true,
-            "--quick" => args.quick = true,
-            "--plot" => args.plot = Some(value("--plot")?.into()),
-            "--readme" => args.readme = Some(value("--readme")?.into()),
-            "--python" => args.python = Some(value("--python")?.into()),
-            "--workers" | "-n" => {
-                let text = value("--workers")?.to_string_lossy().into_owned();
-                args.workers = match text.parse() {
-                    Ok(n) if n > 0 => n,
-                    _ => return Err(format!("--workers: {text:?} is not a positive number")),
-                };
-            }
-            "--only" => {
-                let text = value("--only")?.to_string_lossy().to_uppercase();
-                let mut only = Vec::new();
-                for w in text.split(',').map(str::trim).filter(|w| !w.is_empty()) {
-                    let Some(known) = WORKLOADS.iter().find(|k| **k == w) else {
-                        return Err(format!(
-                            "--only: unknown workload {w:?} (choose from {})",
-                            WORKLOADS.join(",")
-                        ));
-                    };
-                    if !only.contains(known) {
-                        only.push(*known);
-                    }
-                }
-                if only.is_empty() {
-                    return Err("--only: no workload given".into());
-                }
-                only.sort();
-                args.only = only;
-            }
-            "-h" | "--help" => return Err(String::new()),
-            other => return Err(format!("unknown argument {other:?}")),
+    while let Some(arg) = p.next()? {
+        match arg {
+            Long("json") => args.json = true,
+            Long("quick") => args.quick = true,
+            Long("plot") => args.plot = Some(p.value()?.into()),
+            Long("readme") => args.readme = Some(p.value()?.into()),
+            Long("python") => args.python = Some(p.value()?.into()),
+            Short('n') | Long("workers") => args.workers = cli::positive("--workers", p.value()?)?,
+            Long("only") => args.only = parse_only(&p.value()?.to_string_lossy())?,
+            Short('h') | Long("help") => return Ok(None),
+            _ => return Err(arg.unexpected()),
         }
     }
-    Ok(args)
+    Ok(Some(args))
+}
+
+/// The workloads named in `--only`'s comma-separated list, in order.
+fn parse_only(text: &str) -> Result<Vec<&'static str>, lexopt::Error> {
+    let mut only = Vec::new();
+    for w in text.split(',').map(str::trim).filter(|w| !w.is_empty()) {
+        let w = w.to_uppercase();
+        let Some(known) = WORKLOADS.iter().find(|k| **k == w) else {
+            return Err(format!(
+                "--only: unknown workload {w:?} (choose from {})",
+                WORKLOADS.join(",")
+            )
+            .into());
+        };
+        if !only.contains(known) {
+            only.push(*known);
+        }
+    }
+    if only.is_empty() {
+        return Err("--only: no workload given".into());
+    }
+    only.sort();
+    Ok(only)
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args() {
+    let args = match cli::parse("loky-bench", USAGE, parse_args) {
         Ok(args) => args,
-        Err(msg) if msg.is_empty() => {
-            println!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        Err(msg) => {
-            eprintln!("loky-bench: {msg}\n\n{USAGE}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     let machine = machine::Machine::probe(args.workers, args.quick);
     if !machine.release {

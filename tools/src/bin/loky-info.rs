@@ -14,6 +14,9 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+#[path = "../cli.rs"]
+mod cli;
+
 use loky::topology::{CpuCountReport, CpuLimit, CpuProbe, LimitValue, Topology};
 use serde_json::{json, Value};
 
@@ -34,57 +37,31 @@ struct Args {
     root: Option<PathBuf>,
 }
 
-fn parse_args() -> Result<Args, String> {
+fn parse_args(p: &mut lexopt::Parser) -> Result<Option<Args>, lexopt::Error> {
+    use lexopt::prelude::*;
     let mut args = Args {
         workers: None,
         json: false,
         root: None,
     };
-    let mut it = std::env::args_os().skip(1);
-    while let Some(arg) = it.next() {
-        let arg = arg
-            .into_string()
-            .map_err(|arg| format!("unexpected argument {arg:?}"))?;
-        let (name, inline) = match arg.split_once('=') {
-            Some((name, value)) if name.starts_with("--") => {
-                (name.to_owned(), Some(value.to_owned()))
+    while let Some(arg) = p.next()? {
+        match arg {
+            Short('n') | Long("workers") => {
+                args.workers = Some(cli::positive("--workers", p.value()?)?);
             }
-            _ => (arg, None),
-        };
-        let mut value = |name: &str| {
-            inline
-                .clone()
-                .or_else(|| it.next().and_then(|v| v.into_string().ok()))
-                .ok_or_else(|| format!("{name} needs a value"))
-        };
-        match name.as_str() {
-            "--workers" | "-n" => {
-                let text = value("--workers")?;
-                let n = text
-                    .parse()
-                    .map_err(|_| format!("--workers: {text:?} is not a number"))?;
-                args.workers = Some(n);
-            }
-            "--root" => args.root = Some(PathBuf::from(value("--root")?)),
-            "--json" => args.json = true,
-            "-h" | "--help" => return Err(String::new()),
-            other => return Err(format!("unknown argument {other:?}")),
+            Long("root") => args.root = Some(p.value()?.into()),
+            Long("json") => args.json = true,
+            Short('h') | Long("help") => return Ok(None),
+            _ => return Err(arg.unexpected()),
         }
     }
-    Ok(args)
+    Ok(Some(args))
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args() {
+    let args = match cli::parse("loky-info", USAGE, parse_args) {
         Ok(args) => args,
-        Err(msg) if msg.is_empty() => {
-            println!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        Err(msg) => {
-            eprintln!("loky-info: {msg}\n{USAGE}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     let probe = match &args.root {
         Some(root) => CpuProbe::with_root(root),
