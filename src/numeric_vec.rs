@@ -74,7 +74,9 @@ fn archived_is_native<P: Pod + rkyv::Archive>(archive: &[u8]) -> bool {
 fn copy_out<P: Pod>(raw: &[u8]) -> Vec<P> {
     let len = raw.len() / std::mem::size_of::<P>();
     let mut v = Vec::<P>::with_capacity(len);
-    advise_huge_pages(v.spare_capacity_mut());
+    if raw.len() >= HUGE_ADVICE_MIN {
+        advise_huge_pages(v.spare_capacity_mut());
+    }
     let spare = &mut v.spare_capacity_mut()[..len];
     // SAFETY: `spare` is `len` uninitialised `P`s, exclusively borrowed;
     // viewed as `len * size_of::<P>()` uninitialised bytes (`P` is `Pod`: no
@@ -90,6 +92,11 @@ fn copy_out<P: Pod>(raw: &[u8]) -> Vec<P> {
     unsafe { v.set_len(len) };
     v
 }
+
+/// Buffers from this size on get [`advise_huge_pages`]: glibc serves
+/// smaller ones from its heap (its mmap threshold rises up to 32 MiB),
+/// where the advice would outlive the buffer.
+const HUGE_ADVICE_MIN: usize = 32 << 20;
 
 /// Asks the kernel to back the 2 MiB-aligned part of a large new buffer
 /// with transparent huge pages, where the system leaves that to the

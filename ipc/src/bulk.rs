@@ -3,24 +3,46 @@
 //! One thread copies about 8-10 GB/s on common hardware: a 256 MiB value
 //! takes about 30 ms, and it is copied once into a spill buffer by its
 //! sender and once out of it by its receiver. A memory bus serves several
-//! copying cores at once, so past [`PARALLEL_MIN`] bytes [`copy`] splits the
-//! copy into up to [`MAX_THREADS`] contiguous parts, one per scoped thread
-//! (the caller copies the last part itself). The part count also stays
-//! within the CPUs the calling thread may run on: a worker pinned to one
-//! core copies alone, as it did before.
-
+//! copying cores at once, so past [`PARALLEL_MIN`] bytes [`copy`] cuts the
+//! copy into [`PART`]-sized parts and lets up to [`MAX_THREADS`] threads
+//! (the caller and scoped helpers) take them one at a time: a helper that
+//! is slow to start delays one part, not a share of the copy.
+//!
+//! The thread count stays within the CPUs the calling thread may run on (a
+//! worker pinned to one core copies alone) and within the process's limit
+//! ([`set_max_threads`]: a pool's workers share the machine, so each takes
+//! its share).
 use std::mem::MaybeUninit;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 /// Copies shorter than this stay on the calling thread: starting a thread
 /// costs tens of microseconds, a 16 MiB copy about 2 ms.
 pub const PARALLEL_MIN: usize = 16 << 20;
 /// The most threads one copy uses (the caller included). Past about four,
-/// one process's copy no longer gets faster on a typical memory bus, and
-/// the other workers' cores are better left alone.
+/// one process's copy no longer gets faster on a typical memory bus.
 pub const MAX_THREADS: usize = 4;
-/// Each part of a split copy has at least this many bytes.
-const PART_MIN: usize = 8 << 20;
+/// The unit of work of a split copy, and the least each thread gets.
+pub const PART: usize = 4 << 20;
+/// Stack of a helper thread: a copy needs next to none (and a large
+/// `RUST_MIN_STACK` must not make helpers fail under a memory limit).
+const HELPER_STACK: usize = 64 << 10;
+
+/// This process's limit on the threads of one copy ([`set_max_threads`]).
+static LIMIT: AtomicUsize = AtomicUsize::new(MAX_THREADS);
+
+/// Limits the threads one copy may use in this process, the caller
+/// included (clamped to `1..=MAX_THREADS`; 1 turns splitting off). A pool
+/// sets it in each worker to the worker's share of the CPUs, so that
+/// workers copying at the same time do not crowd each other's cores.
+pub fn set_max_threads(n: usize) {
+    LIMIT.store(n.clamp(1, MAX_THREADS), Ordering::Relaxed);
+}
+
+/// This process's limit on the threads of one copy.
+pub fn max_threads() -> usize {
+    LIMIT.load(Ordering::Relaxed)
+}
 
 /// Copies `src` into `dst` (same length) and returns `dst` as initialised
 /// bytes.
@@ -39,34 +61,36 @@ const PART_MIN: usize = 8 << 20;
 /// ```
 pub fn copy<'d>(dst: &'d mut [MaybeUninit<u8>], src: &[u8]) -> &'d mut [u8] {
     assert_eq!(dst.len(), src.len(), "bulk::copy between different lengths");
-    let parts = parts_for(src.len());
-    if parts <= 1 {
+    let threads = threads_for(src.len());
+    if threads <= 1 {
         copy_part(dst, src);
     } else {
-        let per = src.len().div_ceil(parts);
-        // Each part is taken exactly once, by its thread or by the caller:
-        // the caller copies its own part, then any part whose thread has
-        // not started yet (or could not be started at all).
+        // Each part is taken exactly once, by whichever thread gets to it
+        // first; the caller takes parts too, so a helper that never starts
+        // (or starts late) only leaves more parts to the others.
         let todo: Vec<Part<'_, '_>> = dst
-            .chunks_mut(per)
-            .zip(src.chunks(per))
+            .chunks_mut(PART)
+            .zip(src.chunks(PART))
             .map(|part| Mutex::new(Some(part)))
             .collect();
+        let work = || todo.iter().for_each(take_and_copy);
         std::thread::scope(|s| {
-            for part in &todo[1..] {
+            for _ in 1..threads {
                 let spawned = std::thread::Builder::new()
                     .name("loky-copy".into())
-                    .spawn_scoped(s, || take_and_copy(part));
+                    .stack_size(HELPER_STACK)
+                    .spawn_scoped(s, work);
                 if let Err(e) = spawned {
-                    tracing::debug!("bulk copy thread not started ({e}); copying inline");
+                    tracing::debug!("bulk copy thread not started ({e}); copying with fewer");
+                    break;
                 }
             }
-            todo.iter().for_each(take_and_copy);
+            work();
         });
     }
     // SAFETY: every byte of `dst` was written above: the parts of `dst`
-    // zipped with those of `src` (equal lengths, same `per`) cover it, each
-    // part was taken and copied by its thread or by the caller, and
+    // zipped with those of `src` (equal lengths, same `PART`) cover it, the
+    // caller's own sweep takes every part no helper took before it, and
     // `thread::scope` returns only after every spawned thread has finished
     // (a copy cannot panic). `MaybeUninit<u8>` has the layout of `u8`.
     unsafe { &mut *(dst as *mut [MaybeUninit<u8>] as *mut [u8]) }
@@ -81,13 +105,13 @@ pub fn copy_init(dst: &mut [u8], src: &[u8]) {
     copy(dst, src);
 }
 
-/// How many parts a copy of `len` bytes is split into.
-fn parts_for(len: usize) -> usize {
+/// How many threads copy `len` bytes.
+fn threads_for(len: usize) -> usize {
     if len < PARALLEL_MIN {
         return 1;
     }
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    (len / PART_MIN).clamp(1, MAX_THREADS.min(cpus))
+    (len / PART).clamp(1, max_threads().min(cpus))
 }
 
 fn copy_part(dst: &mut [MaybeUninit<u8>], src: &[u8]) {
@@ -126,7 +150,7 @@ mod tests {
             PARALLEL_MIN - 1,
             PARALLEL_MIN,
             PARALLEL_MIN + 4097,
-            3 * PART_MIN + 5,
+            5 * PART + 5,
         ] {
             let src = pattern(len);
             let mut dst = vec![MaybeUninit::<u8>::uninit(); len];
@@ -139,11 +163,23 @@ mod tests {
 
     #[test]
     fn large_copies_are_split_within_the_limits() {
-        assert_eq!(parts_for(PARALLEL_MIN - 1), 1);
+        assert_eq!(threads_for(PARALLEL_MIN - 1), 1);
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let parts = parts_for(256 << 20);
-        assert_eq!(parts, MAX_THREADS.min(cpus));
-        assert!(parts_for(PARALLEL_MIN) <= PARALLEL_MIN / PART_MIN);
+        assert_eq!(threads_for(256 << 20), max_threads().min(cpus));
+        assert!(threads_for(PARALLEL_MIN) <= PARALLEL_MIN / PART);
+        // The process limit (the only test that changes it, so no other
+        // test sees it changed).
+        let before = max_threads();
+        set_max_threads(1);
+        assert_eq!(threads_for(256 << 20), 1);
+        let src = pattern(PARALLEL_MIN + 3);
+        let mut dst = vec![MaybeUninit::<u8>::uninit(); src.len()];
+        assert_eq!(copy(&mut dst, &src), &src[..]);
+        set_max_threads(0);
+        assert_eq!(max_threads(), 1, "clamped to at least 1");
+        set_max_threads(100);
+        assert_eq!(max_threads(), MAX_THREADS);
+        set_max_threads(before);
     }
 
     #[test]

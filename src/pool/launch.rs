@@ -35,12 +35,15 @@ pub(crate) struct WorkerSpec {
     pub(crate) data_limit: u64,
     /// The CPU to pin to, plus one (0: not pinned).
     pub(crate) cpu: u64,
+    /// The most threads one large copy may use in the worker
+    /// (`loky_ipc::bulk::set_max_threads`).
+    pub(crate) copy_threads: u32,
 }
 
 impl WorkerSpec {
     pub(crate) fn encode(&self) -> String {
         format!(
-            "v1:{}:{}:{}:{}:{}:{}:{}:{}:{}",
+            "v2:{}:{}:{}:{}:{}:{}:{}:{}:{}:{}",
             self.slot,
             self.generation,
             self.parent,
@@ -49,13 +52,14 @@ impl WorkerSpec {
             u8::from(self.has_init),
             u8::from(self.report_rss),
             self.data_limit,
-            self.cpu
+            self.cpu,
+            self.copy_threads
         )
     }
 
     pub(crate) fn decode(s: &str) -> Option<Self> {
         let mut it = s.split(':');
-        if it.next()? != "v1" {
+        if it.next()? != "v2" {
             return None;
         }
         let mut num = || it.next()?.parse::<u64>().ok();
@@ -69,7 +73,11 @@ impl WorkerSpec {
             report_rss: num()? != 0,
             data_limit: num()?,
             cpu: num()?,
+            copy_threads: u32::try_from(num()?).ok()?,
         };
+        if it.next().is_some() {
+            return None;
+        }
         Some(spec)
     }
 }
@@ -105,6 +113,7 @@ impl Pool {
                 .cpu_plan
                 .as_ref()
                 .map_or(0, |plan| plan[i % plan.len()] as u64 + 1),
+            copy_threads: copy_threads(self.ncpu as usize, self.max_workers()),
         };
         let spec_cpu = (spec.cpu > 0).then(|| (spec.cpu - 1) as usize);
         let spec = spec.encode();
@@ -223,6 +232,14 @@ fn worker_arg0() -> String {
     format!("{base} [loky worker]")
 }
 
+/// The most threads a worker's large copies use: its share of the CPUs,
+/// but at least two (a copy is short next to most tasks, and a pool rarely
+/// has every worker copying at once) and at most `bulk::MAX_THREADS`.
+fn copy_threads(ncpu: usize, workers: usize) -> u32 {
+    let share = ncpu / workers.max(1);
+    share.clamp(2, loky_ipc::bulk::MAX_THREADS) as u32
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -239,9 +256,21 @@ mod tests {
             report_rss: false,
             data_limit: 1 << 30,
             cpu: 3,
+            copy_threads: 2,
         };
         assert_eq!(WorkerSpec::decode(&spec.encode()), Some(spec));
-        assert_eq!(WorkerSpec::decode("v2:1"), None);
-        assert_eq!(WorkerSpec::decode("v1:1:2"), None);
+        assert_eq!(WorkerSpec::decode("v1:1:2:3:4:5:6:7:8:9"), None);
+        assert_eq!(WorkerSpec::decode("v2:1:2"), None);
+        assert_eq!(WorkerSpec::decode(&format!("{}:1", spec.encode())), None);
+    }
+
+    #[test]
+    fn workers_copy_with_their_share_of_the_cpus() {
+        assert_eq!(copy_threads(2, 1), 2);
+        assert_eq!(copy_threads(2, 2), 2, "one helper even on a full machine");
+        assert_eq!(copy_threads(16, 16), 2);
+        assert_eq!(copy_threads(16, 4), 4);
+        assert_eq!(copy_threads(64, 2) as usize, loky_ipc::bulk::MAX_THREADS);
+        assert_eq!(copy_threads(1, 8), 2);
     }
 }

@@ -53,6 +53,7 @@ pub(crate) fn run(raw_spec: &str) -> i32 {
         keep_freed_memory();
     }
     // Pinning (`spec.cpu`) was applied by the parent before exec.
+    loky_ipc::bulk::set_max_threads(spec.copy_threads as usize);
     if spec.data_limit > 0 {
         let limit = rustix::process::Rlimit {
             current: Some(spec.data_limit),
