@@ -11,6 +11,7 @@
 
 use std::any::Any;
 use std::mem::MaybeUninit;
+use std::sync::OnceLock;
 
 use bytemuck::Pod;
 use loky_ipc::bulk;
@@ -28,7 +29,9 @@ pub(crate) fn try_decode<T: 'static>(bytes: &[u8]) -> Option<Result<T, String>> 
     macro_rules! each_numeric_vec {
         ($($p:ty),*) => {$(
             if let Some(slot) = (&mut out as &mut dyn Any).downcast_mut::<Option<Vec<$p>>>() {
-                if !archived_is_native::<$p>(&rkyv::to_bytes::<rancor::BoxedError>(&sample::<$p>()).ok()?) {
+                if std::mem::size_of::<Archived<$p>>() != std::mem::size_of::<$p>()
+                    || !rkyv_is_native()
+                {
                     return None;
                 }
                 let archived =
@@ -36,10 +39,10 @@ pub(crate) fn try_decode<T: 'static>(bytes: &[u8]) -> Option<Result<T, String>> 
                         Ok(archived) => archived.as_slice(),
                         Err(e) => return Some(Err(e.to_string())),
                     };
-                // SAFETY: `archived_is_native` just checked that an archived
-                // `$p` is `size_of::<$p>()` bytes holding the native bytes of
-                // the value, so the elements' memory (validated by `access`,
-                // inside `bytes`) is `len * size_of::<$p>()` readable bytes.
+                // SAFETY: an archived `$p` is `size_of::<$p>()` bytes (checked
+                // above) holding the value's native bytes (`rkyv_is_native`),
+                // so the elements (validated by `access`, inside `bytes`) are
+                // `len * size_of::<$p>()` readable bytes.
                 let raw = unsafe {
                     std::slice::from_raw_parts(
                         archived.as_ptr().cast::<u8>(),
@@ -55,29 +58,28 @@ pub(crate) fn try_decode<T: 'static>(bytes: &[u8]) -> Option<Result<T, String>> 
     None
 }
 
-/// A value of `P` whose bytes are all different (1, 2, 3, ...), so that a
-/// byte-swapped archive of it cannot look native.
-fn sample<P: Pod>() -> P {
-    let bytes: [u8; 16] = std::array::from_fn(|i| i as u8 + 1);
-    bytemuck::pod_read_unaligned(&bytes[..std::mem::size_of::<P>()])
-}
-
-/// Whether `archive` (rkyv's archive of [`sample::<P>`]) is the sample's
-/// native bytes: then an archived `[P]` is a plain `[P]` in memory.
-fn archived_is_native<P: Pod + rkyv::Archive>(archive: &[u8]) -> bool {
-    let native = sample::<P>();
-    std::mem::size_of::<Archived<P>>() == std::mem::size_of::<P>()
-        && archive.get(..std::mem::size_of::<P>()) == Some(bytemuck::bytes_of(&native))
+/// Whether rkyv archives primitives as their native bytes (its default
+/// little-endian format on a little-endian machine), so that an archived
+/// `[P]` is a plain `[P]` in memory. rkyv's byte order is one setting for
+/// every primitive, so one `u64` whose bytes all differ (a byte-swapped
+/// archive of it cannot look native) decides it, once per process.
+fn rkyv_is_native() -> bool {
+    static NATIVE: OnceLock<bool> = OnceLock::new();
+    *NATIVE.get_or_init(|| {
+        let sample = u64::from_ne_bytes([1, 2, 3, 4, 5, 6, 7, 8]);
+        rkyv::to_bytes::<rancor::BoxedError>(&sample)
+            .is_ok_and(|archive| archive.get(..8) == Some(&sample.to_ne_bytes()[..]))
+    })
 }
 
 /// A new `Vec<P>` holding the elements whose native bytes are `raw`.
 fn copy_out<P: Pod>(raw: &[u8]) -> Vec<P> {
     let len = raw.len() / std::mem::size_of::<P>();
     let mut v = Vec::<P>::with_capacity(len);
-    if raw.len() >= HUGE_ADVICE_MIN {
-        advise_huge_pages(v.spare_capacity_mut());
-    }
     let spare = &mut v.spare_capacity_mut()[..len];
+    if raw.len() >= HUGE_ADVICE_MIN {
+        advise_huge_pages(spare);
+    }
     // SAFETY: `spare` is `len` uninitialised `P`s, exclusively borrowed;
     // viewed as `len * size_of::<P>()` uninitialised bytes (`P` is `Pod`: no
     // padding, any bytes are a valid `P`, alignment of bytes is 1).

@@ -69,10 +69,9 @@ pub fn copy<'d>(dst: &'d mut [MaybeUninit<u8>], src: &[u8]) -> &'d mut [u8] {
         // One contiguous part per thread: cutting the copy finer (4 or 16
         // MiB parts taken in turn) measured 30-50 % slower on x86-64,
         // probably because glibc's memcpy uses non-temporal stores only for
-        // long copies. Each
-        // part is taken exactly once, by whichever thread gets to it first;
-        // the caller takes parts too, so a helper that never starts leaves
-        // its part to the caller.
+        // long copies. Each part is taken exactly once, by whichever thread
+        // gets to it first; the caller takes parts too, so a helper that
+        // never starts leaves its part to the caller.
         let per = src.len().div_ceil(threads);
         let todo: Vec<Part<'_, '_>> = dst
             .chunks_mut(per)
@@ -94,12 +93,13 @@ pub fn copy<'d>(dst: &'d mut [MaybeUninit<u8>], src: &[u8]) -> &'d mut [u8] {
             work();
         });
     }
-    // SAFETY: every byte of `dst` was written above: the parts of `dst`
-    // zipped with those of `src` (equal lengths, same `per`) cover it, the
-    // caller's own sweep takes every part no helper took before it, and
-    // `thread::scope` returns only after every spawned thread has finished
-    // (a copy cannot panic). `MaybeUninit<u8>` has the layout of `u8`.
-    unsafe { &mut *(dst as *mut [MaybeUninit<u8>] as *mut [u8]) }
+    // Every byte of `dst` was written above: its parts (zipped with equal
+    // parts of `src`) cover it, the caller's sweep takes every part no
+    // helper took, and `thread::scope` returns after every helper finished.
+    let written: *mut [MaybeUninit<u8>] = dst;
+    // SAFETY: all of `dst` is initialised (above), and `MaybeUninit<u8>`
+    // has the layout of `u8`; the borrow of `dst` is carried over.
+    unsafe { &mut *(written as *mut [u8]) }
 }
 
 /// Copies `src` into the initialised `dst` (same length), in parallel like
