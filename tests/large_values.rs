@@ -9,6 +9,9 @@ use std::time::Duration;
 
 use loky::{Error, ProcessPoolExecutor};
 
+mod support;
+use support::fd_count;
+
 /// 256 MiB of `f64`.
 const LEN: usize = (256 << 20) / 8;
 /// A generous bound that only turns a hang into a failure.
@@ -162,16 +165,8 @@ fn a_worker_dying_with_large_messages_in_flight_heals() {
     assert_eq!(loky_ipc::spill::pool_stats().busy, 0);
 }
 
-fn fd_count() -> usize {
-    std::fs::read_dir("/proc/self/fd").unwrap().count()
-}
-
 fn spill_mappings() -> usize {
-    std::fs::read_to_string("/proc/self/maps")
-        .unwrap()
-        .lines()
-        .filter(|l| l.contains("loky-spill"))
-        .count()
+    support::mappings("loky-spill")
 }
 
 #[test]

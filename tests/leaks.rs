@@ -6,15 +6,11 @@ use std::time::Duration;
 
 use loky::ProcessPoolExecutor;
 
-fn fd_count() -> usize {
-    std::fs::read_dir("/proc/self/fd").unwrap().count()
-}
+mod support;
+use support::fd_count;
 
 fn map_count() -> usize {
-    std::fs::read_to_string("/proc/self/maps")
-        .unwrap()
-        .lines()
-        .count()
+    support::mappings("")
 }
 
 fn shm_entries() -> Vec<String> {

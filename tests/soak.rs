@@ -22,6 +22,9 @@ use std::time::{Duration, Instant};
 
 use loky::{Error, ExitStatus, Future, ProcessPoolExecutor};
 
+mod support;
+use support::count_dir;
+
 /// A future not resolved after this long is a hang.
 const HANG: Duration = Duration::from_secs(60);
 /// Futures outstanding at most (keeps memory flat).
@@ -75,10 +78,6 @@ fn no_core_dumps() {
     };
     // SAFETY: plain system call on a valid struct; only lowers a limit.
     unsafe { libc::setrlimit(libc::RLIMIT_CORE, &zero) };
-}
-
-fn count_dir(path: &str) -> usize {
-    std::fs::read_dir(path).map(|d| d.count()).unwrap_or(0)
 }
 
 fn rss_kib() -> u64 {

@@ -1,0 +1,25 @@
+//! What the integration tests read of their own process to check that
+//! nothing leaks: open descriptors and memory mappings.
+
+#![allow(dead_code)] // each test file uses what it needs
+
+/// Entries of a `/proc` directory, such as `/proc/self/fd` (descriptors)
+/// or `/proc/self/task` (threads); 0 if it cannot be read.
+pub(crate) fn count_dir(path: &str) -> usize {
+    std::fs::read_dir(path).map(|d| d.count()).unwrap_or(0)
+}
+
+/// This process's open descriptors.
+pub(crate) fn fd_count() -> usize {
+    count_dir("/proc/self/fd")
+}
+
+/// This process's memory mappings whose line in `/proc/self/maps`
+/// contains `matching` (all of them for `""`).
+pub(crate) fn mappings(matching: &str) -> usize {
+    std::fs::read_to_string("/proc/self/maps")
+        .expect("read /proc/self/maps")
+        .lines()
+        .filter(|l| l.contains(matching))
+        .count()
+}
