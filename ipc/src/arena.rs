@@ -43,7 +43,6 @@ const PAGE: usize = 4096;
 /// Every block starts on a cache line: element types aligned to at most
 /// this many bytes can live in a block.
 pub const BLOCK_ALIGN: usize = 64;
-const ALIGN: usize = BLOCK_ALIGN;
 /// Blocks at least this large start on a page (so their pages can be punched
 /// and populated as a whole).
 const PAGE_ALIGN_FROM: usize = 64 << 10;
@@ -468,7 +467,11 @@ fn map_reserve(file: &File, reserve: usize) -> Result<MmapRaw> {
 
 /// The padded length and alignment of a block of `len` bytes.
 fn padded_len(len: usize) -> Option<(usize, usize)> {
-    let align = if len >= PAGE_ALIGN_FROM { PAGE } else { ALIGN };
+    let align = if len >= PAGE_ALIGN_FROM {
+        PAGE
+    } else {
+        BLOCK_ALIGN
+    };
     Some((len.checked_next_multiple_of(align)?, align))
 }
 
@@ -568,7 +571,7 @@ mod tests {
         let b1 = a.allocate(100, false).unwrap();
         let b2 = a.allocate(100_000, false).unwrap();
         let b3 = a.allocate(10, false).unwrap();
-        assert_eq!(b1.offset % ALIGN, 0);
+        assert_eq!(b1.offset % BLOCK_ALIGN, 0);
         assert_eq!(b2.offset % PAGE, 0);
         let ranges = [b1, b2, b3].map(|b| b.offset..b.offset + b.len);
         for (i, r) in ranges.iter().enumerate() {

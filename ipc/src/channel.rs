@@ -181,11 +181,12 @@ impl<'r> Sender<'r> {
         fill: impl FnOnce(&mut [u8]),
     ) -> Result<bool> {
         Self::check_tag(tag)?;
-        if !self.spills.in_flight.is_empty() {
-            // Lets go of one-off buffers (and their mappings) soon.
-            self.spills.in_flight.retain(|f| !f.is_free());
-        }
         if len <= self.ring.max_message() {
+            if !self.spills.in_flight.is_empty() {
+                // Lets go of one-off buffers (and their mappings) soon; a
+                // large message does it in `Spills::publish`.
+                self.spills.in_flight.retain(|f| !f.is_free());
+            }
             return Ok(match self.ring.reserve(len) {
                 Some(mut grant) => {
                     fill(grant.payload());
@@ -198,10 +199,7 @@ impl<'r> Sender<'r> {
         let Some(grant) = self.ring.reserve(FRAME_LEN) else {
             return Ok(false);
         };
-        let mut buf = Buffer::lease(len)?;
-        fill(&mut buf.as_mut_slice()[..len]);
-        self.spills.publish(&self.socket, grant, &buf, len, tag)?;
-        Ok(true)
+        send_spilled(&mut self.spills, &self.socket, grant, tag, len, fill)
     }
 
     /// Sends a copy of `payload`; `Ok(false)` when the ring is full. A
@@ -224,13 +222,32 @@ impl<'r> Sender<'r> {
             if let Some(sent) = staged {
                 return sent;
             }
-            // Not staged: copied below (the unused reservation publishes
-            // nothing).
+            // Not staged (so the reservation is still ours): a copy.
+            let Some(grant) = grant else {
+                return Ok(false);
+            };
+            return send_spilled(spills, socket, grant, tag, payload.len(), |buf| {
+                crate::bulk::copy_init(buf, payload)
+            });
         }
-        self.send_with(tag, payload.len(), |buf| {
-            crate::bulk::copy_init(buf, payload)
-        })
+        self.send_with(tag, payload.len(), |buf| buf.copy_from_slice(payload))
     }
+}
+
+/// Sends a large message in a leased spill buffer that `fill` writes,
+/// announced in `grant` (a reserved frame of `FRAME_LEN`).
+fn send_spilled(
+    spills: &mut Spills,
+    socket: &OwnedFd,
+    grant: Grant<'_, '_>,
+    tag: u32,
+    len: usize,
+    fill: impl FnOnce(&mut [u8]),
+) -> Result<bool> {
+    let mut buf = Buffer::lease(len)?;
+    fill(&mut buf.as_mut_slice()[..len]);
+    spills.publish(socket, grant, &buf, len, tag)?;
+    Ok(true)
 }
 
 impl Drop for Sender<'_> {

@@ -144,6 +144,11 @@ pub struct SleepToken<'a> {
 impl SleepToken<'_> {
     /// Work was found after all: count the consumer as awake again.
     pub fn cancel(mut self) {
+        self.awake_again();
+    }
+
+    /// Counts the consumer as awake again (once: `Drop` then does nothing).
+    fn awake_again(&mut self) {
         self.done = true;
         self.bell.awake.fetch_add(1, SeqCst);
     }
@@ -152,8 +157,7 @@ impl SleepToken<'_> {
     /// The consumer counts as awake again when this returns.
     pub fn wait(mut self, timeout: Option<Duration>) {
         self.bell.futex_wait(self.seq, timeout);
-        self.done = true;
-        self.bell.awake.fetch_add(1, SeqCst);
+        self.awake_again();
     }
 
     /// Like [`SleepToken::wait`], and also wakes when one of the `armed`
@@ -168,17 +172,16 @@ impl SleepToken<'_> {
         }
         let bell = crate::lifeline::shared_wait(&self.bell.seq, self.seq);
         match crate::lifeline::waitv(Some(bell), armed, timeout) {
-            Ok(()) => {}
-            Err(rustix::io::Errno::NOSYS) => {
-                NO_WAITV.store(true, Relaxed);
-                return self.wait(Some(timeout));
+            Ok(()) => self.awake_again(),
+            // No `futex_waitv` (plain waits from now on), or anything else
+            // (EFAULT, EINVAL cannot happen on valid words): a plain wait.
+            Err(e) => {
+                if e == rustix::io::Errno::NOSYS {
+                    NO_WAITV.store(true, Relaxed);
+                }
+                self.wait(Some(timeout));
             }
-            // Anything else (EFAULT, EINVAL cannot happen on valid words):
-            // a plain wait this time.
-            Err(_) => return self.wait(Some(timeout)),
         }
-        self.done = true;
-        self.bell.awake.fetch_add(1, SeqCst);
     }
 }
 
@@ -239,7 +242,7 @@ impl Doorbell {
 impl Drop for SleepToken<'_> {
     fn drop(&mut self) {
         if !self.done {
-            self.bell.awake.fetch_add(1, SeqCst);
+            self.awake_again();
         }
     }
 }

@@ -228,14 +228,13 @@ pub(crate) fn waitv(
 ) -> Result<(), rustix::io::Errno> {
     let mut waits = Vec::with_capacity(armed.len().min(MAX_WATCHED) + 1);
     waits.extend(also);
-    for a in armed.iter().take(MAX_WATCHED) {
-        let mut w = futex::Wait::new();
-        w.val = u64::from(a.expect);
-        w.uaddr = futex::WaitPtr::new(a.line.word.as_ptr().cast());
-        // Shared: the kernel wakes it from the holder's process.
-        w.flags = futex::WaitFlags::SIZE_U32;
-        waits.push(w);
-    }
+    // Shared words: the kernel wakes them from the holder's process.
+    waits.extend(
+        armed
+            .iter()
+            .take(MAX_WATCHED)
+            .map(|a| shared_wait(&a.line.word, a.expect)),
+    );
     if waits.is_empty() {
         std::thread::sleep(timeout);
         return Ok(());
