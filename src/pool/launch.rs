@@ -179,7 +179,6 @@ impl Pool {
             probe,
             watch_lifeline: true,
             died: None,
-            end_counted: false,
         };
         if let Some(init) = &self.config.initializer {
             if !worker.sender.try_send(crate::protocol::TAG_INIT, init)? {

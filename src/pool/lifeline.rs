@@ -24,7 +24,6 @@ use std::time::Duration;
 use loky_ipc::lifeline::{Armed, State};
 
 use super::Pool;
-use crate::future::lock;
 
 /// Lifelines armed for a sleep, with their slots; and the (slot, pid) of
 /// the workers whose lifeline is broken already.
@@ -35,16 +34,20 @@ impl Pool {
     /// most `nap`, unless `busy()` finds work after announcing the sleep.
     /// Returns false if it did not sleep. Handles the lifelines that broke.
     pub(super) fn sleep_on_bell(&self, nap: Duration, busy: impl FnOnce() -> bool) -> bool {
-        let (armed, broken) = self.arm_lifelines();
-        if !broken.is_empty() {
-            for (i, pid) in broken {
-                self.lifeline_broke(i, pid);
-            }
-            return false;
-        }
         let token = self.region.parent_bell().announce_sleep();
         if busy() {
             token.cancel();
+            return false;
+        }
+        // Armed after the announcement (so a thread with work to do takes
+        // no lock here): a lifeline that breaks meanwhile reads as broken
+        // below, or makes the wait return at once.
+        let (armed, broken) = self.arm_lifelines();
+        if !broken.is_empty() {
+            token.cancel();
+            for (i, pid) in broken {
+                self.lifeline_broke(i, pid);
+            }
             return false;
         }
         let lines: Vec<Armed<'_>> = armed.iter().map(|(_, a)| *a).collect();
@@ -99,12 +102,7 @@ impl Pool {
         deprioritise(pid);
         // Results it published before dying are real results.
         let mut done = Vec::new();
-        {
-            let mut rx = lock(&self.receivers[i]);
-            if let Some(r) = rx.as_mut() {
-                self.drain_slot(i, r, &mut done);
-            }
-        }
+        self.drain_dead(i, false, &mut done);
         let failed = {
             let mut guard = self.state();
             let st = &mut *guard;

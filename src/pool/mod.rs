@@ -67,8 +67,6 @@ pub(crate) struct Worker {
     /// fixed at first sight so tasks failed then and at reaping agree. It
     /// gets no more work; the watchdog reaps it and fills the slot.
     died: Option<Error>,
-    /// Whether its end is in the stats already.
-    end_counted: bool,
 }
 
 #[derive(Default)]
@@ -270,6 +268,19 @@ impl Pool {
     /// True if any result ring has a message (cheap check for sleepers).
     pub(crate) fn results_pending(&self) -> bool {
         (0..self.region.config().slots).any(|i| !self.region.slot(i).up_header().is_empty())
+    }
+
+    /// Processes the results a dead worker in slot `i` published, adding
+    /// the completed tasks to `done`; with `close`, drops the parent's
+    /// receiver of the slot afterwards.
+    fn drain_dead(&self, i: usize, close: bool, done: &mut Vec<Arc<dyn Completion>>) {
+        let mut rx = lock(&self.receivers[i]);
+        if let Some(r) = rx.as_mut() {
+            self.drain_slot(i, r, done);
+        }
+        if close {
+            *rx = None;
+        }
     }
 
     /// Processes the messages waiting in slot `i`'s result ring.
@@ -889,13 +900,12 @@ impl Worker {
         self.kill_reason.is_some() || self.task_kill.is_some()
     }
 
-    /// Counts this worker's end in `stats`, once: a crash unless it exited
+    /// Counts this worker's end in `stats`: a crash unless it exited
     /// cleanly or the pool killed it, and the replacement to come unless the
-    /// pool is `ending`.
-    fn count_end(&mut self, stats: &mut crate::stats::Counters, clean: bool, ending: bool) {
-        if std::mem::replace(&mut self.end_counted, true) {
-            return;
-        }
+    /// pool is `ending`. Called once per worker, by the first to see its
+    /// death: the early path (which also sets `died`), or the reaping if
+    /// `died` is still unset.
+    fn count_end(&self, stats: &mut crate::stats::Counters, clean: bool, ending: bool) {
         if !clean && !self.killed_by_us() {
             stats.crashed += 1;
         }

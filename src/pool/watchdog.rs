@@ -9,7 +9,7 @@ use loky_ipc::{ExitStatus, PidFd};
 
 use super::Pool;
 use crate::error::Error;
-use crate::future::{lock, Completion};
+use crate::future::Completion;
 
 /// Consecutive start-up failures after which the pool is broken.
 pub(crate) const MAX_STARTUP_FAILURES: u32 = 3;
@@ -143,13 +143,7 @@ impl Pool {
         };
         // Results it published before dying are real results.
         let mut done = Vec::new();
-        {
-            let mut rx = lock(&self.receivers[i]);
-            if let Some(r) = rx.as_mut() {
-                self.drain_slot(i, r, &mut done);
-            }
-            *rx = None;
-        }
+        self.drain_dead(i, true, &mut done);
         let mut failed: Vec<(Arc<dyn Completion>, Error)> = Vec::new();
         let mut startup_failure = None;
         {
@@ -158,14 +152,18 @@ impl Pool {
                 return;
             };
             let clean = w.exiting && status == ExitStatus::Exited(0);
+            // Counted already if the early path saw it die.
+            let counted = w.died.is_some();
             if !clean {
                 if !w.ready && !w.killed_by_us() && !st.shutdown {
                     startup_failure = Some(describe_startup_failure(status));
                 }
                 failed = w.fail_in_flight(status, false);
             }
-            let ending = st.shutdown || st.broken.is_some();
-            w.count_end(&mut st.stats, clean, ending);
+            if !counted {
+                let ending = st.shutdown || st.broken.is_some();
+                w.count_end(&mut st.stats, clean, ending);
+            }
             drop(w);
         }
         // Completed on the manager thread, not here: a done-callback that
