@@ -1,6 +1,9 @@
 //! Large values by value: a 256 MiB `Vec<f64>` as a task's argument (W3 by
 //! value, DESIGN.md section 4: the worker sums it) and as a task's result,
-//! next to the in-process references on the same data in the same run.
+//! next to the in-process references on the same data in the same run; and
+//! [`QUEUED`] arguments of 32 MiB submitted while the worker is busy, so
+//! that most of them wait in the parent's queue (the submit loop is timed,
+//! against an in-process copy of the same bytes).
 //!
 //! ```sh
 //! cargo bench --bench large_values
@@ -34,6 +37,33 @@ fn make(len: u64) -> Vec<f64> {
 
 fn sum(v: Vec<f64>) -> f64 {
     v.iter().sum()
+}
+
+/// Arguments submitted at once to the busy worker (256 MiB in all, as W3).
+const QUEUED: usize = 8;
+/// Each queued argument: 32 MiB of `f64`.
+const QUEUED_LEN: usize = (32 << 20) / 8;
+const _: () = assert!(QUEUED * QUEUED_LEN * 8 == BYTES);
+
+/// A task that keeps its worker busy for a while, so that the next
+/// arguments wait in the parent's queue.
+fn slow_len(v: Vec<f64>) -> usize {
+    std::thread::sleep(Duration::from_millis(20));
+    v.len()
+}
+
+/// Submits `args` (timed), then waits for their results (not timed).
+fn submit_queued(ex: &ProcessPoolExecutor, args: Vec<Vec<f64>>) -> Duration {
+    let t = Instant::now();
+    let futures: Vec<_> = args
+        .into_iter()
+        .map(|v| ex.submit(slow_len, v).unwrap())
+        .collect();
+    let dt = t.elapsed();
+    for f in futures {
+        assert_eq!(f.result().unwrap(), QUEUED_LEN);
+    }
+    dt
 }
 
 /// Median and best of `CALLS` timings of `call` (which times itself).
@@ -121,6 +151,28 @@ fn large_values(c: &mut Criterion) {
         Some(in_process_make.0),
     );
 
+    let small = make(QUEUED_LEN as u64);
+    let queued_args = || (0..QUEUED).map(|_| small.clone()).collect::<Vec<_>>();
+    let in_process_copy = stats(|| {
+        let args = queued_args();
+        let t = Instant::now();
+        let copies: Vec<Vec<f64>> = black_box(&args).iter().map(|v| v.to_vec()).collect();
+        let dt = t.elapsed();
+        drop(black_box(copies));
+        dt
+    });
+    report(
+        "reference: in-process copy of 8 x 32 MiB f64 into new Vecs",
+        in_process_copy,
+        None,
+    );
+    let queued = stats(|| submit_queued(&ex, queued_args()));
+    report(
+        "8 x 32 MiB arguments submitted to a busy worker (the submit loop)",
+        queued,
+        Some(in_process_copy.0),
+    );
+
     let mut g = c.benchmark_group("large_values");
     g.sample_size(10)
         .measurement_time(Duration::from_secs(8))
@@ -140,6 +192,9 @@ fn large_values(c: &mut Criterion) {
     });
     g.bench_function("256 MiB result", |b| {
         b.iter_with_large_drop(|| ex.submit(make, LEN as u64).unwrap().result().unwrap())
+    });
+    g.bench_function("8 x 32 MiB submitted to a busy worker", |b| {
+        b.iter_custom(|iters| (0..iters).map(|_| submit_queued(&ex, queued_args())).sum())
     });
     g.finish();
 }

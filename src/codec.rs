@@ -10,7 +10,7 @@
 use std::cell::RefCell;
 
 use loky_ipc::bulk;
-use loky_ipc::spill::{self, Buffer};
+use loky_ipc::spill::{Buffer, SpilledMessage};
 use rkyv::api::high::{HighDeserializer, HighSerializer, HighValidator};
 use rkyv::bytecheck::CheckBytes;
 use rkyv::rancor;
@@ -300,11 +300,45 @@ impl<E: rancor::Source> rkyv::ser::Writer<E> for SpillWriter {
     }
 }
 
+/// An encoded message on its way to a channel: bytes the channel copies
+/// (into its ring, or into a spill buffer when large), or a message already
+/// written in a spill buffer, which the channel sends as that buffer.
+#[derive(Debug)]
+pub(crate) enum Encoded<B> {
+    Bytes(B),
+    Spilled(SpilledMessage),
+}
+
+impl<B: AsRef<[u8]>> Encoded<B> {
+    /// Sends the message; gives it back if the ring is full.
+    pub(crate) fn try_send(
+        self,
+        tx: &mut loky_ipc::Sender<'_>,
+        tag: u32,
+    ) -> loky_ipc::Result<Option<Self>> {
+        match self {
+            Encoded::Bytes(b) => Ok((!tx.try_send(tag, b.as_ref())?).then_some(Encoded::Bytes(b))),
+            Encoded::Spilled(m) => Ok(tx.try_send_spilled(tag, m)?.map(Encoded::Spilled)),
+        }
+    }
+}
+
+impl Encoded<&[u8]> {
+    /// The message as an owned value (bytes are copied; a spilled message
+    /// is moved as it is).
+    pub(crate) fn into_owned(self) -> Encoded<Vec<u8>> {
+        match self {
+            Encoded::Bytes(b) => Encoded::Bytes(b.to_vec()),
+            Encoded::Spilled(m) => Encoded::Spilled(m),
+        }
+    }
+}
+
 /// Encodes `value` behind a `header` (whose length must be a multiple of
-/// 16) into a reusable per-thread buffer and hands the bytes to `use_bytes`.
-/// A large archive goes straight into a shared-memory spill buffer instead
-/// ([`direct_encode`]), staged so that the channel sends that buffer rather
-/// than a copy of it.
+/// 16) into a reusable per-thread buffer and hands the message to
+/// `use_message`. A large archive goes straight into a shared-memory spill
+/// buffer instead ([`direct_encode`]), handed over as a [`SpilledMessage`]
+/// so that the channel sends that buffer rather than a copy of it.
 ///
 /// rkyv's relative pointers are position independent and its padding is
 /// computed from the buffer start, so an archive appended after a 16-byte
@@ -313,7 +347,7 @@ pub(crate) fn with_encoded<O>(
     header: &[u8],
     write: impl FnOnce(&mut AlignedVec) -> Result<(), String>,
     stage: CodecStage,
-    use_bytes: impl FnOnce(&[u8]) -> O,
+    use_message: impl FnOnce(Encoded<&[u8]>) -> O,
 ) -> Result<O, Error> {
     debug_assert_eq!(header.len() % 16, 0);
     let encode = |buf: &mut AlignedVec| -> Result<O, Error> {
@@ -327,11 +361,10 @@ pub(crate) fn with_encoded<O>(
         });
         written.map_err(|message| Error::Codec { stage, message })?;
         match spilled {
-            Some((spill, len)) => {
-                let staged = spill::stage(spill, len)?;
-                Ok(use_bytes(staged.bytes()))
-            }
-            None => Ok(use_bytes(buf)),
+            Some((spill, len)) => Ok(use_message(Encoded::Spilled(SpilledMessage::new(
+                spill, len,
+            )?))),
+            None => Ok(use_message(Encoded::Bytes(buf))),
         }
     };
     SCRATCH.with(|cell| match cell.try_borrow_mut() {

@@ -176,9 +176,9 @@ impl ProcessPoolExecutor {
                 bytemuck::bytes_of(&header),
                 write,
                 CodecStage::EncodeArgument,
-                |bytes| {
+                |message| {
                     cell.set_pins(crate::shared::take_pins());
-                    let sent = pool.dispatch(cell.clone(), bytes);
+                    let sent = pool.dispatch(cell.clone(), message);
                     if sent.is_err() {
                         // Not sent after all: the handles are usable again.
                         crate::shared::unsend(cell.take_pins());

@@ -1,6 +1,7 @@
 //! Large values by value: a 256 MiB `Vec<f64>` as a task's argument and as
-//! its result, a worker that dies while large messages are in flight, and
-//! repeated pools with large values leaving nothing behind.
+//! its result, large arguments waiting in the parent's queue, a worker that
+//! dies while large messages are in flight, and repeated pools with large
+//! values leaving nothing behind.
 //!
 //! Each test moves several 256 MiB copies around; they run one at a time.
 
@@ -163,6 +164,38 @@ fn a_worker_dying_with_large_messages_in_flight_heals() {
     assert!(ex.stats().crashed >= 1);
     // The buffer the dead worker held was forgotten, not left busy.
     assert_eq!(loky_ipc::spill::pool_stats().busy, 0);
+}
+
+#[test]
+fn large_arguments_wait_in_the_queue_without_a_copy_and_arrive_whole() {
+    let _serial = serial();
+    let ex = pool();
+    // 8 MiB each: past the ring, so each travels in a spill buffer of its
+    // own. Lengths differ, so a mixed-up buffer shows in the summaries.
+    let lens: Vec<usize> = (0..6).map(|k| (8 << 20) / 8 + 1000 * k).collect();
+    let slow = |v: Vec<f64>| -> Summary {
+        std::thread::sleep(Duration::from_millis(100));
+        summarize(v)
+    };
+    let futures: Vec<_> = lens
+        .iter()
+        .map(|&n| ex.submit(slow, make(n as u64)).unwrap())
+        .collect();
+    // One worker holds at most two tasks: the rest wait in the parent,
+    // each in the spill buffer it was encoded into.
+    assert!(ex.stats().queued >= 3, "{:?}", ex.stats());
+    assert!(loky_ipc::spill::pool_stats().leased >= 3);
+    // A cancelled waiting task gives its buffer back.
+    assert!(futures[4].cancel());
+    for (k, (f, &n)) in futures.iter().zip(&lens).enumerate() {
+        if k == 4 {
+            assert!(matches!(f.result_timeout(HANG), Err(Error::Cancelled)));
+        } else {
+            assert_eq!(f.result_timeout(HANG).unwrap(), expected_summary(n));
+        }
+    }
+    let left = loky_ipc::spill::pool_stats();
+    assert_eq!((left.leased, left.busy), (0, 0), "{left:?}");
 }
 
 fn spill_mappings() -> usize {

@@ -15,7 +15,7 @@
 use std::os::fd::{AsFd, OwnedFd};
 
 use crate::ring::{Consumer, Grant, Producer};
-use crate::spill::{self, Buffer, InFlight, Mapped};
+use crate::spill::{self, Buffer, InFlight, Mapped, SpilledMessage};
 use crate::{fdpass, Error, Result};
 
 /// Tag bit marking a frame that announces a spill buffer. User tags must be
@@ -202,35 +202,43 @@ impl<'r> Sender<'r> {
         send_spilled(&mut self.spills, &self.socket, grant, tag, len, fill)
     }
 
-    /// Sends a copy of `payload`; `Ok(false)` when the ring is full. A
-    /// large `payload` that is exactly the bytes of a buffer staged on this
-    /// thread ([`spill::stage`]) is sent without a copy.
+    /// Sends a copy of `payload`; `Ok(false)` when the ring is full.
     pub fn try_send(&mut self, tag: u32, payload: &[u8]) -> Result<bool> {
-        Self::check_tag(tag)?;
         if payload.len() > self.ring.max_message() {
+            Self::check_tag(tag)?;
             let Some(grant) = self.ring.reserve(FRAME_LEN) else {
                 return Ok(false);
             };
             let (spills, socket) = (&mut self.spills, &self.socket);
-            let mut grant = Some(grant);
-            let staged = spill::with_staged(payload, |buf| match grant.take() {
-                Some(g) => spills
-                    .publish(socket, g, buf, payload.len(), tag)
-                    .map(|()| true),
-                None => Ok(false),
-            });
-            if let Some(sent) = staged {
-                return sent;
-            }
-            // Not staged (so the reservation is still ours): a copy.
-            let Some(grant) = grant else {
-                return Ok(false);
-            };
             return send_spilled(spills, socket, grant, tag, payload.len(), |buf| {
                 crate::bulk::copy_init(buf, payload)
             });
         }
         self.send_with(tag, payload.len(), |buf| buf.copy_from_slice(payload))
+    }
+
+    /// Sends a message already written in a spill buffer: the buffer itself
+    /// when the message is too large for the ring, a copy in the ring
+    /// otherwise. Gives the message back (`Ok(Some)`) when the ring is full.
+    pub fn try_send_spilled(
+        &mut self,
+        tag: u32,
+        message: SpilledMessage,
+    ) -> Result<Option<SpilledMessage>> {
+        let len = message.len();
+        if len <= self.ring.max_message() {
+            let sent = self.send_with(tag, len, |buf| buf.copy_from_slice(message.bytes()))?;
+            return Ok((!sent).then_some(message));
+        }
+        Self::check_tag(tag)?;
+        let Some(grant) = self.ring.reserve(FRAME_LEN) else {
+            return Ok(Some(message));
+        };
+        self.spills
+            .publish(&self.socket, grant, message.buffer(), len, tag)?;
+        // The receiver has the buffer now; dropping our lease returns it to
+        // the pool once the receiver is done with it.
+        Ok(None)
     }
 }
 

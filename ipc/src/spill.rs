@@ -17,17 +17,15 @@
 //!   buffers.
 //!
 //! A writer that knows its message only once it is written (an encoder)
-//! leases a [`Buffer`], writes, and [`stage`]s it; a [`crate::Sender`] asked
-//! to send exactly the staged bytes hands the buffer over instead of copying
-//! it. Buffers idle for a while can be emptied with [`trim`] (their pages
+//! leases a [`Buffer`], writes, and wraps it in a [`SpilledMessage`], which
+//! [`crate::Sender::try_send_spilled`] hands over as the buffer itself
+//! instead of copying it. Buffers idle for a while can be emptied with [`trim`] (their pages
 //! go back to the system; the mappings stay valid).
 //!
 //! The protocol, its SYNC POINTs and what happens when a peer dies are in
 //! `ring.md` ("Large messages").
 
-use std::cell::RefCell;
 use std::fs::File;
-use std::marker::PhantomData;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::AtomicU32;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
@@ -445,100 +443,52 @@ pub fn pool_stats() -> PoolStats {
 }
 
 // ---------------------------------------------------------------------------
-// Staging: handing an already written buffer to a `Sender` without a copy.
+// A message written in a spill buffer, to be sent without a copy.
 
-struct StagedEntry {
+/// The first `len` bytes of a leased [`Buffer`]: a message written in
+/// place, which [`crate::Sender::try_send_spilled`] sends as that buffer
+/// (no copy). Read-only from here on: once sent, a receiver reads it. It is
+/// a plain owned value (`Send`), so a message that has to wait for room can
+/// wait in a queue, on any thread, without being copied out.
+#[derive(Debug)]
+pub struct SpilledMessage {
     buffer: Buffer,
     len: usize,
-    sent: bool,
 }
 
-thread_local! {
-    static STAGED: RefCell<Vec<StagedEntry>> = const { RefCell::new(Vec::new()) };
-}
-
-/// The first `len` bytes of a staged [`Buffer`], for as long as this guard
-/// lives. Passing exactly these bytes to [`crate::Sender::try_send`] on
-/// this thread sends the buffer itself (once); dropping the guard returns
-/// the buffer to the pool (leasable again once its receiver is done).
-#[derive(Debug)]
-pub struct Staged {
-    ptr: *const u8,
-    len: usize,
-    // Keeps the mapping alive, and ties the guard to its thread.
-    _buf: Arc<Buf>,
-    _thread: PhantomData<*const ()>,
-}
-
-/// Stages the first `len` bytes of `buffer` (see [`Staged`]).
-pub fn stage(buffer: Buffer, len: usize) -> Result<Staged> {
-    if len > buffer.capacity() {
-        return Err(Error::Config(format!(
-            "staged length {len} exceeds the buffer's {} bytes",
-            buffer.capacity()
-        )));
-    }
-    let guard = Staged {
-        ptr: buffer.buf.payload(),
-        len,
-        _buf: buffer.buf.clone(),
-        _thread: PhantomData,
-    };
-    STAGED.with(|s| {
-        s.borrow_mut().push(StagedEntry {
-            buffer,
-            len,
-            sent: false,
-        })
-    });
-    Ok(guard)
-}
-
-impl Staged {
-    /// The staged bytes.
-    pub fn bytes(&self) -> &[u8] {
-        // SAFETY: `len` bytes of the payload are mapped (checked in
-        // `stage`; `_buf` keeps the mapping). The buffer stays leased while
-        // this guard lives, so nobody in this process writes it; a receiver
-        // only reads it.
-        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
-    }
-}
-
-impl Drop for Staged {
-    fn drop(&mut self) {
-        // `try_with`: nothing to return if the thread is being torn down.
-        let entry = STAGED.try_with(|s| {
-            let mut s = s.borrow_mut();
-            let i = s
-                .iter()
-                .rposition(|e| e.buffer.buf.payload().cast_const() == self.ptr)?;
-            Some(s.remove(i))
-        });
-        drop(entry); // returns the buffer to the pool, outside the borrow
-    }
-}
-
-/// If `payload` is exactly the bytes of a buffer staged on this thread and
-/// not sent yet, runs `send` on it and marks it sent when `send` returns
-/// `Ok(true)`; `None` otherwise.
-pub(crate) fn with_staged(
-    payload: &[u8],
-    send: impl FnOnce(&Buffer) -> Result<bool>,
-) -> Option<Result<bool>> {
-    STAGED.with(|s| {
-        let mut s = s.borrow_mut();
-        let e = s.iter_mut().rev().find(|e| {
-            !e.sent
-                && e.len == payload.len()
-                && e.buffer.buf.payload().cast_const() == payload.as_ptr()
-        })?;
-        let r = send(&e.buffer);
-        if matches!(r, Ok(true)) {
-            e.sent = true;
+impl SpilledMessage {
+    /// The message made of the first `len` bytes of `buffer`.
+    pub fn new(buffer: Buffer, len: usize) -> Result<Self> {
+        if len > buffer.capacity() {
+            return Err(Error::Config(format!(
+                "message length {len} exceeds the buffer's {} bytes",
+                buffer.capacity()
+            )));
         }
-        Some(r)
-    })
+        Ok(Self { buffer, len })
+    }
+
+    /// The message's bytes.
+    pub fn bytes(&self) -> &[u8] {
+        // SAFETY: `len` bytes of the payload are mapped (checked in `new`;
+        // `buffer` keeps the mapping); nobody writes them: the buffer's
+        // owner is this message, which gives no write access.
+        unsafe { std::slice::from_raw_parts(self.buffer.buf.payload().cast_const(), self.len) }
+    }
+
+    /// The message's length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the message is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub(crate) fn buffer(&self) -> &Buffer {
+        &self.buffer
+    }
 }
 
 // ---------------------------------------------------------------------------

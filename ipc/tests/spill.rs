@@ -1,6 +1,6 @@
 //! Spill buffers in one process: reuse across many messages of alternating
 //! sizes, growth, more messages in flight than pooled buffers, trimming,
-//! zero-copy sends of staged buffers, and a sender that goes away while its
+//! zero-copy sends of messages written in a buffer, and a sender that goes away while its
 //! receiver holds a buffer. (`two_process.rs` runs the same protocol across
 //! real processes, with a receiver killed mid-message.)
 //!
@@ -10,7 +10,7 @@
 use std::sync::{Mutex, MutexGuard};
 
 use loky_ipc::ring::HeapRing;
-use loky_ipc::spill::{self, Buffer};
+use loky_ipc::spill::{self, Buffer, SpilledMessage};
 use loky_ipc::{fdpass, Receiver, Sender};
 
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -153,7 +153,7 @@ fn trimmed_buffers_give_pages_back_and_still_work() {
 }
 
 #[test]
-fn a_staged_buffer_is_sent_itself() {
+fn a_spilled_message_is_sent_as_its_buffer() {
     let _serial = serial();
     let mut ring = HeapRing::new(4096).unwrap();
     let (p, c) = ring.split();
@@ -162,25 +162,56 @@ fn a_staged_buffer_is_sent_itself() {
     let len = 5 * MIB + 1;
     let mut buf = Buffer::lease(len).unwrap();
     buf.as_mut_slice()[..len].copy_from_slice(&pattern(7, len));
-    let staged = spill::stage(buf, len).unwrap();
+    let message = SpilledMessage::new(buf, len).unwrap();
+    assert_eq!(message.bytes(), &pattern(7, len)[..]);
     let leased = spill::pool_stats().leased;
-    assert!(tx.try_send(7, staged.bytes()).unwrap());
-    // No second buffer was leased for a copy.
-    assert_eq!(spill::pool_stats().leased, leased);
-    expect(&mut rx, 7, len);
-    // Sent once: the same bytes again go as a copy, in another buffer.
-    assert!(tx.try_send(8, staged.bytes()).unwrap());
-    let m = rx.peek().unwrap().unwrap();
-    assert_eq!((m.tag, m.bytes), (8, &pattern(7, len)[..]));
-    rx.pop().unwrap();
-    drop(staged);
+    assert!(tx.try_send_spilled(7, message).unwrap().is_none());
+    // Sent as itself: no second buffer was leased for a copy, and ours is
+    // no longer leased (it is busy until the receiver is done).
     assert_eq!(spill::pool_stats().leased, leased - 1);
-    // A staged buffer whose bytes fit the ring is copied inline.
+    let held = spill::pool_stats().busy;
+    expect(&mut rx, 7, len);
+    assert_eq!(spill::pool_stats().busy, held - 1);
+    // A spilled message that fits the ring is copied inline.
     let mut small = Buffer::lease(100).unwrap();
     small.as_mut_slice()[..100].copy_from_slice(&pattern(9, 100));
-    let staged = spill::stage(small, 100).unwrap();
-    assert!(tx.try_send(9, staged.bytes()).unwrap());
+    let message = SpilledMessage::new(small, 100).unwrap();
+    assert!(tx.try_send_spilled(9, message).unwrap().is_none());
     expect(&mut rx, 9, 100);
+    // A length past the buffer is refused.
+    let buf = Buffer::lease(100).unwrap();
+    let capacity = buf.capacity();
+    assert!(SpilledMessage::new(buf, capacity + 1).is_err());
+}
+
+#[test]
+fn a_spilled_message_comes_back_when_the_ring_is_full() {
+    let _serial = serial();
+    let mut ring = HeapRing::new(4096).unwrap();
+    let (p, c) = ring.split();
+    let (a, b) = fdpass::socket_pair().unwrap();
+    let (mut tx, mut rx) = (Sender::new(p, a), Receiver::new(c, b));
+    // Fill the ring to the last byte with small messages.
+    let mut sent = 0;
+    for size in [200, 24, 1] {
+        while tx.try_send(1, &vec![0u8; size]).unwrap() {
+            sent += 1;
+        }
+    }
+    let len = 2 * MIB;
+    let mut buf = Buffer::lease(len).unwrap();
+    buf.as_mut_slice()[..len].copy_from_slice(&pattern(2, len));
+    let message = SpilledMessage::new(buf, len).unwrap();
+    let back = tx
+        .try_send_spilled(2, message)
+        .unwrap()
+        .expect("a full ring gives the message back");
+    assert_eq!(back.bytes(), &pattern(2, len)[..]);
+    for _ in 0..sent {
+        rx.pop().unwrap();
+    }
+    assert!(tx.try_send_spilled(2, back).unwrap().is_none());
+    expect(&mut rx, 2, len);
 }
 
 #[test]

@@ -25,6 +25,7 @@ pub(crate) use config::Config;
 pub(crate) use identity::binary_tag;
 pub(crate) use launch::{WorkerSpec, ARENA_FD, ENV_WORKER, REGION_FD, SOCKET_FD};
 
+use crate::codec::Encoded;
 use crate::error::{Error, Result};
 use crate::future::{lock, Completion};
 use crate::protocol::{
@@ -38,7 +39,7 @@ pub(crate) const DEPTH: usize = 2;
 /// A task waiting in the parent for room in a worker's ring.
 struct Queued {
     cell: Arc<dyn Completion>,
-    bytes: Vec<u8>,
+    message: Encoded<Vec<u8>>,
 }
 
 /// The parent's view of one live worker.
@@ -206,23 +207,34 @@ impl Pool {
 
     /// Hands an encoded task (`TaskHeader` + archive) to the least loaded
     /// ready worker, or queues it.
-    pub(crate) fn dispatch(&self, cell: Arc<dyn Completion>, bytes: &[u8]) -> Result<()> {
+    pub(crate) fn dispatch(
+        &self,
+        cell: Arc<dyn Completion>,
+        message: Encoded<&[u8]>,
+    ) -> Result<()> {
         let mut st = self.state();
         st.check_open()?;
         st.stats.submitted += 1;
+        let mut message = message;
         if st.queue.is_empty() {
             if let Some(i) = st.least_loaded() {
-                if st.push_to(i, &cell, bytes)? {
-                    // Not visible to anyone else yet, so it cannot have been
-                    // cancelled: this only records that it is running.
-                    cell.set_running();
-                    return Ok(());
+                match st.push_to(i, &cell, message)? {
+                    None => {
+                        // Not visible to anyone else yet, so it cannot have
+                        // been cancelled: this only records that it is
+                        // running.
+                        cell.set_running();
+                        return Ok(());
+                    }
+                    Some(back) => message = back,
                 }
             }
         }
+        // A message in a spill buffer waits as it is; plain bytes are
+        // copied (they live in the caller's scratch buffer).
         st.queue.push_back(Queued {
             cell,
-            bytes: bytes.to_vec(),
+            message: message.into_owned(),
         });
         if st.want < st.max_workers && st.want < st.alive() + st.queue.len() {
             // Workers retired for idleness come back on demand.
@@ -831,17 +843,22 @@ impl State {
     }
 
     /// Copies a task into worker `i`'s ring; false if the ring is full.
-    fn push_to(&mut self, i: usize, cell: &Arc<dyn Completion>, bytes: &[u8]) -> Result<bool> {
+    fn push_to<B: AsRef<[u8]>>(
+        &mut self,
+        i: usize,
+        cell: &Arc<dyn Completion>,
+        message: Encoded<B>,
+    ) -> Result<Option<Encoded<B>>> {
         let Some(w) = self.workers[i].as_mut() else {
-            return Ok(false);
+            return Ok(Some(message));
         };
-        if !w.sender.try_send(TAG_TASK, bytes)? {
-            return Ok(false);
+        if let Some(back) = message.try_send(&mut w.sender, TAG_TASK)? {
+            return Ok(Some(back));
         }
         w.in_flight.push_back(cell.clone());
         cell.mark_sent();
         w.wake();
-        Ok(true)
+        Ok(None)
     }
 
     /// Moves queued tasks into worker `i` while it has room.
@@ -860,17 +877,18 @@ impl State {
             if !q.cell.set_running() {
                 continue; // cancelled meanwhile
             }
-            match self.push_to(i, &q.cell, &q.bytes) {
-                Ok(true) => {}
-                Ok(false) => {
-                    q.cell.requeued();
-                    self.queue.push_front(q);
+            let Queued { cell, message } = q;
+            match self.push_to(i, &cell, message) {
+                Ok(None) => {}
+                Ok(Some(message)) => {
+                    cell.requeued();
+                    self.queue.push_front(Queued { cell, message });
                     return;
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "could not hand a task to a worker");
-                    q.cell.stage_error(e);
-                    q.cell.publish();
+                    cell.stage_error(e);
+                    cell.publish();
                 }
             }
         }

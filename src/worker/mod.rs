@@ -247,9 +247,19 @@ impl WorkerLoop<'_> {
             self.out.extend_from_slice(bytemuck::bytes_of(&header));
         }
         match self.spilled.take().filter(|_| tag == TAG_RESULT) {
-            Some((spill, len)) => match loky_ipc::spill::stage(spill, len) {
-                // Staged: the channel hands the buffer over, no copy.
-                Ok(staged) => self.push(tag, staged.bytes()),
+            Some((spill, len)) => match loky_ipc::spill::SpilledMessage::new(spill, len) {
+                // The channel hands the buffer over, no copy.
+                Ok(message) => {
+                    let mut pending = Some(message);
+                    self.push(|tx| match pending.take() {
+                        Some(m) => tx.try_send_spilled(tag, m).map(|back| {
+                            let sent = back.is_none();
+                            pending = back;
+                            sent
+                        }),
+                        None => Ok(true),
+                    });
+                }
                 Err(e) => {
                     std::process::exit(fatal(
                         EXIT_BOOTSTRAP,
@@ -259,7 +269,7 @@ impl WorkerLoop<'_> {
             },
             None => {
                 let out = std::mem::take(&mut self.out);
-                self.push(tag, &out);
+                self.push(|tx| tx.try_send(tag, &out));
                 self.out = out;
             }
         }
@@ -269,11 +279,12 @@ impl WorkerLoop<'_> {
         }
     }
 
-    /// Sends one message, waiting for room.
-    fn push(&mut self, tag: u32, bytes: &[u8]) {
+    /// Sends one message with `try_send` (which says whether it was sent),
+    /// waiting for room.
+    fn push(&mut self, mut try_send: impl FnMut(&mut Sender<'_>) -> loky_ipc::Result<bool>) {
         let mut pause = Duration::from_micros(20);
         loop {
-            match self.tx.try_send(tag, bytes) {
+            match try_send(&mut self.tx) {
                 Ok(true) => break,
                 Ok(false) => {
                     // The parent is behind; it drains continuously, so back
