@@ -18,6 +18,8 @@ use loky::{CodecStage, Error, ExitStatus, Payload, ProcessPoolExecutor};
 /// Generous bound used only to turn a hang into a failure.
 const HANG: Duration = Duration::from_secs(60);
 
+mod support;
+
 // ---------------------------------------------------------------------------
 // Helpers
 
@@ -101,6 +103,15 @@ fn assert_heals(ex: &ProcessPoolExecutor) {
         .submit(|x: u64| x + 1, 41)
         .expect("submit after the fault");
     assert_eq!(f.result_timeout(HANG).expect("task after the fault"), 42);
+}
+
+/// The pool's stats once it has `workers` live workers again: a dead
+/// worker's replacement is counted when it starts, which may be after a
+/// task already ran on the other worker.
+fn stats_when_whole(ex: &ProcessPoolExecutor, workers: usize) -> loky::Stats {
+    support::wait_for_stats("the replacement workers", ex, HANG, |s| {
+        s.workers_alive == workers
+    })
 }
 
 /// Waits (bounded) until a worker holds the task.
@@ -387,11 +398,11 @@ fn sigkill_of_a_sibling_fails_only_the_siblings_task() {
         assert_eq!(signaled(status), Some(libc::SIGKILL), "{status}");
         assert_eq!(task, long.id());
         assert_heals(&ex);
-        let s = ex.stats();
-        assert_eq!((s.crashed, s.respawned), (1, 1), "{s:?}");
         // The dead worker was replaced: two live workers, neither the victim.
         let (a, b) = two_worker_pids(&ex);
         assert!(a != victim && b != victim, "{a} {b} {victim}");
+        let s = ex.stats();
+        assert_eq!((s.crashed, s.respawned), (1, 1), "{s:?}");
         assert!(a == killer_pid || b == killer_pid, "the killer lives on");
     });
 }
@@ -970,7 +981,7 @@ fn crash_among_queued_tasks_fails_at_most_the_tasks_on_that_worker() {
         }
         assert!(failures <= 2, "{failures} tasks failed for one crash");
         assert_heals(&ex);
-        let s = ex.stats();
+        let s = stats_when_whole(&ex, 2);
         assert_eq!((s.crashed, s.respawned), (1, 1), "{s:?}");
     });
 }
@@ -1005,7 +1016,7 @@ fn a_burst_of_concurrent_crashes_does_not_break_the_pool() {
             terminated(f.result_timeout(HANG));
         }
         assert_heals(&ex);
-        let s = ex.stats();
+        let s = stats_when_whole(&ex, 2);
         // Up to two tasks die with each worker.
         assert!((10..=20).contains(&s.crashed), "{s:?}");
         assert_eq!(s.respawned, s.crashed, "{s:?}");

@@ -224,7 +224,10 @@ fn soak_one_percent_of_tasks_kill_their_worker() {
         ex.submit(task, last).unwrap().result_timeout(HANG).unwrap(),
         expected(last)
     );
-    let stats = ex.stats();
+    // The last killer's replacement may still be starting.
+    let stats = support::wait_for_stats("every dead worker replaced", &ex, HANG, |s| {
+        s.workers_alive == 2
+    });
     let fds_after = count_dir("/proc/self/fd");
     let threads_after = count_dir("/proc/self/task");
     let rss_after = rss_kib();

@@ -3,23 +3,17 @@
 //! replacements, in one pool that sees all of them.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use loky::{Error, ProcessPoolExecutor, Stats};
 
 /// A hang detector, not a timing assertion.
 const HANG: Duration = Duration::from_secs(60);
 
+mod support;
+
 fn wait_for(what: &str, ex: &ProcessPoolExecutor, cond: impl Fn(&Stats) -> bool) -> Stats {
-    let start = Instant::now();
-    loop {
-        let s = ex.stats();
-        if cond(&s) {
-            return s;
-        }
-        assert!(start.elapsed() < HANG, "waited {HANG:?} for {what}: {s:?}");
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    support::wait_for_stats(what, ex, HANG, cond)
 }
 
 /// Blocks until the file `path` exists.

@@ -191,6 +191,12 @@ impl Pool {
         {
             let mut st = self.state();
             st.workers[i] = Some(worker);
+            if generation > 1 {
+                // The slot had a worker before: this one replaces it.
+                // Counted here, when it exists, not when the other died
+                // (a pool closing in between starts no replacement).
+                st.stats.respawned += 1;
+            }
             if st.shutdown {
                 // Started while the pool was shutting down (queued work
                 // needed it, or a race): it exits once idle like the others.

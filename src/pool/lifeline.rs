@@ -109,7 +109,7 @@ impl Pool {
             match st.workers[i].as_mut() {
                 // Not reaped, and not failed by another sleeper meanwhile.
                 Some(w) if w.pid == pid && w.died.is_none() => {
-                    w.count_end(&mut st.stats, false, st.shutdown || st.broken.is_some());
+                    w.count_end(&mut st.stats, false);
                     w.fail_in_flight(status, true)
                 }
                 _ => Vec::new(),

@@ -919,16 +919,13 @@ impl Worker {
     }
 
     /// Counts this worker's end in `stats`: a crash unless it exited
-    /// cleanly or the pool killed it, and the replacement to come unless the
-    /// pool is `ending`. Called once per worker, by the first to see its
-    /// death: the early path (which also sets `died`), or the reaping if
-    /// `died` is still unset.
-    fn count_end(&self, stats: &mut crate::stats::Counters, clean: bool, ending: bool) {
+    /// cleanly or the pool killed it (its replacement is counted when it
+    /// starts). Called once per worker, by the first to see its death: the
+    /// early path (which also sets `died`), or the reaping if `died` is
+    /// still unset.
+    fn count_end(&self, stats: &mut crate::stats::Counters, clean: bool) {
         if !clean && !self.killed_by_us() {
             stats.crashed += 1;
-        }
-        if !ending {
-            stats.respawned += 1;
         }
     }
 

@@ -161,8 +161,7 @@ impl Pool {
                 failed = w.fail_in_flight(status, false);
             }
             if !counted {
-                let ending = st.shutdown || st.broken.is_some();
-                w.count_end(&mut st.stats, clean, ending);
+                w.count_end(&mut st.stats, clean);
             }
             drop(w);
         }

@@ -1,5 +1,6 @@
 //! What the integration tests read of their own process to check that
-//! nothing leaks: open descriptors and memory mappings.
+//! nothing leaks (open descriptors and memory mappings), and a wait for a
+//! pool's statistics to reach a state.
 
 #![allow(dead_code)] // each test file uses what it needs
 
@@ -22,4 +23,26 @@ pub(crate) fn mappings(matching: &str) -> usize {
         .lines()
         .filter(|l| l.contains(matching))
         .count()
+}
+
+/// Polls `ex.stats()` until `cond` holds and returns those stats; fails
+/// the test after `limit` (a bound that only turns a hang into a failure).
+pub(crate) fn wait_for_stats(
+    what: &str,
+    ex: &loky::ProcessPoolExecutor,
+    limit: std::time::Duration,
+    cond: impl Fn(&loky::Stats) -> bool,
+) -> loky::Stats {
+    let start = std::time::Instant::now();
+    loop {
+        let s = ex.stats();
+        if cond(&s) {
+            return s;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "waited {limit:?} for {what}: {s:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
 }
