@@ -138,7 +138,7 @@ impl Pool {
         tracing::debug!(pid, slot = i, generation, "worker spawned");
         // Opened now: the pid of an unreaped child cannot be reused.
         let probe = match loky_ipc::lifeline::ExitProbe::open(pid) {
-            Ok(p) => Some(Arc::new(p)),
+            Ok(p) => Some(p),
             Err(e) => {
                 tracing::debug!(pid, error = %e, "no exit probe; deaths are reported at reaping");
                 None

@@ -86,20 +86,23 @@ impl Pool {
     /// The lifeline of worker `pid` in slot `i` broke: if the kernel already
     /// says how it is exiting, fail its tasks now (see the module docs).
     fn lifeline_broke(&self, i: usize, pid: u32) {
-        let probe = {
+        let status = {
             let mut st = self.state();
             let Some(w) = st.workers[i].as_mut().filter(|w| w.pid == pid) else {
                 return;
             };
             w.watch_lifeline = false;
-            w.probe.clone()
+            // A clean exit(0) or an execve says nothing here: the pidfd will.
+            let Some(status) = w.probe.as_ref().and_then(|p| p.exiting()) else {
+                return;
+            };
+            // Its teardown must not delay this thread or the callers woken
+            // below. Done under the state lock, which the watchdog holds to
+            // reap: the worker is in its slot, so not reaped, so `pid` is
+            // still this process and not a reused number.
+            deprioritise(pid);
+            status
         };
-        // A clean exit(0) or an execve says nothing here: the pidfd will.
-        let Some(status) = probe.and_then(|p| p.exiting()) else {
-            return;
-        };
-        // Its teardown must not delay this thread or the callers woken below.
-        deprioritise(pid);
         // Results it published before dying are real results.
         let mut done = Vec::new();
         self.drain_dead(i, false, &mut done);

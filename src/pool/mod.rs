@@ -60,7 +60,7 @@ pub(crate) struct Worker {
     rss_baseline: Option<u64>,
     pub(crate) idle_since: Instant,
     /// Reads the exit code of the dying worker before it is a zombie.
-    probe: Option<Arc<loky_ipc::lifeline::ExitProbe>>,
+    probe: Option<loky_ipc::lifeline::ExitProbe>,
     /// Whether sleepers still watch this worker's lifeline.
     watch_lifeline: bool,
     /// Set once the worker is known dead (its lifeline broke, or it was

@@ -133,7 +133,14 @@ impl Pool {
     /// Handles the death of the worker in slot `i`: delivers the results it
     /// sent before dying, fails its other tasks, frees the slot.
     fn bury(self: &Arc<Self>, i: usize, pidfd: &PidFd) {
-        let status = match pidfd.try_wait() {
+        // Reaped under the state lock: whoever finds this worker in its
+        // slot under that lock knows its pid is not yet free for reuse
+        // (see `lifeline_broke`).
+        let reaped = {
+            let _st = self.state();
+            pidfd.try_wait()
+        };
+        let status = match reaped {
             Ok(Some(s)) => s,
             Ok(None) => return, // spurious readiness
             Err(e) => {
