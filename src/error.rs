@@ -132,7 +132,7 @@ pub enum Error {
     InvalidArgument(String),
 
     /// An operating-system or shared-memory transport failure (out of
-    /// memory for a segment, out of file descriptors, ...).
+    /// memory for a spill buffer or the arena, out of file descriptors, ...).
     #[error("transport failure: {0}")]
     Ipc(#[source] Arc<loky_ipc::Error>),
 }

@@ -408,7 +408,7 @@ impl ProcessPoolExecutorBuilder {
 
     /// Capacity of each worker's rings in bytes (power of two, default
     /// 1 MiB). Messages up to half of it travel inline; larger ones in a
-    /// shared-memory segment of their own.
+    /// shared-memory spill buffer (see the crate docs on large values).
     pub fn ring_capacity(mut self, bytes: usize) -> Self {
         self.ring_capacity = Some(bytes);
         self

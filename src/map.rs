@@ -28,7 +28,7 @@ const MAX_AUTO_CHUNK: usize = 1 << 14;
 const TAPER_FLOOR_DIVISOR: usize = 8;
 /// An automatic chunk's encoded arguments stay within this fraction of the
 /// ring, so the chunks in flight of a worker travel inline in its ring
-/// (messages over half the ring take a shared-memory segment of their own)
+/// (messages over half the ring take a spill buffer instead)
 /// and memory in flight stays bounded when the items are large.
 const RING_FRACTION: usize = 4;
 

@@ -423,7 +423,7 @@ mod tests {
 
     proptest! {
         /// Sizes from 0 to several times the ring's capacity arrive intact
-        /// and in order, the large ones through segments.
+        /// and in order, the large ones through spill buffers.
         #[test]
         fn any_size_arrives_in_order(sizes in proptest::collection::vec(0usize..5000, 1..60)) {
             let mut ring = HeapRing::new(1024).unwrap();

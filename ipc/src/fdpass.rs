@@ -82,12 +82,15 @@ mod tests {
     #[test]
     fn passes_a_memfd() {
         let (a, b) = socket_pair().unwrap();
-        let mut seg = crate::Segment::create(64).unwrap();
-        seg.as_mut_slice()[0] = 9;
-        send_fd(a.as_fd(), seg.fd()).unwrap();
-        let fd = recv_fd(b.as_fd()).unwrap();
-        let got = crate::Segment::open(fd).unwrap();
-        assert_eq!(got.as_slice()[0], 9);
+        let fd = rustix::fs::memfd_create("passed", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+        rustix::io::pwrite(&fd, &[9], 0).unwrap();
+        send_fd(a.as_fd(), fd.as_fd()).unwrap();
+        let got = recv_fd(b.as_fd()).unwrap();
+        // The same file, not a copy: a write through either is seen by both.
+        rustix::io::pwrite(&fd, &[7], 1).unwrap();
+        let mut buf = [0u8; 2];
+        rustix::io::pread(&got, &mut buf, 0).unwrap();
+        assert_eq!(buf, [9, 7]);
     }
 
     #[test]

@@ -12,7 +12,7 @@
 //!   no consumer is awake.
 //! * [`channel`], [`spill`] and [`fdpass`]: messages larger than a ring
 //!   travel in reusable memfd spill buffers whose descriptors are passed over
-//!   a Unix socket once per receiver ([`segment`]: a one-off memfd).
+//!   a Unix socket once per receiver.
 //! * [`bulk`]: copies of large messages split across a few threads.
 //! * [`pidfd`]: process handles that report a death the moment it happens;
 //!   [`lifeline`]: robust-futex words that report it even before the kernel
@@ -34,7 +34,6 @@ pub mod lifeline;
 pub mod pidfd;
 pub mod region;
 pub mod ring;
-pub mod segment;
 pub mod spawn;
 pub mod spill;
 mod spin;
@@ -48,5 +47,4 @@ pub use error::{Error, Result};
 pub use pidfd::{ExitStatus, PidFd};
 pub use region::{Region, RegionConfig, Slot};
 pub use ring::{Consumer, Message, Producer, RingHeader};
-pub use segment::Segment;
 pub use spin::spin_until;

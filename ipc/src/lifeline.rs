@@ -113,9 +113,10 @@ impl Lifeline {
         }
     }
 
-    /// Empties the lifeline. Only for its owner (the parent), while no
-    /// process holds or watches it.
-    pub fn reset(&self) {
+    /// Empties the lifeline, while no process holds or watches it. (A
+    /// slot's lifeline is emptied by writing a new one with the slot.)
+    #[cfg(test)]
+    fn reset(&self) {
         for n in &self.node {
             n.store(0, Ordering::Relaxed);
         }
