@@ -1,9 +1,14 @@
 //! W1 (DESIGN.md section 4): a warm pool of 2 workers; submit `x + 1`, wait
 //! for it, 10 000 times in sequence. Criterion reports the time per round
 //! trip; `loky-bench` reports p50/p99 of the same loop.
+//!
+//! Also a burst: 20 000 tasks submitted, then waited for, with and without
+//! a time limit each (`submit_with_timeout`), which costs a little per task
+//! however many timed tasks are outstanding.
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use loky::ProcessPoolExecutor;
+use std::time::Duration;
 
 fn w1(c: &mut Criterion) {
     let ex = ProcessPoolExecutor::builder()
@@ -65,5 +70,39 @@ fn w1(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, w1);
+fn burst(c: &mut Criterion) {
+    const TASKS: u64 = 20_000;
+    let ex = ProcessPoolExecutor::builder()
+        .max_workers(2)
+        .build()
+        .expect("pool");
+    let mut g = c.benchmark_group("burst of 20 000 tasks (2 workers)");
+    g.sample_size(10);
+    for timed in [false, true] {
+        let name = if timed {
+            "submit_with_timeout(600 s), then results"
+        } else {
+            "submit, then results"
+        };
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let futs: Vec<_> = (0..TASKS)
+                    .map(|i| {
+                        if timed {
+                            ex.submit_with_timeout(|x: u64| x + 1, i, Duration::from_secs(600))
+                        } else {
+                            ex.submit(|x: u64| x + 1, i)
+                        }
+                        .unwrap()
+                    })
+                    .collect();
+                let sum: u64 = futs.into_iter().map(|f| f.result().unwrap()).sum();
+                assert_eq!(sum, TASKS * (TASKS + 1) / 2);
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, w1, burst);
 criterion_main!(benches);

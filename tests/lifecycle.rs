@@ -62,6 +62,32 @@ fn a_task_past_its_time_limit_fails_with_timeout() {
 }
 
 #[test]
+fn time_limits_fall_in_time_order_not_in_submit_order() {
+    let ex = ProcessPoolExecutor::new(2).unwrap();
+    let long = ex
+        .submit_with_timeout(spin_forever, (), Duration::from_secs(3600))
+        .unwrap();
+    // Many finished tasks with limits in between leave nothing behind that
+    // fires or delays the next limit.
+    for i in 0..1000u32 {
+        let f = ex
+            .submit_with_timeout(|x: u32| x + 1, i, Duration::from_secs(1800))
+            .unwrap();
+        assert_eq!(f.result_timeout(HANG).unwrap(), i + 1);
+    }
+    let short = ex
+        .submit_with_timeout(spin_forever, (), Duration::from_millis(100))
+        .unwrap();
+    assert!(matches!(short.result_timeout(HANG), Err(Error::Timeout)));
+    assert!(
+        !long.done(),
+        "the earlier-submitted, longer limit has not fallen"
+    );
+    assert!(long.kill());
+    assert!(matches!(long.result_timeout(HANG), Err(Error::Cancelled)));
+}
+
+#[test]
 fn idle_workers_exit_and_come_back_on_demand() {
     let ex = ProcessPoolExecutor::builder()
         .max_workers(2)

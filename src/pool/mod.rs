@@ -7,6 +7,7 @@
 //! futures.
 
 mod config;
+mod deadlines;
 mod identity;
 mod launch;
 mod lifeline;
@@ -85,7 +86,7 @@ pub(crate) struct State {
     /// The current size limit (changed by `resize`).
     max_workers: usize,
     /// Per-task time limits (`submit_with_timeout`), checked by the manager.
-    deadlines: Vec<(Instant, u64)>,
+    deadlines: deadlines::Deadlines,
     pub(crate) stats: crate::stats::Counters,
 }
 
@@ -370,13 +371,15 @@ impl Pool {
     /// Matches a result to the oldest in-flight task of worker `i`, refills
     /// the worker, and applies the recycling rules.
     fn complete_in_state(&self, i: usize, hdr: &ResultHeader) -> Option<Arc<dyn Completion>> {
-        let mut st = self.state();
+        let mut guard = self.state();
+        let st = &mut *guard;
         let shutdown = st.shutdown;
         let w = st.workers[i].as_mut()?;
         if w.in_flight.front().map(|c| c.id()) != Some(hdr.task_id) {
             return None;
         }
         let cell = w.in_flight.pop_front()?;
+        st.deadlines.forget(hdr.task_id);
         w.tasks_done += 1;
         if w.in_flight.is_empty() {
             w.idle_since = Instant::now();
@@ -431,7 +434,7 @@ impl Pool {
     /// Returns false if the task is not known (already finished).
     pub(crate) fn stop_task(&self, id: u64, reason: Error) -> bool {
         let mut st = self.state();
-        st.deadlines.retain(|&(_, t)| t != id);
+        st.deadlines.forget(id);
         if let Some(pos) = st.queue.iter().position(|q| q.cell.id() == id) {
             let q = st.queue.remove(pos);
             drop(st);
@@ -536,28 +539,26 @@ impl Pool {
         st.want = st.want.saturating_sub(retired);
     }
 
-    /// Gives task `cell` a time limit (see `submit_with_timeout`).
-    pub(crate) fn add_deadline(&self, at: Instant, id: u64) {
-        self.state().deadlines.push((at, id));
-        // The manager may be sleeping longer than this limit.
-        self.manager_wake.fire();
-        self.region.parent_bell().wake_all();
+    /// Gives task `id` a time limit (see `submit_with_timeout`). `ended`
+    /// tells whether the task ended already (before its limit was given):
+    /// then the limit goes at once.
+    pub(crate) fn add_deadline(&self, at: Instant, id: u64, ended: impl FnOnce() -> bool) {
+        let earliest = self.state().deadlines.add(at, id);
+        if ended() {
+            // Its end may have come before the limit was added: nothing
+            // else would remove it before it falls.
+            self.state().deadlines.forget(id);
+        } else if earliest {
+            // The manager may be sleeping longer than this limit.
+            self.manager_wake.fire();
+            self.region.parent_bell().wake_all();
+        }
     }
 
     /// Stops tasks past their time limit; returns when the next limit falls.
     pub(crate) fn expire_deadlines(&self) -> Option<Instant> {
-        let now = Instant::now();
-        let (expired, next): (Vec<u64>, Option<Instant>) = {
-            let mut st = self.state();
-            let expired = st
-                .deadlines
-                .iter()
-                .filter(|(at, _)| *at <= now)
-                .map(|&(_, id)| id)
-                .collect();
-            st.deadlines.retain(|(at, _)| *at > now);
-            (expired, st.deadlines.iter().map(|&(at, _)| at).min())
-        };
+        let mut expired = Vec::new();
+        let next = self.state().deadlines.expire(Instant::now(), &mut expired);
         for id in expired {
             self.stop_task(id, Error::Timeout);
         }
