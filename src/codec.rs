@@ -323,17 +323,6 @@ impl<B: AsRef<[u8]>> Encoded<B> {
     }
 }
 
-impl Encoded<&[u8]> {
-    /// The message as an owned value (bytes are copied; a spilled message
-    /// is moved as it is).
-    pub(crate) fn into_owned(self) -> Encoded<Vec<u8>> {
-        match self {
-            Encoded::Bytes(b) => Encoded::Bytes(b.to_vec()),
-            Encoded::Spilled(m) => Encoded::Spilled(m),
-        }
-    }
-}
-
 /// Encodes `value` behind a `header` (whose length must be a multiple of
 /// 16) into a reusable per-thread buffer and hands the message to
 /// `use_message`. A large archive goes straight into a shared-memory spill

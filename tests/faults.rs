@@ -1060,3 +1060,57 @@ fn a_dying_worker_fails_its_task_before_the_kernel_has_torn_it_down() {
         assert_eq!((s.crashed, s.respawned), (1, 1), "{s:?}");
     });
 }
+
+#[test]
+fn callbacks_of_tasks_dropped_by_shutdown_may_call_the_executor() {
+    // Cancelling or failing queued tasks runs their callbacks: not under
+    // the pool's lock, or a callback that asks the pool anything would
+    // deadlock the shutdown.
+    bounded(|| {
+        for (cancel_futures, kill_workers) in [(true, false), (false, true), (true, true)] {
+            let ex = pool(1);
+            let busy = ex.submit(|ms: u64| sleep_then(ms, false), 300).unwrap();
+            let start = Instant::now();
+            while !busy.running() {
+                assert!(start.elapsed() < HANG, "the first task never ran");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let (tx, rx) = mpsc::channel();
+            let queued: Vec<_> = (0..20u64)
+                .map(|i| {
+                    let f = ex.submit(|x: u64| x, i).unwrap();
+                    let (ex2, tx) = (ex.clone(), tx.clone());
+                    f.add_done_callback(move |r| {
+                        let stats = ex2.stats();
+                        let _ = tx.send((r.is_ok(), stats.submitted));
+                    });
+                    f
+                })
+                .collect();
+            drop(tx);
+            shutdown_and_wait(&ex, cancel_futures, kill_workers);
+            // Tasks already in the worker's ring run (or die with it); the
+            // others were dropped from the queue, and every callback ran.
+            let calls: Vec<(bool, u64)> = rx.iter().collect();
+            assert_eq!(calls.len(), queued.len());
+            assert!(calls.iter().all(|&(_, submitted)| submitted == 21));
+            let cancelled = queued.iter().filter(|f| f.cancelled()).count();
+            let dropped = queued
+                .iter()
+                .filter(|f| f.result_timeout(HANG).is_err())
+                .count();
+            assert!(dropped > 0, "some tasks were still queued at shutdown");
+            let stats = ex.stats();
+            assert_eq!(stats.cancelled as usize, cancelled, "{stats:?}");
+            if cancel_futures && !kill_workers {
+                assert_eq!(cancelled, dropped, "only the queued tasks fail");
+            } else if cancel_futures {
+                // Those in the killed worker's ring fail instead.
+                assert!(cancelled > 0 && cancelled <= dropped);
+            } else {
+                assert_eq!(cancelled, 0);
+            }
+            let _ = busy.result_timeout(HANG);
+        }
+    });
+}

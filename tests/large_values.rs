@@ -198,6 +198,34 @@ fn large_arguments_wait_in_the_queue_without_a_copy_and_arrive_whole() {
     assert_eq!((left.leased, left.busy), (0, 0), "{left:?}");
 }
 
+#[test]
+fn many_queued_large_arguments_do_not_hold_a_descriptor_each() {
+    let _serial = serial();
+    let ex = pool();
+    const QUEUED: usize = 100;
+    // 1 MiB each: past half the ring, so each is encoded in a spill buffer.
+    let n = (1 << 20) / 8;
+    let gate = ex
+        .submit(|ms: u64| std::thread::sleep(Duration::from_millis(ms)), 300)
+        .unwrap();
+    let fds = fd_count();
+    let futures: Vec<_> = (0..QUEUED)
+        .map(|k| ex.submit(summarize, make((n + k) as u64)).unwrap())
+        .collect();
+    // A few wait in their spill buffers, the rest were copied to the heap:
+    // a long queue of large arguments must not run the parent out of
+    // descriptors (before, each waited in a buffer of its own).
+    let held = fd_count().saturating_sub(fds);
+    assert!(
+        held < QUEUED / 3,
+        "{held} descriptors held by {QUEUED} queued tasks"
+    );
+    gate.result_timeout(HANG).unwrap();
+    for (k, f) in futures.iter().enumerate() {
+        assert_eq!(f.result_timeout(HANG).unwrap(), expected_summary(n + k));
+    }
+}
+
 fn spill_mappings() -> usize {
     support::mappings("loky-spill")
 }

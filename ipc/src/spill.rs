@@ -174,8 +174,8 @@ impl Buf {
 #[derive(Debug)]
 struct Entry {
     buf: Arc<Buf>,
-    /// A [`Buffer`] (or a [`Staged`] guard) holds it: not leasable, even
-    /// once the receiver has marked it free.
+    /// A [`Buffer`] (alone or in a [`SpilledMessage`]) holds it: not
+    /// leasable, even once the receiver has marked it free.
     leased: bool,
     /// Its pages are allocated (false after [`trim`]).
     reserved: bool,
@@ -484,6 +484,11 @@ impl SpilledMessage {
     /// Whether the message is empty.
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// The bytes its buffer reserves (at least [`len`](Self::len)).
+    pub fn capacity(&self) -> usize {
+        self.buffer.capacity()
     }
 
     pub(crate) fn buffer(&self) -> &Buffer {

@@ -12,6 +12,7 @@ mod identity;
 mod launch;
 mod lifeline;
 mod manager;
+mod queue;
 mod watchdog;
 
 use std::collections::VecDeque;
@@ -38,11 +39,6 @@ use crate::protocol::{
 pub(crate) const DEPTH: usize = 2;
 
 /// A task waiting in the parent for room in a worker's ring.
-struct Queued {
-    cell: Arc<dyn Completion>,
-    message: Encoded<Vec<u8>>,
-}
-
 /// The parent's view of one live worker.
 pub(crate) struct Worker {
     pub(crate) pid: u32,
@@ -75,7 +71,7 @@ pub(crate) struct Worker {
 pub(crate) struct State {
     workers: Vec<Option<Worker>>,
     generations: Vec<u32>,
-    queue: VecDeque<Queued>,
+    queue: queue::TaskQueue,
     next_task: u64,
     shutdown: bool,
     broken: Option<String>,
@@ -231,12 +227,7 @@ impl Pool {
                 }
             }
         }
-        // A message in a spill buffer waits as it is; plain bytes are
-        // copied (they live in the caller's scratch buffer).
-        st.queue.push_back(Queued {
-            cell,
-            message: message.into_owned(),
-        });
+        st.queue.push_back(cell, message);
         if st.want < st.max_workers && st.want < st.alive() + st.queue.len() {
             // Workers retired for idleness come back on demand.
             st.want = st.max_workers.min(st.alive() + st.queue.len());
@@ -249,8 +240,7 @@ impl Pool {
     /// Removes a cancelled task from the queue.
     pub(crate) fn forget_queued(&self, id: u64) {
         let mut st = self.state();
-        if let Some(pos) = st.queue.iter().position(|q| q.cell.id() == id) {
-            st.queue.remove(pos);
+        if st.queue.remove(id).is_some() {
             st.stats.cancelled += 1;
         }
     }
@@ -320,7 +310,7 @@ impl Pool {
                         self.kill_slot(i);
                         return;
                     };
-                    let cell = self.complete_in_state(i, &hdr);
+                    let cell = self.complete_in_state(i, &hdr, done);
                     match cell {
                         Some(cell) => {
                             // The worker is done with the task: its shared
@@ -348,7 +338,7 @@ impl Pool {
                         w.ready = true;
                         w.idle_since = Instant::now();
                     }
-                    st.refill(i);
+                    st.refill(i, done);
                 }
                 other => {
                     tracing::error!(
@@ -370,7 +360,13 @@ impl Pool {
 
     /// Matches a result to the oldest in-flight task of worker `i`, refills
     /// the worker, and applies the recycling rules.
-    fn complete_in_state(&self, i: usize, hdr: &ResultHeader) -> Option<Arc<dyn Completion>> {
+    /// Tasks that failed to be sent in the refill are added to `failed`.
+    fn complete_in_state(
+        &self,
+        i: usize,
+        hdr: &ResultHeader,
+        failed: &mut Vec<Arc<dyn Completion>>,
+    ) -> Option<Arc<dyn Completion>> {
         let mut guard = self.state();
         let st = &mut *guard;
         let shutdown = st.shutdown;
@@ -411,7 +407,7 @@ impl Pool {
         } else {
             st.stats.failed += 1;
         }
-        st.refill(i);
+        st.refill(i, failed);
         if shutdown {
             st.exit_idle_workers();
         }
@@ -435,13 +431,10 @@ impl Pool {
     pub(crate) fn stop_task(&self, id: u64, reason: Error) -> bool {
         let mut st = self.state();
         st.deadlines.forget(id);
-        if let Some(pos) = st.queue.iter().position(|q| q.cell.id() == id) {
-            let q = st.queue.remove(pos);
+        if let Some(q) = st.queue.remove(id) {
             drop(st);
-            if let Some(q) = q {
-                q.cell.stage_error(reason);
-                q.cell.publish();
-            }
+            q.cell.stage_error(reason);
+            q.cell.publish();
             return true;
         }
         for w in st.workers.iter_mut().flatten() {
@@ -679,19 +672,12 @@ impl Pool {
 
     /// Begins shutdown; see [`crate::ProcessPoolExecutor::shutdown`].
     pub(crate) fn shutdown(&self, wait: bool, cancel_futures: bool, kill_workers: bool) {
-        let mut failed = Vec::new();
+        let mut dropped = Vec::new();
         {
             let mut st = self.state();
             st.shutdown = true;
             if cancel_futures || kill_workers {
-                for q in st.queue.drain(..) {
-                    if cancel_futures && q.cell.try_cancel() {
-                        // Cancelled and published.
-                    } else {
-                        q.cell.stage_error(Error::ShutdownExecutor);
-                        failed.push(q.cell);
-                    }
-                }
+                dropped.extend(st.queue.drain());
             }
             if kill_workers {
                 for w in st.workers.iter_mut().flatten() {
@@ -701,8 +687,19 @@ impl Pool {
             }
             st.exit_idle_workers();
         }
-        for c in failed {
-            c.publish();
+        // Outside the state lock: cancelling or failing a task runs its
+        // callbacks, which may call back into the pool.
+        let mut cancelled = 0;
+        for q in dropped {
+            if cancel_futures && q.cell.try_cancel() {
+                cancelled += 1;
+            } else {
+                q.cell.stage_error(Error::ShutdownExecutor);
+                q.cell.publish();
+            }
+        }
+        if cancelled > 0 {
+            self.state().stats.cancelled += cancelled;
         }
         self.wake_threads();
         if wait {
@@ -862,8 +859,11 @@ impl State {
         Ok(None)
     }
 
-    /// Moves queued tasks into worker `i` while it has room.
-    fn refill(&mut self, i: usize) {
+    /// Moves queued tasks into worker `i` while it has room. A task that
+    /// cannot be sent (no memory for its message, a broken socket) is failed
+    /// and added to `failed`, for the caller to publish once it has let go
+    /// of the state lock; the others wait for the next refill.
+    fn refill(&mut self, i: usize, failed: &mut Vec<Arc<dyn Completion>>) {
         let depth = self.depth();
         loop {
             let Some(w) = self.workers[i].as_ref() else {
@@ -876,20 +876,24 @@ impl State {
                 return;
             };
             if !q.cell.set_running() {
-                continue; // cancelled meanwhile
+                // Cancelled after `Future::cancel` set it, before it could
+                // take it out of the queue: counted here instead.
+                self.stats.cancelled += 1;
+                continue;
             }
-            let Queued { cell, message } = q;
+            let queue::Queued { cell, message } = q;
             match self.push_to(i, &cell, message) {
                 Ok(None) => {}
                 Ok(Some(message)) => {
                     cell.requeued();
-                    self.queue.push_front(Queued { cell, message });
+                    self.queue.push_front(queue::Queued { cell, message });
                     return;
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "could not hand a task to a worker");
                     cell.stage_error(e);
-                    cell.publish();
+                    failed.push(cell);
+                    return;
                 }
             }
         }

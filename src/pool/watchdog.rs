@@ -107,7 +107,7 @@ impl Pool {
             );
             tracing::error!(%cause, "process pool broken");
             st.broken = Some(cause.clone());
-            for q in st.queue.drain(..) {
+            for q in st.queue.drain() {
                 failed.push(q.cell);
             }
             // (A worker already seen dying keeps the error its tasks got.)
