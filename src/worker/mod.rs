@@ -257,7 +257,11 @@ impl WorkerLoop<'_> {
                             pending = back;
                             sent
                         }),
-                        None => Ok(true),
+                        // `push` stops calling once the message is sent:
+                        // reaching this would mean a lost result.
+                        None => Err(loky_ipc::Error::Config(
+                            "a spilled result was asked to be sent twice".into(),
+                        )),
                     });
                 }
                 Err(e) => {
