@@ -491,6 +491,12 @@ impl SpilledMessage {
         self.buffer.capacity()
     }
 
+    /// Whether its buffer is one of the process's pooled buffers (kept for
+    /// reuse after this message), rather than a one-off freed with it.
+    pub fn is_pooled(&self) -> bool {
+        self.buffer.pooled()
+    }
+
     pub(crate) fn buffer(&self) -> &Buffer {
         &self.buffer
     }

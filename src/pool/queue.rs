@@ -9,9 +9,10 @@
 //! The queue also decides how a message waits: bytes in the caller's
 //! scratch buffer are copied; a message already in a spill buffer waits in
 //! it (no copy), unless many already do (each may hold a file descriptor)
-//! or its buffer is much larger than the message (its pages stay reserved
-//! while it waits), in which case it is copied to the heap and its buffer
-//! goes back at once.
+//! or its buffer is a one-off much larger than the message (its pages
+//! would stay reserved while it waits; a pooled buffer's stay reserved
+//! anyway), in which case it is copied to the heap and its buffer goes back
+//! at once.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -21,8 +22,8 @@ use crate::future::Completion;
 
 /// Spilled messages that may wait in the queue in their spill buffers.
 const MAX_SPILLED_WAITING: usize = 16;
-/// Unused bytes of a spill buffer, beyond a quarter of the message, above
-/// which a waiting message is copied to the heap instead.
+/// Unused bytes of a one-off spill buffer, beyond a quarter of the
+/// message, above which a waiting message is copied to the heap instead.
 const MAX_SPILL_SLACK: usize = 1 << 20;
 
 /// A task waiting for a worker: its completion and its encoded message.
@@ -62,12 +63,11 @@ impl TaskQueue {
         let message = match message {
             Encoded::Bytes(b) => Encoded::Bytes(b.to_vec()),
             Encoded::Spilled(m)
-                if self.spilled >= MAX_SPILLED_WAITING
-                    || m.capacity() - m.len() > m.len() / 4 + MAX_SPILL_SLACK =>
+                if may_wait_in_buffer(self.spilled, m.len(), m.capacity(), m.is_pooled()) =>
             {
-                Encoded::Bytes(m.bytes().to_vec())
+                Encoded::Spilled(m)
             }
-            Encoded::Spilled(m) => Encoded::Spilled(m),
+            Encoded::Spilled(m) => Encoded::Bytes(m.bytes().to_vec()),
         };
         let at = self.front.wrapping_add(self.entries.len() as u64);
         self.insert(at, Queued { cell, message });
@@ -137,6 +137,14 @@ impl TaskQueue {
     }
 }
 
+/// Whether a message of `len` bytes in a spill buffer of `capacity` may
+/// wait in it, with `waiting` others already doing so (see the module
+/// docs).
+fn may_wait_in_buffer(waiting: usize, len: usize, capacity: usize, pooled: bool) -> bool {
+    waiting < MAX_SPILLED_WAITING
+        && (pooled || capacity.saturating_sub(len) <= len / 4 + MAX_SPILL_SLACK)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -193,18 +201,28 @@ mod tests {
     }
 
     #[test]
+    fn a_one_off_buffer_much_larger_than_its_message_is_not_kept_waiting() {
+        const MIB: usize = 1 << 20;
+        assert!(may_wait_in_buffer(0, 32 * MIB, 36 * MIB + 65536, false));
+        assert!(!may_wait_in_buffer(0, 32 * MIB, 71 * MIB, false));
+        assert!(!may_wait_in_buffer(0, 10, 4 * MIB, false));
+        // A pooled buffer's pages are reserved whether the message waits
+        // in it or not.
+        assert!(may_wait_in_buffer(0, 10, 64 * MIB, true));
+        assert!(!may_wait_in_buffer(MAX_SPILLED_WAITING, 10, 4096, true));
+    }
+
+    #[test]
     fn a_few_spilled_messages_wait_in_their_buffers_the_rest_on_the_heap() {
         let mut q = TaskQueue::default();
         for id in 0..MAX_SPILLED_WAITING as u64 + 4 {
             q.push_back(cell(id), Encoded::Spilled(spilled(4096, 4096)));
         }
-        // A small message in a large buffer: its pages are not kept.
-        q.push_back(cell(99), Encoded::Spilled(spilled(10, 4 << 20)));
         let kinds: Vec<bool> = std::iter::from_fn(|| q.pop_front())
             .map(|t| matches!(t.message, Encoded::Spilled(_)))
             .collect();
         let mut want = vec![true; MAX_SPILLED_WAITING];
-        want.extend([false; 5]);
+        want.extend([false; 4]);
         assert_eq!(kinds, want);
         assert_eq!(q.spilled, 0);
         // Room again once they left.
