@@ -71,6 +71,45 @@ impl Notify {
     }
 }
 
+/// The indices of the futures (of one `wait` or `as_completed`) that
+/// finished since last asked, in the order they finished.
+#[derive(Debug)]
+pub(crate) struct FinishedSet {
+    indices: Mutex<Vec<usize>>,
+    notify: Arc<Notify>,
+}
+
+impl FinishedSet {
+    /// A set whose `notify` (see [`Future::notifier`]) is fired at each
+    /// finish.
+    pub(crate) fn new(notify: Arc<Notify>) -> Self {
+        Self {
+            indices: Mutex::new(Vec::new()),
+            notify,
+        }
+    }
+
+    fn push(&self, i: usize) {
+        lock(&self.indices).push(i);
+        self.notify.fire();
+    }
+
+    /// Whether any index is waiting to be taken.
+    pub(crate) fn any(&self) -> bool {
+        !lock(&self.indices).is_empty()
+    }
+
+    /// Moves the finished indices to the end of `out`.
+    pub(crate) fn take(&self, out: &mut Vec<usize>) {
+        out.append(&mut lock(&self.indices));
+    }
+
+    /// The notifier fired at each finish.
+    pub(crate) fn notify(&self) -> &Arc<Notify> {
+        &self.notify
+    }
+}
+
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding one of our locks cannot leave the data
     // inconsistent in a way that matters more than a hang would.
@@ -81,6 +120,8 @@ type Callback<R> = Box<dyn FnOnce(&Result<R>) + Send>;
 
 enum Listener<R> {
     Thread(Arc<Notify>),
+    /// One of the futures of a `wait` or `as_completed`, by its index.
+    Indexed(Arc<FinishedSet>, usize),
     Waker(Waker),
     Callback(Callback<R>),
     Taken,
@@ -334,6 +375,7 @@ impl<R: Send + 'static> TaskCell<R> {
         for l in listeners {
             match l {
                 Listener::Thread(n) => n.fire(),
+                Listener::Indexed(set, i) => set.push(i),
                 Listener::Waker(w) => w.wake(),
                 // Added while the callbacks above ran: run now.
                 Listener::Callback(cb) => self.run_with_outcome(cb),
@@ -553,14 +595,44 @@ impl<R: Send + 'static> Future<R> {
         if self.cell.task.is_done() {
             return true;
         }
+        let notify = self.notifier();
+        self.block_until(
+            || self.cell.task.is_done(),
+            deadline,
+            &notify,
+            || self.listen(&notify),
+        )
+    }
+
+    /// A notifier for [`block_until`](Self::block_until): one that wakes a
+    /// thread sleeping on this task's pool's doorbell.
+    pub(crate) fn notifier(&self) -> Arc<Notify> {
+        Arc::new(match self.cell.task.pool.upgrade() {
+            Some(pool) => Notify::on_bell(pool.region_arc()),
+            None => Notify::default(),
+        })
+    }
+
+    /// Blocks until `done()` or `deadline`; returns whether `done()`. Spins
+    /// a little first, draining this task's pool's result rings itself,
+    /// then `register`s `notify` (made by [`notifier`](Self::notifier);
+    /// whatever makes `done()` true must fire it; `register` returns true if
+    /// `done()` already holds) and sleeps on the pool's doorbell.
+    pub(crate) fn block_until(
+        &self,
+        done: impl Fn() -> bool,
+        deadline: Option<Instant>,
+        notify: &Arc<Notify>,
+        register: impl FnOnce() -> bool,
+    ) -> bool {
         if let Some(pool) = self.cell.task.pool.upgrade() {
-            if pool.spin_for_results(|| self.cell.task.is_done(), deadline) {
+            if pool.spin_for_results(&done, deadline) {
                 return true;
             }
             if pool.on_pool_thread() {
                 // A done-callback waiting on the manager thread: nobody else
                 // drains the rings, so keep draining while waiting.
-                while !self.cell.task.is_done() {
+                while !done() {
                     if deadline.is_some_and(|d| Instant::now() >= d) {
                         return false;
                     }
@@ -572,22 +644,16 @@ impl<R: Send + 'static> Future<R> {
             }
             // Sleep on the doorbell the workers ring: the first result wakes
             // this thread directly, with no hop through the manager thread.
-            let notify = Arc::new(Notify::on_bell(pool.region_arc()));
-            if self.listen(&notify) {
+            if register() {
                 return true;
             }
-            return pool.wait_on_bell(|| self.cell.task.is_done(), deadline, &notify);
+            return pool.wait_on_bell(&done, deadline, notify);
         }
-        let notify = Arc::new(Notify::default());
-        {
-            let mut slot = lock(&self.cell.task.slot);
-            if self.cell.task.is_done() {
-                return true;
-            }
-            slot.listeners.push(Listener::Thread(notify.clone()));
+        if register() {
+            return true;
         }
         loop {
-            if self.cell.task.is_done() {
+            if done() {
                 return true;
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
@@ -595,6 +661,20 @@ impl<R: Send + 'static> Future<R> {
             }
             notify.wait_until(deadline);
         }
+    }
+
+    /// Registers `set` to receive index `i` when the task finishes; true
+    /// (and nothing registered) if it is done already.
+    pub(crate) fn listen_indexed(&self, set: &Arc<FinishedSet>, i: usize) -> bool {
+        let mut slot = lock(&self.cell.task.slot);
+        if self.cell.task.is_done() {
+            return true;
+        }
+        // Forget sets whose waiters left.
+        slot.listeners
+            .retain(|l| !matches!(l, Listener::Indexed(set, _) if Arc::strong_count(set) == 1));
+        slot.listeners.push(Listener::Indexed(set.clone(), i));
+        false
     }
 
     /// Registers `notify` to be fired on completion (once per notifier);

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
-use crate::future::{Future, Notify};
+use crate::future::{FinishedSet, Future};
 
 /// When [`wait`] returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,36 +43,97 @@ pub fn wait<R: Send + 'static>(
     return_when: ReturnWhen,
 ) -> WaitResult {
     let deadline = timeout.map(|t| Instant::now() + t);
-    let notify = Arc::new(Notify::default());
+    let mut watch = Watch::new(futures);
+    let mut failed = false;
+    let mut seen = 0;
     loop {
-        let done: Vec<usize> = (0..futures.len())
-            .filter(|&i| futures[i].is_done_now())
-            .collect();
+        watch.collect();
+        if return_when == ReturnWhen::FirstException {
+            failed |= watch.order[seen..].iter().any(|&i| futures[i].failed_now());
+            seen = watch.order.len();
+        }
         let finished = match return_when {
-            ReturnWhen::AllCompleted => done.len() == futures.len(),
-            ReturnWhen::FirstCompleted => !done.is_empty() || futures.is_empty(),
-            ReturnWhen::FirstException => {
-                done.len() == futures.len() || done.iter().any(|&i| futures[i].failed_now())
-            }
+            ReturnWhen::AllCompleted => watch.pending() == 0,
+            ReturnWhen::FirstCompleted => !watch.order.is_empty() || futures.is_empty(),
+            ReturnWhen::FirstException => watch.pending() == 0 || failed,
         };
-        if finished || deadline.is_some_and(|d| Instant::now() >= d) {
-            let not_done = (0..futures.len()).filter(|i| !done.contains(i)).collect();
+        if finished || !watch.block(deadline) {
+            let mut done = watch.order;
+            done.sort_unstable();
+            let not_done = (0..futures.len()).filter(|&i| !watch.is_done[i]).collect();
             return WaitResult { done, not_done };
         }
-        let mut any_done = false;
-        for f in futures.iter().filter(|f| !f.is_done_now()) {
-            any_done |= f.listen(&notify);
-        }
-        if any_done {
-            continue;
-        }
-        if let Some(f) = futures.iter().find(|f| !f.is_done_now()) {
-            // Drain rings ourselves for a moment before sleeping.
-            if f.spin_a_little(deadline) {
-                continue;
+    }
+}
+
+/// The futures of one `wait` or `as_completed`: each registered once, and
+/// the finished ones collected as they finish, so that waiting on n futures
+/// costs O(n) in all, not O(n) per completion.
+struct Watch<'a, R> {
+    futures: &'a [Future<R>],
+    set: Option<Arc<FinishedSet>>,
+    is_done: Vec<bool>,
+    /// Indices of the finished futures, in the order they were seen to
+    /// finish.
+    order: Vec<usize>,
+    /// The lowest index that may not be done (the one to block on).
+    lowest: usize,
+    scratch: Vec<usize>,
+}
+
+impl<'a, R: Send + 'static> Watch<'a, R> {
+    fn new(futures: &'a [Future<R>]) -> Self {
+        let mut w = Self {
+            futures,
+            set: None,
+            is_done: vec![false; futures.len()],
+            order: Vec::new(),
+            lowest: 0,
+            scratch: Vec::new(),
+        };
+        if let Some(first) = futures.first() {
+            let set = Arc::new(FinishedSet::new(first.notifier()));
+            for (i, f) in futures.iter().enumerate() {
+                if f.listen_indexed(&set, i) {
+                    w.mark(i);
+                }
             }
+            w.set = Some(set);
         }
-        notify.wait_until(deadline);
+        w
+    }
+
+    fn mark(&mut self, i: usize) {
+        if !std::mem::replace(&mut self.is_done[i], true) {
+            self.order.push(i);
+        }
+    }
+
+    fn pending(&self) -> usize {
+        self.futures.len() - self.order.len()
+    }
+
+    /// Takes in the futures that finished since the last call.
+    fn collect(&mut self) {
+        let Some(set) = &self.set else { return };
+        set.take(&mut self.scratch);
+        for i in std::mem::take(&mut self.scratch) {
+            self.mark(i);
+        }
+    }
+
+    /// Blocks until more futures finish or `deadline`; false once the
+    /// deadline has passed (or nothing is left to wait for).
+    fn block(&mut self, deadline: Option<Instant>) -> bool {
+        while self.lowest < self.futures.len() && self.is_done[self.lowest] {
+            self.lowest += 1;
+        }
+        let (Some(f), Some(set)) = (self.futures.get(self.lowest), &self.set) else {
+            return false;
+        };
+        // Everything was registered in `new`: nothing to register here.
+        f.block_until(|| set.any(), deadline, set.notify(), || false)
+            || deadline.is_none_or(|d| Instant::now() < d)
     }
 }
 
@@ -94,66 +155,50 @@ pub fn as_completed<R: Send + 'static>(
     timeout: Option<Duration>,
 ) -> AsCompleted<'_, R> {
     AsCompleted {
-        futures,
-        yielded: vec![false; futures.len()],
-        remaining: futures.len(),
+        watch: Watch::new(futures),
+        yielded: 0,
         deadline: timeout.map(|t| Instant::now() + t),
-        notify: Arc::new(Notify::default()),
         timed_out: false,
     }
 }
 
 /// Iterator returned by [`as_completed`].
-#[derive(Debug)]
 pub struct AsCompleted<'a, R> {
-    futures: &'a [Future<R>],
-    yielded: Vec<bool>,
-    remaining: usize,
+    watch: Watch<'a, R>,
+    /// How many of `watch.order` were yielded.
+    yielded: usize,
     deadline: Option<Instant>,
-    notify: Arc<Notify>,
     timed_out: bool,
+}
+
+impl<R> std::fmt::Debug for AsCompleted<'_, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AsCompleted")
+            .field("futures", &self.watch.futures.len())
+            .field("yielded", &self.yielded)
+            .field("deadline", &self.deadline)
+            .field("timed_out", &self.timed_out)
+            .finish()
+    }
 }
 
 impl<'a, R: Send + 'static> Iterator for AsCompleted<'a, R> {
     type Item = Result<&'a Future<R>>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.remaining == 0 || self.timed_out {
+        if self.yielded == self.watch.futures.len() || self.timed_out {
             return None;
         }
         loop {
-            if let Some(i) =
-                (0..self.futures.len()).find(|&i| !self.yielded[i] && self.futures[i].is_done_now())
-            {
-                self.yielded[i] = true;
-                self.remaining -= 1;
-                return Some(Ok(&self.futures[i]));
+            self.watch.collect();
+            if let Some(&i) = self.watch.order.get(self.yielded) {
+                self.yielded += 1;
+                return Some(Ok(&self.watch.futures[i]));
             }
-            if self.deadline.is_some_and(|d| Instant::now() >= d) {
+            if !self.watch.block(self.deadline) {
                 self.timed_out = true;
                 return Some(Err(Error::Timeout));
             }
-            let mut any_done = false;
-            for (i, f) in self.futures.iter().enumerate() {
-                if !self.yielded[i] {
-                    any_done |= f.listen(&self.notify);
-                }
-            }
-            if any_done {
-                continue;
-            }
-            if let Some(f) = self
-                .futures
-                .iter()
-                .enumerate()
-                .find(|(i, _)| !self.yielded[*i])
-                .map(|(_, f)| f)
-            {
-                if f.spin_a_little(self.deadline) {
-                    continue;
-                }
-            }
-            self.notify.wait_until(self.deadline);
         }
     }
 }

@@ -419,6 +419,39 @@ fn as_completed_in_completion_order_and_with_timeout() {
 }
 
 #[test]
+fn wait_and_as_completed_over_many_futures_see_each_once() {
+    let ex = pool(2);
+    const N: u64 = 20_000;
+    let futs: Vec<_> = (0..N).map(|i| ex.submit(|x: u64| x, i).unwrap()).collect();
+    let mut seen = vec![false; N as usize];
+    for f in as_completed(&futs, Some(HANG)) {
+        let v = f.unwrap().result().unwrap();
+        assert!(!std::mem::replace(&mut seen[v as usize], true), "{v} twice");
+    }
+    assert!(seen.iter().all(|&s| s));
+    let futs: Vec<_> = (0..N).map(|i| ex.submit(|x: u64| x, i).unwrap()).collect();
+    let r = wait(&futs, Some(HANG), ReturnWhen::AllCompleted);
+    assert_eq!(r.done, (0..N as usize).collect::<Vec<_>>());
+    assert!(r.not_done.is_empty());
+}
+
+#[test]
+fn as_completed_over_two_pools_yields_in_completion_order() {
+    // The waiter sleeps on the first future's pool; the other pool's
+    // result comes first.
+    let (a, b) = (pool(1), pool(1));
+    let futs = vec![
+        a.submit(sleep_ms, 2000).unwrap(),
+        b.submit(sleep_ms, 20).unwrap(),
+    ];
+    let first = as_completed(&futs, Some(HANG)).next().unwrap().unwrap();
+    assert!(std::ptr::eq(first, &futs[1]));
+    assert!(!futs[0].done());
+    let r = wait(&futs, Some(HANG), ReturnWhen::FirstCompleted);
+    assert_eq!(r.done, vec![1]);
+}
+
+#[test]
 fn dropping_an_executor_with_pending_work_completes_it() {
     let ex = pool(2);
     let futs: Vec<_> = (0..20u64)
