@@ -133,7 +133,7 @@ impl<'a, R: Send + 'static> Watch<'a, R> {
         };
         // Everything was registered in `new`: nothing to register here.
         f.block_until(|| set.any(), deadline, set.notify(), || false)
-            || deadline.is_none_or(|d| Instant::now() < d)
+            || deadline.map_or(true, |d| Instant::now() < d)
     }
 }
 
