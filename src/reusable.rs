@@ -116,15 +116,21 @@ impl ReusableExecutorBuilder {
                     return Ok(ex.clone());
                 }
             }
-            if self.kill_workers {
-                ex.shutdown(false, true, true);
-            }
         }
         let ex = ProcessPoolExecutor::from_config(config)?;
         tracing::debug!(max_workers = ex.max_workers(), "new reusable executor");
-        // The previous executor (if any) lives on until its other holders
-        // drop it: replacing it never fails someone else's `submit`.
-        *slot = Some(ex.clone());
+        let old = slot.replace(ex.clone());
+        // The old one is shut down (or dropped) without the lock: that runs
+        // the callbacks of its tasks, which may well ask for the reusable
+        // executor again.
+        drop(slot);
+        if let Some(old) = old {
+            if self.kill_workers {
+                old.shutdown(false, true, true);
+            }
+            // Otherwise it lives on until its other holders drop it:
+            // replacing it never fails someone else's `submit`.
+        }
         Ok(ex)
     }
 }

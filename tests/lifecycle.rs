@@ -12,6 +12,11 @@ fn pid(_: ()) -> u32 {
     std::process::id()
 }
 
+fn sleep_ms(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
 fn spin_forever(_: ()) -> u32 {
     loop {
         std::hint::spin_loop();
@@ -215,6 +220,38 @@ fn reusable_executor_reuses_resizes_and_replaces() {
             .unwrap(),
         5
     );
+
+    // Replaced with kill_workers: the old executor's queued tasks are
+    // cancelled, and their callbacks may ask for the reusable executor.
+    // Enough to fill both workers' rings, so the last one waits in the
+    // parent's queue.
+    let busy: Vec<_> = (0..8).map(|_| f.submit(sleep_ms, 300).unwrap()).collect();
+    let queued = f.submit(|x: u8| x, 6).unwrap();
+    assert!(f.stats().queued > 0, "{:?}", f.stats());
+    let (tx, rx) = std::sync::mpsc::channel();
+    queued.add_done_callback(move |r| {
+        let again = get_reusable_executor()
+            .max_workers(1)
+            .get()
+            .map(|ex| ex.max_workers());
+        let _ = tx.send((r.is_err(), again.ok()));
+    });
+    let (gtx, grx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let g = get_reusable_executor()
+            .max_workers(1)
+            .kill_workers(true)
+            .get()
+            .map(|g| g.max_workers());
+        let _ = gtx.send(g.ok());
+    });
+    assert_eq!(grx.recv_timeout(HANG).expect("get() returned"), Some(1));
+    let (failed, again) = rx.recv_timeout(HANG).expect("the callback ran");
+    assert!(failed, "a queued task of a killed executor does not run");
+    assert_eq!(again, Some(1));
+    for t in busy {
+        assert!(t.result_timeout(HANG).is_err(), "killed with its executor");
+    }
 
     // Many threads, different configurations at once: never a spurious
     // ShutdownExecutor (Python loky #458).
