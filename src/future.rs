@@ -297,6 +297,12 @@ impl<R: Send + 'static> Completion for Cell<R> {
 
     fn stage_bytes(&self, status: u32, elapsed_ns: u64, bytes: &[u8]) {
         self.task.elapsed_ns.store(elapsed_ns, Ordering::Relaxed);
+        // A task that already has its outcome (stopped while it waited
+        // behind another one in the worker's ring) does not want this one:
+        // decoding it would run user code, and drop its value, for nothing.
+        if self.task.is_done() || lock(&self.task.slot).outcome.is_some() {
+            return;
+        }
         self.task.stage((self.decode)(status, bytes));
     }
 

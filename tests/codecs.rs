@@ -455,6 +455,54 @@ fn a_codec_that_clobbers_the_header_is_refused() {
     assert_intact(&ex);
 }
 
+/// Counts the values it decodes in this process (the parent decodes only
+/// results).
+struct Counting;
+
+static DECODED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+impl Codec<u64> for Counting {
+    fn encode(value: &u64, out: &mut AlignedVec) -> Result<(), String> {
+        write_u64(*value, out);
+        Ok(())
+    }
+    fn decode(bytes: &[u8]) -> Result<u64, String> {
+        DECODED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        read_u64(bytes)
+    }
+}
+
+#[test]
+fn the_late_result_of_a_stopped_task_is_not_decoded() {
+    fn nap(ms: u64) -> u64 {
+        std::thread::sleep(Duration::from_millis(ms));
+        ms
+    }
+    let ex = pool(1);
+    let c = ex.with_codec::<Counting>();
+    assert_eq!(c.submit(nap, 0).unwrap().result_timeout(HANG).unwrap(), 0);
+    let running = c.submit(nap, 200).unwrap();
+    // Behind `running` in the worker's ring: stopping it fails it at once,
+    // and the worker still runs it.
+    let behind = c.submit(nap, 1).unwrap();
+    let start = std::time::Instant::now();
+    while !running.running() {
+        assert!(start.elapsed() < HANG);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(behind.kill());
+    assert!(matches!(behind.result_timeout(HANG), Err(Error::Cancelled)));
+    let before = DECODED.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(running.result_timeout(HANG).unwrap(), 200);
+    // Behind both in the ring: when it is back, `behind`'s result came too.
+    assert_eq!(c.submit(nap, 2).unwrap().result_timeout(HANG).unwrap(), 2);
+    assert_eq!(
+        DECODED.load(std::sync::atomic::Ordering::SeqCst) - before,
+        2,
+        "only the two wanted results were decoded"
+    );
+}
+
 // ------------------------------------------------------- bad input -----
 
 /// A linked list of `depth` levels, dropped without recursion.

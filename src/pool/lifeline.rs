@@ -113,7 +113,11 @@ impl Pool {
                 // Not reaped, and not failed by another sleeper meanwhile.
                 Some(w) if w.pid == pid && w.died.is_none() => {
                     w.count_end(&mut st.stats, false);
-                    w.fail_in_flight(status, true)
+                    let failed = w.fail_in_flight(status, true);
+                    for (c, _) in &failed {
+                        st.deadlines.forget(c.id());
+                    }
+                    failed
                 }
                 _ => Vec::new(),
             }

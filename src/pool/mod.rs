@@ -242,6 +242,7 @@ impl Pool {
         let mut st = self.state();
         if st.queue.remove(id).is_some() {
             st.stats.cancelled += 1;
+            st.deadlines.forget(id);
         }
     }
 
@@ -678,6 +679,9 @@ impl Pool {
             st.shutdown = true;
             if cancel_futures || kill_workers {
                 dropped.extend(st.queue.drain());
+                for q in &dropped {
+                    st.deadlines.forget(q.cell.id());
+                }
             }
             if kill_workers {
                 for w in st.workers.iter_mut().flatten() {
@@ -879,6 +883,7 @@ impl State {
                 // Cancelled after `Future::cancel` set it, before it could
                 // take it out of the queue: counted here instead.
                 self.stats.cancelled += 1;
+                self.deadlines.forget(q.cell.id());
                 continue;
             }
             let queue::Queued { cell, message } = q;
@@ -891,6 +896,7 @@ impl State {
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "could not hand a task to a worker");
+                    self.deadlines.forget(cell.id());
                     cell.stage_error(e);
                     failed.push(cell);
                     return;

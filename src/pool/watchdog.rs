@@ -166,6 +166,9 @@ impl Pool {
                     startup_failure = Some(describe_startup_failure(status));
                 }
                 failed = w.fail_in_flight(status, false);
+                for (c, _) in &failed {
+                    st.deadlines.forget(c.id());
+                }
             }
             if !counted {
                 w.count_end(&mut st.stats, clean);
