@@ -3,8 +3,8 @@
 //! trip; `loky-bench` reports p50/p99 of the same loop.
 //!
 //! Also a burst: 20 000 tasks submitted, then waited for, with and without
-//! a time limit each (`submit_with_timeout`), which costs a little per task
-//! however many timed tasks are outstanding.
+//! a time limit each (`submit_with_timeout`), and through `as_completed`;
+//! each costs a little per task however many tasks are outstanding.
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use loky::ProcessPoolExecutor;
@@ -101,6 +101,17 @@ fn burst(c: &mut Criterion) {
             })
         });
     }
+    g.bench_function("submit, then as_completed", |b| {
+        b.iter(|| {
+            let futs: Vec<_> = (0..TASKS)
+                .map(|i| ex.submit(|x: u64| x + 1, i).unwrap())
+                .collect();
+            let sum: u64 = loky::as_completed(&futs, None)
+                .map(|f| f.unwrap().result().unwrap())
+                .sum();
+            assert_eq!(sum, TASKS * (TASKS + 1) / 2);
+        })
+    });
     g.finish();
 }
 

@@ -26,6 +26,9 @@ const MAX_SPILLED_WAITING: usize = 16;
 /// message, above which a waiting message is copied to the heap instead.
 const MAX_SPILL_SLACK: usize = 1 << 20;
 
+/// Table sizes kept once the queue is empty (larger ones are freed).
+const KEEP_CAPACITY: usize = 4096;
+
 /// A task waiting for a worker: its completion and its encoded message.
 pub(super) struct Queued {
     pub(super) cell: Arc<dyn Completion>,
@@ -134,6 +137,15 @@ impl TaskQueue {
         if matches!(q.message, Encoded::Spilled(_)) {
             self.spilled -= 1;
         }
+        if self.position.is_empty() {
+            // Only holes are left. A burst of a million queued tasks leaves
+            // tens of MB of table behind: given back once it has drained.
+            self.entries.clear();
+            if self.entries.capacity() > KEEP_CAPACITY {
+                self.entries = VecDeque::new();
+                self.position = HashMap::new();
+            }
+        }
     }
 }
 
@@ -180,6 +192,20 @@ mod tests {
         q.push_front(first);
         assert_eq!(ids(&mut q), [1, 2, 4, 5]);
         assert!(q.is_empty());
+    }
+
+    #[test]
+    fn a_drained_burst_gives_its_tables_back() {
+        let mut q = TaskQueue::default();
+        for id in 0..10 * KEEP_CAPACITY as u64 {
+            push(&mut q, id);
+        }
+        assert!(q.remove(5).is_some());
+        assert_eq!(ids(&mut q).len(), 10 * KEEP_CAPACITY - 1);
+        assert!(q.entries.capacity() <= KEEP_CAPACITY);
+        assert!(q.position.capacity() <= KEEP_CAPACITY);
+        push(&mut q, 1);
+        assert_eq!(ids(&mut q), [1]);
     }
 
     #[test]
