@@ -22,15 +22,17 @@ const CANCELLING: u8 = 3;
 pub(crate) struct Notify {
     fired: Mutex<bool>,
     cond: Condvar,
-    /// Set when the waiter sleeps on the pool's doorbell instead of `cond`.
-    bell: Option<Arc<loky_ipc::Region>>,
+    /// The regions whose parent doorbells a waiter may sleep on instead of
+    /// `cond` (the pools of the futures it waits for): all are rung.
+    bells: Vec<Arc<loky_ipc::Region>>,
 }
 
 impl Notify {
-    /// A notifier whose waiter sleeps on `region`'s parent doorbell.
-    pub(crate) fn on_bell(region: Arc<loky_ipc::Region>) -> Self {
+    /// A notifier whose waiter sleeps on any of these regions' parent
+    /// doorbells.
+    pub(crate) fn on_bells(regions: Vec<Arc<loky_ipc::Region>>) -> Self {
         Self {
-            bell: Some(region),
+            bells: regions,
             ..Self::default()
         }
     }
@@ -38,7 +40,7 @@ impl Notify {
     pub(crate) fn fire(&self) {
         *lock(&self.fired) = true;
         self.cond.notify_all();
-        if let Some(region) = &self.bell {
+        for region in &self.bells {
             region.parent_bell().wake_all();
         }
     }
@@ -120,8 +122,9 @@ type Callback<R> = Box<dyn FnOnce(&Result<R>) + Send>;
 
 enum Listener<R> {
     Thread(Arc<Notify>),
-    /// One of the futures of a `wait` or `as_completed`, by its index.
-    Indexed(Arc<FinishedSet>, usize),
+    /// One of the futures of a `wait` or `as_completed`, by its index (a
+    /// weak reference: a waiter that left leaves nothing alive behind).
+    Indexed(Weak<FinishedSet>, usize),
     Waker(Waker),
     Callback(Callback<R>),
     Taken,
@@ -131,6 +134,12 @@ struct Slot<R> {
     outcome: Option<Result<R>>,
     taken: bool,
     lent: bool,
+    /// `finish` has taken the outcome to run the callbacks: nothing more
+    /// is staged.
+    closing: bool,
+    /// The final outcome is an error (kept apart from `outcome`, which
+    /// may be lent to a callback or taken).
+    failed: bool,
     listeners: Vec<Listener<R>>,
 }
 
@@ -195,6 +204,8 @@ impl<R: Send + 'static> TaskCell<R> {
                 outcome: None,
                 taken: false,
                 lent: false,
+                closing: false,
+                failed: false,
                 listeners: Vec::new(),
             }),
             pool,
@@ -204,9 +215,19 @@ impl<R: Send + 'static> TaskCell<R> {
     /// Stores `outcome` if none is staged yet.
     pub(crate) fn stage(&self, outcome: Result<R>) {
         let mut slot = lock(&self.slot);
-        if slot.outcome.is_none() && !slot.taken {
+        if Self::open(&slot) {
             slot.outcome = Some(outcome);
         }
+    }
+
+    /// Whether an outcome staged now would be kept (none is staged or
+    /// final yet).
+    pub(crate) fn wants_outcome(&self) -> bool {
+        !self.is_done() && Self::open(&lock(&self.slot))
+    }
+
+    fn open(slot: &Slot<R>) -> bool {
+        slot.outcome.is_none() && !slot.taken && !slot.closing
     }
 
     /// Time the worker spent on the task (0 until it finished).
@@ -300,7 +321,7 @@ impl<R: Send + 'static> Completion for Cell<R> {
         // A task that already has its outcome (stopped while it waited
         // behind another one in the worker's ring) does not want this one:
         // decoding it would run user code, and drop its value, for nothing.
-        if self.task.is_done() || lock(&self.task.slot).outcome.is_some() {
+        if !self.task.wants_outcome() {
             return;
         }
         self.task.stage((self.decode)(status, bytes));
@@ -354,6 +375,7 @@ impl<R: Send + 'static> TaskCell<R> {
             let outcome = outcome
                 .or_else(|| slot.outcome.take())
                 .unwrap_or(Err(Error::Cancelled));
+            slot.closing = true;
             let callbacks: Vec<Callback<R>> = slot
                 .listeners
                 .iter_mut()
@@ -374,6 +396,7 @@ impl<R: Send + 'static> TaskCell<R> {
         }
         let listeners = {
             let mut slot = lock(&self.slot);
+            slot.failed = outcome.is_err();
             slot.outcome = Some(outcome);
             self.state.store(FINISHED, Ordering::Release);
             std::mem::take(&mut slot.listeners)
@@ -381,7 +404,11 @@ impl<R: Send + 'static> TaskCell<R> {
         for l in listeners {
             match l {
                 Listener::Thread(n) => n.fire(),
-                Listener::Indexed(set, i) => set.push(i),
+                Listener::Indexed(set, i) => {
+                    if let Some(set) = set.upgrade() {
+                        set.push(i);
+                    }
+                }
                 Listener::Waker(w) => w.wake(),
                 // Added while the callbacks above ran: run now.
                 Listener::Callback(cb) => self.run_with_outcome(cb),
@@ -613,10 +640,12 @@ impl<R: Send + 'static> Future<R> {
     /// A notifier for [`block_until`](Self::block_until): one that wakes a
     /// thread sleeping on this task's pool's doorbell.
     pub(crate) fn notifier(&self) -> Arc<Notify> {
-        Arc::new(match self.cell.task.pool.upgrade() {
-            Some(pool) => Notify::on_bell(pool.region_arc()),
-            None => Notify::default(),
-        })
+        Arc::new(Notify::on_bells(self.region().into_iter().collect()))
+    }
+
+    /// The shared region of this task's pool, while the pool lives.
+    pub(crate) fn region(&self) -> Option<Arc<loky_ipc::Region>> {
+        self.cell.task.pool.upgrade().map(|p| p.region_arc())
     }
 
     /// Blocks until `done()` or `deadline`; returns whether `done()`. Spins
@@ -678,8 +707,9 @@ impl<R: Send + 'static> Future<R> {
         }
         // Forget sets whose waiters left.
         slot.listeners
-            .retain(|l| !matches!(l, Listener::Indexed(set, _) if Arc::strong_count(set) == 1));
-        slot.listeners.push(Listener::Indexed(set.clone(), i));
+            .retain(|l| !matches!(l, Listener::Indexed(set, _) if set.strong_count() == 0));
+        slot.listeners
+            .push(Listener::Indexed(Arc::downgrade(set), i));
         false
     }
 
@@ -716,7 +746,7 @@ impl<R: Send + 'static> Future<R> {
     }
 
     pub(crate) fn failed_now(&self) -> bool {
-        self.cell.task.is_done() && matches!(lock(&self.cell.task.slot).outcome, Some(Err(_)))
+        self.cell.task.is_done() && lock(&self.cell.task.slot).failed
     }
 }
 
@@ -765,5 +795,44 @@ mod tests {
         let c = cell();
         assert!(c.try_cancel());
         assert!(!c.set_running());
+    }
+
+    #[test]
+    fn waiters_that_left_leave_no_listeners_behind() {
+        let f = Future::new(Arc::new(cell()));
+        for _ in 0..100 {
+            let set = Arc::new(FinishedSet::new(Arc::new(Notify::default())));
+            assert!(!f.listen_indexed(&set, 0));
+            drop(set);
+        }
+        assert!(lock(&f.cell.task.slot).listeners.len() <= 1);
+        // A live one is told, by index.
+        let set = Arc::new(FinishedSet::new(Arc::new(Notify::default())));
+        assert!(!f.listen_indexed(&set, 7));
+        f.cell.stage_error(Error::Cancelled);
+        f.cell.publish();
+        let mut got = Vec::new();
+        set.take(&mut got);
+        assert_eq!(got, [7]);
+        assert!(f.failed_now());
+        assert!(f.listen_indexed(&set, 7), "done: nothing to register");
+    }
+
+    #[test]
+    fn nothing_is_staged_once_the_outcome_is_being_published() {
+        let c = cell();
+        c.task.stage(Ok(1));
+        {
+            // What `finish` does first: take the outcome, close the slot.
+            let mut slot = lock(&c.task.slot);
+            slot.outcome.take();
+            slot.closing = true;
+        }
+        assert!(!c.task.wants_outcome());
+        c.task.stage(Ok(2));
+        assert!(
+            lock(&c.task.slot).outcome.is_none(),
+            "a late outcome is not kept"
+        );
     }
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
-use crate::future::{FinishedSet, Future};
+use crate::future::{FinishedSet, Future, Notify};
 
 /// When [`wait`] returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,8 +91,17 @@ impl<'a, R: Send + 'static> Watch<'a, R> {
             lowest: 0,
             scratch: Vec::new(),
         };
-        if let Some(first) = futures.first() {
-            let set = Arc::new(FinishedSet::new(first.notifier()));
+        if !futures.is_empty() {
+            // A finish rings the doorbell of every pool in the slice: the
+            // waiter sleeps on one of them.
+            let mut regions: Vec<Arc<loky_ipc::Region>> = Vec::new();
+            let mut seen = std::collections::HashSet::new();
+            for r in futures.iter().filter_map(Future::region) {
+                if seen.insert(Arc::as_ptr(&r)) {
+                    regions.push(r);
+                }
+            }
+            let set = Arc::new(FinishedSet::new(Arc::new(Notify::on_bells(regions))));
             for (i, f) in futures.iter().enumerate() {
                 if f.listen_indexed(&set, i) {
                     w.mark(i);
