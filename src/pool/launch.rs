@@ -179,6 +179,7 @@ impl Pool {
             probe,
             watch_lifeline: true,
             died: None,
+            reaped: false,
         };
         if let Some(init) = &self.config.initializer {
             if !worker.sender.try_send(crate::protocol::TAG_INIT, init)? {

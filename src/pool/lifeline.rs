@@ -88,7 +88,7 @@ impl Pool {
     fn lifeline_broke(&self, i: usize, pid: u32) {
         let status = {
             let mut st = self.state();
-            let Some(w) = st.workers[i].as_mut().filter(|w| w.pid == pid) else {
+            let Some(w) = st.workers[i].as_mut().filter(|w| w.pid == pid && !w.reaped) else {
                 return;
             };
             w.watch_lifeline = false;
@@ -98,8 +98,8 @@ impl Pool {
             };
             // Its teardown must not delay this thread or the callers woken
             // below. Done under the state lock, which the watchdog holds to
-            // reap: the worker is in its slot, so not reaped, so `pid` is
-            // still this process and not a reused number.
+            // reap and mark the worker reaped: unmarked, `pid` is still this
+            // process and not a reused number.
             deprioritise(pid);
             status
         };

@@ -65,6 +65,9 @@ pub(crate) struct Worker {
     /// fixed at first sight so tasks failed then and at reaping agree. It
     /// gets no more work; the watchdog reaps it and fills the slot.
     died: Option<Error>,
+    /// The watchdog has reaped it (under the state lock): its pid may
+    /// belong to another process now.
+    reaped: bool,
 }
 
 #[derive(Default)]
@@ -866,7 +869,8 @@ impl State {
     /// Moves queued tasks into worker `i` while it has room. A task that
     /// cannot be sent (no memory for its message, a broken socket) is failed
     /// and added to `failed`, for the caller to publish once it has let go
-    /// of the state lock; the others wait for the next refill.
+    /// of the state lock; after a broken socket the others wait for the
+    /// worker's replacement.
     fn refill(&mut self, i: usize, failed: &mut Vec<Arc<dyn Completion>>) {
         let depth = self.depth();
         loop {
@@ -896,10 +900,18 @@ impl State {
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "could not hand a task to a worker");
+                    let gone = peer_gone(&e);
                     self.deadlines.forget(cell.id());
                     cell.stage_error(e);
                     failed.push(cell);
-                    return;
+                    if gone {
+                        // The worker is dead: the others wait for its
+                        // replacement, whose start refills it.
+                        return;
+                    }
+                    // Otherwise (no memory for this message, say) the next
+                    // task may well fit: stopping here would leave the queue
+                    // with nothing to wake it.
                 }
             }
         }
@@ -1055,4 +1067,16 @@ fn arena_id() -> u64 {
     h.write_u32(std::process::id());
     h.write_u64(COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
     h.finish()
+}
+
+/// Whether a send failed because the worker's end of the socket is gone
+/// (the worker died).
+fn peer_gone(e: &Error) -> bool {
+    let Error::Ipc(e) = e else { return false };
+    let loky_ipc::Error::Os { source, .. } = &**e else {
+        return false;
+    };
+    let gone = [rustix::io::Errno::PIPE, rustix::io::Errno::CONNRESET];
+    gone.iter()
+        .any(|g| source.raw_os_error() == Some(g.raw_os_error()))
 }

@@ -107,7 +107,9 @@ impl Pool {
             );
             tracing::error!(%cause, "process pool broken");
             st.broken = Some(cause.clone());
-            for q in st.queue.drain() {
+            let drained: Vec<_> = st.queue.drain().collect();
+            for q in drained {
+                st.deadlines.forget(q.cell.id());
                 failed.push(q.cell);
             }
             // (A worker already seen dying keeps the error its tasks got.)
@@ -133,12 +135,16 @@ impl Pool {
     /// Handles the death of the worker in slot `i`: delivers the results it
     /// sent before dying, fails its other tasks, frees the slot.
     fn bury(self: &Arc<Self>, i: usize, pidfd: &PidFd) {
-        // Reaped under the state lock: whoever finds this worker in its
-        // slot under that lock knows its pid is not yet free for reuse
-        // (see `lifeline_broke`).
+        // Reaped under the state lock, and marked so: whoever finds this
+        // worker unmarked under that lock knows its pid is not yet free for
+        // reuse (see `lifeline_broke`).
         let reaped = {
-            let _st = self.state();
-            pidfd.try_wait()
+            let mut st = self.state();
+            let reaped = pidfd.try_wait();
+            if let (Ok(Some(_)), Some(w)) = (&reaped, st.workers[i].as_mut()) {
+                w.reaped = true;
+            }
+            reaped
         };
         let status = match reaped {
             Ok(Some(s)) => s,
