@@ -628,12 +628,13 @@ impl<R: Send + 'static> Future<R> {
         if self.cell.task.is_done() {
             return true;
         }
-        let notify = self.notifier();
         self.block_until(
             || self.cell.task.is_done(),
             deadline,
-            &notify,
-            || self.listen(&notify),
+            || {
+                let notify = self.notifier();
+                (!self.listen(&notify)).then_some(notify)
+            },
         )
     }
 
@@ -650,15 +651,15 @@ impl<R: Send + 'static> Future<R> {
 
     /// Blocks until `done()` or `deadline`; returns whether `done()`. Spins
     /// a little first, draining this task's pool's result rings itself,
-    /// then `register`s `notify` (made by [`notifier`](Self::notifier);
-    /// whatever makes `done()` true must fire it; `register` returns true if
-    /// `done()` already holds) and sleeps on the pool's doorbell.
+    /// then calls `register` for a notifier to sleep with (one whose waiter
+    /// sleeps on this pool's doorbell, see [`notifier`](Self::notifier),
+    /// fired by whatever makes `done()` true; `None` if `done()` already
+    /// holds) and sleeps on the pool's doorbell.
     pub(crate) fn block_until(
         &self,
         done: impl Fn() -> bool,
         deadline: Option<Instant>,
-        notify: &Arc<Notify>,
-        register: impl FnOnce() -> bool,
+        register: impl FnOnce() -> Option<Arc<Notify>>,
     ) -> bool {
         if let Some(pool) = self.cell.task.pool.upgrade() {
             if pool.spin_for_results(&done, deadline) {
@@ -679,14 +680,14 @@ impl<R: Send + 'static> Future<R> {
             }
             // Sleep on the doorbell the workers ring: the first result wakes
             // this thread directly, with no hop through the manager thread.
-            if register() {
+            let Some(notify) = register() else {
                 return true;
-            }
-            return pool.wait_on_bell(&done, deadline, notify);
+            };
+            return pool.wait_on_bell(&done, deadline, &notify);
         }
-        if register() {
+        let Some(notify) = register() else {
             return true;
-        }
+        };
         loop {
             if done() {
                 return true;

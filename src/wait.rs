@@ -141,7 +141,7 @@ impl<'a, R: Send + 'static> Watch<'a, R> {
             return false;
         };
         // Everything was registered in `new`: nothing to register here.
-        f.block_until(|| set.any(), deadline, set.notify(), || false)
+        f.block_until(|| set.any(), deadline, || Some(set.notify().clone()))
             || deadline.map_or(true, |d| Instant::now() < d)
     }
 }
