@@ -173,7 +173,7 @@ impl<C> CodecExecutor<C> {
         let fut = self.submit(f, arg)?;
         self.ex
             .pool()
-            .add_deadline(Instant::now() + timeout, fut.id(), || fut.done());
+            .add_deadline(Instant::now() + timeout, fut.id());
         Ok(fut)
     }
 

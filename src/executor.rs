@@ -150,7 +150,7 @@ impl ProcessPoolExecutor {
     {
         let fut = self.submit(f, arg)?;
         self.pool()
-            .add_deadline(std::time::Instant::now() + timeout, fut.id(), || fut.done());
+            .add_deadline(std::time::Instant::now() + timeout, fut.id());
         Ok(fut)
     }
 

@@ -536,16 +536,22 @@ impl Pool {
         st.want = st.want.saturating_sub(retired);
     }
 
-    /// Gives task `id` a time limit (see `submit_with_timeout`). `ended`
-    /// tells whether the task ended already (before its limit was given):
-    /// then the limit goes at once.
-    pub(crate) fn add_deadline(&self, at: Instant, id: u64, ended: impl FnOnce() -> bool) {
-        let earliest = self.state().deadlines.add(at, id);
-        if ended() {
-            // Its end may have come before the limit was added: nothing
-            // else would remove it before it falls.
-            self.state().deadlines.forget(id);
-        } else if earliest {
+    /// Gives task `id`, submitted already, a time limit (see
+    /// `submit_with_timeout`), unless it has ended meanwhile: a submitted
+    /// task that is neither queued nor held by a worker has ended, and every
+    /// end forgets the limit, so none is left behind.
+    pub(crate) fn add_deadline(&self, at: Instant, id: u64) {
+        let earliest = {
+            let mut st = self.state();
+            let live = st.queue.contains(id)
+                || st
+                    .workers
+                    .iter()
+                    .flatten()
+                    .any(|w| w.in_flight.iter().any(|c| c.id() == id));
+            live && st.deadlines.add(at, id)
+        };
+        if earliest {
             // The manager may be sleeping longer than this limit.
             self.manager_wake.fire();
             self.region.parent_bell().wake_all();
