@@ -137,9 +137,9 @@ struct Slot<R> {
     /// `finish` has taken the outcome to run the callbacks: nothing more
     /// is staged.
     closing: bool,
-    /// The final outcome is an error (kept apart from `outcome`, which
-    /// may be lent to a callback or taken).
-    failed: bool,
+    /// The error of the final outcome, if it is one (kept apart from
+    /// `outcome`, which may be lent to a callback or taken).
+    error: Option<Error>,
     listeners: Vec<Listener<R>>,
 }
 
@@ -205,7 +205,7 @@ impl<R: Send + 'static> TaskCell<R> {
                 taken: false,
                 lent: false,
                 closing: false,
-                failed: false,
+                error: None,
                 listeners: Vec::new(),
             }),
             pool,
@@ -369,7 +369,9 @@ impl<R: Send + 'static> TaskCell<R> {
     fn finish(&self, outcome: Option<Result<R>>) {
         let (outcome, callbacks) = {
             let mut slot = lock(&self.slot);
-            if self.state.load(Ordering::Acquire) == FINISHED {
+            // The first finish wins: another one is running the callbacks
+            // or has published already.
+            if slot.closing || self.state.load(Ordering::Acquire) == FINISHED {
                 return;
             }
             let outcome = outcome
@@ -396,7 +398,7 @@ impl<R: Send + 'static> TaskCell<R> {
         }
         let listeners = {
             let mut slot = lock(&self.slot);
-            slot.failed = outcome.is_err();
+            slot.error = outcome.as_ref().err().cloned();
             slot.outcome = Some(outcome);
             self.state.store(FINISHED, Ordering::Release);
             std::mem::take(&mut slot.listeners)
@@ -511,10 +513,7 @@ impl<R: Send + 'static> Future<R> {
     /// `None` if it succeeded.
     pub fn exception(&self) -> Option<Error> {
         self.wait_done(None);
-        match &lock(&self.cell.task.slot).outcome {
-            Some(Err(e)) => Some(e.clone()),
-            _ => None,
-        }
+        lock(&self.cell.task.slot).error.clone()
     }
 
     /// Like [`exception`](Self::exception) with a timeout; `Err(Timeout)`
@@ -561,11 +560,7 @@ impl<R: Send + 'static> Future<R> {
 
     /// True if the task was cancelled.
     pub fn cancelled(&self) -> bool {
-        self.done()
-            && matches!(
-                lock(&self.cell.task.slot).outcome,
-                Some(Err(Error::Cancelled))
-            )
+        self.done() && matches!(lock(&self.cell.task.slot).error, Some(Error::Cancelled))
     }
 
     /// True while a worker holds the task.
@@ -747,7 +742,7 @@ impl<R: Send + 'static> Future<R> {
     }
 
     pub(crate) fn failed_now(&self) -> bool {
-        self.cell.task.is_done() && lock(&self.cell.task.slot).failed
+        self.cell.task.is_done() && lock(&self.cell.task.slot).error.is_some()
     }
 }
 
@@ -817,6 +812,32 @@ mod tests {
         assert_eq!(got, [7]);
         assert!(f.failed_now());
         assert!(f.listen_indexed(&set, 7), "done: nothing to register");
+    }
+
+    #[test]
+    fn the_first_finish_wins() {
+        let f = Future::new(Arc::new(cell()));
+        let (started, in_callback) = std::sync::mpsc::channel();
+        f.add_done_callback(move |_| {
+            let _ = started.send(());
+            std::thread::sleep(Duration::from_millis(100));
+        });
+        f.cell.stage_bytes(crate::protocol::STATUS_OK, 0, &[]);
+        std::thread::scope(|s| {
+            s.spawn(|| f.cell.publish());
+            in_callback.recv().expect("the callback runs");
+            // A time limit falls meanwhile: too late.
+            f.cell.stage_error(Error::Timeout);
+            f.cell.publish();
+            assert!(
+                !f.done(),
+                "the first finish publishes, once its callbacks ran"
+            );
+        });
+        assert!(f.done());
+        assert!(!f.failed_now());
+        assert!(f.exception().is_none());
+        assert_eq!(f.result().expect("the first outcome"), 0);
     }
 
     #[test]
