@@ -53,6 +53,7 @@ impl Pool {
     /// Returns when the next task time limit falls, if any.
     fn housekeeping(&self) -> Option<std::time::Instant> {
         let next = self.expire_deadlines();
+        self.refill_idle();
         self.retire_idle();
         // Large-message buffers nobody used for a while give their pages back.
         loky_ipc::spill::trim(crate::worker::IDLE_RELEASE);

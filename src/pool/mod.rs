@@ -558,6 +558,25 @@ impl Pool {
         }
     }
 
+    /// Refills every worker that has room while tasks wait. Refills follow
+    /// a worker's start and each of its results; this catches a worker left
+    /// idle with tasks waiting (after a failed send, say).
+    pub(crate) fn refill_idle(&self) {
+        let mut failed = Vec::new();
+        {
+            let mut st = self.state();
+            if st.queue.is_empty() {
+                return;
+            }
+            for i in 0..st.workers.len() {
+                st.refill(i, &mut failed);
+            }
+        }
+        for c in failed {
+            c.publish();
+        }
+    }
+
     /// Stops tasks past their time limit; returns when the next limit falls.
     pub(crate) fn expire_deadlines(&self) -> Option<Instant> {
         let mut expired = Vec::new();
@@ -875,8 +894,7 @@ impl State {
     /// Moves queued tasks into worker `i` while it has room. A task that
     /// cannot be sent (no memory for its message, a broken socket) is failed
     /// and added to `failed`, for the caller to publish once it has let go
-    /// of the state lock; after a broken socket the others wait for the
-    /// worker's replacement.
+    /// of the state lock; the others wait for the next refill.
     fn refill(&mut self, i: usize, failed: &mut Vec<Arc<dyn Completion>>) {
         let depth = self.depth();
         loop {
@@ -906,18 +924,14 @@ impl State {
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "could not hand a task to a worker");
-                    let gone = peer_gone(&e);
                     self.deadlines.forget(cell.id());
                     cell.stage_error(e);
                     failed.push(cell);
-                    if gone {
-                        // The worker is dead: the others wait for its
-                        // replacement, whose start refills it.
-                        return;
-                    }
-                    // Otherwise (no memory for this message, say) the next
-                    // task may well fit: stopping here would leave the queue
-                    // with nothing to wake it.
+                    // The others wait: the cause (a dead worker's socket, no
+                    // memory or descriptors for now) may well hit them too.
+                    // The worker's replacement, its next result, or the
+                    // manager's next round (`refill_idle`) refills it.
+                    return;
                 }
             }
         }
@@ -1073,16 +1087,4 @@ fn arena_id() -> u64 {
     h.write_u32(std::process::id());
     h.write_u64(COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
     h.finish()
-}
-
-/// Whether a send failed because the worker's end of the socket is gone
-/// (the worker died).
-fn peer_gone(e: &Error) -> bool {
-    let Error::Ipc(e) = e else { return false };
-    let loky_ipc::Error::Os { source, .. } = &**e else {
-        return false;
-    };
-    let gone = [rustix::io::Errno::PIPE, rustix::io::Errno::CONNRESET];
-    gone.iter()
-        .any(|g| source.raw_os_error() == Some(g.raw_os_error()))
 }

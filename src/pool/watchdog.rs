@@ -141,7 +141,8 @@ impl Pool {
         let reaped = {
             let mut st = self.state();
             let reaped = pidfd.try_wait();
-            if let (Ok(Some(_)), Some(w)) = (&reaped, st.workers[i].as_mut()) {
+            // (After an error, it may be reaped: taken as such.)
+            if let (Ok(Some(_)) | Err(_), Some(w)) = (&reaped, st.workers[i].as_mut()) {
                 w.reaped = true;
             }
             reaped
