@@ -4,7 +4,8 @@
 //!
 //! Also a burst: 20 000 tasks submitted, then waited for, with and without
 //! a time limit each (`submit_with_timeout`), and through `as_completed`;
-//! each costs a little per task however many tasks are outstanding.
+//! and 20 000 queued tasks cancelled last first. Each costs a little per
+//! task however many tasks are outstanding.
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use loky::ProcessPoolExecutor;
@@ -110,6 +111,32 @@ fn burst(c: &mut Criterion) {
                 .map(|f| f.unwrap().result().unwrap())
                 .sum();
             assert_eq!(sum, TASKS * (TASKS + 1) / 2);
+        })
+    });
+    // Only the cancel loop is timed: tasks queued behind sleeping ones,
+    // cancelled last first (each is found in the queue by id).
+    g.bench_function("cancel the queued tasks, last first", |b| {
+        b.iter_custom(|iters| {
+            let mut timed = Duration::ZERO;
+            for _ in 0..iters {
+                let gates: Vec<_> = (0..8)
+                    .map(|_| {
+                        ex.submit(|ms: u64| std::thread::sleep(Duration::from_millis(ms)), 50)
+                            .unwrap()
+                    })
+                    .collect();
+                let futs: Vec<_> = (0..TASKS)
+                    .map(|i| ex.submit(|x: u64| x + 1, i).unwrap())
+                    .collect();
+                let start = std::time::Instant::now();
+                let cancelled = futs.iter().rev().filter(|f| f.cancel()).count();
+                timed += start.elapsed();
+                assert_eq!(cancelled, TASKS as usize, "all were still queued");
+                for g in gates {
+                    g.result().unwrap();
+                }
+            }
+            timed
         })
     });
     g.finish();
