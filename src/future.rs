@@ -641,7 +641,12 @@ impl<R: Send + 'static> Future<R> {
 
     /// The shared region of this task's pool, while the pool lives.
     pub(crate) fn region(&self) -> Option<Arc<loky_ipc::Region>> {
-        self.cell.task.pool.upgrade().map(|p| p.region_arc())
+        self.pool().map(|p| p.region_arc())
+    }
+
+    /// This task's pool, while it lives.
+    pub(crate) fn pool(&self) -> Option<Arc<Pool>> {
+        self.cell.task.pool.upgrade()
     }
 
     /// Blocks until `done()` or `deadline`; returns whether `done()`. Spins

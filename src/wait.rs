@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::future::{FinishedSet, Future, Notify};
+use crate::pool::Pool;
 
 /// When [`wait`] returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,6 +80,8 @@ struct Watch<'a, R> {
     /// The lowest index that may not be done (the one to block on).
     lowest: usize,
     scratch: Vec<usize>,
+    /// The pools of the futures, each once.
+    pools: Vec<Arc<Pool>>,
 }
 
 impl<'a, R: Send + 'static> Watch<'a, R> {
@@ -90,17 +93,18 @@ impl<'a, R: Send + 'static> Watch<'a, R> {
             order: Vec::new(),
             lowest: 0,
             scratch: Vec::new(),
+            pools: Vec::new(),
         };
         if !futures.is_empty() {
-            // A finish rings the doorbell of every pool in the slice: the
-            // waiter sleeps on one of them.
-            let mut regions: Vec<Arc<loky_ipc::Region>> = Vec::new();
             let mut seen = std::collections::HashSet::new();
-            for r in futures.iter().filter_map(Future::region) {
-                if seen.insert(Arc::as_ptr(&r)) {
-                    regions.push(r);
+            for p in futures.iter().filter_map(Future::pool) {
+                if seen.insert(Arc::as_ptr(&p)) {
+                    w.pools.push(p);
                 }
             }
+            // A finish rings the doorbell of every pool in the slice: the
+            // waiter sleeps on one of them.
+            let regions = w.pools.iter().map(|p| p.region_arc()).collect();
             let set = Arc::new(FinishedSet::new(Arc::new(Notify::on_bells(regions))));
             for (i, f) in futures.iter().enumerate() {
                 if f.listen_indexed(&set, i) {
@@ -140,6 +144,26 @@ impl<'a, R: Send + 'static> Watch<'a, R> {
         let (Some(f), Some(set)) = (self.futures.get(self.lowest), &self.set) else {
             return false;
         };
+        if self.pools.iter().any(|p| p.on_pool_thread()) {
+            // A done-callback on a pool's own thread: nobody else may drain
+            // that pool's rings, whichever future it sleeps for. Drain them
+            // all while waiting.
+            loop {
+                if set.any() {
+                    return true;
+                }
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    return false;
+                }
+                let mut any = false;
+                for p in &self.pools {
+                    any |= p.drain_all(false) | p.publish_pending();
+                }
+                if !any {
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+            }
+        }
         // Everything was registered in `new`: nothing to register here.
         f.block_until(|| set.any(), deadline, || Some(set.notify().clone()))
             || deadline.map_or(true, |d| Instant::now() < d)

@@ -452,6 +452,34 @@ fn as_completed_over_two_pools_yields_in_completion_order() {
 }
 
 #[test]
+fn a_callback_on_a_pool_thread_can_wait_on_futures_of_two_pools() {
+    // The callback runs on pool B's manager thread, which alone drains B's
+    // results while nobody else waits on them: waiting there on a slow
+    // future of pool A and a quick one of B must still see B's.
+    let (a, b) = (pool(1), pool(1));
+    let slow = a.submit(sleep_ms, 3000).unwrap();
+    let trigger = b.submit(sleep_ms, 1).unwrap();
+    let (tx, rx) = mpsc::channel();
+    let b2 = b.clone();
+    let slow2 = std::sync::Mutex::new(Some(slow));
+    trigger.add_done_callback(move |_| {
+        let thread = std::thread::current().name().unwrap_or("").to_owned();
+        let slow = slow2.lock().unwrap().take().unwrap();
+        let quick = b2.submit(sleep_ms, 5).unwrap();
+        let futs = vec![slow, quick];
+        let r = wait(&futs, Some(HANG), ReturnWhen::FirstCompleted);
+        let _ = tx.send((thread, r.done));
+    });
+    let (thread, done) = rx.recv_timeout(HANG).unwrap();
+    assert!(
+        thread.starts_with("loky-"),
+        "ran on {thread:?}, not a pool thread"
+    );
+    assert_eq!(done, vec![1], "the quick future of the callback's own pool");
+    a.shutdown(true, true, true); // not waiting for the slow one
+}
+
+#[test]
 fn dropping_an_executor_with_pending_work_completes_it() {
     let ex = pool(2);
     let futs: Vec<_> = (0..20u64)
