@@ -144,6 +144,22 @@ impl<C> CodecExecutor<C> {
         R: Send + 'static,
         C: Codec<A> + Codec<R>,
     {
+        self.try_submit_until(f, arg, None)
+    }
+
+    /// [`try_submit`](Self::try_submit) with an optional time limit.
+    fn try_submit_until<F, A, R>(
+        &self,
+        f: F,
+        arg: A,
+        deadline: Option<Instant>,
+    ) -> std::result::Result<Future<R>, SubmitError<A>>
+    where
+        F: TaskFn<A, R>,
+        A: Send + 'static,
+        R: Send + 'static,
+        C: Codec<A> + Codec<R>,
+    {
         const { assert_zero_sized::<F>() };
         let _ = f;
         let trampoline = task_offset::<_, A, R, C>(adapt::<F, A, R, C>());
@@ -152,6 +168,7 @@ impl<C> CodecExecutor<C> {
             trampoline,
             |out| crate::Payload::encode(&arg, out),
             decode_coded::<R, C>,
+            deadline,
         ) {
             Ok(fut) => Ok(fut),
             Err(error) => Err(SubmitError {
@@ -170,11 +187,8 @@ impl<C> CodecExecutor<C> {
         R: Send + 'static,
         C: Codec<A> + Codec<R>,
     {
-        let fut = self.submit(f, arg)?;
-        self.ex
-            .pool()
-            .add_deadline(Instant::now() + timeout, fut.id());
-        Ok(fut)
+        self.try_submit_until(f, arg, Some(Instant::now() + timeout))
+            .map_err(|e| e.error)
     }
 
     /// [`ProcessPoolExecutor::map`] with codec `C`: lazy, in order, chunked

@@ -121,13 +121,7 @@ impl ProcessPoolExecutor {
         A: Payload,
         R: Payload,
     {
-        const { assert_zero_sized::<F>() };
-        let _ = f;
-        self.submit_raw(
-            offset_of(run_task::<F, A, R>),
-            |out| arg.encode_top(out),
-            decode_result::<R>,
-        )
+        self.submit_until(f, arg, None)
     }
 
     /// Like [`submit`](Self::submit), with a time limit counted from now: a
@@ -148,19 +142,39 @@ impl ProcessPoolExecutor {
         A: Payload,
         R: Payload,
     {
-        let fut = self.submit(f, arg)?;
-        self.pool()
-            .add_deadline(std::time::Instant::now() + timeout, fut.id());
-        Ok(fut)
+        self.submit_until(f, arg, Some(std::time::Instant::now() + timeout))
+    }
+
+    /// [`submit`](Self::submit) with an optional time limit.
+    fn submit_until<F, A, R>(
+        &self,
+        f: F,
+        arg: A,
+        deadline: Option<std::time::Instant>,
+    ) -> Result<Future<R>>
+    where
+        F: TaskFn<A, R>,
+        A: Payload,
+        R: Payload,
+    {
+        const { assert_zero_sized::<F>() };
+        let _ = f;
+        self.submit_raw(
+            offset_of(run_task::<F, A, R>),
+            |out| arg.encode_top(out),
+            decode_result::<R>,
+            deadline,
+        )
     }
 
     /// Encodes (with `write`) and dispatches a task with an explicit
-    /// trampoline.
+    /// trampoline, and its time limit `deadline` if any.
     pub(crate) fn submit_raw<R: Send + 'static>(
         &self,
         trampoline: i64,
         write: impl FnOnce(&mut rkyv::util::AlignedVec) -> std::result::Result<(), String>,
         decode: crate::future::Decoder<R>,
+        deadline: Option<std::time::Instant>,
     ) -> Result<Future<R>> {
         let pool = self.pool();
         let id = pool.next_id()?;
@@ -178,7 +192,7 @@ impl ProcessPoolExecutor {
                 CodecStage::EncodeArgument,
                 |message| {
                     cell.set_pins(crate::shared::take_pins());
-                    let sent = pool.dispatch(cell.clone(), message);
+                    let sent = pool.dispatch(cell.clone(), message, deadline);
                     if sent.is_err() {
                         // Not sent after all: the handles are usable again.
                         crate::shared::unsend(cell.take_pins());

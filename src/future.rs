@@ -636,12 +636,9 @@ impl<R: Send + 'static> Future<R> {
     /// A notifier for [`block_until`](Self::block_until): one that wakes a
     /// thread sleeping on this task's pool's doorbell.
     pub(crate) fn notifier(&self) -> Arc<Notify> {
-        Arc::new(Notify::on_bells(self.region().into_iter().collect()))
-    }
-
-    /// The shared region of this task's pool, while the pool lives.
-    pub(crate) fn region(&self) -> Option<Arc<loky_ipc::Region>> {
-        self.pool().map(|p| p.region_arc())
+        Arc::new(Notify::on_bells(
+            self.pool().map(|p| p.region_arc()).into_iter().collect(),
+        ))
     }
 
     /// This task's pool, while it lives.
@@ -661,22 +658,12 @@ impl<R: Send + 'static> Future<R> {
         deadline: Option<Instant>,
         register: impl FnOnce() -> Option<Arc<Notify>>,
     ) -> bool {
-        if let Some(pool) = self.cell.task.pool.upgrade() {
+        if let Some(pool) = self.pool() {
             if pool.spin_for_results(&done, deadline) {
                 return true;
             }
             if pool.on_pool_thread() {
-                // A done-callback waiting on the manager thread: nobody else
-                // drains the rings, so keep draining while waiting.
-                while !done() {
-                    if deadline.is_some_and(|d| Instant::now() >= d) {
-                        return false;
-                    }
-                    if !(pool.drain_all(false) | pool.publish_pending()) {
-                        std::thread::sleep(Duration::from_micros(200));
-                    }
-                }
-                return true;
+                return crate::pool::drain_until(std::slice::from_ref(&pool), done, deadline);
             }
             // Sleep on the doorbell the workers ring: the first result wakes
             // this thread directly, with no hop through the manager thread.

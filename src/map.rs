@@ -266,6 +266,7 @@ where
                     r
                 },
                 decode_chunk_result::<R>,
+                None,
             ) {
                 Ok(fut) => {
                     self.window.push_back(Chunk {

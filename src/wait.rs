@@ -145,24 +145,9 @@ impl<'a, R: Send + 'static> Watch<'a, R> {
             return false;
         };
         if self.pools.iter().any(|p| p.on_pool_thread()) {
-            // A done-callback on a pool's own thread: nobody else may drain
-            // that pool's rings, whichever future it sleeps for. Drain them
-            // all while waiting.
-            loop {
-                if set.any() {
-                    return true;
-                }
-                if deadline.is_some_and(|d| Instant::now() >= d) {
-                    return false;
-                }
-                let mut any = false;
-                for p in &self.pools {
-                    any |= p.drain_all(false) | p.publish_pending();
-                }
-                if !any {
-                    std::thread::sleep(Duration::from_micros(200));
-                }
-            }
+            // Whichever future it would sleep for, nobody else may drain
+            // this thread's own pool: drain them all.
+            return crate::pool::drain_until(&self.pools, || set.any(), deadline);
         }
         // Everything was registered in `new`: nothing to register here.
         f.block_until(|| set.any(), deadline, || Some(set.notify().clone()))

@@ -113,11 +113,7 @@ impl Pool {
                 // Not reaped, and not failed by another sleeper meanwhile.
                 Some(w) if w.pid == pid && w.died.is_none() => {
                     w.count_end(&mut st.stats, false);
-                    let failed = w.fail_in_flight(status, true);
-                    for (c, _) in &failed {
-                        st.deadlines.forget(c.id());
-                    }
-                    failed
+                    w.fail_in_flight(status, true, &mut st.deadlines)
                 }
                 _ => Vec::new(),
             }

@@ -38,7 +38,29 @@ use crate::protocol::{
 /// the worker busy while the parent refills, and balances load.
 pub(crate) const DEPTH: usize = 2;
 
-/// A task waiting in the parent for room in a worker's ring.
+/// Waits for `done()` or `deadline` on one of the pools' own threads (in a
+/// done-callback), where nobody else may drain their result rings: drains
+/// them all meanwhile. Returns whether `done()`.
+pub(crate) fn drain_until(
+    pools: &[Arc<Pool>],
+    done: impl Fn() -> bool,
+    deadline: Option<Instant>,
+) -> bool {
+    while !done() {
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return false;
+        }
+        let mut any = false;
+        for p in pools {
+            any |= p.drain_all(false) | p.publish_pending();
+        }
+        if !any {
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        }
+    }
+    true
+}
+
 /// The parent's view of one live worker.
 pub(crate) struct Worker {
     pub(crate) pid: u32,
@@ -206,15 +228,18 @@ impl Pool {
     }
 
     /// Hands an encoded task (`TaskHeader` + archive) to the least loaded
-    /// ready worker, or queues it.
+    /// ready worker, or queues it; with its time limit `deadline`, if any
+    /// (see `submit_with_timeout`).
     pub(crate) fn dispatch(
         &self,
         cell: Arc<dyn Completion>,
         message: Encoded<&[u8]>,
+        deadline: Option<Instant>,
     ) -> Result<()> {
         let mut st = self.state();
         st.check_open()?;
         st.stats.submitted += 1;
+        let id = cell.id();
         let mut message = message;
         if st.queue.is_empty() {
             if let Some(i) = st.least_loaded() {
@@ -224,6 +249,7 @@ impl Pool {
                         // been cancelled: this only records that it is
                         // running.
                         cell.set_running();
+                        self.limit_time(st, id, deadline);
                         return Ok(());
                     }
                     Some(back) => message = back,
@@ -231,13 +257,28 @@ impl Pool {
             }
         }
         st.queue.push_back(cell, message);
-        if st.want < st.max_workers && st.want < st.alive() + st.queue.len() {
-            // Workers retired for idleness come back on demand.
+        // Workers retired for idleness come back on demand.
+        let grow = st.want < st.max_workers && st.want < st.alive() + st.queue.len();
+        if grow {
             st.want = st.max_workers.min(st.alive() + st.queue.len());
-            drop(st);
+        }
+        self.limit_time(st, id, deadline);
+        if grow {
             self.watchdog_wake.notify();
         }
         Ok(())
+    }
+
+    /// Gives task `id`, placed under `st` just now (so it cannot have ended
+    /// yet), its time limit if it has one, and lets go of the state lock.
+    fn limit_time(&self, mut st: MutexGuard<'_, State>, id: u64, deadline: Option<Instant>) {
+        let earliest = deadline.is_some_and(|at| st.deadlines.add(at, id));
+        drop(st);
+        if earliest {
+            // The manager may be sleeping longer than this limit.
+            self.manager_wake.fire();
+            self.region.parent_bell().wake_all();
+        }
     }
 
     /// Removes a cancelled task from the queue.
@@ -536,28 +577,6 @@ impl Pool {
         st.want = st.want.saturating_sub(retired);
     }
 
-    /// Gives task `id`, submitted already, a time limit (see
-    /// `submit_with_timeout`), unless it has ended meanwhile: a submitted
-    /// task that is neither queued nor held by a worker has ended, and every
-    /// end forgets the limit, so none is left behind.
-    pub(crate) fn add_deadline(&self, at: Instant, id: u64) {
-        let earliest = {
-            let mut st = self.state();
-            let live = st.queue.contains(id)
-                || st
-                    .workers
-                    .iter()
-                    .flatten()
-                    .any(|w| w.in_flight.iter().any(|c| c.id() == id));
-            live && st.deadlines.add(at, id)
-        };
-        if earliest {
-            // The manager may be sleeping longer than this limit.
-            self.manager_wake.fire();
-            self.region.parent_bell().wake_all();
-        }
-    }
-
     /// Refills every worker that has room while tasks wait. Refills follow
     /// a worker's start and each of its results; this catches a worker left
     /// idle with tasks waiting (after a failed send, say).
@@ -706,10 +725,7 @@ impl Pool {
             let mut st = self.state();
             st.shutdown = true;
             if cancel_futures || kill_workers {
-                dropped.extend(st.queue.drain());
-                for q in &dropped {
-                    st.deadlines.forget(q.cell.id());
-                }
+                dropped = st.drain_queue();
             }
             if kill_workers {
                 for w in st.workers.iter_mut().flatten() {
@@ -937,6 +953,15 @@ impl State {
         }
     }
 
+    /// Takes every queued task out; their time limits go too.
+    fn drain_queue(&mut self) -> Vec<queue::Queued> {
+        let drained: Vec<_> = self.queue.drain().collect();
+        for q in &drained {
+            self.deadlines.forget(q.cell.id());
+        }
+        drained
+    }
+
     /// During shutdown: tells idle workers to exit once the queue is empty.
     fn exit_idle_workers(&mut self) {
         if !self.queue.is_empty() {
@@ -982,10 +1007,12 @@ impl Worker {
     /// `keep_pinned`, tasks holding shared arrays stay in flight: only the
     /// reaped process is surely done with them (another of its threads may
     /// still run for a moment after the main thread started to exit).
+    /// The failed tasks' time limits go from `deadlines`.
     fn fail_in_flight(
         &mut self,
         status: loky_ipc::ExitStatus,
         keep_pinned: bool,
+        deadlines: &mut deadlines::Deadlines,
     ) -> Vec<(Arc<dyn Completion>, Error)> {
         let error = if let Some(e) = &self.died {
             e.clone()
@@ -1013,6 +1040,7 @@ impl Worker {
                 Some((id, e)) if *id == c.id() => e.clone(),
                 _ => error.clone(),
             };
+            deadlines.forget(c.id());
             failed.push((c, e));
         }
         self.in_flight = kept;

@@ -55,11 +55,6 @@ impl TaskQueue {
         self.position.len()
     }
 
-    /// Whether task `id` waits here.
-    pub(super) fn contains(&self, id: u64) -> bool {
-        self.position.contains_key(&id)
-    }
-
     /// Whether no task waits.
     pub(super) fn is_empty(&self) -> bool {
         self.position.is_empty()
@@ -190,7 +185,7 @@ mod tests {
         assert_eq!(t.cell.id(), 3);
         assert!(matches!(t.message, Encoded::Bytes(ref b) if b == &3u64.to_le_bytes()));
         assert!(q.remove(3).is_none(), "taken once");
-        assert!(!q.contains(3) && q.contains(4));
+        assert!(!q.position.contains_key(&3) && q.position.contains_key(&4));
         assert!(q.remove(9).is_none(), "never queued");
         assert_eq!(q.len(), 4);
         let first = q.pop_front().expect("waiting");

@@ -107,11 +107,7 @@ impl Pool {
             );
             tracing::error!(%cause, "process pool broken");
             st.broken = Some(cause.clone());
-            let drained: Vec<_> = st.queue.drain().collect();
-            for q in drained {
-                st.deadlines.forget(q.cell.id());
-                failed.push(q.cell);
-            }
+            failed.extend(st.drain_queue().into_iter().map(|q| q.cell));
             // (A worker already seen dying keeps the error its tasks got.)
             for w in st.workers.iter_mut().flatten().filter(|w| w.died.is_none()) {
                 // Their tasks fail in `bury`, once the worker is dead (and
@@ -172,10 +168,7 @@ impl Pool {
                 if !w.ready && !w.killed_by_us() && !st.shutdown {
                     startup_failure = Some(describe_startup_failure(status));
                 }
-                failed = w.fail_in_flight(status, false);
-                for (c, _) in &failed {
-                    st.deadlines.forget(c.id());
-                }
+                failed = w.fail_in_flight(status, false, &mut st.deadlines);
             }
             if !counted {
                 w.count_end(&mut st.stats, clean);
