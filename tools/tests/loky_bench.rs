@@ -86,6 +86,35 @@ fn quick_json_has_every_figure() {
     assert!(!p50["reference"].is_null(), "W1 has its thread reference");
 }
 
+/// procspawn, the Rust peer, measured in the same run: a figure for W1
+/// and W4, none for W5 (it has no reusable executor), and a note on how.
+#[cfg(feature = "procspawn")]
+#[test]
+fn procspawn_is_measured_beside_loky() {
+    let doc = run_json(&["--quick", "--json", "--only", "W1,W4,W5"]);
+    for r in doc["rows"].as_array().expect("rows") {
+        let what = format!("procspawn {} {}", r["workload"], r["key"]);
+        if r["workload"] == "W5" {
+            assert!(r["procspawn"].is_null(), "{what}: {}", r["procspawn"]);
+        } else {
+            positive(&r["procspawn"], &what);
+        }
+    }
+    let notes = doc["procspawn_notes"].as_array().expect("procspawn_notes");
+    assert_eq!(notes.len(), 2, "one note each for W1 and W4: {notes:?}");
+    assert!(notes[0].as_str().unwrap().starts_with("W1:"));
+
+    let out = bench()
+        .args(["--quick", "--only", "W1", "--no-procspawn"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("procspawn"),
+        "--no-procspawn: no procspawn column"
+    );
+}
+
 #[test]
 fn plot_writes_an_svg() {
     let dir = std::env::temp_dir().join(format!("loky-bench-plot-{}", std::process::id()));

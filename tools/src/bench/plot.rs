@@ -9,15 +9,16 @@ use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use crate::machine::Machine;
 use crate::python::PEER_COLUMNS;
-use crate::report::{fmt_value, Cell, Row, Unit};
+use crate::report::{fmt_value, Cell, Row, Unit, RUST_PEER};
 
 const WIDTH: u32 = 1400;
 const PANEL_HEIGHT: u32 = 430;
 const HEADER: u32 = 86;
 const FONT: &str = "sans-serif";
 
-/// Bar colours: loky, the reference, then one per Python peer column.
-const COLOURS: [RGBColor; 7] = [
+/// Bar colours: loky, the reference, procspawn, then one per Python peer
+/// column.
+const COLOURS: [RGBColor; 8] = [
     RGBColor(0xd6, 0x4f, 0x1e),
     RGBColor(0x70, 0x70, 0x70),
     RGBColor(0x3b, 0x6e, 0xb5),
@@ -25,6 +26,7 @@ const COLOURS: [RGBColor; 7] = [
     RGBColor(0x8e, 0x5e, 0xb0),
     RGBColor(0xe0, 0xa9, 0x2a),
     RGBColor(0x49, 0xb6, 0xc2),
+    RGBColor(0x9c, 0x75, 0x5f),
 ];
 
 /// A series' figure in a row, if it has one.
@@ -35,6 +37,14 @@ struct Series {
     name: String,
     colour: RGBColor,
     value: Value,
+}
+
+/// A peer column's figure in a row.
+fn peer_value(column: &'static str) -> Value {
+    Box::new(move |r: &Row| match r.peers.get(column) {
+        Some(Cell::Value(v)) => Some(*v),
+        _ => None,
+    })
 }
 
 fn series(with_peers: bool) -> Vec<Series> {
@@ -49,16 +59,18 @@ fn series(with_peers: bool) -> Vec<Series> {
             colour: COLOURS[1],
             value: Box::new(|r: &Row| r.reference.as_ref().map(|x| x.value)),
         },
+        Series {
+            name: RUST_PEER.into(),
+            colour: COLOURS[2],
+            value: peer_value(RUST_PEER),
+        },
     ];
     if with_peers {
         for (i, (peer, column)) in PEER_COLUMNS.iter().enumerate() {
             out.push(Series {
                 name: format!("Python {peer}"),
-                colour: COLOURS[(2 + i) % COLOURS.len()],
-                value: Box::new(move |r: &Row| match r.peers.get(column) {
-                    Some(Cell::Value(v)) => Some(*v),
-                    _ => None,
-                }),
+                colour: COLOURS[(3 + i) % COLOURS.len()],
+                value: peer_value(column),
             });
         }
     }

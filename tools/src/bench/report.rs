@@ -65,6 +65,15 @@ pub(crate) enum Cell {
     Error(String),
 }
 
+/// The column of the Rust peer, procspawn, measured in this process when
+/// loky-bench is built with its `procspawn` feature.
+pub(crate) const RUST_PEER: &str = "procspawn";
+
+/// Whether any row has a Rust peer cell (then the table shows its column).
+pub(crate) fn has_rust_peer(rows: &[Row]) -> bool {
+    rows.iter().any(|r| r.peers.contains_key(RUST_PEER))
+}
+
 /// One figure: a workload's metric for loky and its comparisons.
 #[derive(Debug, Clone)]
 pub(crate) struct Row {
@@ -81,8 +90,9 @@ pub(crate) struct Row {
     pub(crate) reference: Option<Reference>,
     /// How loky's figure was obtained (repetitions, best chunksize, ...).
     pub(crate) note: String,
-    /// Python peers' figures by column name, filled by
-    /// [`crate::python::fill`].
+    /// The peers' figures by column name: [`RUST_PEER`] (measured in this
+    /// process) and the Python peers' columns (filled by
+    /// [`crate::python::fill`]).
     pub(crate) peers: BTreeMap<&'static str, Cell>,
 }
 
@@ -188,11 +198,21 @@ fn escape(text: &str) -> String {
     text.replace('|', "\\|")
 }
 
-/// The markdown report: a header line, the table, then notes.
-pub(crate) fn markdown(machine: &Machine, rows: &[Row], peers: Option<&Peers>) -> String {
+/// The markdown report: a header line, the table, then notes (loky's,
+/// `rust_notes` on how procspawn was measured, the Python peers').
+pub(crate) fn markdown(
+    machine: &Machine,
+    rows: &[Row],
+    rust_notes: &[String],
+    peers: Option<&Peers>,
+) -> String {
     let mut out = String::new();
     out.push_str(&format!("{}\n\n", machine.summary(peers)));
+    let rust_peer = has_rust_peer(rows);
     let mut header = vec!["workload", "metric", "loky", "reference (same run)"];
+    if rust_peer {
+        header.push(RUST_PEER);
+    }
     if peers.is_some() {
         header.extend(PEER_COLUMNS.iter().map(|(_, column)| *column));
     }
@@ -215,6 +235,9 @@ pub(crate) fn markdown(machine: &Machine, rows: &[Row], peers: Option<&Peers>) -
             format!("**{}**", fmt_value(row.loky, row.unit)),
             reference,
         ];
+        if rust_peer {
+            cells.push(cell_text(row.peers.get(RUST_PEER), row.unit));
+        }
         if peers.is_some() {
             cells.extend(
                 PEER_COLUMNS
@@ -243,12 +266,18 @@ pub(crate) fn markdown(machine: &Machine, rows: &[Row], peers: Option<&Peers>) -
         })
         .collect();
     let peer_notes = peers.map(Peers::notes).unwrap_or_default();
-    if !notes.is_empty() || !peer_notes.is_empty() {
+    if !notes.is_empty() || !rust_notes.is_empty() || !peer_notes.is_empty() {
         out.push_str("\n<details><summary>How each figure was taken</summary>\n");
         if !notes.is_empty() {
             out.push_str("\nloky:\n\n");
             out.push_str(&notes.join("\n"));
             out.push('\n');
+        }
+        if !rust_notes.is_empty() {
+            out.push_str("\nprocspawn:\n\n");
+            for note in rust_notes {
+                out.push_str(&format!("* {}\n", escape_md(note)));
+            }
         }
         if !peer_notes.is_empty() {
             out.push_str("\nPython peers (from peers.py):\n\n");
@@ -302,13 +331,19 @@ fn cell_json(cell: &Cell) -> Value {
     }
 }
 
-/// The JSON document: machine, rows, and peers.py's own document.
-pub(crate) fn json(machine: &Machine, rows: &[Row], peers: Option<&Peers>) -> Value {
+/// The JSON document: machine, rows, the notes on procspawn, and
+/// peers.py's own document.
+pub(crate) fn json(
+    machine: &Machine,
+    rows: &[Row],
+    rust_notes: &[String],
+    peers: Option<&Peers>,
+) -> Value {
     let rows: Vec<Value> = rows
         .iter()
         .map(|row| {
             let mut python = serde_json::Map::new();
-            for (column, cell) in &row.peers {
+            for (column, cell) in row.peers.iter().filter(|(c, _)| **c != RUST_PEER) {
                 python.insert((*column).to_owned(), cell_json(cell));
             }
             json!({
@@ -320,6 +355,7 @@ pub(crate) fn json(machine: &Machine, rows: &[Row], peers: Option<&Peers>) -> Va
                 "loky": row.loky,
                 "reference": row.reference.as_ref().map(|r| json!({ "name": r.name, "value": r.value })),
                 "loky_speed_vs_reference": row.speed_ratio(),
+                "procspawn": row.peers.get(RUST_PEER).map_or(Value::Null, cell_json),
                 "python": if peers.is_some() { Value::Object(python) } else { Value::Null },
                 "note": row.note,
             })
@@ -328,6 +364,7 @@ pub(crate) fn json(machine: &Machine, rows: &[Row], peers: Option<&Peers>) -> Va
     json!({
         "machine": machine.to_json(),
         "rows": rows,
+        "procspawn_notes": rust_notes,
         "python": peers.map(|p| p.doc.clone()),
     })
 }

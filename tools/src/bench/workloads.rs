@@ -13,7 +13,7 @@ use crate::report::{Row, Unit};
 /// Every workload, in order.
 pub(crate) const WORKLOADS: [&str; 6] = ["W1", "W2", "W3", "W4", "W5", "W6"];
 
-type Result<T> = std::result::Result<T, Box<dyn StdError>>;
+pub(crate) type Result<T> = std::result::Result<T, Box<dyn StdError>>;
 
 /// How much to measure.
 #[derive(Debug, Clone, Copy)]
@@ -25,7 +25,7 @@ pub(crate) struct Config {
 }
 
 impl Config {
-    fn pick<T>(&self, quick: T, full: T) -> T {
+    pub(crate) fn pick<T>(&self, quick: T, full: T) -> T {
         if self.quick {
             quick
         } else {
@@ -136,7 +136,7 @@ fn heal(ex: &ProcessPoolExecutor, dead: u32) -> Result<()> {
     }
 }
 
-fn check<T: PartialEq + std::fmt::Debug>(got: T, want: T) -> Result<()> {
+pub(crate) fn check<T: PartialEq + std::fmt::Debug>(got: T, want: T) -> Result<()> {
     if got == want {
         Ok(())
     } else {
@@ -145,13 +145,13 @@ fn check<T: PartialEq + std::fmt::Debug>(got: T, want: T) -> Result<()> {
 }
 
 /// The `p`th percentile (0..=100) of `v`, in `unit`.
-fn pct(v: &mut [Duration], p: usize, unit: Unit) -> f64 {
+pub(crate) fn pct(v: &mut [Duration], p: usize, unit: Unit) -> f64 {
     v.sort_unstable();
     let d = v[(v.len() * p / 100).min(v.len() - 1)];
     in_unit(d, unit)
 }
 
-fn median(v: &mut [Duration]) -> Duration {
+pub(crate) fn median(v: &mut [Duration]) -> Duration {
     v.sort_unstable();
     v[v.len() / 2]
 }
@@ -164,7 +164,7 @@ fn in_unit(d: Duration, unit: Unit) -> f64 {
     }
 }
 
-fn time<T>(f: impl FnOnce() -> T) -> (Duration, T) {
+pub(crate) fn time<T>(f: impl FnOnce() -> T) -> (Duration, T) {
     let t = Instant::now();
     let r = f();
     (t.elapsed(), r)

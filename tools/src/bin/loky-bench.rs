@@ -16,6 +16,9 @@ mod cli;
 mod machine;
 #[path = "../bench/plot.rs"]
 mod plot;
+#[cfg(feature = "procspawn")]
+#[path = "../bench/procspawn_peer.rs"]
+mod procspawn_peer;
 #[path = "../bench/python.rs"]
 mod python;
 #[path = "../bench/report.rs"]
@@ -28,10 +31,12 @@ use workloads::{Config, WORKLOADS};
 const USAGE: &str = "\
 usage: loky-bench [--json] [--plot FILE.svg] [--python PATH] [--quick]
                   [--workers N] [--only W1,W3] [--readme FILE]
+                  [--no-procspawn]
 
 Runs the workloads W1-W6 (DESIGN.md section 4) on loky and prints a markdown
 table: loky's figure, its in-process reference measured in the same run
-(rayon par_iter, a thread round trip, the same loop in-process), and with
+(rayon par_iter, a thread round trip, the same loop in-process), the Rust
+peer procspawn (its process Pool, measured right after loky), and with
 --python the Python peers side by side.
 
   W1  submit x+1 then wait, 10 000 times in sequence: p50/p99 µs
@@ -51,6 +56,8 @@ table: loky's figure, its in-process reference measured in the same run
   --only LIST      comma-separated workloads, e.g. W1,W3 (default: all)
   --readme FILE    also put the markdown report into FILE, between its lines
                    <!-- loky-bench: begin ... --> and <!-- loky-bench: end -->
+  --no-procspawn   do not measure procspawn (built without the `procspawn`
+                   feature, loky-bench never does)
   -h, --help       print this help
 
 Progress goes to stderr; the table or the JSON to stdout.";
@@ -61,6 +68,7 @@ struct Args {
     plot: Option<PathBuf>,
     readme: Option<PathBuf>,
     python: Option<PathBuf>,
+    procspawn: bool,
     quick: bool,
     workers: usize,
     only: Vec<&'static str>,
@@ -73,6 +81,7 @@ fn parse_args(p: &mut lexopt::Parser) -> Result<Option<Args>, lexopt::Error> {
         plot: None,
         readme: None,
         python: None,
+        procspawn: true,
         quick: false,
         workers: 2,
         only: WORKLOADS.to_vec(),
@@ -81,6 +90,7 @@ fn parse_args(p: &mut lexopt::Parser) -> Result<Option<Args>, lexopt::Error> {
         match arg {
             Long("json") => args.json = true,
             Long("quick") => args.quick = true,
+            Long("no-procspawn") => args.procspawn = false,
             Long("plot") => args.plot = Some(p.value()?.into()),
             Long("readme") => args.readme = Some(p.value()?.into()),
             Long("python") => args.python = Some(p.value()?.into()),
@@ -91,6 +101,33 @@ fn parse_args(p: &mut lexopt::Parser) -> Result<Option<Args>, lexopt::Error> {
         }
     }
     Ok(Some(args))
+}
+
+/// Measures procspawn on workload `w` into its rows and returns the note
+/// on how; `Err` if that failed (said on stderr, and in the rows).
+#[cfg(feature = "procspawn")]
+fn rust_peer(w: &str, cfg: &Config, rows: &mut [report::Row]) -> Result<Option<String>, ()> {
+    let start = std::time::Instant::now();
+    eprintln!("# procspawn {w} ...");
+    match procspawn_peer::fill(w, cfg, rows) {
+        Ok(note) => {
+            eprintln!("# procspawn {w}: {:.1} s", start.elapsed().as_secs_f64());
+            Ok(note)
+        }
+        Err(e) => {
+            eprintln!("loky-bench: procspawn {w} failed: {e}");
+            for row in rows {
+                row.peers
+                    .insert(report::RUST_PEER, report::Cell::Error(e.to_string()));
+            }
+            Err(())
+        }
+    }
+}
+
+#[cfg(not(feature = "procspawn"))]
+fn rust_peer(_: &str, _: &Config, _: &mut [report::Row]) -> Result<Option<String>, ()> {
+    Ok(None)
 }
 
 /// The workloads named in `--only`'s comma-separated list, in order.
@@ -117,6 +154,10 @@ fn parse_only(text: &str) -> Result<Vec<&'static str>, lexopt::Error> {
 }
 
 fn main() -> ExitCode {
+    // First: in procspawn's workers (this binary run again) this never
+    // returns, and nothing before it may have side effects.
+    #[cfg(feature = "procspawn")]
+    procspawn_peer::init();
     let args = match cli::parse("loky-bench", USAGE, parse_args) {
         Ok(args) => args,
         Err(code) => return code,
@@ -130,13 +171,20 @@ fn main() -> ExitCode {
         quick: args.quick,
     };
     let mut rows = Vec::new();
+    let mut rust_notes = Vec::new();
     let mut failed = false;
     for w in &args.only {
         let start = std::time::Instant::now();
         eprintln!("# loky {w} ...");
         match workloads::run(w, &cfg) {
-            Ok(r) => {
+            Ok(mut r) => {
                 eprintln!("# loky {w}: {:.1} s", start.elapsed().as_secs_f64());
+                if args.procspawn {
+                    match rust_peer(w, &cfg, &mut r) {
+                        Ok(note) => rust_notes.extend(note),
+                        Err(()) => failed = true,
+                    }
+                }
                 rows.extend(r);
             }
             Err(e) => {
@@ -167,7 +215,7 @@ fn main() -> ExitCode {
             failed = true;
         }
     }
-    let markdown = report::markdown(&machine, &rows, peers.as_ref());
+    let markdown = report::markdown(&machine, &rows, &rust_notes, peers.as_ref());
     if let Some(path) = &args.readme {
         let spliced = std::fs::read_to_string(path)
             .map_err(|e| e.to_string())
@@ -179,7 +227,7 @@ fn main() -> ExitCode {
         }
     }
     if args.json {
-        let doc = report::json(&machine, &rows, peers.as_ref());
+        let doc = report::json(&machine, &rows, &rust_notes, peers.as_ref());
         match serde_json::to_string_pretty(&doc) {
             Ok(text) => println!("{text}"),
             Err(e) => {
