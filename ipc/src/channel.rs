@@ -217,6 +217,26 @@ impl<'r> Sender<'r> {
         self.send_with(tag, payload.len(), |buf| buf.copy_from_slice(payload))
     }
 
+    /// The messages the receiver has not released yet, oldest first, each
+    /// with its tag and a copy of its bytes; `None` for a message that
+    /// travelled in a spill buffer (announced by a frame in the ring, whose
+    /// buffer this side no longer reads back). Meant for a receiver that
+    /// died: see [`Producer::unreleased`].
+    pub fn unreleased(&self) -> Result<Vec<(u32, Option<Vec<u8>>)>> {
+        Ok(self
+            .ring
+            .unreleased()?
+            .into_iter()
+            .map(|(tag, bytes)| {
+                if tag & SPILL == 0 {
+                    (tag, Some(bytes))
+                } else {
+                    (tag & !SPILL, None)
+                }
+            })
+            .collect())
+    }
+
     /// Sends a message already written in a spill buffer: the buffer itself
     /// when the message is too large for the ring, a copy in the ring
     /// otherwise. Gives the message back (`Ok(Some)`) when the ring is full.
@@ -451,6 +471,21 @@ mod tests {
             }
             prop_assert!(queued.is_empty());
         }
+    }
+
+    #[test]
+    fn unreleased_messages_come_back_inline_or_as_spilled() {
+        let mut ring = HeapRing::new(1024).unwrap();
+        let (p, c) = ring.split();
+        let (a, b) = fdpass::socket_pair().unwrap();
+        let (mut tx, mut rx) = (Sender::new(p, a), Receiver::new(c, b));
+        assert!(tx.try_send(1, &pattern(1, 100)).unwrap());
+        assert!(tx.try_send(2, &pattern(2, 3000)).unwrap(), "spilled");
+        assert!(tx.try_send(3, &pattern(3, 200)).unwrap());
+        assert_eq!(rx.peek().unwrap().unwrap().tag, 1);
+        rx.pop().unwrap();
+        let back = tx.unreleased().unwrap();
+        assert_eq!(back, [(2, None), (3, Some(pattern(3, 200)))]);
     }
 
     #[test]

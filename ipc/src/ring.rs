@@ -236,6 +236,67 @@ impl<'r> Producer<'r> {
             .saturating_sub(self.head.wrapping_sub(self.cached_tail))
     }
 
+    /// Copies of the messages the consumer has not released (popped) yet,
+    /// oldest first, with their tags: what a consumer that died never
+    /// finished with, so that the producer can send it elsewhere.
+    ///
+    /// Meant for a consumer that is gone. With a live one the answer is
+    /// only a snapshot (it may release more meanwhile), but nothing breaks:
+    /// released bytes are not written again before the next `reserve`.
+    ///
+    /// `tail` comes from the consumer's process; one that no consumer
+    /// following the protocol could have written, or a frame that does not
+    /// fit between it and `head`, is [`Error::Corrupt`].
+    pub fn unreleased(&self) -> Result<Vec<(u32, Vec<u8>)>> {
+        // SYNC POINT: pairs with the Release store of `tail` in
+        // `Consumer::pop`: the consumer is done with the bytes before it.
+        let mut at = self.header().tail.load(Acquire);
+        if at > self.head || self.head - at > self.cap || at % FRAME as u64 != 0 {
+            return Err(Error::Corrupt(format!(
+                "consumer position {at} is not within the {} bytes before {}",
+                self.cap, self.head
+            )));
+        }
+        let mut out = Vec::new();
+        while at < self.head {
+            let pos = at % self.cap;
+            self.shadow.read(pos, FRAME);
+            // SAFETY: `pos` is 16-aligned (checked above, and every step
+            // below is a multiple of 16) and < cap, so the frame header is
+            // in bounds; it lies before `head`, so this producer wrote it
+            // and will not write it again before `reserve` sees it free.
+            let (len, tag) = unsafe {
+                let p = self.data.as_ptr().add(pos as usize).cast::<u32>();
+                (p.read_volatile(), p.add(1).read_volatile())
+            };
+            if len == WRAP {
+                at += self.cap - pos;
+                if at > self.head {
+                    return Err(Error::Corrupt("unreleased wrap frame past head".into()));
+                }
+                continue;
+            }
+            let len = len as usize;
+            if len > self.cap as usize / 2
+                || pos + frame_len(len) as u64 > self.cap
+                || at + frame_len(len) as u64 > self.head
+            {
+                return Err(Error::Corrupt(format!(
+                    "unreleased frame of {len} bytes at {pos} does not fit"
+                )));
+            }
+            self.shadow.read(pos + FRAME as u64, len);
+            // SAFETY: the payload lies inside the buffer and before `head`
+            // (checked just above), for the same reasons as the header.
+            let payload = unsafe {
+                std::slice::from_raw_parts(self.data.as_ptr().add(pos as usize + FRAME), len)
+            };
+            out.push((tag, payload.to_vec()));
+            at += frame_len(len) as u64;
+        }
+        Ok(out)
+    }
+
     /// Copies `payload` into the ring as one message; false if it is full.
     pub fn try_push(&mut self, tag: u32, payload: &[u8]) -> bool {
         match self.reserve(payload.len()) {
@@ -562,6 +623,46 @@ mod tests {
         // in for a buggy peer.
         unsafe { data.write(10_000) };
         assert!(matches!(c.peek(), Err(Error::Corrupt(_))));
+    }
+
+    #[test]
+    fn unreleased_messages_are_those_not_popped_across_a_wrap() {
+        let mut ring = HeapRing::new(256).unwrap();
+        let (mut p, mut c) = ring.split();
+        // Move the positions near the end so that the next frames wrap.
+        for i in 0..3 {
+            assert!(p.try_push(i, &pattern(i as usize, 60)));
+            c.pop().unwrap();
+        }
+        assert!(p.unreleased().unwrap().is_empty());
+        for i in 10..13 {
+            assert!(p.try_push(i, &pattern(i as usize, 40)), "push {i}");
+        }
+        // The first is being read (peeked, not popped): still unreleased.
+        assert_eq!(c.peek().unwrap().unwrap().tag, 10);
+        let all = p.unreleased().unwrap();
+        let tags: Vec<u32> = all.iter().map(|(t, _)| *t).collect();
+        assert_eq!(tags, [10, 11, 12]);
+        for (tag, bytes) in &all {
+            assert_eq!(bytes, &pattern(*tag as usize, 40));
+        }
+        c.pop().unwrap();
+        let rest: Vec<u32> = p.unreleased().unwrap().iter().map(|(t, _)| *t).collect();
+        assert_eq!(rest, [11, 12]);
+    }
+
+    #[test]
+    fn an_impossible_consumer_position_is_an_error() {
+        let mut ring = HeapRing::new(256).unwrap();
+        let tail = &ring.hdr.tail.0 as *const AtomicU64;
+        let (mut p, _c) = ring.split();
+        assert!(p.try_push(1, b"abc"));
+        for bad in [5u64, 1 << 40] {
+            // SAFETY: test-only store to the consumer's position, standing
+            // in for a buggy peer; the ring outlives it.
+            unsafe { (*tail).store(bad, Release) };
+            assert!(matches!(p.unreleased(), Err(Error::Corrupt(_))), "{bad}");
+        }
     }
 
     #[test]
