@@ -27,13 +27,19 @@ pub enum Error {
     /// The worker running this task died (abort, segfault, stack overflow,
     /// `exit`, OOM kill, a signal). The pool replaced it; other tasks were not
     /// affected. Look at `status` for the exit code or signal.
+    ///
+    /// A task that was only waiting behind `task` on that worker never
+    /// started and runs again on another worker, with two exceptions that
+    /// fail with this error instead: an argument large enough to travel in
+    /// a spill buffer (over half the ring), and a task holding shared
+    /// arrays.
     #[error("worker {pid} died with {status} while running task {task}")]
     TerminatedWorker {
         /// The worker's process id.
         pid: u32,
         /// Exit code or terminating signal.
         status: ExitStatus,
-        /// The id of the task that was running or queued on that worker.
+        /// The id of the task the worker was running (or was about to run).
         task: u64,
     },
 

@@ -16,8 +16,9 @@
 //! Tasks run in worker processes: re-executions of the current binary that
 //! are intercepted before `main`, so no init call is needed anywhere (not
 //! in `main`, not in tests). A task that panics fails its future with
-//! [`Error::TaskPanicked`]; a worker that crashes fails its tasks with
-//! [`Error::TerminatedWorker`] and is replaced. Arguments and results travel
+//! [`Error::TaskPanicked`]; a worker that crashes fails the task it was
+//! running with [`Error::TerminatedWorker`] and is replaced (the task
+//! waiting behind it runs again on another worker). Arguments and results travel
 //! as validated rkyv archives through per-worker shared-memory rings; serde
 //! types and custom codecs work too, see
 //! [Sending data to workers](guide::sending_data). Large arrays stay in

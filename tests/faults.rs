@@ -407,6 +407,100 @@ fn sigkill_of_a_sibling_fails_only_the_siblings_task() {
     });
 }
 
+/// Sleeps `ms`, then aborts its worker.
+fn abort_after(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    std::process::abort()
+}
+
+/// Submits `first` (which ends its worker: a crash, a time limit) to a
+/// pool of one whose worker is ready, then three small tasks that wait
+/// behind it in that worker's ring or in the queue; returns the first's
+/// future and the others' results.
+fn behind<F>(ex: &ProcessPoolExecutor, first: F) -> (loky::Future<u64>, Vec<Result<u64, Error>>)
+where
+    F: FnOnce(&ProcessPoolExecutor) -> loky::Future<u64>,
+{
+    worker_pid(ex);
+    let first = first(ex);
+    let others: Vec<_> = (0..3u64)
+        .map(|x| ex.submit(|x: u64| x * 10, x).unwrap())
+        .collect();
+    let results = others.iter().map(|f| f.result_timeout(HANG)).collect();
+    (first, results)
+}
+
+#[test]
+fn tasks_waiting_behind_a_crash_run_on_the_replacement() {
+    bounded(|| {
+        let ex = pool(1);
+        let (crash, others) = behind(&ex, |ex| ex.submit(abort_after, 100).unwrap());
+        let (_, status, task) = terminated(crash.result_timeout(HANG));
+        assert_eq!(signaled(status), Some(libc::SIGABRT), "{status}");
+        assert_eq!(task, crash.id());
+        // The one that waited in the dead worker's ring never started: it
+        // runs again, as do the queued ones.
+        let values: Vec<u64> = others
+            .into_iter()
+            .map(|r| r.expect("a task behind the crash"))
+            .collect();
+        assert_eq!(values, [0, 10, 20]);
+        // The crashing task itself was not run again (it would have killed
+        // the replacement too).
+        let s = stats_when_whole(&ex, 1);
+        assert_eq!((s.crashed, s.respawned), (1, 1), "{s:?}");
+        assert_eq!((s.submitted, s.completed), (5, 4), "{s:?}");
+    });
+}
+
+#[test]
+fn tasks_waiting_behind_a_timed_out_task_run_on_the_replacement() {
+    bounded(|| {
+        let ex = pool(1);
+        let (slow, others) = behind(&ex, |ex| {
+            ex.submit_with_timeout(
+                |ms: u64| {
+                    std::thread::sleep(Duration::from_millis(ms));
+                    ms
+                },
+                HANG.as_millis() as u64,
+                Duration::from_millis(200),
+            )
+            .unwrap()
+        });
+        assert!(
+            matches!(slow.result_timeout(HANG), Err(Error::Timeout)),
+            "the slow task times out"
+        );
+        let values: Vec<u64> = others
+            .into_iter()
+            .map(|r| r.expect("a task behind the timed-out one"))
+            .collect();
+        assert_eq!(values, [0, 10, 20]);
+    });
+}
+
+#[test]
+fn a_large_argument_waiting_behind_a_crash_fails_with_it_not_lost() {
+    // A large message travels in a spill buffer that the parent does not
+    // read back: the task fails with the crash (documented), never hangs.
+    bounded(|| {
+        let ex = pool(1);
+        worker_pid(&ex);
+        let crash = ex.submit(abort_after, 100).unwrap();
+        let big = ex
+            .submit(|v: Vec<u8>| v.len() as u64, vec![7u8; 8 << 20])
+            .unwrap();
+        terminated(crash.result_timeout(HANG));
+        match big.result_timeout(HANG) {
+            Ok(n) => assert_eq!(n, 8 << 20),
+            Err(Error::TerminatedWorker { task, .. }) => assert_eq!(task, crash.id()),
+            Err(e) => panic!("unexpected error {e:?}"),
+        }
+        assert_heals(&ex);
+    });
+}
+
 // ---------------------------------------------------------------------------
 // Codec faults, stage by stage
 

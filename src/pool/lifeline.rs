@@ -106,6 +106,7 @@ impl Pool {
         // Results it published before dying are real results.
         let mut done = Vec::new();
         self.drain_dead(i, false, &mut done);
+        let mut not_sent = Vec::new();
         let failed = {
             let mut guard = self.state();
             let st = &mut *guard;
@@ -113,7 +114,9 @@ impl Pool {
                 // Not reaped, and not failed by another sleeper meanwhile.
                 Some(w) if w.pid == pid && w.died.is_none() => {
                     w.count_end(&mut st.stats, false);
-                    w.fail_in_flight(status, true, &mut st.deadlines)
+                    let (failed, again) = w.fail_in_flight(status, true, &mut st.deadlines);
+                    st.run_again(again, &mut not_sent);
+                    failed
                 }
                 _ => Vec::new(),
             }
@@ -126,6 +129,10 @@ impl Pool {
         }
         for (c, e) in failed {
             c.stage_error(e);
+            self.publish_later(c);
+        }
+        // Queued again but not sent (error staged already).
+        for c in not_sent {
             self.publish_later(c);
         }
         self.region.parent_bell().wake_all();

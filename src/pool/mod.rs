@@ -15,7 +15,7 @@ mod manager;
 mod queue;
 mod watchdog;
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -33,6 +33,10 @@ use crate::future::{lock, Completion};
 use crate::protocol::{
     read_header, ResultHeader, TaskHeader, TAG_EXIT, TAG_READY, TAG_RESULT, TAG_TASK,
 };
+
+/// Tasks that failed, each with its error, to publish once the state lock
+/// is released.
+type Failures = Vec<(Arc<dyn Completion>, Error)>;
 
 /// Tasks a worker holds at once (running + waiting in its ring). Two keeps
 /// the worker busy while the parent refills, and balances load.
@@ -459,8 +463,8 @@ impl Pool {
         Some(cell)
     }
 
-    /// Kills worker `i` after a protocol violation; the watchdog then fails
-    /// its in-flight tasks with `TerminatedWorker` and replaces it.
+    /// Kills worker `i` after a protocol violation; the watchdog then ends
+    /// its in-flight tasks ([`Worker::fail_in_flight`]) and replaces it.
     pub(crate) fn kill_slot(&self, i: usize) {
         let pidfd = self.state().workers[i].as_ref().map(|w| w.pidfd.clone());
         if let Some(pidfd) = pidfd {
@@ -953,6 +957,30 @@ impl State {
         }
     }
 
+    /// Queues `again` (tasks a dead worker never started, in their order)
+    /// in front of the waiting tasks, and hands out what the live workers
+    /// have room for; tasks that could not be sent go to `failed`, as in
+    /// [`State::refill`]. In a broken pool, whose queue nobody drains any
+    /// more, they fail at once.
+    fn run_again(&mut self, again: Vec<queue::Queued>, failed: &mut Vec<Arc<dyn Completion>>) {
+        if let Some(cause) = &self.broken {
+            for q in again {
+                self.deadlines.forget(q.cell.id());
+                q.cell.stage_error(Error::BrokenProcessPool {
+                    cause: cause.clone(),
+                });
+                failed.push(q.cell);
+            }
+            return;
+        }
+        for q in again.into_iter().rev() {
+            self.queue.push_front(q);
+        }
+        for i in 0..self.workers.len() {
+            self.refill(i, failed);
+        }
+    }
+
     /// Takes every queued task out; their time limits go too.
     fn drain_queue(&mut self) -> Vec<queue::Queued> {
         let drained: Vec<_> = self.queue.drain().collect();
@@ -1002,18 +1030,30 @@ impl Worker {
         self.ready && !self.exiting && self.died.is_none()
     }
 
-    /// Fails the in-flight tasks of this dead worker and returns them with
-    /// their errors; counts and logs the death the first time. With
-    /// `keep_pinned`, tasks holding shared arrays stay in flight: only the
-    /// reaped process is surely done with them (another of its threads may
-    /// still run for a moment after the main thread started to exit).
-    /// The failed tasks' time limits go from `deadlines`.
+    /// Ends the in-flight tasks of this dead worker: returns those that
+    /// fail, with their errors, and those to run again elsewhere; counts
+    /// and logs the death the first time.
+    ///
+    /// A task behind the first one in the worker's ring never started (a
+    /// worker takes the next message only after it sent the result of the
+    /// previous one, and the results it sent were drained before this): it
+    /// is handed back, message and all, to be queued again in front, unless
+    /// the pool is stopping it (shutdown, or its own time limit or cancel),
+    /// it holds shared arrays, or its message is not in the ring any more
+    /// (a large one travels in a spill buffer). The first task, which may
+    /// have been running, fails.
+    ///
+    /// With `keep_pinned`, tasks holding shared arrays stay in flight: only
+    /// the reaped process is surely done with them (another of its threads
+    /// may still run for a moment after the main thread started to exit).
+    /// The failed tasks' time limits go from `deadlines`; those of the tasks
+    /// handed back stay.
     fn fail_in_flight(
         &mut self,
         status: loky_ipc::ExitStatus,
         keep_pinned: bool,
         deadlines: &mut deadlines::Deadlines,
-    ) -> Vec<(Arc<dyn Completion>, Error)> {
+    ) -> (Failures, Vec<queue::Queued>) {
         let error = if let Some(e) = &self.died {
             e.clone()
         } else {
@@ -1029,12 +1069,25 @@ impl Worker {
             self.died = Some(error.clone());
             error
         };
+        let mut unstarted = self.unstarted_messages();
         let mut failed = Vec::new();
+        let mut again = Vec::new();
         let mut kept = VecDeque::new();
-        for c in self.in_flight.drain(..) {
+        for (k, c) in self.in_flight.drain(..).enumerate() {
             if keep_pinned && c.has_pins() {
                 kept.push_back(c);
                 continue;
+            }
+            let stopping = matches!(&self.task_kill, Some((id, _)) if *id == c.id());
+            if k > 0 && !stopping && !c.has_pins() {
+                if let Some(bytes) = unstarted.remove(&c.id()) {
+                    c.requeued();
+                    again.push(queue::Queued {
+                        cell: c,
+                        message: Encoded::Bytes(bytes),
+                    });
+                    continue;
+                }
             }
             let e = match &self.task_kill {
                 Some((id, e)) if *id == c.id() => e.clone(),
@@ -1044,7 +1097,39 @@ impl Worker {
             failed.push((c, e));
         }
         self.in_flight = kept;
-        failed
+        if !again.is_empty() {
+            tracing::debug!(
+                pid = self.pid,
+                tasks = again.len(),
+                "tasks that never started on the dead worker are queued again"
+            );
+        }
+        (failed, again)
+    }
+
+    /// The task messages this dead worker never released, by task id (none
+    /// when the pool itself killed it to shut down, or when its ring reads
+    /// as corrupt: its tasks then all fail).
+    fn unstarted_messages(&self) -> HashMap<u64, Vec<u8>> {
+        if self.kill_reason.is_some() {
+            return HashMap::new();
+        }
+        let unreleased = match self.sender.unreleased() {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::warn!(pid = self.pid, error = %e, "the dead worker's task ring is unreadable; its waiting tasks fail");
+                return HashMap::new();
+            }
+        };
+        unreleased
+            .into_iter()
+            .filter(|(tag, _)| *tag == TAG_TASK)
+            .filter_map(|(_, bytes)| {
+                let bytes = bytes?;
+                let (hdr, _) = read_header::<TaskHeader>(&bytes)?;
+                Some((hdr.task_id, bytes))
+            })
+            .collect()
     }
 
     fn wake(&self) {

@@ -155,6 +155,7 @@ impl Pool {
         let mut done = Vec::new();
         self.drain_dead(i, true, &mut done);
         let mut failed: Vec<(Arc<dyn Completion>, Error)> = Vec::new();
+        let mut not_sent = Vec::new();
         let mut startup_failure = None;
         {
             let mut st = self.state();
@@ -168,7 +169,9 @@ impl Pool {
                 if !w.ready && !w.killed_by_us() && !st.shutdown {
                     startup_failure = Some(describe_startup_failure(status));
                 }
-                failed = w.fail_in_flight(status, false, &mut st.deadlines);
+                let again;
+                (failed, again) = w.fail_in_flight(status, false, &mut st.deadlines);
+                st.run_again(again, &mut not_sent);
             }
             if !counted {
                 w.count_end(&mut st.stats, clean);
@@ -186,6 +189,10 @@ impl Pool {
             // more (released outside the state lock).
             c.release_pins();
             c.stage_error(e);
+            self.publish_later(c);
+        }
+        // Queued again but not sent (error staged already).
+        for c in not_sent {
             self.publish_later(c);
         }
         if let Some(cause) = startup_failure {
