@@ -29,10 +29,12 @@ pub enum Error {
     /// affected. Look at `status` for the exit code or signal.
     ///
     /// A task that was only waiting behind `task` on that worker never
-    /// started and runs again on another worker, with two exceptions that
-    /// fail with this error instead: an argument large enough to travel in
-    /// a spill buffer (over half the ring), and a task holding shared
-    /// arrays.
+    /// started and runs again on another worker. It fails with this error
+    /// instead when its argument was large enough to travel in a spill
+    /// buffer (over half the ring), when it holds shared arrays, when the
+    /// ring capacity is not a whole number of pages (the worker cannot
+    /// guard it against its own stray writes), or when the dead worker's
+    /// ring cannot be read back.
     #[error("worker {pid} died with {status} while running task {task}")]
     TerminatedWorker {
         /// The worker's process id.

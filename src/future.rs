@@ -168,9 +168,11 @@ pub(crate) trait Completion: Send + Sync {
     /// Marks the task as about to be handed to a worker. False if it was
     /// cancelled (or otherwise finished) meanwhile.
     fn set_running(&self) -> bool;
-    /// Undoes [`Completion::set_running`]: the worker's ring was full and
-    /// the task waits in the parent again (so it can still be cancelled).
-    fn requeued(&self);
+    /// Undoes [`Completion::set_running`]: the worker's ring was full, or
+    /// the worker died before it started the task, and the task waits in
+    /// the parent again (so it can still be cancelled). False if it was not
+    /// running (it already has its outcome).
+    fn requeued(&self) -> bool;
     /// Records that the task's bytes are in a worker's ring: from now on
     /// only the pool releases its pins, once the worker is done with it.
     fn mark_sent(&self);
@@ -297,11 +299,11 @@ impl<R: Send + 'static> Completion for Cell<R> {
             .is_ok()
     }
 
-    fn requeued(&self) {
-        let _ =
-            self.task
-                .state
-                .compare_exchange(RUNNING, PENDING, Ordering::AcqRel, Ordering::Acquire);
+    fn requeued(&self) -> bool {
+        self.task
+            .state
+            .compare_exchange(RUNNING, PENDING, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
     }
 
     fn mark_sent(&self) {
@@ -355,7 +357,9 @@ impl<R: Send + 'static> Completion for Cell<R> {
         {
             return false;
         }
-        // Never sent (sending needs PENDING -> RUNNING first).
+        // Not in a worker: never sent (sending needs PENDING -> RUNNING
+        // first), or put back in the queue after its worker died before
+        // starting it, which is only done for tasks without pins.
         self.release_pins();
         self.task.finish(Some(Err(Error::Cancelled)));
         true
@@ -543,8 +547,9 @@ impl<R: Send + 'static> Future<R> {
     /// which the pool replaces. The future fails with [`Error::Cancelled`].
     /// Returns false if the task had already finished.
     ///
-    /// Other tasks that were waiting in the killed worker's queue (at most
-    /// one) fail with [`Error::TerminatedWorker`].
+    /// A task that was waiting behind it in the killed worker's ring (at
+    /// most one) runs again on another worker, or, where it cannot (see
+    /// [`Error::TerminatedWorker`]), fails with that error.
     pub fn kill(&self) -> bool {
         if self.cell.task.is_done() {
             return false;

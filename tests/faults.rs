@@ -481,9 +481,38 @@ fn tasks_waiting_behind_a_timed_out_task_run_on_the_replacement() {
 }
 
 #[test]
+fn a_task_timed_out_while_waiting_behind_a_crash_is_not_run_again() {
+    bounded(|| {
+        let ex = pool(1);
+        worker_pid(&ex);
+        let marker = std::env::temp_dir().join(format!("loky-not-rerun-{}", std::process::id()));
+        let _ = std::fs::remove_file(&marker);
+        let crash = ex.submit(abort_after, 300).unwrap();
+        // Waits in the worker's ring behind the crash; its limit falls first.
+        let late = ex
+            .submit_with_timeout(
+                |path: String| std::fs::write(path, b"ran").is_ok(),
+                marker.to_string_lossy().into_owned(),
+                Duration::from_millis(50),
+            )
+            .unwrap();
+        assert!(matches!(late.result_timeout(HANG), Err(Error::Timeout)));
+        terminated(crash.result_timeout(HANG));
+        // Anything put back in the queue would run before this.
+        assert_heals(&ex);
+        assert!(
+            !marker.exists(),
+            "a task whose future already failed ran after its worker died"
+        );
+        assert_eq!(ex.stats().cancelled, 0);
+    });
+}
+
+#[test]
 fn a_large_argument_waiting_behind_a_crash_fails_with_it_not_lost() {
     // A large message travels in a spill buffer that the parent does not
     // read back: the task fails with the crash (documented), never hangs.
+    // (It waits in the worker's ring: the pool of one is whole.)
     bounded(|| {
         let ex = pool(1);
         worker_pid(&ex);
@@ -492,11 +521,8 @@ fn a_large_argument_waiting_behind_a_crash_fails_with_it_not_lost() {
             .submit(|v: Vec<u8>| v.len() as u64, vec![7u8; 8 << 20])
             .unwrap();
         terminated(crash.result_timeout(HANG));
-        match big.result_timeout(HANG) {
-            Ok(n) => assert_eq!(n, 8 << 20),
-            Err(Error::TerminatedWorker { task, .. }) => assert_eq!(task, crash.id()),
-            Err(e) => panic!("unexpected error {e:?}"),
-        }
+        let (_, _, task) = terminated(big.result_timeout(HANG));
+        assert_eq!(task, crash.id(), "the error names the task that ran");
         assert_heals(&ex);
     });
 }

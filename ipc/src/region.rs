@@ -272,6 +272,50 @@ impl Region {
         }
     }
 
+    /// Whether [`Self::protect_for_slot`] can guard the rings: their
+    /// capacity is a whole number of pages.
+    pub fn rings_protectable(&self) -> bool {
+        self.cfg.ring_capacity % PAGE == 0
+    }
+
+    /// Guards the rings of this mapping against stray writes of the
+    /// process that owns slot `i` (a worker): the data of its `down` ring,
+    /// which it only reads, becomes read-only, and the ring data of every
+    /// other slot inaccessible. A task that scribbles over memory then
+    /// faults instead of corrupting messages that its parent may read back
+    /// after its death ([`crate::ring::Producer::unreleased`]), or another
+    /// worker's. Does nothing unless [`Self::rings_protectable`].
+    ///
+    /// Only the owner of slot `i` may call it, on its own mapping, before
+    /// it reads its rings; nothing in this process may touch another
+    /// slot's ring data afterwards.
+    pub fn protect_for_slot(&self, i: u32) -> Result<()> {
+        assert!(i < self.cfg.slots, "slot {i} out of range");
+        if !self.rings_protectable() {
+            return Ok(());
+        }
+        let base = self.map.as_mut_ptr();
+        let cap = self.cfg.ring_capacity;
+        let data_start = PAGE * (1 + self.cfg.slots as usize);
+        for s in 0..self.cfg.slots as usize {
+            let flags = if s == i as usize {
+                rustix::mm::MprotectFlags::READ
+            } else {
+                rustix::mm::MprotectFlags::empty()
+            };
+            // Slot `s`'s rings: `down` then `up`; its own `up` stays writable.
+            let len = if s == i as usize { cap } else { 2 * cap };
+            // SAFETY: the range lies inside this mapping (as in `slot`), is
+            // page-aligned (`data_start` and `cap` are page multiples) and
+            // only changes access: this process only reads its `down` ring
+            // and never touches another slot's rings (the caller's
+            // contract), so no access it makes is cut off.
+            unsafe { rustix::mm::mprotect(base.add(data_start + 2 * cap * s).cast(), len, flags) }
+                .os("mprotect (guarding the rings)")?;
+        }
+        Ok(())
+    }
+
     /// Resets slot `i` to empty rings and stamps a new `generation`.
     ///
     /// # Safety
@@ -435,6 +479,77 @@ mod tests {
             Region::attach(fd, 0xbad),
             Err(Error::BadHeader(_))
         ));
+    }
+
+    /// Runs `touch` in a forked child; its wait status.
+    fn in_child(touch: impl FnOnce()) -> i32 {
+        // SAFETY: the child only runs `touch` (a volatile access) and
+        // `_exit`, both async-signal-safe, so forking this multi-threaded
+        // test process is sound.
+        unsafe {
+            let pid = libc::fork();
+            assert!(pid >= 0, "fork");
+            if pid == 0 {
+                touch();
+                libc::_exit(0);
+            }
+            let mut status = 0;
+            assert_eq!(libc::waitpid(pid, &mut status, 0), pid);
+            status
+        }
+    }
+
+    fn segfaulted(status: i32) -> bool {
+        libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGSEGV
+    }
+
+    #[test]
+    fn a_guarded_slot_owner_cannot_write_rings_it_only_reads() {
+        no_core_dumps();
+        let region = Region::create(cfg()).unwrap();
+        let fd = region.fd().try_clone_to_owned().unwrap();
+        let worker = Region::attach(fd, 0xfeed).unwrap();
+        assert!(worker.rings_protectable());
+        worker.protect_for_slot(1).unwrap();
+        let (own, other) = (worker.slot(1), worker.slot(0));
+        // Each access below is inside the mapping's ring data, in a forked
+        // child that is the only process touching it.
+        let read_own = in_child(|| {
+            // SAFETY: see above.
+            unsafe { own.down.as_ptr().read_volatile() };
+        });
+        assert!(libc::WIFEXITED(read_own), "own down ring stays readable");
+        let write_up = in_child(|| {
+            // SAFETY: see above.
+            unsafe { own.up.as_ptr().write_volatile(1) }
+        });
+        assert!(libc::WIFEXITED(write_up), "own up ring stays writable");
+        let write_down = in_child(|| {
+            // SAFETY: see above.
+            unsafe { own.down.as_ptr().write_volatile(1) }
+        });
+        assert!(segfaulted(write_down), "own down ring: {write_down:#x}");
+        let read_other = in_child(|| {
+            // SAFETY: see above.
+            unsafe { other.up.as_ptr().read_volatile() };
+        });
+        assert!(
+            segfaulted(read_other),
+            "another slot's ring: {read_other:#x}"
+        );
+        // Other mappings (the parent's) are not affected.
+        // SAFETY: as above, in this process's own unguarded mapping.
+        unsafe { region.slot(1).down.as_ptr().write_volatile(2) };
+    }
+
+    /// A child that segfaults on purpose dumps no core.
+    fn no_core_dumps() {
+        let zero = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: plain system call on a valid struct; only lowers a limit.
+        unsafe { libc::setrlimit(libc::RLIMIT_CORE, &zero) };
     }
 
     #[test]

@@ -173,6 +173,7 @@ impl Pool {
             exiting: false,
             kill_reason: None,
             task_kill: None,
+            stopped_waiting: Vec::new(),
             tasks_done: 0,
             rss_baseline: None,
             idle_since: Instant::now(),

@@ -114,7 +114,8 @@ impl Pool {
                 // Not reaped, and not failed by another sleeper meanwhile.
                 Some(w) if w.pid == pid && w.died.is_none() => {
                     w.count_end(&mut st.stats, false);
-                    let (failed, again) = w.fail_in_flight(status, true, &mut st.deadlines);
+                    let reread = self.region.rings_protectable();
+                    let (failed, again) = w.fail_in_flight(status, true, reread, &mut st.deadlines);
                     st.run_again(again, &mut not_sent);
                     failed
                 }

@@ -78,6 +78,9 @@ pub(crate) struct Worker {
     kill_reason: Option<Error>,
     /// A task we killed this worker to stop, and the error it gets.
     task_kill: Option<(u64, Error)>,
+    /// Tasks stopped (failed) while they waited behind the running one:
+    /// never to be run again if this worker dies before it skips them.
+    stopped_waiting: Vec<u64>,
     tasks_done: u64,
     /// Resident size after the first task (for `memory_limit`).
     rss_baseline: Option<u64>,
@@ -424,6 +427,9 @@ impl Pool {
             return None;
         }
         let cell = w.in_flight.pop_front()?;
+        if !w.stopped_waiting.is_empty() {
+            w.stopped_waiting.retain(|id| *id != hdr.task_id);
+        }
         st.deadlines.forget(hdr.task_id);
         w.tasks_done += 1;
         if w.in_flight.is_empty() {
@@ -495,6 +501,10 @@ impl Pool {
                 w.task_kill = Some((id, reason));
                 let _ = w.pidfd.kill(rustix::process::Signal::KILL);
             } else {
+                // Its message stays in the ring (the worker still runs it,
+                // and its result is dropped): if the worker dies first, it
+                // must not be read back and run elsewhere.
+                w.stopped_waiting.push(id);
                 let cell = w.in_flight[pos].clone();
                 drop(st);
                 cell.stage_error(reason);
@@ -1043,6 +1053,10 @@ impl Worker {
     /// (a large one travels in a spill buffer). The first task, which may
     /// have been running, fails.
     ///
+    /// Only with `reread`: the worker guarded its task ring against its
+    /// own stray writes ([`Region::protect_for_slot`]), so the messages read
+    /// back are the ones the parent wrote.
+    ///
     /// With `keep_pinned`, tasks holding shared arrays stay in flight: only
     /// the reaped process is surely done with them (another of its threads
     /// may still run for a moment after the main thread started to exit).
@@ -1052,6 +1066,7 @@ impl Worker {
         &mut self,
         status: loky_ipc::ExitStatus,
         keep_pinned: bool,
+        reread: bool,
         deadlines: &mut deadlines::Deadlines,
     ) -> (Failures, Vec<queue::Queued>) {
         let error = if let Some(e) = &self.died {
@@ -1069,7 +1084,11 @@ impl Worker {
             self.died = Some(error.clone());
             error
         };
-        let mut unstarted = self.unstarted_messages();
+        let mut unstarted = if reread {
+            self.unstarted_messages()
+        } else {
+            HashMap::new()
+        };
         let mut failed = Vec::new();
         let mut again = Vec::new();
         let mut kept = VecDeque::new();
@@ -1078,15 +1097,18 @@ impl Worker {
                 kept.push_back(c);
                 continue;
             }
-            let stopping = matches!(&self.task_kill, Some((id, _)) if *id == c.id());
+            let stopping = matches!(&self.task_kill, Some((id, _)) if *id == c.id())
+                || self.stopped_waiting.contains(&c.id());
             if k > 0 && !stopping && !c.has_pins() {
-                if let Some(bytes) = unstarted.remove(&c.id()) {
-                    c.requeued();
-                    again.push(queue::Queued {
-                        cell: c,
-                        message: Encoded::Bytes(bytes),
-                    });
-                    continue;
+                match unstarted.remove(&c.id()) {
+                    Some(bytes) if c.requeued() => {
+                        again.push(queue::Queued {
+                            cell: c,
+                            message: Encoded::Bytes(bytes),
+                        });
+                        continue;
+                    }
+                    _ => {}
                 }
             }
             let e = match &self.task_kill {
@@ -1111,7 +1133,8 @@ impl Worker {
     /// when the pool itself killed it to shut down, or when its ring reads
     /// as corrupt: its tasks then all fail).
     fn unstarted_messages(&self) -> HashMap<u64, Vec<u8>> {
-        if self.kill_reason.is_some() {
+        // Only tasks behind the first are ever run again.
+        if self.kill_reason.is_some() || self.in_flight.len() < 2 {
             return HashMap::new();
         }
         let unreleased = match self.sender.unreleased() {

@@ -170,7 +170,8 @@ impl Pool {
                     startup_failure = Some(describe_startup_failure(status));
                 }
                 let again;
-                (failed, again) = w.fail_in_flight(status, false, &mut st.deadlines);
+                let reread = self.region().rings_protectable();
+                (failed, again) = w.fail_in_flight(status, false, reread, &mut st.deadlines);
                 st.run_again(again, &mut not_sent);
             }
             if !counted {

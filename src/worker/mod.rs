@@ -103,6 +103,12 @@ pub(crate) fn run(raw_spec: &str) -> i32 {
     // The region lives as long as the process: the lifeline below must stay
     // mapped until this thread dies.
     let region: &'static Region = Box::leak(Box::new(region));
+    // A task that scribbles over memory must not reach the messages the
+    // parent reads back after this process died (to run them elsewhere),
+    // nor another worker's rings.
+    if let Err(e) = region.protect_for_slot(spec.slot) {
+        return fatal(EXIT_BOOTSTRAP, format_args!("cannot guard the rings: {e}"));
+    }
     let slot = region.slot(spec.slot);
     slot.set_pid(std::process::id());
     // From here on the parent learns of this thread's death the moment it
