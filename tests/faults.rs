@@ -481,6 +481,39 @@ fn tasks_waiting_behind_a_timed_out_task_run_on_the_replacement() {
 }
 
 #[test]
+fn a_task_that_exits_on_a_retiring_worker_is_not_taken_for_its_retirement() {
+    // The worker retires after one task, but a second one already waits in
+    // its ring, before the exit message: its `exit(0)` must still fail it.
+    bounded(|| {
+        no_core_dumps();
+        let ex = ProcessPoolExecutor::builder()
+            .max_workers(1)
+            .max_tasks_per_child(1)
+            .build()
+            .unwrap();
+        worker_pid(&ex); // the first worker retires after this
+        worker_pid(&ex); // its replacement is ready: it takes two tasks
+        let first = ex
+            .submit(
+                |ms: u64| {
+                    std::thread::sleep(Duration::from_millis(ms));
+                    ms
+                },
+                100,
+            )
+            .unwrap();
+        let exits = ex
+            .submit(|_: ()| -> u64 { std::process::exit(0) }, ())
+            .unwrap();
+        assert_eq!(first.result_timeout(HANG).unwrap(), 100);
+        let (_, status, task) = terminated(exits.result_timeout(HANG));
+        assert_eq!(status, ExitStatus::Exited(0));
+        assert_eq!(task, exits.id());
+        assert_heals(&ex);
+    });
+}
+
+#[test]
 fn a_task_timed_out_while_waiting_behind_a_crash_is_not_run_again() {
     bounded(|| {
         let ex = pool(1);

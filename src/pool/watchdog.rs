@@ -162,7 +162,9 @@ impl Pool {
             let Some(mut w) = st.workers[i].take() else {
                 return;
             };
-            let clean = w.exiting && status == ExitStatus::Exited(0);
+            // A retiring worker that exits 0 with a task still held did not
+            // retire: that task called `exit(0)` before the exit message.
+            let clean = w.exiting && status == ExitStatus::Exited(0) && w.in_flight.is_empty();
             // Counted already if the early path saw it die.
             let counted = w.died.is_some();
             if !clean {
