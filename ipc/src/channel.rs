@@ -217,24 +217,19 @@ impl<'r> Sender<'r> {
         self.send_with(tag, payload.len(), |buf| buf.copy_from_slice(payload))
     }
 
-    /// The messages the receiver has not released yet, oldest first, each
-    /// with its tag and a copy of its bytes; `None` for a message that
-    /// travelled in a spill buffer (announced by a frame in the ring, whose
-    /// buffer this side no longer reads back). Meant for a receiver that
-    /// died: see [`Producer::unreleased`].
-    pub fn unreleased(&self) -> Result<Vec<(u32, Option<Vec<u8>>)>> {
-        Ok(self
-            .ring
-            .unreleased()?
-            .into_iter()
-            .map(|(tag, bytes)| {
-                if tag & SPILL == 0 {
-                    (tag, Some(bytes))
-                } else {
-                    (tag & !SPILL, None)
-                }
-            })
-            .collect())
+    /// Calls `visit` with the tag and the bytes of each message the
+    /// receiver has not released yet, oldest first; `None` for a message
+    /// that travelled in a spill buffer (announced by a frame in the ring,
+    /// whose buffer this side does not read back). Meant for a receiver
+    /// that died: see [`Producer::unreleased`].
+    pub fn unreleased(&self, mut visit: impl FnMut(u32, Option<&[u8]>)) -> Result<()> {
+        self.ring.unreleased(|tag, bytes| {
+            if tag & SPILL == 0 {
+                visit(tag, Some(bytes));
+            } else {
+                visit(tag & !SPILL, None);
+            }
+        })
     }
 
     /// Sends a message already written in a spill buffer: the buffer itself
@@ -484,7 +479,9 @@ mod tests {
         assert!(tx.try_send(3, &pattern(3, 200)).unwrap());
         assert_eq!(rx.peek().unwrap().unwrap().tag, 1);
         rx.pop().unwrap();
-        let back = tx.unreleased().unwrap();
+        let mut back = Vec::new();
+        tx.unreleased(|tag, bytes| back.push((tag, bytes.map(<[u8]>::to_vec))))
+            .unwrap();
         assert_eq!(back, [(2, None), (3, Some(pattern(3, 200)))]);
     }
 

@@ -236,9 +236,10 @@ impl<'r> Producer<'r> {
             .saturating_sub(self.head.wrapping_sub(self.cached_tail))
     }
 
-    /// Copies of the messages the consumer has not released (popped) yet,
-    /// oldest first, with their tags: what a consumer that died never
-    /// finished with, so that the producer can send it elsewhere.
+    /// Calls `visit` with the tag and the bytes of each message the consumer
+    /// has not released (popped) yet, oldest first: what a consumer that
+    /// died never finished with, so that the producer can send it
+    /// elsewhere (copying only what it wants).
     ///
     /// Meant for a consumer that is gone. With a live one the answer is
     /// only a snapshot (it may release more meanwhile), but nothing breaks:
@@ -246,8 +247,9 @@ impl<'r> Producer<'r> {
     ///
     /// `tail` comes from the consumer's process; one that no consumer
     /// following the protocol could have written, or a frame that does not
-    /// fit between it and `head`, is [`Error::Corrupt`].
-    pub fn unreleased(&self) -> Result<Vec<(u32, Vec<u8>)>> {
+    /// fit between it and `head`, is [`Error::Corrupt`] (the messages
+    /// visited before it are whole, but the caller should trust none).
+    pub fn unreleased(&self, mut visit: impl FnMut(u32, &[u8])) -> Result<()> {
         // SYNC POINT: pairs with the Release store of `tail` in
         // `Consumer::pop`: the consumer is done with the bytes before it.
         let mut at = self.header().tail.load(Acquire);
@@ -257,7 +259,6 @@ impl<'r> Producer<'r> {
                 self.cap, self.head
             )));
         }
-        let mut out = Vec::new();
         while at < self.head {
             let pos = at % self.cap;
             self.shadow.read(pos, FRAME);
@@ -291,10 +292,10 @@ impl<'r> Producer<'r> {
             let payload = unsafe {
                 std::slice::from_raw_parts(self.data.as_ptr().add(pos as usize + FRAME), len)
             };
-            out.push((tag, payload.to_vec()));
+            visit(tag, payload);
             at += frame_len(len) as u64;
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Copies `payload` into the ring as one message; false if it is full.
@@ -625,6 +626,13 @@ mod tests {
         assert!(matches!(c.peek(), Err(Error::Corrupt(_))));
     }
 
+    /// Copies of the unreleased messages.
+    fn unreleased(p: &Producer<'_>) -> Result<Vec<(u32, Vec<u8>)>> {
+        let mut out = Vec::new();
+        p.unreleased(|tag, bytes| out.push((tag, bytes.to_vec())))?;
+        Ok(out)
+    }
+
     #[test]
     fn unreleased_messages_are_those_not_popped_across_a_wrap() {
         let mut ring = HeapRing::new(256).unwrap();
@@ -634,20 +642,20 @@ mod tests {
             assert!(p.try_push(i, &pattern(i as usize, 60)));
             c.pop().unwrap();
         }
-        assert!(p.unreleased().unwrap().is_empty());
+        assert!(unreleased(&p).unwrap().is_empty());
         for i in 10..13 {
             assert!(p.try_push(i, &pattern(i as usize, 40)), "push {i}");
         }
         // The first is being read (peeked, not popped): still unreleased.
         assert_eq!(c.peek().unwrap().unwrap().tag, 10);
-        let all = p.unreleased().unwrap();
+        let all = unreleased(&p).unwrap();
         let tags: Vec<u32> = all.iter().map(|(t, _)| *t).collect();
         assert_eq!(tags, [10, 11, 12]);
         for (tag, bytes) in &all {
             assert_eq!(bytes, &pattern(*tag as usize, 40));
         }
         c.pop().unwrap();
-        let rest: Vec<u32> = p.unreleased().unwrap().iter().map(|(t, _)| *t).collect();
+        let rest: Vec<u32> = unreleased(&p).unwrap().iter().map(|(t, _)| *t).collect();
         assert_eq!(rest, [11, 12]);
     }
 
@@ -661,7 +669,7 @@ mod tests {
             // SAFETY: test-only store to the consumer's position, standing
             // in for a buggy peer; the ring outlives it.
             unsafe { (*tail).store(bad, Release) };
-            assert!(matches!(p.unreleased(), Err(Error::Corrupt(_))), "{bad}");
+            assert!(matches!(unreleased(&p), Err(Error::Corrupt(_))), "{bad}");
         }
     }
 

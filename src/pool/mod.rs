@@ -601,9 +601,7 @@ impl Pool {
             if st.queue.is_empty() {
                 return;
             }
-            for i in 0..st.workers.len() {
-                st.refill(i, &mut failed);
-            }
+            st.refill_all(&mut failed);
         }
         for c in failed {
             c.publish();
@@ -986,6 +984,11 @@ impl State {
         for q in again.into_iter().rev() {
             self.queue.push_front(q);
         }
+        self.refill_all(failed);
+    }
+
+    /// [`State::refill`] of every worker.
+    fn refill_all(&mut self, failed: &mut Vec<Arc<dyn Completion>>) {
         for i in 0..self.workers.len() {
             self.refill(i, failed);
         }
@@ -1097,8 +1100,11 @@ impl Worker {
                 kept.push_back(c);
                 continue;
             }
-            let stopping = matches!(&self.task_kill, Some((id, _)) if *id == c.id())
-                || self.stopped_waiting.contains(&c.id());
+            let own_error = match &self.task_kill {
+                Some((id, e)) if *id == c.id() => Some(e.clone()),
+                _ => None,
+            };
+            let stopping = own_error.is_some() || self.stopped_waiting.contains(&c.id());
             if k > 0 && !stopping && !c.has_pins() {
                 match unstarted.remove(&c.id()) {
                     Some(bytes) if c.requeued() => {
@@ -1111,10 +1117,7 @@ impl Worker {
                     _ => {}
                 }
             }
-            let e = match &self.task_kill {
-                Some((id, e)) if *id == c.id() => e.clone(),
-                _ => error.clone(),
-            };
+            let e = own_error.unwrap_or_else(|| error.clone());
             deadlines.forget(c.id());
             failed.push((c, e));
         }
@@ -1137,22 +1140,23 @@ impl Worker {
         if self.kill_reason.is_some() || self.in_flight.len() < 2 {
             return HashMap::new();
         }
-        let unreleased = match self.sender.unreleased() {
-            Ok(u) => u,
-            Err(e) => {
-                tracing::warn!(pid = self.pid, error = %e, "the dead worker's task ring is unreadable; its waiting tasks fail");
-                return HashMap::new();
+        let wanted: Vec<u64> = self.in_flight.iter().skip(1).map(|c| c.id()).collect();
+        let mut found = HashMap::new();
+        let read = self.sender.unreleased(|tag, bytes| {
+            let Some(bytes) = bytes.filter(|_| tag == TAG_TASK) else {
+                return;
+            };
+            if let Some((hdr, _)) = read_header::<TaskHeader>(bytes) {
+                if wanted.contains(&hdr.task_id) {
+                    found.insert(hdr.task_id, bytes.to_vec());
+                }
             }
-        };
-        unreleased
-            .into_iter()
-            .filter(|(tag, _)| *tag == TAG_TASK)
-            .filter_map(|(_, bytes)| {
-                let bytes = bytes?;
-                let (hdr, _) = read_header::<TaskHeader>(&bytes)?;
-                Some((hdr.task_id, bytes))
-            })
-            .collect()
+        });
+        if let Err(e) = read {
+            tracing::warn!(pid = self.pid, error = %e, "the dead worker's task ring is unreadable; its waiting tasks fail");
+            return HashMap::new();
+        }
+        found
     }
 
     fn wake(&self) {
