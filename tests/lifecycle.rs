@@ -23,6 +23,16 @@ fn spin_forever(_: ()) -> u32 {
     }
 }
 
+/// The length of a `Vec<u8>` argument whose task message (its 16-byte
+/// header, the bytes, rkyv's 8-byte vector root) is exactly the largest a
+/// default 1 MiB ring takes inline: half the ring, less one frame header.
+const HALF_RING_ARG: usize = (1 << 19) - 16 - 16 - 8;
+
+fn hold_then_len(v: Vec<u8>) -> usize {
+    std::thread::sleep(Duration::from_millis(300));
+    v.len()
+}
+
 fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     let start = Instant::now();
     while !cond() {
@@ -179,6 +189,28 @@ fn reusable_executor_reuses_resizes_and_replaces() {
     let d = get_reusable_executor().max_workers(2).get().unwrap();
     assert!(d.same_pool(&a));
     wait_until("grow to 2 workers", || d.stats().workers_alive == 2);
+
+    // Shrinking while each worker's task ring is full (a running task and
+    // one waiting, each half the ring): no room for the exit message. The
+    // retiring worker gets it once its running task's message is released,
+    // and exits after its tasks: none of them fails.
+    let before = d.stats();
+    let held: Vec<_> = (0..4)
+        .map(|_| d.submit(hold_then_len, vec![7u8; HALF_RING_ARG]).unwrap())
+        .collect();
+    wait_until("both workers hold two tasks", || d.stats().running == 4);
+    let shrunk = get_reusable_executor().max_workers(1).get().unwrap();
+    assert!(shrunk.same_pool(&a));
+    for f in held {
+        assert_eq!(f.result_timeout(HANG).unwrap(), HALF_RING_ARG);
+    }
+    wait_until("shrink to 1 worker", || shrunk.stats().workers_alive == 1);
+    let after = shrunk.stats();
+    assert_eq!(
+        (after.crashed, after.respawned),
+        (before.crashed, before.respawned),
+        "{after:?}"
+    );
 
     // Another configuration: a new executor; the old handle still works.
     let e = get_reusable_executor()

@@ -171,6 +171,7 @@ impl Pool {
             in_flight: Default::default(),
             ready: false,
             exiting: false,
+            exit_owed: false,
             kill_reason: None,
             task_kill: None,
             stopped_waiting: Vec::new(),

@@ -74,6 +74,11 @@ pub(crate) struct Worker {
     in_flight: VecDeque<Arc<dyn Completion>>,
     ready: bool,
     exiting: bool,
+    /// Told to exit, but its task ring had no room for the exit message
+    /// (full with the tasks it holds): sent again after each of its
+    /// results, so that it exits after its tasks instead of being killed
+    /// with one running.
+    exit_owed: bool,
     /// The error in-flight tasks get if this worker dies because we killed it.
     kill_reason: Option<Error>,
     /// A task we killed this worker to stop, and the error it gets.
@@ -432,6 +437,9 @@ impl Pool {
         }
         st.deadlines.forget(hdr.task_id);
         w.tasks_done += 1;
+        // The worker released that task's message before sending its
+        // result: room for an exit message a full ring refused.
+        w.retry_exit();
         if w.in_flight.is_empty() {
             w.idle_since = Instant::now();
         }
@@ -1164,14 +1172,32 @@ impl Worker {
         self.bell.ring();
     }
 
+    /// Asks the worker to exit once it has run the tasks it holds. The
+    /// exit message queues behind them in its task ring; when the ring is
+    /// full with those tasks, it is owed and sent again after the next
+    /// result ([`State::complete_in_state`] calls [`Self::retry_exit`]).
+    /// Only a worker that holds no task is ever signalled instead (its
+    /// ring full with nothing in flight, or broken): nothing of it is lost.
     fn send_exit(&mut self) {
+        self.exit_owed = false;
         match self.sender.try_send(TAG_EXIT, &[]) {
             Ok(true) => self.wake(),
-            // Ring full or broken: the worker will be killed at shutdown.
-            _ => {
-                let _ = self.pidfd.kill(rustix::process::Signal::TERM);
-            }
+            Ok(false) if !self.in_flight.is_empty() => self.exit_owed = true,
+            Ok(false) => self.terminate("its task ring is full with no task in flight"),
+            Err(e) => self.terminate(&e.to_string()),
         }
+    }
+
+    /// Sends the exit message owed since a full ring refused it.
+    fn retry_exit(&mut self) {
+        if self.exit_owed {
+            self.send_exit();
+        }
+    }
+
+    fn terminate(&self, why: &str) {
+        tracing::warn!(pid = self.pid, why, "cannot send the exit message; terminating the worker");
+        let _ = self.pidfd.kill(rustix::process::Signal::TERM);
     }
 }
 
