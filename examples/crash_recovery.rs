@@ -126,8 +126,14 @@ fn main() -> Result<(), loky::Error> {
     println!("then a map over 1000 items: sum of squares {squares}");
     let stats = ex.stats();
     println!(
-        "stats: {} workers alive, {} crashed, {} respawned, {} completed, {} failed",
-        stats.workers_alive, stats.crashed, stats.respawned, stats.completed, stats.failed
+        "stats: {} workers alive, {} crashed, {} respawned, {} completed, {} failed, \
+         {} run again after waiting behind a crash",
+        stats.workers_alive,
+        stats.crashed,
+        stats.respawned,
+        stats.completed,
+        stats.failed,
+        stats.rerun
     );
     Ok(())
 }

@@ -29,7 +29,8 @@ pub enum Error {
     /// affected. Look at `status` for the exit code or signal.
     ///
     /// A task that was only waiting behind `task` on that worker never
-    /// started and runs again on another worker. It fails with this error
+    /// started and runs again on another worker (counted in
+    /// [`Stats::rerun`](crate::Stats::rerun)). It fails with this error
     /// instead when its argument was large enough to travel in a spill
     /// buffer (over half the ring), when it holds shared arrays, when the
     /// ring capacity is not a whole number of pages (the worker cannot

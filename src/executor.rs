@@ -208,7 +208,11 @@ impl ProcessPoolExecutor {
     ///
     /// * `wait`: block until every worker has exited (after finishing what
     ///   it was given, unless killed);
-    /// * `cancel_futures`: cancel the tasks still waiting in the parent;
+    /// * `cancel_futures`: cancel the tasks still waiting in the parent.
+    ///   Tasks already handed to a worker are not cancelled, including
+    ///   one waiting in its ring behind the running task: if that worker
+    ///   dies, such a task is still run again (see
+    ///   [`Error::TerminatedWorker`]), since it was given before shutdown;
     /// * `kill_workers`: kill the workers now; their tasks fail with
     ///   [`Error::ShutdownExecutor`].
     ///

@@ -23,6 +23,12 @@ pub struct Stats {
     pub crashed: u64,
     /// Workers started to replace one that died or retired.
     pub respawned: u64,
+    /// Tasks run again elsewhere: they waited, not yet started, behind the
+    /// running task of a worker that died (see
+    /// [`Error::TerminatedWorker`](crate::Error::TerminatedWorker)). Each
+    /// is counted once per time it was put back; it then ends like any
+    /// other task, in `completed`, `failed` or `cancelled`.
+    pub rerun: u64,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -33,4 +39,5 @@ pub(crate) struct Counters {
     pub(crate) cancelled: u64,
     pub(crate) crashed: u64,
     pub(crate) respawned: u64,
+    pub(crate) rerun: u64,
 }

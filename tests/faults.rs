@@ -450,6 +450,8 @@ fn tasks_waiting_behind_a_crash_run_on_the_replacement() {
         let s = stats_when_whole(&ex, 1);
         assert_eq!((s.crashed, s.respawned), (1, 1), "{s:?}");
         assert_eq!((s.submitted, s.completed), (5, 4), "{s:?}");
+        // One waited in the ring (put back); two in the queue (never left it).
+        assert_eq!(s.rerun, 1, "{s:?}");
     });
 }
 
@@ -477,6 +479,7 @@ fn tasks_waiting_behind_a_timed_out_task_run_on_the_replacement() {
             .map(|r| r.expect("a task behind the timed-out one"))
             .collect();
         assert_eq!(values, [0, 10, 20]);
+        assert_eq!(ex.stats().rerun, 1, "{:?}", ex.stats());
     });
 }
 
@@ -537,7 +540,8 @@ fn a_task_timed_out_while_waiting_behind_a_crash_is_not_run_again() {
             !marker.exists(),
             "a task whose future already failed ran after its worker died"
         );
-        assert_eq!(ex.stats().cancelled, 0);
+        let s = ex.stats();
+        assert_eq!((s.cancelled, s.rerun), (0, 0), "{s:?}");
     });
 }
 
@@ -557,6 +561,7 @@ fn a_large_argument_waiting_behind_a_crash_fails_with_it_not_lost() {
         let (_, _, task) = terminated(big.result_timeout(HANG));
         assert_eq!(task, crash.id(), "the error names the task that ran");
         assert_heals(&ex);
+        assert_eq!(ex.stats().rerun, 0, "{:?}", ex.stats());
     });
 }
 

@@ -855,6 +855,7 @@ impl Pool {
             cancelled: c.cancelled,
             crashed: c.crashed,
             respawned: c.respawned,
+            rerun: c.rerun,
         }
     }
 
@@ -989,6 +990,7 @@ impl State {
             }
             return;
         }
+        self.stats.rerun += again.len() as u64;
         for q in again.into_iter().rev() {
             self.queue.push_front(q);
         }
@@ -1196,7 +1198,11 @@ impl Worker {
     }
 
     fn terminate(&self, why: &str) {
-        tracing::warn!(pid = self.pid, why, "cannot send the exit message; terminating the worker");
+        tracing::warn!(
+            pid = self.pid,
+            why,
+            "cannot send the exit message; terminating the worker"
+        );
         let _ = self.pidfd.kill(rustix::process::Signal::TERM);
     }
 }
