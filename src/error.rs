@@ -30,12 +30,13 @@ pub enum Error {
     ///
     /// A task that was only waiting behind `task` on that worker never
     /// started and runs again on another worker (counted in
-    /// [`Stats::rerun`](crate::Stats::rerun)). It fails with this error
-    /// instead when its argument was large enough to travel in a spill
-    /// buffer (over half the ring), when it holds shared arrays, when the
-    /// ring capacity is not a whole number of pages (the worker cannot
-    /// guard it against its own stray writes), or when the dead worker's
-    /// ring cannot be read back.
+    /// [`Stats::rerun`](crate::Stats::rerun)); a large argument, one that
+    /// travelled in a spill buffer, is sent again from that buffer. It
+    /// fails with this error instead when it holds shared arrays, when the
+    /// ring capacity is not a whole number of pages, or the pages are not
+    /// 4 KiB (the worker cannot then guard its ring and the buffers it
+    /// reads against its own stray writes), or when the dead worker's ring
+    /// cannot be read back.
     #[error("worker {pid} died with {status} while running task {task}")]
     TerminatedWorker {
         /// The worker's process id.

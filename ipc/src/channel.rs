@@ -140,6 +140,18 @@ impl Spills {
     }
 }
 
+/// A message its receiver never released, as [`Sender::take_unreleased`]
+/// offers it.
+#[derive(Debug)]
+pub enum Unreleased<'a> {
+    /// It travelled in the ring: its bytes, in place.
+    Inline(&'a [u8]),
+    /// It travelled in a spill buffer, now the sender's again.
+    Spilled(SpilledMessage),
+    /// It travelled in a spill buffer that could not be taken back.
+    Lost,
+}
+
 /// The sending end.
 #[derive(Debug)]
 pub struct Sender<'r> {
@@ -217,18 +229,38 @@ impl<'r> Sender<'r> {
         self.send_with(tag, payload.len(), |buf| buf.copy_from_slice(payload))
     }
 
-    /// Calls `visit` with the tag and the bytes of each message the
-    /// receiver has not released yet, oldest first; `None` for a message
-    /// that travelled in a spill buffer (announced by a frame in the ring,
-    /// whose buffer this side does not read back). Meant for a receiver
-    /// that died: see [`Producer::unreleased`].
-    pub fn unreleased(&self, mut visit: impl FnMut(u32, Option<&[u8]>)) -> Result<()> {
-        self.ring.unreleased(|tag, bytes| {
+    /// Calls `visit` with the tag of each message the receiver has not
+    /// released yet, oldest first, and the message: its bytes in the ring,
+    /// or the spill buffer it travelled in, taken back (leased to this side
+    /// again, so it can be sent elsewhere without a copy, or dropped to
+    /// return it to the pool). Meant for a receiver that died: see
+    /// [`Producer::unreleased`].
+    ///
+    /// A spilled message is [`Unreleased::Lost`] when its buffer cannot be
+    /// taken back: the receiver already marked it free (so it may hold
+    /// other bytes by now), or its payload was not mapped read-only by the
+    /// receiver ([`spill::payload_protectable`]), so the dead process may
+    /// have written to it.
+    pub fn take_unreleased(&mut self, mut visit: impl FnMut(u32, Unreleased<'_>)) -> Result<()> {
+        let (ring, spills) = (&self.ring, &mut self.spills);
+        let protected = spill::payload_protectable();
+        ring.unreleased(|tag, bytes| {
             if tag & SPILL == 0 {
-                visit(tag, Some(bytes));
-            } else {
-                visit(tag & !SPILL, None);
+                visit(tag, Unreleased::Inline(bytes));
+                return;
             }
+            let taken = SpillFrame::read(bytes)
+                .ok()
+                .filter(|_| protected)
+                .and_then(|f| {
+                    let i = spills.in_flight.iter().position(|b| b.id() == f.id)?;
+                    let buffer = spills.in_flight.swap_remove(i).take_back()?;
+                    SpilledMessage::new(buffer, usize::try_from(f.len).ok()?).ok()
+                });
+            visit(
+                tag & !SPILL,
+                taken.map_or(Unreleased::Lost, Unreleased::Spilled),
+            );
         })
     }
 
@@ -430,6 +462,7 @@ impl<'r> Receiver<'r> {
 mod tests {
     use super::*;
     use crate::ring::HeapRing;
+    use crate::test_child::{in_child, no_core_dumps, segfaulted};
     use proptest::prelude::*;
 
     fn pattern(i: usize, len: usize) -> Vec<u8> {
@@ -468,8 +501,23 @@ mod tests {
         }
     }
 
+    /// What `take_unreleased` offers, as (tag, bytes, whether it was
+    /// spilled); `None` bytes for a lost one.
+    fn take_back(tx: &mut Sender<'_>) -> Vec<(u32, Option<Vec<u8>>, bool)> {
+        let mut back = Vec::new();
+        tx.take_unreleased(|tag, m| {
+            back.push(match m {
+                Unreleased::Inline(b) => (tag, Some(b.to_vec()), false),
+                Unreleased::Spilled(m) => (tag, Some(m.bytes().to_vec()), true),
+                Unreleased::Lost => (tag, None, true),
+            })
+        })
+        .unwrap();
+        back
+    }
+
     #[test]
-    fn unreleased_messages_come_back_inline_or_as_spilled() {
+    fn unreleased_messages_come_back_inline_or_in_their_spill_buffer() {
         let mut ring = HeapRing::new(1024).unwrap();
         let (p, c) = ring.split();
         let (a, b) = fdpass::socket_pair().unwrap();
@@ -479,10 +527,52 @@ mod tests {
         assert!(tx.try_send(3, &pattern(3, 200)).unwrap());
         assert_eq!(rx.peek().unwrap().unwrap().tag, 1);
         rx.pop().unwrap();
-        let mut back = Vec::new();
-        tx.unreleased(|tag, bytes| back.push((tag, bytes.map(<[u8]>::to_vec))))
-            .unwrap();
-        assert_eq!(back, [(2, None), (3, Some(pattern(3, 200)))]);
+        assert!(spill::payload_protectable(), "4 KiB pages");
+        assert_eq!(
+            take_back(&mut tx),
+            [
+                (2, Some(pattern(2, 3000)), true),
+                (3, Some(pattern(3, 200)), false)
+            ]
+        );
+        // The spill buffer was the sender's again, and dropping the message
+        // gave it back: a second look finds nothing to take back.
+        assert_eq!(
+            take_back(&mut tx),
+            [(2, None, true), (3, Some(pattern(3, 200)), false)]
+        );
+    }
+
+    #[test]
+    fn a_spill_buffer_the_receiver_freed_is_not_taken_back() {
+        let mut ring = HeapRing::new(1024).unwrap();
+        let (p, c) = ring.split();
+        let (a, b) = fdpass::socket_pair().unwrap();
+        let (mut tx, mut rx) = (Sender::new(p, a), Receiver::new(c, b));
+        assert!(tx.try_send(2, &pattern(2, 3000)).unwrap(), "spilled");
+        // The receiver reads it (which takes its frame off the ring) and
+        // frees the buffer; the frame it left is gone, nothing comes back.
+        assert_eq!(rx.peek().unwrap().unwrap().bytes, &pattern(2, 3000)[..]);
+        rx.pop().unwrap();
+        assert_eq!(take_back(&mut tx), []);
+    }
+
+    #[test]
+    fn a_receiver_maps_spilled_payloads_read_only() {
+        let mut ring = HeapRing::new(1024).unwrap();
+        let (p, c) = ring.split();
+        let (a, b) = fdpass::socket_pair().unwrap();
+        let (mut tx, mut rx) = (Sender::new(p, a), Receiver::new(c, b));
+        assert!(tx.try_send(2, &pattern(2, 3000)).unwrap(), "spilled");
+        let payload = rx.peek().unwrap().unwrap().bytes.as_ptr();
+        no_core_dumps();
+        let write = in_child(|| {
+            // SAFETY: a write inside the received payload's mapping, in a
+            // forked child that is the only process touching it.
+            unsafe { payload.cast_mut().write_volatile(0) }
+        });
+        assert!(segfaulted(write), "a received spill payload: {write:#x}");
+        assert_eq!(rx.peek().unwrap().unwrap().bytes, &pattern(2, 3000)[..]);
     }
 
     #[test]

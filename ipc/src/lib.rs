@@ -39,9 +39,11 @@ pub mod spill;
 mod spin;
 mod sync;
 pub mod sysmem;
+#[cfg(all(test, not(loom)))]
+mod test_child;
 
 pub use arena::{Arena, ArenaError, ArenaView, Block};
-pub use channel::{Incoming, Receiver, Sender};
+pub use channel::{Incoming, Receiver, Sender, Unreleased};
 pub use doorbell::Doorbell;
 pub use error::{Error, Result};
 pub use pidfd::{ExitStatus, PidFd};

@@ -273,9 +273,11 @@ impl Region {
     }
 
     /// Whether [`Self::protect_for_slot`] can guard the rings: their
-    /// capacity is a whole number of pages.
+    /// capacity is a whole number of pages, and the ring data starts on a
+    /// page (the layout's 4 KiB headers are whole pages of this machine).
     pub fn rings_protectable(&self) -> bool {
-        self.cfg.ring_capacity % PAGE == 0
+        let page = rustix::param::page_size();
+        PAGE % page == 0 && self.cfg.ring_capacity % page == 0
     }
 
     /// Guards the rings of this mapping against stray writes of the
@@ -306,7 +308,8 @@ impl Region {
             // Slot `s`'s rings: `down` then `up`; its own `up` stays writable.
             let len = if s == i as usize { cap } else { 2 * cap };
             // SAFETY: the range lies inside this mapping (as in `slot`), is
-            // page-aligned (`data_start` and `cap` are page multiples) and
+            // page-aligned (`data_start` and `cap` are page multiples,
+            // `rings_protectable`) and
             // only changes access: this process only reads its `down` ring
             // and never touches another slot's rings (the caller's
             // contract), so no access it makes is cut off.
@@ -459,6 +462,7 @@ impl<'r> Slot<'r> {
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
+    use crate::test_child::{in_child, no_core_dumps, segfaulted};
 
     fn cfg() -> RegionConfig {
         RegionConfig {
@@ -479,28 +483,6 @@ mod tests {
             Region::attach(fd, 0xbad),
             Err(Error::BadHeader(_))
         ));
-    }
-
-    /// Runs `touch` in a forked child; its wait status.
-    fn in_child(touch: impl FnOnce()) -> i32 {
-        // SAFETY: the child only runs `touch` (a volatile access) and
-        // `_exit`, both async-signal-safe, so forking this multi-threaded
-        // test process is sound.
-        unsafe {
-            let pid = libc::fork();
-            assert!(pid >= 0, "fork");
-            if pid == 0 {
-                touch();
-                libc::_exit(0);
-            }
-            let mut status = 0;
-            assert_eq!(libc::waitpid(pid, &mut status, 0), pid);
-            status
-        }
-    }
-
-    fn segfaulted(status: i32) -> bool {
-        libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGSEGV
     }
 
     #[test]
@@ -540,16 +522,6 @@ mod tests {
         // Other mappings (the parent's) are not affected.
         // SAFETY: as above, in this process's own unguarded mapping.
         unsafe { region.slot(1).down.as_ptr().write_volatile(2) };
-    }
-
-    /// A child that segfaults on purpose dumps no core.
-    fn no_core_dumps() {
-        let zero = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: plain system call on a valid struct; only lowers a limit.
-        unsafe { libc::setrlimit(libc::RLIMIT_CORE, &zero) };
     }
 
     #[test]

@@ -367,6 +367,49 @@ impl InFlight {
         self.buf.state().load(Relaxed) == FREE
     }
 
+    /// The buffer's id (as the frames that announce it carry it).
+    pub(crate) fn id(&self) -> u64 {
+        self.buf.id
+    }
+
+    /// Takes the buffer back from a receiver that died before it read the
+    /// message: leased again by this process, with the message still in
+    /// it, so the message can be sent elsewhere without a copy. `None` if
+    /// the receiver already marked it free (it is the pool's again, and may
+    /// be leased to another message at any time).
+    ///
+    /// The caller must know the receiver is gone: a live one could still
+    /// read the buffer, and a re-leased buffer gets written again.
+    pub(crate) fn take_back(self) -> Option<Buffer> {
+        if !self.pooled {
+            return (!self.is_free()).then(|| Buffer {
+                buf: self.buf,
+                generation: 0,
+                pooled: false,
+            });
+        }
+        // Under the pool's lock, which every lease takes: a busy buffer
+        // cannot be leased meanwhile, and the dead receiver cannot free it.
+        let mut pool = pool();
+        let e = pool.iter_mut().find(|e| {
+            Arc::ptr_eq(&e.buf, &self.buf) && e.generation == self.generation && !e.leased
+        })?;
+        if e.buf.is_free() {
+            return None;
+        }
+        e.leased = true;
+        e.generation += 1;
+        e.free_seen = None;
+        // Leased buffers are free (`hand_over` marks them busy when sent);
+        // nobody else reads this one (its receiver is gone).
+        e.buf.state().store(FREE, Relaxed);
+        Some(Buffer {
+            buf: e.buf.clone(),
+            generation: e.generation,
+            pooled: true,
+        })
+    }
+
     /// The sender goes away (its receiver is presumed dead): a buffer still
     /// marked busy will never be marked free, so the pool forgets it. It is
     /// unmapped when the last process holding it lets go.
@@ -505,6 +548,14 @@ impl SpilledMessage {
 // ---------------------------------------------------------------------------
 // The receiving side.
 
+/// Whether receivers map a buffer's payload read-only: its header must end
+/// on a page boundary. True wherever pages are 4 KiB (x86-64, and most
+/// arm64 systems); a sender takes a buffer back from a dead receiver only
+/// then.
+pub fn payload_protectable() -> bool {
+    HEADER_LEN % rustix::param::page_size() == 0
+}
+
 /// The largest spill buffer a receiver maps: the machine's memory and swap
 /// (no honest message is larger, and a peer must not make us reserve more).
 fn max_buffer() -> usize {
@@ -550,6 +601,22 @@ impl Mapped {
                 "spill buffer header mismatch (id {} for {id}, capacity {} of {capacity})",
                 h.id, h.capacity
             )));
+        }
+        if payload_protectable() && capacity > 0 {
+            // A receiver only reads the payload: a stray write of its
+            // process faults instead of changing a message that its sender
+            // may take back and send elsewhere should this process die.
+            // SAFETY: `[HEADER_LEN, size)` is the page-aligned payload part
+            // of this mapping, which only this `Mapped` owns and nothing in
+            // this process writes through.
+            unsafe {
+                rustix::mm::mprotect(
+                    map.as_mut_ptr().add(HEADER_LEN).cast(),
+                    capacity,
+                    rustix::mm::MprotectFlags::READ,
+                )
+            }
+            .os("mprotect (spill buffer payload read-only)")?;
         }
         Ok(Self { id, map, capacity })
     }

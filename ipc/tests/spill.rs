@@ -22,11 +22,19 @@ fn serial() -> MutexGuard<'static, ()> {
 const MIB: usize = 1 << 20;
 
 /// Mappings of spill buffers in this process (sender and receiver sides).
+/// Spill buffers mapped in this process. A receiver's mapping shows as two
+/// lines (its header writable, its payload read-only): only writable lines
+/// are counted, one per mapping.
 fn spill_mappings() -> usize {
     std::fs::read_to_string("/proc/self/maps")
         .unwrap()
         .lines()
-        .filter(|l| l.contains("loky-spill"))
+        .filter(|l| {
+            l.contains("loky-spill")
+                && l.split_whitespace()
+                    .nth(1)
+                    .is_some_and(|p| p.starts_with("rw"))
+        })
         .count()
 }
 

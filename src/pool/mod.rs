@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use loky_ipc::pidfd::Notifier;
-use loky_ipc::{PidFd, Receiver, Region, RegionConfig, Sender};
+use loky_ipc::{PidFd, Receiver, Region, RegionConfig, Sender, Unreleased};
 
 pub(crate) use config::Config;
 pub(crate) use identity::binary_tag;
@@ -1117,11 +1117,8 @@ impl Worker {
             let stopping = own_error.is_some() || self.stopped_waiting.contains(&c.id());
             if k > 0 && !stopping && !c.has_pins() {
                 match unstarted.remove(&c.id()) {
-                    Some(bytes) if c.requeued() => {
-                        again.push(queue::Queued {
-                            cell: c,
-                            message: Encoded::Bytes(bytes),
-                        });
+                    Some(message) if c.requeued() => {
+                        again.push(queue::Queued { cell: c, message });
                         continue;
                     }
                     _ => {}
@@ -1144,22 +1141,37 @@ impl Worker {
 
     /// The task messages this dead worker never released, by task id (none
     /// when the pool itself killed it to shut down, or when its ring reads
-    /// as corrupt: its tasks then all fail).
-    fn unstarted_messages(&self) -> HashMap<u64, Vec<u8>> {
+    /// as corrupt: its tasks then all fail). A large one comes back in its
+    /// spill buffer, without a copy; the spill buffers of the messages not
+    /// wanted go back to this process's pool.
+    fn unstarted_messages(&mut self) -> HashMap<u64, Encoded<Vec<u8>>> {
         // Only tasks behind the first are ever run again.
         if self.kill_reason.is_some() || self.in_flight.len() < 2 {
             return HashMap::new();
         }
         let wanted: Vec<u64> = self.in_flight.iter().skip(1).map(|c| c.id()).collect();
+        let task_id = |bytes: &[u8]| {
+            read_header::<TaskHeader>(bytes)
+                .map(|(hdr, _)| hdr.task_id)
+                .filter(|id| wanted.contains(id))
+        };
         let mut found = HashMap::new();
-        let read = self.sender.unreleased(|tag, bytes| {
-            let Some(bytes) = bytes.filter(|_| tag == TAG_TASK) else {
+        let read = self.sender.take_unreleased(|tag, message| {
+            if tag != TAG_TASK {
                 return;
-            };
-            if let Some((hdr, _)) = read_header::<TaskHeader>(bytes) {
-                if wanted.contains(&hdr.task_id) {
-                    found.insert(hdr.task_id, bytes.to_vec());
+            }
+            match message {
+                Unreleased::Inline(bytes) => {
+                    if let Some(id) = task_id(bytes) {
+                        found.insert(id, Encoded::Bytes(bytes.to_vec()));
+                    }
                 }
+                Unreleased::Spilled(m) => {
+                    if let Some(id) = task_id(m.bytes()) {
+                        found.insert(id, Encoded::Spilled(m));
+                    }
+                }
+                Unreleased::Lost => {}
             }
         });
         if let Err(e) = read {
