@@ -234,7 +234,7 @@ fn soak_one_percent_of_tasks_kill_their_worker() {
     let rate = t.resolved as f64 / elapsed.as_secs_f64();
     eprintln!(
         "soak summary: tasks {} (of {tasks}{}), kills {} (killer tasks {}, of which ran {}), \
-         bystanders {}, ok {}, elapsed {:.2} s, {:.0} tasks/s, respawns {}, crashed {}, \
+         bystanders {}, run again {}, ok {}, elapsed {:.2} s, {:.0} tasks/s, respawns {}, crashed {}, \
          workers alive {}, fds {fds_before}->{fds_after}, threads {threads_before}->{threads_after}, \
          rss {rss_before}->{rss_after} KiB",
         t.resolved,
@@ -243,6 +243,7 @@ fn soak_one_percent_of_tasks_kill_their_worker() {
         t.killers,
         t.killers_ran,
         t.bystanders,
+        stats.rerun,
         t.ok,
         elapsed.as_secs_f64(),
         rate,
