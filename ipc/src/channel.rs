@@ -29,9 +29,9 @@ pub const RECEIVER_CACHE: usize = spill::MAX_POOLED;
 const UNCACHED: u32 = u32::MAX;
 /// Frame flag: a descriptor for this buffer was sent before the frame.
 const FD_FOLLOWS: u32 = 1;
-const FRAME_LEN: usize = 24;
+const FRAME_LEN: usize = 32;
 
-/// The payload of a [`SPILL`] frame (little-endian, 24 bytes).
+/// The payload of a [`SPILL`] frame (little-endian, 32 bytes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct SpillFrame {
     /// Payload length.
@@ -42,6 +42,10 @@ struct SpillFrame {
     slot: u32,
     /// [`FD_FOLLOWS`] or 0.
     flags: u32,
+    /// The sender's lease of the buffer this message went out in (only the
+    /// sender reads it: it takes back exactly that lease from a receiver
+    /// that died, never a later one of the same buffer).
+    lease: u64,
 }
 
 impl SpillFrame {
@@ -50,6 +54,7 @@ impl SpillFrame {
         out[8..16].copy_from_slice(&self.id.to_le_bytes());
         out[16..20].copy_from_slice(&self.slot.to_le_bytes());
         out[20..24].copy_from_slice(&self.flags.to_le_bytes());
+        out[24..32].copy_from_slice(&self.lease.to_le_bytes());
     }
 
     fn read(bytes: &[u8]) -> Result<Self> {
@@ -72,6 +77,7 @@ impl SpillFrame {
             id: word(8, 8)?,
             slot: word(16, 4)? as u32,
             flags: word(20, 4)? as u32,
+            lease: word(24, 8)?,
         })
     }
 }
@@ -133,6 +139,7 @@ impl Spills {
             id: buf.id(),
             slot,
             flags: if fd { FD_FOLLOWS } else { 0 },
+            lease: buf.generation(),
         }
         .write(grant.payload());
         grant.commit(tag | SPILL);
@@ -230,15 +237,18 @@ impl<'r> Sender<'r> {
     }
 
     /// Calls `visit` with the tag of each message the receiver has not
-    /// released yet, oldest first, and the message: its bytes in the ring,
-    /// or the spill buffer it travelled in, taken back (leased to this side
+    /// started on, oldest first, and the message: its bytes in the ring, or
+    /// the spill buffer it travelled in, taken back (leased to this side
     /// again, so it can be sent elsewhere without a copy, or dropped to
     /// return it to the pool). Meant for a receiver that died: see
-    /// [`Producer::unreleased`].
+    /// [`Producer::unreleased`]. An inline message counts from its frame
+    /// until the receiver pops it; a spilled one only until the receiver
+    /// peeks it (which takes its frame off the ring).
     ///
     /// A spilled message is [`Unreleased::Lost`] when its buffer cannot be
-    /// taken back: the receiver already marked it free (so it may hold
-    /// other bytes by now), or its payload was not mapped read-only by the
+    /// taken back: the receiver marked it free (so it may hold other bytes
+    /// by now: the frame names the lease it was sent in, and only that one
+    /// is taken back), or its payload was not mapped read-only by the
     /// receiver ([`spill::payload_protectable`]), so the dead process may
     /// have written to it.
     pub fn take_unreleased(&mut self, mut visit: impl FnMut(u32, Unreleased<'_>)) -> Result<()> {
@@ -253,7 +263,10 @@ impl<'r> Sender<'r> {
                 .ok()
                 .filter(|_| protected)
                 .and_then(|f| {
-                    let i = spills.in_flight.iter().position(|b| b.id() == f.id)?;
+                    let i = spills
+                        .in_flight
+                        .iter()
+                        .position(|b| b.id() == f.id && b.lease() == f.lease)?;
                     let buffer = spills.in_flight.swap_remove(i).take_back()?;
                     SpilledMessage::new(buffer, usize::try_from(f.len).ok()?).ok()
                 });
@@ -501,14 +514,24 @@ mod tests {
         }
     }
 
-    /// What `take_unreleased` offers, as (tag, bytes, whether it was
-    /// spilled); `None` bytes for a lost one.
-    fn take_back(tx: &mut Sender<'_>) -> Vec<(u32, Option<Vec<u8>>, bool)> {
+    /// A message's length and a checksum of its bytes (short to print).
+    type Digest = (usize, u64);
+
+    fn digest(bytes: &[u8]) -> Digest {
+        let fnv = bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, &b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        });
+        (bytes.len(), fnv)
+    }
+
+    /// What `take_unreleased` offers, as (tag, digest of the bytes, whether
+    /// it was spilled); no digest for a lost one.
+    fn take_back(tx: &mut Sender<'_>) -> Vec<(u32, Option<Digest>, bool)> {
         let mut back = Vec::new();
         tx.take_unreleased(|tag, m| {
             back.push(match m {
-                Unreleased::Inline(b) => (tag, Some(b.to_vec()), false),
-                Unreleased::Spilled(m) => (tag, Some(m.bytes().to_vec()), true),
+                Unreleased::Inline(b) => (tag, Some(digest(b)), false),
+                Unreleased::Spilled(m) => (tag, Some(digest(m.bytes())), true),
                 Unreleased::Lost => (tag, None, true),
             })
         })
@@ -527,34 +550,59 @@ mod tests {
         assert!(tx.try_send(3, &pattern(3, 200)).unwrap());
         assert_eq!(rx.peek().unwrap().unwrap().tag, 1);
         rx.pop().unwrap();
-        assert!(spill::payload_protectable(), "4 KiB pages");
+        if !spill::payload_protectable() {
+            return; // pages over 4 KiB: spilled messages are never taken back
+        }
         assert_eq!(
             take_back(&mut tx),
             [
-                (2, Some(pattern(2, 3000)), true),
-                (3, Some(pattern(3, 200)), false)
+                (2, Some(digest(&pattern(2, 3000))), true),
+                (3, Some(digest(&pattern(3, 200))), false)
             ]
         );
         // The spill buffer was the sender's again, and dropping the message
         // gave it back: a second look finds nothing to take back.
         assert_eq!(
             take_back(&mut tx),
-            [(2, None, true), (3, Some(pattern(3, 200)), false)]
+            [(2, None, true), (3, Some(digest(&pattern(3, 200))), false)]
         );
     }
 
     #[test]
-    fn a_spill_buffer_the_receiver_freed_is_not_taken_back() {
+    fn a_spill_buffer_its_receiver_marked_free_is_not_taken_back() {
         let mut ring = HeapRing::new(1024).unwrap();
-        let (p, c) = ring.split();
-        let (a, b) = fdpass::socket_pair().unwrap();
-        let (mut tx, mut rx) = (Sender::new(p, a), Receiver::new(c, b));
+        let (p, _c) = ring.split();
+        let (a, _b) = fdpass::socket_pair().unwrap();
+        let mut tx = Sender::new(p, a);
         assert!(tx.try_send(2, &pattern(2, 3000)).unwrap(), "spilled");
-        // The receiver reads it (which takes its frame off the ring) and
-        // frees the buffer; the frame it left is gone, nothing comes back.
-        assert_eq!(rx.peek().unwrap().unwrap().bytes, &pattern(2, 3000)[..]);
-        rx.pop().unwrap();
-        assert_eq!(take_back(&mut tx), []);
+        // Its frame is still in the ring, but the buffer reads as free (a
+        // stray write of the receiver, say): it may be leased again at any
+        // time, so its bytes are not trusted.
+        tx.spills.in_flight[0].free_as_receiver();
+        assert_eq!(take_back(&mut tx), [(2, None, true)]);
+    }
+
+    #[test]
+    fn a_later_lease_of_the_same_buffer_is_not_taken_for_an_earlier_message() {
+        let mut ring = HeapRing::new(1024).unwrap();
+        let (p, _c) = ring.split();
+        let (a, _b) = fdpass::socket_pair().unwrap();
+        let mut tx = Sender::new(p, a);
+        if !spill::payload_protectable() {
+            return; // pages over 4 KiB: spilled messages are never taken back
+        }
+        let len = (3 << 20) + 7;
+        assert!(tx.try_send(1, &pattern(1, len)).unwrap(), "spilled");
+        // The buffer reads as free before the receiver got to it, so the
+        // next message of its size leases it again (unless a test running
+        // alongside took it first) and goes out behind the first frame.
+        tx.spills.in_flight[0].free_as_receiver();
+        assert!(tx.try_send(2, &pattern(2, len)).unwrap(), "spilled");
+        // The first frame names the earlier lease: its bytes are gone.
+        assert_eq!(
+            take_back(&mut tx),
+            [(1, None, true), (2, Some(digest(&pattern(2, len))), true)]
+        );
     }
 
     #[test]
@@ -565,6 +613,9 @@ mod tests {
         let (mut tx, mut rx) = (Sender::new(p, a), Receiver::new(c, b));
         assert!(tx.try_send(2, &pattern(2, 3000)).unwrap(), "spilled");
         let payload = rx.peek().unwrap().unwrap().bytes.as_ptr();
+        if !spill::payload_protectable() {
+            return; // pages over 4 KiB: the payload stays writable
+        }
         no_core_dumps();
         let write = in_child(|| {
             // SAFETY: a write inside the received payload's mapping, in a

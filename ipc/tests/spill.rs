@@ -21,7 +21,6 @@ fn serial() -> MutexGuard<'static, ()> {
 
 const MIB: usize = 1 << 20;
 
-/// Mappings of spill buffers in this process (sender and receiver sides).
 /// Spill buffers mapped in this process. A receiver's mapping shows as two
 /// lines (its header writable, its payload read-only): only writable lines
 /// are counted, one per mapping.

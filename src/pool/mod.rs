@@ -1062,9 +1062,11 @@ impl Worker {
     /// previous one, and the results it sent were drained before this): it
     /// is handed back, message and all, to be queued again in front, unless
     /// the pool is stopping it (shutdown, or its own time limit or cancel),
-    /// it holds shared arrays, or its message is not in the ring any more
-    /// (a large one travels in a spill buffer). The first task, which may
-    /// have been running, fails.
+    /// it holds shared arrays, or its message cannot be had back (a large
+    /// one comes back in its spill buffer, which the worker mapped
+    /// read-only, unless the buffer reads as freed: see
+    /// `Sender::take_unreleased`). The first task, which may have been
+    /// running, fails.
     ///
     /// Only with `reread`: the worker guarded its task ring against its
     /// own stray writes ([`Region::protect_for_slot`]), so the messages read
@@ -1190,8 +1192,8 @@ impl Worker {
     /// exit message queues behind them in its task ring; when the ring is
     /// full with those tasks, it is owed and sent again after the next
     /// result ([`State::complete_in_state`] calls [`Self::retry_exit`]).
-    /// Only a worker that holds no task is ever signalled instead (its
-    /// ring full with nothing in flight, or broken): nothing of it is lost.
+    /// A full ring signals only a worker that holds no task (nothing of it
+    /// is lost); a broken ring (an error sending) signals it in any case.
     fn send_exit(&mut self) {
         self.exit_owed = false;
         match self.sender.try_send(TAG_EXIT, &[]) {
