@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use loky_ipc::lifeline::{Armed, State};
 
-use super::Pool;
+use super::{Ended, Pool};
 
 /// Lifelines armed for a sleep, with their slots; and the (slot, pid) of
 /// the workers whose lifeline is broken already.
@@ -106,8 +106,7 @@ impl Pool {
         // Results it published before dying are real results.
         let mut done = Vec::new();
         self.drain_dead(i, false, &mut done);
-        let mut not_sent = Vec::new();
-        let failed = {
+        let ended = {
             let mut guard = self.state();
             let st = &mut *guard;
             match st.workers[i].as_mut() {
@@ -115,27 +114,15 @@ impl Pool {
                 Some(w) if w.pid == pid && w.died.is_none() => {
                     w.count_end(&mut st.stats, false);
                     let reread = self.region.rings_protectable();
-                    let (failed, again) = w.fail_in_flight(status, true, reread, &mut st.deadlines);
-                    st.run_again(again, &mut not_sent);
-                    failed
+                    st.end_dead_tasks(i, status, true, reread)
                 }
-                _ => Vec::new(),
+                _ => Ended::default(),
             }
         };
-        tracing::debug!(pid, %status, failed = failed.len(), "worker dying; its tasks fail now");
+        tracing::debug!(pid, %status, failed = ended.failed.len(), "worker dying; its tasks fail now");
         // Whatever happened meanwhile, the results drained above are out of
         // the worker's books: they must be published here.
-        for c in done {
-            self.publish_later(c);
-        }
-        for (c, e) in failed {
-            c.stage_error(e);
-            self.publish_later(c);
-        }
-        // Queued again but not sent (error staged already).
-        for c in not_sent {
-            self.publish_later(c);
-        }
+        self.publish_ended(done, ended);
         self.region.parent_bell().wake_all();
     }
 }

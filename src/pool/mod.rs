@@ -38,6 +38,15 @@ use crate::protocol::{
 /// is released.
 type Failures = Vec<(Arc<dyn Completion>, Error)>;
 
+/// The tasks a worker's death ended, to publish outside the state lock.
+#[derive(Default)]
+struct Ended {
+    /// Failed, with their errors (not staged yet).
+    failed: Failures,
+    /// Queued again but could not be sent (their error is staged).
+    not_sent: Vec<Arc<dyn Completion>>,
+}
+
 /// Tasks a worker holds at once (running + waiting in its ring). Two keeps
 /// the worker busy while the parent refills, and balances load.
 pub(crate) const DEPTH: usize = 2;
@@ -663,6 +672,25 @@ impl Pool {
     /// Outcomes without callbacks are published at once (waking the waiter
     /// directly); those with callbacks go to the manager, as a callback may
     /// block and this thread must keep watching the workers.
+    /// Publishes what a worker's death left: the results it sent before it
+    /// died (`done`), then the tasks it ended.
+    fn publish_ended(&self, done: Vec<Arc<dyn Completion>>, ended: Ended) {
+        for c in done {
+            self.publish_later(c);
+        }
+        for (c, e) in ended.failed {
+            // Its worker is done with it: nothing uses the task's shared
+            // arrays any more (a task that still had them in a dying worker
+            // was kept in flight, not failed).
+            c.release_pins();
+            c.stage_error(e);
+            self.publish_later(c);
+        }
+        for c in ended.not_sent {
+            self.publish_later(c);
+        }
+    }
+
     pub(crate) fn publish_later(&self, cell: Arc<dyn Completion>) {
         if !cell.has_callbacks() {
             cell.publish();
@@ -972,6 +1000,27 @@ impl State {
                 }
             }
         }
+    }
+
+    /// Ends the in-flight tasks of the dead worker in slot `i`
+    /// ([`Worker::fail_in_flight`]) and queues again, in front, those that
+    /// never started ([`State::run_again`]). What it returns is published
+    /// outside the state lock ([`Pool::publish_ended`]).
+    fn end_dead_tasks(
+        &mut self,
+        i: usize,
+        status: loky_ipc::ExitStatus,
+        keep_pinned: bool,
+        reread: bool,
+    ) -> Ended {
+        let mut ended = Ended::default();
+        let Some(w) = self.workers[i].as_mut() else {
+            return ended;
+        };
+        let again;
+        (ended.failed, again) = w.fail_in_flight(status, keep_pinned, reread, &mut self.deadlines);
+        self.run_again(again, &mut ended.not_sent);
+        ended
     }
 
     /// Queues `again` (tasks a dead worker never started, in their order)

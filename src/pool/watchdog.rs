@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use loky_ipc::{ExitStatus, PidFd};
 
-use super::Pool;
+use super::{Ended, Pool};
 use crate::error::Error;
 use crate::future::Completion;
 
@@ -154,12 +154,11 @@ impl Pool {
         // Results it published before dying are real results.
         let mut done = Vec::new();
         self.drain_dead(i, true, &mut done);
-        let mut failed: Vec<(Arc<dyn Completion>, Error)> = Vec::new();
-        let mut not_sent = Vec::new();
+        let mut ended = Ended::default();
         let mut startup_failure = None;
         {
             let mut st = self.state();
-            let Some(mut w) = st.workers[i].take() else {
+            let Some(w) = st.workers[i].as_ref() else {
                 return;
             };
             // A retiring worker that exits 0 with a task still held did not
@@ -171,33 +170,21 @@ impl Pool {
                 if !w.ready && !w.killed_by_us() && !st.shutdown {
                     startup_failure = Some(describe_startup_failure(status));
                 }
-                let again;
+                // The worker is dead (`died` is set first): none of the
+                // tasks queued again goes to it.
                 let reread = self.region().rings_protectable();
-                (failed, again) = w.fail_in_flight(status, false, reread, &mut st.deadlines);
-                st.run_again(again, &mut not_sent);
+                ended = st.end_dead_tasks(i, status, false, reread);
             }
-            if !counted {
-                w.count_end(&mut st.stats, clean);
+            if let Some(w) = st.workers[i].take() {
+                if !counted {
+                    w.count_end(&mut st.stats, clean);
+                }
             }
-            drop(w);
         }
         // Completed on the manager thread, not here: a done-callback that
         // blocks must not stop this thread from noticing deaths and
         // spawning replacements.
-        for c in done {
-            self.publish_later(c);
-        }
-        for (c, e) in failed {
-            // The worker is gone: nothing uses the task's shared arrays any
-            // more (released outside the state lock).
-            c.release_pins();
-            c.stage_error(e);
-            self.publish_later(c);
-        }
-        // Queued again but not sent (error staged already).
-        for c in not_sent {
-            self.publish_later(c);
-        }
+        self.publish_ended(done, ended);
         if let Some(cause) = startup_failure {
             self.startup_failed(cause);
         }
