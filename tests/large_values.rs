@@ -122,32 +122,41 @@ fn a_worker_dying_with_large_messages_in_flight_heals() {
     let _serial = serial();
     let ex = pool();
     let data = make(LEN as u64);
-    // The worker dies holding its 256 MiB argument, with a second large
-    // task probably waiting behind it in its ring.
+    // The worker dies holding its 256 MiB argument, once a second large
+    // task waits behind it in its ring (the test says so with a file).
+    let go = std::env::temp_dir().join(format!("loky-large-dies-{}", std::process::id()));
+    let _ = std::fs::remove_file(&go);
     let dies = ex
         .submit(
-            |v: Vec<f64>| -> f64 {
+            |(v, go): (Vec<f64>, String)| -> f64 {
+                let start = std::time::Instant::now();
+                while !std::path::Path::new(&go).exists() && start.elapsed() < HANG {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
                 if !v.is_empty() {
-                    std::thread::sleep(Duration::from_millis(300));
                     std::process::abort();
                 }
                 0.0
             },
-            data.clone(),
+            (data.clone(), go.to_string_lossy().into_owned()),
         )
         .unwrap();
     let behind = ex.submit(summarize, data.clone()).unwrap();
+    let start = std::time::Instant::now();
+    while ex.stats().running < 2 {
+        assert!(start.elapsed() < HANG, "{:?}", ex.stats());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::fs::write(&go, b"go").unwrap();
     match dies.result_timeout(HANG) {
         Err(Error::TerminatedWorker { .. }) => {}
         other => panic!("expected TerminatedWorker, got {other:?}"),
     }
-    match behind.result_timeout(HANG) {
-        // It was in the dead worker's ring...
-        Err(Error::TerminatedWorker { .. }) => {}
-        // ... or reached the replacement.
-        Ok(got) => assert_eq!(got, expected_summary(LEN)),
-        Err(other) => panic!("unexpected {other}"),
-    }
+    let _ = std::fs::remove_file(&go);
+    // It waited in the dead worker's ring, in its spill buffer: taken back,
+    // it runs on the replacement.
+    assert_eq!(behind.result_timeout(HANG).unwrap(), expected_summary(LEN));
+    assert_eq!(ex.stats().rerun, 1, "{:?}", ex.stats());
     // The replacement takes large arguments and results again.
     let got = ex
         .submit(summarize, data)
@@ -164,6 +173,51 @@ fn a_worker_dying_with_large_messages_in_flight_heals() {
     assert!(ex.stats().crashed >= 1);
     // The buffer the dead worker held was forgotten, not left busy.
     assert_eq!(loky_ipc::spill::pool_stats().busy, 0);
+}
+
+#[test]
+fn large_arguments_behind_crashes_all_arrive_and_no_spill_buffer_is_left_behind() {
+    let _serial = serial();
+    let ex = ProcessPoolExecutor::builder()
+        .max_workers(2)
+        .build()
+        .expect("pool");
+    // 1 MiB and a little more each: past half the ring, so every argument
+    // travels in a spill buffer; lengths differ, so a mixed-up buffer shows.
+    let lens: Vec<usize> = (0..40).map(|k| (1 << 20) / 8 + 100 * k).collect();
+    // Every fifth task aborts its worker: 8 of the 40.
+    fn kills(len: usize) -> bool {
+        (len / 100) % 5 == 2
+    }
+    let crashes = |v: Vec<f64>| -> Summary {
+        std::thread::sleep(Duration::from_millis(20));
+        if kills(v.len()) {
+            std::process::abort();
+        }
+        summarize(v)
+    };
+    let futures: Vec<_> = lens
+        .iter()
+        .map(|&n| ex.submit(crashes, make(n as u64)).unwrap())
+        .collect();
+    let mut killers = 0;
+    for (f, &n) in futures.iter().zip(&lens) {
+        match f.result_timeout(HANG) {
+            Err(Error::TerminatedWorker { task, .. }) if kills(n) => {
+                assert_eq!(task, f.id(), "a crash fails only its own task");
+                killers += 1;
+            }
+            Ok(got) if !kills(n) => assert_eq!(got, expected_summary(n)),
+            other => panic!("length {n}: {other:?}"),
+        }
+    }
+    assert_eq!(killers, 8);
+    let s = ex.stats();
+    assert_eq!(s.crashed as usize, killers, "{s:?}");
+    // Taken back from dead workers and sent again, or read: every buffer
+    // is free and back in the pool.
+    let left = loky_ipc::spill::pool_stats();
+    assert_eq!((left.leased, left.busy), (0, 0), "{left:?}, {s:?}");
 }
 
 #[test]
