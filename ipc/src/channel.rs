@@ -606,7 +606,7 @@ mod tests {
     }
 
     #[test]
-    fn a_receiver_maps_spilled_payloads_read_only() {
+    fn a_receiver_maps_spill_buffers_read_only_but_still_frees_them() {
         let mut ring = HeapRing::new(1024).unwrap();
         let (p, c) = ring.split();
         let (a, b) = fdpass::socket_pair().unwrap();
@@ -623,7 +623,25 @@ mod tests {
             unsafe { payload.cast_mut().write_volatile(0) }
         });
         assert!(segfaulted(write), "a received spill payload: {write:#x}");
+        // The header too (its `state` word, 12 bytes in), but for the
+        // receiver's own store of FREE when it is done.
+        // SAFETY: the header page precedes the payload in the same mapping.
+        let state = unsafe { payload.sub(spill::HEADER_LEN).add(12) };
+        let write_state = || {
+            in_child(|| {
+                // SAFETY: a write inside the header page of the mapping, in
+                // a forked child that is the only process touching it.
+                unsafe { state.cast_mut().write_volatile(0) }
+            })
+        };
+        let before = write_state();
+        assert!(segfaulted(before), "a received spill header: {before:#x}");
         assert_eq!(rx.peek().unwrap().unwrap().bytes, &pattern(2, 3000)[..]);
+        assert!(!tx.spills.in_flight[0].is_free());
+        rx.pop().unwrap();
+        assert!(tx.spills.in_flight[0].is_free(), "released");
+        let after = write_state();
+        assert!(segfaulted(after), "the header after release: {after:#x}");
     }
 
     #[test]

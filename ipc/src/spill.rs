@@ -34,6 +34,7 @@ use std::time::{Duration, Instant};
 
 use memmap2::{MmapOptions, MmapRaw};
 use rustix::fs::{FallocateFlags, MemfdFlags, SealFlags};
+use rustix::mm::MprotectFlags;
 
 use crate::error::OsContext;
 use crate::{Error, Result};
@@ -571,10 +572,11 @@ impl SpilledMessage {
 // ---------------------------------------------------------------------------
 // The receiving side.
 
-/// Whether receivers map a buffer's payload read-only: its header must end
-/// on a page boundary. True wherever pages are 4 KiB (x86-64, and most
-/// arm64 systems); a sender takes a buffer back from a dead receiver only
-/// then.
+/// Whether receivers map a buffer read-only (the header page is made
+/// writable only for the store that marks the buffer free): its header
+/// must end on a page boundary. True wherever pages are 4 KiB (x86-64, and
+/// most arm64 systems); a sender takes a buffer back from a dead receiver
+/// only then.
 pub fn payload_protectable() -> bool {
     HEADER_LEN % rustix::param::page_size() == 0
 }
@@ -591,6 +593,8 @@ pub(crate) struct Mapped {
     id: u64,
     map: MmapRaw,
     capacity: usize,
+    /// Mapped read-only (see [`payload_protectable`]).
+    guarded: bool,
 }
 
 impl Mapped {
@@ -625,23 +629,26 @@ impl Mapped {
                 h.id, h.capacity
             )));
         }
-        if payload_protectable() && capacity > 0 {
-            // A receiver only reads the payload: a stray write of its
-            // process faults instead of changing a message that its sender
-            // may take back and send elsewhere should this process die.
-            // SAFETY: `[HEADER_LEN, size)` is the page-aligned payload part
-            // of this mapping, which only this `Mapped` owns and nothing in
-            // this process writes through.
-            unsafe {
-                rustix::mm::mprotect(
-                    map.as_mut_ptr().add(HEADER_LEN).cast(),
-                    capacity,
-                    rustix::mm::MprotectFlags::READ,
-                )
-            }
-            .os("mprotect (spill buffer payload read-only)")?;
+        let guarded = payload_protectable();
+        if guarded {
+            // A receiver only reads the buffer, but for the moment it marks
+            // it free (`release`): a stray write of its process faults
+            // instead of changing a message that its sender may take back
+            // and send elsewhere should this process die, or freeing a
+            // buffer it has yet to read.
+            // SAFETY: `[0, size)` is this whole mapping (page-aligned, from
+            // `map_raw`), which only this `Mapped` owns; nothing in this
+            // process writes through it but `release`, which lifts the
+            // protection of the header page for its one store.
+            unsafe { rustix::mm::mprotect(map.as_mut_ptr().cast(), size, MprotectFlags::READ) }
+                .os("mprotect (spill buffer read-only)")?;
         }
-        Ok(Self { id, map, capacity })
+        Ok(Self {
+            id,
+            map,
+            capacity,
+            guarded,
+        })
     }
 
     pub(crate) fn id(&self) -> u64 {
@@ -664,13 +671,35 @@ impl Mapped {
         }
     }
 
-    /// Tells the sender we are done reading.
+    /// Tells the sender we are done reading. With the mapping guarded, the
+    /// header page is writable only around the store. If that cannot be
+    /// done (`mprotect` failing: out of memory for the split mapping), the
+    /// buffer stays busy: its sender uses other buffers, and forgets it
+    /// when the channel goes.
     pub(crate) fn release(&self) {
+        let header = self.map.as_mut_ptr().cast::<std::ffi::c_void>();
+        let protect = |flags| {
+            // SAFETY: the first page of this mapping (HEADER_LEN is whole
+            // pages when `guarded`); only changes access, and this process
+            // writes it only below, between the two calls.
+            unsafe { rustix::mm::mprotect(header, HEADER_LEN, flags) }
+        };
+        if self.guarded {
+            if let Err(e) = protect(MprotectFlags::READ | MprotectFlags::WRITE) {
+                tracing::warn!(error = %e, id = self.id, "cannot mark a spill buffer free; it stays busy");
+                return;
+            }
+        }
         // SAFETY: as in `open`.
         let h = unsafe { &*self.map.as_ptr().cast::<Header>() };
         // SYNC POINT: pairs with the Acquire load in `Buf::is_free`: our
         // reads of the payload happen before the sender's next writes.
         h.state.store(FREE, Release);
+        if self.guarded {
+            if let Err(e) = protect(MprotectFlags::READ) {
+                tracing::debug!(error = %e, id = self.id, "spill buffer header left writable");
+            }
+        }
     }
 }
 

@@ -21,9 +21,10 @@ fn serial() -> MutexGuard<'static, ()> {
 
 const MIB: usize = 1 << 20;
 
-/// Spill buffers mapped in this process. A receiver's mapping shows as two
-/// lines (its header writable, its payload read-only): only writable lines
-/// are counted, one per mapping.
+/// Spill buffers mapped in this process (sender and receiver sides). A
+/// receiver's mapping may show as two lines (its header page writable for
+/// a moment, the rest read-only); each mapping starts at file offset 0, so
+/// only those lines are counted.
 fn spill_mappings() -> usize {
     std::fs::read_to_string("/proc/self/maps")
         .unwrap()
@@ -31,8 +32,8 @@ fn spill_mappings() -> usize {
         .filter(|l| {
             l.contains("loky-spill")
                 && l.split_whitespace()
-                    .nth(1)
-                    .is_some_and(|p| p.starts_with("rw"))
+                    .nth(2)
+                    .is_some_and(|o| o.trim_start_matches('0').is_empty())
         })
         .count()
 }
