@@ -78,3 +78,36 @@ fn stats_count_completions_failures_crashes_and_respawns() {
     assert_eq!((s.crashed, s.respawned), (1, 1), "{s:?}");
     assert_eq!((s.queued, s.running, s.cancelled), (0, 0, 0), "{s:?}");
 }
+
+#[test]
+fn every_cancel_is_counted_once_when_shutdown_and_cancel_race() {
+    // Shutdown with `cancel_futures` takes the waiting tasks out of the
+    // queue while another thread cancels their futures: each task is
+    // cancelled by one of the two, and counted once, whichever won.
+    for round in 0..20 {
+        let ex = ProcessPoolExecutor::new(1).unwrap();
+        // The worker is ready: the blocker runs, the others wait.
+        ex.submit(|x: u8| x, 0).unwrap().result_timeout(HANG).unwrap();
+        let blocker = ex
+            .submit(|ms: u64| std::thread::sleep(Duration::from_millis(ms)), 50)
+            .unwrap();
+        let waiting: Vec<_> = (0..200u64)
+            .map(|x| ex.submit(|x: u64| x, x).unwrap())
+            .collect();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                for f in waiting.iter().rev() {
+                    f.cancel();
+                }
+            });
+            ex.shutdown(false, true, false);
+        });
+        let cancelled = waiting
+            .iter()
+            .filter(|f| matches!(f.result_timeout(HANG), Err(Error::Cancelled)))
+            .count();
+        blocker.result_timeout(HANG).unwrap();
+        let s = ex.stats();
+        assert_eq!(s.cancelled as usize, cancelled, "round {round}: {s:?}");
+    }
+}

@@ -302,11 +302,16 @@ impl Pool {
         }
     }
 
-    /// Removes a cancelled task from the queue.
+    /// Counts a task its future just cancelled ([`Future::cancel`] won the
+    /// race to it: each cancel is counted by whoever made it) and removes
+    /// it from the queue, unless a refill or a shutdown took it out first
+    /// (both leave a cancelled task alone).
+    ///
+    /// [`Future::cancel`]: crate::Future::cancel
     pub(crate) fn forget_queued(&self, id: u64) {
         let mut st = self.state();
+        st.stats.cancelled += 1;
         if st.queue.remove(id).is_some() {
-            st.stats.cancelled += 1;
             st.deadlines.forget(id);
         }
     }
@@ -787,6 +792,8 @@ impl Pool {
         // callbacks, which may call back into the pool.
         let mut cancelled = 0;
         for q in dropped {
+            // A task whose future cancelled it meanwhile is counted there;
+            // failing it below changes nothing (its outcome is set).
             if cancel_futures && q.cell.try_cancel() {
                 cancelled += 1;
             } else {
@@ -973,9 +980,8 @@ impl State {
                 return;
             };
             if !q.cell.set_running() {
-                // Cancelled after `Future::cancel` set it, before it could
-                // take it out of the queue: counted here instead.
-                self.stats.cancelled += 1;
+                // Cancelled by its future, which had yet to take it out of
+                // the queue (it counts the cancel: `forget_queued`).
                 self.deadlines.forget(q.cell.id());
                 continue;
             }
