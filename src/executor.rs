@@ -125,8 +125,10 @@ impl ProcessPoolExecutor {
     }
 
     /// Like [`submit`](Self::submit), with a time limit counted from now: a
-    /// task not finished by then fails with [`Error::Timeout`]; if it is
-    /// running, its worker is killed (and replaced) to stop it.
+    /// task not finished by then fails with [`Error::Timeout`]. If it is
+    /// running, its worker is killed (and replaced) to stop it; if it is
+    /// still waiting (in the parent, or in a worker's ring behind the
+    /// running task), it never runs, and no worker is killed.
     ///
     /// ```
     /// use std::time::Duration;
@@ -312,6 +314,9 @@ pub(crate) fn failure_to_error(status: u32, f: Failure) -> Error {
             stage: CodecStage::EncodeResult,
             message: f.message,
         },
+        // Only a task the pool stopped is skipped, and it has its outcome
+        // by then: this is not reached.
+        crate::protocol::STATUS_SKIPPED => Error::Cancelled,
         other => Error::Codec {
             stage: CodecStage::DecodeResult,
             message: format!("unknown status {other}"),

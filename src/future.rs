@@ -542,10 +542,12 @@ impl<R: Send + 'static> Future<R> {
         cancelled
     }
 
-    /// Stops the task even if it is running: a task still waiting is
-    /// cancelled; a running one is stopped by killing its worker process,
-    /// which the pool replaces. The future fails with [`Error::Cancelled`].
-    /// Returns false if the task had already finished.
+    /// Stops the task even if it is running: a task still waiting (in the
+    /// parent, or in a worker's ring behind the running task) is withdrawn
+    /// and never runs; a running one is stopped by killing its worker
+    /// process, which the pool replaces. The future fails with
+    /// [`Error::Cancelled`]. Returns false if the task had already
+    /// finished.
     ///
     /// A task that was waiting behind it in the killed worker's ring (at
     /// most one) runs again on another worker, or, where it cannot (see

@@ -49,6 +49,9 @@ pub(crate) const STATUS_PANIC: u32 = 1;
 pub(crate) const STATUS_DECODE_ARG: u32 = 2;
 /// The payload is an archived [`Failure`] from a codec error.
 pub(crate) const STATUS_ENCODE_RESULT: u32 = 3;
+/// No payload: the parent withdrew the task before the worker started it
+/// (its future failed already), and the worker skipped it.
+pub(crate) const STATUS_SKIPPED: u32 = 4;
 
 pub(crate) const TASK_HEADER: usize = std::mem::size_of::<TaskHeader>();
 pub(crate) const RESULT_HEADER: usize = std::mem::size_of::<ResultHeader>();

@@ -56,6 +56,102 @@ fn kill_stops_a_running_task_and_the_pool_heals() {
     assert_eq!(ex.stats().crashed, 0, "a kill we asked for is not a crash");
 }
 
+/// A pool of one whose worker runs a 300 ms task with a task queued
+/// behind it in its ring (one that writes a marker file, with time limit
+/// `limit`), stopped by `stop` (which returns the error it expects); checks
+/// that the stopped task never runs and that the worker was not killed.
+fn stop_a_waiting_task(
+    name: &str,
+    limit: Duration,
+    stop: impl FnOnce(&loky::Future<u32>) -> Error,
+) {
+    let ex = ProcessPoolExecutor::new(1).unwrap();
+    let worker = ex.submit(pid, ()).unwrap().result_timeout(HANG).unwrap();
+    let marker = std::env::temp_dir().join(format!("loky-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_file(&marker);
+    let running = ex.submit(pid_after_ms, 300).unwrap();
+    let path = marker.to_string_lossy().into_owned();
+    let waiting = ex.submit_with_timeout(mark, path, limit).unwrap();
+    wait_until("both tasks in the worker", || ex.stats().running == 2);
+    let expected = stop(&waiting);
+    let got = waiting.result_timeout(HANG).unwrap_err();
+    assert_eq!(got.to_string(), expected.to_string());
+    // The worker lives on: it finishes the running task, skips the stopped
+    // one, and takes the next.
+    assert_eq!(running.result_timeout(HANG).unwrap(), worker, "not killed");
+    let next = ex.submit(pid, ()).unwrap().result_timeout(HANG).unwrap();
+    assert_eq!(next, worker);
+    assert!(!marker.exists(), "{name}: the stopped task ran");
+    let s = ex.stats();
+    assert_eq!(
+        (s.crashed, s.respawned, s.completed, s.failed),
+        (0, 0, 3, 0),
+        "{s:?}"
+    );
+}
+
+fn pid_after_ms(ms: u64) -> u32 {
+    std::thread::sleep(Duration::from_millis(ms));
+    std::process::id()
+}
+
+/// Writes `path` (the proof that the task ran); its pid.
+fn mark(path: String) -> u32 {
+    std::fs::write(path, b"ran").unwrap();
+    std::process::id()
+}
+
+#[test]
+fn a_task_killed_while_it_waits_in_a_workers_ring_never_runs() {
+    stop_a_waiting_task("kill", Duration::from_secs(3600), |f| {
+        assert!(!f.cancel(), "handed to the worker already");
+        assert!(f.kill());
+        Error::Cancelled
+    });
+}
+
+#[test]
+fn a_task_killed_as_soon_as_it_is_handed_over_never_runs() {
+    // Killed before the worker even started the task in front of it: the
+    // withdrawal must outlive that start.
+    let ex = ProcessPoolExecutor::new(1).unwrap();
+    let mut worker = ex.submit(pid, ()).unwrap().result_timeout(HANG).unwrap();
+    let marker = std::env::temp_dir().join(format!("loky-soon-{}", std::process::id()));
+    let mut killed = 0;
+    for round in 0..200 {
+        let _ = std::fs::remove_file(&marker);
+        let front = ex.submit(pid_after_ms, 1).unwrap();
+        let path = marker.to_string_lossy().into_owned();
+        let behind = ex.submit(mark, path).unwrap();
+        if !behind.kill() {
+            // This thread was held up past both tasks: nothing to stop.
+            assert_eq!(behind.result_timeout(HANG).unwrap(), worker);
+            continue;
+        }
+        assert!(matches!(behind.result_timeout(HANG), Err(Error::Cancelled)));
+        assert_eq!(front.result_timeout(HANG).unwrap(), worker, "round {round}");
+        // The next task runs after the skipped one would have.
+        let next = ex.submit(pid, ()).unwrap().result_timeout(HANG).unwrap();
+        if next != worker {
+            // It had started (this thread was held up past the first one):
+            // stopped by killing its worker, as a running task is.
+            worker = next;
+            continue;
+        }
+        killed += 1;
+        assert!(!marker.exists(), "round {round}: the killed task ran");
+    }
+    let _ = std::fs::remove_file(&marker);
+    assert!(killed > 0, "no round withdrew its task in time");
+    assert_eq!(ex.stats().crashed, 0);
+}
+
+#[test]
+fn a_task_whose_time_limit_falls_while_it_waits_in_a_workers_ring_never_runs() {
+    // Nothing to do: the limit falls while the task waits.
+    stop_a_waiting_task("limit", Duration::from_millis(100), |_| Error::Timeout);
+}
+
 #[test]
 fn a_task_past_its_time_limit_fails_with_timeout() {
     let ex = ProcessPoolExecutor::new(2).unwrap();

@@ -87,7 +87,10 @@ fn every_cancel_is_counted_once_when_shutdown_and_cancel_race() {
     for round in 0..20 {
         let ex = ProcessPoolExecutor::new(1).unwrap();
         // The worker is ready: the blocker runs, the others wait.
-        ex.submit(|x: u8| x, 0).unwrap().result_timeout(HANG).unwrap();
+        ex.submit(|x: u8| x, 0)
+            .unwrap()
+            .result_timeout(HANG)
+            .unwrap();
         let blocker = ex
             .submit(|ms: u64| std::thread::sleep(Duration::from_millis(ms)), 50)
             .unwrap();

@@ -10,6 +10,8 @@
 //!   16-byte aligned messages (protocol in `ring.md`).
 //! * [`doorbell`]: a futex-backed event count; producers issue a wake only when
 //!   no consumer is awake.
+//! * [`claim`]: a producer withdrawing a message its consumer has not
+//!   started yet, or learning that it has.
 //! * [`channel`], [`spill`] and [`fdpass`]: messages larger than a ring
 //!   travel in reusable memfd spill buffers whose descriptors are passed over
 //!   a Unix socket once per receiver.
@@ -27,6 +29,7 @@
 pub mod arena;
 pub mod bulk;
 pub mod channel;
+pub mod claim;
 pub mod doorbell;
 mod error;
 pub mod fdpass;
@@ -44,6 +47,7 @@ mod test_child;
 
 pub use arena::{Arena, ArenaError, ArenaView, Block};
 pub use channel::{Incoming, Receiver, Sender, Unreleased};
+pub use claim::Claim;
 pub use doorbell::Doorbell;
 pub use error::{Error, Result};
 pub use pidfd::{ExitStatus, PidFd};

@@ -115,7 +115,7 @@ impl Lifeline {
 
     /// Empties the lifeline, while no process holds or watches it. (A
     /// slot's lifeline is emptied by writing a new one with the slot.)
-    #[cfg(test)]
+    #[cfg(all(test, not(loom)))]
     fn reset(&self) {
         for n in &self.node {
             n.store(0, Ordering::Relaxed);
@@ -426,7 +426,7 @@ fn hold(_line: &'static Lifeline) -> Result<(), HoldError> {
     Err(HoldError::Unsupported)
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
 

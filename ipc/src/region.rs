@@ -25,6 +25,7 @@ use std::ptr::NonNull;
 use memmap2::{MmapOptions, MmapRaw};
 use rustix::fs::{MemfdFlags, SealFlags};
 
+use crate::claim::Claim;
 use crate::error::OsContext;
 use crate::lifeline::Lifeline;
 use crate::ring::{Consumer, Producer, RingHeader};
@@ -35,7 +36,7 @@ use std::sync::atomic::Ordering::Relaxed;
 const MAGIC: [u8; 8] = *b"LOKYIPC\0";
 /// Version of the region layout. Bump on any change to a `#[repr(C)]`
 /// structure below or to the ring framing.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 const PAGE: usize = 4096;
 
 /// What to build a region for.
@@ -100,6 +101,9 @@ pub struct RegionHeader {
 /// * `pid`: written by the worker once attached; read by the parent (logs).
 /// * `spinning`: 1 while the worker spins; written by the worker, read by
 ///   everyone deciding whether to spin. Reset by the parent with the slot.
+/// * `claim`: the race between the worker starting a task message and the
+///   parent withdrawing it (see [`Claim`]); both write it, by
+///   compare-and-swap. Reset by the parent with the slot.
 /// * `bell`: the worker is the only consumer (`awake`), the parent rings.
 /// * `lifeline`: held by the worker's main thread, watched by the parent;
 ///   see [`Lifeline`]. Reset by the parent with the slot.
@@ -111,6 +115,7 @@ pub struct SlotHeader {
     pid: AtomicU32,
     spinning: AtomicU32,
     _reserved: u32,
+    claim: Claim,
     bell: Padded<Doorbell>,
     lifeline: Lifeline,
     down: RingHeader,
@@ -333,6 +338,7 @@ impl Region {
             pid: AtomicU32::new(0),
             spinning: AtomicU32::new(0),
             _reserved: 0,
+            claim: Claim::new(),
             bell: Padded(Doorbell::new(1)),
             lifeline: Lifeline::new(),
             down: RingHeader::new(self.cfg.ring_capacity),
@@ -388,6 +394,12 @@ impl<'r> Slot<'r> {
     /// The worker's spinning flag.
     pub fn spinning(&self) -> &'r AtomicU32 {
         &self.header().spinning
+    }
+
+    /// The race between the worker starting a message of its `down` ring
+    /// and the parent withdrawing it.
+    pub fn claim(&self) -> &'r Claim {
+        &self.header().claim
     }
 
     /// The doorbell that wakes the worker.

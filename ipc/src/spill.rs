@@ -429,7 +429,7 @@ impl InFlight {
     }
 
     /// Marks the buffer free as its receiver would (`Mapped::release`).
-    #[cfg(test)]
+    #[cfg(all(test, not(loom)))]
     pub(crate) fn free_as_receiver(&self) {
         self.buf.state().store(FREE, Release);
     }

@@ -446,43 +446,55 @@ impl Pool {
             return None;
         }
         let cell = w.in_flight.pop_front()?;
+        // A task withdrawn while it waited (`stop_task`) is answered
+        // without being run: it counts for nothing.
+        let skipped = hdr.status == crate::protocol::STATUS_SKIPPED;
+        if skipped && !w.stopped_waiting.contains(&hdr.task_id) {
+            tracing::error!(
+                pid = w.pid,
+                task = hdr.task_id,
+                "worker skipped a task the pool did not withdraw"
+            );
+        }
         if !w.stopped_waiting.is_empty() {
             w.stopped_waiting.retain(|id| *id != hdr.task_id);
         }
         st.deadlines.forget(hdr.task_id);
-        w.tasks_done += 1;
         // The worker released that task's message before sending its
         // result: room for an exit message a full ring refused.
         w.retry_exit();
         if w.in_flight.is_empty() {
             w.idle_since = Instant::now();
         }
-        // Memory growth is measured from the resident size after the first
-        // task (imports, caches and the like are not a leak).
-        let rss = u64::from(hdr.rss_kib) * 1024;
-        let baseline = *w.rss_baseline.get_or_insert(rss);
-        let retire = self
-            .config
-            .max_tasks_per_child
-            .is_some_and(|n| w.tasks_done >= n)
-            || self
+        if !skipped {
+            w.tasks_done += 1;
+            // Memory growth is measured from the resident size after the
+            // first task (imports, caches and the like are not a leak).
+            let rss = u64::from(hdr.rss_kib) * 1024;
+            let baseline = *w.rss_baseline.get_or_insert(rss);
+            let retire = self
                 .config
-                .memory_limit
-                .is_some_and(|limit| rss.saturating_sub(baseline) > limit);
-        if retire && !w.exiting {
-            tracing::warn!(
-                pid = w.pid,
-                tasks = w.tasks_done,
-                rss_kib = hdr.rss_kib,
-                "retiring worker (max_tasks_per_child or memory_limit reached); a new one replaces it"
-            );
-            w.exiting = true;
-            w.send_exit();
-        }
-        if hdr.status == crate::protocol::STATUS_OK {
-            st.stats.completed += 1;
-        } else {
-            st.stats.failed += 1;
+                .max_tasks_per_child
+                .is_some_and(|n| w.tasks_done >= n)
+                || self
+                    .config
+                    .memory_limit
+                    .is_some_and(|limit| rss.saturating_sub(baseline) > limit);
+            if retire && !w.exiting {
+                tracing::warn!(
+                    pid = w.pid,
+                    tasks = w.tasks_done,
+                    rss_kib = hdr.rss_kib,
+                    "retiring worker (max_tasks_per_child or memory_limit reached); a new one replaces it"
+                );
+                w.exiting = true;
+                w.send_exit();
+            }
+            if hdr.status == crate::protocol::STATUS_OK {
+                st.stats.completed += 1;
+            } else {
+                st.stats.failed += 1;
+            }
         }
         st.refill(i, failed);
         if shutdown {
@@ -514,18 +526,22 @@ impl Pool {
             q.cell.publish();
             return true;
         }
-        for w in st.workers.iter_mut().flatten() {
+        for (i, w) in st.workers.iter_mut().enumerate() {
+            let Some(w) = w.as_mut() else { continue };
             let Some(pos) = w.in_flight.iter().position(|c| c.id() == id) else {
                 continue;
             };
-            if pos == 0 {
+            // A task waiting behind the running one is withdrawn: the
+            // worker will skip it (and answer with an empty result). If it
+            // started meanwhile (the one before it has just finished), it
+            // is the running one now, stopped as such.
+            if pos == 0 || !self.region.slot(i as u32).claim().withdraw(id) {
                 tracing::info!(pid = w.pid, task = id, error = %reason, "killing a worker to stop its task");
                 w.task_kill = Some((id, reason));
                 let _ = w.pidfd.kill(rustix::process::Signal::KILL);
             } else {
-                // Its message stays in the ring (the worker still runs it,
-                // and its result is dropped): if the worker dies first, it
-                // must not be read back and run elsewhere.
+                // If the worker dies before it skips it, it must not be read
+                // back and run elsewhere either.
                 w.stopped_waiting.push(id);
                 let cell = w.in_flight[pos].clone();
                 drop(st);

@@ -166,6 +166,10 @@ impl WorkerLoop<'_> {
             match (tag, header) {
                 (TAG_EXIT, _) => return 0,
                 (TAG_TASK, Some(h)) => {
+                    if !self.region.slot(self.spec.slot).claim().start(h.task_id) {
+                        self.skip(h.task_id);
+                        continue;
+                    }
                     let status = self.run_one(h);
                     self.send(TAG_RESULT, h.task_id, 0, status);
                 }
@@ -183,6 +187,24 @@ impl WorkerLoop<'_> {
                 _ => return fatal(EXIT_BOOTSTRAP, format_args!("unexpected message tag {tag}")),
             }
         }
+    }
+
+    /// Answers the task at the head of the ring, which the parent withdrew
+    /// before it started (its future failed already), without running it:
+    /// an empty result, so that the parent's books move on.
+    fn skip(&mut self, task_id: u64) {
+        let _ = self.rx.pop();
+        self.spilled = None;
+        self.out.clear();
+        let header = ResultHeader {
+            task_id,
+            elapsed_ns: 0,
+            status: crate::protocol::STATUS_SKIPPED,
+            rss_kib: if self.spec.report_rss { rss_kib() } else { 0 },
+            _reserved: 0,
+        };
+        self.out.extend_from_slice(bytemuck::bytes_of(&header));
+        self.send(TAG_RESULT, task_id, 0, crate::protocol::STATUS_SKIPPED);
     }
 
     /// Runs the task at the head of the ring; leaves the encoded outcome

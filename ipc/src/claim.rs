@@ -1,0 +1,173 @@
+//! A race over one message between its producer, who may withdraw it, and
+//! its consumer, who starts it: exactly one of the two wins.
+//!
+//! A message sits in a ring until its consumer gets to it; meanwhile the
+//! producer may no longer want it to run. The consumer calls
+//! [`Claim::start`] with the message's key before acting on it, the
+//! producer [`Claim::withdraw`] with the same key: whichever comes first
+//! decides, and the other learns it from its return value.
+//!
+//! One word in shared memory holds the key of the last message started and
+//! the key of the last message withdrawn. Each side moves its half with a
+//! compare-and-swap of the whole word, and refuses when the other half
+//! holds its own key: of a start and a withdrawal of the same key exactly
+//! one takes effect, and the other sees it. The word's modification order
+//! alone decides (nothing else is published through it, so every access is
+//! Relaxed).
+//!
+//! The word remembers one key of each kind. That fits a consumer that the
+//! producer keeps at most one message ahead of the one it is on, with at
+//! most one withdrawal pending: the message behind the running one (a
+//! withdrawal recorded before the consumer started the message in front is
+//! kept through that start). A withdrawal of a message the consumer has got
+//! past finds another key started and succeeds, though that message ran.
+//!
+//! Keys are the caller's (message ids), compared modulo 2^32 − 1: enough to
+//! tell apart the few messages in flight.
+
+use std::sync::atomic::Ordering::Relaxed;
+
+use crate::sync::AtomicU64;
+
+/// The shared word (see the module docs): the last key withdrawn in the
+/// high half, the last key started in the low half (0: none). `#[repr(C)]`,
+/// 8 bytes; written by both sides with compare-and-swap.
+#[repr(C)]
+#[derive(Debug)]
+pub struct Claim {
+    word: AtomicU64,
+}
+
+impl Default for Claim {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A key as the word holds it: 1 ..= 2^32 − 1 (0 is "none").
+fn short(key: u64) -> u64 {
+    key % 0xFFFF_FFFF + 1
+}
+
+impl Claim {
+    /// No event yet.
+    pub fn new() -> Self {
+        Self {
+            word: AtomicU64::new(0),
+        }
+    }
+
+    /// The consumer is about to act on message `key`: true if it may,
+    /// false if the producer withdrew it (the consumer must skip it).
+    pub fn start(&self, key: u64) -> bool {
+        let k = short(key);
+        self.update(|word| (word >> 32 != k).then_some(word & !0xFFFF_FFFF | k))
+    }
+
+    /// The producer no longer wants message `key` to run: true if the
+    /// consumer will skip it, false if it started it already.
+    pub fn withdraw(&self, key: u64) -> bool {
+        let k = short(key);
+        self.update(|word| (word & 0xFFFF_FFFF != k).then_some(word & 0xFFFF_FFFF | k << 32))
+    }
+
+    /// Moves the word to `next(word)` unless that is `None` (the other
+    /// side's half holds the key); whether it did.
+    fn update(&self, next: impl Fn(u64) -> Option<u64>) -> bool {
+        let mut seen = self.word.load(Relaxed);
+        loop {
+            let Some(new) = next(seen) else {
+                return false;
+            };
+            match self.word.compare_exchange_weak(seen, new, Relaxed, Relaxed) {
+                Ok(_) => return true,
+                Err(now) => seen = now,
+            }
+        }
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_of_start_and_withdraw_wins() {
+        let c = Claim::new();
+        assert!(c.start(1));
+        assert!(!c.withdraw(1), "started: too late to withdraw");
+        assert!(c.withdraw(2), "not started yet");
+        assert!(!c.start(2), "withdrawn: skipped");
+        // Either may happen again (a second look changes nothing).
+        assert!(c.withdraw(2));
+        assert!(!c.start(2));
+        // The next message is unaffected.
+        assert!(c.start(3));
+    }
+
+    #[test]
+    fn a_withdrawal_outlives_the_start_of_the_message_in_front() {
+        // The producer withdraws the waiting message before the consumer
+        // even started the one in front of it.
+        let c = Claim::new();
+        assert!(c.start(1));
+        assert!(c.withdraw(3));
+        assert!(c.start(2));
+        assert!(!c.start(3), "withdrawn before 2 started: still withdrawn");
+        assert!(c.start(4));
+    }
+
+    #[test]
+    fn keys_are_told_apart_across_the_32_bit_wrap() {
+        let c = Claim::new();
+        let k = (1u64 << 32) - 2;
+        assert!(c.start(k));
+        assert!(c.withdraw(k + 1));
+        assert!(!c.start(k + 1));
+        assert!(c.start(k + 2));
+        assert!(!c.withdraw(k + 2));
+    }
+
+    #[test]
+    fn racing_threads_agree_on_one_winner() {
+        let c = Claim::new();
+        for key in 1..=5_000u64 {
+            let (started, withdrawn) = std::thread::scope(|s| {
+                let consumer = s.spawn(|| c.start(key));
+                let withdrawn = c.withdraw(key);
+                (consumer.join().unwrap(), withdrawn)
+            });
+            assert!(
+                started != withdrawn,
+                "key {key}: start {started}, withdraw {withdrawn}"
+            );
+        }
+    }
+}
+
+/// Under `--cfg loom`: every interleaving of a start and a withdrawal of the
+/// same key has exactly one winner.
+#[cfg(loom)]
+mod loom_model {
+    use super::*;
+
+    #[test]
+    fn one_winner() {
+        loom::model(|| {
+            let c = loom::sync::Arc::new(Claim::new());
+            assert!(c.start(1));
+            // The consumer starts 2, then 3, while the producer withdraws 3.
+            let consumer = {
+                let c = c.clone();
+                loom::thread::spawn(move || (c.start(2), c.start(3)))
+            };
+            let withdrawn = c.withdraw(3);
+            let (two, three) = consumer.join().unwrap();
+            assert!(two, "2 was never withdrawn");
+            assert!(
+                three != withdrawn,
+                "3: started {three}, withdrawn {withdrawn}"
+            );
+        });
+    }
+}
