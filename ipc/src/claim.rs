@@ -17,10 +17,13 @@
 //!
 //! The word remembers one key of each kind. That fits a consumer that the
 //! producer keeps at most one message ahead of the one it is on, with at
-//! most one withdrawal pending: the message behind the running one (a
-//! withdrawal recorded before the consumer started the message in front is
-//! kept through that start). A withdrawal of a message the consumer has got
-//! past finds another key started and succeeds, though that message ran.
+//! most one withdrawal pending: the message behind the running one. A
+//! withdrawal is kept through the start of the message in front, and
+//! consumed when the consumer skips the withdrawn message; until then a
+//! withdrawal of another key is refused (the producer must not hand over
+//! another message it might withdraw before that skip). A withdrawal of a
+//! message the consumer has got past finds another key started and
+//! succeeds, though that message ran.
 //!
 //! Keys are the caller's (message ids), compared modulo 2^32 − 1: enough to
 //! tell apart the few messages in flight.
@@ -44,6 +47,9 @@ impl Default for Claim {
     }
 }
 
+/// The low half of the word: the last key started.
+const LOW: u64 = 0xFFFF_FFFF;
+
 /// A key as the word holds it: 1 ..= 2^32 − 1 (0 is "none").
 fn short(key: u64) -> u64 {
     key % 0xFFFF_FFFF + 1
@@ -58,22 +64,33 @@ impl Claim {
     }
 
     /// The consumer is about to act on message `key`: true if it may,
-    /// false if the producer withdrew it (the consumer must skip it).
+    /// false if the producer withdrew it (the consumer must skip it; the
+    /// withdrawal is then consumed).
     pub fn start(&self, key: u64) -> bool {
         let k = short(key);
-        self.update(|word| (word >> 32 != k).then_some(word & !0xFFFF_FFFF | k))
+        let mut started = true;
+        self.update(|word| {
+            started = word >> 32 != k;
+            // Records the start, or consumes the withdrawal.
+            Some(if started { word & !LOW | k } else { word & LOW })
+        });
+        started
     }
 
     /// The producer no longer wants message `key` to run: true if the
-    /// consumer will skip it, false if it started it already.
+    /// consumer will skip it; false if it started it already, or another
+    /// withdrawal is still pending (its message not skipped yet).
     pub fn withdraw(&self, key: u64) -> bool {
         let k = short(key);
-        self.update(|word| (word & 0xFFFF_FFFF != k).then_some(word & 0xFFFF_FFFF | k << 32))
+        self.update(|word| {
+            let pending = word >> 32;
+            (word & LOW != k && (pending == 0 || pending == k)).then_some(word & LOW | k << 32)
+        })
     }
 
-    /// Moves the word to `next(word)` unless that is `None` (the other
-    /// side's half holds the key); whether it did.
-    fn update(&self, next: impl Fn(u64) -> Option<u64>) -> bool {
+    /// Moves the word to `next(word)` unless that is `None`; whether it
+    /// did. `next` may run several times (once per failed exchange).
+    fn update(&self, mut next: impl FnMut(u64) -> Option<u64>) -> bool {
         let mut seen = self.word.load(Relaxed);
         loop {
             let Some(new) = next(seen) else {
@@ -98,11 +115,15 @@ mod tests {
         assert!(!c.withdraw(1), "started: too late to withdraw");
         assert!(c.withdraw(2), "not started yet");
         assert!(!c.start(2), "withdrawn: skipped");
-        // Either may happen again (a second look changes nothing).
-        assert!(c.withdraw(2));
-        assert!(!c.start(2));
-        // The next message is unaffected.
+        // The skip consumed the withdrawal: the next message is unaffected,
+        // and can be withdrawn in turn.
         assert!(c.start(3));
+        assert!(c.withdraw(4));
+        assert!(c.withdraw(4), "the same withdrawal again changes nothing");
+        assert!(!c.withdraw(5), "one withdrawal pending at a time");
+        assert!(!c.start(4));
+        assert!(c.withdraw(5));
+        assert!(!c.start(5));
     }
 
     #[test]

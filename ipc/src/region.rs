@@ -287,15 +287,17 @@ impl Region {
 
     /// Guards the rings of this mapping against stray writes of the
     /// process that owns slot `i` (a worker): the data of its `down` ring,
-    /// which it only reads, becomes read-only, and the ring data of every
-    /// other slot inaccessible. A task that scribbles over memory then
+    /// which it only reads, becomes read-only, the ring data of every other
+    /// slot inaccessible, and the other slots' headers read-only (their
+    /// `spinning` flags are read). A task that scribbles over memory then
     /// faults instead of corrupting messages that its parent may read back
     /// after its death ([`crate::ring::Producer::unreleased`]), or another
-    /// worker's. Does nothing unless [`Self::rings_protectable`].
+    /// worker's messages, claim word or lifeline. Does nothing unless
+    /// [`Self::rings_protectable`].
     ///
     /// Only the owner of slot `i` may call it, on its own mapping, before
     /// it reads its rings; nothing in this process may touch another
-    /// slot's ring data afterwards.
+    /// slot's ring data, or write another slot's header, afterwards.
     pub fn protect_for_slot(&self, i: u32) -> Result<()> {
         assert!(i < self.cfg.slots, "slot {i} out of range");
         if !self.rings_protectable() {
@@ -320,6 +322,19 @@ impl Region {
             // contract), so no access it makes is cut off.
             unsafe { rustix::mm::mprotect(base.add(data_start + 2 * cap * s).cast(), len, flags) }
                 .os("mprotect (guarding the rings)")?;
+            if s != i as usize {
+                // SAFETY: slot `s`'s header page, inside this mapping and
+                // page-aligned (`rings_protectable`); this process only
+                // reads it (the caller's contract), so no access is cut off.
+                unsafe {
+                    rustix::mm::mprotect(
+                        base.add(PAGE * (1 + s)).cast(),
+                        PAGE,
+                        rustix::mm::MprotectFlags::READ,
+                    )
+                }
+                .os("mprotect (guarding the slot headers)")?;
+            }
         }
         Ok(())
     }
@@ -533,6 +548,29 @@ mod tests {
             segfaulted(read_other),
             "another slot's ring: {read_other:#x}"
         );
+        // Another slot's header: readable (its `spinning` flag), not
+        // writable; its own stays writable.
+        let read_header = in_child(|| {
+            std::hint::black_box(other.spinning().load(std::sync::atomic::Ordering::Relaxed));
+        });
+        assert!(
+            libc::WIFEXITED(read_header),
+            "another slot's header is read"
+        );
+        let write_header = in_child(|| {
+            other
+                .spinning()
+                .store(1, std::sync::atomic::Ordering::Relaxed);
+        });
+        assert!(
+            segfaulted(write_header),
+            "another slot's header: {write_header:#x}"
+        );
+        let write_own = in_child(|| {
+            own.spinning()
+                .store(1, std::sync::atomic::Ordering::Relaxed);
+        });
+        assert!(libc::WIFEXITED(write_own), "own header stays writable");
         // Other mappings (the parent's) are not affected.
         // SAFETY: as above, in this process's own unguarded mapping.
         unsafe { region.slot(1).down.as_ptr().write_volatile(2) };

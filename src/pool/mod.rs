@@ -515,7 +515,8 @@ impl Pool {
     /// Stops task `id` with `reason`: a queued task is failed at once; a
     /// task running at the head of a worker is stopped by killing the worker
     /// (the pool heals); a task waiting behind another one in a worker's
-    /// ring is failed at once and its result discarded when it comes.
+    /// ring is withdrawn (the worker skips it) and failed at once, or, if
+    /// the worker started it meanwhile, stopped as a running one.
     /// Returns false if the task is not known (already finished).
     pub(crate) fn stop_task(&self, id: u64, reason: Error) -> bool {
         let mut st = self.state();
@@ -949,10 +950,7 @@ impl State {
         let mut best: Option<(usize, usize)> = None;
         for (i, w) in self.workers.iter().enumerate() {
             if let Some(w) = w {
-                if w.takes_work()
-                    && w.in_flight.len() < depth
-                    && best.map_or(true, |(_, n)| w.in_flight.len() < n)
-                {
+                if w.has_room(depth) && best.map_or(true, |(_, n)| w.in_flight.len() < n) {
                     best = Some((i, w.in_flight.len()));
                 }
             }
@@ -989,7 +987,7 @@ impl State {
             let Some(w) = self.workers[i].as_ref() else {
                 return;
             };
-            if !w.takes_work() || w.in_flight.len() >= depth {
+            if !w.has_room(depth) {
                 return;
             }
             let Some(q) = self.queue.pop_front() else {
@@ -1122,6 +1120,14 @@ impl Worker {
     /// Ready, not retiring, not dead: may be given tasks.
     fn takes_work(&self) -> bool {
         self.ready && !self.exiting && self.died.is_none()
+    }
+
+    /// Whether it takes one more task now, holding up to `depth`. Not while
+    /// a task it holds is withdrawn and not skipped yet: its slot's claim
+    /// word remembers one withdrawal, so the next task it could be asked to
+    /// withdraw waits for that skip.
+    fn has_room(&self, depth: usize) -> bool {
+        self.takes_work() && self.in_flight.len() < depth && self.stopped_waiting.is_empty()
     }
 
     /// Ends the in-flight tasks of this dead worker: returns those that

@@ -200,7 +200,7 @@ impl WorkerLoop<'_> {
             task_id,
             elapsed_ns: 0,
             status: crate::protocol::STATUS_SKIPPED,
-            rss_kib: if self.spec.report_rss { rss_kib() } else { 0 },
+            rss_kib: 0, // not looked at for a skipped task
             _reserved: 0,
         };
         self.out.extend_from_slice(bytemuck::bytes_of(&header));
