@@ -17,7 +17,13 @@ pub struct Stats {
     pub completed: u64,
     /// Tasks that failed in the worker (panic, codec error).
     pub failed: u64,
-    /// Tasks cancelled before they ran.
+    /// Tasks cancelled before they ran: by [`Future::cancel`], by
+    /// [`Future::kill`] while they waited (in the parent, or in a worker's
+    /// ring behind the running task), or by a shutdown with
+    /// `cancel_futures`.
+    ///
+    /// [`Future::cancel`]: crate::Future::cancel
+    /// [`Future::kill`]: crate::Future::kill
     pub cancelled: u64,
     /// Workers that died unexpectedly (crash, signal, exit).
     pub crashed: u64,

@@ -85,9 +85,10 @@ fn stop_a_waiting_task(
     assert_eq!(next, worker);
     assert!(!marker.exists(), "{name}: the stopped task ran");
     let s = ex.stats();
+    let cancelled = u64::from(matches!(expected, Error::Cancelled));
     assert_eq!(
-        (s.crashed, s.respawned, s.completed, s.failed),
-        (0, 0, 3, 0),
+        (s.crashed, s.respawned, s.completed, s.failed, s.cancelled),
+        (0, 0, 3, 0, cancelled),
         "{s:?}"
     );
 }

@@ -545,6 +545,10 @@ impl Pool {
                 // back and run elsewhere either.
                 w.stopped_waiting.push(id);
                 let cell = w.in_flight[pos].clone();
+                // Cancelled (`Future::kill`) before it ran.
+                if matches!(reason, Error::Cancelled) {
+                    st.stats.cancelled += 1;
+                }
                 drop(st);
                 cell.stage_error(reason);
                 cell.publish();
