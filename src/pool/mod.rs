@@ -694,10 +694,6 @@ impl Pool {
         found || done()
     }
 
-    /// Hands a staged outcome to the manager thread for publishing.
-    /// Outcomes without callbacks are published at once (waking the waiter
-    /// directly); those with callbacks go to the manager, as a callback may
-    /// block and this thread must keep watching the workers.
     /// Publishes what a worker's death left: the results it sent before it
     /// died (`done`), then the tasks it ended.
     fn publish_ended(&self, done: Vec<Arc<dyn Completion>>, ended: Ended) {
@@ -717,6 +713,10 @@ impl Pool {
         }
     }
 
+    /// Hands a staged outcome to the manager thread for publishing.
+    /// Outcomes without callbacks are published at once (waking the waiter
+    /// directly); those with callbacks go to the manager, as a callback may
+    /// block and this thread must keep watching the workers.
     pub(crate) fn publish_later(&self, cell: Arc<dyn Completion>) {
         if !cell.has_callbacks() {
             cell.publish();
