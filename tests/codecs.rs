@@ -483,7 +483,7 @@ fn the_late_result_of_a_stopped_task_is_not_decoded() {
     assert_eq!(c.submit(nap, 0).unwrap().result_timeout(HANG).unwrap(), 0);
     let running = c.submit(nap, 200).unwrap();
     // Behind `running` in the worker's ring: stopping it fails it at once,
-    // and the worker still runs it.
+    // and the worker skips it (its empty answer is not decoded either).
     let behind = c.submit(nap, 1).unwrap();
     let start = std::time::Instant::now();
     while !running.running() {
@@ -494,7 +494,7 @@ fn the_late_result_of_a_stopped_task_is_not_decoded() {
     assert!(matches!(behind.result_timeout(HANG), Err(Error::Cancelled)));
     let before = DECODED.load(std::sync::atomic::Ordering::SeqCst);
     assert_eq!(running.result_timeout(HANG).unwrap(), 200);
-    // Behind both in the ring: when it is back, `behind`'s result came too.
+    // Behind both in the ring: when it is back, `behind`'s answer came too.
     assert_eq!(c.submit(nap, 2).unwrap().result_timeout(HANG).unwrap(), 2);
     assert_eq!(
         DECODED.load(std::sync::atomic::Ordering::SeqCst) - before,
