@@ -432,6 +432,9 @@ where
 
 #[test]
 fn tasks_waiting_behind_a_crash_run_on_the_replacement() {
+    if !support::reruns_supported() {
+        return;
+    }
     bounded(|| {
         let ex = pool(1);
         let (crash, others) = behind(&ex, |ex| ex.submit(abort_after, 100).unwrap());
@@ -457,6 +460,9 @@ fn tasks_waiting_behind_a_crash_run_on_the_replacement() {
 
 #[test]
 fn tasks_waiting_behind_a_timed_out_task_run_on_the_replacement() {
+    if !support::reruns_supported() {
+        return;
+    }
     bounded(|| {
         let ex = pool(1);
         let (slow, others) = behind(&ex, |ex| {
@@ -547,6 +553,9 @@ fn a_task_timed_out_while_waiting_behind_a_crash_is_not_run_again() {
 
 #[test]
 fn a_large_argument_waiting_behind_a_crash_runs_again_from_its_spill_buffer() {
+    if !support::reruns_supported() {
+        return;
+    }
     // A large message travels in a spill buffer, which the parent takes
     // back from the dead worker (the worker maps its payload read-only) and
     // sends to the replacement. (It waits in the worker's ring: the pool of

@@ -119,6 +119,9 @@ fn a_256_mib_result_arrives_whole() {
 
 #[test]
 fn a_worker_dying_with_large_messages_in_flight_heals() {
+    if !support::reruns_supported() {
+        return;
+    }
     let _serial = serial();
     let ex = pool();
     let data = make(LEN as u64);
@@ -177,6 +180,9 @@ fn a_worker_dying_with_large_messages_in_flight_heals() {
 
 #[test]
 fn large_arguments_behind_crashes_all_arrive_and_no_spill_buffer_is_left_behind() {
+    if !support::reruns_supported() {
+        return;
+    }
     let _serial = serial();
     let ex = ProcessPoolExecutor::builder()
         .max_workers(2)

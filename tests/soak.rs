@@ -268,11 +268,13 @@ fn soak_one_percent_of_tasks_kill_their_worker() {
     );
     // Tasks (killers included) waiting behind a killer never started: they
     // run again on another worker instead of failing with it.
-    assert_eq!(
-        (t.bystanders, t.killers_ran),
-        (0, t.killers),
-        "a death failed tasks other than the killer that ran"
-    );
+    if support::reruns_supported() {
+        assert_eq!(
+            (t.bystanders, t.killers_ran),
+            (0, t.killers),
+            "a death failed tasks other than the killer that ran"
+        );
+    }
     for task in &t.blamed {
         assert!(
             t.killer_ids.contains(task),

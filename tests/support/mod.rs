@@ -46,3 +46,16 @@ pub(crate) fn wait_for_stats(
         std::thread::sleep(std::time::Duration::from_millis(2));
     }
 }
+
+/// Whether tasks waiting behind a crashing one run again on this machine:
+/// the worker must be able to guard the messages it reads, which takes
+/// 4 KiB pages (see `loky::Error::TerminatedWorker`). Elsewhere the tests
+/// that count on it skip.
+pub(crate) fn reruns_supported() -> bool {
+    // SAFETY: `sysconf` has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if page != 4096 {
+        eprintln!("pages of {page} bytes: tasks behind a crash fail with it; skipped");
+    }
+    page == 4096
+}
