@@ -174,21 +174,50 @@ mod loom_model {
 
     #[test]
     fn one_winner() {
+        use loom::sync::atomic::{
+            AtomicBool,
+            Ordering::{Acquire, Release},
+        };
+        use loom::sync::Arc;
+
+        fn wait(flag: &AtomicBool) {
+            while !flag.load(Acquire) {
+                loom::thread::yield_now();
+            }
+        }
+
         loom::model(|| {
-            let c = loom::sync::Arc::new(Claim::new());
+            let c = Arc::new(Claim::new());
             assert!(c.start(1));
-            // The consumer starts 2, then 3, while the producer withdraws 3.
-            let consumer = {
-                let c = c.clone();
-                loom::thread::spawn(move || (c.start(2), c.start(3)))
-            };
-            let withdrawn = c.withdraw(3);
-            let (two, three) = consumer.join().unwrap();
-            assert!(two, "2 was never withdrawn");
-            assert!(
-                three != withdrawn,
-                "3: started {three}, withdrawn {withdrawn}"
+            // Messages 2 and 3 are in the consumer's ring; the producer
+            // withdraws 3, then hands over 4 (as the pool does: after 2's
+            // result, or after 3's skip when 3 was withdrawn) and withdraws
+            // it too.
+            let (done2, done3, handed) = (
+                Arc::new(AtomicBool::new(false)),
+                Arc::new(AtomicBool::new(false)),
+                Arc::new(AtomicBool::new(false)),
             );
+            let consumer = {
+                let (c, done2, done3, handed) =
+                    (c.clone(), done2.clone(), done3.clone(), handed.clone());
+                loom::thread::spawn(move || {
+                    let two = c.start(2);
+                    done2.store(true, Release);
+                    let three = c.start(3);
+                    done3.store(true, Release);
+                    wait(&handed);
+                    (two, three, c.start(4))
+                })
+            };
+            let w3 = c.withdraw(3);
+            wait(if w3 { &done3 } else { &done2 });
+            handed.store(true, Release);
+            let w4 = c.withdraw(4);
+            let (two, three, four) = consumer.join().unwrap();
+            assert!(two, "2 was never withdrawn");
+            assert!(three != w3, "3: started {three}, withdrawn {w3}");
+            assert!(four != w4, "4: started {four}, withdrawn {w4}");
         });
     }
 }

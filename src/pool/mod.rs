@@ -532,6 +532,11 @@ impl Pool {
             let Some(pos) = w.in_flight.iter().position(|c| c.id() == id) else {
                 continue;
             };
+            if w.stopped_waiting.contains(&id) {
+                // Withdrawn (and failed) already, by a stop that came first:
+                // a second withdrawal would outlive its skip.
+                return false;
+            }
             // A task waiting behind the running one is withdrawn: the
             // worker will skip it (and answer with an empty result). If it
             // started meanwhile (the one before it has just finished), it

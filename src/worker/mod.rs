@@ -167,7 +167,9 @@ impl WorkerLoop<'_> {
                 (TAG_EXIT, _) => return 0,
                 (TAG_TASK, Some(h)) => {
                     if !self.region.slot(self.spec.slot).claim().start(h.task_id) {
-                        self.skip(h.task_id);
+                        if let Err(code) = self.skip(h.task_id) {
+                            return code;
+                        }
                         continue;
                     }
                     let status = self.run_one(h);
@@ -192,8 +194,15 @@ impl WorkerLoop<'_> {
     /// Answers the task at the head of the ring, which the parent withdrew
     /// before it started (its future failed already), without running it:
     /// an empty result, so that the parent's books move on.
-    fn skip(&mut self, task_id: u64) {
-        let _ = self.rx.pop();
+    /// Fails (with the exit code) if the message cannot be released: the
+    /// withdrawal is consumed, so seeing the message again would run it.
+    fn skip(&mut self, task_id: u64) -> Result<(), i32> {
+        if let Err(e) = self.rx.pop() {
+            return Err(fatal(
+                EXIT_BOOTSTRAP,
+                format_args!("corrupt task ring: {e}"),
+            ));
+        }
         self.spilled = None;
         self.out.clear();
         let header = ResultHeader {
@@ -205,6 +214,7 @@ impl WorkerLoop<'_> {
         };
         self.out.extend_from_slice(bytemuck::bytes_of(&header));
         self.send(TAG_RESULT, task_id, 0, crate::protocol::STATUS_SKIPPED);
+        Ok(())
     }
 
     /// Runs the task at the head of the ring; leaves the encoded outcome
