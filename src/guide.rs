@@ -7,3 +7,6 @@
            This page needs the `serde` feature (on by default) to build its examples."
 )]
 pub mod sending_data {}
+
+#[doc = include_str!("../docs/faults.md")]
+pub mod faults {}

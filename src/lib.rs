@@ -18,7 +18,8 @@
 //! in `main`, not in tests). A task that panics fails its future with
 //! [`Error::TaskPanicked`]; a worker that crashes fails the task it was
 //! running with [`Error::TerminatedWorker`] and is replaced (the task
-//! waiting behind it runs again on another worker). Arguments and results travel
+//! waiting behind it runs again on another worker; every case is in
+//! [Faults and recovery](guide::faults)). Arguments and results travel
 //! as validated rkyv archives through per-worker shared-memory rings; serde
 //! types and custom codecs work too, see
 //! [Sending data to workers](guide::sending_data). Large arrays stay in
