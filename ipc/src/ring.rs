@@ -86,6 +86,67 @@ fn frame_len(len: usize) -> usize {
     FRAME + len.next_multiple_of(FRAME)
 }
 
+/// Reads the frame at stream position `*at` of a buffer `data` of `cap`
+/// bytes, skipping a wrap frame (which moves `*at` to the start of the
+/// buffer): the frame's offset in the buffer, its payload length and tag.
+/// A frame that does not fit before `end` (where the written bytes stop),
+/// or that no producer could have written, is [`Error::Corrupt`].
+///
+/// # Safety
+///
+/// `data` is the ring's buffer of `cap` bytes, `*at` is a multiple of
+/// [`FRAME`], and the bytes from `*at` to `end` were written by the
+/// producer and are not written again while the caller reads them.
+unsafe fn frame_at(
+    data: NonNull<u8>,
+    shadow: Shadow,
+    cap: u64,
+    at: &mut u64,
+    end: u64,
+) -> Result<(u64, usize, u32)> {
+    loop {
+        let pos = *at % cap;
+        shadow.read(pos, FRAME);
+        // SAFETY: `pos` is 16-aligned and < cap, so the frame header is in
+        // bounds; the caller vouches for its bytes.
+        let (len, tag) = unsafe {
+            let p = data.as_ptr().add(pos as usize).cast::<u32>();
+            (p.read_volatile(), p.add(1).read_volatile())
+        };
+        if len == WRAP {
+            *at += cap - pos;
+            if *at > end {
+                return Err(Error::Corrupt("wrap frame past head".into()));
+            }
+            continue;
+        }
+        let len = len as usize;
+        if len > cap as usize / 2
+            || pos + frame_len(len) as u64 > cap
+            || *at + frame_len(len) as u64 > end
+        {
+            return Err(Error::Corrupt(format!(
+                "frame of {len} bytes at {pos} does not fit (capacity {cap}, written {})",
+                // `end` comes from the peer and may be behind `at`.
+                end.saturating_sub(*at)
+            )));
+        }
+        return Ok((pos, len, tag));
+    }
+}
+
+/// The `len` payload bytes of the frame at offset `pos` of `data`.
+///
+/// # Safety
+///
+/// As for [`frame_at`], which returned `pos` and `len` (so they fit).
+unsafe fn payload<'a>(data: NonNull<u8>, shadow: Shadow, pos: u64, len: usize) -> &'a [u8] {
+    shadow.read(pos + FRAME as u64, len);
+    // SAFETY: the payload lies inside the buffer (checked by `frame_at`)
+    // and the caller vouches that it is not written while borrowed.
+    unsafe { std::slice::from_raw_parts(data.as_ptr().add(pos as usize + FRAME), len) }
+}
+
 /// Under `--cfg loom`, a model-checked stand-in for the data buffer: one
 /// `loom::cell::UnsafeCell` per 16-byte chunk, touched wherever the ring
 /// reads or writes those bytes, so that loom reports any buffer access that
@@ -260,39 +321,14 @@ impl<'r> Producer<'r> {
             )));
         }
         while at < self.head {
-            let pos = at % self.cap;
-            self.shadow.read(pos, FRAME);
-            // SAFETY: `pos` is 16-aligned (checked above, and every step
-            // below is a multiple of 16) and < cap, so the frame header is
-            // in bounds; it lies before `head`, so this producer wrote it
-            // and will not write it again before `reserve` sees it free.
-            let (len, tag) = unsafe {
-                let p = self.data.as_ptr().add(pos as usize).cast::<u32>();
-                (p.read_volatile(), p.add(1).read_volatile())
-            };
-            if len == WRAP {
-                at += self.cap - pos;
-                if at > self.head {
-                    return Err(Error::Corrupt("unreleased wrap frame past head".into()));
-                }
-                continue;
-            }
-            let len = len as usize;
-            if len > self.cap as usize / 2
-                || pos + frame_len(len) as u64 > self.cap
-                || at + frame_len(len) as u64 > self.head
-            {
-                return Err(Error::Corrupt(format!(
-                    "unreleased frame of {len} bytes at {pos} does not fit"
-                )));
-            }
-            self.shadow.read(pos + FRAME as u64, len);
-            // SAFETY: the payload lies inside the buffer and before `head`
-            // (checked just above), for the same reasons as the header.
-            let payload = unsafe {
-                std::slice::from_raw_parts(self.data.as_ptr().add(pos as usize + FRAME), len)
-            };
-            visit(tag, payload);
+            // SAFETY: `at` is 16-aligned (checked above; `frame_at` moves
+            // it by multiples of 16) and `[at, head)` was written by this
+            // producer, which writes it again only once `reserve` sees it
+            // released.
+            let (pos, len, tag) =
+                unsafe { frame_at(self.data, self.shadow, self.cap, &mut at, self.head) }?;
+            // SAFETY: as above; `frame_at` checked the payload fits.
+            visit(tag, unsafe { payload(self.data, self.shadow, pos, len) });
             at += frame_len(len) as u64;
         }
         Ok(())
@@ -445,48 +481,27 @@ impl<'r> Consumer<'r> {
             return Ok(None);
         }
         let (pos, len, tag) = self.frame()?;
-        self.shadow.read(pos + FRAME as u64, len);
         // SAFETY: `frame` validated that the payload lies inside the buffer
         // and before `head`, so the producer published it and will not write
         // it again before we advance `tail`.
-        let payload = unsafe {
-            std::slice::from_raw_parts(self.data.as_ptr().add(pos as usize + FRAME), len)
-        };
+        let payload = unsafe { payload(self.data, self.shadow, pos, len) };
         Ok(Some(Message { tag, payload }))
     }
 
     /// Reads (and skips past a wrap frame to) the next frame: (pos, len, tag).
     fn frame(&mut self) -> Result<(u64, usize, u32)> {
-        loop {
-            let pos = self.tail % self.cap;
-            self.shadow.read(pos, FRAME);
-            // SAFETY: pos is 16-aligned and < cap; the frame lies before
-            // `head` (has_message), so it was published.
-            let (len, tag) = unsafe {
-                let p = self.data.as_ptr().add(pos as usize).cast::<u32>();
-                (p.read_volatile(), p.add(1).read_volatile())
-            };
-            if len == WRAP {
-                self.tail += self.cap - pos;
-                if self.tail > self.cached_head {
-                    return Err(Error::Corrupt("wrap frame past head".into()));
-                }
-                continue;
-            }
-            let len = len as usize;
-            let end = self.tail + frame_len(len) as u64;
-            if len > self.cap as usize / 2
-                || pos + frame_len(len) as u64 > self.cap
-                || end > self.cached_head
-            {
-                return Err(Error::Corrupt(format!(
-                    "frame of {len} bytes at {pos} does not fit (capacity {}, published {})",
-                    self.cap,
-                    // `head` comes from the peer and may be behind `tail`.
-                    self.cached_head.saturating_sub(self.tail)
-                )));
-            }
-            return Ok((pos, len, tag));
+        // SAFETY: `tail` is 16-aligned (it only ever moves by frames) and
+        // there is a message (the callers checked `has_message`): the bytes
+        // up to `cached_head` were published by the producer, which writes
+        // them again only once we advance `tail` past them.
+        unsafe {
+            frame_at(
+                self.data,
+                self.shadow,
+                self.cap,
+                &mut self.tail,
+                self.cached_head,
+            )
         }
     }
 
