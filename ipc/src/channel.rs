@@ -248,12 +248,12 @@ impl<'r> Sender<'r> {
     /// A spilled message is [`Unreleased::Lost`] when its buffer cannot be
     /// taken back: the receiver marked it free (so it may hold other bytes
     /// by now: the frame names the lease it was sent in, and only that one
-    /// is taken back), or its payload was not mapped read-only by the
-    /// receiver ([`spill::payload_protectable`]), so the dead process may
-    /// have written to it.
+    /// is taken back), or receivers cannot map spill buffers read-only here
+    /// ([`spill::guardable`]), so the dead process may have written to it.
+    /// The caller must have made its receivers [`Receiver::guarded`].
     pub fn take_unreleased(&mut self, mut visit: impl FnMut(u32, Unreleased<'_>)) -> Result<()> {
         let (ring, spills) = (&self.ring, &mut self.spills);
-        let protected = spill::payload_protectable();
+        let protected = spill::guardable();
         ring.unreleased(|tag, bytes| {
             if tag & SPILL == 0 {
                 visit(tag, Unreleased::Inline(bytes));
@@ -335,6 +335,8 @@ pub struct Receiver<'r> {
     socket: OwnedFd,
     cache: [Option<Mapped>; RECEIVER_CACHE],
     current: Option<Current>,
+    /// Maps the spill buffers it receives read-only ([`Self::guarded`]).
+    guard: bool,
 }
 
 /// A large message taken off the ring and not released yet.
@@ -368,7 +370,20 @@ impl<'r> Receiver<'r> {
             socket,
             cache: std::array::from_fn(|_| None),
             current: None,
+            guard: false,
         }
+    }
+
+    /// Maps the spill buffers it receives read-only, where
+    /// [`spill::guardable`], making their header page writable only for the
+    /// store that marks a buffer free: a stray write of this process then
+    /// faults instead of changing a message, or freeing a buffer it has yet
+    /// to read. For a receiver whose sender may take its messages back
+    /// should it die ([`Sender::take_unreleased`]); it costs two
+    /// `mprotect` calls per large message.
+    pub fn guarded(mut self) -> Self {
+        self.guard = true;
+        self
     }
 
     /// True if a message is waiting (cheap).
@@ -383,7 +398,7 @@ impl<'r> Receiver<'r> {
             .map_err(|_| Error::Corrupt("spill length out of range".into()))?;
         let place = if frame.flags & FD_FOLLOWS != 0 {
             let fd = fdpass::recv_fd(self.socket.as_fd())?;
-            let mapped = Mapped::open(fd, frame.id)?;
+            let mapped = Mapped::open(fd, frame.id, self.guard)?;
             match frame.slot {
                 UNCACHED => Place::Uncached(mapped),
                 s if (s as usize) < RECEIVER_CACHE => {
@@ -550,7 +565,7 @@ mod tests {
         assert!(tx.try_send(3, &pattern(3, 200)).unwrap());
         assert_eq!(rx.peek().unwrap().unwrap().tag, 1);
         rx.pop().unwrap();
-        if !spill::payload_protectable() {
+        if !spill::guardable() {
             return; // pages over 4 KiB: spilled messages are never taken back
         }
         assert_eq!(
@@ -588,7 +603,7 @@ mod tests {
         let (p, _c) = ring.split();
         let (a, _b) = fdpass::socket_pair().unwrap();
         let mut tx = Sender::new(p, a);
-        if !spill::payload_protectable() {
+        if !spill::guardable() {
             return; // pages over 4 KiB: spilled messages are never taken back
         }
         let len = (3 << 20) + 7;
@@ -606,14 +621,14 @@ mod tests {
     }
 
     #[test]
-    fn a_receiver_maps_spill_buffers_read_only_but_still_frees_them() {
+    fn a_guarded_receiver_maps_spill_buffers_read_only_but_still_frees_them() {
         let mut ring = HeapRing::new(1024).unwrap();
         let (p, c) = ring.split();
         let (a, b) = fdpass::socket_pair().unwrap();
-        let (mut tx, mut rx) = (Sender::new(p, a), Receiver::new(c, b));
+        let (mut tx, mut rx) = (Sender::new(p, a), Receiver::new(c, b).guarded());
         assert!(tx.try_send(2, &pattern(2, 3000)).unwrap(), "spilled");
         let payload = rx.peek().unwrap().unwrap().bytes.as_ptr();
-        if !spill::payload_protectable() {
+        if !spill::guardable() {
             return; // pages over 4 KiB: the payload stays writable
         }
         no_core_dumps();

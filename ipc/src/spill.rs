@@ -572,12 +572,12 @@ impl SpilledMessage {
 // ---------------------------------------------------------------------------
 // The receiving side.
 
-/// Whether receivers map a buffer read-only (the header page is made
-/// writable only for the store that marks the buffer free): its header
-/// must end on a page boundary. True wherever pages are 4 KiB (x86-64, and
-/// most arm64 systems); a sender takes a buffer back from a dead receiver
-/// only then.
-pub fn payload_protectable() -> bool {
+/// Whether a guarded receiver ([`crate::Receiver::guarded`]) can map the
+/// buffers it receives read-only (the header page writable only for the
+/// store that marks a buffer free): the header must end on a page
+/// boundary. True wherever pages are 4 KiB (x86-64, and most arm64
+/// systems); a sender takes a buffer back from a dead receiver only then.
+pub fn guardable() -> bool {
     HEADER_LEN % rustix::param::page_size() == 0
 }
 
@@ -593,14 +593,15 @@ pub(crate) struct Mapped {
     id: u64,
     map: MmapRaw,
     capacity: usize,
-    /// Mapped read-only (see [`payload_protectable`]).
+    /// Mapped read-only (see [`guardable`]).
     guarded: bool,
 }
 
 impl Mapped {
     /// Maps a buffer received from the peer, checking that it is a sealed
-    /// spill buffer with id `id`.
-    pub(crate) fn open(fd: OwnedFd, id: u64) -> Result<Self> {
+    /// spill buffer with id `id`; read-only with `guard`, where
+    /// [`guardable`].
+    pub(crate) fn open(fd: OwnedFd, id: u64, guard: bool) -> Result<Self> {
         let file = File::from(fd);
         let seals = rustix::fs::fcntl_get_seals(&file).os("fcntl(F_GET_SEALS)")?;
         if !seals.contains(SealFlags::SHRINK) {
@@ -629,7 +630,7 @@ impl Mapped {
                 h.id, h.capacity
             )));
         }
-        let guarded = payload_protectable();
+        let guarded = guard && guardable();
         if guarded {
             // A receiver only reads the buffer, but for the moment it marks
             // it free (`release`): a stray write of its process faults
@@ -722,7 +723,7 @@ mod tests {
         buf.punch().unwrap();
         let used = |f: &File| rustix::fs::fstat(f).unwrap().st_blocks as usize * 512;
         assert!(used(&buf.file) < (1 << 20));
-        let m = Mapped::open(buf.file.as_fd().try_clone_to_owned().unwrap(), buf.id).unwrap();
+        let m = Mapped::open(buf.file.as_fd().try_clone_to_owned().unwrap(), buf.id, true).unwrap();
         assert_eq!(m.bytes(16).len(), 16);
         assert!(
             used(&buf.file) < (1 << 20),
@@ -737,9 +738,9 @@ mod tests {
         b.as_mut_slice()[..5].copy_from_slice(b"hello");
         let flight = b.hand_over();
         assert!(!flight.is_free());
-        let m = Mapped::open(b.fd().try_clone_to_owned().unwrap(), b.id()).unwrap();
+        let m = Mapped::open(b.fd().try_clone_to_owned().unwrap(), b.id(), true).unwrap();
         assert_eq!(m.bytes(5), b"hello");
-        assert!(Mapped::open(b.fd().try_clone_to_owned().unwrap(), b.id() + 1).is_err());
+        assert!(Mapped::open(b.fd().try_clone_to_owned().unwrap(), b.id() + 1, true).is_err());
         m.release();
         assert!(flight.is_free());
     }
@@ -748,6 +749,6 @@ mod tests {
     fn an_unsealed_file_is_refused() {
         let fd = rustix::fs::memfd_create("unsealed", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
         rustix::fs::ftruncate(&fd, (HEADER_LEN + 64) as u64).unwrap();
-        assert!(Mapped::open(fd, 1).is_err());
+        assert!(Mapped::open(fd, 1, true).is_err());
     }
 }

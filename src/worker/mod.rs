@@ -120,7 +120,8 @@ pub(crate) fn run(raw_spec: &str) -> i32 {
     // the worker is the only consumer of `down` and producer of `up`.
     let (rx, tx) = unsafe {
         (
-            Receiver::new(slot.down_consumer(), socket),
+            // Its messages may be taken back should this process die.
+            Receiver::new(slot.down_consumer(), socket).guarded(),
             Sender::new(slot.up_producer(), socket2),
         )
     };
