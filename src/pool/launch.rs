@@ -174,7 +174,7 @@ impl Pool {
             exit_owed: false,
             kill_reason: None,
             task_kill: None,
-            stopped_waiting: Vec::new(),
+            withdrawn: None,
             tasks_done: 0,
             rss_baseline: None,
             idle_since: Instant::now(),

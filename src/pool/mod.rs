@@ -92,9 +92,12 @@ pub(crate) struct Worker {
     kill_reason: Option<Error>,
     /// A task we killed this worker to stop, and the error it gets.
     task_kill: Option<(u64, Error)>,
-    /// Tasks stopped (failed) while they waited behind the running one:
-    /// never to be run again if this worker dies before it skips them.
-    stopped_waiting: Vec<u64>,
+    /// A task stopped (failed) while it waited behind the running one, and
+    /// withdrawn: the worker skips it, and it is never run again should the
+    /// worker die first. One at a time: the slot's claim word remembers
+    /// one withdrawal, and the worker gets no new task until it skipped it
+    /// ([`Worker::has_room`]).
+    withdrawn: Option<u64>,
     tasks_done: u64,
     /// Resident size after the first task (for `memory_limit`).
     rss_baseline: Option<u64>,
@@ -449,15 +452,14 @@ impl Pool {
         // A task withdrawn while it waited (`stop_task`) is answered
         // without being run: it counts for nothing.
         let skipped = hdr.status == crate::protocol::STATUS_SKIPPED;
-        if skipped && !w.stopped_waiting.contains(&hdr.task_id) {
+        if w.withdrawn == Some(hdr.task_id) {
+            w.withdrawn = None;
+        } else if skipped {
             tracing::error!(
                 pid = w.pid,
                 task = hdr.task_id,
                 "worker skipped a task the pool did not withdraw"
             );
-        }
-        if !w.stopped_waiting.is_empty() {
-            w.stopped_waiting.retain(|id| *id != hdr.task_id);
         }
         st.deadlines.forget(hdr.task_id);
         // The worker released that task's message before sending its
@@ -532,7 +534,7 @@ impl Pool {
             let Some(pos) = w.in_flight.iter().position(|c| c.id() == id) else {
                 continue;
             };
-            if w.stopped_waiting.contains(&id) {
+            if w.withdrawn == Some(id) {
                 // Withdrawn (and failed) already, by a stop that came first:
                 // a second withdrawal would outlive its skip.
                 return false;
@@ -548,7 +550,7 @@ impl Pool {
             } else {
                 // If the worker dies before it skips it, it must not be read
                 // back and run elsewhere either.
-                w.stopped_waiting.push(id);
+                w.withdrawn = Some(id);
                 let cell = w.in_flight[pos].clone();
                 // Cancelled (`Future::kill`) before it ran.
                 if matches!(reason, Error::Cancelled) {
@@ -1136,7 +1138,7 @@ impl Worker {
     /// word remembers one withdrawal, so the next task it could be asked to
     /// withdraw waits for that skip.
     fn has_room(&self, depth: usize) -> bool {
-        self.takes_work() && self.in_flight.len() < depth && self.stopped_waiting.is_empty()
+        self.takes_work() && self.in_flight.len() < depth && self.withdrawn.is_none()
     }
 
     /// Ends the in-flight tasks of this dead worker: returns those that
@@ -1202,7 +1204,7 @@ impl Worker {
                 Some((id, e)) if *id == c.id() => Some(e.clone()),
                 _ => None,
             };
-            let stopping = own_error.is_some() || self.stopped_waiting.contains(&c.id());
+            let stopping = own_error.is_some() || self.withdrawn == Some(c.id());
             if k > 0 && !stopping && !c.has_pins() {
                 match unstarted.remove(&c.id()) {
                     Some(message) if c.requeued() => {

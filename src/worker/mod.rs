@@ -153,7 +153,7 @@ struct WorkerLoop<'r> {
 impl WorkerLoop<'_> {
     fn serve(&mut self) -> i32 {
         if !self.spec.has_init {
-            self.send(TAG_READY, 0, 0, STATUS_OK);
+            self.send_header(TAG_READY, 0, STATUS_OK);
         }
         loop {
             if !self.wait_for_message() {
@@ -173,8 +173,8 @@ impl WorkerLoop<'_> {
                         }
                         continue;
                     }
-                    let status = self.run_one(h);
-                    self.send(TAG_RESULT, h.task_id, 0, status);
+                    self.run_one(h);
+                    self.send(TAG_RESULT);
                 }
                 (TAG_INIT, Some(h)) => {
                     let status = self.run_one(h);
@@ -185,7 +185,7 @@ impl WorkerLoop<'_> {
                             format_args!("initializer failed (status {status})"),
                         );
                     }
-                    self.send(TAG_READY, 0, 0, STATUS_OK);
+                    self.send_header(TAG_READY, 0, STATUS_OK);
                 }
                 _ => return fatal(EXIT_BOOTSTRAP, format_args!("unexpected message tag {tag}")),
             }
@@ -204,17 +204,7 @@ impl WorkerLoop<'_> {
                 format_args!("corrupt task ring: {e}"),
             ));
         }
-        self.spilled = None;
-        self.out.clear();
-        let header = ResultHeader {
-            task_id,
-            elapsed_ns: 0,
-            status: crate::protocol::STATUS_SKIPPED,
-            rss_kib: 0, // not looked at for a skipped task
-            _reserved: 0,
-        };
-        self.out.extend_from_slice(bytemuck::bytes_of(&header));
-        self.send(TAG_RESULT, task_id, 0, crate::protocol::STATUS_SKIPPED);
+        self.send_header(TAG_RESULT, task_id, crate::protocol::STATUS_SKIPPED);
         Ok(())
     }
 
@@ -272,20 +262,26 @@ impl WorkerLoop<'_> {
         status
     }
 
-    /// Sends `self.out` (for results) or a bare header, waiting for room.
-    fn send(&mut self, tag: u32, task_id: u64, elapsed_ns: u64, status: u32) {
-        if tag != TAG_RESULT {
-            self.out.clear();
-            let header = ResultHeader {
-                task_id,
-                elapsed_ns,
-                status,
-                rss_kib: 0,
-                _reserved: 0,
-            };
-            self.out.extend_from_slice(bytemuck::bytes_of(&header));
-        }
-        match self.spilled.take().filter(|_| tag == TAG_RESULT) {
+    /// Sends a message that is a result header alone (a worker ready, a
+    /// skipped task), waiting for room.
+    fn send_header(&mut self, tag: u32, task_id: u64, status: u32) {
+        self.spilled = None;
+        self.out.clear();
+        let header = ResultHeader {
+            task_id,
+            elapsed_ns: 0,
+            status,
+            rss_kib: 0,
+            _reserved: 0,
+        };
+        self.out.extend_from_slice(bytemuck::bytes_of(&header));
+        self.send(tag);
+    }
+
+    /// Sends `self.out`, or the large result `run_one` left in a spill
+    /// buffer, waiting for room.
+    fn send(&mut self, tag: u32) {
+        match self.spilled.take() {
             Some((spill, len)) => match loky_ipc::spill::SpilledMessage::new(spill, len) {
                 // The channel hands the buffer over, no copy.
                 Ok(message) => {
