@@ -409,9 +409,7 @@ impl InFlight {
         // be leased by anyone else between the checks below and ours. (Its
         // receiver, being dead, can no longer mark it free.)
         let mut pool = pool();
-        let e = pool.iter_mut().find(|e| {
-            Arc::ptr_eq(&e.buf, &self.buf) && e.generation == self.generation && !e.leased
-        })?;
+        let e = pool.iter_mut().find(|e| self.lease_of(e) && !e.leased)?;
         if e.buf.is_free() {
             return None;
         }
@@ -442,12 +440,15 @@ impl InFlight {
             return;
         }
         let mut pool = pool();
-        if let Some(i) = pool
-            .iter()
-            .position(|e| Arc::ptr_eq(&e.buf, &self.buf) && e.generation == self.generation)
-        {
+        if let Some(i) = pool.iter().position(|e| self.lease_of(e)) {
             pool.swap_remove(i);
         }
+    }
+
+    /// Whether `e` is the pool's entry of this buffer, still in the lease
+    /// that was handed over.
+    fn lease_of(&self, e: &Entry) -> bool {
+        Arc::ptr_eq(&e.buf, &self.buf) && e.generation == self.generation
     }
 }
 
