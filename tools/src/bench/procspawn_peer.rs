@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use procspawn::Pool;
 
 use crate::report::{Cell, Row, Unit, RUST_PEER};
-use crate::workloads::{check, median, pct, sum_f64, time, Config, Result};
+use crate::workloads::{
+    check, killer, median, pct, plus_one, sum_f64, sum_vec, time, Config, Result,
+};
 
 /// Hands this process over to procspawn if it is one of its workers; in
 /// any other process, returns at once.
@@ -46,27 +48,12 @@ pub(crate) fn fill(workload: &str, cfg: &Config, rows: &mut [Row]) -> Result<Opt
     Ok(Some(format!("{workload}: {note}")))
 }
 
-// Tasks: procspawn sends a function pointer; serde (postcard) carries the
-// argument and the result.
-
-fn plus_one(x: u64) -> u64 {
-    x + 1
-}
+// Tasks: loky's own (`plus_one`, `sum_vec`, `killer`), and W2's chunk.
+// procspawn sends a function pointer; serde carries the argument and the
+// result.
 
 fn double_chunk(chunk: Vec<u64>) -> Vec<u64> {
     chunk.into_iter().map(|x| x * 2).collect()
-}
-
-fn sum_vec(v: Vec<f64>) -> f64 {
-    sum_f64(&v)
-}
-
-fn killer(_: ()) -> u64 {
-    // SAFETY: plain system calls; the worker is meant to die here.
-    unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
-    loop {
-        std::thread::sleep(Duration::from_secs(1));
-    }
 }
 
 /// A pool of `workers` whose workers all answered once (untimed).

@@ -48,10 +48,11 @@ pub(crate) fn run(workload: &str, cfg: &Config) -> Result<Vec<Row>> {
 }
 
 // ---------------------------------------------------------------------------
-// Tasks (fn items: they run in the workers, which are this binary).
+// Tasks (fn items: they run in the workers, which are this binary; the
+// procspawn peer runs the same ones).
 // ---------------------------------------------------------------------------
 
-fn plus_one(x: u64) -> u64 {
+pub(crate) fn plus_one(x: u64) -> u64 {
     x + 1
 }
 
@@ -59,7 +60,7 @@ fn double(x: u64) -> u64 {
     x * 2
 }
 
-fn sum_vec(v: Vec<f64>) -> f64 {
+pub(crate) fn sum_vec(v: Vec<f64>) -> f64 {
     sum_f64(&v)
 }
 
@@ -72,7 +73,7 @@ fn nap_pid(us: u64) -> u32 {
     std::process::id()
 }
 
-fn killer(_: ()) -> u64 {
+pub(crate) fn killer(_: ()) -> u64 {
     // SAFETY: plain system calls; the worker is meant to die here.
     unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
     loop {
