@@ -5,7 +5,9 @@
 //! [`Payload`]: integers, floats, `String`, `Vec`, tuples, `Option`,
 //! `HashMap`, and your own structs. Bytes that come from another process are
 //! always validated before use, so a corrupted message is a
-//! [`Error::Codec`], never undefined behaviour.
+//! [`Error::Codec`], never undefined behaviour; validation and decoding
+//! read a private copy, which the sender cannot change in between
+//! ([`unarchive`]).
 
 use std::cell::RefCell;
 
@@ -141,13 +143,59 @@ pub(crate) fn archive<T: Archivable>(value: &T, out: &mut AlignedVec) -> Result<
     }
 }
 
-/// Validates and decodes an archive (a large `Vec` of numbers with a
-/// parallel copy, see [`crate::numeric_vec`]).
+/// Validates and decodes an archive.
+///
+/// `bytes` may lie in memory another process can still write (a result in
+/// a worker's ring, while a stray thread of that worker scribbles on it).
+/// rkyv reads an archive twice, once to validate it and once to decode it,
+/// so a change in between could take the second read outside the message.
+/// Hence a `Vec` of numbers is decoded by [`crate::numeric_vec`], which
+/// reads each byte once, and everything else from a private copy.
 pub(crate) fn unarchive<T: Archivable>(bytes: &[u8]) -> Result<T, String> {
     if let Some(decoded) = crate::numeric_vec::try_decode::<T>(bytes) {
         return decoded;
     }
-    rkyv::from_bytes::<T, rancor::BoxedError>(bytes).map_err(|e| e.to_string())
+    with_private_copy(bytes, |bytes| {
+        rkyv::from_bytes::<T, rancor::BoxedError>(bytes).map_err(|e| e.to_string())
+    })
+}
+
+/// Messages up to this size are copied into a buffer kept per thread;
+/// longer ones into a fresh one (so a thread does not hold on to the
+/// memory of its largest message).
+const PRIVATE_COPY_KEPT: usize = 1 << 20;
+
+thread_local! {
+    static PRIVATE_COPY: RefCell<AlignedVec> = RefCell::new(AlignedVec::new());
+}
+
+/// Runs `read` on a copy of `bytes` (16-byte aligned) that no other
+/// process can change.
+fn with_private_copy<R>(bytes: &[u8], read: impl FnOnce(&[u8]) -> R) -> R {
+    /// Small messages (most results) are copied to the stack.
+    #[repr(C, align(16))]
+    struct Small([u8; SMALL]);
+    const SMALL: usize = 256;
+    if bytes.len() <= SMALL {
+        let mut copy = Small([0; SMALL]);
+        let copy = &mut copy.0[..bytes.len()];
+        copy.copy_from_slice(bytes);
+        return read(copy);
+    }
+    // Taken out of the cell while in use: a nested decode on this thread
+    // (a user's `Deserialize` that decodes a message) finds it empty.
+    let kept = (bytes.len() <= PRIVATE_COPY_KEPT)
+        .then(|| PRIVATE_COPY.try_with(|kept| kept.take()).ok())
+        .flatten();
+    let keep = kept.is_some();
+    let mut copy = kept.unwrap_or_default();
+    copy.clear();
+    copy.extend_from_slice(bytes);
+    let r = read(&copy);
+    if keep {
+        let _ = PRIVATE_COPY.try_with(|kept| kept.replace(copy));
+    }
+    r
 }
 
 /// An archive that grows past this many bytes (header included) while it is
@@ -380,4 +428,60 @@ pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         "Box<dyn Any>"
     };
     format!("the codec panicked: {what}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decoding_reads_an_aligned_private_copy() {
+        for len in [
+            0,
+            1,
+            255,
+            256,
+            257,
+            5000,
+            PRIVATE_COPY_KEPT,
+            PRIVATE_COPY_KEPT + 1,
+        ] {
+            let bytes: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
+            let (elsewhere, same, aligned) = with_private_copy(&bytes, |copy| {
+                (
+                    len == 0 || copy.as_ptr() != bytes.as_ptr(),
+                    copy == &bytes[..],
+                    copy.as_ptr() as usize % 16 == 0,
+                )
+            });
+            assert!(elsewhere && same && aligned, "{len} bytes");
+        }
+    }
+
+    #[test]
+    fn a_nested_decode_gets_its_own_copy() {
+        let outer = vec![1u8; 4000];
+        let inner = vec![2u8; 3000];
+        let (a, b) = with_private_copy(&outer, |o| {
+            let b = with_private_copy(&inner, |i| i.to_vec());
+            (o.to_vec(), b)
+        });
+        assert_eq!((a, b), (outer, inner));
+    }
+
+    #[test]
+    fn archives_round_trip_through_the_copy() {
+        let value = (7u64, String::from("seven"), vec![Some(1.5f32), None]);
+        let mut out = AlignedVec::new();
+        archive(&value, &mut out).unwrap();
+        assert_eq!(
+            unarchive::<(u64, String, Vec<Option<f32>>)>(&out).unwrap(),
+            value
+        );
+        let big = vec![String::from("x"); 200_000];
+        let mut out = AlignedVec::new();
+        archive(&big, &mut out).unwrap();
+        assert!(out.len() > PRIVATE_COPY_KEPT);
+        assert_eq!(unarchive::<Vec<String>>(&out).unwrap(), big);
+    }
 }

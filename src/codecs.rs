@@ -67,6 +67,12 @@ pub trait Codec<T>: 'static {
     fn encode(value: &T, out: &mut AlignedVec) -> Result<(), String>;
 
     /// Decodes a value from the bytes [`encode`](Codec::encode) appended.
+    ///
+    /// `bytes` may lie in memory the sending process can still write (if
+    /// it misbehaves): a decoder in safe Rust can at most read garbage
+    /// then, but one that validates bytes and later reads them again
+    /// without checks (zero-copy access through `unsafe`) should copy them
+    /// first, as loky's own rkyv decoding does.
     fn decode(bytes: &[u8]) -> Result<T, String>;
 
     /// Appends the encoding of a chunk of `map` items. The default writes a

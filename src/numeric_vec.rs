@@ -1,13 +1,20 @@
-//! Decoding a large `Vec` of plain numbers with a parallel copy.
+//! Decoding a `Vec` of plain numbers: one read of the archive's root, then
+//! a copy (parallel when large).
 //!
-//! rkyv decodes an archived `Vec<f64>` by allocating a `Vec` and copying
-//! the archived elements into it on one thread. When a task's whole
+//! rkyv decodes an archived `Vec<f64>` by validating the archive, then
+//! reading its root (where the elements are, how many) a second time, and
+//! copying the elements one by one on one thread. When a task's whole
 //! argument or result is a `Vec` of one of the numeric types listed in
-//! [`try_decode`] and its archive has at least [`bulk::PARALLEL_MIN`]
-//! bytes, the copy is done by [`bulk::copy`] instead, after the same
-//! validation. The archived elements must have the native layout (rkyv's
-//! default little-endian format on a little-endian machine); otherwise, and
-//! for every other type, rkyv decodes as usual.
+//! [`try_decode`], this module instead copies the root out of the message
+//! once, checks that the elements it names lie inside the message, and
+//! copies them with [`bulk::copy`]. Reading the root once matters because
+//! the message may sit in memory its sender can still write (a peer that
+//! misbehaves): a root that changed between the check and the use cannot
+//! lead the copy outside the message. The elements themselves may be any
+//! bytes. The archived elements must have the native layout (rkyv's
+//! default little-endian format on a little-endian machine, 32-bit
+//! relative pointers); otherwise, and for every other type, the caller
+//! decodes with rkyv (from a private copy, see [`crate::codec`]).
 
 use std::any::Any;
 use std::mem::MaybeUninit;
@@ -15,39 +22,25 @@ use std::sync::OnceLock;
 
 use bytemuck::Pod;
 use loky_ipc::bulk;
-use rkyv::rancor;
 use rkyv::vec::ArchivedVec;
 use rkyv::Archived;
 
-/// Decodes `bytes` as a `T` if `T` is a `Vec` of plain numbers and the
-/// archive is large, or returns `None` (then rkyv decodes it).
+/// Decodes `bytes` as a `T` if `T` is a `Vec` of plain numbers, or returns
+/// `None` (then rkyv decodes it).
 pub(crate) fn try_decode<T: 'static>(bytes: &[u8]) -> Option<Result<T, String>> {
-    if bytes.len() < bulk::PARALLEL_MIN {
-        return None;
-    }
     let mut out: Option<T> = None;
     macro_rules! each_numeric_vec {
         ($($p:ty),*) => {$(
             if let Some(slot) = (&mut out as &mut dyn Any).downcast_mut::<Option<Vec<$p>>>() {
                 if std::mem::size_of::<Archived<$p>>() != std::mem::size_of::<$p>()
+                    || std::mem::size_of::<ArchivedVec<Archived<$p>>>() != ROOT_LEN
                     || !rkyv_is_native()
                 {
                     return None;
                 }
-                let archived =
-                    match rkyv::access::<ArchivedVec<Archived<$p>>, rancor::BoxedError>(bytes) {
-                        Ok(archived) => archived.as_slice(),
-                        Err(e) => return Some(Err(e.to_string())),
-                    };
-                // SAFETY: an archived `$p` is `size_of::<$p>()` bytes (checked
-                // above) holding the value's native bytes (`rkyv_is_native`),
-                // so the elements (validated by `access`, inside `bytes`) are
-                // `len * size_of::<$p>()` readable bytes.
-                let raw = unsafe {
-                    std::slice::from_raw_parts(
-                        archived.as_ptr().cast::<u8>(),
-                        std::mem::size_of_val(archived),
-                    )
+                let raw = match elements::<$p>(bytes) {
+                    Ok(raw) => raw,
+                    Err(e) => return Some(Err(e)),
                 };
                 *slot = Some(copy_out::<$p>(raw));
                 return out.map(Ok);
@@ -56,6 +49,46 @@ pub(crate) fn try_decode<T: 'static>(bytes: &[u8]) -> Option<Result<T, String>> 
     }
     each_numeric_vec!(u8, i8, u16, i16, u32, i32, u64, i64, f32, f64);
     None
+}
+
+/// Bytes of an archived `Vec`'s root: a 32-bit offset from the root to the
+/// first element, then a 32-bit length (rkyv 0.8's `ArchivedVec` with its
+/// default 32-bit relative pointers). The root is the archive's last bytes.
+const ROOT_LEN: usize = 8;
+
+/// The bytes of the elements of the archived `Vec<P>` that `bytes` holds,
+/// reading its root exactly once.
+fn elements<P: Pod>(bytes: &[u8]) -> Result<&[u8], String> {
+    let pos = bytes
+        .len()
+        .checked_sub(ROOT_LEN)
+        .ok_or("archive shorter than a Vec's root")?;
+    // One read of the root; everything below uses this copy.
+    let mut root = [0u8; ROOT_LEN];
+    root.copy_from_slice(&bytes[pos..]);
+    let [o0, o1, o2, o3, l0, l1, l2, l3] = root;
+    let offset = i32::from_ne_bytes([o0, o1, o2, o3]) as isize;
+    let len = u32::from_ne_bytes([l0, l1, l2, l3]) as usize;
+    let start = (pos as isize)
+        .checked_add(offset)
+        .and_then(|s| usize::try_from(s).ok());
+    let size = len.checked_mul(std::mem::size_of::<P>());
+    let range = match (start, size) {
+        (Some(start), Some(size)) => start.checked_add(size).map(|end| start..end),
+        _ => None,
+    };
+    let in_bounds = range.filter(|r| r.end <= pos || (r.is_empty() && r.start <= bytes.len()));
+    let Some(range) = in_bounds else {
+        return Err(format!(
+            "archived Vec of {len} elements at offset {offset} lies outside the {} bytes of the message",
+            bytes.len()
+        ));
+    };
+    let elems = &bytes[range];
+    if (elems.as_ptr() as usize) % std::mem::align_of::<P>() != 0 {
+        return Err("archived Vec elements are misaligned".into());
+    }
+    Ok(elems)
 }
 
 /// Whether rkyv archives primitives as their native bytes (its default
@@ -67,7 +100,7 @@ fn rkyv_is_native() -> bool {
     static NATIVE: OnceLock<bool> = OnceLock::new();
     *NATIVE.get_or_init(|| {
         let sample = u64::from_ne_bytes([1, 2, 3, 4, 5, 6, 7, 8]);
-        rkyv::to_bytes::<rancor::BoxedError>(&sample)
+        rkyv::to_bytes::<rkyv::rancor::BoxedError>(&sample)
             .is_ok_and(|archive| archive.get(..8) == Some(&sample.to_ne_bytes()[..]))
     })
 }
@@ -138,59 +171,112 @@ mod tests {
         out
     }
 
-    fn round_trip<P>(make: impl Fn(usize) -> P)
+    fn round_trip<P>(len: usize, make: impl Fn(usize) -> P)
     where
         P: Pod,
         Vec<P>: crate::codec::Archivable,
     {
-        let len = bulk::PARALLEL_MIN / std::mem::size_of::<P>() + 1001;
         let v: Vec<P> = (0..len).map(make).collect();
         let bytes = archive(&v);
-        let fast = try_decode::<Vec<P>>(&bytes).expect("a large numeric Vec takes the fast path");
+        let fast = try_decode::<Vec<P>>(&bytes).expect("a numeric Vec takes the fast path");
         let fast = fast.expect("a valid archive decodes");
         // Bitwise, so that a NaN compares equal to itself.
         assert_eq!(
             bytemuck::cast_slice::<P, u8>(&fast),
-            bytemuck::cast_slice::<P, u8>(&v)
+            bytemuck::cast_slice::<P, u8>(&v),
+            "{len} elements"
         );
     }
 
     #[test]
-    fn large_numeric_vecs_decode_to_the_same_values() {
-        round_trip(|i| i as u8);
-        round_trip(|i| (i as i16).wrapping_neg());
-        round_trip(|i| i as u32 ^ 0xdead_beef);
-        round_trip(|i| (i as i64) * -7);
-        round_trip(|i| i as f32 * 0.25);
-        round_trip(|i| if i == 5 { f64::NAN } else { i as f64 / 3.0 });
+    fn numeric_vecs_of_every_size_decode_to_the_same_values() {
+        for len in [0, 1, 7, 1000, bulk::PARALLEL_MIN / 8 + 1001] {
+            round_trip(len, |i| i as u8);
+            round_trip(len, |i| (i as i16).wrapping_neg());
+            round_trip(len, |i| i as u32 ^ 0xdead_beef);
+            round_trip(len, |i| (i as i64) * -7);
+            round_trip(len, |i| i as f32 * 0.25);
+            round_trip(len, |i| if i == 5 { f64::NAN } else { i as f64 / 3.0 });
+        }
     }
 
     #[test]
-    fn other_types_and_small_archives_are_left_to_rkyv() {
-        let small = archive(&vec![1.0f64; 1000]);
-        assert!(try_decode::<Vec<f64>>(&small).is_none());
-        let strings = archive(&vec![String::from("x"); bulk::PARALLEL_MIN]);
+    fn the_root_is_read_where_rkyv_reads_it() {
+        // If a later rkyv changes where an archived Vec keeps its elements,
+        // this fails rather than the fast path decoding garbage.
+        for len in [0usize, 1, 3, 64, 5000] {
+            let v: Vec<u32> = (0..len as u32).collect();
+            let bytes = archive(&v);
+            let archived =
+                rkyv::access::<ArchivedVec<Archived<u32>>, rkyv::rancor::BoxedError>(&bytes)
+                    .unwrap();
+            let ours = elements::<u32>(&bytes).unwrap();
+            assert_eq!(ours.len(), len * 4);
+            if len > 0 {
+                assert_eq!(
+                    ours.as_ptr(),
+                    archived.as_ptr().cast::<u8>(),
+                    "{len} elements"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn other_types_are_left_to_rkyv() {
+        let strings = archive(&vec![String::from("x"); 100]);
         assert!(try_decode::<Vec<String>>(&strings).is_none());
-        let pairs = archive(&vec![(1u32, 2u32); bulk::PARALLEL_MIN / 8 + 1]);
+        let pairs = archive(&vec![(1u32, 2u32); 100]);
         assert!(try_decode::<Vec<(u32, u32)>>(&pairs).is_none());
+        assert!(try_decode::<u64>(&archive(&7u64)).is_none());
+    }
+
+    fn refused(bytes: &[u8]) -> bool {
+        matches!(try_decode::<Vec<u64>>(bytes), Some(Err(_)))
     }
 
     #[test]
     fn a_corrupt_archive_is_an_error() {
-        let v = vec![1u64; bulk::PARALLEL_MIN / 8 + 16];
-        let mut bytes = archive(&v);
-        // The root (relative pointer and length) is the archive's last bytes:
-        // a length far past the end must be refused, not read.
-        let n = bytes.len();
-        bytes[n - 4..].copy_from_slice(&u32::MAX.to_le_bytes());
-        match try_decode::<Vec<u64>>(&bytes) {
-            Some(Err(_)) => {}
-            other => panic!(
-                "expected a validation error, got {:?}",
-                other.map(|r| r.map(|v| v.len()))
-            ),
+        let v = vec![1u64; 1000];
+        let good = archive(&v);
+        let n = good.len();
+        let with_root = |offset: i32, len: u32| {
+            let mut bytes = good.clone();
+            bytes[n - 8..n - 4].copy_from_slice(&offset.to_le_bytes());
+            bytes[n - 4..].copy_from_slice(&len.to_le_bytes());
+            bytes
+        };
+        let offset = i32::from_le_bytes(good[n - 8..n - 4].try_into().unwrap());
+        // A length past the end, elements overlapping the root, before the
+        // start, far away, misaligned.
+        assert!(refused(&with_root(offset, u32::MAX)));
+        assert!(refused(&with_root(offset, 1001)));
+        assert!(refused(&with_root(-(n as i32), 1)));
+        assert!(refused(&with_root(i32::MAX, 1)));
+        assert!(refused(&with_root(i32::MIN, 0)));
+        assert!(refused(&with_root(offset + 1, 10)));
+        // Too short for a root at all, and cut off in the middle.
+        assert!(refused(&good[..5]));
+        assert!(refused(&good[..n / 2]));
+        // An empty Vec whose pointer stays inside the message is fine.
+        assert!(
+            matches!(try_decode::<Vec<u64>>(&with_root(offset, 0)), Some(Ok(v)) if v.is_empty())
+        );
+    }
+
+    proptest::proptest! {
+        /// Any bytes at all: an error or a Vec of the named length, never
+        /// a panic or a read outside them.
+        #[test]
+        fn any_root_is_checked(offset: i32, len in 0u32..4096, body in 0usize..256) {
+            let mut bytes = vec![0u8; body * 8];
+            bytes.extend_from_slice(&offset.to_le_bytes());
+            bytes.extend_from_slice(&len.to_le_bytes());
+            let mut aligned = rkyv::util::AlignedVec::<16>::new();
+            aligned.extend_from_slice(&bytes);
+            if let Some(Ok(v)) = try_decode::<Vec<u64>>(&aligned) {
+                proptest::prop_assert_eq!(v.len(), len as usize);
+            }
         }
-        let truncated = &archive(&v)[..bulk::PARALLEL_MIN];
-        assert!(matches!(try_decode::<Vec<u64>>(truncated), Some(Err(_))));
     }
 }
