@@ -114,10 +114,16 @@ unsafe fn frame_at(
             (p.read_volatile(), p.add(1).read_volatile())
         };
         if len == WRAP {
-            *at += cap - pos;
-            if *at > end {
-                return Err(Error::Corrupt("wrap frame past head".into()));
+            // A producer wraps only a frame that does not fit before the
+            // end of the buffer, and every frame fits in a whole buffer:
+            // a wrap at offset 0 (or a second one in a row) is made up.
+            if pos == 0 {
+                return Err(Error::Corrupt("wrap frame at the start of the ring".into()));
             }
+            *at = at
+                .checked_add(cap - pos)
+                .filter(|&next| next <= end)
+                .ok_or_else(|| Error::Corrupt("wrap frame past head".into()))?;
             continue;
         }
         let len = len as usize;
@@ -490,6 +496,15 @@ impl<'r> Consumer<'r> {
 
     /// Reads (and skips past a wrap frame to) the next frame: (pos, len, tag).
     fn frame(&mut self) -> Result<(u64, usize, u32)> {
+        // The producer's `head` is never more than a buffer ahead of our
+        // `tail`; a peer that wrote one further would have us read frames
+        // it may be overwriting (or skip wrap frames for a very long time).
+        if self.cached_head.wrapping_sub(self.tail) > self.cap {
+            return Err(Error::Corrupt(format!(
+                "ring head {} is more than the capacity {} ahead of tail {}",
+                self.cached_head, self.cap, self.tail
+            )));
+        }
         // SAFETY: `tail` is 16-aligned (it only ever moves by frames) and
         // there is a message (the callers checked `has_message`): the bytes
         // up to `cached_head` were published by the producer, which writes
@@ -638,6 +653,33 @@ mod tests {
         // SAFETY: test-only write of the first frame's length field, standing
         // in for a buggy peer.
         unsafe { data.write(10_000) };
+        assert!(matches!(c.peek(), Err(Error::Corrupt(_))));
+    }
+
+    #[test]
+    fn a_head_too_far_ahead_or_made_up_wraps_are_errors_not_loops() {
+        // A head more than a buffer ahead, far ahead, or behind the tail.
+        for bad_head in [256 + 16, 1 << 50, u64::MAX] {
+            let mut ring = HeapRing::new(256).unwrap();
+            let head = &ring.hdr.head.0 as *const AtomicU64;
+            let (_p, mut c) = ring.split();
+            // SAFETY: test-only store to the producer's position, standing
+            // in for a buggy peer; the ring outlives it.
+            unsafe { (*head).store(bad_head, Release) };
+            assert!(matches!(c.peek(), Err(Error::Corrupt(_))), "{bad_head}");
+        }
+        // Wrap markers everywhere, head within a buffer: the consumer
+        // refuses the wrap at offset 0 instead of going round and round.
+        let mut ring = HeapRing::new(256).unwrap();
+        let data = ring.data.as_mut_ptr().cast::<u32>();
+        let head = &ring.hdr.head.0 as *const AtomicU64;
+        let (_p, mut c) = ring.split();
+        for frame in 0..256 / FRAME {
+            // SAFETY: test-only writes inside the 256-byte buffer.
+            unsafe { data.add(frame * FRAME / 4).write(WRAP) };
+        }
+        // SAFETY: as above.
+        unsafe { (*head).store(256, Release) };
         assert!(matches!(c.peek(), Err(Error::Corrupt(_))));
     }
 

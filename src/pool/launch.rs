@@ -122,6 +122,39 @@ impl Pool {
             .iter()
             .map(|(k, v)| (k.as_encoded_bytes(), v.as_encoded_bytes()))
             .chain(std::iter::once((ENV_WORKER.as_bytes(), spec.as_bytes())));
+        // Everything that can fail is done before the worker exists: an
+        // error after the spawn would leave a running child that the pool
+        // does not know, on a slot it would hand to the next worker.
+        let sock2: OwnedFd = parent_sock.try_clone().map_err(|e| loky_ipc::Error::Os {
+            op: "dup",
+            source: e,
+        })?;
+        // The parent's ends are attached now, before the worker runs: they
+        // start from the counters `init_slot` just wrote, which the worker
+        // could otherwise have changed first.
+        // SAFETY: the region lives in an `Arc` held by the pool, and the
+        // pool drops every Sender/Receiver (in `Worker` and `receivers`)
+        // before its `region` field, so extending the borrow to 'static
+        // never outlives the mapping. The slot was just initialised and the
+        // parent is its only producer of `down` and consumer of `up`.
+        let (mut sender, receiver, bell) = unsafe {
+            let region: &'static loky_ipc::Region = &*Arc::as_ptr(&self.region);
+            let slot = region.slot(i as u32);
+            (
+                Sender::new(slot.down_producer(), sock2),
+                Receiver::new(slot.up_consumer(), parent_sock),
+                slot.bell(),
+            )
+        };
+        let _ = slot;
+        // The initializer's argument waits in the ring for the worker.
+        if let Some(init) = &self.config.initializer {
+            if !sender.try_send(crate::protocol::TAG_INIT, init)? {
+                return Err(crate::Error::InvalidConfig(
+                    "initializer argument does not fit".into(),
+                ));
+            }
+        }
         let pidfd = Spawn::new(Path::new("/proc/self/exe"), &worker_arg0())?
             .env(env)?
             .fd(self.region.fd(), REGION_FD)?
@@ -144,26 +177,7 @@ impl Pool {
                 None
             }
         };
-        let sock2: OwnedFd = parent_sock.try_clone().map_err(|e| loky_ipc::Error::Os {
-            op: "dup",
-            source: e,
-        })?;
-        // SAFETY: the region lives in an `Arc` held by the pool, and the
-        // pool drops every Sender/Receiver (in `Worker` and `receivers`)
-        // before its `region` field, so extending the borrow to 'static
-        // never outlives the mapping. The slot was just initialised and the
-        // parent is its only producer of `down` and consumer of `up`.
-        let (sender, receiver, bell) = unsafe {
-            let region: &'static loky_ipc::Region = &*Arc::as_ptr(&self.region);
-            let slot = region.slot(i as u32);
-            (
-                Sender::new(slot.down_producer(), sock2),
-                Receiver::new(slot.up_consumer(), parent_sock),
-                slot.bell(),
-            )
-        };
-        let _ = slot;
-        let mut worker = Worker {
+        let worker = Worker {
             pid,
             pidfd: Arc::new(pidfd),
             sender,
@@ -183,12 +197,7 @@ impl Pool {
             died: None,
             reaped: false,
         };
-        if let Some(init) = &self.config.initializer {
-            if !worker.sender.try_send(crate::protocol::TAG_INIT, init)? {
-                return Err(crate::Error::InvalidConfig(
-                    "initializer argument does not fit".into(),
-                ));
-            }
+        if self.config.initializer.is_some() {
             worker.wake();
         }
         {
