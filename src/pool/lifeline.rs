@@ -113,8 +113,7 @@ impl Pool {
                 // Not reaped, and not failed by another sleeper meanwhile.
                 Some(w) if w.pid == pid && w.died.is_none() => {
                     w.count_end(&mut st.stats, false);
-                    let reread = self.region.rings_protectable();
-                    st.end_dead_tasks(i, status, true, reread)
+                    st.end_dead_tasks(i, status, true, self.rerun_claim(i))
                 }
                 _ => Ended::default(),
             }

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use loky_ipc::pidfd::Notifier;
-use loky_ipc::{PidFd, Receiver, Region, RegionConfig, Sender, Unreleased};
+use loky_ipc::{Claim, PidFd, Receiver, Region, RegionConfig, Sender, Unreleased};
 
 pub(crate) use config::Config;
 pub(crate) use identity::binary_tag;
@@ -925,6 +925,16 @@ impl Pool {
     pub(crate) fn region(&self) -> &Region {
         &self.region
     }
+
+    /// The claim word of slot `i`, through which the tasks a dead worker
+    /// never started are told apart and run again; `None` where nothing is
+    /// run again (the worker could not guard its ring: see
+    /// [`Region::rings_protectable`]).
+    fn rerun_claim(&self, i: usize) -> Option<&Claim> {
+        self.region
+            .rings_protectable()
+            .then(|| self.region.slot(i as u32).claim())
+    }
 }
 
 impl State {
@@ -1042,14 +1052,14 @@ impl State {
         i: usize,
         status: loky_ipc::ExitStatus,
         keep_pinned: bool,
-        reread: bool,
+        rerun: Option<&Claim>,
     ) -> Ended {
         let mut ended = Ended::default();
         let Some(w) = self.workers[i].as_mut() else {
             return ended;
         };
         let again;
-        (ended.failed, again) = w.fail_in_flight(status, keep_pinned, reread, &mut self.deadlines);
+        (ended.failed, again) = w.fail_in_flight(status, keep_pinned, rerun, &mut self.deadlines);
         self.run_again(again, &mut ended.not_sent);
         ended
     }
@@ -1169,7 +1179,7 @@ impl Worker {
         &mut self,
         status: loky_ipc::ExitStatus,
         keep_pinned: bool,
-        reread: bool,
+        rerun: Option<&Claim>,
         deadlines: &mut deadlines::Deadlines,
     ) -> (Failures, Vec<queue::Queued>) {
         let error = if let Some(e) = &self.died {
@@ -1187,7 +1197,7 @@ impl Worker {
             self.died = Some(error.clone());
             error
         };
-        let mut unstarted = if reread {
+        let mut unstarted = if rerun.is_some() {
             self.unstarted_messages()
         } else {
             HashMap::new()
@@ -1205,7 +1215,13 @@ impl Worker {
                 _ => None,
             };
             let stopping = own_error.is_some() || self.withdrawn == Some(c.id());
-            if k > 0 && !stopping && !c.has_pins() {
+            // Behind the first, and its message never released: it did not
+            // start, if every result the worker sent was read. Its claim
+            // settles it even if not (a drain cut short by a corrupt ring):
+            // the worker is dead, so a withdrawal that succeeds proves it
+            // never started.
+            let never_started = k > 0 && rerun.is_some_and(|claim| claim.withdraw(c.id()));
+            if never_started && !stopping && !c.has_pins() {
                 match unstarted.remove(&c.id()) {
                     Some(message) if c.requeued() => {
                         again.push(queue::Queued { cell: c, message });

@@ -172,8 +172,7 @@ impl Pool {
                 }
                 // The worker is dead (`died` is set first): none of the
                 // tasks queued again goes to it.
-                let reread = self.region().rings_protectable();
-                ended = st.end_dead_tasks(i, status, false, reread);
+                ended = st.end_dead_tasks(i, status, false, self.rerun_claim(i));
             }
             if let Some(w) = st.workers[i].take() {
                 if !counted {
