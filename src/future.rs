@@ -335,8 +335,9 @@ impl<R: Send + 'static> Completion for Cell<R> {
 
     fn publish(&self) {
         if !self.sent.load(Ordering::Acquire) {
-            // Never reached a worker: nothing can still use the pins.
-            self.release_pins();
+            // Never reached a worker: nothing can still use the pins, and
+            // their writable ranges are the parent's again.
+            crate::shared::unsend(self.take_pins());
         }
         self.task.finish(None);
     }
@@ -360,7 +361,7 @@ impl<R: Send + 'static> Completion for Cell<R> {
         // Not in a worker: never sent (sending needs PENDING -> RUNNING
         // first), or put back in the queue after its worker died before
         // starting it, which is only done for tasks without pins.
-        self.release_pins();
+        crate::shared::unsend(self.take_pins());
         self.task.finish(Some(Err(Error::Cancelled)));
         true
     }

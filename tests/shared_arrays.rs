@@ -381,35 +381,6 @@ fn a_handle_kept_past_its_task_or_sent_back_is_refused() {
 }
 
 #[test]
-fn a_writable_handle_goes_to_one_task_only() {
-    bounded(60, || {
-        let ex = pool(1);
-        let mut v = SharedVec::<u32>::zeroed(&ex, 16).unwrap();
-        let shared = std::sync::Arc::new(v.slice_mut(..).unwrap());
-        let first = ex
-            .submit(
-                |s: std::sync::Arc<SharedSliceMut<u32>>| s.len(),
-                shared.clone(),
-            )
-            .unwrap();
-        // The same writable range through the same Arc: refused.
-        assert!(matches!(
-            ex.submit(
-                |s: std::sync::Arc<SharedSliceMut<u32>>| s.len(),
-                shared.clone()
-            ),
-            Err(Error::Codec { .. })
-        ));
-        // And the parent's copy no longer gives access.
-        let parent_copy = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| shared[0]));
-        assert!(parent_copy.is_err());
-        assert_eq!(first.result().unwrap(), 16);
-        drop(shared);
-        v.as_mut_slice()[0] = 1;
-    });
-}
-
-#[test]
 fn empty_arrays_and_outside_a_pool() {
     let ex = pool(1);
     let v = SharedVec::<f64>::zeroed(&ex, 0).unwrap();

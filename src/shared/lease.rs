@@ -133,7 +133,7 @@ pub(crate) struct Lease {
     range: Range<usize>,
     pub(crate) writable: bool,
     /// A write lease that went to a task: the parent's handle (still
-    /// reachable through an `Arc` or a reference) no longer gives access.
+    /// reachable through a type that shares it behind a lock) no longer gives access.
     pub(crate) sent: AtomicBool,
 }
 

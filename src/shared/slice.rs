@@ -78,10 +78,27 @@ pub struct SharedSlice<T> {
 /// # Ok::<(), loky::Error>(())
 /// ```
 ///
+/// It is `Send` but not `Sync`, like a writer that must not be read from
+/// two places: a handle shared through an `Arc` cannot be sent to a task,
+/// where the worker would write elements the parent may still be reading.
+///
+/// ```compile_fail
+/// # use loky::{ProcessPoolExecutor, SharedSliceMut, SharedVec};
+/// # let ex = ProcessPoolExecutor::new(1)?;
+/// let mut out = SharedVec::<u32>::zeroed(&ex, 16)?;
+/// let shared = std::sync::Arc::new(out.slice_mut(..)?);
+/// let view: &[u32] = &shared;
+/// ex.submit(|s: std::sync::Arc<SharedSliceMut<u32>>| s.len(), shared.clone())?;
+/// # let _ = view;
+/// # Ok::<(), loky::Error>(())
+/// ```
+///
 /// [`SharedVec::slice_mut`]: crate::SharedVec::slice_mut
 /// [`SharedVec::chunks_mut`]: crate::SharedVec::chunks_mut
 pub struct SharedSliceMut<T> {
     inner: SharedSlice<T>,
+    /// Not `Sync` (see the `Send` impl below); `Cell` is `Send`, not `Sync`.
+    _not_sync: PhantomData<std::cell::Cell<()>>,
 }
 
 // SAFETY: a `SharedSlice` gives shared (`&[T]`) access to elements no one
@@ -92,12 +109,14 @@ pub struct SharedSliceMut<T> {
 unsafe impl<T: Pod> Send for SharedSlice<T> {}
 // SAFETY: as above; `&SharedSlice` only hands out `&[T]`.
 unsafe impl<T: Pod> Sync for SharedSlice<T> {}
-// SAFETY: a `SharedSliceMut` is the only usable handle to its elements (a
-// write lease; once sent to a task, the parent's copy refuses access), like
-// a `&mut [T]`, which is `Send` for `T: Send` (and `Pod` is, see above).
+// SAFETY: a `SharedSliceMut` is the only handle to its elements (a write
+// lease), like a `&mut [T]`, which is `Send` for `T: Send` (and `Pod` is,
+// see above). It is deliberately not `Sync`: a `&SharedSliceMut` on another
+// thread, or an `Arc` of one, could otherwise be encoded into a task (which
+// then writes the elements) while a `&[T]` borrowed from it is still read.
+// Without `Sync`, an `Arc<SharedSliceMut>` is not `Send`, so it is no
+// `Payload`, and every way to send the handle moves it.
 unsafe impl<T: Pod> Send for SharedSliceMut<T> {}
-// SAFETY: `&SharedSliceMut` only hands out `&[T]`, like `&&mut [T]`.
-unsafe impl<T: Pod> Sync for SharedSliceMut<T> {}
 
 impl<T: Pod> SharedSlice<T> {
     /// Makes a parent-side handle from a lease on `range` (in elements) of
@@ -195,7 +214,9 @@ impl<T: Pod> SharedSlice<T> {
     }
 
     /// Panics if this is the parent's side of a write handle that went to
-    /// a task (reached through an `Arc` or a reference after sending).
+    /// a task. Sending moves a handle (it is not `Sync`, so no `Arc` of it
+    /// is a payload); this catches a type that shares one behind a lock and
+    /// encodes it without moving it.
     fn check_not_sent(&self) {
         if let Origin::Parent(lease) = &self.origin {
             assert!(
@@ -243,6 +264,7 @@ impl<T: Pod> SharedSliceMut<T> {
     pub(super) fn from_lease(lease: Lease, range: Range<usize>) -> Self {
         Self {
             inner: SharedSlice::from_lease(lease, range),
+            _not_sync: PhantomData,
         }
     }
 
@@ -271,8 +293,8 @@ impl<T: Pod> SharedSliceMut<T> {
     /// # Panics
     ///
     /// In a worker, if the handle is used after the task that received it
-    /// returned; in the parent, if the handle was sent to a task (through an
-    /// `Arc` or a reference).
+    /// returned; in the parent, if the handle was sent to a task (possible
+    /// only through a type that encodes a handle it shares behind a lock).
     pub fn as_mut_slice(&mut self) -> &mut [T] {
         let elems = self.as_slice();
         let (ptr, len) = (elems.as_ptr().cast_mut(), elems.len());
@@ -383,6 +405,7 @@ where
     fn deserialize(&self, _: &mut D) -> Result<SharedSliceMut<T>, D::Error> {
         Ok(SharedSliceMut {
             inner: SharedSlice::receive(self, true)?,
+            _not_sync: PhantomData,
         })
     }
 }

@@ -342,7 +342,7 @@ impl ChunkCursor {
         if self.next >= self.len {
             return None;
         }
-        let r = self.next..(self.next + self.chunk_len).min(self.len);
+        let r = self.next..self.next.saturating_add(self.chunk_len).min(self.len);
         self.next = r.end;
         Some(r)
     }

@@ -112,8 +112,8 @@ fn pin_for_send(arena: u64, lease: Pin) -> Result<(), HandleError> {
         }
         if lease.writable && lease.sent.swap(true, Ordering::AcqRel) {
             return Err(HandleError(
-                "this SharedSliceMut was already sent to a task (through an Arc or a \
-                 reference); a writable range goes to one task only"
+                "this SharedSliceMut was already sent to a task (it is shared by a type \
+                 that encodes it without moving it); a writable range goes to one task only"
                     .into(),
             ));
         }
@@ -299,7 +299,10 @@ impl Clone for WorkerGuard {
 
 impl Drop for WorkerGuard {
     fn drop(&mut self) {
-        LIVE.fetch_sub(1, Ordering::Relaxed);
+        // SYNC POINT: Release pairs with the Acquire load in
+        // `task_finished`: what a thread wrote through the handle before
+        // dropping it happens before the task's result is sent.
+        LIVE.fetch_sub(1, Ordering::Release);
     }
 }
 
@@ -328,7 +331,8 @@ pub(crate) fn set_worker() {
 /// done, because the parent would reuse the memory they point to.
 pub(crate) fn task_finished() -> usize {
     EPOCH.fetch_add(1, Ordering::Relaxed);
-    LIVE.load(Ordering::Relaxed)
+    // SYNC POINT: see `WorkerGuard::drop`.
+    LIVE.load(Ordering::Acquire)
 }
 
 fn worker_arena() -> Result<&'static loky_ipc::ArenaView, String> {
