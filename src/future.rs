@@ -186,8 +186,11 @@ pub(crate) trait Completion: Send + Sync {
     fn publish(&self);
     /// Cancels the task if it has not started; true on success.
     fn try_cancel(&self) -> bool;
-    /// Whether publishing would run user callbacks.
-    fn has_callbacks(&self) -> bool;
+    /// [`Completion::publish`], but only if that runs no done-callback:
+    /// false (nothing published) if one is registered. Decided under the
+    /// task's lock, so a callback added meanwhile runs on the thread that
+    /// adds it, never on this one.
+    fn publish_without_callbacks(&self) -> bool;
     /// Drops what the task kept alive for its worker; called by the pool
     /// once the worker is done with the task (its result came, or it died).
     fn release_pins(&self);
@@ -342,11 +345,12 @@ impl<R: Send + 'static> Completion for Cell<R> {
         self.task.finish(None);
     }
 
-    fn has_callbacks(&self) -> bool {
-        lock(&self.task.slot)
-            .listeners
-            .iter()
-            .any(|l| matches!(l, Listener::Callback(_)))
+    fn publish_without_callbacks(&self) -> bool {
+        if !self.sent.load(Ordering::Acquire) {
+            // As in `publish`.
+            crate::shared::unsend(self.take_pins());
+        }
+        self.task.finish_without_callbacks()
     }
 
     fn try_cancel(&self) -> bool {
@@ -422,6 +426,47 @@ impl<R: Send + 'static> TaskCell<R> {
                 Listener::Taken => {}
             }
         }
+    }
+
+    /// [`TaskCell::finish`] with the staged outcome, if no done-callback is
+    /// registered (false otherwise, and nothing changes). One critical
+    /// section from the check to `FINISHED`: a callback added after it
+    /// finds the task finished and runs on its own thread.
+    fn finish_without_callbacks(&self) -> bool {
+        let listeners = {
+            let mut slot = lock(&self.slot);
+            if slot.closing || self.state.load(Ordering::Acquire) == FINISHED {
+                return true;
+            }
+            if slot
+                .listeners
+                .iter()
+                .any(|l| matches!(l, Listener::Callback(_)))
+            {
+                return false;
+            }
+            let outcome = slot.outcome.take().unwrap_or(Err(Error::Cancelled));
+            slot.closing = true;
+            slot.error = outcome.as_ref().err().cloned();
+            slot.outcome = Some(outcome);
+            self.state.store(FINISHED, Ordering::Release);
+            std::mem::take(&mut slot.listeners)
+        };
+        for l in listeners {
+            match l {
+                Listener::Thread(n) => n.fire(),
+                Listener::Indexed(set, i) => {
+                    if let Some(set) = set.upgrade() {
+                        set.push(i);
+                    }
+                }
+                Listener::Waker(w) => w.wake(),
+                // None: checked under the same lock.
+                Listener::Callback(cb) => self.run_with_outcome(cb),
+                Listener::Taken => {}
+            }
+        }
+        true
     }
 
     /// Runs `cb` on the finished outcome: moved out of the slot for the call

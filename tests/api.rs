@@ -480,6 +480,45 @@ fn a_callback_on_a_pool_thread_can_wait_on_futures_of_two_pools() {
 }
 
 #[test]
+fn time_limits_still_fall_while_a_callback_on_the_manager_waits() {
+    // The callback runs on the manager thread (nobody else waits on the
+    // trigger) and blocks on a task that never ends by itself: its time
+    // limit must still fall, though the manager, which watches the time
+    // limits, is inside the callback.
+    let ex = pool(2);
+    let trigger = ex.submit(sleep_ms, 200).unwrap();
+    let endless = ex
+        .submit_with_timeout::<_, _, ()>(
+            |_: ()| loop {
+                std::thread::sleep(Duration::from_millis(10));
+            },
+            (),
+            Duration::from_millis(300),
+        )
+        .unwrap();
+    let (tx, rx) = mpsc::channel();
+    let endless = std::sync::Mutex::new(Some(endless));
+    trigger.add_done_callback(move |_| {
+        let thread = std::thread::current().name().unwrap_or("").to_owned();
+        let endless = endless.lock().unwrap().take().unwrap();
+        let outcome = endless.result_timeout(HANG);
+        // `result_timeout` giving up would be a Timeout too: the task's own
+        // one is the one that came long before.
+        let _ = tx.send((thread, outcome, endless.done()));
+    });
+    let (thread, outcome, done) = rx.recv_timeout(2 * HANG).unwrap();
+    assert!(done, "the task's time limit never fell");
+    assert!(
+        thread.starts_with("loky-"),
+        "ran on {thread:?}, not a pool thread"
+    );
+    assert!(
+        matches!(outcome, Err(Error::Timeout)),
+        "got {outcome:?} instead of the time limit"
+    );
+}
+
+#[test]
 fn dropping_an_executor_with_pending_work_completes_it() {
     let ex = pool(2);
     let futs: Vec<_> = (0..20u64)

@@ -51,7 +51,7 @@ pub(super) fn run(pool: &Arc<Pool>) {
 impl Pool {
     /// Periodic work: time limits, idle workers, a shutdown in progress.
     /// Returns when the next task time limit falls, if any.
-    fn housekeeping(&self) -> Option<std::time::Instant> {
+    pub(super) fn housekeeping(&self) -> Option<std::time::Instant> {
         let next = self.expire_deadlines();
         self.refill_idle();
         self.retire_idle();

@@ -53,12 +53,15 @@ pub(crate) const DEPTH: usize = 2;
 
 /// Waits for `done()` or `deadline` on one of the pools' own threads (in a
 /// done-callback), where nobody else may drain their result rings: drains
-/// them all meanwhile. Returns whether `done()`.
+/// them all meanwhile, and does the manager's housekeeping (time limits,
+/// idle workers), which would otherwise wait for this callback to return.
+/// Returns whether `done()`.
 pub(crate) fn drain_until(
     pools: &[Arc<Pool>],
     done: impl Fn() -> bool,
     deadline: Option<Instant>,
 ) -> bool {
+    let mut chores = Instant::now();
     while !done() {
         if deadline.is_some_and(|d| Instant::now() >= d) {
             return false;
@@ -67,12 +70,21 @@ pub(crate) fn drain_until(
         for p in pools {
             any |= p.drain_all(false) | p.publish_pending();
         }
+        if chores.elapsed() >= CHORES_EVERY {
+            chores = Instant::now();
+            for p in pools {
+                p.housekeeping();
+            }
+        }
         if !any {
             std::thread::sleep(std::time::Duration::from_micros(200));
         }
     }
     true
 }
+
+/// How often [`drain_until`] does the housekeeping of the pools it drains.
+const CHORES_EVERY: Duration = Duration::from_millis(1);
 
 /// The parent's view of one live worker.
 pub(crate) struct Worker {
@@ -725,8 +737,7 @@ impl Pool {
     /// directly); those with callbacks go to the manager, as a callback may
     /// block and this thread must keep watching the workers.
     pub(crate) fn publish_later(&self, cell: Arc<dyn Completion>) {
-        if !cell.has_callbacks() {
-            cell.publish();
+        if cell.publish_without_callbacks() {
             return;
         }
         lock(&self.to_publish).push(cell);
