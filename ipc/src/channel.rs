@@ -191,6 +191,13 @@ impl<'r> Sender<'r> {
         Ok(())
     }
 
+    /// Lets go of the spill buffers the receiver is done with that are not
+    /// pooled: their memory and mapping. Sending does it too; call this now
+    /// and then on a sender that may stay idle after a large message.
+    pub fn collect(&mut self) {
+        self.spills.in_flight.retain(|f| !f.is_free());
+    }
+
     /// Sends a message of `len` bytes written by `fill`. Returns `Ok(false)`
     /// (and does not call `fill`) when the ring is full; `tag < SPILL`.
     pub fn send_with(
@@ -595,6 +602,20 @@ mod tests {
         // time, so its bytes are not trusted.
         tx.spills.in_flight[0].free_as_receiver();
         assert_eq!(take_back(&mut tx), [(2, None, true)]);
+    }
+
+    #[test]
+    fn collect_lets_go_of_buffers_the_receiver_is_done_with() {
+        let mut ring = HeapRing::new(1024).unwrap();
+        let (p, _c) = ring.split();
+        let (a, _b) = fdpass::socket_pair().unwrap();
+        let mut tx = Sender::new(p, a);
+        assert!(tx.try_send(2, &pattern(2, 3000)).unwrap(), "spilled");
+        tx.collect();
+        assert_eq!(tx.spills.in_flight.len(), 1, "still being read");
+        tx.spills.in_flight[0].free_as_receiver();
+        tx.collect();
+        assert!(tx.spills.in_flight.is_empty());
     }
 
     #[test]

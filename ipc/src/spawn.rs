@@ -145,16 +145,25 @@ impl<'a> Spawn<'a> {
         };
         let pid = clone_vfork(&args)?;
         drop(err_write);
+        // From here on an error must not leave a child running that the
+        // caller does not know of: it is killed and reaped.
+        let abandon = |e: Error| {
+            // SAFETY: plain system calls on our own, unreaped child.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, std::ptr::null_mut(), 0);
+            }
+            e
+        };
         let mut buf = [0u8; 4];
         let n = loop {
             match rustix::io::read(&err_read, &mut buf) {
                 Err(rustix::io::Errno::INTR) => continue,
-                other => break other.os("read(exec status)")?,
+                other => break other.os("read(exec status)").map_err(abandon)?,
             }
         };
-        let pidfd = PidFd::open(pid as u32);
         if n == 0 {
-            return pidfd;
+            return PidFd::open(pid as u32).map_err(abandon);
         }
         // exec failed: reap the child, report its errno.
         let mut status = 0;

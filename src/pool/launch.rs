@@ -177,7 +177,7 @@ impl Pool {
                 None
             }
         };
-        let worker = Worker {
+        let mut worker = Worker {
             pid,
             pidfd: Arc::new(pidfd),
             sender,
@@ -202,11 +202,30 @@ impl Pool {
         }
         {
             let mut st = self.state();
+            // The pool shrank while this worker started (`resize` counts
+            // only the workers it sees): it leaves again at once rather than
+            // keep the pool above its size.
+            let others = st
+                .workers
+                .iter()
+                .flatten()
+                .filter(|w| !w.exiting && w.died.is_none())
+                .count();
+            if others >= st.max_workers {
+                tracing::debug!(
+                    pid,
+                    slot = i,
+                    "the pool shrank while this worker started; it exits"
+                );
+                worker.exiting = true;
+                worker.send_exit();
+            }
             st.workers[i] = Some(worker);
-            if generation > 1 {
+            if std::mem::replace(&mut st.had_worker[i], true) {
                 // The slot had a worker before: this one replaces it.
                 // Counted here, when it exists, not when the other died
-                // (a pool closing in between starts no replacement).
+                // (a pool closing in between starts no replacement), and
+                // not for a slot whose first start failed.
                 st.stats.respawned += 1;
             }
             if st.shutdown {

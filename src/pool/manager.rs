@@ -61,6 +61,8 @@ impl Pool {
         if st.shutdown {
             st.exit_idle_workers();
         }
+        // One-off buffers of large messages that idle workers read already.
+        st.collect_spills();
         next
     }
 }

@@ -132,6 +132,8 @@ pub(crate) struct Worker {
 pub(crate) struct State {
     workers: Vec<Option<Worker>>,
     generations: Vec<u32>,
+    /// Whether a worker ever started in each slot (a later one replaces it).
+    had_worker: Vec<bool>,
     queue: queue::TaskQueue,
     next_task: u64,
     shutdown: bool,
@@ -211,6 +213,7 @@ impl Pool {
                 max_workers: config.max_workers,
                 workers: (0..slots).map(|_| None).collect(),
                 generations: vec![0; slots as usize],
+                had_worker: vec![false; slots as usize],
                 ..State::default()
             }),
             watchdog_wake: Notifier::new()?,
@@ -237,15 +240,22 @@ impl Pool {
                 }))
             })?;
         let m = pool.clone();
-        let manager = std::thread::Builder::new()
+        let manager = match std::thread::Builder::new()
             .name("loky-manager".into())
             .spawn(move || manager::run(&m))
-            .map_err(|e| {
-                Error::Ipc(Arc::new(loky_ipc::Error::Os {
+        {
+            Ok(manager) => manager,
+            Err(e) => {
+                // The watchdog runs already (and may have started workers):
+                // close the pool so that it ends them and exits.
+                pool.shutdown(false, true, true);
+                let _ = watchdog.join();
+                return Err(Error::Ipc(Arc::new(loky_ipc::Error::Os {
                     op: "spawn thread",
                     source: e,
-                }))
-            })?;
+                })));
+            }
+        };
         lock(&pool.thread_ids).extend([watchdog.thread().id(), manager.thread().id()]);
         lock(&pool.threads).extend([watchdog, manager]);
         Ok(pool)
@@ -274,13 +284,14 @@ impl Pool {
     ) -> Result<()> {
         let mut st = self.state();
         st.check_open()?;
-        st.stats.submitted += 1;
         let id = cell.id();
         let mut message = message;
         if st.queue.is_empty() {
             if let Some(i) = st.least_loaded() {
+                // An error here is `submit`'s: the task was not submitted.
                 match st.push_to(i, &cell, message)? {
                     None => {
+                        st.stats.submitted += 1;
                         // Not visible to anyone else yet, so it cannot have
                         // been cancelled: this only records that it is
                         // running.
@@ -292,6 +303,7 @@ impl Pool {
                 }
             }
         }
+        st.stats.submitted += 1;
         st.queue.push_back(cell, message);
         // Workers retired for idleness come back on demand.
         let grow = st.want < st.max_workers && st.want < st.alive() + st.queue.len();
@@ -1124,6 +1136,14 @@ impl State {
                 w.exiting = true;
                 w.send_exit();
             }
+        }
+    }
+
+    /// Lets each worker's sender drop the one-off spill buffers its worker
+    /// has read ([`Sender::collect`]).
+    fn collect_spills(&mut self) {
+        for w in self.workers.iter_mut().flatten() {
+            w.sender.collect();
         }
     }
 
