@@ -30,8 +30,10 @@ pub(super) fn run(pool: &Arc<Pool>) {
             // Callers are sleeping on the doorbell and drain the rings
             // themselves: step off it until the last of them leaves.
             bell.leave();
+            // Up to the next time limit: the waiting callers drain results
+            // but do not watch time limits.
             pool.manager_wake
-                .wait_until(Some(std::time::Instant::now() + TICK));
+                .wait_until(Some(std::time::Instant::now() + nap));
             bell.enter();
             continue;
         }
