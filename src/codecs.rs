@@ -73,6 +73,11 @@ pub trait Codec<T>: 'static {
     /// then, but one that validates bytes and later reads them again
     /// without checks (zero-copy access through `unsafe`) should copy them
     /// first, as loky's own rkyv decoding does.
+    ///
+    /// A shared-array handle decoded in a worker is accepted only if the
+    /// pool sent it with this very task, once: bytes of another message
+    /// (a codec that caches encodings) or a handle decoded twice are an
+    /// error, never a second writer of the same elements.
     fn decode(bytes: &[u8]) -> Result<T, String>;
 
     /// Appends the encoding of a chunk of `map` items. The default writes a

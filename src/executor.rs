@@ -187,7 +187,7 @@ impl ProcessPoolExecutor {
         };
         // Shared-array handles in the argument pin their leases into the
         // cell before it can reach a worker.
-        crate::shared::encoding_for(pool.arena.id(), || {
+        crate::shared::encoding_for(pool.arena.id(), pool.grant_key, id, || {
             with_encoded(
                 bytemuck::bytes_of(&header),
                 write,

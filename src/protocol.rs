@@ -76,4 +76,4 @@ pub(crate) fn read_header<T: Pod>(bytes: &[u8]) -> Option<(T, &[u8])> {
 }
 
 /// Layout version of these messages, folded into the region tag.
-pub(crate) const PROTOCOL_VERSION: u64 = 1;
+pub(crate) const PROTOCOL_VERSION: u64 = 2;

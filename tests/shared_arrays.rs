@@ -532,3 +532,91 @@ fn iterators_must_keep_their_size_hint_and_limits_must_fit_the_machine() {
         Err(Error::InvalidConfig(_))
     ));
 }
+
+/// A codec with a bug: it caches the first encoding of a handle and sends
+/// those bytes for every later task.
+struct Replaying;
+
+static REPLAYED: std::sync::Mutex<Option<Vec<u8>>> = std::sync::Mutex::new(None);
+
+impl loky::Codec<SharedSliceMut<u32>> for Replaying {
+    fn encode(value: &SharedSliceMut<u32>, out: &mut loky::AlignedVec) -> Result<(), String> {
+        let mut own = loky::AlignedVec::new();
+        <loky::Rkyv as loky::Codec<SharedSliceMut<u32>>>::encode(value, &mut own)?;
+        let mut cached = REPLAYED.lock().unwrap();
+        out.extend_from_slice(cached.get_or_insert_with(|| own.to_vec()));
+        Ok(())
+    }
+    fn decode(bytes: &[u8]) -> Result<SharedSliceMut<u32>, String> {
+        <loky::Rkyv as loky::Codec<SharedSliceMut<u32>>>::decode(bytes)
+    }
+}
+
+impl loky::Codec<()> for Replaying {
+    fn encode(value: &(), out: &mut loky::AlignedVec) -> Result<(), String> {
+        <loky::Rkyv as loky::Codec<()>>::encode(value, out)
+    }
+    fn decode(bytes: &[u8]) -> Result<(), String> {
+        <loky::Rkyv as loky::Codec<()>>::decode(bytes)
+    }
+}
+
+/// A codec with another bug: it decodes a handle twice (and reports it if
+/// the second decode works).
+struct DecodingTwice;
+
+impl loky::Codec<SharedSliceMut<u32>> for DecodingTwice {
+    fn encode(value: &SharedSliceMut<u32>, out: &mut loky::AlignedVec) -> Result<(), String> {
+        <loky::Rkyv as loky::Codec<SharedSliceMut<u32>>>::encode(value, out)
+    }
+    fn decode(bytes: &[u8]) -> Result<SharedSliceMut<u32>, String> {
+        let first = <loky::Rkyv as loky::Codec<SharedSliceMut<u32>>>::decode(bytes)?;
+        match <loky::Rkyv as loky::Codec<SharedSliceMut<u32>>>::decode(bytes) {
+            Ok(_) => Err("a second writable handle to the same elements was accepted".into()),
+            Err(_) => Ok(first),
+        }
+    }
+}
+
+impl loky::Codec<()> for DecodingTwice {
+    fn encode(value: &(), out: &mut loky::AlignedVec) -> Result<(), String> {
+        <loky::Rkyv as loky::Codec<()>>::encode(value, out)
+    }
+    fn decode(bytes: &[u8]) -> Result<(), String> {
+        <loky::Rkyv as loky::Codec<()>>::decode(bytes)
+    }
+}
+
+#[test]
+fn a_worker_takes_only_the_handles_sent_with_its_task() {
+    bounded(60, || {
+        let ex = pool(1);
+        let mut v = SharedVec::<u32>::zeroed(&ex, 32).unwrap();
+        let (a, b) = {
+            let mut halves = v.chunks_mut(16).unwrap();
+            (halves.next().unwrap(), halves.next().unwrap())
+        };
+        let replaying = ex.with_codec::<Replaying>();
+        let fill = |mut s: SharedSliceMut<u32>| {
+            let n = s.len() as u32;
+            s.fill(n)
+        };
+        replaying.submit(fill, a).unwrap().result().unwrap();
+        // The second task gets the first one's bytes: a handle to the first
+        // half, which no task holds any more.
+        let replayed = replaying.submit(|mut s: SharedSliceMut<u32>| s.fill(99), b);
+        match replayed.unwrap().result() {
+            Err(Error::Codec { message, .. }) => {
+                assert!(message.contains("did not send with this task"), "{message}")
+            }
+            other => panic!("a replayed handle was accepted: {other:?}"),
+        }
+        assert!(v.as_slice()[..16].iter().all(|&x| x == 16));
+        assert!(v.as_slice()[16..].iter().all(|&x| x == 0));
+
+        let twice = ex.with_codec::<DecodingTwice>();
+        let whole = v.slice_mut(..).unwrap();
+        twice.submit(fill, whole).unwrap().result().unwrap();
+        assert!(v.as_mut_slice().iter().all(|&x| x == 32));
+    });
+}

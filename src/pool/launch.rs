@@ -38,12 +38,14 @@ pub(crate) struct WorkerSpec {
     /// The most threads one large copy may use in the worker
     /// (`loky_ipc::bulk::set_max_threads`).
     pub(crate) copy_threads: u32,
+    /// The pool's key for the grants of shared-array handles.
+    pub(crate) grant_key: crate::shared::GrantKey,
 }
 
 impl WorkerSpec {
     pub(crate) fn encode(&self) -> String {
         format!(
-            "v2:{}:{}:{}:{}:{}:{}:{}:{}:{}:{}",
+            "v3:{}:{}:{}:{}:{}:{}:{}:{}:{}:{}:{}:{}",
             self.slot,
             self.generation,
             self.parent,
@@ -53,13 +55,15 @@ impl WorkerSpec {
             u8::from(self.report_rss),
             self.data_limit,
             self.cpu,
-            self.copy_threads
+            self.copy_threads,
+            self.grant_key[0],
+            self.grant_key[1]
         )
     }
 
     pub(crate) fn decode(s: &str) -> Option<Self> {
         let mut it = s.split(':');
-        if it.next()? != "v2" {
+        if it.next()? != "v3" {
             return None;
         }
         let mut num = || it.next()?.parse::<u64>().ok();
@@ -74,6 +78,7 @@ impl WorkerSpec {
             data_limit: num()?,
             cpu: num()?,
             copy_threads: u32::try_from(num()?).ok()?,
+            grant_key: [num()?, num()?],
         };
         if it.next().is_some() {
             return None;
@@ -114,6 +119,7 @@ impl Pool {
                 .as_ref()
                 .map_or(0, |plan| plan[i % plan.len()] as u64 + 1),
             copy_threads: copy_threads(self.ncpu as usize, self.max_workers()),
+            grant_key: self.grant_key,
         };
         let spec_cpu = (spec.cpu > 0).then(|| (spec.cpu - 1) as usize);
         let spec = spec.encode();
@@ -293,10 +299,12 @@ mod tests {
             data_limit: 1 << 30,
             cpu: 3,
             copy_threads: 2,
+            grant_key: [u64::MAX, 7],
         };
         assert_eq!(WorkerSpec::decode(&spec.encode()), Some(spec));
         assert_eq!(WorkerSpec::decode("v1:1:2:3:4:5:6:7:8:9"), None);
-        assert_eq!(WorkerSpec::decode("v2:1:2"), None);
+        assert_eq!(WorkerSpec::decode("v2:1:2:3:4:5:6:7:8:9:10"), None);
+        assert_eq!(WorkerSpec::decode("v3:1:2"), None);
         assert_eq!(WorkerSpec::decode(&format!("{}:1", spec.encode())), None);
     }
 

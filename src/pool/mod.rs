@@ -173,6 +173,9 @@ pub(crate) struct Pool {
     to_publish: Mutex<Vec<Arc<dyn Completion>>>,
     /// The shared arena behind `SharedVec`s (mapped lazily).
     pub(crate) arena: Arc<loky_ipc::Arena>,
+    /// The secret the grants of shared-array handles are keyed with
+    /// (`crate::shared::wire`); its workers learn it at start.
+    pub(crate) grant_key: crate::shared::GrantKey,
     // Declared last: dropped after every Sender/Receiver borrowing it.
     region: Arc<Region>,
 }
@@ -207,6 +210,7 @@ impl Pool {
         )?;
         let pool = Arc::new(Self {
             arena: Arc::new(arena),
+            grant_key: crate::shared::new_grant_key(),
             receivers: (0..slots).map(|_| Mutex::new(None)).collect(),
             state: Mutex::new(State {
                 want: config.max_workers,

@@ -32,5 +32,6 @@ pub struct ArenaUsage {
     pub limit: usize,
 }
 pub(crate) use wire::{
-    encoding_for, receiving, set_worker, take_pins, task_finished, unsend, Pins,
+    begin_task, encoding_for, new_grant_key, receiving, set_worker, take_pins, task_finished,
+    unsend, GrantKey, Pins,
 };

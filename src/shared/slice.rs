@@ -331,8 +331,9 @@ impl<T: Pod + std::fmt::Debug> std::fmt::Debug for SharedSliceMut<T> {
 // ---- crossing the process boundary -------------------------------------
 
 impl<T: Pod> SharedSlice<T> {
-    /// Pins this handle into the task being encoded (see `wire`).
-    fn send<E: Source>(&self, writable: bool) -> Result<(), E> {
+    /// Pins this handle into the task being encoded (see `wire`); returns
+    /// its grant.
+    fn send<E: Source>(&self, writable: bool) -> Result<u64, E> {
         let pin = self.pin().ok_or_else(|| {
             E::new(wire::HandleError(
                 "a shared array handle received by a task cannot be sent on".into(),
@@ -355,10 +356,11 @@ impl<T: Pod> SharedSlice<T> {
 
 impl<T: Pod> rkyv::Archive for SharedSlice<T> {
     type Archived = ArchivedHandle;
-    type Resolver = ();
+    /// The handle's grant.
+    type Resolver = u64;
 
-    fn resolve(&self, (): (), out: Place<ArchivedHandle>) {
-        self.wire(false).resolve(out)
+    fn resolve(&self, grant: u64, out: Place<ArchivedHandle>) {
+        self.wire(false).resolve(grant, out)
     }
 }
 
@@ -366,7 +368,7 @@ impl<T: Pod, S: Fallible + ?Sized> rkyv::Serialize<S> for SharedSlice<T>
 where
     S::Error: Source,
 {
-    fn serialize(&self, _: &mut S) -> Result<(), S::Error> {
+    fn serialize(&self, _: &mut S) -> Result<u64, S::Error> {
         self.send(false)
     }
 }
@@ -382,10 +384,11 @@ where
 
 impl<T: Pod> rkyv::Archive for SharedSliceMut<T> {
     type Archived = ArchivedHandle;
-    type Resolver = ();
+    /// The handle's grant.
+    type Resolver = u64;
 
-    fn resolve(&self, (): (), out: Place<ArchivedHandle>) {
-        self.inner.wire(true).resolve(out)
+    fn resolve(&self, grant: u64, out: Place<ArchivedHandle>) {
+        self.inner.wire(true).resolve(grant, out)
     }
 }
 
@@ -393,7 +396,7 @@ impl<T: Pod, S: Fallible + ?Sized> rkyv::Serialize<S> for SharedSliceMut<T>
 where
     S::Error: Source,
 {
-    fn serialize(&self, _: &mut S) -> Result<(), S::Error> {
+    fn serialize(&self, _: &mut S) -> Result<u64, S::Error> {
         self.inner.send(true)
     }
 }

@@ -11,6 +11,13 @@
 //!   [`crate::pool::ARENA_FD`]), checks the range lies inside it, and makes
 //!   a handle that is valid until the task returns: each task gets a new
 //!   epoch, and a handle kept past its task refuses to give access.
+//! * Each handle carries a *grant*: a hash, keyed with a secret of the pool
+//!   that its workers learn at start, of the task it was pinned for and of
+//!   what it names. A worker accepts only handles granted to the task it
+//!   runs, and no two handles of one task that overlap where either may
+//!   write. So a handle that loky did not pin for this task (bytes of an
+//!   earlier message replayed by a custom codec, or made up) is an error,
+//!   not a second writer of leased or freed memory.
 
 use std::cell::{Cell, RefCell};
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -31,20 +38,46 @@ pub(crate) type Pins = Vec<Pin>;
 
 struct EncodeContext {
     arena: u64,
+    key: GrantKey,
+    task: u64,
     pins: Pins,
     error: Option<Error>,
+}
+
+/// The secret a pool's grants are keyed with.
+pub(crate) type GrantKey = [u64; 2];
+
+/// A fresh secret for a pool's grants. Not for adversaries (a task can read
+/// its own process's memory); it tells apart the handles loky sent with a
+/// task from any other bytes.
+pub(crate) fn new_grant_key() -> GrantKey {
+    use std::hash::BuildHasher;
+    let random = std::collections::hash_map::RandomState::new();
+    [random.hash_one(1u64), random.hash_one(2u64)]
+}
+
+/// The grant of the handle `w` for task `task`. Parent and worker run the
+/// same binary, so they hash alike.
+fn grant(key: GrantKey, task: u64, w: &Wire) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (key, task, w.arena, w.offset, w.len, w.elem_size, w.writable).hash(&mut h);
+    h.finish()
 }
 
 thread_local! {
     static CONTEXT: RefCell<Vec<EncodeContext>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Runs `encode`, which encodes one task's argument for the pool whose arena
-/// is `arena` and then collects the pins with [`take_pins`]. A typed error
-/// recorded by a handle (e.g. [`Error::ForeignArena`]) replaces the generic
-/// codec error it caused.
+/// Runs `encode`, which encodes the argument of task `task` for the pool
+/// whose arena is `arena` and whose grants are keyed with `key`, and then
+/// collects the pins with [`take_pins`]. A typed error recorded by a handle
+/// (e.g. [`Error::ForeignArena`]) replaces the generic codec error it
+/// caused.
 pub(crate) fn encoding_for<O>(
     arena: u64,
+    key: GrantKey,
+    task: u64,
     encode: impl FnOnce() -> Result<O, Error>,
 ) -> Result<O, Error> {
     /// Pops the context even if `encode` unwinds.
@@ -61,6 +94,8 @@ pub(crate) fn encoding_for<O>(
     CONTEXT.with(|c| {
         c.borrow_mut().push(EncodeContext {
             arena,
+            key,
+            task,
             pins: Vec::new(),
             error: None,
         })
@@ -93,9 +128,10 @@ pub(crate) fn take_pins() -> Pins {
     })
 }
 
-/// Called by a handle being encoded: checks it goes to its own arena and
-/// pins `lease`. A write lease can be sent once.
-fn pin_for_send(arena: u64, lease: Pin) -> Result<(), HandleError> {
+/// Called by a handle being encoded: checks it goes to its own arena, pins
+/// `lease`, and returns the handle's grant. A write lease can be sent once.
+fn pin_for_send(wire: &Wire, lease: Pin) -> Result<u64, HandleError> {
+    let arena = wire.arena;
     CONTEXT.with(|c| {
         let mut stack = c.borrow_mut();
         let Some(ctx) = stack.last_mut() else {
@@ -118,7 +154,7 @@ fn pin_for_send(arena: u64, lease: Pin) -> Result<(), HandleError> {
             ));
         }
         ctx.pins.push(lease);
-        Ok(())
+        Ok(grant(ctx.key, ctx.task, wire))
     })
 }
 
@@ -145,11 +181,13 @@ pub struct ArchivedHandle {
     len: u64_le,
     elem_size: u32_le,
     writable: u32_le,
+    /// The grant of the task it was sent with (see the module docs).
+    grant: u64_le,
 }
 
 // SAFETY: `ArchivedHandle` is `repr(C)` of fixed-endian integers with no
-// padding (8 + 8 + 8 + 4 + 4 bytes, alignment of `u64_le` is 8), so it has
-// the same layout everywhere.
+// padding (8 + 8 + 8 + 4 + 4 + 8 bytes, alignment of `u64_le` is 8), so it
+// has the same layout everywhere.
 unsafe impl rkyv::Portable for ArchivedHandle {}
 
 // SAFETY: as above, it has no padding, so every byte is defined.
@@ -176,19 +214,22 @@ pub(crate) struct Wire {
 }
 
 impl Wire {
-    pub(crate) fn resolve(&self, out: Place<ArchivedHandle>) {
+    /// Writes the handle with `grant` (from [`Wire::send`]).
+    pub(crate) fn resolve(&self, grant: u64, out: Place<ArchivedHandle>) {
         out.write(ArchivedHandle {
             arena: u64_le::from_native(self.arena),
             offset: u64_le::from_native(self.offset as u64),
             len: u64_le::from_native(self.len as u64),
             elem_size: u32_le::from_native(self.elem_size as u32),
             writable: u32_le::from_native(u32::from(self.writable)),
+            grant: u64_le::from_native(grant),
         })
     }
 
-    /// Checks `lease` may be sent (see [`pin_for_send`]).
-    pub(crate) fn send<E: Source>(&self, lease: Pin) -> Result<(), E> {
-        pin_for_send(self.arena, lease).map_err(E::new)
+    /// Checks `lease` may be sent and pins it (see [`pin_for_send`]);
+    /// returns the handle's grant.
+    pub(crate) fn send<E: Source>(&self, lease: Pin) -> Result<u64, E> {
+        pin_for_send(self, lease).map_err(E::new)
     }
 }
 
@@ -238,6 +279,14 @@ impl ArchivedHandle {
             .checked_mul(elem_size)
             .ok_or_else(|| fail("shared array length overflows".into()))?;
         let offset = usize::try_from(self.offset.to_native()).map_err(|e| fail(e.to_string()))?;
+        let wire = Wire {
+            arena: view.id(),
+            offset,
+            len,
+            elem_size,
+            writable,
+        };
+        accept(&wire, self.grant.to_native(), bytes).map_err(fail)?;
         let ptr = view.range(offset, bytes).map_err(|e| fail(e.to_string()))?;
         Ok((
             Received {
@@ -252,6 +301,53 @@ impl ArchivedHandle {
 thread_local! {
     /// Set while loky decodes a task's argument in a worker.
     static RECEIVING: Cell<bool> = const { Cell::new(false) };
+    /// The task this worker runs ([`begin_task`]).
+    static TASK: Cell<u64> = const { Cell::new(0) };
+    /// The handles the current task received: byte ranges, and whether
+    /// writable.
+    static RECEIVED: RefCell<Vec<(std::ops::Range<usize>, bool)>> =
+        const { RefCell::new(Vec::new()) };
+}
+
+/// This worker's copy of its pool's grant key ([`set_worker`]).
+static WORKER_KEY: OnceLock<GrantKey> = OnceLock::new();
+
+/// Tells the handle checks which task this worker runs next.
+pub(crate) fn begin_task(task: u64) {
+    TASK.with(|t| t.set(task));
+    RECEIVED.with(|r| r.borrow_mut().clear());
+}
+
+/// Accepts a handle `w` of `bytes` bytes with `grant` for the current task:
+/// granted to it by the parent, and not overlapping another handle the task
+/// received where either may write.
+fn accept(w: &Wire, grant_seen: u64, bytes: usize) -> Result<(), String> {
+    let key = WORKER_KEY
+        .get()
+        .ok_or("this worker does not know its pool's grant key")?;
+    if grant(*key, TASK.with(Cell::get), w) != grant_seen {
+        return Err(
+            "a shared array handle that the pool did not send with this task \
+                    (a codec that replays or makes up handles?)"
+                .into(),
+        );
+    }
+    let range = w.offset..w.offset + bytes;
+    RECEIVED.with(|r| {
+        let mut received = r.borrow_mut();
+        let clash = received.iter().any(|(other, writable)| {
+            (w.writable || *writable) && range.start < other.end && other.start < range.end
+        });
+        if clash {
+            return Err(
+                "a task received two handles to the same elements, one of them writable \
+                        (a codec that decodes a handle twice?)"
+                    .to_owned(),
+            );
+        }
+        received.push((range, w.writable));
+        Ok(())
+    })
 }
 
 /// Runs `decode` (a task argument's decoder) with handle decoding allowed.
@@ -314,8 +410,9 @@ static VIEW: OnceLock<Result<loky_ipc::ArenaView, String>> = OnceLock::new();
 static EPOCH: AtomicU64 = AtomicU64::new(0);
 
 /// Marks this process as a worker whose parent's arena is at
-/// [`crate::pool::ARENA_FD`].
-pub(crate) fn set_worker() {
+/// [`crate::pool::ARENA_FD`] and whose grants are keyed with `key`.
+pub(crate) fn set_worker(key: GrantKey) {
+    let _ = WORKER_KEY.set(key);
     // SAFETY: in a worker the parent placed the arena's memfd at `ARENA_FD`
     // before exec, and it stays open for the life of the process (only
     // `worker_arena` takes ownership, and keeps it in a static).

@@ -127,7 +127,7 @@ pub(crate) fn run(raw_spec: &str) -> i32 {
     };
     crate::transport::install_panic_hook();
     // Shared-array handles in arguments map the arena at `ARENA_FD`.
-    crate::shared::set_worker();
+    crate::shared::set_worker(spec.grant_key);
     let mut w = WorkerLoop {
         region,
         spec,
@@ -213,6 +213,7 @@ impl WorkerLoop<'_> {
     /// and releases the message.
     fn run_one(&mut self, h: TaskHeader) -> u32 {
         let start = Instant::now();
+        crate::shared::begin_task(h.task_id);
         self.out.clear();
         self.out.extend_from_slice(&[0u8; RESULT_HEADER]);
         let status = match self.rx.peek() {
