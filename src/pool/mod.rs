@@ -549,6 +549,10 @@ impl Pool {
     /// the worker started it meanwhile, stopped as a running one.
     /// Returns false if the task is not known (already finished).
     pub(crate) fn stop_task(&self, id: u64, reason: Error) -> bool {
+        // Results already in the rings first: a task that finished must
+        // not be stopped by killing its worker, which would take the task
+        // that worker started next with it.
+        self.drain_all(false);
         let mut st = self.state();
         st.deadlines.forget(id);
         if let Some(q) = st.queue.remove(id) {
