@@ -407,11 +407,24 @@ impl<R: Send + 'static> TaskCell<R> {
         }
         let listeners = {
             let mut slot = lock(&self.slot);
-            slot.error = outcome.as_ref().err().cloned();
-            slot.outcome = Some(outcome);
-            self.state.store(FINISHED, Ordering::Release);
-            std::mem::take(&mut slot.listeners)
+            self.settle(&mut slot, outcome)
         };
+        // A callback among them was added while the callbacks above ran.
+        self.wake(listeners);
+    }
+
+    /// Stores the outcome and marks the task finished (under its lock);
+    /// returns the listeners to wake.
+    fn settle(&self, slot: &mut Slot<R>, outcome: Result<R>) -> Vec<Listener<R>> {
+        slot.error = outcome.as_ref().err().cloned();
+        slot.outcome = Some(outcome);
+        self.state.store(FINISHED, Ordering::Release);
+        std::mem::take(&mut slot.listeners)
+    }
+
+    /// Wakes the listeners of a finished task; runs any callback among them
+    /// on this thread.
+    fn wake(&self, listeners: Vec<Listener<R>>) {
         for l in listeners {
             match l {
                 Listener::Thread(n) => n.fire(),
@@ -421,7 +434,6 @@ impl<R: Send + 'static> TaskCell<R> {
                     }
                 }
                 Listener::Waker(w) => w.wake(),
-                // Added while the callbacks above ran: run now.
                 Listener::Callback(cb) => self.run_with_outcome(cb),
                 Listener::Taken => {}
             }
@@ -447,25 +459,10 @@ impl<R: Send + 'static> TaskCell<R> {
             }
             let outcome = slot.outcome.take().unwrap_or(Err(Error::Cancelled));
             slot.closing = true;
-            slot.error = outcome.as_ref().err().cloned();
-            slot.outcome = Some(outcome);
-            self.state.store(FINISHED, Ordering::Release);
-            std::mem::take(&mut slot.listeners)
+            self.settle(&mut slot, outcome)
         };
-        for l in listeners {
-            match l {
-                Listener::Thread(n) => n.fire(),
-                Listener::Indexed(set, i) => {
-                    if let Some(set) = set.upgrade() {
-                        set.push(i);
-                    }
-                }
-                Listener::Waker(w) => w.wake(),
-                // None: checked under the same lock.
-                Listener::Callback(cb) => self.run_with_outcome(cb),
-                Listener::Taken => {}
-            }
-        }
+        // No callback among them: checked under the same lock.
+        self.wake(listeners);
         true
     }
 
