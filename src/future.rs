@@ -586,8 +586,8 @@ impl<R: Send + 'static> Future<R> {
     }
 
     /// Stops the task even if it is running: a task still waiting (in the
-    /// parent, or in a worker's ring behind the running task) is withdrawn
-    /// and never runs; a running one is stopped by killing its worker
+    /// parent, or in a worker's ring, not started yet) is withdrawn and
+    /// never runs; a running one is stopped by killing its worker
     /// process, which the pool replaces. The future fails with
     /// [`Error::Cancelled`]. Returns false if the task had already
     /// finished.

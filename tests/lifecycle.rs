@@ -41,12 +41,25 @@ fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// Writes `path`, then spins for ever.
+fn mark_then_spin(path: String) -> u32 {
+    std::fs::write(path, b"ran").unwrap();
+    spin_forever(())
+}
+
 #[test]
 fn kill_stops_a_running_task_and_the_pool_heals() {
     let ex = ProcessPoolExecutor::new(1).unwrap();
     let before = ex.submit(pid, ()).unwrap().result_timeout(HANG).unwrap();
-    let f = ex.submit(spin_forever, ()).unwrap();
-    wait_until("the task to run", || f.running());
+    let marker = std::env::temp_dir().join(format!("loky-spin-{}", std::process::id()));
+    let _ = std::fs::remove_file(&marker);
+    let f = ex
+        .submit(mark_then_spin, marker.to_string_lossy().into_owned())
+        .unwrap();
+    // `running()` means handed to a worker; the marker, that it started.
+    wait_until("the task to start", || marker.exists());
+    let _ = std::fs::remove_file(&marker);
+    assert!(f.running());
     assert!(!f.cancel(), "cancel() keeps the concurrent.futures meaning");
     assert!(f.kill());
     assert!(matches!(f.result_timeout(HANG), Err(Error::Cancelled)));
@@ -151,6 +164,43 @@ fn a_task_killed_as_soon_as_it_is_handed_over_never_runs() {
     }
     let _ = std::fs::remove_file(&marker);
     assert!(killed > 0, "no round withdrew its task in time");
+    assert_eq!(ex.stats().crashed, 0);
+}
+
+#[test]
+fn a_task_killed_before_an_idle_worker_starts_it_never_runs() {
+    // Handed straight to an idle worker and killed at once: withdrawn if
+    // the worker has not started it (no kill, no new worker), else stopped
+    // by killing the worker. Either way a cancelled task that ran is a bug.
+    let ex = ProcessPoolExecutor::new(1).unwrap();
+    let mut worker = ex.submit(pid, ()).unwrap().result_timeout(HANG).unwrap();
+    let marker = std::env::temp_dir().join(format!("loky-idle-{}", std::process::id()));
+    let mut withdrawn = 0;
+    for round in 0..200 {
+        let _ = std::fs::remove_file(&marker);
+        let f = ex
+            .submit(mark, marker.to_string_lossy().into_owned())
+            .unwrap();
+        let stopped = f.kill();
+        let outcome = f.result_timeout(HANG);
+        // Never a worker we are killing: it takes no new task.
+        let next = ex.submit(pid, ()).unwrap().result_timeout(HANG).unwrap();
+        if !stopped {
+            assert_eq!(outcome.unwrap(), worker, "round {round}: finished first");
+        } else if next == worker {
+            assert!(
+                matches!(outcome, Err(Error::Cancelled)),
+                "round {round}: {outcome:?}"
+            );
+            assert!(!marker.exists(), "round {round}: the withdrawn task ran");
+            withdrawn += 1;
+        } else {
+            // Started already: its worker was killed.
+            worker = next;
+        }
+    }
+    let _ = std::fs::remove_file(&marker);
+    assert!(withdrawn > 0, "no round withdrew its task in time");
     assert_eq!(ex.stats().crashed, 0);
 }
 

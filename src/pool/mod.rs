@@ -543,24 +543,35 @@ impl Pool {
     }
 
     /// Stops task `id` with `reason`: a queued task is failed at once; a
-    /// task running at the head of a worker is stopped by killing the worker
-    /// (the pool heals); a task waiting behind another one in a worker's
-    /// ring is withdrawn (the worker skips it) and failed at once, or, if
-    /// the worker started it meanwhile, stopped as a running one.
+    /// task a worker holds but has not started (waiting behind another one
+    /// in its ring, or not reached yet) is withdrawn (the worker skips it)
+    /// and failed at once; a running task is stopped by killing its worker
+    /// (the pool heals).
     /// Returns false if the task is not known (already finished).
     pub(crate) fn stop_task(&self, id: u64, reason: Error) -> bool {
-        // Results already in the rings first: a task that finished must
-        // not be stopped by killing its worker, which would take the task
-        // that worker started next with it.
-        self.drain_all(false);
-        let mut st = self.state();
-        st.deadlines.forget(id);
-        if let Some(q) = st.queue.remove(id) {
+        let mut drained = false;
+        let mut st = loop {
+            let mut st = self.state();
+            st.deadlines.forget(id);
+            if let Some(q) = st.queue.remove(id) {
+                drop(st);
+                q.cell.stage_error(reason);
+                q.cell.publish();
+                return true;
+            }
+            if drained {
+                break st;
+            }
+            // In a worker, it seems. Results already in the rings first: a
+            // task that finished must not be stopped by killing its worker,
+            // which would take the task that worker started next with it.
+            // (Not before the queue: a drain refills workers from it. And
+            // the queue again after: a worker's death may have put the task
+            // back meanwhile.)
             drop(st);
-            q.cell.stage_error(reason);
-            q.cell.publish();
-            return true;
-        }
+            self.drain_all(false);
+            drained = true;
+        };
         for (i, w) in st.workers.iter_mut().enumerate() {
             let Some(w) = w.as_mut() else { continue };
             let Some(pos) = w.in_flight.iter().position(|c| c.id() == id) else {
@@ -571,11 +582,11 @@ impl Pool {
                 // a second withdrawal would outlive its skip.
                 return false;
             }
-            // A task waiting behind the running one is withdrawn: the
-            // worker will skip it (and answer with an empty result). If it
-            // started meanwhile (the one before it has just finished), it
-            // is the running one now, stopped as such.
-            if pos == 0 || !self.region.slot(i as u32).claim().withdraw(id) {
+            // A task the worker has not started (waiting behind the
+            // running one, or just handed to an idle worker) is withdrawn:
+            // the worker will skip it (and answer with an empty result).
+            // If it started, it is stopped by killing its worker.
+            if !self.region.slot(i as u32).claim().withdraw(id) {
                 tracing::info!(pid = w.pid, task = id, error = %reason, "killing a worker to stop its task");
                 w.task_kill = Some((id, reason));
                 let _ = w.pidfd.kill(rustix::process::Signal::KILL);
@@ -1177,9 +1188,10 @@ impl Worker {
         }
     }
 
-    /// Ready, not retiring, not dead: may be given tasks.
+    /// Ready, not retiring, not dead, not being killed by us: may be given
+    /// tasks (one sent to a worker we signalled would die with it).
     fn takes_work(&self) -> bool {
-        self.ready && !self.exiting && self.died.is_none()
+        self.ready && !self.exiting && self.died.is_none() && !self.killed_by_us()
     }
 
     /// Whether it takes one more task now, holding up to `depth`. Not while
