@@ -5,9 +5,9 @@
 //! [`Payload`]: integers, floats, `String`, `Vec`, tuples, `Option`,
 //! `HashMap`, and your own structs. Bytes that come from another process are
 //! always validated before use, so a corrupted message is a
-//! [`Error::Codec`], never undefined behaviour; validation and decoding
-//! read a private copy, which the sender cannot change in between
-//! ([`unarchive`]).
+//! [`Error::Codec`], never undefined behaviour; in the parent, validation
+//! and decoding read a private copy, which the worker cannot change in
+//! between ([`unarchive`]).
 
 use std::cell::RefCell;
 
@@ -150,14 +150,31 @@ pub(crate) fn archive<T: Archivable>(value: &T, out: &mut AlignedVec) -> Result<
 /// rkyv reads an archive twice, once to validate it and once to decode it,
 /// so a change in between could take the second read outside the message.
 /// Hence a `Vec` of numbers is decoded by [`crate::numeric_vec`], which
-/// reads each byte once, and everything else from a private copy.
+/// reads each byte once, and everything else from a private copy, except in
+/// a worker, whose messages come from the parent ([`trust_peer`]).
 pub(crate) fn unarchive<T: Archivable>(bytes: &[u8]) -> Result<T, String> {
     if let Some(decoded) = crate::numeric_vec::try_decode::<T>(bytes) {
         return decoded;
     }
-    with_private_copy(bytes, |bytes| {
-        rkyv::from_bytes::<T, rancor::BoxedError>(bytes).map_err(|e| e.to_string())
-    })
+    let decode =
+        |bytes: &[u8]| rkyv::from_bytes::<T, rancor::BoxedError>(bytes).map_err(|e| e.to_string());
+    if PEER_TRUSTED.load(std::sync::atomic::Ordering::Relaxed) {
+        // A worker reads what its parent wrote, and nothing else writes
+        // there (its own view of a large message is read-only).
+        return decode(bytes);
+    }
+    with_private_copy(bytes, decode)
+}
+
+/// Set in a worker: the messages it decodes come from its parent, which
+/// does not write them while they are read, so they need no private copy
+/// (which would cost a large argument's size again in memory).
+static PEER_TRUSTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Marks this process as one whose peer (the parent) is trusted: see
+/// [`unarchive`].
+pub(crate) fn trust_peer() {
+    PEER_TRUSTED.store(true, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// Messages up to this size are copied into a buffer kept per thread;
@@ -190,7 +207,20 @@ fn with_private_copy<R>(bytes: &[u8], read: impl FnOnce(&[u8]) -> R) -> R {
     let keep = kept.is_some();
     let mut copy = kept.unwrap_or_default();
     copy.clear();
-    copy.extend_from_slice(bytes);
+    copy.reserve(bytes.len());
+    // SAFETY: `reserve` made room for `bytes.len()` bytes past the (zero)
+    // length; `MaybeUninit<u8>` has the layout of `u8`.
+    let spare = unsafe {
+        std::slice::from_raw_parts_mut(
+            copy.as_mut_ptr().cast::<std::mem::MaybeUninit<u8>>(),
+            bytes.len(),
+        )
+    };
+    // Split across threads when large (the parent decoding a large result).
+    bulk::copy(spare, bytes);
+    // SAFETY: `bulk::copy` initialised all `bytes.len()` bytes, within the
+    // capacity reserved above.
+    unsafe { copy.set_len(bytes.len()) };
     let r = read(&copy);
     if keep {
         let _ = PRIVATE_COPY.try_with(|kept| kept.replace(copy));

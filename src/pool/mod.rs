@@ -251,9 +251,10 @@ impl Pool {
             Ok(manager) => manager,
             Err(e) => {
                 // The watchdog runs already (and may have started workers):
-                // close the pool so that it ends them and exits.
+                // close the pool so that it ends them and exits, on its own
+                // time (a worker it is starting may take a while to exit).
                 pool.shutdown(false, true, true);
-                let _ = watchdog.join();
+                drop(watchdog);
                 return Err(Error::Ipc(Arc::new(loky_ipc::Error::Os {
                     op: "spawn thread",
                     source: e,

@@ -318,9 +318,9 @@ pub(crate) fn begin_task(task: u64) {
     RECEIVED.with(|r| r.borrow_mut().clear());
 }
 
-/// Accepts a handle `w` of `bytes` bytes with `grant` for the current task:
-/// granted to it by the parent, and not overlapping another handle the task
-/// received where either may write.
+/// Accepts a handle `w` of `bytes` bytes with `grant` for the current task
+/// if the parent granted it to this task, and notes its range for
+/// [`no_overlap`].
 fn accept(w: &Wire, grant_seen: u64, bytes: usize) -> Result<(), String> {
     let key = WORKER_KEY
         .get()
@@ -332,26 +332,45 @@ fn accept(w: &Wire, grant_seen: u64, bytes: usize) -> Result<(), String> {
                 .into(),
         );
     }
-    let range = w.offset..w.offset + bytes;
+    RECEIVED.with(|r| {
+        r.borrow_mut()
+            .push((w.offset..w.offset + bytes, w.writable))
+    });
+    Ok(())
+}
+
+/// Checks that no two handles the current task received overlap where
+/// either may write (the parent never sends such: its leases exclude it; a
+/// codec that decodes a handle twice would make them). Sorts the ranges and
+/// sweeps them once, keeping the furthest end seen, of any range and of a
+/// writable one: a range overlaps an earlier one if it starts before that
+/// end.
+fn no_overlap() -> Result<(), String> {
     RECEIVED.with(|r| {
         let mut received = r.borrow_mut();
-        let clash = received.iter().any(|(other, writable)| {
-            (w.writable || *writable) && range.start < other.end && other.start < range.end
-        });
-        if clash {
-            return Err(
-                "a task received two handles to the same elements, one of them writable \
-                        (a codec that decodes a handle twice?)"
-                    .to_owned(),
-            );
+        received.sort_unstable_by_key(|(range, _)| range.start);
+        let (mut end_any, mut end_writable) = (0, 0);
+        for (range, writable) in received.iter().filter(|(range, _)| !range.is_empty()) {
+            let limit = if *writable { end_any } else { end_writable };
+            if range.start < limit {
+                return Err(
+                    "a task received two handles to the same elements, one of them \
+                            writable (a codec that decodes a handle twice?)"
+                        .to_owned(),
+                );
+            }
+            end_any = end_any.max(range.end);
+            if *writable {
+                end_writable = end_writable.max(range.end);
+            }
         }
-        received.push((range, w.writable));
         Ok(())
     })
 }
 
-/// Runs `decode` (a task argument's decoder) with handle decoding allowed.
-pub(crate) fn receiving<O>(decode: impl FnOnce() -> O) -> O {
+/// Runs `decode` (a task argument's decoder) with handle decoding allowed;
+/// then checks the handles it made ([`no_overlap`]).
+pub(crate) fn receiving<O>(decode: impl FnOnce() -> Result<O, String>) -> Result<O, String> {
     struct Reset;
     impl Drop for Reset {
         fn drop(&mut self) {
@@ -360,7 +379,9 @@ pub(crate) fn receiving<O>(decode: impl FnOnce() -> O) -> O {
     }
     RECEIVING.with(|r| r.set(true));
     let _reset = Reset;
-    decode()
+    let decoded = decode()?;
+    no_overlap()?;
+    Ok(decoded)
 }
 
 /// Worker-side handles alive in this process.
@@ -450,4 +471,35 @@ fn worker_arena() -> Result<&'static loky_ipc::ArenaView, String> {
     })
     .as_ref()
     .map_err(Clone::clone)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whether handles to these (byte range, writable) would be refused.
+    fn clash(handles: &[(usize, usize, bool)]) -> bool {
+        begin_task(1);
+        RECEIVED.with(|r| {
+            r.borrow_mut()
+                .extend(handles.iter().map(|&(s, e, w)| (s..e, w)))
+        });
+        no_overlap().is_err()
+    }
+
+    #[test]
+    fn only_overlaps_with_a_writer_are_refused() {
+        assert!(!clash(&[]));
+        assert!(!clash(&[(0, 8, true), (8, 16, true), (16, 24, false)]));
+        assert!(!clash(&[(0, 100, false), (10, 20, false), (50, 60, false)]));
+        assert!(
+            !clash(&[(0, 8, true), (4, 4, true), (4, 4, false)]),
+            "empty"
+        );
+        assert!(clash(&[(0, 8, true), (0, 8, true)]));
+        assert!(clash(&[(10, 20, false), (0, 100, true)]));
+        assert!(clash(&[(0, 100, false), (10, 20, false), (90, 95, true)]));
+        assert!(clash(&[(0, 100, true), (10, 20, false), (95, 200, false)]));
+        assert!(clash(&[(50, 60, false), (0, 51, true)]));
+    }
 }
