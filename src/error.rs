@@ -28,8 +28,9 @@ pub enum Error {
     /// `exit`, OOM kill, a signal). The pool replaced it; other tasks were not
     /// affected. Look at `status` for the exit code or signal.
     ///
-    /// A task that was only waiting behind `task` on that worker never
-    /// started and runs again on another worker (counted in
+    /// A task that was only waiting behind `task` on that worker (or any
+    /// task of a worker that died before it started it) never started and
+    /// runs again on another worker, up to 4 times (counted in
     /// [`Stats::rerun`](crate::Stats::rerun)); a large argument, one that
     /// travelled in a spill buffer, is sent again from that buffer. It
     /// fails with this error instead when it holds shared arrays, when the

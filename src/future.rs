@@ -173,6 +173,9 @@ pub(crate) trait Completion: Send + Sync {
     /// the parent again (so it can still be cancelled). False if it was not
     /// running (it already has its outcome).
     fn requeued(&self) -> bool;
+    /// Counts a worker death before the task started; whether it may run
+    /// again ([`MAX_RUNS_AGAIN`]).
+    fn may_run_again(&self) -> bool;
     /// Records that the task's bytes are in a worker's ring: from now on
     /// only the pool releases its pins, once the worker is done with it.
     fn mark_sent(&self);
@@ -259,7 +262,16 @@ pub(crate) struct Cell<R> {
     /// Set once the task was handed to a worker: from then on only the pool
     /// may drop the pins (when the worker is done with the task).
     sent: std::sync::atomic::AtomicBool,
+    /// Times a worker died before it started the task (see
+    /// [`Completion::may_run_again`]).
+    orphaned: std::sync::atomic::AtomicU32,
 }
+
+/// How many times a task whose worker died before starting it runs again;
+/// after that it fails with the worker's error. Workers that die before
+/// starting anything (something outside the pool kills them) must not keep
+/// one task going round for ever.
+pub(crate) const MAX_RUNS_AGAIN: u32 = 4;
 
 impl<R> Cell<R> {
     pub(crate) fn new(task: TaskCell<R>, decode: Decoder<R>) -> Self {
@@ -269,6 +281,7 @@ impl<R> Cell<R> {
             pins: Mutex::new(Vec::new()),
             pinned: std::sync::atomic::AtomicBool::new(false),
             sent: std::sync::atomic::AtomicBool::new(false),
+            orphaned: std::sync::atomic::AtomicU32::new(0),
         }
     }
 
@@ -307,6 +320,10 @@ impl<R: Send + 'static> Completion for Cell<R> {
             .state
             .compare_exchange(RUNNING, PENDING, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
+    }
+
+    fn may_run_again(&self) -> bool {
+        self.orphaned.fetch_add(1, Ordering::Relaxed) < MAX_RUNS_AGAIN
     }
 
     fn mark_sent(&self) {

@@ -29,8 +29,8 @@ pub struct Stats {
     pub crashed: u64,
     /// Workers started to replace one that died or retired.
     pub respawned: u64,
-    /// Tasks run again elsewhere: they waited, not yet started, behind the
-    /// running task of a worker that died (see
+    /// Tasks run again elsewhere: a worker that died had not started them
+    /// (they waited behind its running task, typically; see
     /// [`Error::TerminatedWorker`](crate::Error::TerminatedWorker)). Each
     /// is counted once per time it was put back; it then ends like any
     /// other task, in `completed`, `failed` or `cancelled`.

@@ -114,15 +114,6 @@ fn stats_when_whole(ex: &ProcessPoolExecutor, workers: usize) -> loky::Stats {
     })
 }
 
-/// Waits (bounded) until a worker holds the task.
-fn wait_running<R: Send + 'static>(f: &loky::Future<R>) {
-    let start = Instant::now();
-    while !f.running() && !f.done() {
-        assert!(start.elapsed() < HANG, "task never started");
-        std::thread::sleep(Duration::from_millis(1));
-    }
-}
-
 /// Checks that a codec error carries the codec's own message. rkyv's
 /// `rancor::Error` keeps it only in builds with debug assertions (in release
 /// it reads "failed without error information").
@@ -365,17 +356,29 @@ fn sigkill_of_a_sibling_fails_only_the_siblings_task() {
     bounded(|| {
         let ex = pool(2);
         let pids = two_worker_pids(&ex);
-        // A long task occupies one worker...
+        // A long task occupies one worker (started: a task its worker
+        // never started would run again elsewhere)...
+        let marker = std::env::temp_dir().join(format!("loky-long-{}", std::process::id()));
+        let _ = std::fs::remove_file(&marker);
         let long = ex
             .submit(
-                |ms: u64| -> u32 {
+                |(path, ms): (String, u64)| -> u32 {
+                    std::fs::write(path, b"started").unwrap();
                     std::thread::sleep(Duration::from_millis(ms));
                     std::process::id()
                 },
-                HANG.as_millis() as u64,
+                (
+                    marker.to_string_lossy().into_owned(),
+                    HANG.as_millis() as u64,
+                ),
             )
             .unwrap();
-        wait_running(&long);
+        let start = Instant::now();
+        while !marker.exists() {
+            assert!(start.elapsed() < HANG, "the long task never started");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let _ = std::fs::remove_file(&marker);
         // ... so the killer goes to the other (least loaded) one, and kills
         // the worker that is not itself.
         let killer = ex
@@ -1282,5 +1285,30 @@ fn callbacks_of_tasks_dropped_by_shutdown_may_call_the_executor() {
             }
             let _ = busy.result_timeout(HANG);
         }
+    });
+}
+
+#[test]
+fn a_task_whose_worker_dies_before_starting_it_runs_again() {
+    if !support::reruns_supported() {
+        return;
+    }
+    bounded(|| {
+        let ex = pool(1);
+        let first = worker_pid(&ex);
+        // Stopped, the worker cannot start what it is given: the task sits
+        // at the head of its ring when something outside the pool kills it.
+        // SAFETY: plain system calls on our own child.
+        unsafe { libc::kill(first as i32, libc::SIGSTOP) };
+        let f = ex.submit(|x: u64| (x, std::process::id()), 7).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(f.running(), "handed to the stopped worker");
+        // SAFETY: as above.
+        unsafe { libc::kill(first as i32, libc::SIGKILL) };
+        let (x, ran_on) = f.result_timeout(HANG).expect("run again elsewhere");
+        assert_eq!(x, 7);
+        assert_ne!(ran_on, first);
+        let s = ex.stats();
+        assert_eq!((s.crashed, s.rerun, s.failed), (1, 1, 0), "{s:?}");
     });
 }

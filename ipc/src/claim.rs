@@ -88,6 +88,13 @@ impl Claim {
         })
     }
 
+    /// Whether `key` is the last message the consumer started (one load:
+    /// for the producer once the consumer is gone, to tell which of its
+    /// messages never started).
+    pub fn last_started_is(&self, key: u64) -> bool {
+        self.word.load(Relaxed) & LOW == short(key)
+    }
+
     /// Moves the word to `next(word)` unless that is `None`; whether it
     /// did. `next` may run several times (once per failed exchange).
     fn update(&self, mut next: impl FnMut(u64) -> Option<u64>) -> bool {

@@ -1207,20 +1207,20 @@ impl Worker {
     /// fail, with their errors, and those to run again elsewhere; counts
     /// and logs the death the first time.
     ///
-    /// A task behind the first one in the worker's ring never started (a
-    /// worker takes the next message only after it sent the result of the
-    /// previous one, and the results it sent were drained before this): it
-    /// is handed back, message and all, to be queued again in front, unless
-    /// the pool is stopping it (shutdown, or its own time limit or cancel),
-    /// it holds shared arrays, or its message cannot be had back (a large
-    /// one comes back in its spill buffer, which the worker mapped
-    /// read-only, unless the buffer reads as freed: see
-    /// `Sender::take_unreleased`). The first task, which may have been
-    /// running, fails.
+    /// The tasks after the last one the worker started (its slot's claim
+    /// word tells; the worker starts its tasks in order) never started:
+    /// each is handed back, message and all, to be queued again in front,
+    /// unless the pool is stopping it (shutdown, or its own time limit or
+    /// cancel), it holds shared arrays, it ran again too often already
+    /// ([`crate::future::MAX_RUNS_AGAIN`]), or its message cannot be had
+    /// back (a large one comes back in its spill buffer, which the worker
+    /// mapped read-only, unless the buffer reads as freed: see
+    /// `Sender::take_unreleased`). The others, which may have run, fail.
     ///
-    /// Only with `reread`: the worker guarded its task ring against its
-    /// own stray writes ([`Region::protect_for_slot`]), so the messages read
-    /// back are the ones the parent wrote.
+    /// Only with `rerun` (the slot's claim word): the worker guarded its
+    /// task ring against its own stray writes
+    /// ([`Region::protect_for_slot`]), so the messages read back are the
+    /// ones the parent wrote.
     ///
     /// With `keep_pinned`, tasks holding shared arrays stay in flight: only
     /// the reaped process is surely done with them (another of its threads
@@ -1249,14 +1249,24 @@ impl Worker {
             self.died = Some(error.clone());
             error
         };
-        let mut unstarted = if rerun.is_some() {
-            self.unstarted_messages()
-        } else {
-            HashMap::new()
-        };
         let mut failed = Vec::new();
         let mut again = Vec::new();
         let mut kept = VecDeque::new();
+        // The worker starts its tasks in order, and its slot's claim word
+        // holds the key of the last one it started: the tasks after that
+        // one never started, whatever was (or was not) read of its results.
+        // A single load of a word the dead worker can no longer change.
+        let last_started = rerun.and_then(|claim| {
+            self.in_flight
+                .iter()
+                .rposition(|c| claim.last_started_is(c.id()))
+        });
+        let first_unstarted = last_started.map_or(0, |p| p + 1);
+        let mut unstarted = if rerun.is_some() {
+            self.unstarted_messages(first_unstarted)
+        } else {
+            HashMap::new()
+        };
         for (k, c) in self.in_flight.drain(..).enumerate() {
             if keep_pinned && c.has_pins() {
                 kept.push_back(c);
@@ -1267,15 +1277,10 @@ impl Worker {
                 _ => None,
             };
             let stopping = own_error.is_some() || self.withdrawn == Some(c.id());
-            // Behind the first, and its message never released: it did not
-            // start, if every result the worker sent was read. Its claim
-            // settles it even if not (a drain cut short by a corrupt ring):
-            // the worker is dead, so a withdrawal that succeeds proves it
-            // never started.
-            let never_started = k > 0 && rerun.is_some_and(|claim| claim.withdraw(c.id()));
+            let never_started = rerun.is_some() && k >= first_unstarted;
             if never_started && !stopping && !c.has_pins() {
                 match unstarted.remove(&c.id()) {
-                    Some(message) if c.requeued() => {
+                    Some(message) if c.may_run_again() && c.requeued() => {
                         again.push(queue::Queued { cell: c, message });
                         continue;
                     }
@@ -1297,17 +1302,17 @@ impl Worker {
         (failed, again)
     }
 
-    /// The task messages this dead worker never released, by task id (none
-    /// when the pool itself killed it to shut down, or when its ring reads
-    /// as corrupt: its tasks then all fail). A large one comes back in its
-    /// spill buffer, without a copy; the spill buffers of the messages not
-    /// wanted go back to this process's pool.
-    fn unstarted_messages(&mut self) -> HashMap<u64, Encoded<Vec<u8>>> {
-        // Only tasks behind the first are ever run again.
-        if self.kill_reason.is_some() || self.in_flight.len() < 2 {
+    /// The messages of the tasks from position `first` in flight, which
+    /// this dead worker never started, by task id (none when the pool itself
+    /// killed it to shut down, or when its ring reads as corrupt: its tasks
+    /// then all fail). A large one comes back in its spill buffer, without a
+    /// copy; the spill buffers of the messages not wanted go back to this
+    /// process's pool.
+    fn unstarted_messages(&mut self, first: usize) -> HashMap<u64, Encoded<Vec<u8>>> {
+        if self.kill_reason.is_some() || self.in_flight.len() <= first {
             return HashMap::new();
         }
-        let wanted: Vec<u64> = self.in_flight.iter().skip(1).map(|c| c.id()).collect();
+        let wanted: Vec<u64> = self.in_flight.iter().skip(first).map(|c| c.id()).collect();
         let task_id = |bytes: &[u8]| {
             read_header::<TaskHeader>(bytes)
                 .map(|(hdr, _)| hdr.task_id)
