@@ -5,9 +5,9 @@
 //! [`Payload`]: integers, floats, `String`, `Vec`, tuples, `Option`,
 //! `HashMap`, and your own structs. Bytes that come from another process are
 //! always validated before use, so a corrupted message is a
-//! [`Error::Codec`], never undefined behaviour; in the parent, validation
-//! and decoding read a private copy, which the worker cannot change in
-//! between ([`unarchive`]).
+//! [`Error::Codec`], never undefined behaviour; validation and decoding of
+//! a result read a private copy, which the worker cannot change in between
+//! ([`unarchive`]).
 
 use std::cell::RefCell;
 
@@ -150,31 +150,40 @@ pub(crate) fn archive<T: Archivable>(value: &T, out: &mut AlignedVec) -> Result<
 /// rkyv reads an archive twice, once to validate it and once to decode it,
 /// so a change in between could take the second read outside the message.
 /// Hence a `Vec` of numbers is decoded by [`crate::numeric_vec`], which
-/// reads each byte once, and everything else from a private copy, except in
-/// a worker, whose messages come from the parent ([`trust_peer`]).
+/// reads each byte once, and everything else from a private copy, except a
+/// worker's task argument, which comes from its parent ([`trusting`]).
 pub(crate) fn unarchive<T: Archivable>(bytes: &[u8]) -> Result<T, String> {
     if let Some(decoded) = crate::numeric_vec::try_decode::<T>(bytes) {
         return decoded;
     }
     let decode =
         |bytes: &[u8]| rkyv::from_bytes::<T, rancor::BoxedError>(bytes).map_err(|e| e.to_string());
-    if PEER_TRUSTED.load(std::sync::atomic::Ordering::Relaxed) {
-        // A worker reads what its parent wrote, and nothing else writes
-        // there (its own view of a large message is read-only).
+    if TRUSTED.with(std::cell::Cell::get) {
+        // A worker reads the argument its parent wrote, and nothing else
+        // writes there (its own view of a large message is read-only).
         return decode(bytes);
     }
     with_private_copy(bytes, decode)
 }
 
-/// Set in a worker: the messages it decodes come from its parent, which
-/// does not write them while they are read, so they need no private copy
-/// (which would cost a large argument's size again in memory).
-static PEER_TRUSTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+thread_local! {
+    /// Set while a worker decodes its task's argument ([`trusting`]).
+    static TRUSTED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
 
-/// Marks this process as one whose peer (the parent) is trusted: see
-/// [`unarchive`].
-pub(crate) fn trust_peer() {
-    PEER_TRUSTED.store(true, std::sync::atomic::Ordering::Relaxed);
+/// Runs `decode` on bytes the parent wrote (a worker's task argument): they
+/// need no private copy, which would cost a large argument's size again in
+/// memory. Only around that decode: a task that runs a pool of its own
+/// decodes its results, from its own workers, with the copy.
+pub(crate) fn trusting<O>(decode: impl FnOnce() -> O) -> O {
+    struct Reset(bool);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            TRUSTED.with(|t| t.set(self.0));
+        }
+    }
+    let _reset = Reset(TRUSTED.with(|t| t.replace(true)));
+    decode()
 }
 
 /// Messages up to this size are copied into a buffer kept per thread;
@@ -486,6 +495,17 @@ mod tests {
             });
             assert!(elsewhere && same && aligned, "{len} bytes");
         }
+    }
+
+    #[test]
+    fn only_a_task_argument_is_trusted_and_only_while_it_is_decoded() {
+        let trusted = || TRUSTED.with(std::cell::Cell::get);
+        assert!(!trusted());
+        let inner = trusting(|| (trusted(), trusting(trusted), trusted()));
+        assert_eq!(inner, (true, true, true));
+        assert!(!trusted(), "reset after");
+        let _ = std::panic::catch_unwind(|| trusting(|| panic!("decoder bug")));
+        assert!(!trusted(), "reset after a panic");
     }
 
     #[test]

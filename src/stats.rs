@@ -19,7 +19,7 @@ pub struct Stats {
     pub failed: u64,
     /// Tasks cancelled before they ran: by [`Future::cancel`], by
     /// [`Future::kill`] while they waited (in the parent, or in a worker's
-    /// ring behind the running task), or by a shutdown with
+    /// ring, not started yet), or by a shutdown with
     /// `cancel_futures`.
     ///
     /// [`Future::cancel`]: crate::Future::cancel

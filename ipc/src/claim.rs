@@ -55,6 +55,15 @@ fn short(key: u64) -> u64 {
     key % 0xFFFF_FFFF + 1
 }
 
+/// [`short`], with 0 for "none".
+fn short_or_none(key: u64) -> u64 {
+    if key == 0 {
+        0
+    } else {
+        short(key)
+    }
+}
+
 impl Claim {
     /// No event yet.
     pub fn new() -> Self {
@@ -88,11 +97,24 @@ impl Claim {
         })
     }
 
+    /// [`Claim::withdraw`] of the message at the front, the next one the
+    /// consumer starts unless it has started it already: succeeds only if
+    /// the last message started is still `before` (the one the producer
+    /// knows ran last; 0: none yet). A plain withdrawal would also succeed
+    /// once the consumer has got past `key` to the message behind it.
+    pub fn withdraw_next(&self, key: u64, before: u64) -> bool {
+        let (k, last) = (short(key), short_or_none(before));
+        self.update(|word| {
+            let pending = word >> 32;
+            (word & LOW == last && (pending == 0 || pending == k)).then_some(word & LOW | k << 32)
+        })
+    }
+
     /// Whether `key` is the last message the consumer started (one load:
     /// for the producer once the consumer is gone, to tell which of its
-    /// messages never started).
+    /// messages never started); `key` 0 asks whether none was.
     pub fn last_started_is(&self, key: u64) -> bool {
-        self.word.load(Relaxed) & LOW == short(key)
+        self.word.load(Relaxed) & LOW == short_or_none(key)
     }
 
     /// Moves the word to `next(word)` unless that is `None`; whether it
@@ -143,6 +165,30 @@ mod tests {
         assert!(c.start(2));
         assert!(!c.start(3), "withdrawn before 2 started: still withdrawn");
         assert!(c.start(4));
+    }
+
+    #[test]
+    fn the_front_message_is_withdrawn_only_before_the_consumer_gets_past_it() {
+        let c = Claim::new();
+        assert!(c.last_started_is(0), "nothing started yet");
+        // 1 is at the front of a fresh consumer: not started.
+        assert!(c.withdraw_next(1, 0));
+        assert!(!c.start(1));
+        assert!(c.start(2));
+        // 3 at the front, 2 known to have run: 3 ran, and the consumer went
+        // on to 4; a plain withdrawal of 3 would wrongly succeed.
+        assert!(c.start(3));
+        assert!(c.start(4));
+        assert!(!c.withdraw_next(3, 2), "got past 3");
+        assert!(c.withdraw(3), "the plain withdrawal cannot tell");
+        let c = Claim::new();
+        assert!(c.start(2));
+        assert!(
+            !c.withdraw_next(3, 1),
+            "2 started, which the producer did not know of"
+        );
+        assert!(c.withdraw_next(3, 2));
+        assert!(c.last_started_is(2) && !c.last_started_is(3));
     }
 
     #[test]

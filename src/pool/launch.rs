@@ -195,6 +195,7 @@ impl Pool {
             kill_reason: None,
             task_kill: None,
             withdrawn: None,
+            last_ran: 0,
             tasks_done: 0,
             rss_baseline: None,
             idle_since: Instant::now(),

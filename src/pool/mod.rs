@@ -110,6 +110,10 @@ pub(crate) struct Worker {
     /// one withdrawal, and the worker gets no new task until it skipped it
     /// ([`Worker::has_room`]).
     withdrawn: Option<u64>,
+    /// The last task whose result (not a skip) came back: the last one this
+    /// worker started, as far as the parent knows (0: none yet). A task at
+    /// the front is withdrawn only while the claim word still says so.
+    last_ran: u64,
     tasks_done: u64,
     /// Resident size after the first task (for `memory_limit`).
     rss_baseline: Option<u64>,
@@ -498,6 +502,7 @@ impl Pool {
             w.idle_since = Instant::now();
         }
         if !skipped {
+            w.last_ran = hdr.task_id;
             w.tasks_done += 1;
             // Memory growth is measured from the resident size after the
             // first task (imports, caches and the like are not a leak).
@@ -586,8 +591,17 @@ impl Pool {
             // A task the worker has not started (waiting behind the
             // running one, or just handed to an idle worker) is withdrawn:
             // the worker will skip it (and answer with an empty result).
-            // If it started, it is stopped by killing its worker.
-            if !self.region.slot(i as u32).claim().withdraw(id) {
+            // If it started, or another withdrawal of this worker awaits its
+            // skip, it is stopped by killing its worker. At the front, only
+            // while the worker has started nothing since the task whose
+            // result came last: else it may have run this one and gone on.
+            let claim = self.region.slot(i as u32).claim();
+            let withdrawn = if pos == 0 {
+                claim.withdraw_next(id, w.last_ran)
+            } else {
+                claim.withdraw(id)
+            };
+            if !withdrawn {
                 tracing::info!(pid = w.pid, task = id, error = %reason, "killing a worker to stop its task");
                 w.task_kill = Some((id, reason));
                 let _ = w.pidfd.kill(rustix::process::Signal::KILL);
@@ -1256,16 +1270,21 @@ impl Worker {
         // holds the key of the last one it started: the tasks after that
         // one never started, whatever was (or was not) read of its results.
         // A single load of a word the dead worker can no longer change.
-        let last_started = rerun.and_then(|claim| {
-            self.in_flight
+        // A key the parent does not know (a stray write of the dying
+        // worker) proves nothing: then nothing runs again.
+        let first_unstarted = rerun.and_then(|claim| {
+            match self
+                .in_flight
                 .iter()
                 .rposition(|c| claim.last_started_is(c.id()))
+            {
+                Some(p) => Some(p + 1),
+                None => claim.last_started_is(self.last_ran).then_some(0),
+            }
         });
-        let first_unstarted = last_started.map_or(0, |p| p + 1);
-        let mut unstarted = if rerun.is_some() {
-            self.unstarted_messages(first_unstarted)
-        } else {
-            HashMap::new()
+        let mut unstarted = match first_unstarted {
+            Some(first) => self.unstarted_messages(first),
+            None => HashMap::new(),
         };
         for (k, c) in self.in_flight.drain(..).enumerate() {
             if keep_pinned && c.has_pins() {
@@ -1277,7 +1296,7 @@ impl Worker {
                 _ => None,
             };
             let stopping = own_error.is_some() || self.withdrawn == Some(c.id());
-            let never_started = rerun.is_some() && k >= first_unstarted;
+            let never_started = first_unstarted.is_some_and(|first| k >= first);
             if never_started && !stopping && !c.has_pins() {
                 match unstarted.remove(&c.id()) {
                     Some(message) if c.may_run_again() && c.requeued() => {

@@ -128,7 +128,6 @@ pub(crate) fn run(raw_spec: &str) -> i32 {
     crate::transport::install_panic_hook();
     // Shared-array handles in arguments map the arena at `ARENA_FD`.
     crate::shared::set_worker(spec.grant_key);
-    crate::codec::trust_peer();
     let mut w = WorkerLoop {
         region,
         spec,
