@@ -273,4 +273,22 @@ mod loom_model {
             assert!(four != w4, "4: started {four}, withdrawn {w4}");
         });
     }
+
+    #[test]
+    fn the_front_message_is_withdrawn_only_if_it_never_ran() {
+        loom::model(|| {
+            let c = loom::sync::Arc::new(Claim::new());
+            assert!(c.start(1));
+            // 2 is at the front (1 is known to have run), 3 behind it; the
+            // consumer may get through both before the producer acts.
+            let consumer = {
+                let c = c.clone();
+                loom::thread::spawn(move || (c.start(2), c.start(3)))
+            };
+            let w2 = c.withdraw_next(2, 1);
+            let (two, three) = consumer.join().unwrap();
+            assert!(two != w2, "2: started {two}, withdrawn {w2}");
+            assert!(three, "3 was never withdrawn");
+        });
+    }
 }
