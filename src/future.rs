@@ -729,8 +729,13 @@ impl<R: Send + 'static> Future<R> {
             if pool.spin_for_results(&done, deadline) {
                 return true;
             }
-            if pool.on_pool_thread() {
-                return crate::pool::drain_until(std::slice::from_ref(&pool), done, deadline);
+            let own = crate::pool::own_pool();
+            if pool.on_pool_thread() || own.is_some() {
+                // A pool thread waits without sleeping on a doorbell, and
+                // keeps its own pool going meanwhile.
+                let mut pools = vec![pool];
+                pools.extend(own.filter(|o| !Arc::ptr_eq(o, &pools[0])));
+                return crate::pool::drain_until(&pools, done, deadline);
             }
             // Sleep on the doorbell the workers ring: the first result wakes
             // this thread directly, with no hop through the manager thread.

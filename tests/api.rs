@@ -519,6 +519,43 @@ fn time_limits_still_fall_while_a_callback_on_the_manager_waits() {
 }
 
 #[test]
+fn time_limits_still_fall_while_a_callback_on_the_manager_waits_on_another_pool() {
+    // As above, but the callback waits on a future of another pool: the
+    // manager must keep watching its own pool's time limits meanwhile.
+    let (ex, other) = (pool(2), pool(1));
+    let trigger = ex.submit(sleep_ms, 200).unwrap();
+    let endless = ex
+        .submit_with_timeout::<_, _, ()>(
+            |_: ()| loop {
+                std::thread::sleep(Duration::from_millis(10));
+            },
+            (),
+            Duration::from_millis(300),
+        )
+        .unwrap();
+    let slow = other.submit(sleep_ms, 2000).unwrap();
+    let (tx, rx) = mpsc::channel();
+    let held = std::sync::Mutex::new(Some((slow, endless)));
+    trigger.add_done_callback(move |_| {
+        let thread = std::thread::current().name().unwrap_or("").to_owned();
+        let (slow, endless) = held.lock().unwrap().take().unwrap();
+        let slow = slow.result_timeout(HANG);
+        // Checked before the callback returns: the manager is still in it.
+        let _ = tx.send((thread, slow, endless.done()));
+    });
+    let (thread, slow, limit_fell) = rx.recv_timeout(2 * HANG).unwrap();
+    assert!(
+        thread.starts_with("loky-"),
+        "ran on {thread:?}, not a pool thread"
+    );
+    assert_eq!(slow.unwrap(), 2000);
+    assert!(
+        limit_fell,
+        "the time limit did not fall while the callback waited"
+    );
+}
+
+#[test]
 fn dropping_an_executor_with_pending_work_completes_it() {
     let ex = pool(2);
     let futs: Vec<_> = (0..20u64)

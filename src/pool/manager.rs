@@ -6,6 +6,7 @@ use std::sync::Arc;
 use super::{Pool, TICK};
 
 pub(super) fn run(pool: &Arc<Pool>) {
+    super::OWN_POOL.with(|own| *own.borrow_mut() = Some(Arc::downgrade(pool)));
     let bell = pool.region().parent_bell();
     loop {
         if pool.drain_all(true) | pool.publish_pending() {

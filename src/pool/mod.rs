@@ -83,6 +83,20 @@ pub(crate) fn drain_until(
     true
 }
 
+thread_local! {
+    /// The pool whose manager thread this is (see [`own_pool`]).
+    static OWN_POOL: std::cell::RefCell<Option<std::sync::Weak<Pool>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// The pool whose manager thread is calling, if it is one: a done-callback
+/// it runs that waits, even on another pool's futures, must keep doing that
+/// pool's housekeeping ([`drain_until`]), which would otherwise stop until
+/// the callback returns.
+pub(crate) fn own_pool() -> Option<Arc<Pool>> {
+    OWN_POOL.with(|own| own.borrow().as_ref().and_then(std::sync::Weak::upgrade))
+}
+
 /// How often [`drain_until`] does the housekeeping of the pools it drains.
 const CHORES_EVERY: Duration = Duration::from_millis(1);
 
