@@ -50,6 +50,9 @@ struct Ended {
 /// Tasks a worker holds at once (running + waiting in its ring). Two keeps
 /// the worker busy while the parent refills, and balances load.
 pub(crate) const DEPTH: usize = 2;
+// `stop_task` withdraws a task behind the front one with a plain
+// withdrawal, exact only while nothing can sit behind it.
+const _: () = assert!(DEPTH <= 2, "stop_task assumes at most two tasks per worker");
 
 /// Waits for `done()` or `deadline` on one of the pools' own threads (in a
 /// done-callback), where nobody else may drain their result rings: drains
