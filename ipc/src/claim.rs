@@ -291,4 +291,23 @@ mod loom_model {
             assert!(three, "3 was never withdrawn");
         });
     }
+
+    #[test]
+    fn a_skipped_message_does_not_count_as_started() {
+        loom::model(|| {
+            let c = loom::sync::Arc::new(Claim::new());
+            assert!(c.start(1));
+            // 2 is withdrawn (the consumer will skip it); 3 is then stopped
+            // at the front, knowing 1 as the last to have run.
+            assert!(c.withdraw(2));
+            let consumer = {
+                let c = c.clone();
+                loom::thread::spawn(move || (c.start(2), c.start(3)))
+            };
+            let w3 = c.withdraw_next(3, 1);
+            let (two, three) = consumer.join().unwrap();
+            assert!(!two, "2 was withdrawn");
+            assert!(three != w3, "3: started {three}, withdrawn {w3}");
+        });
+    }
 }
