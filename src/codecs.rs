@@ -189,18 +189,20 @@ fn encode_framed<T, C: Codec<T> + ?Sized>(items: &[T], out: &mut AlignedVec) -> 
 }
 
 fn decode_framed<T, C: Codec<T> + ?Sized>(bytes: &[u8]) -> Result<Vec<T>, String> {
-    let count = read_u64(bytes, 0)? as usize;
-    // Every item takes at least a 16-byte frame: bound the allocation.
-    if count > bytes.len() / 16 {
+    let count = usize::try_from(read_u64(bytes, 0)?).map_err(|e| e.to_string())?;
+    // Every item takes at least a 16-byte frame after the 16-byte count.
+    if count > bytes.len().saturating_sub(16) / 16 {
         return Err(format!(
             "batch claims {count} items in {} bytes",
             bytes.len()
         ));
     }
-    let mut items = Vec::with_capacity(count);
+    // Grown as items decode: a large `T` times a made-up count must not
+    // reserve more than the frame could hold.
+    let mut items = Vec::with_capacity(count.min(1024));
     let mut at = 16;
     for _ in 0..count {
-        let len = read_u64(bytes, at)? as usize;
+        let len = usize::try_from(read_u64(bytes, at)?).map_err(|e| e.to_string())?;
         let body = at + 16;
         let end = body
             .checked_add(len)

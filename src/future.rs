@@ -533,6 +533,25 @@ pub struct Future<R> {
     pub(crate) cell: Arc<Cell<R>>,
 }
 
+/// [`Future::cancel`] of one task, without its result type.
+pub(crate) struct Canceller {
+    cell: Arc<dyn Completion>,
+    pool: Weak<Pool>,
+}
+
+impl Canceller {
+    /// As [`Future::cancel`].
+    pub(crate) fn cancel(&self) -> bool {
+        let cancelled = self.cell.try_cancel();
+        if cancelled {
+            if let Some(pool) = self.pool.upgrade() {
+                pool.forget_queued(self.cell.id());
+            }
+        }
+        cancelled
+    }
+}
+
 impl<R> std::fmt::Debug for Future<R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let state = match self.cell.task.state.load(Ordering::Acquire) {
@@ -589,17 +608,20 @@ impl<R: Send + 'static> Future<R> {
         Ok(self.exception())
     }
 
+    /// What cancels this task later from code that does not know `R` (a
+    /// `Drop` without bounds): see [`Canceller`].
+    pub(crate) fn canceller(&self) -> Canceller {
+        Canceller {
+            cell: self.cell.clone(),
+            pool: self.cell.task.pool.clone(),
+        }
+    }
+
     /// Cancels the task if it has not been handed to a worker yet; returns
     /// whether it is cancelled. A running task cannot be cancelled this way
     /// (as in `concurrent.futures`).
     pub fn cancel(&self) -> bool {
-        let cancelled = self.cell.try_cancel();
-        if cancelled {
-            if let Some(pool) = self.cell.task.pool.upgrade() {
-                pool.forget_queued(self.cell.task.id);
-            }
-        }
-        cancelled
+        self.canceller().cancel()
     }
 
     /// Stops the task even if it is running: a task still waiting (in the

@@ -44,10 +44,13 @@ impl ProcessPoolExecutor {
     /// fixes the size; by default it adapts to the measured duration of the
     /// tasks (see there). A panicking item yields `Err(TaskPanicked)` in
     /// its place; a chunk whose worker died yields `Err(TerminatedWorker)`
-    /// for each of its items. If a chunk cannot be submitted at all (the
-    /// executor was shut down, or the pool broke), the map ends with that
-    /// one error and reads no more input. With the `progress` feature,
-    /// `.progress()` draws a progress bar.
+    /// for each of its items, and so does a chunk whose arguments cannot be
+    /// encoded (`Err(Codec)`, say an item the codec rejects; set
+    /// [`Map::chunksize`] to 1 to tell the bad items apart). If a chunk
+    /// cannot be submitted at all (the executor was shut down, or the pool
+    /// broke), the map ends with that one error and reads no more input.
+    /// Dropping the map cancels its chunks still waiting in the parent.
+    /// With the `progress` feature, `.progress()` draws a progress bar.
     ///
     /// ```
     /// let ex = loky::ProcessPoolExecutor::builder().max_workers(2).build()?;
@@ -85,9 +88,57 @@ impl ProcessPoolExecutor {
 }
 
 struct Chunk<R> {
-    fut: Future<ChunkOutput<R>>,
+    /// The chunk's task, or why its arguments could not be encoded.
+    sent: std::result::Result<Future<ChunkOutput<R>>, Error>,
+    /// Cancels the task when the map is dropped (`Drop` cannot name `R`'s
+    /// bounds).
+    cancel: Option<crate::future::Canceller>,
     start: usize,
     len: usize,
+}
+
+impl<R: Send + 'static> Chunk<R> {
+    fn is_done_now(&self) -> bool {
+        self.sent.as_ref().map_or(true, Future::is_done_now)
+    }
+
+    /// Registers `notify` for the chunk's end; true if it has ended.
+    fn listen(&self, notify: &Arc<Notify>) -> bool {
+        self.sent.as_ref().map_or(true, |f| f.listen(notify))
+    }
+
+    fn spin_a_little(&self) -> bool {
+        self.sent.as_ref().map_or(true, |f| f.spin_a_little(None))
+    }
+
+    /// How long the worker ran it (0: not run).
+    fn elapsed_ns(&self) -> u64 {
+        self.sent.as_ref().map_or(0, |f| f.cell.task.elapsed_ns())
+    }
+
+    /// Its outcome, once ended, checked against its length: one outcome per
+    /// item, failures in increasing positions within the chunk (a codec's
+    /// batch decoding might get that wrong).
+    fn outcome(&self) -> Result<ChunkOutput<R>> {
+        let (values, failures) = match &self.sent {
+            Ok(f) => f.result()?,
+            Err(e) => return Err(e.clone()),
+        };
+        let ordered = failures.windows(2).all(|w| w[0].0 < w[1].0);
+        let in_chunk = failures.last().map_or(true, |f| (f.0 as usize) < self.len);
+        if values.len() + failures.len() != self.len || !ordered || !in_chunk {
+            return Err(Error::Codec {
+                stage: crate::error::CodecStage::DecodeResult,
+                message: format!(
+                    "a chunk of {} items came back with {} values and {} failures",
+                    self.len,
+                    values.len(),
+                    failures.len()
+                ),
+            });
+        }
+        Ok((values, failures))
+    }
 }
 
 /// Iterator returned by [`ProcessPoolExecutor::map`].
@@ -270,7 +321,18 @@ where
             ) {
                 Ok(fut) => {
                     self.window.push_back(Chunk {
-                        fut,
+                        cancel: Some(fut.canceller()),
+                        sent: Ok(fut),
+                        start: self.next_index,
+                        len,
+                    });
+                }
+                // This chunk's items cannot be encoded: they fail, the
+                // others go on.
+                Err(e @ (Error::Codec { .. } | Error::ForeignArena)) => {
+                    self.window.push_back(Chunk {
+                        cancel: None,
+                        sent: Err(e),
                         start: self.next_index,
                         len,
                     });
@@ -297,7 +359,7 @@ where
         }
         // The worker's own measure of the chunk (decode, run, encode); zero
         // when it failed as a whole (its worker died).
-        let ns = chunk.fut.cell.task.elapsed_ns();
+        let ns = chunk.elapsed_ns();
         // A chunk smaller than the current size (sent before the last
         // growth, or a tapered one at the end) says less: its fixed costs
         // weigh more per item.
@@ -314,7 +376,7 @@ where
     /// `Vec<Result<R>>` would cost far more memory traffic than the values).
     fn expand(&mut self, chunk: Chunk<R>) -> Ready<R> {
         // Wait first: the duration is known only once the chunk finished.
-        let outcome = chunk.fut.result();
+        let outcome = chunk.outcome();
         self.adapt(&chunk);
         self.progress.advance(chunk.len);
         match outcome {
@@ -360,17 +422,17 @@ where
                 return self.submit_error.take().map(|(i, e)| (i, Err(e)));
             }
             let pos = loop {
-                if let Some(p) = self.window.iter().position(|c| c.fut.is_done_now()) {
+                if let Some(p) = self.window.iter().position(Chunk::is_done_now) {
                     break p;
                 }
                 let mut done = false;
                 for c in &self.window {
-                    done |= c.fut.listen(&self.notify);
+                    done |= c.listen(&self.notify);
                 }
                 if done {
                     continue;
                 }
-                if self.window[0].fut.spin_a_little(None) {
+                if self.window[0].spin_a_little() {
                     continue;
                 }
                 self.notify
@@ -379,6 +441,18 @@ where
             let chunk = self.window.remove(pos).expect("position in range");
             self.ready_start = chunk.start;
             self.ready = self.expand(chunk);
+            // Keep the workers busy while the caller works through it.
+            self.fill();
+        }
+    }
+}
+
+impl<F, A, R, I> Drop for Map<F, A, R, I> {
+    /// Cancels the chunks still waiting in the parent (those a worker holds
+    /// run to their end; their results are dropped).
+    fn drop(&mut self) {
+        for cancel in self.window.iter().filter_map(|c| c.cancel.as_ref()) {
+            cancel.cancel();
         }
     }
 }

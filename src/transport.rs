@@ -240,7 +240,10 @@ where
 /// Decodes what [`run_chunk`] wrote.
 pub(crate) fn decode_chunk<R: Payload>(bytes: &[u8]) -> Result<ChunkOutput<R>, String> {
     let len = bytes.get(..8).ok_or("short chunk result")?;
-    let values_len = u64::from_le_bytes(len.try_into().map_err(|_| "short chunk result")?) as usize;
+    let values_len = usize::try_from(u64::from_le_bytes(
+        len.try_into().map_err(|_| "short chunk result")?,
+    ))
+    .map_err(|_| "chunk result length out of range")?;
     let values_end = CHUNK_PREFIX
         .checked_add(values_len)
         .filter(|&e| e <= bytes.len())

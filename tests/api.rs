@@ -556,6 +556,32 @@ fn time_limits_still_fall_while_a_callback_on_the_manager_waits_on_another_pool(
 }
 
 #[test]
+fn dropping_a_map_cancels_its_chunks_still_waiting_in_the_parent() {
+    let ex = pool(1);
+    // The one worker is kept busy by tasks outside the map, so that when
+    // the map is dropped one of its chunks still waits in the parent.
+    let first_long = ex.submit(sleep_ms, 300).unwrap();
+    let mut map = ex.map(sleep_ms, [1u64; 10]).chunksize(1);
+    let before = ex.stats().cancelled;
+    let puller = std::thread::spawn(move || {
+        // Sends chunks 1 (to the worker) and 2 (queued), then waits for 1.
+        let first = map.next();
+        (first, map)
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    // Queued behind chunk 2: the worker takes it after chunk 1, so chunk
+    // 3, sent once chunk 1 is consumed, waits in the parent.
+    let second_long = ex.submit(sleep_ms, 500).unwrap();
+    let (first, map) = puller.join().unwrap();
+    assert_eq!(first.unwrap().unwrap(), 1);
+    drop(map);
+    assert_eq!(first_long.result().unwrap(), 300);
+    assert_eq!(second_long.result().unwrap(), 500);
+    let cancelled = ex.stats().cancelled - before;
+    assert!(cancelled >= 1, "no chunk was cancelled");
+}
+
+#[test]
 fn dropping_an_executor_with_pending_work_completes_it() {
     let ex = pool(2);
     let futs: Vec<_> = (0..20u64)

@@ -363,12 +363,52 @@ fn a_failing_encode_in_the_parent_is_an_err_from_submit() {
 
     let (single, mapped) = run_faulty::<ENCODE_ARG, false>(&ex);
     assert_eq!(codec_error(single).0, CodecStage::EncodeArgument);
-    // A map reports the submit error once and stops.
-    assert_eq!(mapped.len(), 1);
-    assert_eq!(
-        codec_error(mapped.into_iter().next().unwrap()).0,
-        CodecStage::EncodeArgument
-    );
+    // In a map, every item of the chunk that cannot be encoded gets the
+    // error (and the map goes on: see below).
+    assert_eq!(mapped.len(), 3);
+    for item in mapped {
+        assert_eq!(codec_error(item).0, CodecStage::EncodeArgument);
+    }
+    assert_intact(&ex);
+}
+
+/// rkyv, except that it refuses to encode 7.
+struct RejectsSeven;
+
+impl Codec<u64> for RejectsSeven {
+    fn encode(value: &u64, out: &mut AlignedVec) -> Result<(), String> {
+        if *value == 7 {
+            return Err("seven is not welcome".into());
+        }
+        <loky::Rkyv as Codec<u64>>::encode(value, out)
+    }
+    fn decode(bytes: &[u8]) -> Result<u64, String> {
+        <loky::Rkyv as Codec<u64>>::decode(bytes)
+    }
+}
+
+#[test]
+fn an_item_that_cannot_be_encoded_fails_its_chunk_and_the_map_goes_on() {
+    let ex = pool(2);
+    let picky = ex.with_codec::<RejectsSeven>();
+    let double = |x: u64| x * 2;
+    // One item per chunk: only 7 fails.
+    let out: Vec<_> = picky.map(double, 0..20u64).chunksize(1).collect();
+    assert_eq!(out.len(), 20);
+    for (i, r) in out.into_iter().enumerate() {
+        match r {
+            Ok(v) => assert_eq!(v, 2 * i as u64),
+            Err(e) => {
+                assert_eq!(i, 7, "{e}");
+                assert_eq!(codec_error(Err::<u64, _>(e)).0, CodecStage::EncodeArgument);
+            }
+        }
+    }
+    // Chunks of 5: the chunk holding 7 fails whole, the others succeed.
+    let out: Vec<_> = picky.map(double, 0..20u64).chunksize(5).collect();
+    let failed: Vec<usize> = (0..20).filter(|&i| out[i].is_err()).collect();
+    assert_eq!(failed, [5, 6, 7, 8, 9]);
+    assert_eq!(*out[19].as_ref().unwrap(), 38);
     assert_intact(&ex);
 }
 
@@ -621,4 +661,46 @@ fn a_64_mib_serde_value_round_trips() {
 #[ignore = "1 GiB through serde: ~6 GiB of memory, ~25 s in release, minutes in debug"]
 fn a_1_gib_serde_value_round_trips() {
     huge_serde_value(1 << 30);
+}
+
+/// rkyv, but its batches decode with one item too many.
+struct OneTooMany;
+
+impl Codec<u64> for OneTooMany {
+    fn encode(value: &u64, out: &mut AlignedVec) -> Result<(), String> {
+        <loky::Rkyv as Codec<u64>>::encode(value, out)
+    }
+    fn decode(bytes: &[u8]) -> Result<u64, String> {
+        <loky::Rkyv as Codec<u64>>::decode(bytes)
+    }
+    fn encode_batch(items: &[u64], out: &mut AlignedVec) -> Result<(), String> {
+        <loky::Rkyv as Codec<u64>>::encode_batch(items, out)
+    }
+    fn decode_batch(bytes: &[u8]) -> Result<Vec<u64>, String> {
+        let mut items = <loky::Rkyv as Codec<u64>>::decode_batch(bytes)?;
+        items.insert(0, 999);
+        Ok(items)
+    }
+}
+
+#[test]
+fn a_chunk_that_comes_back_with_the_wrong_number_of_outcomes_is_an_error() {
+    let ex = pool(1);
+    let out: Vec<_> = ex
+        .with_codec::<OneTooMany>()
+        .map(|x: u64| x + 1, 0..4u64)
+        .chunksize(4)
+        .collect();
+    // (The worker decodes five arguments, the parent six values.) Not
+    // values shifted by one: an error for each item.
+    assert_eq!(out.len(), 4);
+    for r in out {
+        let (stage, message) = codec_error(r);
+        assert_eq!(stage, CodecStage::DecodeResult);
+        assert!(
+            message.contains("a chunk of 4 items came back with"),
+            "{message}"
+        );
+    }
+    assert_intact(&ex);
 }
