@@ -461,15 +461,43 @@ impl ProcessPoolExecutorBuilder {
     }
 
     pub(crate) fn config(self) -> Result<Config> {
-        let max_workers = self.max_workers.unwrap_or_else(crate::cpu_count);
+        /// The most workers one pool takes.
+        const MAX_WORKERS: usize = 4096;
+        /// The longest spin before sleeping that makes sense.
+        const MAX_SPIN: Duration = Duration::from_secs(1);
+        // Unset: one per CPU, within the most a pool takes.
+        let max_workers = self
+            .max_workers
+            .unwrap_or_else(|| crate::cpu_count().min(MAX_WORKERS));
         if max_workers == 0 {
             return Err(Error::InvalidConfig(
                 "max_workers must be at least 1".into(),
             ));
         }
-        if max_workers > 4096 {
+        if max_workers > MAX_WORKERS {
             return Err(Error::InvalidConfig(format!(
-                "max_workers = {max_workers} is more than 4096"
+                "max_workers = {max_workers} is more than {MAX_WORKERS}"
+            )));
+        }
+        if self.hard_memory_limit == Some(0) {
+            return Err(Error::InvalidConfig(
+                "hard_memory_limit must be at least 1 byte (leave it unset for no limit)".into(),
+            ));
+        }
+        if self.memory_limit == Some(0) {
+            return Err(Error::InvalidConfig(
+                "memory_limit must be at least 1 byte (leave it unset for no limit)".into(),
+            ));
+        }
+        if self.idle_timeout.is_some_and(|t| t.is_zero()) {
+            return Err(Error::InvalidConfig(
+                "idle_timeout must be more than zero (leave it unset to keep idle workers)".into(),
+            ));
+        }
+        if self.spin.is_some_and(|d| d > MAX_SPIN) {
+            return Err(Error::InvalidConfig(format!(
+                "spin of {:?} is more than {MAX_SPIN:?} (a waiting thread sleeps after it)",
+                self.spin.unwrap_or_default()
             )));
         }
         let ring_capacity = self.ring_capacity.unwrap_or(DEFAULT_RING);

@@ -25,9 +25,9 @@ const RED_ZONE: usize = 256 << 10;
 const FALLBACK_BUDGET: usize = 512 << 10;
 
 thread_local! {
-    /// `(lowest usable address, highest address)` of this thread's stack;
-    /// `(0, 0)` until first computed.
-    static BOUNDS: Cell<(usize, usize)> = const { Cell::new((0, 0)) };
+    /// `(lowest address, lowest usable address, highest address)` of this
+    /// thread's stack; all 0 until first computed.
+    static BOUNDS: Cell<(usize, usize, usize)> = const { Cell::new((0, 0, 0)) };
 }
 
 /// The message of the error returned when the stack runs low.
@@ -39,9 +39,14 @@ pub(crate) fn too_deep_message() -> String {
     )
 }
 
-/// The current thread's stack bounds, computed once per thread.
+/// Stack kept free on a small stack (at most half of it), however small a
+/// quarter of it is: one nesting level of a debug build can take a few KiB.
+const RED_ZONE_FLOOR: usize = 64 << 10;
+
+/// The current thread's stack bounds (see [`BOUNDS`]), computed once per
+/// thread; where they cannot be read, [`FALLBACK_BUDGET`] below `sp`.
 #[cold]
-fn compute_bounds(sp: usize) -> (usize, usize) {
+fn compute_bounds(sp: usize) -> (usize, usize, usize) {
     let mut attr = std::mem::MaybeUninit::<libc::pthread_attr_t>::uninit();
     // SAFETY: `pthread_getattr_np` initialises `attr` on success, and we
     // destroy it exactly once after reading the stack range out of it.
@@ -52,12 +57,16 @@ fn compute_bounds(sp: usize) -> (usize, usize) {
             let ok = libc::pthread_attr_getstack(attr.as_ptr(), &mut addr, &mut size) == 0;
             libc::pthread_attr_destroy(attr.as_mut_ptr());
             let low = addr as usize;
-            if ok && size > 0 && low < sp && sp <= low + size {
-                return (low + RED_ZONE.min(size / 4), low + size);
+            if ok && size > 0 {
+                // Kept even if `sp` is elsewhere (this check runs on a
+                // coroutine's stack): the thread's own stack is judged by
+                // them later.
+                let red = RED_ZONE.min(size / 4).max(RED_ZONE_FLOOR.min(size / 2));
+                return (low, low + red, low + size);
             }
         }
     }
-    (sp.saturating_sub(FALLBACK_BUDGET), usize::MAX)
+    (0, sp.saturating_sub(FALLBACK_BUDGET), usize::MAX)
 }
 
 /// True while there is room on the stack for one more nesting level.
@@ -67,14 +76,15 @@ pub(crate) fn stack_ok() -> bool {
     let sp = std::hint::black_box(&marker) as *const u8 as usize;
     BOUNDS
         .try_with(|b| {
-            let (mut limit, mut high) = b.get();
+            let (mut low, mut limit, mut high) = b.get();
             if high == 0 {
-                (limit, high) = compute_bounds(sp);
-                b.set((limit, high));
+                (low, limit, high) = compute_bounds(sp);
+                b.set((low, limit, high));
             }
             // A stack pointer outside the thread's stack (an alternate
-            // stack, a coroutine) cannot be judged: let it through.
-            sp >= limit || sp > high
+            // stack, a coroutine), above or below it, cannot be judged:
+            // let it through.
+            sp < low || sp > high || sp >= limit
         })
         .unwrap_or(true)
 }
@@ -577,8 +587,30 @@ mod tests {
     #[test]
     fn the_stack_has_room_at_the_top() {
         assert!(stack_ok());
-        let (limit, high) = BOUNDS.with(|b| b.get());
-        assert!(limit < high);
+        let (low, limit, high) = BOUNDS.with(|b| b.get());
+        assert!(low < limit && limit < high);
+    }
+
+    #[test]
+    fn a_small_stack_keeps_a_useful_red_zone_and_a_foreign_one_passes() {
+        let (low, limit, high) = std::thread::Builder::new()
+            .stack_size(128 << 10)
+            .spawn(|| {
+                assert!(stack_ok());
+                BOUNDS.with(|b| b.get())
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        // At least 64 KiB (half of it), not a quarter: 32 KiB.
+        assert!(limit - low >= 64 << 10, "{}", limit - low);
+        assert!(high - low >= 128 << 10);
+        // Below and above this thread's stack: not judged (say, a coroutine's).
+        BOUNDS.with(|b| b.set((low, limit, high)));
+        let here = std::hint::black_box(&0u8) as *const u8 as usize;
+        assert!(here < low || here > high, "a different thread's stack");
+        assert!(stack_ok());
+        BOUNDS.with(|b| b.set((0, 0, 0)));
     }
 
     #[test]

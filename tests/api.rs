@@ -633,6 +633,15 @@ fn bad_configuration_is_a_clear_error() {
             .build(),
         Err(Error::InvalidConfig(_))
     ));
+    // Zero would mean "no limit" (or a retirement per task): refused.
+    for bad in [
+        ProcessPoolExecutor::builder().hard_memory_limit(0),
+        ProcessPoolExecutor::builder().memory_limit(0),
+        ProcessPoolExecutor::builder().idle_timeout(Duration::ZERO),
+        ProcessPoolExecutor::builder().spin(Duration::MAX),
+    ] {
+        assert!(matches!(bad.build(), Err(Error::InvalidConfig(_))));
+    }
 }
 
 #[test]

@@ -417,6 +417,18 @@ fn affinity_from_proc_status() {
 }
 
 #[test]
+fn an_affinity_mask_naming_offline_cpus_counts_only_the_online_ones() {
+    // Online 0-3 and 6-7; the mask allows 2-7: of its six CPUs, 2, 3, 6
+    // and 7 are online.
+    let t = Tree::new("mask-offline");
+    t.cpus("0-3,6-7\n", 8);
+    let report = t.probe().affinity(2..8).report();
+    assert_eq!(report.usable_cpus, vec![2, 3, 6, 7]);
+    assert_eq!(report.logical, 4);
+    assert_eq!(report.applied().map(|l| l.kind), Some(LimitKind::Affinity));
+}
+
+#[test]
 fn quota_caps_physical_count() {
     let t = Tree::new("smt-quota");
     t.smt_far().cgroup_v2(None, Some("300000 100000"));

@@ -1312,3 +1312,28 @@ fn a_task_whose_worker_dies_before_starting_it_runs_again() {
         assert_eq!((s.crashed, s.rerun, s.failed), (1, 1, 0), "{s:?}");
     });
 }
+
+#[test]
+fn touching_the_running_binary_does_not_stop_workers_from_starting() {
+    bounded(|| {
+        let ex = pool(1);
+        let first = worker_pid(&ex);
+        // A new modification time on the running executable (as `touch`
+        // does): the replacement worker is still the same binary.
+        let exe = std::ffi::CString::new(
+            std::env::current_exe()
+                .unwrap()
+                .into_os_string()
+                .into_encoded_bytes(),
+        )
+        .unwrap();
+        // SAFETY: a valid path; null times means "now" for both.
+        let rc = unsafe { libc::utimensat(libc::AT_FDCWD, exe.as_ptr(), std::ptr::null(), 0) };
+        assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+        // SAFETY: plain system call on our own child.
+        unsafe { libc::kill(first as i32, libc::SIGKILL) };
+        let f = ex.submit(|x: u64| x + 1, 1).unwrap();
+        assert_eq!(f.result_timeout(HANG).expect("a replacement worker"), 2);
+        assert_ne!(worker_pid(&ex), first);
+    });
+}

@@ -4,23 +4,19 @@
 use std::os::unix::fs::MetadataExt;
 use std::sync::OnceLock;
 
-/// A hash of this executable's file identity (device, inode, size,
-/// modification time), the loky protocol version and the ipc layout version.
-/// A worker re-executed from `/proc/self/exe` computes the same value; any
-/// other binary does not.
+/// A hash of this executable's file identity (device, inode, size), the
+/// loky protocol version and the ipc layout version. A worker re-executed
+/// from `/proc/self/exe` runs the very file its parent runs (which stays
+/// alive, and cannot be written while it runs) and computes the same value;
+/// any other binary does not. Not the modification time: a `touch` of the
+/// running binary would make every later worker fail.
 pub(crate) fn binary_tag() -> u64 {
     static TAG: OnceLock<u64> = OnceLock::new();
     *TAG.get_or_init(|| {
         let mut h = Fnv::default();
         match std::fs::metadata("/proc/self/exe") {
             Ok(m) => {
-                for v in [
-                    m.dev(),
-                    m.ino(),
-                    m.size(),
-                    m.mtime() as u64,
-                    m.mtime_nsec() as u64,
-                ] {
+                for v in [m.dev(), m.ino(), m.size()] {
                     h.write(v);
                 }
             }

@@ -94,6 +94,9 @@ fn parse_mountinfo(text: &str) -> Vec<Mount> {
     text.lines()
         .filter_map(|line| {
             // id parent major:minor root mount-point options [optional...] - fstype source super-options
+            // The source may be empty (`mount -t tmpfs "" /x`), which
+            // leaves two fields after the fstype's instead of three: the
+            // super options are the last field either way.
             let fields: Vec<&str> = line.split_whitespace().collect();
             let sep = fields.iter().position(|&f| f == "-")?;
             if sep < 6 || fields.len() < sep + 3 {
@@ -104,7 +107,7 @@ fn parse_mountinfo(text: &str) -> Vec<Mount> {
                 root: unescape(fields[3]),
                 mount_point: unescape(fields[4]),
                 fstype: fields[sep + 1].to_owned(),
-                super_options: fields[sep + 3].to_owned(),
+                super_options: fields[fields.len() - 1].to_owned(),
             })
         })
         .collect()
@@ -397,10 +400,14 @@ mod tests {
 41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
 32 31 0:29 /docker/abc /sys/fs/cgroup/cpu,cpuacct rw,relatime shared:7 master:1 - cgroup cgroup rw,cpu,cpuacct
 50 27 0:40 / /mnt/with\\040space rw - tmpfs tmpfs rw
+51 27 0:41 / /mnt/nameless rw - tmpfs  rw,size=64k
+52 27 0:42 / /mnt/cut rw - tmpfs
 garbage line
 ";
         let mounts = parse_mountinfo(text);
-        assert_eq!(mounts.len(), 3);
+        assert_eq!(mounts.len(), 4);
+        assert_eq!(mounts[3].mount_point, "/mnt/nameless");
+        assert_eq!(mounts[3].super_options, "rw,size=64k");
         assert_eq!(mounts[0].fstype, "cgroup2");
         assert_eq!(mounts[1].root, "/docker/abc");
         assert_eq!(mounts[1].mount_point, "/sys/fs/cgroup/cpu,cpuacct");

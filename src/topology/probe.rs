@@ -178,9 +178,17 @@ impl CpuProbe {
 
     fn limits(&self) -> Limits {
         let (online_limit, online) = sysfs::online(&self.sysfs());
-        let (affinity_limit, mask) = self.read_affinity();
+        let (mut affinity_limit, mask) = self.read_affinity();
         let usable = match (&online, &mask) {
-            (Some(online), Some(mask)) => cpulist::intersect(mask, online),
+            (Some(online), Some(mask)) => {
+                let usable = cpulist::intersect(mask, online);
+                // A mask read from `Cpus_allowed_list` may name offline
+                // CPUs: only the online ones in it count.
+                if usable.len() < mask.len() && affinity_limit.value.cpus().is_some() {
+                    affinity_limit.value = LimitValue::Cpus(usable.len().max(1));
+                }
+                usable
+            }
             (Some(cpus), None) | (None, Some(cpus)) => cpus.clone(),
             (None, None) => Vec::new(),
         };
