@@ -9,8 +9,9 @@ pub use loky_ipc::ExitStatus;
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// The executor was shut down before the task could run, or `submit` was
-    /// called after `shutdown`. Build a new executor (or call
+    /// The executor was shut down before the task could run, its worker was
+    /// killed by `shutdown(kill_workers = true)`, or `submit` was called
+    /// after `shutdown`. Build a new executor (or call
     /// `get_reusable_executor`, which replaces a closed one).
     #[error("the executor has been shut down; create a new one or use get_reusable_executor()")]
     ShutdownExecutor,
@@ -25,8 +26,9 @@ pub enum Error {
     },
 
     /// The worker running this task died (abort, segfault, stack overflow,
-    /// `exit`, OOM kill, a signal). The pool replaced it; other tasks were not
-    /// affected. Look at `status` for the exit code or signal.
+    /// `exit`, OOM kill, a signal). The pool replaced it; tasks on other
+    /// workers were not affected. Look at `status` for the exit code or
+    /// signal.
     ///
     /// A task that was only waiting behind `task` on that worker (or any
     /// task of a worker that died before it started it) never started and
@@ -36,8 +38,9 @@ pub enum Error {
     /// fails with this error instead when it holds shared arrays, when the
     /// ring capacity is not a whole number of pages, or the pages are not
     /// 4 KiB (the worker cannot then guard its ring and the buffers it
-    /// reads against its own stray writes), or when the dead worker's ring
-    /// cannot be read back.
+    /// reads against its own stray writes), when its message cannot be read
+    /// back (an unreadable ring, a spill buffer that reads as freed), or
+    /// after its fourth run again.
     #[error("worker {pid} died with {status} while running task {task}")]
     TerminatedWorker {
         /// The worker's process id.
@@ -59,12 +62,17 @@ pub enum Error {
         backtrace: Option<String>,
     },
 
-    /// The result did not arrive within the given time. The task goes on
-    /// running; wait again or cancel it.
+    /// Either a wait gave up (`result_timeout`, `exception_timeout`,
+    /// `as_completed`, `wait`): the task goes on, wait again or stop it; or
+    /// the task's own time limit fell (`submit_with_timeout`): it was
+    /// stopped, and this is its outcome.
     #[error("timed out waiting for the result")]
     Timeout,
 
-    /// The task was cancelled before it ran.
+    /// The task was cancelled: by [`Future::cancel`](crate::Future::cancel)
+    /// or a shutdown with `cancel_futures` before it ran, or by
+    /// [`Future::kill`](crate::Future::kill) (which stops it even while it
+    /// runs).
     #[error("the task was cancelled")]
     Cancelled,
 

@@ -127,8 +127,9 @@ impl ProcessPoolExecutor {
     /// Like [`submit`](Self::submit), with a time limit counted from now: a
     /// task not finished by then fails with [`Error::Timeout`]. If it is
     /// running, its worker is killed (and replaced) to stop it; if it is
-    /// still waiting (in the parent, or in a worker's ring behind the
-    /// running task), it never runs, and no worker is killed.
+    /// still waiting (in the parent, or in a worker's ring, not started),
+    /// it never runs, and no worker is killed (as for
+    /// [`Future::kill`](crate::Future::kill)).
     ///
     /// ```
     /// use std::time::Duration;
@@ -215,8 +216,10 @@ impl ProcessPoolExecutor {
     ///   one waiting in its ring behind the running task: if that worker
     ///   dies, such a task is still run again (see
     ///   [`Error::TerminatedWorker`]), since it was given before shutdown;
-    /// * `kill_workers`: kill the workers now; their tasks fail with
-    ///   [`Error::ShutdownExecutor`].
+    /// * `kill_workers`: kill the workers now; their tasks (running or
+    ///   waiting in their rings) and the tasks still queued in the parent
+    ///   fail with [`Error::ShutdownExecutor`] (queued ones with
+    ///   [`Error::Cancelled`] if `cancel_futures`), and none runs again.
     ///
     /// Later `submit`s fail with [`Error::ShutdownExecutor`]. Idempotent.
     pub fn shutdown(&self, wait: bool, cancel_futures: bool, kill_workers: bool) {
@@ -352,8 +355,9 @@ pub struct ProcessPoolExecutorBuilder {
 }
 
 impl ProcessPoolExecutorBuilder {
-    /// Number of worker processes (default: [`cpu_count`](crate::cpu_count)).
-    /// Zero is an error at `build`.
+    /// Number of worker processes (default: [`cpu_count`](crate::cpu_count),
+    /// at most 4096). Zero, or more than 4096, is an
+    /// [`Error::InvalidConfig`] at `build`.
     pub fn max_workers(mut self, n: usize) -> Self {
         self.max_workers = Some(n);
         self
@@ -391,12 +395,14 @@ impl ProcessPoolExecutorBuilder {
     }
 
     /// Workers idle for longer than this exit, and come back on demand.
+    /// Must be more than zero (else [`Error::InvalidConfig`] at `build`).
     pub fn idle_timeout(mut self, timeout: Duration) -> Self {
         self.idle_timeout = Some(timeout);
         self
     }
 
-    /// A worker retires (and is replaced) after this many tasks.
+    /// A worker retires (and is replaced) after this many tasks (at least
+    /// 1, else [`Error::InvalidConfig`] at `build`).
     pub fn max_tasks_per_child(mut self, n: u64) -> Self {
         self.max_tasks_per_child = Some(n);
         self
@@ -406,7 +412,7 @@ impl ProcessPoolExecutorBuilder {
     /// first task retires after the task it is running, and is replaced
     /// (one `tracing` warning). This catches leaks without interrupting a
     /// task; see [`hard_memory_limit`](Self::hard_memory_limit) to stop a
-    /// runaway task.
+    /// runaway task. At least 1 byte (else [`Error::InvalidConfig`]).
     pub fn memory_limit(mut self, bytes: u64) -> Self {
         self.memory_limit = Some(bytes);
         self
@@ -416,7 +422,9 @@ impl ProcessPoolExecutorBuilder {
     /// `bytes`. A task that allocates past it aborts its worker, which is
     /// reported as [`Error::TerminatedWorker`] and replaced; unlike
     /// [`memory_limit`](Self::memory_limit) this stops a runaway task while it
-    /// runs. Shared memory (rings, shared arrays) does not count.
+    /// runs. Shared memory (rings, shared arrays) does not count. At least 1
+    /// byte (else [`Error::InvalidConfig`]); a few MiB at the very least in
+    /// practice, or every worker dies while starting.
     pub fn hard_memory_limit(mut self, bytes: u64) -> Self {
         self.hard_memory_limit = Some(bytes);
         self
@@ -429,16 +437,20 @@ impl ProcessPoolExecutorBuilder {
         self
     }
 
-    /// Capacity of each worker's rings in bytes (power of two, default
-    /// 1 MiB). Messages up to half of it travel inline; larger ones in a
-    /// shared-memory spill buffer (see the crate docs on large values).
+    /// Capacity of each worker's rings in bytes (a power of two from 256 B
+    /// to 2 GiB, else [`Error::InvalidConfig`]; default 1 MiB). Messages up
+    /// to half of it travel inline; larger ones in a shared-memory spill
+    /// buffer (see [`guide::sending_data`](crate::guide::sending_data)).
+    /// Under 4 KiB (less than a page) a dead worker's waiting tasks are not
+    /// run again (see [`guide::faults`](crate::guide::faults)).
     pub fn ring_capacity(mut self, bytes: usize) -> Self {
         self.ring_capacity = Some(bytes);
         self
     }
 
-    /// How long a waiting thread spins before it sleeps (default 50 µs).
-    /// Spinning is skipped when every core is already busy spinning.
+    /// How long a waiting thread spins before it sleeps (default 50 µs, at
+    /// most 1 s, else [`Error::InvalidConfig`]). Spinning is skipped when
+    /// every core is already busy spinning.
     pub fn spin(mut self, d: Duration) -> Self {
         self.spin = Some(d);
         self
@@ -446,7 +458,8 @@ impl ProcessPoolExecutorBuilder {
 
     /// The most bytes the pool's shared arena may hold, i.e. the total size
     /// of its live [`SharedVec`](crate::SharedVec)s (default: the machine's
-    /// physical memory). Allocating past it fails with
+    /// physical memory; at least 1 byte and at most memory plus swap, else
+    /// [`Error::InvalidConfig`]). Allocating past it fails with
     /// [`Error::ArenaFull`]; memory is committed per array, not up front.
     ///
     /// ```

@@ -576,8 +576,12 @@ impl<R: Send + 'static> Future<R> {
         self.cell.task.id
     }
 
-    /// Blocks until the task finished and returns its result, taking it out
-    /// of the future (a second call returns [`Error::ResultTaken`]).
+    /// Blocks until the task finished and returns its result, taking a
+    /// value out of the future (a second call then returns
+    /// [`Error::ResultTaken`]; an error is returned again).
+    ///
+    /// Dropping a future does not cancel its task; call
+    /// [`cancel`](Self::cancel) or [`kill`](Self::kill) for that.
     pub fn result(&self) -> Result<R> {
         self.wait_done(None);
         self.take()
@@ -617,17 +621,21 @@ impl<R: Send + 'static> Future<R> {
         }
     }
 
-    /// Cancels the task if it has not been handed to a worker yet; returns
-    /// whether it is cancelled. A running task cannot be cancelled this way
-    /// (as in `concurrent.futures`).
+    /// Cancels the task if it is still queued in the parent (not handed to
+    /// a worker yet); returns whether it is cancelled. A task a worker
+    /// holds cannot be cancelled this way, even one waiting in its ring (as
+    /// in `concurrent.futures`); [`kill`](Self::kill) stops those.
     pub fn cancel(&self) -> bool {
         self.canceller().cancel()
     }
 
     /// Stops the task even if it is running: a task still waiting (in the
     /// parent, or in a worker's ring, not started yet) is withdrawn and
-    /// never runs; a running one is stopped by killing its worker
-    /// process, which the pool replaces. The future fails with
+    /// never runs, and no worker is killed for it; a running one is
+    /// stopped by killing its worker process, which the pool replaces (also
+    /// a waiting one that its worker started meanwhile, or whose worker is
+    /// still to skip another withdrawn task: see
+    /// [`guide::faults`](crate::guide::faults)). The future fails with
     /// [`Error::Cancelled`]. Returns false if the task had already
     /// finished.
     ///

@@ -72,3 +72,8 @@ pub use stats::Stats;
 pub use task::TaskFn;
 pub use topology::{cpu_count, cpu_count_physical, cpu_count_report, Pinning};
 pub use wait::{as_completed, wait, AsCompleted, ReturnWhen, WaitResult};
+
+/// The README's examples, run as doctests (so that they stay true).
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -45,8 +45,10 @@ impl ProcessPoolExecutor {
     /// tasks (see there). A panicking item yields `Err(TaskPanicked)` in
     /// its place; a chunk whose worker died yields `Err(TerminatedWorker)`
     /// for each of its items, and so does a chunk whose arguments cannot be
-    /// encoded (`Err(Codec)`, say an item the codec rejects; set
-    /// [`Map::chunksize`] to 1 to tell the bad items apart). If a chunk
+    /// encoded (`Err(Codec)`, say an item the codec rejects, or
+    /// `Err(ForeignArena)`; set [`Map::chunksize`] to 1 to tell the bad
+    /// items apart), or that comes back with the wrong number of outcomes
+    /// (`Err(Codec)` at `DecodeResult`: a custom codec's batch decoding). If a chunk
     /// cannot be submitted at all (the executor was shut down, or the pool
     /// broke), the map ends with that one error and reads no more input.
     /// Dropping the map cancels its chunks still waiting in the parent.

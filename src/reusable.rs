@@ -95,7 +95,8 @@ impl ReusableExecutorBuilder {
 
     /// When the configuration changed and a new executor replaces the old
     /// one: kill the old one's workers (their tasks fail with
-    /// `ShutdownExecutor`) instead of letting them finish.
+    /// `ShutdownExecutor`, its queued tasks with `Cancelled`) instead of
+    /// letting them finish.
     pub fn kill_workers(mut self, kill: bool) -> Self {
         self.kill_workers = kill;
         self

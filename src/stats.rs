@@ -33,7 +33,7 @@ pub struct Stats {
     /// (they waited behind its running task, typically; see
     /// [`Error::TerminatedWorker`](crate::Error::TerminatedWorker)). Each
     /// is counted once per time it was put back; it then ends like any
-    /// other task, in `completed`, `failed` or `cancelled`.
+    /// other task.
     pub rerun: u64,
 }
 

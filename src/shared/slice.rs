@@ -26,8 +26,8 @@ enum Origin {
 
 /// A read-only view of a range of a [`SharedVec`](crate::SharedVec) that can
 /// be sent to a worker as (part of) a task argument. Sending it costs a
-/// handle — arena, offset, length — whatever its length: the worker reads
-/// the same pages, without a copy.
+/// handle — arena, offset, length, and a grant tying it to its task —
+/// whatever its length: the worker reads the same pages, without a copy.
 ///
 /// Derefs to `[T]` in the parent and in the worker. While it exists no
 /// [`SharedSliceMut`] can cover any of its elements.
@@ -42,8 +42,12 @@ enum Origin {
 /// # Ok::<(), loky::Error>(())
 /// ```
 ///
-/// A handle received by a task is valid until that task returns; keeping
-/// it (in a `static`, say) and using it in a later task panics.
+/// A handle received by a task is valid until that task returns. Keeping
+/// one longer (in a `static`, a thread the task started) makes its worker
+/// exit when the task returns (exit code 80), so that the memory is never
+/// reused under it: the task fails with
+/// [`Error::TerminatedWorker`](crate::Error::TerminatedWorker) and the
+/// worker is replaced. A use after the task returned panics.
 pub struct SharedSlice<T> {
     ptr: NonNull<T>,
     len: usize,
@@ -82,7 +86,7 @@ pub struct SharedSlice<T> {
 /// two places: a handle shared through an `Arc` cannot be sent to a task,
 /// where the worker would write elements the parent may still be reading.
 ///
-/// ```compile_fail
+/// ```compile_fail,E0277
 /// # use loky::{ProcessPoolExecutor, SharedSliceMut, SharedVec};
 /// # let ex = ProcessPoolExecutor::new(1)?;
 /// let mut out = SharedVec::<u32>::zeroed(&ex, 16)?;
