@@ -309,6 +309,7 @@ where
             self.largest = self.largest.max(len);
             let trampoline = offset_of(run_chunk::<F, A, R>);
             let mut encoded = 0;
+            let mut sent = false;
             match self.ex.submit_raw(
                 trampoline,
                 |out| {
@@ -322,6 +323,7 @@ where
                 None,
             ) {
                 Ok(fut) => {
+                    sent = true;
                     self.window.push_back(Chunk {
                         cancel: Some(fut.canceller()),
                         sent: Ok(fut),
@@ -347,7 +349,8 @@ where
                 }
             }
             self.next_index += len;
-            if self.fixed.is_none() && encoded > 0 {
+            // Learnt only from a whole encoding (a failed one stops short).
+            if self.fixed.is_none() && encoded > 0 && sent {
                 let budget = self.ex.pool().config.ring_capacity / RING_FRACTION;
                 self.byte_cap = (budget / encoded.div_ceil(len)).max(1);
             }

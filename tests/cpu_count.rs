@@ -429,6 +429,14 @@ fn an_affinity_mask_naming_offline_cpus_counts_only_the_online_ones() {
 }
 
 #[test]
+fn an_affinity_mask_disjoint_from_the_online_list_is_not_read_as_one_cpu() {
+    // A virtualised sysfs can show CPUs the mask does not name at all.
+    let t = Tree::new("mask-disjoint");
+    t.cpus("0-3\n", 4);
+    assert_eq!(t.probe().affinity(8..16).report().logical, 4);
+}
+
+#[test]
 fn quota_caps_physical_count() {
     let t = Tree::new("smt-quota");
     t.smt_far().cgroup_v2(None, Some("300000 100000"));

@@ -64,6 +64,15 @@ pub(crate) fn drain_until(
     done: impl Fn() -> bool,
     deadline: Option<Instant>,
 ) -> bool {
+    /// Counts this wait while it lasts (also when a callback unwinds).
+    struct Nested;
+    impl Drop for Nested {
+        fn drop(&mut self) {
+            NESTED_WAITS.with(|n| n.set(n.get().saturating_sub(1)));
+        }
+    }
+    NESTED_WAITS.with(|n| n.set(n.get() + 1));
+    let _nested = Nested;
     let mut chores = Instant::now();
     while !done() {
         if deadline.is_some_and(|d| Instant::now() >= d) {
@@ -95,9 +104,23 @@ thread_local! {
 /// The pool whose manager thread is calling, if it is one: a done-callback
 /// it runs that waits, even on another pool's futures, must keep doing that
 /// pool's housekeeping ([`drain_until`]), which would otherwise stop until
-/// the callback returns.
+/// the callback returns. Not past [`MAX_NESTED_WAITS`] waits inside one
+/// another: each publishes results, whose callbacks may wait in turn, and
+/// the thread's stack is finite (those deeper waits leave the pool's own
+/// results to the outer ones, as a wait on another pool did before).
 pub(crate) fn own_pool() -> Option<Arc<Pool>> {
+    if NESTED_WAITS.with(std::cell::Cell::get) >= MAX_NESTED_WAITS {
+        return None;
+    }
     OWN_POOL.with(|own| own.borrow().as_ref().and_then(std::sync::Weak::upgrade))
+}
+
+/// See [`own_pool`].
+const MAX_NESTED_WAITS: u32 = 16;
+
+thread_local! {
+    /// How many [`drain_until`] calls this thread is inside.
+    static NESTED_WAITS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
 }
 
 /// How often [`drain_until`] does the housekeeping of the pools it drains.

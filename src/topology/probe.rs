@@ -184,7 +184,11 @@ impl CpuProbe {
                 let usable = cpulist::intersect(mask, online);
                 // A mask read from `Cpus_allowed_list` may name offline
                 // CPUs: only the online ones in it count.
-                if usable.len() < mask.len() && affinity_limit.value.cpus().is_some() {
+                // (Disjoint lists, say a virtualised sysfs: the mask stands.)
+                if !usable.is_empty()
+                    && usable.len() < mask.len()
+                    && affinity_limit.value.cpus().is_some()
+                {
                     affinity_limit.value = LimitValue::Cpus(usable.len().max(1));
                 }
                 usable
