@@ -479,6 +479,18 @@ fn a_callback_on_a_pool_thread_can_wait_on_futures_of_two_pools() {
     a.shutdown(true, true, true); // not waiting for the slow one
 }
 
+/// A task that never ends by itself, with time limit `limit`.
+fn endless_with_limit(ex: &ProcessPoolExecutor, limit: Duration) -> loky::Future<()> {
+    ex.submit_with_timeout::<_, _, ()>(
+        |_: ()| loop {
+            std::thread::sleep(Duration::from_millis(10));
+        },
+        (),
+        limit,
+    )
+    .unwrap()
+}
+
 #[test]
 fn time_limits_still_fall_while_a_callback_on_the_manager_waits() {
     // The callback runs on the manager thread (nobody else waits on the
@@ -487,15 +499,7 @@ fn time_limits_still_fall_while_a_callback_on_the_manager_waits() {
     // limits, is inside the callback.
     let ex = pool(2);
     let trigger = ex.submit(sleep_ms, 200).unwrap();
-    let endless = ex
-        .submit_with_timeout::<_, _, ()>(
-            |_: ()| loop {
-                std::thread::sleep(Duration::from_millis(10));
-            },
-            (),
-            Duration::from_millis(300),
-        )
-        .unwrap();
+    let endless = endless_with_limit(&ex, Duration::from_millis(300));
     let (tx, rx) = mpsc::channel();
     let endless = std::sync::Mutex::new(Some(endless));
     trigger.add_done_callback(move |_| {
@@ -524,15 +528,7 @@ fn time_limits_still_fall_while_a_callback_on_the_manager_waits_on_another_pool(
     // manager must keep watching its own pool's time limits meanwhile.
     let (ex, other) = (pool(2), pool(1));
     let trigger = ex.submit(sleep_ms, 200).unwrap();
-    let endless = ex
-        .submit_with_timeout::<_, _, ()>(
-            |_: ()| loop {
-                std::thread::sleep(Duration::from_millis(10));
-            },
-            (),
-            Duration::from_millis(300),
-        )
-        .unwrap();
+    let endless = endless_with_limit(&ex, Duration::from_millis(300));
     let slow = other.submit(sleep_ms, 2000).unwrap();
     let (tx, rx) = mpsc::channel();
     let held = std::sync::Mutex::new(Some((slow, endless)));
