@@ -433,7 +433,9 @@ fn an_affinity_mask_disjoint_from_the_online_list_is_not_read_as_one_cpu() {
     // A virtualised sysfs can show CPUs the mask does not name at all.
     let t = Tree::new("mask-disjoint");
     t.cpus("0-3\n", 4);
-    assert_eq!(t.probe().affinity(8..16).report().logical, 4);
+    let report = t.probe().affinity(8..16).report();
+    assert_eq!(report.logical, 4, "the online count still caps it");
+    assert_eq!(report.usable_cpus, (8..16).collect::<Vec<_>>());
 }
 
 #[test]

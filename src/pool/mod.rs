@@ -106,8 +106,10 @@ thread_local! {
 /// pool's housekeeping ([`drain_until`]), which would otherwise stop until
 /// the callback returns. Not past [`MAX_NESTED_WAITS`] waits inside one
 /// another: each publishes results, whose callbacks may wait in turn, and
-/// the thread's stack is finite (those deeper waits leave the pool's own
-/// results to the outer ones, as a wait on another pool did before).
+/// the thread's stack is finite; those deeper waits on another pool leave
+/// this pool to the outer ones, as before. (A wait on the pool's own
+/// futures must drain it at any depth, as it always did: nobody else
+/// would.)
 pub(crate) fn own_pool() -> Option<Arc<Pool>> {
     if NESTED_WAITS.with(std::cell::Cell::get) >= MAX_NESTED_WAITS {
         return None;

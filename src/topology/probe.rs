@@ -182,16 +182,18 @@ impl CpuProbe {
         let usable = match (&online, &mask) {
             (Some(online), Some(mask)) => {
                 let usable = cpulist::intersect(mask, online);
-                // A mask read from `Cpus_allowed_list` may name offline
-                // CPUs: only the online ones in it count.
-                // (Disjoint lists, say a virtualised sysfs: the mask stands.)
-                if !usable.is_empty()
-                    && usable.len() < mask.len()
-                    && affinity_limit.value.cpus().is_some()
-                {
-                    affinity_limit.value = LimitValue::Cpus(usable.len().max(1));
+                if usable.is_empty() {
+                    // Disjoint lists (a virtualised sysfs, say): the mask
+                    // is what the scheduler goes by.
+                    mask.clone()
+                } else {
+                    // A mask read from `Cpus_allowed_list` may name offline
+                    // CPUs: only the online ones in it count.
+                    if usable.len() < mask.len() && affinity_limit.value.cpus().is_some() {
+                        affinity_limit.value = LimitValue::Cpus(usable.len());
+                    }
+                    usable
                 }
-                usable
             }
             (Some(cpus), None) | (None, Some(cpus)) => cpus.clone(),
             (None, None) => Vec::new(),
