@@ -188,7 +188,13 @@ pub(crate) trait Completion: Send + Sync {
     /// be called without holding any pool lock.
     fn publish(&self);
     /// Cancels the task if it has not started; true on success.
-    fn try_cancel(&self) -> bool;
+    fn try_cancel(&self) -> bool {
+        self.try_end(Error::Cancelled)
+    }
+    /// Ends a task that waits in the parent (not handed to a worker) with
+    /// `error`, unless someone else is ending it (a cancel in progress) or
+    /// it was handed over meanwhile; true if this call ended it.
+    fn try_end(&self, error: Error) -> bool;
     /// [`Completion::publish`], but only if that runs no done-callback:
     /// false (nothing published) if one is registered. Decided under the
     /// task's lock, so a callback added meanwhile runs on the thread that
@@ -370,7 +376,7 @@ impl<R: Send + 'static> Completion for Cell<R> {
         self.task.finish_without_callbacks()
     }
 
-    fn try_cancel(&self) -> bool {
+    fn try_end(&self, error: Error) -> bool {
         if self
             .task
             .state
@@ -383,7 +389,7 @@ impl<R: Send + 'static> Completion for Cell<R> {
         // first), or put back in the queue after its worker died before
         // starting it, which is only done for tasks without pins.
         crate::shared::unsend(self.take_pins());
-        self.task.finish(Some(Err(Error::Cancelled)));
+        self.task.finish(Some(Err(error)));
         true
     }
 }

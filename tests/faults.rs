@@ -845,6 +845,27 @@ fn panicking_initializer_breaks_the_pool() {
 }
 
 #[test]
+fn dropping_a_pool_whose_initializer_fails_with_work_queued_ends() {
+    // Shut down (by the drop) before the failures broke the pool: it must
+    // still break, failing the queued task, rather than start worker after
+    // worker for the task that waits.
+    bounded(|| {
+        no_core_dumps();
+        let ex = ProcessPoolExecutor::builder()
+            .max_workers(1)
+            .initializer(|code: i32| std::process::exit(code), 3)
+            .build()
+            .unwrap();
+        let f = ex.submit(|x: u64| x + 1, 1).unwrap();
+        drop(ex);
+        assert!(
+            matches!(f.result_timeout(HANG), Err(Error::BrokenProcessPool { .. })),
+            "the queued task fails with the broken pool"
+        );
+    });
+}
+
+#[test]
 fn exiting_initializer_breaks_the_pool() {
     bounded(|| {
         no_core_dumps();

@@ -201,6 +201,7 @@ impl Pool {
             idle_since: Instant::now(),
             probe,
             watch_lifeline: true,
+            dying: false,
             died: None,
             reaped: false,
         };

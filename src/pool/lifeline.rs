@@ -96,6 +96,8 @@ impl Pool {
             let Some(status) = w.probe.as_ref().and_then(|p| p.exiting()) else {
                 return;
             };
+            // Draining its results below refills slots: not this one.
+            w.dying = true;
             // Its teardown must not delay this thread or the callers woken
             // below. Done under the state lock, which the watchdog holds to
             // reap and mark the worker reaped: unmarked, `pid` is still this

@@ -164,6 +164,9 @@ pub(crate) struct Worker {
     probe: Option<loky_ipc::lifeline::ExitProbe>,
     /// Whether sleepers still watch this worker's lifeline.
     watch_lifeline: bool,
+    /// Its lifeline broke and the kernel says it is exiting: it takes no
+    /// new task.
+    dying: bool,
     /// Set once the worker is known dead (its lifeline broke, or it was
     /// reaped): the error its tasks get (unless one was stopped on purpose),
     /// fixed at first sight so tasks failed then and at reaping agree. It
@@ -603,9 +606,14 @@ impl Pool {
             st.deadlines.forget(id);
             if let Some(q) = st.queue.remove(id) {
                 drop(st);
-                q.cell.stage_error(reason);
-                q.cell.publish();
-                return true;
+                // Unless a cancel of its future is ending it right now.
+                let ended = q.cell.try_end(reason.clone());
+                // (A task put back after its worker died, say, that `kill`
+                // found running: counted here.)
+                if ended && matches!(reason, Error::Cancelled) {
+                    self.state().stats.cancelled += 1;
+                }
+                return ended;
             }
             if drained {
                 break st;
@@ -656,8 +664,10 @@ impl Pool {
                 if matches!(reason, Error::Cancelled) {
                     st.stats.cancelled += 1;
                 }
-                drop(st);
+                // Staged under the state lock: a death path or the skip's
+                // result, which take it too, find the outcome set.
                 cell.stage_error(reason);
+                drop(st);
                 cell.publish();
             }
             return true;
@@ -919,13 +929,12 @@ impl Pool {
         // callbacks, which may call back into the pool.
         let mut cancelled = 0;
         for q in dropped {
-            // A task whose future cancelled it meanwhile is counted there;
-            // failing it below changes nothing (its outcome is set).
-            if cancel_futures && q.cell.try_cancel() {
-                cancelled += 1;
+            // A task whose future is cancelling it right now is left to
+            // that cancel (and counted there).
+            if cancel_futures {
+                cancelled += u64::from(q.cell.try_cancel());
             } else {
-                q.cell.stage_error(Error::ShutdownExecutor);
-                q.cell.publish();
+                q.cell.try_end(Error::ShutdownExecutor);
             }
         }
         if cancelled > 0 {
@@ -1245,10 +1254,17 @@ impl Worker {
         }
     }
 
-    /// Ready, not retiring, not dead, not being killed by us: may be given
-    /// tasks (one sent to a worker we signalled would die with it).
+    /// Ready, not retiring, not dead or dying (its lifeline broke, or it
+    /// was reaped: the death paths drain its results, and a refill then
+    /// must not hand it new tasks), not being killed by us: may be given
+    /// tasks (one sent to a worker that is going would die with it).
     fn takes_work(&self) -> bool {
-        self.ready && !self.exiting && self.died.is_none() && !self.killed_by_us()
+        self.ready
+            && !self.exiting
+            && !self.dying
+            && !self.reaped
+            && self.died.is_none()
+            && !self.killed_by_us()
     }
 
     /// Whether it takes one more task now, holding up to `depth`. Not while

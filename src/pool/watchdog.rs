@@ -167,7 +167,10 @@ impl Pool {
             // Counted already if the early path saw it die.
             let counted = w.died.is_some();
             if !clean {
-                if !w.ready && !w.killed_by_us() && !st.shutdown {
+                // Also during a shutdown: a pool whose workers keep dying
+                // at start-up while work waits must break (failing that
+                // work), not start worker after worker for ever.
+                if !w.ready && !w.killed_by_us() {
                     startup_failure = Some(describe_startup_failure(status));
                 }
                 // The worker is dead (`died` is set first): none of the
