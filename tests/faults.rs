@@ -1358,3 +1358,23 @@ fn touching_the_running_binary_does_not_stop_workers_from_starting() {
         assert_ne!(worker_pid(&ex), first);
     });
 }
+
+#[test]
+fn shutdown_with_kill_workers_does_not_wait_for_initializers() {
+    // Workers still in a (very) long initializer, some perhaps being
+    // started at the very moment of the shutdown: all are killed.
+    bounded(|| {
+        for round in 0..60u64 {
+            let ex = ProcessPoolExecutor::builder()
+                .max_workers(2)
+                .initializer(|s: u64| std::thread::sleep(Duration::from_secs(s)), 600)
+                .build()
+                .unwrap();
+            // Sweeps the moments a worker is being started.
+            std::thread::sleep(Duration::from_micros(round * 100));
+            let start = Instant::now();
+            ex.shutdown(true, false, true);
+            assert!(start.elapsed() < HANG, "round {round}");
+        }
+    });
+}

@@ -236,7 +236,15 @@ impl Pool {
                 // not for a slot whose first start failed.
                 st.stats.respawned += 1;
             }
-            if st.shutdown {
+            if st.killing {
+                // Started while a shutdown killed the workers: killed too
+                // (its initializer may take long, or for ever).
+                if let Some(w) = st.workers[i].as_mut() {
+                    w.kill_reason
+                        .get_or_insert(crate::error::Error::ShutdownExecutor);
+                    let _ = w.pidfd.kill(rustix::process::Signal::KILL);
+                }
+            } else if st.shutdown {
                 // Started while the pool was shutting down (queued work
                 // needed it, or a race): it exits once idle like the others.
                 st.exit_idle_workers();

@@ -186,6 +186,9 @@ pub(crate) struct State {
     queue: queue::TaskQueue,
     next_task: u64,
     shutdown: bool,
+    /// A shutdown with `kill_workers`: a worker that starts now is killed
+    /// too.
+    killing: bool,
     broken: Option<String>,
     startup_failures: u32,
     /// Workers the pool should have now: `max_workers`, less those that
@@ -918,6 +921,7 @@ impl Pool {
                 dropped = st.drain_queue();
             }
             if kill_workers {
+                st.killing = true;
                 for w in st.workers.iter_mut().flatten() {
                     w.kill_reason.get_or_insert(Error::ShutdownExecutor);
                     let _ = w.pidfd.kill(rustix::process::Signal::KILL);
@@ -958,8 +962,10 @@ impl Pool {
             // would deadlock; the threads finish on their own.
             return;
         }
-        let threads = std::mem::take(&mut *lock(&self.threads));
-        for t in threads {
+        // Joined under the lock: a second caller waits for the first one's
+        // joins instead of finding nothing to join and returning early.
+        let mut threads = lock(&self.threads);
+        for t in threads.drain(..) {
             let _ = t.join();
         }
     }
