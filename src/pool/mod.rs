@@ -404,6 +404,17 @@ impl Pool {
     /// other threads. Returns whether anything was processed.
     pub(crate) fn drain_all(&self, block: bool) -> bool {
         let mut done = Vec::new();
+        self.drain_into(block, &mut done);
+        let any = !done.is_empty();
+        for c in done {
+            c.publish();
+        }
+        any
+    }
+
+    /// Drains every result ring into `done` (see [`Pool::drain_all`]),
+    /// publishing nothing.
+    fn drain_into(&self, block: bool, done: &mut Vec<Arc<dyn Completion>>) {
         for i in 0..self.receivers.len() {
             let guard = if block {
                 Some(lock(&self.receivers[i]))
@@ -412,15 +423,10 @@ impl Pool {
             };
             if let Some(mut rx) = guard {
                 if let Some(rx) = rx.as_mut() {
-                    self.drain_slot(i, rx, &mut done);
+                    self.drain_slot(i, rx, done);
                 }
             }
         }
-        let any = !done.is_empty();
-        for c in done {
-            c.publish();
-        }
-        any
     }
 
     /// True if any result ring has a message (cheap check for sleepers).
@@ -873,9 +879,31 @@ impl Pool {
         let bell = self.region.parent_bell();
         self.standby.fetch_add(1, Ordering::SeqCst);
         bell.enter();
+        let mut with_callbacks = Vec::new();
         let finished = loop {
             if self.results_pending() {
-                self.drain_all(false);
+                let mut drained = Vec::new();
+                self.drain_into(false, &mut drained);
+                for c in drained {
+                    if !c.publish_without_callbacks() {
+                        with_callbacks.push(c);
+                    }
+                }
+            }
+            if !with_callbacks.is_empty() {
+                // Done-callbacks run off the doorbell: while this thread
+                // counts as awake on it, no worker rings it, and a callback
+                // may take long (or shut a pool down). Then back on it.
+                bell.leave();
+                if self.standby.fetch_sub(1, Ordering::SeqCst) == 1 {
+                    self.manager_wake.fire();
+                }
+                for c in with_callbacks.drain(..) {
+                    c.publish();
+                }
+                self.standby.fetch_add(1, Ordering::SeqCst);
+                bell.enter();
+                continue;
             }
             if done() {
                 break true;
