@@ -222,6 +222,14 @@ impl ProcessPoolExecutor {
     ///   [`Error::Cancelled`] if `cancel_futures`), and none runs again.
     ///
     /// Later `submit`s fail with [`Error::ShutdownExecutor`]. Idempotent.
+    ///
+    /// `wait` waits for every worker to finish what it holds, an
+    /// initializer included: one that never returns holds it for ever
+    /// unless `kill_workers`. From a done-callback that runs on one of the
+    /// pool's own threads, `wait` is not honoured (that thread would wait
+    /// for itself): the call returns at once and the pool closes behind it.
+    /// Dropping the last handle to an executor is `shutdown(true, false,
+    /// false)`.
     pub fn shutdown(&self, wait: bool, cancel_futures: bool, kill_workers: bool) {
         self.pool().shutdown(wait, cancel_futures, kill_workers);
     }
