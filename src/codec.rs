@@ -151,39 +151,23 @@ pub(crate) fn archive<T: Archivable>(value: &T, out: &mut AlignedVec) -> Result<
 /// so a change in between could take the second read outside the message.
 /// Hence a `Vec` of numbers is decoded by [`crate::numeric_vec`], which
 /// reads each byte once, and everything else from a private copy, except a
-/// worker's task argument, which comes from its parent ([`trusting`]).
+/// worker's task argument, which comes from its parent
+/// (`shared::receiving_argument`).
 pub(crate) fn unarchive<T: Archivable>(bytes: &[u8]) -> Result<T, String> {
     if let Some(decoded) = crate::numeric_vec::try_decode::<T>(bytes) {
         return decoded;
     }
     let decode =
         |bytes: &[u8]| rkyv::from_bytes::<T, rancor::BoxedError>(bytes).map_err(|e| e.to_string());
-    if TRUSTED.with(std::cell::Cell::get) {
+    if crate::shared::receiving_argument() {
         // A worker reads the argument its parent wrote, and nothing else
-        // writes there (its own view of a large message is read-only).
+        // writes there (its own view of a large message is read-only); a
+        // copy would cost a large argument's size again in memory. Only
+        // then: a task that runs a pool of its own decodes its results,
+        // from its own workers, with the copy.
         return decode(bytes);
     }
     with_private_copy(bytes, decode)
-}
-
-thread_local! {
-    /// Set while a worker decodes its task's argument ([`trusting`]).
-    static TRUSTED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-/// Runs `decode` on bytes the parent wrote (a worker's task argument): they
-/// need no private copy, which would cost a large argument's size again in
-/// memory. Only around that decode: a task that runs a pool of its own
-/// decodes its results, from its own workers, with the copy.
-pub(crate) fn trusting<O>(decode: impl FnOnce() -> O) -> O {
-    struct Reset(bool);
-    impl Drop for Reset {
-        fn drop(&mut self) {
-            TRUSTED.with(|t| t.set(self.0));
-        }
-    }
-    let _reset = Reset(TRUSTED.with(|t| t.replace(true)));
-    decode()
 }
 
 /// Messages up to this size are copied into a buffer kept per thread;
@@ -499,12 +483,13 @@ mod tests {
 
     #[test]
     fn only_a_task_argument_is_trusted_and_only_while_it_is_decoded() {
-        let trusted = || TRUSTED.with(std::cell::Cell::get);
+        use crate::shared::{receiving, receiving_argument as trusted};
+        let trusting = |f: &dyn Fn() -> bool| receiving(|| Ok(f())).unwrap();
         assert!(!trusted());
-        let inner = trusting(|| (trusted(), trusting(trusted), trusted()));
+        let inner = receiving(|| Ok((trusted(), trusting(&trusted), trusted()))).unwrap();
         assert_eq!(inner, (true, true, true));
         assert!(!trusted(), "reset after");
-        let _ = std::panic::catch_unwind(|| trusting(|| panic!("decoder bug")));
+        let _ = std::panic::catch_unwind(|| receiving::<()>(|| panic!("decoder bug")));
         assert!(!trusted(), "reset after a panic");
     }
 

@@ -291,6 +291,14 @@ impl<R> Cell<R> {
         }
     }
 
+    /// A task that never reached a worker: nothing can still use its pins,
+    /// and their writable ranges are the parent's again.
+    fn unsend_unless_sent(&self) {
+        if !self.sent.load(Ordering::Acquire) {
+            crate::shared::unsend(self.take_pins());
+        }
+    }
+
     pub(crate) fn set_pins(&self, pins: crate::shared::Pins) {
         if pins.is_empty() {
             return;
@@ -360,19 +368,12 @@ impl<R: Send + 'static> Completion for Cell<R> {
     }
 
     fn publish(&self) {
-        if !self.sent.load(Ordering::Acquire) {
-            // Never reached a worker: nothing can still use the pins, and
-            // their writable ranges are the parent's again.
-            crate::shared::unsend(self.take_pins());
-        }
+        self.unsend_unless_sent();
         self.task.finish(None);
     }
 
     fn publish_without_callbacks(&self) -> bool {
-        if !self.sent.load(Ordering::Acquire) {
-            // As in `publish`.
-            crate::shared::unsend(self.take_pins());
-        }
+        self.unsend_unless_sent();
         self.task.finish_without_callbacks()
     }
 
@@ -548,14 +549,19 @@ pub(crate) struct Canceller {
 impl Canceller {
     /// As [`Future::cancel`].
     pub(crate) fn cancel(&self) -> bool {
-        let cancelled = self.cell.try_cancel();
-        if cancelled {
-            if let Some(pool) = self.pool.upgrade() {
-                pool.forget_queued(self.cell.id());
-            }
-        }
-        cancelled
+        cancel(&*self.cell, &self.pool)
     }
+}
+
+/// [`Future::cancel`] of task `cell` of `pool`.
+fn cancel(cell: &dyn Completion, pool: &Weak<Pool>) -> bool {
+    let cancelled = cell.try_cancel();
+    if cancelled {
+        if let Some(pool) = pool.upgrade() {
+            pool.forget_queued(cell.id());
+        }
+    }
+    cancelled
 }
 
 impl<R> std::fmt::Debug for Future<R> {
@@ -632,7 +638,7 @@ impl<R: Send + 'static> Future<R> {
     /// holds cannot be cancelled this way, even one waiting in its ring (as
     /// in `concurrent.futures`); [`kill`](Self::kill) stops those.
     pub fn cancel(&self) -> bool {
-        self.canceller().cancel()
+        cancel(&*self.cell, &self.cell.task.pool)
     }
 
     /// Stops the task even if it is running: a task still waiting (in the

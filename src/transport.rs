@@ -156,7 +156,7 @@ fn decode_arg<A>(
     input: &[u8],
     decode: impl FnOnce(&[u8]) -> Result<A, String>,
 ) -> Result<A, (u32, Failure)> {
-    match guarded(|| crate::codec::trusting(|| crate::shared::receiving(|| decode(input)))) {
+    match guarded(|| crate::shared::receiving(|| decode(input))) {
         Ok(Ok(a)) => Ok(a),
         Ok(Err(message)) => Err((
             STATUS_DECODE_ARG,

@@ -103,6 +103,11 @@ impl Spills {
         }
     }
 
+    /// Drops the handed-over buffers the receiver marked free.
+    fn collect(&mut self) {
+        self.in_flight.retain(|f| !f.is_free());
+    }
+
     /// Announces `buf`'s first `len` bytes in `grant` (a reserved frame of
     /// `FRAME_LEN`), sending its descriptor first if the receiver lacks it.
     fn publish(
@@ -113,7 +118,7 @@ impl Spills {
         len: usize,
         tag: u32,
     ) -> Result<()> {
-        self.in_flight.retain(|f| !f.is_free());
+        self.collect();
         self.clock += 1;
         let (slot, fd) = if !buf.pooled() {
             (UNCACHED, true)
@@ -195,7 +200,7 @@ impl<'r> Sender<'r> {
     /// pooled: their memory and mapping. Sending does it too; call this now
     /// and then on a sender that may stay idle after a large message.
     pub fn collect(&mut self) {
-        self.spills.in_flight.retain(|f| !f.is_free());
+        self.spills.collect();
     }
 
     /// Sends a message of `len` bytes written by `fill`. Returns `Ok(false)`
@@ -211,7 +216,7 @@ impl<'r> Sender<'r> {
             if !self.spills.in_flight.is_empty() {
                 // Lets go of one-off buffers (and their mappings) soon; a
                 // large message does it in `Spills::publish`.
-                self.spills.in_flight.retain(|f| !f.is_free());
+                self.spills.collect();
             }
             return Ok(match self.ring.reserve(len) {
                 Some(mut grant) => {

@@ -213,13 +213,7 @@ impl Pool {
             // The pool shrank while this worker started (`resize` counts
             // only the workers it sees): it leaves again at once rather than
             // keep the pool above its size.
-            let others = st
-                .workers
-                .iter()
-                .flatten()
-                .filter(|w| !w.exiting && w.died.is_none())
-                .count();
-            if others >= st.max_workers {
+            if st.staying() >= st.max_workers {
                 tracing::debug!(
                     pid,
                     slot = i,

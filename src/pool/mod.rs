@@ -99,6 +99,8 @@ thread_local! {
     /// The pool whose manager thread this is (see [`own_pool`]).
     static OWN_POOL: std::cell::RefCell<Option<std::sync::Weak<Pool>>> =
         const { std::cell::RefCell::new(None) };
+    /// How many [`drain_until`] calls this thread is inside.
+    static NESTED_WAITS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
 }
 
 /// The pool whose manager thread is calling, if it is one: a done-callback
@@ -119,11 +121,6 @@ pub(crate) fn own_pool() -> Option<Arc<Pool>> {
 
 /// See [`own_pool`].
 const MAX_NESTED_WAITS: u32 = 16;
-
-thread_local! {
-    /// How many [`drain_until`] calls this thread is inside.
-    static NESTED_WAITS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
-}
 
 /// How often [`drain_until`] does the housekeeping of the pools it drains.
 const CHORES_EVERY: Duration = Duration::from_millis(1);
@@ -609,33 +606,22 @@ impl Pool {
     /// (the pool heals).
     /// Returns false if the task is not known (already finished).
     pub(crate) fn stop_task(&self, id: u64, reason: Error) -> bool {
-        let mut drained = false;
-        let mut st = loop {
-            let mut st = self.state();
-            st.deadlines.forget(id);
-            if let Some(q) = st.queue.remove(id) {
+        // In the queue: ended there. Else in a worker, it seems: the results
+        // already in the rings first, as a task that finished must not be
+        // stopped by killing its worker (which would take the task that
+        // worker started next with it). Not before the queue: a drain
+        // refills workers from it. And the queue again after: a worker's
+        // death may have put the task back meanwhile.
+        let mut st = match self.stop_queued(id, &reason) {
+            Ok(ended) => return ended,
+            Err(st) => {
                 drop(st);
-                // Unless a cancel of its future is ending it right now.
-                let ended = q.cell.try_end(reason.clone());
-                // (A task put back after its worker died, say, that `kill`
-                // found running: counted here.)
-                if ended && matches!(reason, Error::Cancelled) {
-                    self.state().stats.cancelled += 1;
+                self.drain_all(false);
+                match self.stop_queued(id, &reason) {
+                    Ok(ended) => return ended,
+                    Err(st) => st,
                 }
-                return ended;
             }
-            if drained {
-                break st;
-            }
-            // In a worker, it seems. Results already in the rings first: a
-            // task that finished must not be stopped by killing its worker,
-            // which would take the task that worker started next with it.
-            // (Not before the queue: a drain refills workers from it. And
-            // the queue again after: a worker's death may have put the task
-            // back meanwhile.)
-            drop(st);
-            self.drain_all(false);
-            drained = true;
         };
         for (i, w) in st.workers.iter_mut().enumerate() {
             let Some(w) = w.as_mut() else { continue };
@@ -684,6 +670,29 @@ impl Pool {
         false
     }
 
+    /// [`Pool::stop_task`] of a task in the queue: `Ok(whether this call
+    /// ended it)` (not if a cancel of its future is ending it right now),
+    /// or, if it is not queued, `Err` with the state still locked.
+    fn stop_queued(
+        &self,
+        id: u64,
+        reason: &Error,
+    ) -> std::result::Result<bool, MutexGuard<'_, State>> {
+        let mut st = self.state();
+        st.deadlines.forget(id);
+        let Some(q) = st.queue.remove(id) else {
+            return Err(st);
+        };
+        drop(st);
+        let ended = q.cell.try_end(reason.clone());
+        // (A task put back after its worker died, say, that `kill` found
+        // running: counted here.)
+        if ended && matches!(reason, Error::Cancelled) {
+            self.state().stats.cancelled += 1;
+        }
+        Ok(ended)
+    }
+
     pub(crate) fn worker_pids(&self) -> Vec<u32> {
         self.state()
             .workers
@@ -716,13 +725,7 @@ impl Pool {
         let mut st = self.state();
         st.max_workers = n;
         st.want = n;
-        let mut excess = st
-            .workers
-            .iter()
-            .flatten()
-            .filter(|w| !w.exiting && w.died.is_none())
-            .count()
-            .saturating_sub(n);
+        let mut excess = st.staying().saturating_sub(n);
         // Idle ones first, then the least loaded.
         for max_load in 0..=DEPTH {
             for w in st.workers.iter_mut().flatten() {
@@ -879,12 +882,11 @@ impl Pool {
         let bell = self.region.parent_bell();
         self.standby.fetch_add(1, Ordering::SeqCst);
         bell.enter();
-        let mut with_callbacks = Vec::new();
+        let (mut drained, mut with_callbacks) = (Vec::new(), Vec::new());
         let finished = loop {
             if self.results_pending() {
-                let mut drained = Vec::new();
                 self.drain_into(false, &mut drained);
-                for c in drained {
+                for c in drained.drain(..) {
                     if !c.publish_without_callbacks() {
                         with_callbacks.push(c);
                     }
@@ -1264,6 +1266,16 @@ impl State {
         for w in self.workers.iter_mut().flatten() {
             w.sender.collect();
         }
+    }
+
+    /// Workers neither retiring nor dead: those that count toward the
+    /// pool's size.
+    fn staying(&self) -> usize {
+        self.workers
+            .iter()
+            .flatten()
+            .filter(|w| !w.exiting && w.died.is_none())
+            .count()
     }
 
     pub(crate) fn alive(&self) -> usize {

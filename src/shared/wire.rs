@@ -368,20 +368,26 @@ fn no_overlap() -> Result<(), String> {
     })
 }
 
-/// Runs `decode` (a task argument's decoder) with handle decoding allowed;
-/// then checks the handles it made ([`no_overlap`]).
+/// Runs `decode` (a worker's decoder of its task's argument) with handle
+/// decoding allowed; then checks the handles it made ([`no_overlap`]).
 pub(crate) fn receiving<O>(decode: impl FnOnce() -> Result<O, String>) -> Result<O, String> {
-    struct Reset;
+    /// Puts the flag back as it was, also when `decode` unwinds.
+    struct Reset(bool);
     impl Drop for Reset {
         fn drop(&mut self) {
-            RECEIVING.with(|r| r.set(false));
+            RECEIVING.with(|r| r.set(self.0));
         }
     }
-    RECEIVING.with(|r| r.set(true));
-    let _reset = Reset;
+    let _reset = Reset(RECEIVING.with(|r| r.replace(true)));
     let decoded = decode()?;
     no_overlap()?;
     Ok(decoded)
+}
+
+/// Whether this thread is decoding its task's argument ([`receiving`]):
+/// bytes the parent wrote, which need no private copy (`codec::unarchive`).
+pub(crate) fn receiving_argument() -> bool {
+    RECEIVING.with(Cell::get)
 }
 
 /// Worker-side handles alive in this process.
