@@ -267,6 +267,23 @@ where
         }
     }
 
+    /// Bounds on the outcomes still to come: one per item of the chunk
+    /// being read and of the chunks in flight, the pending submit error if
+    /// any, and at most one per item left in the input (a submit that fails
+    /// ends the map with a single error, so unread items count towards the
+    /// upper bound only).
+    fn remaining(&self) -> (usize, Option<usize>) {
+        let known = (self.ready.len - self.ready.position())
+            + self.window.iter().map(|c| c.len).sum::<usize>()
+            + usize::from(self.submit_error.is_some());
+        let unread = if self.exhausted {
+            Some(0)
+        } else {
+            self.input.size_hint().1
+        };
+        (known, unread.and_then(|u| known.checked_add(u)))
+    }
+
     fn max_chunks(&self) -> usize {
         self.ex.max_workers() * CHUNKS_PER_WORKER
     }
@@ -475,6 +492,19 @@ where
     fn next(&mut self) -> Option<Result<R>> {
         self.next_ordered()
     }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.remaining()
+    }
+}
+
+impl<F, A, R, I> std::iter::FusedIterator for Map<F, A, R, I>
+where
+    F: Fn(A) -> R + Copy + Send + 'static,
+    A: Payload,
+    R: Payload,
+    I: Iterator<Item = A>,
+{
 }
 
 /// Iterator returned by [`ProcessPoolExecutor::map_unordered`]: yields
@@ -531,6 +561,19 @@ where
     fn next(&mut self) -> Option<Self::Item> {
         self.inner.next_unordered()
     }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.inner.remaining()
+    }
+}
+
+impl<F, A, R, I> std::iter::FusedIterator for MapUnordered<F, A, R, I>
+where
+    F: Fn(A) -> R + Copy + Send + 'static,
+    A: Payload,
+    R: Payload,
+    I: Iterator<Item = A>,
+{
 }
 
 fn decode_chunk_result<R: Payload>(status: u32, bytes: &[u8]) -> Result<ChunkOutput<R>> {
@@ -687,5 +730,53 @@ mod tests {
         let mut m = ex.map(|x: u64| x, 0..10_000).chunksize(300);
         assert_eq!(m.by_ref().count(), 10_000);
         assert_eq!(m.largest_chunk(), 300);
+    }
+
+    /// Steps through `it`, checking before each item that its size hint
+    /// brackets what is really left; returns how many items it yielded.
+    fn count_checking_hints<T>(mut it: impl Iterator<Item = T>, what: &str) -> usize {
+        let mut hints = vec![it.size_hint()];
+        while it.next().is_some() {
+            hints.push(it.size_hint());
+        }
+        assert!(it.next().is_none(), "{what}: not fused");
+        let total = hints.len() - 1;
+        for (i, (lo, hi)) in hints.into_iter().enumerate() {
+            let left = total - i;
+            assert!(
+                lo <= left,
+                "{what}: after {i} items, lower bound {lo} > {left} left"
+            );
+            assert!(
+                hi.map_or(true, |hi| hi >= left),
+                "{what}: after {i} items, upper bound {hi:?} < {left} left"
+            );
+        }
+        total
+    }
+
+    #[test]
+    fn size_hints_bracket_the_items_left() {
+        let ex = ProcessPoolExecutor::new(2).unwrap();
+        let m = ex.map(|x: u64| x, 0..1000).chunksize(64);
+        assert_eq!(m.size_hint(), (0, Some(1000)));
+        assert_eq!(count_checking_hints(m, "ordered"), 1000);
+        let m = ex.map_unordered(|x: u64| x, 0..1000).chunksize(64);
+        assert_eq!(count_checking_hints(m, "unordered"), 1000);
+        // Unknown length: no upper bound until the input ends.
+        let m = ex
+            .map(|x: u64| x, (0..500).filter(|x| x % 2 == 0))
+            .chunksize(16);
+        assert_eq!(count_checking_hints(m, "filtered"), 250);
+
+        // Once the pool is shut down mid-map, the map ends with one error:
+        // fewer items than the input has, still within the bounds.
+        let mut m = ex.map(|x: u64| x, 0..10_000).chunksize(10);
+        assert!(m.next().is_some());
+        let (lo, hi) = m.size_hint();
+        assert!(lo <= 9_999 && hi == Some(9_999), "{lo} {hi:?}");
+        ex.shutdown(true, false, false);
+        let n = count_checking_hints(m, "shut down");
+        assert!(n < 9_999, "{n} items after shutdown");
     }
 }
