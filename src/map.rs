@@ -211,9 +211,9 @@ where
     /// the workers measure: each finished chunk reports how long it ran, and
     /// the next chunks aim at **5 ms** of work each (at most 16 384 items,
     /// and at most a quarter of the ring in encoded arguments). Chunking
-    /// starts at one item per chunk and grows at most 4× per measurement
-    /// (durations are noisy), and shrinks at once when items turn out
-    /// slower. When the input's length is known (an exact
+    /// starts at one item per chunk and grows at most 16× per measurement
+    /// (durations are noisy: a chunk measured too fast is at most 16 times
+    /// too long), and shrinks at once when items turn out slower. When the input's length is known (an exact
     /// [`size_hint`](Iterator::size_hint)), the last chunks also shrink so
     /// that the remaining items spread over all the chunks in flight, and
     /// every worker finishes at about the same time.
@@ -390,8 +390,11 @@ where
         }
         let per_item = (ns as f64 / chunk.len as f64).max(1.0);
         let ideal = (TARGET_CHUNK.as_nanos() as f64 / per_item) as usize;
-        // Grow at most 4x per step (durations are noisy), shrink at once.
-        self.auto = ideal.clamp(1, (self.auto * 4).min(MAX_AUTO_CHUNK));
+        // Grow at most 16x per step (durations are noisy), shrink at once.
+        // Growth takes one window of chunks per step: from 1 item to the
+        // 16 384 cap in 4 steps rather than 7 at 4x, which is most of a
+        // short map of cheap items.
+        self.auto = ideal.clamp(1, (self.auto * 16).min(MAX_AUTO_CHUNK));
     }
 
     /// The outcomes of a finished chunk, one per item, produced lazily (a
