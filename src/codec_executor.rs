@@ -187,7 +187,7 @@ impl<C> CodecExecutor<C> {
         R: Send + 'static,
         C: Codec<A> + Codec<R>,
     {
-        self.try_submit_until(f, arg, Some(Instant::now() + timeout))
+        self.try_submit_until(f, arg, crate::wait::deadline_after(timeout))
             .map_err(|e| e.error)
     }
 

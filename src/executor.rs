@@ -145,7 +145,7 @@ impl ProcessPoolExecutor {
         A: Payload,
         R: Payload,
     {
-        self.submit_until(f, arg, Some(std::time::Instant::now() + timeout))
+        self.submit_until(f, arg, crate::wait::deadline_after(timeout))
     }
 
     /// [`submit`](Self::submit) with an optional time limit.

@@ -602,7 +602,7 @@ impl<R: Send + 'static> Future<R> {
     /// Like [`result`](Self::result), giving up with [`Error::Timeout`]
     /// after `timeout` (the task keeps running; call again later).
     pub fn result_timeout(&self, timeout: Duration) -> Result<R> {
-        if !self.wait_done(Some(Instant::now() + timeout)) {
+        if !self.wait_done(crate::wait::deadline_after(timeout)) {
             return Err(Error::Timeout);
         }
         self.take()
@@ -618,7 +618,7 @@ impl<R: Send + 'static> Future<R> {
     /// Like [`exception`](Self::exception) with a timeout; `Err(Timeout)`
     /// if the task has not finished in time.
     pub fn exception_timeout(&self, timeout: Duration) -> Result<Option<Error>> {
-        if !self.wait_done(Some(Instant::now() + timeout)) {
+        if !self.wait_done(crate::wait::deadline_after(timeout)) {
             return Err(Error::Timeout);
         }
         Ok(self.exception())

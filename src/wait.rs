@@ -5,6 +5,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
+
+/// The instant `timeout` from now, or `None` (no deadline) when that lies
+/// beyond what an `Instant` can hold: `Duration::MAX` reads as "for ever".
+pub(crate) fn deadline_after(timeout: Duration) -> Option<Instant> {
+    Instant::now().checked_add(timeout)
+}
 use crate::future::{FinishedSet, Future, Notify};
 use crate::pool::Pool;
 
@@ -43,7 +49,7 @@ pub fn wait<R: Send + 'static>(
     timeout: Option<Duration>,
     return_when: ReturnWhen,
 ) -> WaitResult {
-    let deadline = timeout.map(|t| Instant::now() + t);
+    let deadline = timeout.and_then(deadline_after);
     let mut watch = Watch::new(futures);
     let mut failed = false;
     let mut seen = 0;
@@ -179,7 +185,7 @@ pub fn as_completed<R: Send + 'static>(
     AsCompleted {
         watch: Watch::new(futures),
         yielded: 0,
-        deadline: timeout.map(|t| Instant::now() + t),
+        deadline: timeout.and_then(deadline_after),
         timed_out: false,
     }
 }

@@ -228,6 +228,19 @@ fn result_timeout_exception_done_running() {
 }
 
 #[test]
+fn duration_max_means_no_deadline() {
+    let ex = pool(1);
+    let f = ex.submit_with_timeout(sleep_ms, 20, Duration::MAX).unwrap();
+    assert_eq!(f.result_timeout(Duration::MAX).unwrap(), 20);
+    let f = ex.submit(sleep_ms, 1).unwrap();
+    assert!(f.exception_timeout(Duration::MAX).unwrap().is_none());
+    let futs = vec![ex.submit(sleep_ms, 1).unwrap()];
+    let done = wait(&futs, Some(Duration::MAX), ReturnWhen::AllCompleted);
+    assert_eq!(done.done.len(), 1);
+    assert_eq!(as_completed(&futs, Some(Duration::MAX)).count(), 1);
+}
+
+#[test]
 fn cancel_only_before_start() {
     let ex = pool(1);
     // Fill the single worker (depth 2), then queue more.
