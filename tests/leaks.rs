@@ -1,6 +1,7 @@
 //! 200 create / submit / drop cycles (half of them with a shared array)
 //! leave the process's descriptors,
-//! mappings, children and /dev/shm as they were.
+//! mappings, children and /dev/shm as they were; programs a task starts
+//! inherit none of the pool's descriptors.
 
 use std::time::Duration;
 
@@ -87,4 +88,38 @@ fn two_hundred_cycles_leak_nothing() {
         "mappings grew from {maps} to {now} over 200 cycles"
     );
     assert_eq!(shm_entries(), shm, "nothing is created in /dev/shm");
+}
+
+/// What the descriptors of a shell that a task starts point to.
+fn fds_of_a_task_child(_: ()) -> Vec<String> {
+    let out = std::process::Command::new("/bin/sh")
+        .args(["-c", "for f in /proc/$$/fd/*; do readlink \"$f\"; done"])
+        .output()
+        .expect("run /bin/sh");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn programs_a_task_starts_inherit_no_pool_descriptor() {
+    let ex = ProcessPoolExecutor::new(1).unwrap();
+    // A shared array in an earlier task maps the arena in the worker too.
+    let v = loky::SharedVec::from_slice(&ex, &[1u64, 2, 3]).unwrap();
+    let whole = v.slice(..).unwrap();
+    let n = ex.submit(|s: loky::SharedSlice<u64>| s.len(), whole);
+    assert_eq!(n.unwrap().result().unwrap(), 3);
+    let fds = ex
+        .submit(fds_of_a_task_child, ())
+        .unwrap()
+        .result()
+        .unwrap();
+    assert!(!fds.is_empty(), "the shell listed no descriptors");
+    for fd in &fds {
+        assert!(
+            !fd.contains("memfd:") && !fd.starts_with("socket:"),
+            "a task's child inherited {fd} (all: {fds:?})"
+        );
+    }
 }

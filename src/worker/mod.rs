@@ -74,6 +74,12 @@ pub(crate) fn run(raw_spec: &str) -> i32 {
             OwnedFd::from_raw_fd(SOCKET_FD),
         )
     };
+    // Programs a task starts must not inherit the region (they could write
+    // into slots the parent re-initialises for later workers) nor our
+    // socket end (the parent would not see it close when we die).
+    for fd in [&region_fd, &socket] {
+        let _ = rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::CLOEXEC);
+    }
     let region = match Region::attach(region_fd, binary_tag()) {
         Ok(r) => r,
         Err(loky_ipc::Error::BadHeader(why)) => {
