@@ -404,6 +404,11 @@ impl<'r> Receiver<'r> {
         self.current.is_some() || self.ring.has_message()
     }
 
+    /// Bytes of its ring consumed so far (see [`Consumer::position`]).
+    pub fn position(&self) -> u64 {
+        self.ring.position()
+    }
+
     /// Maps (or finds) the buffer a frame announces.
     fn attach(&mut self, frame: SpillFrame) -> Result<Place> {
         let len = usize::try_from(frame.len)

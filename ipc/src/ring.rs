@@ -75,6 +75,14 @@ impl RingHeader {
         head.saturating_sub(tail) as usize
     }
 
+    /// Bytes the producer has published so far (a snapshot). A consumer
+    /// that knows its own [`Consumer::position`] can tell whether a message
+    /// waits without trusting the shared `tail`, which its peer may have
+    /// overwritten.
+    pub fn published(&self) -> u64 {
+        self.head.load(Acquire)
+    }
+
     /// True if nothing is queued (a snapshot).
     pub fn is_empty(&self) -> bool {
         self.used() == 0
@@ -467,6 +475,12 @@ impl<'r> Consumer<'r> {
     fn header(&self) -> &RingHeader {
         // SAFETY: valid for 'r per `attach`'s contract.
         unsafe { self.hdr.as_ref() }
+    }
+
+    /// Bytes this consumer has consumed so far (its private count; see
+    /// [`RingHeader::published`]).
+    pub fn position(&self) -> u64 {
+        self.tail
     }
 
     /// True if a message is ready (cheap: one Acquire load when empty).

@@ -246,7 +246,7 @@ impl Pool {
         }
         // Only now may the worker's first message (READY) be drained: it
         // must find the worker in `state`.
-        *crate::future::lock(&self.receivers[i]) = Some(receiver);
+        self.set_receiver(i, Some(receiver));
         self.region.parent_bell().wake_all();
         Ok(())
     }

@@ -19,7 +19,7 @@ pub(super) fn run(pool: &Arc<Pool>) {
             .load(std::sync::atomic::Ordering::Acquire)
             && pool.finished()
         {
-            pool.publish_pending();
+            pool.stop_publishing_later();
             break;
         }
         let next_deadline = pool.housekeeping();

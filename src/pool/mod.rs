@@ -16,7 +16,7 @@ mod queue;
 mod watchdog;
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -121,6 +121,8 @@ pub(crate) fn own_pool() -> Option<Arc<Pool>> {
 
 /// See [`own_pool`].
 const MAX_NESTED_WAITS: u32 = 16;
+/// `Pool::read_to` of a slot without a receiver.
+const CLOSED: u64 = u64::MAX;
 
 /// How often [`drain_until`] does the housekeeping of the pools it drains.
 const CHORES_EVERY: Duration = Duration::from_millis(1);
@@ -204,6 +206,11 @@ pub(crate) struct Pool {
     pub(crate) config: Config,
     state: Mutex<State>,
     receivers: Box<[Mutex<Option<Receiver<'static>>>]>,
+    /// Per slot, how far its receiver has read the result ring, updated
+    /// after each drain ([`CLOSED`] when the slot has no receiver): whether
+    /// results wait is decided from this and the worker's `head`, never
+    /// from the ring's shared `tail`, which the worker can overwrite.
+    read_to: Box<[AtomicU64]>,
     watchdog_wake: Notifier,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
     thread_ids: Mutex<Vec<std::thread::ThreadId>>,
@@ -219,7 +226,9 @@ pub(crate) struct Pool {
     /// Set by the watchdog when it exits (the pool has no worker left).
     watchdog_done: AtomicBool,
     /// Outcomes staged by the watchdog, published by the manager.
-    to_publish: Mutex<Vec<Arc<dyn Completion>>>,
+    /// `None` once the manager thread has exited: outcomes are then
+    /// published by whoever stages them.
+    to_publish: Mutex<Option<Vec<Arc<dyn Completion>>>>,
     /// The shared arena behind `SharedVec`s (mapped lazily).
     pub(crate) arena: Arc<loky_ipc::Arena>,
     /// The secret the grants of shared-array handles are keyed with
@@ -261,6 +270,7 @@ impl Pool {
             arena: Arc::new(arena),
             grant_key: crate::shared::new_grant_key(),
             receivers: (0..slots).map(|_| Mutex::new(None)).collect(),
+            read_to: (0..slots).map(|_| AtomicU64::new(CLOSED)).collect(),
             state: Mutex::new(State {
                 want: config.max_workers,
                 max_workers: config.max_workers,
@@ -278,7 +288,7 @@ impl Pool {
             standby: Default::default(),
             manager_wake: Default::default(),
             watchdog_done: AtomicBool::new(false),
-            to_publish: Mutex::new(Vec::new()),
+            to_publish: Mutex::new(Some(Vec::new())),
             region: Arc::new(region),
             config,
         });
@@ -426,9 +436,24 @@ impl Pool {
         }
     }
 
-    /// True if any result ring has a message (cheap check for sleepers).
+    /// True if any result ring has a message its receiver has not read
+    /// (cheap check for sleepers). Unread bytes in a slot without a
+    /// receiver (a dead worker's, say, after a corrupt message) do not
+    /// count: nobody will read them, and counting them would keep every
+    /// sleeper awake.
     pub(crate) fn results_pending(&self) -> bool {
-        (0..self.region.config().slots).any(|i| !self.region.slot(i).up_header().is_empty())
+        self.read_to.iter().enumerate().any(|(i, at)| {
+            let at = at.load(Ordering::Acquire);
+            at != CLOSED && self.region.slot(i as u32).up_header().published() != at
+        })
+    }
+
+    /// Installs (or, with `None`, drops) the parent's receiver of slot `i`.
+    pub(super) fn set_receiver(&self, i: usize, receiver: Option<Receiver<'static>>) {
+        let mut rx = lock(&self.receivers[i]);
+        let at = receiver.as_ref().map_or(CLOSED, Receiver::position);
+        *rx = receiver;
+        self.read_to[i].store(at, Ordering::Release);
     }
 
     /// Processes the results a dead worker in slot `i` published, adding
@@ -441,11 +466,22 @@ impl Pool {
         }
         if close {
             *rx = None;
+            self.read_to[i].store(CLOSED, Ordering::Release);
         }
     }
 
     /// Processes the messages waiting in slot `i`'s result ring.
     fn drain_slot(
+        &self,
+        i: usize,
+        rx: &mut Receiver<'static>,
+        done: &mut Vec<Arc<dyn Completion>>,
+    ) {
+        self.drain_messages(i, rx, done);
+        self.read_to[i].store(rx.position(), Ordering::Release);
+    }
+
+    fn drain_messages(
         &self,
         i: usize,
         rx: &mut Receiver<'static>,
@@ -850,23 +886,43 @@ impl Pool {
         if cell.publish_without_callbacks() {
             return;
         }
-        lock(&self.to_publish).push(cell);
+        match lock(&self.to_publish).as_mut() {
+            Some(cells) => cells.push(cell),
+            // The manager has exited (the pool is over): nobody else would.
+            None => return cell.publish(),
+        }
         self.manager_wake.fire();
         self.region.parent_bell().wake_all();
     }
 
     pub(crate) fn has_pending_publish(&self) -> bool {
-        !lock(&self.to_publish).is_empty()
+        lock(&self.to_publish)
+            .as_ref()
+            .is_some_and(|c| !c.is_empty())
     }
 
     /// Publishes what the watchdog staged; true if there was anything.
     pub(crate) fn publish_pending(&self) -> bool {
-        let cells = std::mem::take(&mut *lock(&self.to_publish));
+        let cells = lock(&self.to_publish)
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default();
         let any = !cells.is_empty();
         for c in cells {
             c.publish();
         }
         any
+    }
+
+    /// The manager's last act: publishes what is staged, and makes every
+    /// later [`publish_later`](Self::publish_later) publish by itself (a
+    /// thread that failed a dead worker's tasks may stage them after the
+    /// manager saw the pool finished).
+    pub(crate) fn stop_publishing_later(&self) {
+        let cells = lock(&self.to_publish).take().unwrap_or_default();
+        for c in cells {
+            c.publish();
+        }
     }
 
     /// Blocks a caller until `done()` or `deadline`, sleeping on the parent
