@@ -324,6 +324,33 @@ fn exit_seven_is_terminated_worker_with_exit_code_seven() {
 }
 
 #[test]
+fn a_task_that_ends_only_the_main_thread_frees_its_slot() {
+    bounded(|| {
+        // One worker: if its slot stayed taken, the next task would never run.
+        let ex = pool(1);
+        let first = ex.submit(
+            |code: i64| -> u64 {
+                // Another thread lives on while the main thread exits: the
+                // process does not end by itself.
+                std::thread::spawn(|| std::thread::sleep(Duration::from_secs(600)));
+                // SAFETY: exits the calling thread only; nothing of it is
+                // used afterwards.
+                unsafe { libc::syscall(libc::SYS_exit, code) };
+                unreachable!()
+            },
+            3,
+        );
+        let r = first.unwrap().result_timeout(Duration::from_secs(60));
+        assert!(
+            matches!(r, Err(Error::TerminatedWorker { .. })),
+            "first task: {r:?}"
+        );
+        let next = ex.submit(|x: u64| x + 1, 1).unwrap();
+        assert_eq!(next.result_timeout(Duration::from_secs(60)).unwrap(), 2);
+    });
+}
+
+#[test]
 fn sigkill_of_itself_is_terminated_worker_with_sigkill() {
     bounded(|| {
         assert_crash(

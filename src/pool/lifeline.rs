@@ -103,6 +103,11 @@ impl Pool {
             // reap and mark the worker reaped: unmarked, `pid` is still this
             // process and not a reused number.
             deprioritise(pid);
+            // Exiting is not yet gone: if only its main thread exits (a
+            // task ended it alone while other threads live on), the
+            // process would stay, the pidfd would never report it, and the
+            // slot would stay taken. Its tasks fail below either way.
+            let _ = w.pidfd.kill(rustix::process::Signal::KILL);
             status
         };
         // Results it published before dying are real results.

@@ -682,6 +682,19 @@ impl Pool {
             } else {
                 claim.withdraw(id)
             };
+            if !withdrawn
+                && pos == 0
+                && w.in_flight
+                    .iter()
+                    .skip(1)
+                    .any(|c| claim.last_started_is(c.id()))
+            {
+                // The worker started a task behind this one (it runs them
+                // in order), so this one ran to its end and its result is
+                // on its way (in a ring another thread is draining): there
+                // is nothing to stop, and a kill would fail the next task.
+                return false;
+            }
             if !withdrawn {
                 tracing::info!(pid = w.pid, task = id, error = %reason, "killing a worker to stop its task");
                 w.task_kill = Some((id, reason));
