@@ -5,9 +5,12 @@
 //!
 //! Each worker holds up to two tasks (one running, one waiting in its ring,
 //! so it never idles between tasks). The one waiting behind a crash never
-//! started, so the pool runs it again on another worker; only a task with
-//! a large argument (in a spill buffer) or shared arrays would fail with
-//! the crash (the program counts those as "waited behind a crash").
+//! started, so the pool runs it again on another worker, a large argument
+//! included (it is read back from its spill buffer). It fails with the
+//! crash instead if it holds shared arrays, or in the few other cases the
+//! guide page `loky::guide::faults` lists (pages other than 4 KiB, a task
+//! that already ran again 4 times); the program counts those as "waited
+//! behind a crash".
 //!
 //! ```sh
 //! cargo run --release --example crash_recovery

@@ -688,10 +688,34 @@ impl<R: Send + 'static> Future<R> {
     }
 
     /// Calls `f` with the outcome when the task finishes, exactly once; at
-    /// once (on this thread) if it already has. Callbacks run on the thread
-    /// that completes the task; a panic in one is logged and does not affect
-    /// the result. If the result was already taken by [`result`](Self::result)
-    /// the callback sees `Err(ResultTaken)`.
+    /// once (on this thread) if it already has. `f` gets the outcome by
+    /// reference, `&Ok(value)` or `&Err(error)`: the one that
+    /// [`result`](Self::result) returns, or `&Err(Error::ResultTaken)` if
+    /// `result` already took the value. A panic in `f` is logged and does
+    /// not affect the result.
+    ///
+    /// `f` runs on whichever thread publishes the outcome, which need not
+    /// be one of the pool's: the pool's manager thread (at the very end of
+    /// a shutdown, once the manager has exited, its watchdog); or any
+    /// thread of yours that waits on or polls a future of the same pool
+    /// (`result`, `result_timeout`, `exception`, `done`, `.await`,
+    /// [`wait`](fn@crate::wait), [`as_completed`](fn@crate::as_completed), a
+    /// map's iterator), since such a thread publishes every result it
+    /// finds, not only the one it waits for; or the thread that ends the
+    /// task with [`cancel`](Self::cancel), [`kill`](Self::kill) or
+    /// [`shutdown`](crate::ProcessPoolExecutor::shutdown). Therefore:
+    ///
+    /// * `f` must not take a lock that a thread may hold while it waits on
+    ///   or polls a future of this pool: `f` may run on that very thread (a
+    ///   `std::sync::Mutex` then deadlocks or panics);
+    /// * `f` should be short: the thread that runs it does nothing else
+    ///   meanwhile, and the future counts as done, and its waiters wake,
+    ///   only once its callbacks have returned. Send long work elsewhere (a
+    ///   channel to a thread of your own).
+    ///
+    /// Calling `result` or `exception` (or their `_timeout` forms) on this
+    /// same future from inside `f` is not supported: it may wait for the
+    /// callback to return, that is, for itself. Use `f`'s argument.
     pub fn add_done_callback(&self, f: impl FnOnce(&Result<R>) + Send + 'static) {
         {
             let mut slot = lock(&self.cell.task.slot);

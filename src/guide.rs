@@ -10,3 +10,6 @@ pub mod sending_data {}
 
 #[doc = include_str!("../docs/faults.md")]
 pub mod faults {}
+
+#[doc = include_str!("../docs/worker_environment.md")]
+pub mod worker_environment {}

@@ -15,7 +15,9 @@
 //!
 //! Tasks run in worker processes: re-executions of the current binary that
 //! are intercepted before `main`, so no init call is needed anywhere (not
-//! in `main`, not in tests). A task that panics fails its future with
+//! in `main`, not in tests); by the same token, what `main` sets up (a
+//! logger, a `static` it fills, parsed arguments) is not in the workers, see
+//! [What a worker has](guide::worker_environment). A task that panics fails its future with
 //! [`Error::TaskPanicked`]; a worker that crashes fails the task it was
 //! running with [`Error::TerminatedWorker`] and is replaced (the task
 //! waiting behind it runs again on another worker; every case is in
@@ -26,7 +28,8 @@
 //! shared memory: a [`SharedVec`] lives in the pool's arena and tasks take
 //! [`SharedSlice`]/[`SharedSliceMut`] handles to it, which cost a few bytes
 //! to send whatever their length.
-#![cfg(target_os = "linux")]
+#[cfg(not(target_os = "linux"))]
+compile_error!("loky runs on Linux only (memfd, futex, pidfd, /proc)");
 
 mod codec;
 mod codec_executor;
@@ -53,6 +56,8 @@ mod transport;
 mod wait;
 mod worker;
 
+/// The bytemuck whose `Pod` bounds [`SharedVec`] elements.
+pub use bytemuck;
 pub use codec::Payload;
 pub use codec_executor::{CodecExecutor, CodecMap, CodecMapUnordered, SubmitError};
 pub use codecs::{Codec, Rkyv};
@@ -61,6 +66,10 @@ pub use executor::{ProcessPoolExecutor, ProcessPoolExecutorBuilder};
 pub use future::Future;
 pub use map::{Map, MapUnordered};
 pub use reusable::{get_reusable_executor, ReusableExecutorBuilder};
+/// The rkyv that loky encodes with, for derives without a direct
+/// dependency: `#[rkyv(crate = loky::rkyv)]` (see
+/// [Sending data to workers](guide::sending_data)).
+pub use rkyv;
 pub use rkyv::util::AlignedVec;
 #[cfg(feature = "serde")]
 pub use serde_payload::{ArchivedSerde, MsgPack, Serde, SerdeResolver};
