@@ -205,7 +205,8 @@ where
         }
     }
 
-    /// Sends `n` items per task (at least 1).
+    /// Sends `n` items per task (at least 1, at most `u32::MAX`: outcomes
+    /// are numbered within a chunk by a `u32`).
     ///
     /// Without it the size is chosen automatically from the task durations
     /// the workers measure: each finished chunk reports how long it ran, and
@@ -236,7 +237,7 @@ where
     /// automatic size follows the recent chunks), or to reproduce a run
     /// exactly.
     pub fn chunksize(mut self, n: usize) -> Self {
-        self.fixed = Some(n.max(1));
+        self.fixed = Some(n.clamp(1, u32::MAX as usize));
         self
     }
 

@@ -70,10 +70,22 @@ thread_local! {
     static LAST_PANIC: std::cell::RefCell<Option<Failure>> = const { std::cell::RefCell::new(None) };
 }
 
-/// Installs the worker's panic hook: it records message, location and (with
-/// `RUST_BACKTRACE`) a backtrace for the result, instead of printing.
+/// Installs the worker's panic hook, on the thread that runs the tasks: a
+/// panic there is recorded (message, location and, with `RUST_BACKTRACE`, a
+/// backtrace) for the task's result instead of printed. A panic that no
+/// result will report is printed as usual: on another thread (one a task
+/// started), or when panics abort (`panic = "abort"`: the worker dies with
+/// SIGABRT, and its stderr is the only place the message reaches).
 pub(crate) fn install_panic_hook() {
-    std::panic::set_hook(Box::new(|info| {
+    let tasks = std::thread::current().id();
+    let print = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if cfg!(panic = "abort") || std::thread::current().id() != tasks {
+            print(info);
+            if std::thread::current().id() != tasks {
+                return;
+            }
+        }
         let message = if let Some(s) = info.payload().downcast_ref::<&str>() {
             (*s).to_owned()
         } else if let Some(s) = info.payload().downcast_ref::<String>() {

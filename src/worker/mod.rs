@@ -186,9 +186,18 @@ impl WorkerLoop<'_> {
                     let status = self.run_one(h);
                     if status != STATUS_OK {
                         let _ = self.rx.pop();
+                        // Its report would be the task's result; the parent
+                        // only learns that the worker exited, so say it here.
+                        let report = match self.spilled {
+                            None => {
+                                crate::executor::decode_failure(status, &self.out[RESULT_HEADER..])
+                                    .to_string()
+                            }
+                            Some(_) => format!("status {status}"),
+                        };
                         return fatal(
                             EXIT_INIT_FAILED,
-                            format_args!("initializer failed (status {status})"),
+                            format_args!("initializer failed: {report}"),
                         );
                     }
                     self.send_header(TAG_READY, 0, STATUS_OK);
