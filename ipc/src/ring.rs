@@ -24,6 +24,8 @@ use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 /// Size of a frame header, and the alignment of every frame.
 pub const FRAME: usize = 16;
 const WRAP: u32 = u32::MAX;
+/// Clears the bits of a position below a frame boundary.
+const FRAME_MASK: u64 = !(FRAME as u64 - 1);
 
 /// The shared part of a ring. `#[repr(C)]`; the data buffer (of
 /// `capacity` bytes) lives elsewhere in the same region.
@@ -244,7 +246,11 @@ impl<'r> Producer<'r> {
     ) -> Self {
         // SAFETY: the caller guarantees `hdr` is valid for reads.
         let h = unsafe { hdr.as_ref() };
-        let head = h.head.load(Relaxed);
+        // Frame-aligned whatever another process may have written here:
+        // every position this end computes from it stays 16-aligned, which
+        // `reserve` and `write_frame` rely on (a misaligned value from a
+        // peer's stray write costs that peer garbled frames, not us UB).
+        let head = h.head.load(Relaxed) & FRAME_MASK;
         Self {
             hdr,
             data,
@@ -465,7 +471,9 @@ impl<'r> Consumer<'r> {
             hdr,
             data,
             cap,
-            tail: h.tail.load(Relaxed),
+            // Frame-aligned, as for the producer's `head`: `frame_at`
+            // reads frame headers at `tail`.
+            tail: h.tail.load(Relaxed) & FRAME_MASK,
             cached_head: h.head.load(Acquire),
             shadow: Shadow::default(),
             _region: PhantomData,
@@ -627,6 +635,21 @@ mod tests {
             c.pop().unwrap();
             assert!(c.peek().unwrap().is_none());
         }
+    }
+
+    #[test]
+    fn ends_attach_at_frame_boundaries_whatever_the_header_says() {
+        let mut ring = HeapRing::new(256).unwrap();
+        // A peer's stray writes left both counters off a frame boundary.
+        ring.hdr.head.store(7 * 16 + 5, Relaxed);
+        ring.hdr.tail.store(7 * 16 + 9, Relaxed);
+        let (mut p, mut c) = ring.split();
+        assert_eq!((p.head, c.tail), (7 * 16, 7 * 16));
+        // The producer sees a tail ahead of its head: a full ring, so it
+        // writes nothing; the consumer reads frame headers at aligned
+        // offsets only, and reports the head it cannot reach as corrupt.
+        assert!(!p.try_push(3, b"x"));
+        assert!(c.peek().is_err());
     }
 
     #[test]
