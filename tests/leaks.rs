@@ -70,8 +70,13 @@ fn cycle(i: u64) {
     } // else: plain drop
 }
 
+/// The tests of this file count the process's descriptors and mappings:
+/// one at a time.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn two_hundred_cycles_leak_nothing() {
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     // Warm up lazily initialised process state (thread-locals, allocator).
     cycle(0);
     let (fds, maps, shm) = (fd_count(), map_count(), shm_entries());
@@ -104,6 +109,7 @@ fn fds_of_a_task_child(_: ()) -> Vec<String> {
 
 #[test]
 fn programs_a_task_starts_inherit_no_pool_descriptor() {
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let ex = ProcessPoolExecutor::new(1).unwrap();
     // A shared array in an earlier task maps the arena in the worker too.
     let v = loky::SharedVec::from_slice(&ex, &[1u64, 2, 3]).unwrap();
