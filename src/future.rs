@@ -697,16 +697,17 @@ impl<R: Send + 'static> Future<R> {
     /// `f` runs on whichever thread publishes the outcome, which need not
     /// be one of the pool's: the pool's manager thread (at the very end of
     /// a shutdown, once the manager has exited, its watchdog); or any
-    /// thread of yours that waits on or polls a future of the same pool
-    /// (`result`, `result_timeout`, `exception`, `done`, `.await`,
-    /// [`wait`](fn@crate::wait), [`as_completed`](fn@crate::as_completed), a
-    /// map's iterator), since such a thread publishes every result it
-    /// finds, not only the one it waits for; or the thread that ends the
+    /// thread of yours that blocks on a future of the same pool (`result`,
+    /// `result_timeout`, `exception`, [`wait`](fn@crate::wait),
+    /// [`as_completed`](fn@crate::as_completed), a map's iterator), since
+    /// such a thread publishes every result it finds, not only the one it
+    /// waits for (`done` and `.await` never run callbacks: they leave them
+    /// to the manager); or the thread that ends the
     /// task with [`cancel`](Self::cancel), [`kill`](Self::kill) or
     /// [`shutdown`](crate::ProcessPoolExecutor::shutdown). Therefore:
     ///
-    /// * `f` must not take a lock that a thread may hold while it waits on
-    ///   or polls a future of this pool: `f` may run on that very thread (a
+    /// * `f` must not take a lock that a thread may hold while it blocks on
+    ///   a future of this pool: `f` may run on that very thread (a
     ///   `std::sync::Mutex` then deadlocks or panics);
     /// * `f` should be short: the thread that runs it does nothing else
     ///   meanwhile, and the future counts as done, and its waiters wake,

@@ -228,6 +228,31 @@ fn result_timeout_exception_done_running() {
 }
 
 #[test]
+fn a_long_done_callback_on_the_manager_does_not_delay_other_results() {
+    let ex = pool(2);
+    let (tx, rx) = mpsc::channel();
+    // Nobody waits on it: the manager thread publishes it, and runs the
+    // callback.
+    let first = ex.submit(sleep_ms, 20).unwrap();
+    first.add_done_callback(move |_| {
+        tx.send(()).unwrap();
+        std::thread::sleep(Duration::from_secs(2));
+    });
+    rx.recv_timeout(HANG).unwrap();
+    // Meanwhile results of 5 ms tasks (past the callers' spinning) reach
+    // their waiter when they come, not at its next 100 ms nap.
+    let mut waits: Vec<Duration> = (0..5)
+        .map(|_| {
+            let t = std::time::Instant::now();
+            assert_eq!(ex.submit(sleep_ms, 5).unwrap().result().unwrap(), 5);
+            t.elapsed()
+        })
+        .collect();
+    waits.sort();
+    assert!(waits[2] < Duration::from_millis(60), "waits {waits:?}");
+}
+
+#[test]
 fn duration_max_means_no_deadline() {
     let ex = pool(1);
     let f = ex.submit_with_timeout(sleep_ms, 20, Duration::MAX).unwrap();

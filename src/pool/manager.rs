@@ -8,8 +8,11 @@ use super::{Pool, TICK};
 pub(super) fn run(pool: &Arc<Pool>) {
     super::OWN_POOL.with(|own| *own.borrow_mut() = Some(Arc::downgrade(pool)));
     let bell = pool.region().parent_bell();
+    let mut drained = Vec::new();
     loop {
-        if pool.drain_all(true) | pool.publish_pending() {
+        pool.drain_into(true, &mut drained);
+        let staged = pool.take_pending();
+        if pool.publish_awake(drained.drain(..).chain(staged)) {
             continue;
         }
         // The watchdog decides when the pool is over (it alone starts

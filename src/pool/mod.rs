@@ -421,7 +421,7 @@ impl Pool {
 
     /// Drains every result ring into `done` (see [`Pool::drain_all`]),
     /// publishing nothing.
-    fn drain_into(&self, block: bool, done: &mut Vec<Arc<dyn Completion>>) {
+    pub(super) fn drain_into(&self, block: bool, done: &mut Vec<Arc<dyn Completion>>) {
         for i in 0..self.receivers.len() {
             let guard = if block {
                 Some(lock(&self.receivers[i]))
@@ -858,9 +858,11 @@ impl Pool {
         let spinning = self.region.parent_spinning();
         spinning.fetch_add(1, Ordering::Relaxed);
         bell.enter();
+        let mut drained = Vec::new();
         let found = loky_ipc::spin_until(budget, || {
             if self.results_pending() {
-                self.drain_all(false);
+                self.drain_into(false, &mut drained);
+                self.publish_awake(drained.drain(..));
             }
             done()
         });
@@ -899,11 +901,17 @@ impl Pool {
         if cell.publish_without_callbacks() {
             return;
         }
-        match lock(&self.to_publish).as_mut() {
+        let mut staged = lock(&self.to_publish);
+        match staged.as_mut() {
             Some(cells) => cells.push(cell),
             // The manager has exited (the pool is over): nobody else would.
-            None => return cell.publish(),
+            // (Its callbacks run without the lock held.)
+            None => {
+                drop(staged);
+                return cell.publish();
+            }
         }
+        drop(staged);
         self.manager_wake.fire();
         self.region.parent_bell().wake_all();
     }
@@ -916,13 +924,46 @@ impl Pool {
 
     /// Publishes what the watchdog staged; true if there was anything.
     pub(crate) fn publish_pending(&self) -> bool {
-        let cells = lock(&self.to_publish)
-            .as_mut()
-            .map(std::mem::take)
-            .unwrap_or_default();
+        let cells = self.take_pending();
         let any = !cells.is_empty();
         for c in cells {
             c.publish();
+        }
+        any
+    }
+
+    /// Takes the staged outcomes (see [`publish_later`](Self::publish_later)).
+    pub(super) fn take_pending(&self) -> Vec<Arc<dyn Completion>> {
+        lock(&self.to_publish)
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
+    /// Publishes `cells` from a thread counted as awake on the parent
+    /// doorbell: those without done-callbacks at once, the others off the
+    /// doorbell. While this thread counts as awake no worker rings it, so a
+    /// long callback run there would leave the callers asleep on it to
+    /// their naps (up to [`TICK`]) for every result. True if there was any.
+    pub(super) fn publish_awake(
+        &self,
+        cells: impl IntoIterator<Item = Arc<dyn Completion>>,
+    ) -> bool {
+        let mut any = false;
+        let mut with_callbacks = Vec::new();
+        for c in cells {
+            any = true;
+            if !c.publish_without_callbacks() {
+                with_callbacks.push(c);
+            }
+        }
+        if !with_callbacks.is_empty() {
+            let bell = self.region.parent_bell();
+            bell.leave();
+            for c in with_callbacks {
+                c.publish();
+            }
+            bell.enter();
         }
         any
     }
@@ -1003,10 +1044,16 @@ impl Pool {
         self.region.clone()
     }
 
-    /// Drains without spinning (for `done()` and `poll`).
+    /// Drains without spinning (for `done()` and `poll`). Done-callbacks are
+    /// left to the manager thread: this may be an async runtime's thread,
+    /// or one holding a lock a callback takes.
     pub(crate) fn poll_results(&self) {
         if self.results_pending() {
-            self.drain_all(false);
+            let mut drained = Vec::new();
+            self.drain_into(false, &mut drained);
+            for c in drained {
+                self.publish_later(c);
+            }
         }
     }
 
