@@ -324,6 +324,12 @@ fn exit_seven_is_terminated_worker_with_exit_code_seven() {
 }
 
 #[test]
+// Seen early only through the lifeline (glibc, 64-bit) and a non-zero code:
+// elsewhere such a worker still holds its slot (a known limit).
+#[cfg_attr(
+    not(all(target_env = "gnu", target_pointer_width = "64")),
+    ignore = "needs the lifeline (glibc, 64-bit)"
+)]
 fn a_task_that_ends_only_the_main_thread_frees_its_slot() {
     bounded(|| {
         // One worker: if its slot stayed taken, the next task would never run.

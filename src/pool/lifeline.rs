@@ -106,8 +106,12 @@ impl Pool {
             // Exiting is not yet gone: if only its main thread exits (a
             // task ended it alone while other threads live on), the
             // process would stay, the pidfd would never report it, and the
-            // slot would stay taken. Its tasks fail below either way.
-            let _ = w.pidfd.kill(rustix::process::Signal::KILL);
+            // slot would stay taken. Its tasks fail below either way. Not
+            // on a signal, which ends the whole process anyway (and which
+            // may be writing a core dump that a kill would cut short).
+            if matches!(status, crate::ExitStatus::Exited(_)) {
+                let _ = w.pidfd.kill(rustix::process::Signal::KILL);
+            }
             status
         };
         // Results it published before dying are real results.
