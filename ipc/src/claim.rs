@@ -72,6 +72,11 @@ impl Claim {
         }
     }
 
+    /// Forgets every start and withdrawal, while no consumer uses it.
+    pub(crate) fn reset(&self) {
+        self.word.store(0, Relaxed);
+    }
+
     /// The consumer is about to act on message `key`: true if it may,
     /// false if the producer withdrew it (the consumer must skip it; the
     /// withdrawal is then consumed).

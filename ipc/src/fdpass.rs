@@ -29,7 +29,10 @@ pub fn socket_pair() -> Result<(OwnedFd, OwnedFd)> {
     .os("socketpair")
 }
 
-/// Sends one descriptor. Never raises `SIGPIPE` (a dead peer is an error).
+/// Sends one descriptor. Never raises `SIGPIPE` (a dead peer is an error)
+/// and never blocks: a peer that left its socket full (it reads one
+/// descriptor per message it takes, so this takes many unread messages) is
+/// an error too, rather than a hang of the sender.
 pub fn send_fd(socket: BorrowedFd<'_>, fd: BorrowedFd<'_>) -> Result<()> {
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
     let mut control = SendAncillaryBuffer::new(&mut space);
@@ -41,7 +44,7 @@ pub fn send_fd(socket: BorrowedFd<'_>, fd: BorrowedFd<'_>) -> Result<()> {
         socket,
         &[IoSlice::new(&[1])],
         &mut control,
-        SendFlags::NOSIGNAL,
+        SendFlags::NOSIGNAL | SendFlags::DONTWAIT,
     )
     .os("sendmsg(SCM_RIGHTS)")?;
     Ok(())

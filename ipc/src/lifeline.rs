@@ -113,10 +113,8 @@ impl Lifeline {
         }
     }
 
-    /// Empties the lifeline, while no process holds or watches it. (A
-    /// slot's lifeline is emptied by writing a new one with the slot.)
-    #[cfg(all(test, not(loom)))]
-    fn reset(&self) {
+    /// Empties the lifeline, while no process holds or watches it.
+    pub(crate) fn reset(&self) {
         for n in &self.node {
             n.store(0, Ordering::Relaxed);
         }

@@ -31,7 +31,7 @@ use crate::lifeline::Lifeline;
 use crate::ring::{Consumer, Producer, RingHeader};
 use crate::sync::{AtomicU32, Padded};
 use crate::{Doorbell, Error, Result};
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::Ordering::{Relaxed, Release};
 
 const MAGIC: [u8; 8] = *b"LOKYIPC\0";
 /// Version of the region layout. Bump on any change to a `#[repr(C)]`
@@ -172,8 +172,21 @@ impl Region {
         // shared with any other process; no reference to it exists yet.
         unsafe { region.map.as_mut_ptr().cast::<RegionHeader>().write(hdr) };
         for i in 0..cfg.slots {
-            // SAFETY: nobody else can see the region yet.
-            unsafe { region.init_slot(i, 0) };
+            let slot = region.slot(i);
+            let hdr = SlotHeader {
+                generation: AtomicU32::new(0),
+                pid: AtomicU32::new(0),
+                spinning: AtomicU32::new(0),
+                _reserved: 0,
+                claim: Claim::new(),
+                bell: Padded(Doorbell::new(1)),
+                lifeline: Lifeline::new(),
+                down: RingHeader::new(cfg.ring_capacity),
+                up: RingHeader::new(cfg.ring_capacity),
+            };
+            // SAFETY: in bounds and aligned (page offset), and nobody else
+            // can see the region yet.
+            unsafe { slot.hdr.as_ptr().write(hdr) };
         }
         Ok(region)
     }
@@ -346,21 +359,20 @@ impl Region {
     /// No process other than the caller may be using the slot: its previous
     /// worker has exited (or never existed) and the caller holds no
     /// producer or consumer of it.
+    ///
+    /// Field by field, with atomic stores: other threads of this process
+    /// read every slot's counters meanwhile (whether results wait, how many
+    /// threads spin). The ring capacities, written at creation, stay.
     pub unsafe fn init_slot(&self, i: u32, generation: u32) {
-        let slot = self.slot(i);
-        let hdr = SlotHeader {
-            generation: AtomicU32::new(generation),
-            pid: AtomicU32::new(0),
-            spinning: AtomicU32::new(0),
-            _reserved: 0,
-            claim: Claim::new(),
-            bell: Padded(Doorbell::new(1)),
-            lifeline: Lifeline::new(),
-            down: RingHeader::new(self.cfg.ring_capacity),
-            up: RingHeader::new(self.cfg.ring_capacity),
-        };
-        // SAFETY: in bounds and aligned (page offset); exclusive per contract.
-        unsafe { slot.hdr.as_ptr().write(hdr) };
+        let h = self.slot(i).header();
+        h.pid.store(0, Relaxed);
+        h.spinning.store(0, Relaxed);
+        h.claim.reset();
+        h.bell.reset(1);
+        h.lifeline.reset();
+        h.down.reset();
+        h.up.reset();
+        h.generation.store(generation, Release);
     }
 }
 

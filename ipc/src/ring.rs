@@ -77,6 +77,13 @@ impl RingHeader {
         head.saturating_sub(tail) as usize
     }
 
+    /// Empties the ring, while neither end is attached anywhere (its
+    /// capacity stays).
+    pub(crate) fn reset(&self) {
+        self.head.store(0, Relaxed);
+        self.tail.store(0, Relaxed);
+    }
+
     /// Bytes the producer has published so far (a snapshot). A consumer
     /// that knows its own [`Consumer::position`] can tell whether a message
     /// waits without trusting the shared `tail`, which its peer may have
