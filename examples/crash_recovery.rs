@@ -129,13 +129,14 @@ fn main() -> Result<(), loky::Error> {
     println!("then a map over 1000 items: sum of squares {squares}");
     let stats = ex.stats();
     println!(
-        "stats: {} workers alive, {} crashed, {} respawned, {} completed, {} failed, \
-         {} run again after waiting behind a crash",
+        "stats: {} workers alive, {} crashed, {} respawned; tasks: {} completed, {} failed, \
+         {} aborted (a crash, a time limit), {} run again after waiting behind a crash",
         stats.workers_alive,
         stats.crashed,
         stats.respawned,
         stats.completed,
         stats.failed,
+        stats.aborted,
         stats.rerun
     );
     Ok(())

@@ -440,6 +440,9 @@ impl<R: Send + 'static> TaskCell<R> {
     /// Stores the outcome and marks the task finished (under its lock);
     /// returns the listeners to wake.
     fn settle(&self, slot: &mut Slot<R>, outcome: Result<R>) -> Vec<Listener<R>> {
+        if let Some(pool) = self.pool.upgrade() {
+            pool.ends.count(&outcome);
+        }
         slot.error = outcome.as_ref().err().cloned();
         slot.outcome = Some(outcome);
         self.state.store(FINISHED, Ordering::Release);

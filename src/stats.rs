@@ -1,5 +1,7 @@
 //! Counters of a pool's activity.
 
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
 /// A snapshot of a pool's activity, from
 /// [`ProcessPoolExecutor::stats`](crate::ProcessPoolExecutor::stats).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -12,19 +14,40 @@ pub struct Stats {
     /// Tasks handed to workers and not finished.
     pub running: usize,
     /// Tasks submitted so far (a `map` chunk counts as one).
+    ///
+    /// Every submitted task ends once, and is then counted in exactly one
+    /// of `completed`, `failed`, `cancelled` and `aborted`, by the outcome
+    /// its future got: once every future has ended (and nothing is
+    /// `queued` or `running`), `submitted` is their sum.
     pub submitted: u64,
-    /// Tasks that returned a value.
+    /// Tasks that returned a value (a `map` chunk whose items panicked
+    /// too: the chunk returns their failures as its value).
     pub completed: u64,
-    /// Tasks that failed in the worker (panic, codec error).
+    /// Tasks that failed in the worker or its codec
+    /// ([`Error::TaskPanicked`], [`Error::Codec`]).
+    ///
+    /// [`Error::TaskPanicked`]: crate::Error::TaskPanicked
+    /// [`Error::Codec`]: crate::Error::Codec
     pub failed: u64,
-    /// Tasks cancelled before they ran: by [`Future::cancel`], by
-    /// [`Future::kill`] while they waited (in the parent, or in a worker's
-    /// ring, not started yet), or by a shutdown with
+    /// Tasks that ended with [`Error::Cancelled`]: by [`Future::cancel`],
+    /// by [`Future::kill`] (waiting or running), or by a shutdown with
     /// `cancel_futures`.
     ///
+    /// [`Error::Cancelled`]: crate::Error::Cancelled
     /// [`Future::cancel`]: crate::Future::cancel
     /// [`Future::kill`]: crate::Future::kill
     pub cancelled: u64,
+    /// Tasks that ended with any other error, without a result from a
+    /// worker: their worker died ([`Error::TerminatedWorker`]), their time
+    /// limit fell ([`Error::Timeout`]), or the pool shut down or broke
+    /// before they ran ([`Error::ShutdownExecutor`],
+    /// [`Error::BrokenProcessPool`]).
+    ///
+    /// [`Error::TerminatedWorker`]: crate::Error::TerminatedWorker
+    /// [`Error::Timeout`]: crate::Error::Timeout
+    /// [`Error::ShutdownExecutor`]: crate::Error::ShutdownExecutor
+    /// [`Error::BrokenProcessPool`]: crate::Error::BrokenProcessPool
+    pub aborted: u64,
     /// Workers that died unexpectedly (crash, signal, exit).
     pub crashed: u64,
     /// Workers started to replace one that died or retired.
@@ -40,10 +63,41 @@ pub struct Stats {
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Counters {
     pub(crate) submitted: u64,
-    pub(crate) completed: u64,
-    pub(crate) failed: u64,
-    pub(crate) cancelled: u64,
     pub(crate) crashed: u64,
     pub(crate) respawned: u64,
     pub(crate) rerun: u64,
+}
+
+/// How tasks ended, counted where each ends (once: the first finish of a
+/// task wins), by its outcome; atomics, so that no pool lock is taken there.
+#[derive(Debug, Default)]
+pub(crate) struct Ends {
+    completed: AtomicU64,
+    failed: AtomicU64,
+    cancelled: AtomicU64,
+    aborted: AtomicU64,
+}
+
+impl Ends {
+    /// Counts a task that ended with `outcome`.
+    pub(crate) fn count<R>(&self, outcome: &crate::Result<R>) {
+        use crate::Error;
+        let counter = match outcome {
+            Ok(_) => &self.completed,
+            Err(Error::TaskPanicked { .. } | Error::Codec { .. }) => &self.failed,
+            Err(Error::Cancelled) => &self.cancelled,
+            Err(_) => &self.aborted,
+        };
+        counter.fetch_add(1, Relaxed);
+    }
+
+    /// (completed, failed, cancelled, aborted).
+    pub(crate) fn read(&self) -> (u64, u64, u64, u64) {
+        (
+            self.completed.load(Relaxed),
+            self.failed.load(Relaxed),
+            self.cancelled.load(Relaxed),
+            self.aborted.load(Relaxed),
+        )
+    }
 }

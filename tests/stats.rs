@@ -77,6 +77,58 @@ fn stats_count_completions_failures_crashes_and_respawns() {
     assert_eq!(s.failed, 1, "the panic, not the crash: {s:?}");
     assert_eq!((s.crashed, s.respawned), (1, 1), "{s:?}");
     assert_eq!((s.queued, s.running, s.cancelled), (0, 0, 0), "{s:?}");
+    assert_eq!(s.aborted, 1, "the crash: {s:?}");
+}
+
+/// `submitted` is the sum of the four ends.
+fn ends(s: &Stats) -> u64 {
+    s.completed + s.failed + s.cancelled + s.aborted
+}
+
+#[test]
+fn every_task_ends_in_exactly_one_counter() {
+    let ex = ProcessPoolExecutor::new(1).unwrap();
+    let sleep = |ms: u64| std::thread::sleep(Duration::from_millis(ms));
+    ex.submit(|x: u8| x, 0)
+        .unwrap()
+        .result_timeout(HANG)
+        .unwrap();
+    // A time limit that falls while the task runs (its worker is killed).
+    let limited = ex
+        .submit_with_timeout(sleep, 5_000, Duration::from_millis(50))
+        .unwrap();
+    assert!(matches!(limited.result_timeout(HANG), Err(Error::Timeout)));
+    // A kill while it runs, a cancel while it waits.
+    let running = ex.submit(sleep, 5_000).unwrap();
+    let queued = ex.submit(sleep, 1).unwrap();
+    let behind = ex.submit(sleep, 1).unwrap();
+    wait_for("the task to run", &ex, |s| s.running >= 1);
+    assert!(behind.cancel() || behind.kill());
+    assert!(running.kill());
+    assert!(matches!(
+        running.result_timeout(HANG),
+        Err(Error::Cancelled)
+    ));
+    queued.result_timeout(HANG).unwrap();
+    // A panic, and tasks a shutdown drops without running them.
+    let panicked = ex.submit(|_: ()| -> u8 { panic!("x") }, ()).unwrap();
+    assert!(panicked.result_timeout(HANG).is_err());
+    let blocker = ex.submit(sleep, 100).unwrap();
+    let dropped: Vec<_> = (0..5).map(|_| ex.submit(sleep, 1).unwrap()).collect();
+    ex.shutdown(false, false, true);
+    for f in dropped.iter().chain([&blocker]) {
+        assert!(f.result_timeout(HANG).is_err());
+    }
+    let s = ex.stats();
+    assert_eq!(s.submitted, 12, "{s:?}");
+    assert_eq!(ends(&s), s.submitted, "{s:?}");
+    // The first task and `queued`; the panic; the kill and the cancel;
+    // the time limit, the blocker and the dropped tasks.
+    assert_eq!(
+        (s.completed, s.failed, s.cancelled, s.aborted),
+        (2, 1, 2, 7),
+        "{s:?}"
+    );
 }
 
 #[test]
@@ -112,5 +164,6 @@ fn every_cancel_is_counted_once_when_shutdown_and_cancel_race() {
         blocker.result_timeout(HANG).unwrap();
         let s = ex.stats();
         assert_eq!(s.cancelled as usize, cancelled, "round {round}: {s:?}");
+        assert_eq!(ends(&s), s.submitted, "round {round}: {s:?}");
     }
 }

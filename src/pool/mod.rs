@@ -211,6 +211,8 @@ pub(crate) struct Pool {
     /// results wait is decided from this and the worker's `head`, never
     /// from the ring's shared `tail`, which the worker can overwrite.
     read_to: Box<[AtomicU64]>,
+    /// How the pool's tasks ended (see [`crate::Stats::submitted`]).
+    pub(crate) ends: crate::stats::Ends,
     watchdog_wake: Notifier,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
     thread_ids: Mutex<Vec<std::thread::ThreadId>>,
@@ -271,6 +273,7 @@ impl Pool {
             grant_key: crate::shared::new_grant_key(),
             receivers: (0..slots).map(|_| Mutex::new(None)).collect(),
             read_to: (0..slots).map(|_| AtomicU64::new(CLOSED)).collect(),
+            ends: Default::default(),
             state: Mutex::new(State {
                 want: config.max_workers,
                 max_workers: config.max_workers,
@@ -393,15 +396,13 @@ impl Pool {
         }
     }
 
-    /// Counts a task its future just cancelled ([`Future::cancel`] won the
-    /// race to it: each cancel is counted by whoever made it) and removes
-    /// it from the queue, unless a refill or a shutdown took it out first
-    /// (both leave a cancelled task alone).
+    /// Removes a task its future just cancelled ([`Future::cancel`] won the
+    /// race to it) from the queue, unless a refill or a shutdown took it
+    /// out first (both leave a cancelled task alone).
     ///
     /// [`Future::cancel`]: crate::Future::cancel
     pub(crate) fn forget_queued(&self, id: u64) {
         let mut st = self.state();
-        st.stats.cancelled += 1;
         if st.queue.remove(id).is_some() {
             st.deadlines.forget(id);
         }
@@ -613,11 +614,6 @@ impl Pool {
                 w.exiting = true;
                 w.send_exit();
             }
-            if hdr.status == crate::protocol::STATUS_OK {
-                st.stats.completed += 1;
-            } else {
-                st.stats.failed += 1;
-            }
         }
         st.refill(i, failed);
         if shutdown {
@@ -704,10 +700,6 @@ impl Pool {
                 // back and run elsewhere either.
                 w.withdrawn = Some(id);
                 let cell = w.in_flight[pos].clone();
-                // Cancelled (`Future::kill`) before it ran.
-                if matches!(reason, Error::Cancelled) {
-                    st.stats.cancelled += 1;
-                }
                 // Staged under the state lock: a death path or the skip's
                 // result, which take it too, find the outcome set.
                 cell.stage_error(reason);
@@ -733,13 +725,7 @@ impl Pool {
             return Err(st);
         };
         drop(st);
-        let ended = q.cell.try_end(reason.clone());
-        // (A task put back after its worker died, say, that `kill` found
-        // running: counted here.)
-        if ended && matches!(reason, Error::Cancelled) {
-            self.state().stats.cancelled += 1;
-        }
-        Ok(ended)
+        Ok(q.cell.try_end(reason.clone()))
     }
 
     pub(crate) fn worker_pids(&self) -> Vec<u32> {
@@ -1077,18 +1063,14 @@ impl Pool {
         }
         // Outside the state lock: cancelling or failing a task runs its
         // callbacks, which may call back into the pool.
-        let mut cancelled = 0;
         for q in dropped {
             // A task whose future is cancelling it right now is left to
-            // that cancel (and counted there).
+            // that cancel.
             if cancel_futures {
-                cancelled += u64::from(q.cell.try_cancel());
+                q.cell.try_cancel();
             } else {
                 q.cell.try_end(Error::ShutdownExecutor);
             }
-        }
-        if cancelled > 0 {
-            self.state().stats.cancelled += cancelled;
         }
         self.wake_threads();
         if wait {
@@ -1163,6 +1145,7 @@ impl Pool {
     pub(crate) fn stats(&self) -> crate::stats::Stats {
         let st = self.state();
         let c = st.stats;
+        let (completed, failed, cancelled, aborted) = self.ends.read();
         crate::stats::Stats {
             workers_alive: st
                 .workers
@@ -1173,9 +1156,10 @@ impl Pool {
             queued: st.queue.len(),
             running: st.workers.iter().flatten().map(|w| w.in_flight.len()).sum(),
             submitted: c.submitted,
-            completed: c.completed,
-            failed: c.failed,
-            cancelled: c.cancelled,
+            completed,
+            failed,
+            cancelled,
+            aborted,
             crashed: c.crashed,
             respawned: c.respawned,
             rerun: c.rerun,
