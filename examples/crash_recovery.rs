@@ -106,7 +106,7 @@ fn main() -> Result<(), loky::Error> {
             Err(Error::TaskPanicked {
                 message, location, ..
             }) => format!("TaskPanicked at {location}: {message} (the worker lives on)"),
-            Err(Error::Timeout) => "Timeout: the worker was killed and replaced".to_owned(),
+            Err(Error::TimeLimit) => "TimeLimit: the worker was killed and replaced".to_owned(),
             Err(e) => format!("Err({e})"),
         };
         println!("{:<14} {outcome}", format!("{fault:?}"));

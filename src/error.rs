@@ -62,12 +62,19 @@ pub enum Error {
         backtrace: Option<String>,
     },
 
-    /// Either a wait gave up (`result_timeout`, `exception_timeout`,
-    /// `as_completed`, `wait`): the task goes on, wait again or stop it; or
-    /// the task's own time limit fell (`submit_with_timeout`): it was
-    /// stopped, and this is its outcome.
-    #[error("timed out waiting for the result")]
+    /// A wait gave up (`result_timeout`, `exception_timeout`,
+    /// `as_completed`): the task goes on; wait again, or stop it with
+    /// [`Future::kill`](crate::Future::kill). Never a task's outcome.
+    #[error("timed out waiting for the result (the task goes on)")]
     Timeout,
+
+    /// The task's own time limit fell
+    /// ([`submit_with_timeout`](crate::ProcessPoolExecutor::submit_with_timeout)):
+    /// it was stopped (a running task by killing its worker, which the pool
+    /// replaces; a waiting one never runs). This is its outcome; submit it
+    /// again with a longer limit if it needs more time.
+    #[error("the task's time limit fell; it was stopped")]
+    TimeLimit,
 
     /// The task was cancelled: by [`Future::cancel`](crate::Future::cancel)
     /// or a shutdown with `cancel_futures` before it ran, or by

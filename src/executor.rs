@@ -125,7 +125,7 @@ impl ProcessPoolExecutor {
     }
 
     /// Like [`submit`](Self::submit), with a time limit counted from now: a
-    /// task not finished by then fails with [`Error::Timeout`]. If it is
+    /// task not finished by then fails with [`Error::TimeLimit`]. If it is
     /// running, its worker is killed (and replaced) to stop it; if it is
     /// still waiting (in the parent, or in a worker's ring, not started),
     /// it never runs, and no worker is killed (as for
@@ -135,7 +135,7 @@ impl ProcessPoolExecutor {
     /// use std::time::Duration;
     /// let ex = loky::ProcessPoolExecutor::builder().max_workers(1).build()?;
     /// let slow = ex.submit_with_timeout(|_: ()| -> u8 { loop { std::hint::spin_loop() } }, (), Duration::from_millis(50))?;
-    /// assert!(matches!(slow.result(), Err(loky::Error::Timeout)));
+    /// assert!(matches!(slow.result(), Err(loky::Error::TimeLimit)));
     /// assert_eq!(ex.submit(|x: u8| x, 7)?.result()?, 7); // the pool healed
     /// # Ok::<(), loky::Error>(())
     /// ```

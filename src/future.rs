@@ -961,7 +961,7 @@ mod tests {
             s.spawn(|| f.cell.publish());
             in_callback.recv().expect("the callback runs");
             // A time limit falls meanwhile: too late.
-            f.cell.stage_error(Error::Timeout);
+            f.cell.stage_error(Error::TimeLimit);
             f.cell.publish();
             assert!(
                 !f.done(),

@@ -39,12 +39,12 @@ pub struct Stats {
     pub cancelled: u64,
     /// Tasks that ended with any other error, without a result from a
     /// worker: their worker died ([`Error::TerminatedWorker`]), their time
-    /// limit fell ([`Error::Timeout`]), or the pool shut down or broke
+    /// limit fell ([`Error::TimeLimit`]), or the pool shut down or broke
     /// before they ran ([`Error::ShutdownExecutor`],
     /// [`Error::BrokenProcessPool`]).
     ///
     /// [`Error::TerminatedWorker`]: crate::Error::TerminatedWorker
-    /// [`Error::Timeout`]: crate::Error::Timeout
+    /// [`Error::TimeLimit`]: crate::Error::TimeLimit
     /// [`Error::ShutdownExecutor`]: crate::Error::ShutdownExecutor
     /// [`Error::BrokenProcessPool`]: crate::Error::BrokenProcessPool
     pub aborted: u64,

@@ -555,7 +555,7 @@ fn time_limits_still_fall_while_a_callback_on_the_manager_waits() {
         "ran on {thread:?}, not a pool thread"
     );
     assert!(
-        matches!(outcome, Err(Error::Timeout)),
+        matches!(outcome, Err(Error::TimeLimit)),
         "got {outcome:?} instead of the time limit"
     );
 }

@@ -513,7 +513,7 @@ fn tasks_waiting_behind_a_timed_out_task_run_on_the_replacement() {
             .unwrap()
         });
         assert!(
-            matches!(slow.result_timeout(HANG), Err(Error::Timeout)),
+            matches!(slow.result_timeout(HANG), Err(Error::TimeLimit)),
             "the slow task times out"
         );
         let values: Vec<u64> = others
@@ -574,7 +574,7 @@ fn a_task_timed_out_while_waiting_behind_a_crash_is_not_run_again() {
                 Duration::from_millis(50),
             )
             .unwrap();
-        assert!(matches!(late.result_timeout(HANG), Err(Error::Timeout)));
+        assert!(matches!(late.result_timeout(HANG), Err(Error::TimeLimit)));
         terminated(crash.result_timeout(HANG));
         // Anything put back in the queue would run before this.
         assert_heals(&ex);

@@ -207,7 +207,7 @@ fn a_task_killed_before_an_idle_worker_starts_it_never_runs() {
 #[test]
 fn a_task_whose_time_limit_falls_while_it_waits_in_a_workers_ring_never_runs() {
     // Nothing to do: the limit falls while the task waits.
-    stop_a_waiting_task("limit", Duration::from_millis(100), |_| Error::Timeout);
+    stop_a_waiting_task("limit", Duration::from_millis(100), |_| Error::TimeLimit);
 }
 
 #[test]
@@ -219,7 +219,7 @@ fn a_task_past_its_time_limit_fails_with_timeout() {
     let fast = ex
         .submit_with_timeout(|x: u32| x * 2, 21, Duration::from_secs(30))
         .unwrap();
-    assert!(matches!(slow.result_timeout(HANG), Err(Error::Timeout)));
+    assert!(matches!(slow.result_timeout(HANG), Err(Error::TimeLimit)));
     assert_eq!(fast.result_timeout(HANG).unwrap(), 42);
     assert_eq!(
         ex.submit(|x: u8| x, 3)
@@ -247,7 +247,7 @@ fn time_limits_fall_in_time_order_not_in_submit_order() {
     let short = ex
         .submit_with_timeout(spin_forever, (), Duration::from_millis(100))
         .unwrap();
-    assert!(matches!(short.result_timeout(HANG), Err(Error::Timeout)));
+    assert!(matches!(short.result_timeout(HANG), Err(Error::TimeLimit)));
     assert!(
         !long.done(),
         "the earlier-submitted, longer limit has not fallen"

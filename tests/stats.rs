@@ -97,7 +97,10 @@ fn every_task_ends_in_exactly_one_counter() {
     let limited = ex
         .submit_with_timeout(sleep, 5_000, Duration::from_millis(50))
         .unwrap();
-    assert!(matches!(limited.result_timeout(HANG), Err(Error::Timeout)));
+    assert!(matches!(
+        limited.result_timeout(HANG),
+        Err(Error::TimeLimit)
+    ));
     // A kill while it runs, a cancel while it waits.
     let running = ex.submit(sleep, 5_000).unwrap();
     let queued = ex.submit(sleep, 1).unwrap();

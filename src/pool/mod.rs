@@ -820,7 +820,7 @@ impl Pool {
         let mut expired = Vec::new();
         let next = self.state().deadlines.expire(Instant::now(), &mut expired);
         for id in expired {
-            self.stop_task(id, Error::Timeout);
+            self.stop_task(id, Error::TimeLimit);
         }
         next
     }
