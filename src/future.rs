@@ -427,7 +427,7 @@ impl<R: Send + 'static> TaskCell<R> {
             (outcome, callbacks)
         };
         for cb in callbacks {
-            run_callback(cb, &outcome, self.id);
+            run_callback(cb, &outcome, self.id, self.address());
         }
         let listeners = {
             let mut slot = lock(&self.slot);
@@ -435,6 +435,11 @@ impl<R: Send + 'static> TaskCell<R> {
         };
         // A callback among them was added while the callbacks above ran.
         self.wake(listeners);
+    }
+
+    /// Identifies this task among the tasks whose callbacks a thread runs.
+    fn address(&self) -> usize {
+        self as *const Self as usize
     }
 
     /// Stores the outcome and marks the task finished (under its lock);
@@ -508,17 +513,38 @@ impl<R: Send + 'static> TaskCell<R> {
         };
         match outcome {
             Some(o) => {
-                run_callback(cb, &o, self.id);
+                run_callback(cb, &o, self.id, self.address());
                 let mut slot = lock(&self.slot);
                 slot.outcome = Some(o);
                 slot.lent = false;
             }
-            None => run_callback(cb, &Err(Error::ResultTaken), self.id),
+            None => run_callback(cb, &Err(Error::ResultTaken), self.id, self.address()),
         }
     }
 }
 
-fn run_callback<R>(cb: Callback<R>, outcome: &Result<R>, id: u64) {
+thread_local! {
+    /// The tasks whose done-callbacks this thread is running (innermost
+    /// last): a callback waiting for its own future would wait for itself.
+    static IN_CALLBACKS_OF: std::cell::RefCell<Vec<usize>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Whether this thread is running a done-callback of the task at `cell`.
+fn in_callback_of(cell: usize) -> bool {
+    IN_CALLBACKS_OF
+        .try_with(|c| c.borrow().contains(&cell))
+        .unwrap_or(false)
+}
+
+fn run_callback<R>(cb: Callback<R>, outcome: &Result<R>, id: u64, cell: usize) {
+    struct Running;
+    impl Drop for Running {
+        fn drop(&mut self) {
+            let _ = IN_CALLBACKS_OF.try_with(|c| c.borrow_mut().pop());
+        }
+    }
+    let _ = IN_CALLBACKS_OF.try_with(|c| c.borrow_mut().push(cell));
+    let _running = Running;
     if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cb(outcome))).is_err() {
         tracing::error!(
             task = id,
@@ -598,13 +624,28 @@ impl<R: Send + 'static> Future<R> {
     /// Dropping a future does not cancel its task; call
     /// [`cancel`](Self::cancel) or [`kill`](Self::kill) for that.
     pub fn result(&self) -> Result<R> {
+        self.not_from_own_callback()?;
         self.wait_done(None);
         self.take()
+    }
+
+    /// An error if this thread is running one of this task's done-callbacks
+    /// (the task counts as done only once they return: waiting for it
+    /// there would never end).
+    fn not_from_own_callback(&self) -> Result<()> {
+        if in_callback_of(self.cell.task.address()) {
+            return Err(Error::InvalidArgument(
+                "a done-callback cannot wait for its own future; use the outcome it is given"
+                    .into(),
+            ));
+        }
+        Ok(())
     }
 
     /// Like [`result`](Self::result), giving up with [`Error::Timeout`]
     /// after `timeout` (the task keeps running; call again later).
     pub fn result_timeout(&self, timeout: Duration) -> Result<R> {
+        self.not_from_own_callback()?;
         if !self.wait_done(crate::wait::deadline_after(timeout)) {
             return Err(Error::Timeout);
         }
@@ -614,6 +655,9 @@ impl<R: Send + 'static> Future<R> {
     /// Blocks until finished; returns the error the task failed with, or
     /// `None` if it succeeded.
     pub fn exception(&self) -> Option<Error> {
+        if let Err(e) = self.not_from_own_callback() {
+            return Some(e);
+        }
         self.wait_done(None);
         lock(&self.cell.task.slot).error.clone()
     }
@@ -621,6 +665,7 @@ impl<R: Send + 'static> Future<R> {
     /// Like [`exception`](Self::exception) with a timeout; `Err(Timeout)`
     /// if the task has not finished in time.
     pub fn exception_timeout(&self, timeout: Duration) -> Result<Option<Error>> {
+        self.not_from_own_callback()?;
         if !self.wait_done(crate::wait::deadline_after(timeout)) {
             return Err(Error::Timeout);
         }
@@ -718,8 +763,10 @@ impl<R: Send + 'static> Future<R> {
     ///   channel to a thread of your own).
     ///
     /// Calling `result` or `exception` (or their `_timeout` forms) on this
-    /// same future from inside `f` is not supported: it may wait for the
-    /// callback to return, that is, for itself. Use `f`'s argument.
+    /// same future from inside `f` fails at once with
+    /// [`Error::InvalidArgument`] (as an `Err`, or as the returned error):
+    /// it would wait for the callback to return, that is, for itself. Use
+    /// `f`'s argument.
     pub fn add_done_callback(&self, f: impl FnOnce(&Result<R>) + Send + 'static) {
         {
             let mut slot = lock(&self.cell.task.slot);

@@ -253,6 +253,30 @@ fn a_long_done_callback_on_the_manager_does_not_delay_other_results() {
 }
 
 #[test]
+fn a_done_callback_waiting_for_its_own_future_gets_an_error() {
+    let ex = pool(1);
+    for already_done in [false, true] {
+        let f = Arc::new(ex.submit(sleep_ms, 20).unwrap());
+        if already_done {
+            f.result_timeout(HANG).unwrap();
+        }
+        let (tx, rx) = mpsc::channel();
+        let me = f.clone();
+        f.add_done_callback(move |outcome| {
+            let own = me.result_timeout(HANG);
+            let exception = me.exception();
+            let _ = tx.send((outcome.is_ok(), own, exception));
+        });
+        let (ok, own, exception) = rx.recv_timeout(HANG).expect("the callback returns");
+        assert_eq!(ok, !already_done, "the outcome it is given");
+        assert!(matches!(own, Err(Error::InvalidArgument(_))), "{own:?}");
+        assert!(matches!(exception, Some(Error::InvalidArgument(_))));
+        // Outside the callback the future works as before.
+        assert!(f.done());
+    }
+}
+
+#[test]
 fn duration_max_means_no_deadline() {
     let ex = pool(1);
     let f = ex.submit_with_timeout(sleep_ms, 20, Duration::MAX).unwrap();
