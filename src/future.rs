@@ -580,6 +580,19 @@ impl Canceller {
     pub(crate) fn cancel(&self) -> bool {
         cancel(&*self.cell, &self.pool)
     }
+
+    /// As [`Future::kill`], but a task that already started is left to
+    /// finish: one waiting in the parent or in a worker's ring is
+    /// withdrawn, and no worker is killed.
+    pub(crate) fn withdraw(&self) -> bool {
+        if self.cancel() {
+            return true;
+        }
+        match self.pool.upgrade() {
+            Some(pool) => pool.stop_task(self.cell.id(), Error::Cancelled, false),
+            None => false,
+        }
+    }
 }
 
 /// [`Future::cancel`] of task `cell` of `pool`.
@@ -655,8 +668,10 @@ impl<R: Send + 'static> Future<R> {
     /// Blocks until finished; returns the error the task failed with, or
     /// `None` if it succeeded.
     pub fn exception(&self) -> Option<Error> {
-        if let Err(e) = self.not_from_own_callback() {
-            return Some(e);
+        if !self.cell.task.is_done() {
+            if let Err(e) = self.not_from_own_callback() {
+                return Some(e);
+            }
         }
         self.wait_done(None);
         lock(&self.cell.task.slot).error.clone()
@@ -665,7 +680,9 @@ impl<R: Send + 'static> Future<R> {
     /// Like [`exception`](Self::exception) with a timeout; `Err(Timeout)`
     /// if the task has not finished in time.
     pub fn exception_timeout(&self, timeout: Duration) -> Result<Option<Error>> {
-        self.not_from_own_callback()?;
+        if !self.cell.task.is_done() {
+            self.not_from_own_callback()?;
+        }
         if !self.wait_done(crate::wait::deadline_after(timeout)) {
             return Err(Error::Timeout);
         }
@@ -710,7 +727,7 @@ impl<R: Send + 'static> Future<R> {
             return true;
         }
         match self.cell.task.pool.upgrade() {
-            Some(pool) => pool.stop_task(self.cell.task.id, Error::Cancelled),
+            Some(pool) => pool.stop_task(self.cell.task.id, Error::Cancelled, true),
             None => false,
         }
     }
@@ -749,24 +766,27 @@ impl<R: Send + 'static> Future<R> {
     /// `result_timeout`, `exception`, [`wait`](fn@crate::wait),
     /// [`as_completed`](fn@crate::as_completed), a map's iterator), since
     /// such a thread publishes every result it finds, not only the one it
-    /// waits for (`done` and `.await` never run callbacks: they leave them
-    /// to the manager); or the thread that ends the
+    /// waits for (`done` and `.await` leave callbacks to the manager, or to
+    /// such a thread); or the thread that ends the
     /// task with [`cancel`](Self::cancel), [`kill`](Self::kill) or
     /// [`shutdown`](crate::ProcessPoolExecutor::shutdown). Therefore:
     ///
     /// * `f` must not take a lock that a thread may hold while it blocks on
-    ///   a future of this pool: `f` may run on that very thread (a
+    ///   or polls a future of this pool: `f` may run on that very thread,
+    ///   or on the manager thread that the poller waits for (a
     ///   `std::sync::Mutex` then deadlocks or panics);
     /// * `f` should be short: the thread that runs it does nothing else
     ///   meanwhile, and the future counts as done, and its waiters wake,
     ///   only once its callbacks have returned. Send long work elsewhere (a
     ///   channel to a thread of your own).
     ///
-    /// Calling `result` or `exception` (or their `_timeout` forms) on this
-    /// same future from inside `f` fails at once with
-    /// [`Error::InvalidArgument`] (as an `Err`, or as the returned error):
-    /// it would wait for the callback to return, that is, for itself. Use
-    /// `f`'s argument.
+    /// Calling `result` (or `result_timeout`) on this same future from
+    /// inside `f` fails at once with [`Error::InvalidArgument`]: it would
+    /// wait for the callback to return, that is, for itself; so does
+    /// `exception` unless the task had finished before `f` was added. Use
+    /// `f`'s argument. ([`wait`](fn@crate::wait),
+    /// [`as_completed`](fn@crate::as_completed) and `.await` on it from
+    /// there would wait for ever.)
     pub fn add_done_callback(&self, f: impl FnOnce(&Result<R>) + Send + 'static) {
         {
             let mut slot = lock(&self.cell.task.slot);

@@ -51,7 +51,8 @@ impl ProcessPoolExecutor {
     /// (`Err(Codec)` at `DecodeResult`: a custom codec's batch decoding). If a chunk
     /// cannot be submitted at all (the executor was shut down, or the pool
     /// broke), the map ends with that one error and reads no more input.
-    /// Dropping the map cancels its chunks still waiting in the parent.
+    /// Dropping the map withdraws its chunks still waiting (in the parent or
+    /// in a worker's ring); chunks already running end normally.
     /// With the `progress` feature, `.progress()` draws a progress bar.
     ///
     /// ```
@@ -474,11 +475,12 @@ where
 }
 
 impl<F, A, R, I> Drop for Map<F, A, R, I> {
-    /// Cancels the chunks still waiting in the parent (those a worker holds
-    /// run to their end; their results are dropped).
+    /// Withdraws the chunks still waiting, in the parent or in a worker's
+    /// ring; those already running end normally (no worker is killed) and
+    /// their results are dropped.
     fn drop(&mut self) {
         for cancel in self.window.iter().filter_map(|c| c.cancel.as_ref()) {
-            cancel.cancel();
+            cancel.withdraw();
         }
     }
 }

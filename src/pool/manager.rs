@@ -25,7 +25,11 @@ pub(super) fn run(pool: &Arc<Pool>) {
             pool.stop_publishing_later();
             break;
         }
+        // Off the doorbell: stopping a task past its time limit, or failing
+        // one that cannot be sent, may run its done-callbacks here.
+        bell.leave();
         let next_deadline = pool.housekeeping();
+        bell.enter();
         let nap = next_deadline.map_or(TICK, |at| {
             at.saturating_duration_since(std::time::Instant::now())
                 .min(TICK)

@@ -231,6 +231,9 @@ pub(crate) struct Pool {
     /// `None` once the manager thread has exited: outcomes are then
     /// published by whoever stages them.
     to_publish: Mutex<Option<Vec<Arc<dyn Completion>>>>,
+    /// Whether `to_publish` holds anything (set and cleared under its lock;
+    /// read without it by the spinning and sleeping callers).
+    staged: AtomicBool,
     /// The shared arena behind `SharedVec`s (mapped lazily).
     pub(crate) arena: Arc<loky_ipc::Arena>,
     /// The secret the grants of shared-array handles are keyed with
@@ -292,6 +295,7 @@ impl Pool {
             manager_wake: Default::default(),
             watchdog_done: AtomicBool::new(false),
             to_publish: Mutex::new(Some(Vec::new())),
+            staged: AtomicBool::new(false),
             region: Arc::new(region),
             config,
         });
@@ -635,9 +639,11 @@ impl Pool {
     /// task a worker holds but has not started (waiting behind another one
     /// in its ring, or not reached yet) is withdrawn (the worker skips it)
     /// and failed at once; a running task is stopped by killing its worker
-    /// (the pool heals).
-    /// Returns false if the task is not known (already finished).
-    pub(crate) fn stop_task(&self, id: u64, reason: Error) -> bool {
+    /// (the pool heals), unless `kill` is false: a running task is then
+    /// left to finish (and its time limit, if any, kept).
+    /// Returns whether the task was stopped (false if it is not known:
+    /// already finished; or running, without `kill`).
+    pub(crate) fn stop_task(&self, id: u64, reason: Error, kill: bool) -> bool {
         // In the queue: ended there. Else in a worker, it seems: the results
         // already in the rings first, as a task that finished must not be
         // stopped by killing its worker (which would take the task that
@@ -655,7 +661,8 @@ impl Pool {
                 }
             }
         };
-        for (i, w) in st.workers.iter_mut().enumerate() {
+        let state = &mut *st;
+        for (i, w) in state.workers.iter_mut().enumerate() {
             let Some(w) = w.as_mut() else { continue };
             let Some(pos) = w.in_flight.iter().position(|c| c.id() == id) else {
                 continue;
@@ -691,6 +698,10 @@ impl Pool {
                 // is nothing to stop, and a kill would fail the next task.
                 return false;
             }
+            if !withdrawn && !kill {
+                return false;
+            }
+            state.deadlines.forget(id);
             if !withdrawn {
                 tracing::info!(pid = w.pid, task = id, error = %reason, "killing a worker to stop its task");
                 w.task_kill = Some((id, reason));
@@ -720,10 +731,10 @@ impl Pool {
         reason: &Error,
     ) -> std::result::Result<bool, MutexGuard<'_, State>> {
         let mut st = self.state();
-        st.deadlines.forget(id);
         let Some(q) = st.queue.remove(id) else {
             return Err(st);
         };
+        st.deadlines.forget(id);
         drop(st);
         Ok(q.cell.try_end(reason.clone()))
     }
@@ -820,7 +831,7 @@ impl Pool {
         let mut expired = Vec::new();
         let next = self.state().deadlines.expire(Instant::now(), &mut expired);
         for id in expired {
-            self.stop_task(id, Error::TimeLimit);
+            self.stop_task(id, Error::TimeLimit, true);
         }
         next
     }
@@ -848,8 +859,8 @@ impl Pool {
         let found = loky_ipc::spin_until(budget, || {
             if self.results_pending() {
                 self.drain_into(false, &mut drained);
-                self.publish_awake(drained.drain(..));
             }
+            self.publish_awake(drained.drain(..).chain(self.take_pending()));
             done()
         });
         bell.leave();
@@ -889,7 +900,10 @@ impl Pool {
         }
         let mut staged = lock(&self.to_publish);
         match staged.as_mut() {
-            Some(cells) => cells.push(cell),
+            Some(cells) => {
+                cells.push(cell);
+                self.staged.store(true, Ordering::Release);
+            }
             // The manager has exited (the pool is over): nobody else would.
             // (Its callbacks run without the lock held.)
             None => {
@@ -903,9 +917,7 @@ impl Pool {
     }
 
     pub(crate) fn has_pending_publish(&self) -> bool {
-        lock(&self.to_publish)
-            .as_ref()
-            .is_some_and(|c| !c.is_empty())
+        self.staged.load(Ordering::Acquire)
     }
 
     /// Publishes what the watchdog staged; true if there was anything.
@@ -920,10 +932,12 @@ impl Pool {
 
     /// Takes the staged outcomes (see [`publish_later`](Self::publish_later)).
     pub(super) fn take_pending(&self) -> Vec<Arc<dyn Completion>> {
-        lock(&self.to_publish)
-            .as_mut()
-            .map(std::mem::take)
-            .unwrap_or_default()
+        if !self.has_pending_publish() {
+            return Vec::new();
+        }
+        let mut staged = lock(&self.to_publish);
+        self.staged.store(false, Ordering::Release);
+        staged.as_mut().map(std::mem::take).unwrap_or_default()
     }
 
     /// Publishes `cells` from a thread counted as awake on the parent
@@ -959,7 +973,11 @@ impl Pool {
     /// thread that failed a dead worker's tasks may stage them after the
     /// manager saw the pool finished).
     pub(crate) fn stop_publishing_later(&self) {
-        let cells = lock(&self.to_publish).take().unwrap_or_default();
+        let cells = {
+            let mut staged = lock(&self.to_publish);
+            self.staged.store(false, Ordering::Release);
+            staged.take().unwrap_or_default()
+        };
         for c in cells {
             c.publish();
         }
@@ -982,10 +1000,14 @@ impl Pool {
         let finished = loop {
             if self.results_pending() {
                 self.drain_into(false, &mut drained);
-                for c in drained.drain(..) {
-                    if !c.publish_without_callbacks() {
-                        with_callbacks.push(c);
-                    }
+            }
+            // Outcomes staged for the manager too (a `done()` elsewhere may
+            // have drained this caller's result): the manager may be busy
+            // in a long callback.
+            drained.extend(self.take_pending());
+            for c in drained.drain(..) {
+                if !c.publish_without_callbacks() {
+                    with_callbacks.push(c);
                 }
             }
             if !with_callbacks.is_empty() {
@@ -1011,7 +1033,9 @@ impl Pool {
                 break false;
             }
             let nap = deadline.map_or(TICK, |d| (d - now).min(TICK));
-            if !self.sleep_on_bell(nap, || self.results_pending() || done() || notify.take()) {
+            if !self.sleep_on_bell(nap, || {
+                self.results_pending() || self.has_pending_publish() || done() || notify.take()
+            }) {
                 continue;
             }
         };
@@ -1031,10 +1055,15 @@ impl Pool {
     }
 
     /// Drains without spinning (for `done()` and `poll`). Done-callbacks are
-    /// left to the manager thread: this may be an async runtime's thread,
-    /// or one holding a lock a callback takes.
+    /// left to the manager thread (this may be an async runtime's thread),
+    /// unless this is one of the pool's own threads: a callback there
+    /// polling another future would wait on itself.
     pub(crate) fn poll_results(&self) {
         if self.results_pending() {
+            if self.on_pool_thread() {
+                self.drain_all(false);
+                return;
+            }
             let mut drained = Vec::new();
             self.drain_into(false, &mut drained);
             for c in drained {
