@@ -569,9 +569,11 @@ impl loky::Codec<SharedSliceMut<u32>> for DecodingTwice {
         <loky::Rkyv as loky::Codec<SharedSliceMut<u32>>>::encode(value, out)
     }
     fn decode(bytes: &[u8]) -> Result<SharedSliceMut<u32>, String> {
-        let first = <loky::Rkyv as loky::Codec<SharedSliceMut<u32>>>::decode(bytes)?;
-        let _second = <loky::Rkyv as loky::Codec<SharedSliceMut<u32>>>::decode(bytes)?;
-        Ok(first)
+        let _first = <loky::Rkyv as loky::Codec<SharedSliceMut<u32>>>::decode(bytes)?;
+        // Refused right here, not only once the decoder returns: it could
+        // otherwise write through both.
+        <loky::Rkyv as loky::Codec<SharedSliceMut<u32>>>::decode(bytes)?;
+        Err("a second writer of the same elements was made, alive with the first".into())
     }
 }
 

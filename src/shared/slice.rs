@@ -300,14 +300,17 @@ impl<T: Pod> SharedSliceMut<T> {
     /// returned; in the parent, if the handle was sent to a task (possible
     /// only through a type that encodes a handle it shares behind a lock).
     pub fn as_mut_slice(&mut self) -> &mut [T] {
-        let elems = self.as_slice();
-        let (ptr, len) = (elems.as_ptr().cast_mut(), elems.len());
-        // SAFETY: as in `as_slice` (checked just above), and this handle
-        // holds the only lease on its elements: a write lease excludes every
-        // other handle, it can be sent to one task only, and once sent the
-        // parent's copy refuses access (`check_not_sent`). With `&mut self`
-        // this is the only access.
-        unsafe { std::slice::from_raw_parts_mut(ptr, len) }
+        // The checks of `as_slice` (it panics where access is refused); the
+        // slice it returns is not used: write access must not derive from
+        // a shared reference.
+        let _ = self.as_slice();
+        // SAFETY: as in `as_slice` (checked just above): `ptr` is the
+        // handle's own pointer into the mapping, to `len` initialised `T`s;
+        // and this handle holds the only lease on its elements: a write
+        // lease excludes every other handle, it can be sent to one task
+        // only, and once sent the parent's copy refuses access
+        // (`check_not_sent`). With `&mut self` this is the only access.
+        unsafe { std::slice::from_raw_parts_mut(self.inner.ptr.as_ptr(), self.inner.len) }
     }
 }
 

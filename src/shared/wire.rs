@@ -20,6 +20,7 @@
 //!   not a second writer of leased or freed memory.
 
 use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -303,10 +304,76 @@ thread_local! {
     static RECEIVING: Cell<bool> = const { Cell::new(false) };
     /// The task this worker runs ([`begin_task`]).
     static TASK: Cell<u64> = const { Cell::new(0) };
-    /// The handles the current task received: byte ranges, and whether
-    /// writable.
-    static RECEIVED: RefCell<Vec<(std::ops::Range<usize>, bool)>> =
-        const { RefCell::new(Vec::new()) };
+    /// The byte ranges of the handles the current task received.
+    static RECEIVED: RefCell<ReceivedRanges> = const { RefCell::new(ReceivedRanges::new()) };
+}
+
+/// The byte ranges a task's handles cover, as two sets of disjoint
+/// intervals (start → end): the writable ones, and the union of the
+/// read-only ones (readers may overlap each other, not a writer).
+#[derive(Debug)]
+struct ReceivedRanges {
+    writable: BTreeMap<usize, usize>,
+    readable: BTreeMap<usize, usize>,
+}
+
+impl ReceivedRanges {
+    const fn new() -> Self {
+        Self {
+            writable: BTreeMap::new(),
+            readable: BTreeMap::new(),
+        }
+    }
+
+    fn clear(&mut self) {
+        self.writable.clear();
+        self.readable.clear();
+    }
+
+    /// Adds a handle's range, unless it overlaps one already received
+    /// where either may write.
+    fn add(&mut self, range: std::ops::Range<usize>, writable: bool) -> Result<(), String> {
+        if range.is_empty() {
+            return Ok(());
+        }
+        let clash =
+            overlaps(&self.writable, &range) || (writable && overlaps(&self.readable, &range));
+        if clash {
+            return Err(
+                "a task received two handles to the same elements, one of them \
+                        writable (a codec that decodes a handle twice?)"
+                    .to_owned(),
+            );
+        }
+        if writable {
+            self.writable.insert(range.start, range.end);
+        } else {
+            // Merged into the union of the read-only ranges.
+            let (mut start, mut end) = (range.start, range.end);
+            let touching: Vec<(usize, usize)> = self
+                .readable
+                .range(..=end)
+                .rev()
+                .take_while(|&(_, &e)| e >= start)
+                .map(|(&s, &e)| (s, e))
+                .collect();
+            for (s, e) in touching {
+                self.readable.remove(&s);
+                start = start.min(s);
+                end = end.max(e);
+            }
+            self.readable.insert(start, end);
+        }
+        Ok(())
+    }
+}
+
+/// Whether `range` overlaps one of the disjoint intervals of `set`: only
+/// the last interval starting before its end can.
+fn overlaps(set: &BTreeMap<usize, usize>, range: &std::ops::Range<usize>) -> bool {
+    set.range(..range.end)
+        .next_back()
+        .is_some_and(|(_, &end)| end > range.start)
 }
 
 /// This worker's copy of its pool's grant key ([`set_worker`]).
@@ -319,8 +386,12 @@ pub(crate) fn begin_task(task: u64) {
 }
 
 /// Accepts a handle `w` of `bytes` bytes with `grant` for the current task
-/// if the parent granted it to this task, and notes its range for
-/// [`no_overlap`].
+/// if the parent granted it to this task and it overlaps no handle the
+/// task received before where either may write (the parent never sends
+/// such: its leases exclude it; a codec that decodes a handle twice would
+/// make them). Checked here, before the handle exists: a codec's decoder
+/// could otherwise use two writers of the same elements before the task
+/// runs.
 fn accept(w: &Wire, grant_seen: u64, bytes: usize) -> Result<(), String> {
     let key = WORKER_KEY
         .get()
@@ -332,44 +403,15 @@ fn accept(w: &Wire, grant_seen: u64, bytes: usize) -> Result<(), String> {
                 .into(),
         );
     }
-    RECEIVED.with(|r| {
-        r.borrow_mut()
-            .push((w.offset..w.offset + bytes, w.writable))
-    });
-    Ok(())
-}
-
-/// Checks that no two handles the current task received overlap where
-/// either may write (the parent never sends such: its leases exclude it; a
-/// codec that decodes a handle twice would make them). Sorts the ranges and
-/// sweeps them once, keeping the furthest end seen, of any range and of a
-/// writable one: a range overlaps an earlier one if it starts before that
-/// end.
-fn no_overlap() -> Result<(), String> {
-    RECEIVED.with(|r| {
-        let mut received = r.borrow_mut();
-        received.sort_unstable_by_key(|(range, _)| range.start);
-        let (mut end_any, mut end_writable) = (0, 0);
-        for (range, writable) in received.iter().filter(|(range, _)| !range.is_empty()) {
-            let limit = if *writable { end_any } else { end_writable };
-            if range.start < limit {
-                return Err(
-                    "a task received two handles to the same elements, one of them \
-                            writable (a codec that decodes a handle twice?)"
-                        .to_owned(),
-                );
-            }
-            end_any = end_any.max(range.end);
-            if *writable {
-                end_writable = end_writable.max(range.end);
-            }
-        }
-        Ok(())
-    })
+    let end = w
+        .offset
+        .checked_add(bytes)
+        .ok_or("a shared array handle past the end of the address space")?;
+    RECEIVED.with(|r| r.borrow_mut().add(w.offset..end, w.writable))
 }
 
 /// Runs `decode` (a worker's decoder of its task's argument) with handle
-/// decoding allowed; then checks the handles it made ([`no_overlap`]).
+/// decoding allowed (each handle checked as it is made, see [`accept`]).
 pub(crate) fn receiving<O>(decode: impl FnOnce() -> Result<O, String>) -> Result<O, String> {
     /// Puts the flag back as it was, also when `decode` unwinds.
     struct Reset(bool);
@@ -379,9 +421,7 @@ pub(crate) fn receiving<O>(decode: impl FnOnce() -> Result<O, String>) -> Result
         }
     }
     let _reset = Reset(RECEIVING.with(|r| r.replace(true)));
-    let decoded = decode()?;
-    no_overlap()?;
-    Ok(decoded)
+    decode()
 }
 
 /// Whether this thread is decoding its task's argument ([`receiving`]):
@@ -483,14 +523,14 @@ fn worker_arena() -> Result<&'static loky_ipc::ArenaView, String> {
 mod tests {
     use super::*;
 
-    /// Whether handles to these (byte range, writable) would be refused.
+    /// Whether handles to these (byte range, writable), received in this
+    /// order, would be refused.
     fn clash(handles: &[(usize, usize, bool)]) -> bool {
         begin_task(1);
         RECEIVED.with(|r| {
-            r.borrow_mut()
-                .extend(handles.iter().map(|&(s, e, w)| (s..e, w)))
-        });
-        no_overlap().is_err()
+            let mut r = r.borrow_mut();
+            handles.iter().any(|&(s, e, w)| r.add(s..e, w).is_err())
+        })
     }
 
     #[test]
@@ -507,5 +547,33 @@ mod tests {
         assert!(clash(&[(0, 100, false), (10, 20, false), (90, 95, true)]));
         assert!(clash(&[(0, 100, true), (10, 20, false), (95, 200, false)]));
         assert!(clash(&[(50, 60, false), (0, 51, true)]));
+        // Readers merged into one stretch still clash with a writer inside.
+        assert!(clash(&[
+            (0, 10, false),
+            (20, 30, false),
+            (5, 25, false),
+            (12, 14, true)
+        ]));
+        assert!(!clash(&[(0, 10, false), (20, 30, false), (10, 20, true)]));
+        assert!(clash(&[(10, 20, true), (0, 11, false)]));
+        assert!(clash(&[(10, 20, true), (19, 40, false)]));
+    }
+
+    proptest::proptest! {
+        /// The eager check refuses exactly the sets with an overlap where
+        /// either range may write, whatever their order.
+        #[test]
+        fn eager_check_agrees_with_pairwise(
+            handles in proptest::collection::vec((0usize..64, 0usize..16, proptest::bool::ANY), 0..12)
+        ) {
+            let handles: Vec<(usize, usize, bool)> =
+                handles.into_iter().map(|(s, n, w)| (s, s + n, w)).collect();
+            let pairwise = handles.iter().enumerate().any(|(i, a)| {
+                handles[..i].iter().any(|b| {
+                    (a.2 || b.2) && a.0 < a.1 && b.0 < b.1 && a.0 < b.1 && b.0 < a.1
+                })
+            });
+            proptest::prop_assert_eq!(clash(&handles), pairwise);
+        }
     }
 }
