@@ -137,6 +137,12 @@ pub enum Error {
     /// `&mut` access to the whole array. Drop the handle, or wait for the
     /// task that holds it to finish.
     ///
+    /// A task stopped while it waited in a worker's ring (by
+    /// [`Future::kill`](crate::Future::kill), a time limit, or a dropped
+    /// map) fails at once but keeps its ranges until that worker has
+    /// skipped it, after the task it runs now: until then its elements
+    /// stay busy.
+    ///
     /// [`SharedSliceMut`]: crate::SharedSliceMut
     #[error("elements {start}..{end} of a shared array are in use by another handle (a SharedSliceMut excludes all other access to its range); drop it or wait for its task")]
     RangeBusy {
