@@ -3,7 +3,7 @@
 use std::collections::VecDeque;
 use std::marker::PhantomData;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::codec::Payload;
 use crate::error::{Error, Result};
@@ -164,6 +164,10 @@ pub struct Map<F, A, R, I> {
     /// A chunk that could not be submitted (the pool was shut down or
     /// broke): its first item's index and the error. The map ends with it.
     submit_error: Option<(usize, Error)>,
+    /// The time the whole map may take ([`Map::timeout`]), until the first
+    /// `next()` turns it into `deadline`.
+    timeout: Option<Duration>,
+    deadline: Option<Instant>,
     notify: Arc<Notify>,
     progress: crate::progress::Tracker,
     _f: PhantomData<fn(A) -> F>,
@@ -200,6 +204,8 @@ where
             ready_start: 0,
             next_index: 0,
             submit_error: None,
+            timeout: None,
+            deadline: None,
             notify: Arc::new(Notify::default()),
             progress: crate::progress::Tracker::default(),
             _f: PhantomData,
@@ -239,6 +245,33 @@ where
     /// exactly.
     pub fn chunksize(mut self, n: usize) -> Self {
         self.fixed = Some(n.clamp(1, u32::MAX as usize));
+        self
+    }
+
+    /// Gives the whole map `timeout`, counted from the first `next()` (as
+    /// `concurrent.futures`' `map(timeout=...)` counts from the call): its
+    /// chunks get that instant as their time limit, so a chunk still
+    /// running or waiting then is stopped (its worker killed, if it runs)
+    /// and each of its items yields [`Error::TimeLimit`]; and past it the
+    /// map reads no more input, ending with one more `Err(TimeLimit)`
+    /// unless the input's size hint says nothing was left. Items finished
+    /// before it are yielded as usual.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let ex = loky::ProcessPoolExecutor::new(2)?;
+    /// let naps = ex
+    ///     .map(|ms: u64| std::thread::sleep(Duration::from_millis(ms)), [1, 1, 60_000])
+    ///     .chunksize(1)
+    ///     .timeout(Duration::from_millis(500));
+    /// let outcomes: Vec<_> = naps.collect();
+    /// assert!(outcomes[..2].iter().all(Result::is_ok));
+    /// assert!(matches!(outcomes[2], Err(loky::Error::TimeLimit)));
+    /// # Ok::<(), loky::Error>(())
+    /// ```
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
         self
     }
 
@@ -313,9 +346,21 @@ where
 
     /// Submits chunks until the window is full or the input ends.
     fn fill(&mut self) {
+        if let Some(timeout) = self.timeout.take() {
+            self.deadline = crate::wait::deadline_after(timeout);
+        }
         // Read once per fill: it takes the pool's lock.
         let max_chunks = self.max_chunks();
         while !self.exhausted && self.submit_error.is_none() && self.window.len() < max_chunks {
+            if self.deadline.is_some_and(|at| Instant::now() >= at) {
+                // Out of time: the input left is not read; one error
+                // stands for it, unless the input says it has none.
+                if self.input.size_hint().1 != Some(0) {
+                    self.submit_error = Some((self.next_index, Error::TimeLimit));
+                }
+                self.exhausted = true;
+                return;
+            }
             let n = self.chunk_len(max_chunks);
             let items: Vec<A> = self.input.by_ref().take(n).collect();
             if items.len() < n {
@@ -339,7 +384,7 @@ where
                     r
                 },
                 decode_chunk_result::<R>,
-                None,
+                self.deadline,
             ) {
                 Ok(fut) => {
                     sent = true;
@@ -535,6 +580,12 @@ where
     /// See [`Map::chunksize`].
     pub fn chunksize(mut self, n: usize) -> Self {
         self.inner = self.inner.chunksize(n);
+        self
+    }
+
+    /// See [`Map::timeout`].
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.inner = self.inner.timeout(timeout);
         self
     }
 

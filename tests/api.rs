@@ -716,6 +716,40 @@ fn wait_running_chunks(ex: &ProcessPoolExecutor) {
 }
 
 #[test]
+fn a_map_timeout_stops_the_chunks_past_it_and_reads_no_more_input() {
+    let ex = pool(2);
+    let start = std::time::Instant::now();
+    let naps = [10u64, 10, 60_000, 60_000, 60_000, 60_000, 60_000, 60_000];
+    let outcomes: Vec<_> = ex
+        .map(sleep_ms, naps)
+        .chunksize(1)
+        .timeout(Duration::from_millis(500))
+        .collect();
+    assert!(
+        start.elapsed() < Duration::from_secs(30),
+        "the map waited for its naps"
+    );
+    assert_eq!(outcomes[0].as_ref().unwrap(), &10);
+    assert_eq!(outcomes[1].as_ref().unwrap(), &10);
+    assert!(
+        outcomes[2..]
+            .iter()
+            .all(|o| matches!(o, Err(Error::TimeLimit))),
+        "{outcomes:?}"
+    );
+    // Some long naps were never read: one error stands for them.
+    assert!((3..naps.len()).contains(&outcomes.len()), "{outcomes:?}");
+    // The workers killed for it were replaced.
+    assert_eq!(
+        ex.submit(|x: u64| x + 1, 1)
+            .unwrap()
+            .result_timeout(HANG)
+            .unwrap(),
+        2
+    );
+}
+
+#[test]
 fn dropping_an_executor_with_pending_work_completes_it() {
     let ex = pool(2);
     let futs: Vec<_> = (0..20u64)
