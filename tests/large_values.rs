@@ -237,6 +237,14 @@ fn large_arguments_wait_in_the_queue_without_a_copy_and_arrive_whole() {
         std::thread::sleep(Duration::from_millis(100));
         summarize(v)
     };
+    // Keeps the worker busy while the arguments are made and submitted
+    // (slow in a debug build on a loaded machine), so that they queue.
+    let blocker = ex
+        .submit(
+            |ms: u64| std::thread::sleep(Duration::from_millis(ms)),
+            3000,
+        )
+        .unwrap();
     let futures: Vec<_> = lens
         .iter()
         .map(|&n| ex.submit(slow, make(n as u64)).unwrap())
@@ -254,6 +262,7 @@ fn large_arguments_wait_in_the_queue_without_a_copy_and_arrive_whole() {
             assert_eq!(f.result_timeout(HANG).unwrap(), expected_summary(n));
         }
     }
+    blocker.result_timeout(HANG).unwrap();
     let left = loky_ipc::spill::pool_stats();
     assert_eq!((left.leased, left.busy), (0, 0), "{left:?}");
 }
