@@ -206,6 +206,8 @@ pub(crate) trait Completion: Send + Sync {
     /// Whether the task holds shared-array pins (which only the worker's
     /// real end may release).
     fn has_pins(&self) -> bool;
+    /// Whether the task has finished (its outcome is published).
+    fn is_finished(&self) -> bool;
 }
 
 impl<R: Send + 'static> TaskCell<R> {
@@ -318,6 +320,10 @@ impl<R> Cell<R> {
 impl<R: Send + 'static> Completion for Cell<R> {
     fn id(&self) -> u64 {
         self.task.id
+    }
+
+    fn is_finished(&self) -> bool {
+        self.task.is_done()
     }
 
     fn set_running(&self) -> bool {
@@ -585,6 +591,9 @@ impl Canceller {
     /// finish: one waiting in the parent or in a worker's ring is
     /// withdrawn, and no worker is killed.
     pub(crate) fn withdraw(&self) -> bool {
+        if self.cell.is_finished() {
+            return false;
+        }
         if self.cancel() {
             return true;
         }

@@ -52,7 +52,8 @@ impl ProcessPoolExecutor {
     /// cannot be submitted at all (the executor was shut down, or the pool
     /// broke), the map ends with that one error and reads no more input.
     /// Dropping the map withdraws its chunks still waiting (in the parent or
-    /// in a worker's ring); chunks already running end normally.
+    /// in a worker's ring; of two a worker holds before starting either,
+    /// only one); chunks already running end normally.
     /// With the `progress` feature, `.progress()` draws a progress bar.
     ///
     /// ```
@@ -524,7 +525,13 @@ impl<F, A, R, I> Drop for Map<F, A, R, I> {
     /// ring; those already running end normally (no worker is killed) and
     /// their results are dropped.
     fn drop(&mut self) {
-        for cancel in self.window.iter().filter_map(|c| c.cancel.as_ref()) {
+        let waiting = || self.window.iter().filter_map(|c| c.cancel.as_ref());
+        // Those in the parent first: a withdrawal drains the rings, which
+        // could hand one of them to a worker meanwhile.
+        for cancel in waiting() {
+            cancel.cancel();
+        }
+        for cancel in waiting() {
             cancel.withdraw();
         }
     }

@@ -276,6 +276,27 @@ fn a_callback_on_the_manager_can_poll_another_future_with_a_callback() {
 }
 
 #[test]
+fn a_callback_can_wait_for_a_future_that_finished_with_its_own() {
+    let ex = pool(2);
+    for round in 0..10 {
+        // Both finish at about the same time, on the two workers: the
+        // manager often drains them in one batch, and runs `first`'s
+        // callback while `second`, with a callback of its own, is still
+        // in that batch.
+        let first = ex.submit(sleep_ms, 50).unwrap();
+        let second = Arc::new(ex.submit(sleep_ms, 50).unwrap());
+        second.add_done_callback(|_| {});
+        let (tx, rx) = mpsc::channel();
+        let waited = second.clone();
+        first.add_done_callback(move |_| {
+            let _ = tx.send(waited.result_timeout(Duration::from_secs(5)));
+        });
+        let got = rx.recv_timeout(HANG).unwrap();
+        assert_eq!(got.unwrap(), 50, "round {round}");
+    }
+}
+
+#[test]
 fn a_done_callback_waiting_for_its_own_future_gets_an_error() {
     let ex = pool(1);
     for already_done in [false, true] {

@@ -230,7 +230,7 @@ pub(crate) struct Pool {
     /// Outcomes staged by the watchdog, published by the manager.
     /// `None` once the manager thread has exited: outcomes are then
     /// published by whoever stages them.
-    to_publish: Mutex<Option<Vec<Arc<dyn Completion>>>>,
+    to_publish: Mutex<Option<VecDeque<Arc<dyn Completion>>>>,
     /// Whether `to_publish` holds anything (set and cleared under its lock;
     /// read without it by the spinning and sleeping callers).
     staged: AtomicBool,
@@ -294,7 +294,7 @@ impl Pool {
             standby: Default::default(),
             manager_wake: Default::default(),
             watchdog_done: AtomicBool::new(false),
-            to_publish: Mutex::new(Some(Vec::new())),
+            to_publish: Mutex::new(Some(VecDeque::new())),
             staged: AtomicBool::new(false),
             region: Arc::new(region),
             config,
@@ -417,11 +417,20 @@ impl Pool {
     pub(crate) fn drain_all(&self, block: bool) -> bool {
         let mut done = Vec::new();
         self.drain_into(block, &mut done);
-        let any = !done.is_empty();
-        for c in done {
-            c.publish();
+        self.publish_in_turn(done, |_| {})
+    }
+
+    /// Drains what is there without running done-callbacks here: outcomes
+    /// without one are published, the others staged for the manager (or
+    /// a caller blocked on the pool) to publish.
+    fn drain_staging_callbacks(&self) {
+        if self.results_pending() {
+            let mut drained = Vec::new();
+            self.drain_into(false, &mut drained);
+            for c in drained {
+                self.publish_later(c);
+            }
         }
-        any
     }
 
     /// Drains every result ring into `done` (see [`Pool::drain_all`]),
@@ -654,7 +663,9 @@ impl Pool {
             Ok(ended) => return ended,
             Err(st) => {
                 drop(st);
-                self.drain_all(false);
+                // Without running callbacks here: this may be a user's
+                // thread (`kill`, a dropped map).
+                self.drain_staging_callbacks();
                 match self.stop_queued(id, &reason) {
                     Ok(ended) => return ended,
                     Err(st) => st,
@@ -898,42 +909,87 @@ impl Pool {
         if cell.publish_without_callbacks() {
             return;
         }
+        if self.stage(cell) {
+            self.manager_wake.fire();
+            self.region.parent_bell().wake_all();
+        }
+    }
+
+    /// Puts `cell` (with done-callbacks) on the staging list; true if it
+    /// is there, false if it was published here (the manager has exited:
+    /// nobody else would; its callbacks run without the lock held).
+    fn stage(&self, cell: Arc<dyn Completion>) -> bool {
         let mut staged = lock(&self.to_publish);
         match staged.as_mut() {
             Some(cells) => {
-                cells.push(cell);
+                cells.push_back(cell);
                 self.staged.store(true, Ordering::Release);
+                true
             }
-            // The manager has exited (the pool is over): nobody else would.
-            // (Its callbacks run without the lock held.)
             None => {
                 drop(staged);
-                return cell.publish();
+                cell.publish();
+                false
             }
         }
-        drop(staged);
-        self.manager_wake.fire();
-        self.region.parent_bell().wake_all();
+    }
+
+    /// The first outcome on the staging list.
+    fn take_one_staged(&self) -> Option<Arc<dyn Completion>> {
+        if !self.has_pending_publish() {
+            return None;
+        }
+        let mut staged = lock(&self.to_publish);
+        let cells = staged.as_mut()?;
+        let first = cells.pop_front();
+        self.staged.store(!cells.is_empty(), Ordering::Release);
+        first
+    }
+
+    /// Publishes `cells` (outcomes this thread drained, or took from the
+    /// staging list): those without done-callbacks at once, then those
+    /// with one at a time, the others staged meanwhile. A callback may
+    /// wait on a future of the same batch: the wait then takes it from the
+    /// staging list, where it would otherwise sit in this thread's hands
+    /// for ever. `around(true)` runs before the callbacks, `around(false)`
+    /// after (to step off the doorbell). True if there was any outcome.
+    fn publish_in_turn(
+        &self,
+        cells: impl IntoIterator<Item = Arc<dyn Completion>>,
+        mut around: impl FnMut(bool),
+    ) -> bool {
+        let mut any = false;
+        let mut staged = false;
+        for c in cells {
+            any = true;
+            if !c.publish_without_callbacks() {
+                staged |= self.stage(c);
+            }
+        }
+        if staged {
+            around(true);
+            while let Some(c) = self.take_one_staged() {
+                c.publish();
+            }
+            around(false);
+        }
+        any
     }
 
     pub(crate) fn has_pending_publish(&self) -> bool {
         self.staged.load(Ordering::Acquire)
     }
 
-    /// Publishes what the watchdog staged; true if there was anything.
+    /// Publishes what is staged; true if there was anything.
     pub(crate) fn publish_pending(&self) -> bool {
         let cells = self.take_pending();
-        let any = !cells.is_empty();
-        for c in cells {
-            c.publish();
-        }
-        any
+        self.publish_in_turn(cells, |_| {})
     }
 
     /// Takes the staged outcomes (see [`publish_later`](Self::publish_later)).
-    pub(super) fn take_pending(&self) -> Vec<Arc<dyn Completion>> {
+    pub(super) fn take_pending(&self) -> VecDeque<Arc<dyn Completion>> {
         if !self.has_pending_publish() {
-            return Vec::new();
+            return VecDeque::new();
         }
         let mut staged = lock(&self.to_publish);
         self.staged.store(false, Ordering::Release);
@@ -949,23 +1005,14 @@ impl Pool {
         &self,
         cells: impl IntoIterator<Item = Arc<dyn Completion>>,
     ) -> bool {
-        let mut any = false;
-        let mut with_callbacks = Vec::new();
-        for c in cells {
-            any = true;
-            if !c.publish_without_callbacks() {
-                with_callbacks.push(c);
+        let bell = self.region.parent_bell();
+        self.publish_in_turn(cells, |before| {
+            if before {
+                bell.leave();
+            } else {
+                bell.enter();
             }
-        }
-        if !with_callbacks.is_empty() {
-            let bell = self.region.parent_bell();
-            bell.leave();
-            for c in with_callbacks {
-                c.publish();
-            }
-            bell.enter();
-        }
-        any
+        })
     }
 
     /// The manager's last act: publishes what is staged, and makes every
@@ -996,35 +1043,28 @@ impl Pool {
         let bell = self.region.parent_bell();
         self.standby.fetch_add(1, Ordering::SeqCst);
         bell.enter();
-        let (mut drained, mut with_callbacks) = (Vec::new(), Vec::new());
+        let mut drained = Vec::new();
         let finished = loop {
             if self.results_pending() {
                 self.drain_into(false, &mut drained);
             }
             // Outcomes staged for the manager too (a `done()` elsewhere may
             // have drained this caller's result): the manager may be busy
-            // in a long callback.
-            drained.extend(self.take_pending());
-            for c in drained.drain(..) {
-                if !c.publish_without_callbacks() {
-                    with_callbacks.push(c);
+            // in a long callback. Done-callbacks run off the doorbell:
+            // while this thread counts as awake on it, no worker rings it,
+            // and a callback may take long (or shut a pool down).
+            let staged = self.take_pending();
+            self.publish_in_turn(drained.drain(..).chain(staged), |before| {
+                if before {
+                    bell.leave();
+                    if self.standby.fetch_sub(1, Ordering::SeqCst) == 1 {
+                        self.manager_wake.fire();
+                    }
+                } else {
+                    self.standby.fetch_add(1, Ordering::SeqCst);
+                    bell.enter();
                 }
-            }
-            if !with_callbacks.is_empty() {
-                // Done-callbacks run off the doorbell: while this thread
-                // counts as awake on it, no worker rings it, and a callback
-                // may take long (or shut a pool down). Then back on it.
-                bell.leave();
-                if self.standby.fetch_sub(1, Ordering::SeqCst) == 1 {
-                    self.manager_wake.fire();
-                }
-                for c in with_callbacks.drain(..) {
-                    c.publish();
-                }
-                self.standby.fetch_add(1, Ordering::SeqCst);
-                bell.enter();
-                continue;
-            }
+            });
             if done() {
                 break true;
             }
@@ -1059,16 +1099,13 @@ impl Pool {
     /// unless this is one of the pool's own threads: a callback there
     /// polling another future would wait on itself.
     pub(crate) fn poll_results(&self) {
-        if self.results_pending() {
-            if self.on_pool_thread() {
-                self.drain_all(false);
-                return;
-            }
-            let mut drained = Vec::new();
-            self.drain_into(false, &mut drained);
-            for c in drained {
-                self.publish_later(c);
-            }
+        if self.on_pool_thread() {
+            // Staged outcomes too: this thread may be the one meant to
+            // publish them.
+            self.drain_all(false);
+            self.publish_pending();
+        } else {
+            self.drain_staging_callbacks();
         }
     }
 
