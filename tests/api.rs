@@ -32,14 +32,18 @@ fn sleep_ms(ms: u64) -> u64 {
     ms
 }
 
+/// The pid of the worker that runs the next task.
+fn worker_pid(ex: &ProcessPoolExecutor) -> u32 {
+    ex.submit(|_: ()| std::process::id(), ())
+        .unwrap()
+        .result_timeout(HANG)
+        .unwrap()
+}
+
 #[test]
 fn submit_runs_in_another_process() {
     let ex = pool(2);
-    let pid = ex
-        .submit(|_: ()| std::process::id(), ())
-        .unwrap()
-        .result_timeout(HANG)
-        .unwrap();
+    let pid = worker_pid(&ex);
     assert_ne!(pid, std::process::id());
     assert_eq!(ex.submit(|x: u64| x + 1, 41).unwrap().result().unwrap(), 42);
 }
@@ -160,11 +164,7 @@ fn map_is_lazy_until_iterated() {
 #[test]
 fn panics_become_task_panicked_and_the_worker_lives() {
     let ex = pool(1);
-    let pid = ex
-        .submit(|_: ()| std::process::id(), ())
-        .unwrap()
-        .result()
-        .unwrap();
+    let pid = worker_pid(&ex);
     let err = ex
         .submit(|x: u32| -> u32 { panic!("bad input {x}") }, 7)
         .unwrap()
@@ -180,13 +180,7 @@ fn panics_become_task_panicked_and_the_worker_lives() {
         other => panic!("unexpected {other:?}"),
     }
     // Same worker, still alive.
-    assert_eq!(
-        ex.submit(|_: ()| std::process::id(), ())
-            .unwrap()
-            .result()
-            .unwrap(),
-        pid
-    );
+    assert_eq!(worker_pid(&ex), pid);
 }
 
 #[test]
@@ -693,11 +687,7 @@ fn dropping_a_map_cancels_its_chunks_still_waiting_in_the_parent() {
 #[test]
 fn dropping_a_map_withdraws_chunks_waiting_in_a_worker_and_lets_the_running_one_end() {
     let ex = pool(1);
-    let pid = ex
-        .submit(|_: ()| std::process::id(), ())
-        .unwrap()
-        .result()
-        .unwrap();
+    let pid = worker_pid(&ex);
     let before = ex.stats();
     // One worker: chunk 1 runs, chunk 2 waits in its ring behind it.
     let mut map = ex.map(sleep_ms, [200u64; 10]).chunksize(1);
@@ -705,12 +695,7 @@ fn dropping_a_map_withdraws_chunks_waiting_in_a_worker_and_lets_the_running_one_
     wait_running_chunks(&ex);
     drop(map);
     // The worker runs what it holds, then this.
-    let after = ex.submit(|_: ()| std::process::id(), ()).unwrap();
-    assert_eq!(
-        after.result_timeout(HANG).unwrap(),
-        pid,
-        "the worker was not killed"
-    );
+    assert_eq!(worker_pid(&ex), pid, "the worker was not killed");
     let s = ex.stats();
     assert_eq!(
         s.cancelled - before.cancelled,
@@ -720,7 +705,7 @@ fn dropping_a_map_withdraws_chunks_waiting_in_a_worker_and_lets_the_running_one_
     assert_eq!(
         s.completed - before.completed,
         2 + 1,
-        "chunks 0 and 1, then `after`: {s:?}"
+        "chunks 0 and 1, then the pid task: {s:?}"
     );
 }
 
