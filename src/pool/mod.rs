@@ -121,6 +121,15 @@ pub(crate) fn own_pool() -> Option<Arc<Pool>> {
 
 /// See [`own_pool`].
 const MAX_NESTED_WAITS: u32 = 16;
+/// Outcomes staged for publishing, and whether the manager thread, which
+/// publishes them when nobody else does, has exited (then whoever stages
+/// them publishes them).
+#[derive(Default)]
+struct Staging {
+    cells: VecDeque<Arc<dyn Completion>>,
+    manager_gone: bool,
+}
+
 /// `Pool::read_to` of a slot without a receiver.
 const CLOSED: u64 = u64::MAX;
 
@@ -228,9 +237,9 @@ pub(crate) struct Pool {
     /// Set by the watchdog when it exits (the pool has no worker left).
     watchdog_done: AtomicBool,
     /// Outcomes staged by the watchdog, published by the manager.
-    /// `None` once the manager thread has exited: outcomes are then
-    /// published by whoever stages them.
-    to_publish: Mutex<Option<VecDeque<Arc<dyn Completion>>>>,
+    /// Outcomes with done-callbacks waiting to be published (see
+    /// [`Pool::publish_later`]).
+    to_publish: Mutex<Staging>,
     /// Whether `to_publish` holds anything (set and cleared under its lock;
     /// read without it by the spinning and sleeping callers).
     staged: AtomicBool,
@@ -294,7 +303,7 @@ impl Pool {
             standby: Default::default(),
             manager_wake: Default::default(),
             watchdog_done: AtomicBool::new(false),
-            to_publish: Mutex::new(Some(VecDeque::new())),
+            to_publish: Mutex::new(Staging::default()),
             staged: AtomicBool::new(false),
             region: Arc::new(region),
             config,
@@ -885,20 +894,15 @@ impl Pool {
     /// Publishes what a worker's death left: the results it sent before it
     /// died (`done`), then the tasks it ended.
     fn publish_ended(&self, done: Vec<Arc<dyn Completion>>, ended: Ended) {
-        for c in done {
-            self.publish_later(c);
-        }
-        for (c, e) in ended.failed {
+        let failed = ended.failed.into_iter().map(|(c, e)| {
             // Its worker is done with it: nothing uses the task's shared
             // arrays any more (a task that still had them in a dying worker
             // was kept in flight, not failed).
             c.release_pins();
             c.stage_error(e);
-            self.publish_later(c);
-        }
-        for c in ended.not_sent {
-            self.publish_later(c);
-        }
+            c
+        });
+        self.publish_later_all(done.into_iter().chain(failed).chain(ended.not_sent));
     }
 
     /// Hands a staged outcome to the manager thread for publishing.
@@ -906,32 +910,42 @@ impl Pool {
     /// directly); those with callbacks go to the manager, as a callback may
     /// block and this thread must keep watching the workers.
     pub(crate) fn publish_later(&self, cell: Arc<dyn Completion>) {
-        if cell.publish_without_callbacks() {
-            return;
+        self.publish_later_all([cell]);
+    }
+
+    /// [`publish_later`](Self::publish_later) of a batch: all of it staged
+    /// before any callback runs, should this thread have to run them (the
+    /// manager has exited), as a callback may wait on another of the batch.
+    fn publish_later_all(&self, cells: impl IntoIterator<Item = Arc<dyn Completion>>) {
+        let mut staged = false;
+        for c in cells {
+            if !c.publish_without_callbacks() {
+                self.stage(c);
+                staged = true;
+            }
         }
-        if self.stage(cell) {
+        if staged {
+            self.hand_over_staged();
+        }
+    }
+
+    /// After staging: wakes the manager and the callers that may publish
+    /// what is staged; once the manager has exited, publishes it here.
+    fn hand_over_staged(&self) {
+        if lock(&self.to_publish).manager_gone {
+            while let Some(c) = self.take_one_staged() {
+                c.publish();
+            }
+        } else {
             self.manager_wake.fire();
             self.region.parent_bell().wake_all();
         }
     }
 
-    /// Puts `cell` (with done-callbacks) on the staging list; true if it
-    /// is there, false if it was published here (the manager has exited:
-    /// nobody else would; its callbacks run without the lock held).
-    fn stage(&self, cell: Arc<dyn Completion>) -> bool {
-        let mut staged = lock(&self.to_publish);
-        match staged.as_mut() {
-            Some(cells) => {
-                cells.push_back(cell);
-                self.staged.store(true, Ordering::Release);
-                true
-            }
-            None => {
-                drop(staged);
-                cell.publish();
-                false
-            }
-        }
+    /// Puts `cell` (with done-callbacks) on the staging list.
+    fn stage(&self, cell: Arc<dyn Completion>) {
+        lock(&self.to_publish).cells.push_back(cell);
+        self.staged.store(true, Ordering::Release);
     }
 
     /// The first outcome on the staging list.
@@ -939,10 +953,10 @@ impl Pool {
         if !self.has_pending_publish() {
             return None;
         }
-        let mut staged = lock(&self.to_publish);
-        let cells = staged.as_mut()?;
-        let first = cells.pop_front();
-        self.staged.store(!cells.is_empty(), Ordering::Release);
+        let mut staging = lock(&self.to_publish);
+        let first = staging.cells.pop_front();
+        self.staged
+            .store(!staging.cells.is_empty(), Ordering::Release);
         first
     }
 
@@ -951,27 +965,36 @@ impl Pool {
     /// with one at a time, the others staged meanwhile. A callback may
     /// wait on a future of the same batch: the wait then takes it from the
     /// staging list, where it would otherwise sit in this thread's hands
-    /// for ever. `around(true)` runs before the callbacks, `around(false)`
-    /// after (to step off the doorbell). True if there was any outcome.
+    /// for ever. At most as many as it staged: what others stage meanwhile
+    /// is handed over, not left to keep this caller publishing.
+    /// `around(true)` runs before the callbacks, `around(false)` after (to
+    /// step off the doorbell). True if there was any outcome.
     fn publish_in_turn(
         &self,
         cells: impl IntoIterator<Item = Arc<dyn Completion>>,
         mut around: impl FnMut(bool),
     ) -> bool {
         let mut any = false;
-        let mut staged = false;
+        let mut staged = 0;
         for c in cells {
             any = true;
             if !c.publish_without_callbacks() {
-                staged |= self.stage(c);
+                self.stage(c);
+                staged += 1;
             }
         }
-        if staged {
+        if staged > 0 {
             around(true);
-            while let Some(c) = self.take_one_staged() {
-                c.publish();
+            for _ in 0..staged {
+                match self.take_one_staged() {
+                    Some(c) => c.publish(),
+                    None => break,
+                }
             }
             around(false);
+            if self.has_pending_publish() {
+                self.hand_over_staged();
+            }
         }
         any
     }
@@ -991,9 +1014,9 @@ impl Pool {
         if !self.has_pending_publish() {
             return VecDeque::new();
         }
-        let mut staged = lock(&self.to_publish);
+        let mut staging = lock(&self.to_publish);
         self.staged.store(false, Ordering::Release);
-        staged.as_mut().map(std::mem::take).unwrap_or_default()
+        std::mem::take(&mut staging.cells)
     }
 
     /// Publishes `cells` from a thread counted as awake on the parent
@@ -1020,12 +1043,8 @@ impl Pool {
     /// thread that failed a dead worker's tasks may stage them after the
     /// manager saw the pool finished).
     pub(crate) fn stop_publishing_later(&self) {
-        let cells = {
-            let mut staged = lock(&self.to_publish);
-            self.staged.store(false, Ordering::Release);
-            staged.take().unwrap_or_default()
-        };
-        for c in cells {
+        lock(&self.to_publish).manager_gone = true;
+        while let Some(c) = self.take_one_staged() {
             c.publish();
         }
     }
