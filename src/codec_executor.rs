@@ -274,7 +274,9 @@ impl<A> From<SubmitError<A>> for Error {
 trait MapState<T> {
     fn next_item(&mut self) -> Option<T>;
     fn set_chunksize(&mut self, n: usize);
+    fn set_timeout(&mut self, timeout: Duration);
     fn chunks_in_flight(&self) -> usize;
+    fn size_hint(&self) -> (usize, Option<usize>);
 }
 
 impl<G, A, R, C, J> MapState<Result<R>> for Option<Map<G, Coded<A, C>, Coded<R, C>, J>>
@@ -295,8 +297,16 @@ where
         *self = self.take().map(|m| m.chunksize(n));
     }
 
+    fn set_timeout(&mut self, timeout: Duration) {
+        *self = self.take().map(|m| m.timeout(timeout));
+    }
+
     fn chunks_in_flight(&self) -> usize {
         self.as_ref().map_or(0, |m| m.chunks_in_flight())
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.as_ref().map_or((0, Some(0)), Iterator::size_hint)
     }
 }
 
@@ -319,8 +329,16 @@ where
         *self = self.take().map(|m| m.chunksize(n));
     }
 
+    fn set_timeout(&mut self, timeout: Duration) {
+        *self = self.take().map(|m| m.timeout(timeout));
+    }
+
     fn chunks_in_flight(&self) -> usize {
         0
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.as_ref().map_or((0, Some(0)), Iterator::size_hint)
     }
 }
 
@@ -337,6 +355,12 @@ impl<R> CodecMap<'_, R> {
         self
     }
 
+    /// Gives the whole map a deadline (see [`Map::timeout`]).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.inner.set_timeout(timeout);
+        self
+    }
+
     /// Chunks currently submitted and not yet consumed.
     pub fn chunks_in_flight(&self) -> usize {
         self.inner.chunks_in_flight()
@@ -350,7 +374,13 @@ impl<R> Iterator for CodecMap<'_, R> {
     fn next(&mut self) -> Option<Result<R>> {
         self.inner.next_item()
     }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.inner.size_hint()
+    }
 }
+
+impl<R> std::iter::FusedIterator for CodecMap<'_, R> {}
 
 impl<R> std::fmt::Debug for CodecMap<'_, R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -372,6 +402,12 @@ impl<R> CodecMapUnordered<'_, R> {
         self.inner.set_chunksize(n);
         self
     }
+
+    /// Gives the whole map a deadline (see [`Map::timeout`]).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.inner.set_timeout(timeout);
+        self
+    }
 }
 
 impl<R> Iterator for CodecMapUnordered<'_, R> {
@@ -380,7 +416,13 @@ impl<R> Iterator for CodecMapUnordered<'_, R> {
     fn next(&mut self) -> Option<Self::Item> {
         self.inner.next_item()
     }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.inner.size_hint()
+    }
 }
+
+impl<R> std::iter::FusedIterator for CodecMapUnordered<'_, R> {}
 
 impl<R> std::fmt::Debug for CodecMapUnordered<'_, R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -223,6 +223,35 @@ fn rkyv_codec_matches_the_default() {
 }
 
 #[test]
+fn codec_maps_have_size_hints_and_time_limits() {
+    let ex = pool(2);
+    let rk = ex.with_codec::<Rkyv>();
+    let mut m = rk.map(|x: u64| x, 0..100).chunksize(10);
+    assert_eq!(m.size_hint(), (0, Some(100)));
+    assert_eq!(m.by_ref().count(), 100);
+    assert_eq!(m.size_hint(), (0, Some(0)));
+    assert!(m.next().is_none(), "fused");
+    let u = rk.map_unordered(|x: u64| x, 0..100).chunksize(10);
+    assert_eq!(u.size_hint(), (0, Some(100)));
+    let naps = |ms: u64| std::thread::sleep(Duration::from_millis(ms));
+    let timed: Vec<_> = rk
+        .map(naps, [1, 60_000])
+        .chunksize(1)
+        .timeout(Duration::from_millis(300))
+        .collect();
+    assert!(timed[0].is_ok(), "{timed:?}");
+    assert!(matches!(timed[1], Err(Error::TimeLimit)), "{timed:?}");
+    let timed: Vec<_> = rk
+        .map_unordered(naps, [60_000])
+        .timeout(Duration::from_millis(300))
+        .collect();
+    assert!(
+        matches!(timed[..], [(0, Err(Error::TimeLimit))]),
+        "{timed:?}"
+    );
+}
+
+#[test]
 fn a_serde_value_the_worker_rejects_fails_only_its_future() {
     let ex = pool(1);
     let bad = Timestamp {
