@@ -53,7 +53,8 @@ impl ProcessPoolExecutor {
     /// broke), the map ends with that one error and reads no more input.
     /// Dropping the map withdraws its chunks still waiting (in the parent or
     /// in a worker's ring; of two a worker holds before starting either,
-    /// only one); chunks already running end normally.
+    /// only one); chunks already running end normally (or at the map's
+    /// [`timeout`](Map::timeout), if it has one).
     /// With the `progress` feature, `.progress()` draws a progress bar.
     ///
     /// ```
@@ -256,7 +257,11 @@ where
     /// and each of its items yields [`Error::TimeLimit`]; and past it the
     /// map reads no more input, ending with one more `Err(TimeLimit)`
     /// unless the input's size hint says nothing was left. Items finished
-    /// before it are yielded as usual.
+    /// before it are yielded as usual. The deadline stays with the chunks
+    /// when the map is dropped: a chunk still running then is stopped at
+    /// it all the same. (Where re-runs are off, see
+    /// [`Error::TerminatedWorker`], a chunk waiting behind a stopped one
+    /// in the same worker may fail with that worker's death instead.)
     ///
     /// ```
     /// use std::time::Duration;
@@ -265,7 +270,8 @@ where
     /// let naps = ex
     ///     .map(|ms: u64| std::thread::sleep(Duration::from_millis(ms)), [1, 1, 60_000])
     ///     .chunksize(1)
-    ///     .timeout(Duration::from_millis(500));
+    ///     // Ample for the two short naps, workers' start-up included.
+    ///     .timeout(Duration::from_secs(3));
     /// let outcomes: Vec<_> = naps.collect();
     /// assert!(outcomes[..2].iter().all(Result::is_ok));
     /// assert!(matches!(outcomes[2], Err(loky::Error::TimeLimit)));
@@ -522,8 +528,9 @@ where
 
 impl<F, A, R, I> Drop for Map<F, A, R, I> {
     /// Withdraws the chunks still waiting, in the parent or in a worker's
-    /// ring; those already running end normally (no worker is killed) and
-    /// their results are dropped.
+    /// ring; those already running end normally (no worker is killed, but
+    /// for a [`timeout`](Self::timeout), which still falls) and their
+    /// results are dropped.
     fn drop(&mut self) {
         let waiting = || self.window.iter().filter_map(|c| c.cancel.as_ref());
         // Those in the parent first: a withdrawal drains the rings, which

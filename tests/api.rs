@@ -729,7 +729,8 @@ fn a_map_timeout_stops_the_chunks_past_it_and_reads_no_more_input() {
     let outcomes: Vec<_> = ex
         .map(sleep_ms, naps)
         .chunksize(1)
-        .timeout(Duration::from_millis(500))
+        // Ample for the short naps, the workers' start-up included.
+        .timeout(Duration::from_secs(3))
         .collect();
     assert!(
         start.elapsed() < Duration::from_secs(30),
