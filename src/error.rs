@@ -41,7 +41,7 @@ pub enum Error {
     /// reads against its own stray writes), when its message cannot be read
     /// back (an unreadable ring, a spill buffer that reads as freed), or
     /// after its fourth run again.
-    #[error("worker {pid} died with {status} while running task {task}")]
+    #[error("worker {pid} died with {status} while running task {task}{}", crate::worker::exit_hint_suffix(.status))]
     TerminatedWorker {
         /// The worker's process id.
         pid: u32,
@@ -201,3 +201,30 @@ impl From<loky_ipc::Error> for Error {
 
 /// Shorthand for `Result<T, loky::Error>`.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn terminated(status: ExitStatus) -> String {
+        Error::TerminatedWorker {
+            pid: 7,
+            status,
+            task: 3,
+        }
+        .to_string()
+    }
+
+    #[test]
+    fn a_dead_worker_s_message_explains_what_loky_knows() {
+        let kept = terminated(ExitStatus::Exited(crate::worker::EXIT_KEPT_HANDLE));
+        assert!(kept.contains("kept a shared array handle"), "{kept}");
+        let killed = terminated(ExitStatus::Signaled {
+            signal: 9,
+            core_dumped: false,
+        });
+        assert!(killed.contains("out of memory"), "{killed}");
+        let plain = terminated(ExitStatus::Exited(3));
+        assert_eq!(plain, "worker 7 died with exit code 3 while running task 3");
+    }
+}

@@ -195,20 +195,7 @@ impl Pool {
 }
 
 fn describe_startup_failure(status: ExitStatus) -> String {
-    let hint = match status {
-        ExitStatus::Exited(code) if code == crate::worker::EXIT_INIT_FAILED => {
-            "the initializer panicked"
-        }
-        ExitStatus::Exited(code) if code == crate::worker::EXIT_BAD_BINARY => {
-            "the worker is not the same binary as the parent (was it rebuilt while running?)"
-        }
-        ExitStatus::Exited(code) if code == crate::worker::EXIT_KEPT_HANDLE => {
-            "a task kept a shared array handle past its end"
-        }
-        ExitStatus::Exited(code) if code == crate::worker::EXIT_BOOTSTRAP => {
-            "the worker could not attach to the pool"
-        }
-        _ => "the worker died before it was ready (in the initializer or at start-up)",
-    };
+    let hint = crate::worker::exit_hint(status)
+        .unwrap_or("the worker died before it was ready (in the initializer or at start-up)");
     format!("worker exited with {status}: {hint}")
 }

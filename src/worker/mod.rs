@@ -24,6 +24,29 @@ pub(crate) const EXIT_BOOTSTRAP: i32 = 79;
 /// Exit code: a task kept a shared-array handle past its end.
 pub(crate) const EXIT_KEPT_HANDLE: i32 = 80;
 
+/// What a worker's end says, where loky knows: its own exit codes, and the
+/// signal that out-of-memory kills send.
+pub(crate) fn exit_hint(status: loky_ipc::ExitStatus) -> Option<&'static str> {
+    use loky_ipc::ExitStatus::{Exited, Signaled};
+    Some(match status {
+        Exited(EXIT_INIT_FAILED) => "the initializer panicked",
+        Exited(EXIT_BAD_BINARY) => {
+            "the worker is not the same binary as the parent (was it rebuilt while running?)"
+        }
+        Exited(EXIT_BOOTSTRAP) => "the worker could not attach to the pool",
+        Exited(EXIT_KEPT_HANDLE) => "a task kept a shared array handle past its end",
+        Signaled { signal: 9, .. } => {
+            "SIGKILL: out of memory (the kernel's OOM killer), or another process killed it"
+        }
+        _ => return None,
+    })
+}
+
+/// [`exit_hint`] as a suffix for an error message ("" if none).
+pub(crate) fn exit_hint_suffix(status: &loky_ipc::ExitStatus) -> String {
+    exit_hint(*status).map_or_else(String::new, |hint| format!(" ({hint})"))
+}
+
 /// How long a sleeping worker waits before checking its parent is alive
 /// (the parent-death signal normally kills it first).
 const PARENT_CHECK: Duration = Duration::from_millis(500);
