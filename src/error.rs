@@ -69,10 +69,12 @@ pub enum Error {
     Timeout,
 
     /// The task's own time limit fell
-    /// ([`submit_with_timeout`](crate::ProcessPoolExecutor::submit_with_timeout)):
-    /// it was stopped (a running task by killing its worker, which the pool
-    /// replaces; a waiting one never runs). This is its outcome; submit it
-    /// again with a longer limit if it needs more time.
+    /// ([`submit_with_timeout`](crate::ProcessPoolExecutor::submit_with_timeout),
+    /// or a map's [`timeout`](crate::Map::timeout)): it was stopped (a
+    /// running task by killing its worker, which the pool replaces; a
+    /// waiting one never runs). This is its outcome; submit it again with a
+    /// longer limit if it needs more time. A map also ends with it once for
+    /// the input it did not read after its deadline.
     #[error("the task's time limit fell; it was stopped")]
     TimeLimit,
 
@@ -159,7 +161,9 @@ pub enum Error {
     ForeignArena,
 
     /// An argument is out of its domain (a zero chunk length, lengths that
-    /// must match and do not, ...).
+    /// must match and do not, ...), or a call that cannot be made where it
+    /// is made (waiting, from a done-callback, for a future whose callbacks
+    /// that thread is running).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
 
@@ -223,7 +227,7 @@ mod tests {
             signal: 9,
             core_dumped: false,
         });
-        assert!(killed.contains("out of memory"), "{killed}");
+        assert!(killed.contains("OOM killer"), "{killed}");
         let plain = terminated(ExitStatus::Exited(3));
         assert_eq!(plain, "worker 7 died with exit code 3 while running task 3");
     }

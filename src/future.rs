@@ -644,7 +644,10 @@ impl<R: Send + 'static> Future<R> {
     /// [`Error::ResultTaken`]; an error is returned again).
     ///
     /// Dropping a future does not cancel its task; call
-    /// [`cancel`](Self::cancel) or [`kill`](Self::kill) for that.
+    /// [`cancel`](Self::cancel) or [`kill`](Self::kill) for that. From one
+    /// of this task's own done-callbacks it returns
+    /// [`Error::InvalidArgument`] at once (see
+    /// [`add_done_callback`](Self::add_done_callback)).
     pub fn result(&self) -> Result<R> {
         self.not_from_own_callback()?;
         self.wait_done(None);
@@ -657,7 +660,8 @@ impl<R: Send + 'static> Future<R> {
     fn not_from_own_callback(&self) -> Result<()> {
         if in_callback_of(self.cell.task.address()) {
             return Err(Error::InvalidArgument(
-                "a done-callback cannot wait for its own future; use the outcome it is given"
+                "a done-callback cannot wait for a future whose callbacks this thread is \
+                 running (its own, or an enclosing one's); use the outcome it is given"
                     .into(),
             ));
         }

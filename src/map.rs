@@ -256,8 +256,10 @@ where
     /// running or waiting then is stopped (its worker killed, if it runs)
     /// and each of its items yields [`Error::TimeLimit`]; and past it the
     /// map reads no more input, ending with one more `Err(TimeLimit)`
-    /// unless the input's size hint says nothing was left. Items finished
-    /// before it are yielded as usual. The deadline stays with the chunks
+    /// unless the input's size hint says nothing was left. Items whose
+    /// chunk finished before it are yielded as usual (results come back by
+    /// chunk: a chunk stopped half-way yields `TimeLimit` for all its
+    /// items). The deadline stays with the chunks
     /// when the map is dropped: a chunk still running then is stopped at
     /// it all the same. (Where re-runs are off, see
     /// [`Error::TerminatedWorker`], a chunk waiting behind a stopped one

@@ -30,8 +30,8 @@ pub struct Stats {
     /// [`Error::Codec`]: crate::Error::Codec
     pub failed: u64,
     /// Tasks that ended with [`Error::Cancelled`]: by [`Future::cancel`],
-    /// by [`Future::kill`] (waiting or running), or by a shutdown with
-    /// `cancel_futures`.
+    /// by [`Future::kill`] (waiting or running), by a shutdown with
+    /// `cancel_futures`, or a dropped map's chunks that had not started.
     ///
     /// [`Error::Cancelled`]: crate::Error::Cancelled
     /// [`Future::cancel`]: crate::Future::cancel
@@ -39,9 +39,10 @@ pub struct Stats {
     pub cancelled: u64,
     /// Tasks that ended with any other error, without a result from a
     /// worker: their worker died ([`Error::TerminatedWorker`]), their time
-    /// limit fell ([`Error::TimeLimit`]), or the pool shut down or broke
-    /// before they ran ([`Error::ShutdownExecutor`],
-    /// [`Error::BrokenProcessPool`]).
+    /// limit fell ([`Error::TimeLimit`]), the pool shut down
+    /// ([`Error::ShutdownExecutor`]: before they ran, or while they ran,
+    /// with `kill_workers`), or the pool broke
+    /// ([`Error::BrokenProcessPool`]).
     ///
     /// [`Error::TerminatedWorker`]: crate::Error::TerminatedWorker
     /// [`Error::TimeLimit`]: crate::Error::TimeLimit

@@ -116,7 +116,8 @@ fn every_task_ends_in_exactly_one_counter() {
     // A panic, and tasks a shutdown drops without running them.
     let panicked = ex.submit(|_: ()| -> u8 { panic!("x") }, ()).unwrap();
     assert!(panicked.result_timeout(HANG).is_err());
-    let blocker = ex.submit(sleep, 100).unwrap();
+    // Killed by the shutdown below: it must still run then.
+    let blocker = ex.submit(sleep, 60_000).unwrap();
     let dropped: Vec<_> = (0..5).map(|_| ex.submit(sleep, 1).unwrap()).collect();
     ex.shutdown(false, false, true);
     for f in dropped.iter().chain([&blocker]) {

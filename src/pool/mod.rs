@@ -236,7 +236,6 @@ pub(crate) struct Pool {
     manager_wake: crate::future::Notify,
     /// Set by the watchdog when it exits (the pool has no worker left).
     watchdog_done: AtomicBool,
-    /// Outcomes staged by the watchdog, published by the manager.
     /// Outcomes with done-callbacks waiting to be published (see
     /// [`Pool::publish_later`]).
     to_publish: Mutex<Staging>,
@@ -436,9 +435,7 @@ impl Pool {
         if self.results_pending() {
             let mut drained = Vec::new();
             self.drain_into(false, &mut drained);
-            for c in drained {
-                self.publish_later(c);
-            }
+            self.publish_later_all(drained);
         }
     }
 
@@ -905,10 +902,12 @@ impl Pool {
         self.publish_later_all(done.into_iter().chain(failed).chain(ended.not_sent));
     }
 
-    /// Hands a staged outcome to the manager thread for publishing.
-    /// Outcomes without callbacks are published at once (waking the waiter
-    /// directly); those with callbacks go to the manager, as a callback may
-    /// block and this thread must keep watching the workers.
+    /// Hands a staged outcome over for publishing. Outcomes without
+    /// callbacks are published at once (waking the waiter directly); those
+    /// with callbacks are staged, as a callback may block and this thread
+    /// must keep watching the workers: the manager publishes them, or a
+    /// caller blocked on the pool, or (once the manager has exited) this
+    /// thread.
     pub(crate) fn publish_later(&self, cell: Arc<dyn Completion>) {
         self.publish_later_all([cell]);
     }

@@ -36,7 +36,8 @@ pub(crate) fn exit_hint(status: loky_ipc::ExitStatus) -> Option<&'static str> {
         Exited(EXIT_BOOTSTRAP) => "the worker could not attach to the pool",
         Exited(EXIT_KEPT_HANDLE) => "a task kept a shared array handle past its end",
         Signaled { signal: 9, .. } => {
-            "SIGKILL: out of memory (the kernel's OOM killer), or another process killed it"
+            "SIGKILL: the pool stopping a task on it (kill, a time limit), \
+             the kernel's OOM killer, or another process"
         }
         _ => return None,
     })
