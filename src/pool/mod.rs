@@ -943,7 +943,9 @@ impl Pool {
 
     /// Puts `cell` (with done-callbacks) on the staging list.
     fn stage(&self, cell: Arc<dyn Completion>) {
-        lock(&self.to_publish).cells.push_back(cell);
+        // The flag changes only under the lock, with the list.
+        let mut staging = lock(&self.to_publish);
+        staging.cells.push_back(cell);
         self.staged.store(true, Ordering::Release);
     }
 
