@@ -24,7 +24,9 @@ static REUSABLE: Mutex<Option<ProcessPoolExecutor>> = Mutex::new(None);
 ///   executor. The old one is not shut down under other holders' feet: it
 ///   finishes when its last handle is dropped, unless
 ///   [`kill_workers`](ReusableExecutorBuilder::kill_workers) asks to kill
-///   its workers at once.
+///   its workers at once. If this call held its last handle (nobody else
+///   kept the old executor), dropping it waits, here, for its queued and
+///   running tasks, as Python loky's `get_reusable_executor` does.
 ///
 /// ```
 /// use std::time::Duration;
