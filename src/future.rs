@@ -591,16 +591,22 @@ impl Canceller {
     /// finish: one waiting in the parent or in a worker's ring is
     /// withdrawn, and no worker is killed.
     pub(crate) fn withdraw(&self) -> bool {
-        if self.cell.is_finished() {
-            return false;
-        }
-        if self.cancel() {
-            return true;
-        }
-        match self.pool.upgrade() {
-            Some(pool) => pool.stop_task(self.cell.id(), Error::Cancelled, false),
-            None => false,
-        }
+        stop(&*self.cell, &self.pool, false)
+    }
+}
+
+/// [`Future::kill`] (with `kill`) or [`Canceller::withdraw`] of task `cell`
+/// of `pool`.
+fn stop(cell: &dyn Completion, pool: &Weak<Pool>, kill: bool) -> bool {
+    if cell.is_finished() {
+        return false;
+    }
+    if cancel(cell, pool) {
+        return true;
+    }
+    match pool.upgrade() {
+        Some(pool) => pool.stop_task(cell.id(), Error::Cancelled, kill),
+        None => false,
     }
 }
 
@@ -733,16 +739,7 @@ impl<R: Send + 'static> Future<R> {
     /// most one) runs again on another worker, or, where it cannot (see
     /// [`Error::TerminatedWorker`]), fails with that error.
     pub fn kill(&self) -> bool {
-        if self.cell.task.is_done() {
-            return false;
-        }
-        if self.cancel() {
-            return true;
-        }
-        match self.cell.task.pool.upgrade() {
-            Some(pool) => pool.stop_task(self.cell.task.id, Error::Cancelled, true),
-            None => false,
-        }
+        stop(&*self.cell, &self.cell.task.pool, true)
     }
 
     /// True if the task was cancelled.

@@ -565,14 +565,7 @@ where
     }
 }
 
-impl<F, A, R, I> std::iter::FusedIterator for Map<F, A, R, I>
-where
-    F: Fn(A) -> R + Copy + Send + 'static,
-    A: Payload,
-    R: Payload,
-    I: Iterator<Item = A>,
-{
-}
+impl<F, A, R, I> std::iter::FusedIterator for Map<F, A, R, I> where Self: Iterator {}
 
 /// Iterator returned by [`ProcessPoolExecutor::map_unordered`]: yields
 /// `(input position, outcome)` pairs in completion order.
@@ -640,14 +633,7 @@ where
     }
 }
 
-impl<F, A, R, I> std::iter::FusedIterator for MapUnordered<F, A, R, I>
-where
-    F: Fn(A) -> R + Copy + Send + 'static,
-    A: Payload,
-    R: Payload,
-    I: Iterator<Item = A>,
-{
-}
+impl<F, A, R, I> std::iter::FusedIterator for MapUnordered<F, A, R, I> where Self: Iterator {}
 
 fn decode_chunk_result<R: Payload>(status: u32, bytes: &[u8]) -> Result<ChunkOutput<R>> {
     decode_with(status, bytes, decode_chunk::<R>)

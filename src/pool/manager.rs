@@ -11,8 +11,7 @@ pub(super) fn run(pool: &Arc<Pool>) {
     let mut drained = Vec::new();
     loop {
         pool.drain_into(true, &mut drained);
-        let staged = pool.take_pending();
-        if pool.publish_awake(drained.drain(..).chain(staged)) {
+        if pool.publish_awake(drained.drain(..)) {
             continue;
         }
         // The watchdog decides when the pool is over (it alone starts

@@ -80,7 +80,7 @@ pub(crate) fn drain_until(
         }
         let mut any = false;
         for p in pools {
-            any |= p.drain_all(false) | p.publish_pending();
+            any |= p.drain_all(false);
         }
         if chores.elapsed() >= CHORES_EVERY {
             chores = Instant::now();
@@ -420,8 +420,9 @@ impl Pool {
         }
     }
 
-    /// Drains every result ring; with `block`, waits for receivers held by
-    /// other threads. Returns whether anything was processed.
+    /// Drains every result ring and publishes what it drained and what is
+    /// staged ([`Pool::publish_in_turn`]); with `block`, waits for receivers
+    /// held by other threads. Returns whether anything was published.
     pub(crate) fn drain_all(&self, block: bool) -> bool {
         let mut done = Vec::new();
         self.drain_into(block, &mut done);
@@ -877,7 +878,7 @@ impl Pool {
             if self.results_pending() {
                 self.drain_into(false, &mut drained);
             }
-            self.publish_awake(drained.drain(..).chain(self.take_pending()));
+            self.publish_awake(drained.drain(..));
             done()
         });
         bell.leave();
@@ -916,16 +917,26 @@ impl Pool {
     /// before any callback runs, should this thread have to run them (the
     /// manager has exited), as a callback may wait on another of the batch.
     fn publish_later_all(&self, cells: impl IntoIterator<Item = Arc<dyn Completion>>) {
-        let mut staged = false;
+        if self.publish_or_stage(cells).1 {
+            self.hand_over_staged();
+        }
+    }
+
+    /// Publishes those of `cells` without done-callbacks and stages the
+    /// others: (whether there was any, whether any was staged).
+    fn publish_or_stage(
+        &self,
+        cells: impl IntoIterator<Item = Arc<dyn Completion>>,
+    ) -> (bool, bool) {
+        let (mut any, mut staged) = (false, false);
         for c in cells {
+            any = true;
             if !c.publish_without_callbacks() {
                 self.stage(c);
                 staged = true;
             }
         }
-        if staged {
-            self.hand_over_staged();
-        }
+        (any, staged)
     }
 
     /// After staging: wakes the manager and the callers that may publish
@@ -961,13 +972,13 @@ impl Pool {
         first
     }
 
-    /// Publishes `cells` (outcomes this thread drained, or took from the
-    /// staging list): those without done-callbacks at once, then those
-    /// with one at a time, the others staged meanwhile. A callback may
-    /// wait on a future of the same batch: the wait then takes it from the
-    /// staging list, where it would otherwise sit in this thread's hands
-    /// for ever. At most as many as it staged: what others stage meanwhile
-    /// is handed over, not left to keep this caller publishing.
+    /// Publishes `cells` (outcomes this thread drained) and what is staged:
+    /// those without done-callbacks at once, then those with one, one at a
+    /// time, the others staged meanwhile. A callback may wait on a future
+    /// of the same batch: the wait then takes it from the staging list,
+    /// where it would otherwise sit in this thread's hands for ever. At
+    /// most as many as were staged once `cells` were: what others stage
+    /// meanwhile is handed over, not left to keep this caller publishing.
     /// `around(true)` runs before the callbacks, `around(false)` after (to
     /// step off the doorbell). True if there was any outcome.
     fn publish_in_turn(
@@ -975,15 +986,12 @@ impl Pool {
         cells: impl IntoIterator<Item = Arc<dyn Completion>>,
         mut around: impl FnMut(bool),
     ) -> bool {
-        let mut any = false;
-        let mut staged = 0;
-        for c in cells {
-            any = true;
-            if !c.publish_without_callbacks() {
-                self.stage(c);
-                staged += 1;
-            }
-        }
+        let (any, _) = self.publish_or_stage(cells);
+        let staged = if self.has_pending_publish() {
+            lock(&self.to_publish).cells.len()
+        } else {
+            0
+        };
         if staged > 0 {
             around(true);
             for _ in 0..staged {
@@ -997,27 +1005,11 @@ impl Pool {
                 self.hand_over_staged();
             }
         }
-        any
+        any || staged > 0
     }
 
     pub(crate) fn has_pending_publish(&self) -> bool {
         self.staged.load(Ordering::Acquire)
-    }
-
-    /// Publishes what is staged; true if there was anything.
-    pub(crate) fn publish_pending(&self) -> bool {
-        let cells = self.take_pending();
-        self.publish_in_turn(cells, |_| {})
-    }
-
-    /// Takes the staged outcomes (see [`publish_later`](Self::publish_later)).
-    pub(super) fn take_pending(&self) -> VecDeque<Arc<dyn Completion>> {
-        if !self.has_pending_publish() {
-            return VecDeque::new();
-        }
-        let mut staging = lock(&self.to_publish);
-        self.staged.store(false, Ordering::Release);
-        std::mem::take(&mut staging.cells)
     }
 
     /// Publishes `cells` from a thread counted as awake on the parent
@@ -1073,8 +1065,7 @@ impl Pool {
             // in a long callback. Done-callbacks run off the doorbell:
             // while this thread counts as awake on it, no worker rings it,
             // and a callback may take long (or shut a pool down).
-            let staged = self.take_pending();
-            self.publish_in_turn(drained.drain(..).chain(staged), |before| {
+            self.publish_in_turn(drained.drain(..), |before| {
                 if before {
                     bell.leave();
                     if self.standby.fetch_sub(1, Ordering::SeqCst) == 1 {
@@ -1119,11 +1110,13 @@ impl Pool {
     /// unless this is one of the pool's own threads: a callback there
     /// polling another future would wait on itself.
     pub(crate) fn poll_results(&self) {
+        if !self.results_pending() && !self.has_pending_publish() {
+            return;
+        }
         if self.on_pool_thread() {
             // Staged outcomes too: this thread may be the one meant to
             // publish them.
             self.drain_all(false);
-            self.publish_pending();
         } else {
             self.drain_staging_callbacks();
         }
