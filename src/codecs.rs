@@ -153,13 +153,14 @@ where
     }
 }
 
-/// Reads a little-endian `u64` at `at`.
-fn read_u64(bytes: &[u8], at: usize) -> Result<u64, String> {
-    bytes
+/// Reads a little-endian `u64` length at `at`.
+fn read_len(bytes: &[u8], at: usize) -> Result<usize, String> {
+    let n = bytes
         .get(at..at + 8)
         .and_then(|b| b.try_into().ok())
         .map(u64::from_le_bytes)
-        .ok_or_else(|| "batch frame truncated".to_string())
+        .ok_or_else(|| "batch frame truncated".to_string())?;
+    usize::try_from(n).map_err(|e| e.to_string())
 }
 
 fn pad16(out: &mut AlignedVec, start: usize) {
@@ -189,7 +190,7 @@ fn encode_framed<T, C: Codec<T> + ?Sized>(items: &[T], out: &mut AlignedVec) -> 
 }
 
 fn decode_framed<T, C: Codec<T> + ?Sized>(bytes: &[u8]) -> Result<Vec<T>, String> {
-    let count = usize::try_from(read_u64(bytes, 0)?).map_err(|e| e.to_string())?;
+    let count = read_len(bytes, 0)?;
     // Every item takes at least a 16-byte frame after the 16-byte count.
     if count > bytes.len().saturating_sub(16) / 16 {
         return Err(format!(
@@ -202,7 +203,7 @@ fn decode_framed<T, C: Codec<T> + ?Sized>(bytes: &[u8]) -> Result<Vec<T>, String
     let mut items = Vec::with_capacity(count.min(1024));
     let mut at = 16;
     for _ in 0..count {
-        let len = usize::try_from(read_u64(bytes, at)?).map_err(|e| e.to_string())?;
+        let len = read_len(bytes, at)?;
         let body = at + 16;
         let end = body
             .checked_add(len)

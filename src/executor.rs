@@ -500,25 +500,27 @@ impl ProcessPoolExecutorBuilder {
                 "max_workers = {max_workers} is more than {MAX_WORKERS}"
             )));
         }
-        if self.hard_memory_limit == Some(0) {
-            return Err(Error::InvalidConfig(
-                "hard_memory_limit must be at least 1 byte (leave it unset for no limit)".into(),
-            ));
+        for (zero, what) in [
+            (
+                self.hard_memory_limit == Some(0),
+                "hard_memory_limit must be at least 1 byte (leave it unset for no limit)",
+            ),
+            (
+                self.memory_limit == Some(0),
+                "memory_limit must be at least 1 byte (leave it unset for no limit)",
+            ),
+            (
+                self.idle_timeout.is_some_and(|t| t.is_zero()),
+                "idle_timeout must be more than zero (leave it unset to keep idle workers)",
+            ),
+        ] {
+            if zero {
+                return Err(Error::InvalidConfig(what.into()));
+            }
         }
-        if self.memory_limit == Some(0) {
-            return Err(Error::InvalidConfig(
-                "memory_limit must be at least 1 byte (leave it unset for no limit)".into(),
-            ));
-        }
-        if self.idle_timeout.is_some_and(|t| t.is_zero()) {
-            return Err(Error::InvalidConfig(
-                "idle_timeout must be more than zero (leave it unset to keep idle workers)".into(),
-            ));
-        }
-        if self.spin.is_some_and(|d| d > MAX_SPIN) {
+        if let Some(spin) = self.spin.filter(|&d| d > MAX_SPIN) {
             return Err(Error::InvalidConfig(format!(
-                "spin of {:?} is more than {MAX_SPIN:?} (a waiting thread sleeps after it)",
-                self.spin.unwrap_or_default()
+                "spin of {spin:?} is more than {MAX_SPIN:?} (a waiting thread sleeps after it)"
             )));
         }
         let ring_capacity = self.ring_capacity.unwrap_or(DEFAULT_RING);

@@ -876,13 +876,12 @@ impl<R: Send + 'static> Future<R> {
             if pool.spin_for_results(&done, deadline) {
                 return true;
             }
-            let own = crate::pool::own_pool();
-            if pool.on_pool_thread() || own.is_some() {
-                // A pool thread waits without sleeping on a doorbell, and
-                // keeps its own pool going meanwhile.
-                let mut pools = vec![pool];
-                pools.extend(own.filter(|o| !Arc::ptr_eq(o, &pools[0])));
-                return crate::pool::drain_until(&pools, done, deadline);
+            // A pool thread waits without sleeping on a doorbell, and keeps
+            // its own pool going meanwhile.
+            if let Some(finished) =
+                crate::pool::drain_if_pool_thread(std::slice::from_ref(&pool), &done, deadline)
+            {
+                return finished;
             }
             // Sleep on the doorbell the workers ring: the first result wakes
             // this thread directly, with no hop through the manager thread.

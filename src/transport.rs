@@ -80,11 +80,12 @@ pub(crate) fn install_panic_hook() {
     let tasks = std::thread::current().id();
     let print = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
-        if cfg!(panic = "abort") || std::thread::current().id() != tasks {
+        let elsewhere = std::thread::current().id() != tasks;
+        if cfg!(panic = "abort") || elsewhere {
             print(info);
-            if std::thread::current().id() != tasks {
-                return;
-            }
+        }
+        if elsewhere {
+            return;
         }
         let message = if let Some(s) = info.payload().downcast_ref::<&str>() {
             (*s).to_owned()

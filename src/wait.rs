@@ -150,14 +150,10 @@ impl<'a, R: Send + 'static> Watch<'a, R> {
         let (Some(f), Some(set)) = (self.futures.get(self.lowest), &self.set) else {
             return false;
         };
-        let own = crate::pool::own_pool();
-        if self.pools.iter().any(|p| p.on_pool_thread()) || own.is_some() {
-            // Whichever future it would sleep for, nobody else may drain
-            // this thread's own pool: drain them all (its own pool too,
-            // if it waits on another's futures).
-            let mut pools = self.pools.clone();
-            pools.extend(own.filter(|o| !pools.iter().any(|p| Arc::ptr_eq(p, o))));
-            return crate::pool::drain_until(&pools, || set.any(), deadline);
+        // Whichever future it would sleep for, nobody else may drain this
+        // thread's own pool, if it has one.
+        if let Some(done) = crate::pool::drain_if_pool_thread(&self.pools, || set.any(), deadline) {
+            return done;
         }
         // Everything was registered in `new`: nothing to register here.
         f.block_until(|| set.any(), deadline, || Some(set.notify().clone()))

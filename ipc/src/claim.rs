@@ -96,10 +96,7 @@ impl Claim {
     /// withdrawal is still pending (its message not skipped yet).
     pub fn withdraw(&self, key: u64) -> bool {
         let k = short(key);
-        self.update(|word| {
-            let pending = word >> 32;
-            (word & LOW != k && (pending == 0 || pending == k)).then_some(word & LOW | k << 32)
-        })
+        self.withdraw_if(key, |started| started != k)
     }
 
     /// [`Claim::withdraw`] of the message at the front, the next one the
@@ -108,10 +105,17 @@ impl Claim {
     /// knows ran last; 0: none yet). A plain withdrawal would also succeed
     /// once the consumer has got past `key` to the message behind it.
     pub fn withdraw_next(&self, key: u64, before: u64) -> bool {
-        let (k, last) = (short(key), short_or_none(before));
+        let last = short_or_none(before);
+        self.withdraw_if(key, |started| started == last)
+    }
+
+    /// Withdraws `key` if the key of the last message started passes
+    /// `may`, and no other withdrawal is pending.
+    fn withdraw_if(&self, key: u64, may: impl Fn(u64) -> bool) -> bool {
+        let k = short(key);
         self.update(|word| {
             let pending = word >> 32;
-            (word & LOW == last && (pending == 0 || pending == k)).then_some(word & LOW | k << 32)
+            (may(word & LOW) && (pending == 0 || pending == k)).then_some(word & LOW | k << 32)
         })
     }
 

@@ -59,11 +59,7 @@ const _: () = assert!(DEPTH <= 2, "stop_task assumes at most two tasks per worke
 /// them all meanwhile, and does the manager's housekeeping (time limits,
 /// idle workers), which would otherwise wait for this callback to return.
 /// Returns whether `done()`.
-pub(crate) fn drain_until(
-    pools: &[Arc<Pool>],
-    done: impl Fn() -> bool,
-    deadline: Option<Instant>,
-) -> bool {
+fn drain_until(pools: &[Arc<Pool>], done: impl Fn() -> bool, deadline: Option<Instant>) -> bool {
     /// Counts this wait while it lasts (also when a callback unwinds).
     struct Nested;
     impl Drop for Nested {
@@ -93,6 +89,25 @@ pub(crate) fn drain_until(
         }
     }
     true
+}
+
+/// A wait on `pools`' futures from one of a pool's own threads (or from a
+/// done-callback on a manager thread), which must not sleep on a doorbell
+/// while nobody else drains its own pool: drains `pools`, and this thread's
+/// own pool, until `done()` or `deadline` ([`drain_until`]). `Some(whether
+/// done)`; `None` if this thread may sleep like any caller.
+pub(crate) fn drain_if_pool_thread(
+    pools: &[Arc<Pool>],
+    done: impl Fn() -> bool,
+    deadline: Option<Instant>,
+) -> Option<bool> {
+    let own = own_pool();
+    if own.is_none() && !pools.iter().any(|p| p.on_pool_thread()) {
+        return None;
+    }
+    let mut all = pools.to_vec();
+    all.extend(own.filter(|o| !pools.iter().any(|p| Arc::ptr_eq(p, o))));
+    Some(drain_until(&all, done, deadline))
 }
 
 thread_local! {
@@ -1552,7 +1567,7 @@ impl Worker {
         // The worker starts its tasks in order, and its slot's claim word
         // holds the key of the last one it started: the tasks after that
         // one never started, whatever was (or was not) read of its results.
-        // A single load of a word the dead worker can no longer change.
+        // Loads of a word the dead worker can no longer change.
         // A key the parent does not know (a stray write of the dying
         // worker) proves nothing: then nothing runs again.
         let first_unstarted = rerun.and_then(|claim| {

@@ -349,15 +349,14 @@ impl ReceivedRanges {
             self.writable.insert(range.start, range.end);
         } else {
             // Merged into the union of the read-only ranges.
+            // Those it touches are the last ones starting by its end (the
+            // stored ones never touch each other), back to the first that
+            // ends before its start.
             let (mut start, mut end) = (range.start, range.end);
-            let touching: Vec<(usize, usize)> = self
-                .readable
-                .range(..=end)
-                .rev()
-                .take_while(|&(_, &e)| e >= start)
-                .map(|(&s, &e)| (s, e))
-                .collect();
-            for (s, e) in touching {
+            while let Some((&s, &e)) = self.readable.range(..=end).next_back() {
+                if e < start {
+                    break;
+                }
                 self.readable.remove(&s);
                 start = start.min(s);
                 end = end.max(e);
