@@ -663,7 +663,7 @@ impl<R: Send + 'static> Future<R> {
     /// An error if this thread is running one of this task's done-callbacks
     /// (the task counts as done only once they return: waiting for it
     /// there would never end).
-    fn not_from_own_callback(&self) -> Result<()> {
+    pub(crate) fn not_from_own_callback(&self) -> Result<()> {
         if in_callback_of(self.cell.task.address()) {
             return Err(Error::InvalidArgument(
                 "a done-callback cannot wait for a future whose callbacks this thread is \
@@ -790,13 +790,14 @@ impl<R: Send + 'static> Future<R> {
     ///   only once its callbacks have returned. Send long work elsewhere (a
     ///   channel to a thread of your own).
     ///
-    /// Calling `result` (or `result_timeout`) on this same future from
-    /// inside `f` fails at once with [`Error::InvalidArgument`]: it would
-    /// wait for the callback to return, that is, for itself; so does
-    /// `exception` unless the task had finished before `f` was added. Use
-    /// `f`'s argument. ([`wait`](fn@crate::wait),
-    /// [`as_completed`](fn@crate::as_completed) and `.await` on it from
-    /// there would wait for ever.)
+    /// Waiting on this same future from inside `f` would wait for the
+    /// callback to return, that is, for itself. So there, `result` (or
+    /// `result_timeout`) and `.await` fail at once with
+    /// [`Error::InvalidArgument`], and so does `exception` unless the task
+    /// had finished before `f` was added; [`wait`](fn@crate::wait) returns
+    /// as soon as only such futures are left, listing them in `not_done`;
+    /// [`as_completed`](fn@crate::as_completed) then yields one
+    /// `Err(InvalidArgument)` and stops. Use `f`'s argument.
     pub fn add_done_callback(&self, f: impl FnOnce(&Result<R>) + Send + 'static) {
         {
             let mut slot = lock(&self.cell.task.slot);
@@ -961,6 +962,9 @@ impl<R: Send + 'static> std::future::Future for Future<R> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<R>> {
         if !self.done() {
+            if let Err(e) = self.not_from_own_callback() {
+                return Poll::Ready(Err(e));
+            }
             let mut slot = lock(&self.cell.task.slot);
             if !self.cell.task.is_done() {
                 slot.listeners

@@ -36,6 +36,11 @@ pub struct WaitResult {
 
 /// Waits for `futures` as `return_when` says, at most `timeout`.
 ///
+/// Called from a done-callback, it also returns once only futures whose
+/// callbacks this thread is running are left (they cannot finish before
+/// it returns; they are in `not_done`, see
+/// [`Future::add_done_callback`]).
+///
 /// ```
 /// use loky::{wait, ReturnWhen};
 /// let ex = loky::ProcessPoolExecutor::builder().max_workers(2).build()?;
@@ -64,7 +69,7 @@ pub fn wait<R: Send + 'static>(
             ReturnWhen::FirstCompleted => !watch.order.is_empty() || futures.is_empty(),
             ReturnWhen::FirstException => watch.pending() == 0 || failed,
         };
-        if finished || !watch.block(deadline) {
+        if finished || watch.only_own_left() || !watch.block(deadline) {
             let mut done = watch.order;
             done.sort_unstable();
             let not_done = (0..futures.len()).filter(|&i| !watch.is_done[i]).collect();
@@ -88,6 +93,9 @@ struct Watch<'a, R> {
     scratch: Vec<usize>,
     /// The pools of the futures, each once.
     pools: Vec<Arc<Pool>>,
+    /// How many of the futures this thread is running done-callbacks of:
+    /// they cannot finish while it waits (see [`Self::only_own_left`]).
+    own: usize,
 }
 
 impl<'a, R: Send + 'static> Watch<'a, R> {
@@ -100,6 +108,7 @@ impl<'a, R: Send + 'static> Watch<'a, R> {
             lowest: 0,
             scratch: Vec::new(),
             pools: Vec::new(),
+            own: 0,
         };
         if !futures.is_empty() {
             let mut seen = std::collections::HashSet::new();
@@ -115,6 +124,8 @@ impl<'a, R: Send + 'static> Watch<'a, R> {
             for (i, f) in futures.iter().enumerate() {
                 if f.listen_indexed(&set, i) {
                     w.mark(i);
+                } else if f.not_from_own_callback().is_err() {
+                    w.own += 1;
                 }
             }
             w.set = Some(set);
@@ -130,6 +141,24 @@ impl<'a, R: Send + 'static> Watch<'a, R> {
 
     fn pending(&self) -> usize {
         self.futures.len() - self.order.len()
+    }
+
+    /// Whether every future still pending is one whose done-callbacks this
+    /// thread is running (a callback waiting on its own future): it counts
+    /// as done only once they return, so waiting longer would never end.
+    fn only_own_left(&self) -> bool {
+        self.own > 0 && self.pending() == self.own
+    }
+
+    /// The error for a caller waiting only on futures whose callbacks it
+    /// runs.
+    fn own_error(&self) -> Error {
+        self.futures
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| !self.is_done[i])
+            .find_map(|(_, f)| f.not_from_own_callback().err())
+            .unwrap_or(Error::Timeout)
     }
 
     /// Takes in the futures that finished since the last call.
@@ -162,7 +191,10 @@ impl<'a, R: Send + 'static> Watch<'a, R> {
 }
 
 /// Yields each future as it completes (in completion order); after
-/// `timeout`, yields `Err(Error::Timeout)` once and stops.
+/// `timeout`, yields `Err(Error::Timeout)` once and stops. Called from a
+/// done-callback, it yields `Err(Error::InvalidArgument)` once and stops
+/// when only futures whose callbacks this thread is running are left (see
+/// [`Future::add_done_callback`]).
 ///
 /// ```
 /// let ex = loky::ProcessPoolExecutor::builder().max_workers(2).build()?;
@@ -182,7 +214,7 @@ pub fn as_completed<R: Send + 'static>(
         watch: Watch::new(futures),
         yielded: 0,
         deadline: timeout.and_then(deadline_after),
-        timed_out: false,
+        stopped: false,
     }
 }
 
@@ -192,7 +224,7 @@ pub struct AsCompleted<'a, R> {
     /// How many of `watch.order` were yielded.
     yielded: usize,
     deadline: Option<Instant>,
-    timed_out: bool,
+    stopped: bool,
 }
 
 impl<R> std::fmt::Debug for AsCompleted<'_, R> {
@@ -201,7 +233,7 @@ impl<R> std::fmt::Debug for AsCompleted<'_, R> {
             .field("futures", &self.watch.futures.len())
             .field("yielded", &self.yielded)
             .field("deadline", &self.deadline)
-            .field("timed_out", &self.timed_out)
+            .field("stopped", &self.stopped)
             .finish()
     }
 }
@@ -210,7 +242,7 @@ impl<'a, R: Send + 'static> Iterator for AsCompleted<'a, R> {
     type Item = Result<&'a Future<R>>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.yielded == self.watch.futures.len() || self.timed_out {
+        if self.yielded == self.watch.futures.len() || self.stopped {
             return None;
         }
         loop {
@@ -219,8 +251,12 @@ impl<'a, R: Send + 'static> Iterator for AsCompleted<'a, R> {
                 self.yielded += 1;
                 return Some(Ok(&self.watch.futures[i]));
             }
+            if self.watch.only_own_left() {
+                self.stopped = true;
+                return Some(Err(self.watch.own_error()));
+            }
             if !self.watch.block(self.deadline) {
-                self.timed_out = true;
+                self.stopped = true;
                 return Some(Err(Error::Timeout));
             }
         }

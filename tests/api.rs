@@ -329,6 +329,57 @@ fn a_done_callback_waiting_for_its_own_future_gets_an_error() {
 }
 
 #[test]
+fn a_done_callback_waiting_on_a_set_with_its_own_future_does_not_hang() {
+    let ex = pool(1);
+    // The own future (index 0) runs first; the other one is queued behind
+    // it on the single worker, so it finishes while the callback waits.
+    let futs = Arc::new(vec![
+        ex.submit(sleep_ms, 300).unwrap(),
+        ex.submit(sleep_ms, 50).unwrap(),
+    ]);
+    let (tx, rx) = mpsc::channel();
+    let set = futs.clone();
+    futs[0].add_done_callback(move |_| {
+        let waited = wait(&set, None, ReturnWhen::AllCompleted);
+        let yielded: Vec<_> = as_completed(&set, None)
+            .map(|f| f.map(|f| f.id()))
+            .collect();
+        let _ = tx.send((waited, yielded));
+    });
+    let (waited, yielded) = rx.recv_timeout(HANG).expect("the callback returns");
+    assert_eq!(waited.done, vec![1]);
+    assert_eq!(waited.not_done, vec![0], "its own future cannot be done yet");
+    assert_eq!(yielded.len(), 2, "{yielded:?}");
+    assert_eq!(yielded[0].as_ref().ok(), Some(&futs[1].id()));
+    assert!(matches!(yielded[1], Err(Error::InvalidArgument(_))), "{yielded:?}");
+    // Outside the callback both finish as usual.
+    assert_eq!(wait(&futs, Some(HANG), ReturnWhen::AllCompleted).done, vec![0, 1]);
+}
+
+#[test]
+fn a_done_callback_awaiting_its_own_future_gets_an_error() {
+    let ex = pool(1);
+    let slot = Arc::new(std::sync::Mutex::new(None::<loky::Future<u64>>));
+    let f = ex.submit(sleep_ms, 300).unwrap();
+    let (tx, rx) = mpsc::channel();
+    let mine = slot.clone();
+    f.add_done_callback(move |_| {
+        let Some(me) = mine.lock().unwrap().take() else {
+            let _ = tx.send(None);
+            return;
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let _ = tx.send(Some(rt.block_on(me)));
+    });
+    *slot.lock().unwrap() = Some(f);
+    let got = rx.recv_timeout(HANG).expect("the callback returns");
+    let got = got.expect("the future was in the slot before it finished");
+    assert!(matches!(got, Err(Error::InvalidArgument(_))), "{got:?}");
+}
+
+#[test]
 fn duration_max_means_no_deadline() {
     let ex = pool(1);
     let f = ex.submit_with_timeout(sleep_ms, 20, Duration::MAX).unwrap();
