@@ -17,11 +17,12 @@ static REUSABLE: Mutex<Option<ProcessPoolExecutor>> = Mutex::new(None);
 /// Calling it again is cheap and safe from any number of threads at once:
 ///
 /// * same configuration → the same executor;
-/// * only `max_workers` differs → the executor is resized in place (growing
-///   spawns workers; shrinking retires idle workers first and never kills a
-///   running task);
-/// * anything else differs, or the pool is broken or shut down → a new
-///   executor. The old one is not shut down under other holders' feet: it
+/// * only `max_workers` differs → the executor is resized in place, up to
+///   the larger of the `max_workers` it was created with and
+///   [`cpu_count()`](crate::cpu_count) at that time (growing spawns workers;
+///   shrinking retires idle workers first and never kills a running task);
+/// * anything else differs, `max_workers` grows past that bound, or the pool
+///   is broken or shut down → a new executor, with a new arena. The old one is not shut down under other holders' feet: it
 ///   finishes when its last handle is dropped, unless
 ///   [`kill_workers`](ReusableExecutorBuilder::kill_workers) asks to kill
 ///   its workers at once. If this call held its last handle (nobody else

@@ -43,8 +43,9 @@ use crate::executor::ProcessPoolExecutor;
 /// A `SharedVec` belongs to the pool it was allocated with: sending a
 /// handle to another pool fails with [`Error::ForeignArena`]. That includes
 /// the new pool [`get_reusable_executor`](crate::get_reusable_executor)
-/// makes when the configuration changes or the old pool broke (resizing
-/// keeps the pool and its arena); check with
+/// makes when the configuration changes, `max_workers` grows past what the
+/// pool can take in place, or the old pool broke (resizing in place keeps
+/// the pool and its arena); check with
 /// [`belongs_to`](Self::belongs_to). The arena holds at most the pool's
 /// [`arena_limit`](crate::ProcessPoolExecutorBuilder::arena_limit); past it
 /// allocation fails with [`Error::ArenaFull`].
