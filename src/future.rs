@@ -770,16 +770,19 @@ impl<R: Send + 'static> Future<R> {
     /// not affect the result.
     ///
     /// `f` runs on whichever thread publishes the outcome, which need not
-    /// be one of the pool's: the pool's manager thread (at the very end of
-    /// a shutdown, once the manager has exited, its watchdog); or any
-    /// thread of yours that blocks on a future of the same pool (`result`,
+    /// be one of the pool's: the pool's manager thread; or any thread of
+    /// yours that blocks on a future of the same pool (`result`,
     /// `result_timeout`, `exception`, [`wait`](fn@crate::wait),
     /// [`as_completed`](fn@crate::as_completed), a map's iterator), since
     /// such a thread publishes every result it finds, not only the one it
     /// waits for (`done` and `.await` leave callbacks to the manager, or to
     /// such a thread); or the thread that ends the
     /// task with [`cancel`](Self::cancel), [`kill`](Self::kill) or
-    /// [`shutdown`](crate::ProcessPoolExecutor::shutdown). Therefore:
+    /// [`shutdown`](crate::ProcessPoolExecutor::shutdown). At the very end
+    /// of a shutdown, once the manager has exited, it runs on whichever
+    /// thread publishes the outcome: a thread of yours that waits on or
+    /// polls a future of the pool (`done` and `.await` included), or the
+    /// one that cancels, kills or shuts down. Therefore:
     ///
     /// * `f` must not take a lock that a thread may hold while it blocks on
     ///   or polls a future of this pool: `f` may run on that very thread,

@@ -922,8 +922,8 @@ impl Pool {
     /// callbacks are published at once (waking the waiter directly); those
     /// with callbacks are staged, as a callback may block and this thread
     /// must keep watching the workers: the manager publishes them, or a
-    /// caller blocked on the pool, or (once the manager has exited) this
-    /// thread.
+    /// caller blocked on the pool, or (once the manager has exited, which
+    /// is after the watchdog has) this thread.
     pub(crate) fn publish_later(&self, cell: Arc<dyn Completion>) {
         self.publish_later_all([cell]);
     }
