@@ -122,7 +122,8 @@ impl<C> CodecExecutor<C> {
     }
 
     /// Like [`submit`](Self::submit), but hands the argument back when the
-    /// task could not be submitted (a codec error, a shut-down executor).
+    /// task could not be submitted (any error [`submit`](Self::submit)
+    /// fails with at once: a codec error, a shut-down executor, ...).
     ///
     /// ```
     /// let ex = loky::ProcessPoolExecutor::builder().max_workers(1).build()?;

@@ -112,9 +112,12 @@ impl ProcessPoolExecutor {
     ///
     /// `f` must be a fn item or a closure without captures (checked at
     /// compile time); send captured state in `arg`. Fails at once with
-    /// [`Error::ShutdownExecutor`] after `shutdown`, or a codec error if
-    /// `arg` cannot be encoded; everything that happens later is reported
-    /// through the future.
+    /// [`Error::BrokenProcessPool`] if the pool broke,
+    /// [`Error::ShutdownExecutor`] after `shutdown`, [`Error::Codec`] if
+    /// `arg` cannot be encoded, [`Error::ForeignArena`] if `arg` holds a
+    /// shared array of another pool, or [`Error::Ipc`] if its message
+    /// cannot be sent (say, no memory for a spill buffer); everything that
+    /// happens later is reported through the future.
     pub fn submit<F, A, R>(&self, f: F, arg: A) -> Result<Future<R>>
     where
         F: TaskFn<A, R>,

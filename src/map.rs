@@ -49,8 +49,9 @@ impl ProcessPoolExecutor {
     /// `Err(ForeignArena)`; set [`Map::chunksize`] to 1 to tell the bad
     /// items apart), or that comes back with the wrong number of outcomes
     /// (`Err(Codec)` at `DecodeResult`: a custom codec's batch decoding). If a chunk
-    /// cannot be submitted at all (the executor was shut down, or the pool
-    /// broke), the map ends with that one error and reads no more input.
+    /// cannot be submitted at all (the executor was shut down, the pool
+    /// broke, or its message cannot be sent: `Err(Ipc)`), the map ends with
+    /// that one error and reads no more input.
     /// Dropping the map withdraws its chunks still waiting (in the parent or
     /// in a worker's ring; of two a worker holds before starting either,
     /// only one); chunks already running end normally (or at the map's
