@@ -168,7 +168,9 @@ pub enum Error {
     InvalidArgument(String),
 
     /// An operating-system or shared-memory transport failure (out of
-    /// memory for a spill buffer or the arena, out of file descriptors, ...).
+    /// memory for a spill buffer, out of file descriptors, mapping the
+    /// arena, ...). The arena refusing to commit memory for a shared array
+    /// is [`Error::ArenaFull`] instead.
     #[error("transport failure: {0}")]
     Ipc(#[source] Arc<loky_ipc::Error>),
 }
