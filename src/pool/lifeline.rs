@@ -15,9 +15,13 @@
 //!
 //! The watchdog still reaps the process, fails whatever this path left
 //! (tasks holding shared arrays, which only a reaped worker is surely done
-//! with), and starts the replacement. Where lifelines are not available
-//! (another C library, a kernel without `futex_waitv`), the watchdog alone
-//! does it all.
+//! with), and starts the replacement. Where a worker cannot hold its
+//! lifeline (a C library other than glibc, a 32-bit target), the watchdog
+//! alone does it all, from the pidfd. On a kernel without `futex_waitv`
+//! (before 5.16) lifelines are still armed, but a sleeper waits on the
+//! doorbell alone (`SleepToken::wait_watching` falls back to a plain wait)
+//! and checks the lifelines when it wakes: a dead worker's tasks then fail
+//! at the next wake-up, at most one `TICK` (100 ms) later.
 
 use std::time::Duration;
 
