@@ -19,8 +19,8 @@
 //! * [`pidfd`]: process handles that report a death the moment it happens;
 //!   [`lifeline`]: robust-futex words that report it even before the kernel
 //!   has torn the process down.
-//! * [`spawn`]: fork + exec with descriptors placed at fixed numbers and a
-//!   parent-death signal.
+//! * [`spawn`]: a vfork-style `clone` + `execve` (as `posix_spawn` does)
+//!   with descriptors placed at fixed numbers and a parent-death signal.
 //!
 //! Every atomic that lives in shared memory documents its writer, its readers
 //! and the `SYNC POINT` that pairs each Release store with its Acquire load.

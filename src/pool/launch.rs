@@ -90,7 +90,7 @@ impl WorkerSpec {
 impl Pool {
     /// Spawns a worker into the (free) slot `i`. Runs on the watchdog
     /// thread, which lives as long as the pool, because the workers'
-    /// parent-death signal is tied to the thread that forked them.
+    /// parent-death signal is tied to the thread that spawned them.
     pub(super) fn launch(self: &Arc<Self>, i: usize) -> Result<()> {
         // Keep the worker entry point linked into every binary that spawns.
         std::hint::black_box(&crate::worker::bootstrap::ENTRY);
