@@ -1,21 +1,29 @@
 //! Spawning a worker: `clone(CLONE_VM | CLONE_VFORK)` + `execve` (the way
 //! `posix_spawn` forks), never a fork without exec.
 //!
-//! Between `clone` and `execve` the child runs only async-signal-safe calls
-//! (`dup2`, `fcntl`, `prctl`, `getppid`, `sigprocmask`, `write`, `_exit`) on
-//! data prepared before the clone, so it is safe in a multi-threaded parent.
-//! The child:
+//! The spawning thread blocks every signal around the `clone`, so that no
+//! handler of the parent runs in the child while it shares the parent's
+//! memory, and restores its own mask afterwards. Between `clone` and
+//! `execve` the child runs only async-signal-safe calls
+//! (`sched_setaffinity`, `fcntl`, `dup2`, `sigaction`, `pthread_sigmask`,
+//! `prctl`, `getppid`, `write`, `_exit`) on data prepared before the clone,
+//! so it is safe in a multi-threaded parent. The child:
 //!
-//! 1. moves the descriptors it must keep (the exec-status pipe included)
+//! 1. pins itself to one CPU with `sched_setaffinity`, if asked
+//!    ([`Spawn::cpu`]);
+//! 2. moves the descriptors it must keep (the exec-status pipe included)
 //!    above every target number;
-//! 2. points stdin at `/dev/null`, then `dup2`s each kept descriptor to its
+//! 3. points stdin at `/dev/null`, then `dup2`s each kept descriptor to its
 //!    fixed target (which clears close-on-exec), in that order because a
 //!    target may reuse the number `/dev/null` had;
-//! 3. clears the signal mask it inherited from the spawning thread;
-//! 4. sets `PR_SET_PDEATHSIG`, then re-checks `getppid()` in case the parent
+//! 4. resets every caught signal to its default handler with `sigaction`
+//!    (the handlers are the parent's and would run on its memory; ignored
+//!    signals stay ignored, as across `execve`);
+//! 5. clears the signal mask, the all-blocked one set around the `clone`;
+//! 6. sets `PR_SET_PDEATHSIG`, then re-checks `getppid()` in case the parent
 //!    died before the call (the signal is tied to the *thread* that spawned it,
 //!    so spawn from a long-lived thread);
-//! 5. `execve`s, or reports `errno` through a close-on-exec pipe.
+//! 7. `execve`s, or reports `errno` through a close-on-exec pipe.
 
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
@@ -97,7 +105,8 @@ impl<'a> Spawn<'a> {
         self
     }
 
-    /// Forks and executes; returns the child's pidfd once `execve` succeeded.
+    /// Starts the child and executes the program (see the module docs);
+    /// returns the child's pidfd once `execve` succeeded.
     pub fn spawn(self) -> Result<PidFd> {
         let argv: Vec<*const libc::c_char> = self
             .args
