@@ -1,5 +1,5 @@
 //! Large values by value: a 256 MiB `Vec<f64>` as a task's argument (W3 by
-//! value, DESIGN.md section 4: the worker sums it) and as a task's result,
+//! value, see `loky-bench --help`: the worker sums it) and as a task's result,
 //! next to the in-process references on the same data in the same run; and
 //! [`QUEUED`] arguments of 32 MiB submitted while the worker is busy, so
 //! that most of them wait in the parent's queue (the submit loop is timed,

@@ -1,4 +1,4 @@
-//! W2 (DESIGN.md section 4): `map(x * 2)` over 1 000 000 and 10 000 000
+//! W2 (see `loky-bench --help`): `map(x * 2)` over 1 000 000 and 10 000 000
 //! `u64` with 2 workers, against rayon `par_iter` on the same data in the
 //! same run.
 

@@ -1,4 +1,4 @@
-//! Recovery and start-up workloads (DESIGN.md section 4):
+//! Recovery and start-up workloads (W4-W6 of `loky-bench --help`):
 //!
 //! * W6: a warm pool of 2 workers; a task SIGKILLs its own worker. Measured:
 //!   submit → the future fails (with a trivial round trip measured in the

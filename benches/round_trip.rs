@@ -1,4 +1,4 @@
-//! W1 (DESIGN.md section 4): a warm pool of 2 workers; submit `x + 1`, wait
+//! W1 (see `loky-bench --help`): a warm pool of 2 workers; submit `x + 1`, wait
 //! for it, 10 000 times in sequence. Criterion reports the time per round
 //! trip; `loky-bench` reports p50/p99 of the same loop.
 //!

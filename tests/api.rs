@@ -1,5 +1,5 @@
-//! The executor API, end to end: every call of DESIGN.md section 1 that the
-//! core provides, against real worker processes.
+//! The executor API, end to end: every call the core provides, against
+//! real worker processes.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -1,4 +1,4 @@
-//! The fault matrix of DESIGN.md section 5, with real faults: tasks that
+//! The fault matrix (see `docs/faults.md`), with real faults: tasks that
 //! panic, abort, segfault, overflow their stack, call `exit`, SIGKILL
 //! themselves or a sibling; codecs that fail, panic or abort at each stage of
 //! a round trip; failing initializers; misbehaving done-callbacks; shutdown

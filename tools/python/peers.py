@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Run the loky-for-Rust workloads (DESIGN.md section 4) on the Python peers.
+"""Run the workloads W1-W6 of loky-bench (see its --help) on the Python peers.
 
 Peers: concurrent.futures.ProcessPoolExecutor, Python loky
 (get_reusable_executor), multiprocessing.Pool and joblib (Parallel, loky

@@ -159,7 +159,7 @@ pub(crate) fn draw(
     // Header: title, machine, legend.
     let line = |size: u32| TextStyle::from((FONT, size).into_font()).color(&BLACK);
     header.draw(&Text::new(
-        "loky-bench: the workloads W1–W6 (DESIGN.md section 4)",
+        "loky-bench: the workloads W1–W6",
         (12, 8),
         line(20),
     ))?;

@@ -1,5 +1,6 @@
-//! W1–W6 of DESIGN.md section 4, measured in this process through loky's
-//! public API, each with its in-process reference where one makes sense.
+//! The benchmark workloads W1–W6 (summed up in `loky-bench --help`),
+//! measured in this process through loky's public API, each with its
+//! in-process reference where one makes sense.
 
 use std::error::Error as StdError;
 use std::hint::black_box;

@@ -1,7 +1,8 @@
-//! `loky-bench`: the workloads W1–W6 of DESIGN.md section 4, measured in
-//! this process through loky's public API, printed as one markdown table
-//! beside their in-process references (rayon, a thread, the same loop) and,
-//! with `--python`, the Python peers measured by `tools/python/peers.py`.
+//! `loky-bench`: the workloads W1–W6 (defined in
+//! `tools/src/bench/workloads.rs`, listed by `--help`), measured in this
+//! process through loky's public API, printed as one markdown table beside
+//! their in-process references (rayon, a thread, the same loop) and, with
+//! `--python`, the Python peers measured by `tools/python/peers.py`.
 //!
 //! ```text
 //! cargo run --release -p loky-tools --bin loky-bench -- --python python3
@@ -33,7 +34,7 @@ usage: loky-bench [--json] [--plot FILE.svg] [--python PATH] [--quick]
                   [--workers N] [--only W1,W3] [--readme FILE]
                   [--no-procspawn]
 
-Runs the workloads W1-W6 (DESIGN.md section 4) on loky and prints a markdown
+Runs the workloads W1-W6 (listed below) on loky and prints a markdown
 table: loky's figure, its in-process reference measured in the same run
 (rayon par_iter, a thread round trip, the same loop in-process), the Rust
 peer procspawn (its process Pool, measured right after loky), and with
