@@ -233,8 +233,8 @@ where
     /// to hide a pickle and a pipe round trip each, milliseconds in Python.
     /// Here a chunk is encoded into a per-thread buffer and copied into the
     /// worker's shared-memory ring, and the worker's next chunk is already
-    /// queued while it runs one: a round trip costs about 1.5 µs when nobody sleeps, and a map
-    /// of one-item chunks of `x * 2` costs about 33 µs per chunk on a 2-core
+    /// queued while it runs one: a round trip costs about 1.5 µs when nobody
+    /// sleeps, and a map of one-item chunks of `x * 2` costs about 33 µs per chunk on a 2-core
     /// VM where the parent and two workers share the cores (futex wake-ups,
     /// mostly). Against 5 ms of work that is under 1 %. Short chunks are
     /// what keeps every worker busy until the end of the map: the last

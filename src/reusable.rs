@@ -22,8 +22,9 @@ static REUSABLE: Mutex<Option<ProcessPoolExecutor>> = Mutex::new(None);
 ///   [`cpu_count()`](crate::cpu_count) at that time (growing spawns workers;
 ///   shrinking retires idle workers first and never kills a running task);
 /// * anything else differs, `max_workers` grows past that bound, or the pool
-///   is broken or shut down → a new executor, with a new arena. The old one is not shut down under other holders' feet: it
-///   finishes when its last handle is dropped, unless
+///   is broken or shut down → a new executor, with a new arena. The old
+///   one is not shut down under other holders' feet: it finishes when its
+///   last handle is dropped, unless
 ///   [`kill_workers`](ReusableExecutorBuilder::kill_workers) asks to kill
 ///   its workers at once. If this call held its last handle (nobody else
 ///   kept the old executor), dropping it waits, here, for its queued and

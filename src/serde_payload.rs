@@ -51,8 +51,8 @@ use crate::stack_guard::{De, Ser};
 /// Costs: encoding walks the value once, into a reusable per-thread
 /// buffer, then copies those bytes into the message; decoding builds it
 /// once. Both run at roughly MessagePack speed; see the
-/// [guide](crate::guide::sending_data) for measurements. A decode failure (a type mismatch, a `Deserialize` impl
-/// that rejects the data) is an [`Error::Codec`](crate::Error::Codec), never
+/// [guide](crate::guide::sending_data) for measurements. A decode failure
+/// (a type mismatch, a `Deserialize` impl that rejects the data) is an [`Error::Codec`](crate::Error::Codec), never
 /// a panic. `Some(None)` of an `Option<Option<T>>` comes back as `None`, as
 /// with JSON.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
