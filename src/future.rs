@@ -970,9 +970,18 @@ impl<R: Send + 'static> std::future::Future for Future<R> {
             }
             let mut slot = lock(&self.cell.task.slot);
             if !self.cell.task.is_done() {
-                slot.listeners
-                    .retain(|l| !matches!(l, Listener::Waker(w) if w.will_wake(cx.waker())));
-                slot.listeners.push(Listener::Waker(cx.waker().clone()));
+                // Only the waker of the latest poll must be woken (`Future`
+                // is not `Clone`, so one task polls it at a time): replace
+                // the previous one, so that polls with a new waker each
+                // time do not pile them up.
+                match slot
+                    .listeners
+                    .iter_mut()
+                    .find(|l| matches!(l, Listener::Waker(_)))
+                {
+                    Some(Listener::Waker(w)) => w.clone_from(cx.waker()),
+                    _ => slot.listeners.push(Listener::Waker(cx.waker().clone())),
+                }
                 return Poll::Pending;
             }
         }
@@ -1029,6 +1038,33 @@ mod tests {
         assert_eq!(got, [7]);
         assert!(f.failed_now());
         assert!(f.listen_indexed(&set, 7), "done: nothing to register");
+    }
+
+    #[test]
+    fn polls_with_new_wakers_keep_one_and_wake_the_latest() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::task::Wake;
+        struct Count(AtomicUsize);
+        impl Wake for Count {
+            fn wake(self: Arc<Self>) {
+                self.0.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let mut f = Future::new(Arc::new(cell()));
+        let wakers: Vec<_> = (0..100)
+            .map(|_| Arc::new(Count(AtomicUsize::new(0))))
+            .collect();
+        for w in &wakers {
+            let waker = std::task::Waker::from(w.clone());
+            let mut cx = Context::from_waker(&waker);
+            assert!(std::future::Future::poll(Pin::new(&mut f), &mut cx).is_pending());
+        }
+        assert_eq!(lock(&f.cell.task.slot).listeners.len(), 1);
+        f.cell.stage_error(Error::Cancelled);
+        f.cell.publish();
+        let woken: Vec<usize> = wakers.iter().map(|w| w.0.load(Ordering::Relaxed)).collect();
+        assert_eq!(woken[99], 1, "the latest poll's waker is woken");
+        assert_eq!(woken[..99].iter().sum::<usize>(), 0, "{woken:?}");
     }
 
     #[test]

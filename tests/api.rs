@@ -348,12 +348,22 @@ fn a_done_callback_waiting_on_a_set_with_its_own_future_does_not_hang() {
     });
     let (waited, yielded) = rx.recv_timeout(HANG).expect("the callback returns");
     assert_eq!(waited.done, vec![1]);
-    assert_eq!(waited.not_done, vec![0], "its own future cannot be done yet");
+    assert_eq!(
+        waited.not_done,
+        vec![0],
+        "its own future cannot be done yet"
+    );
     assert_eq!(yielded.len(), 2, "{yielded:?}");
     assert_eq!(yielded[0].as_ref().ok(), Some(&futs[1].id()));
-    assert!(matches!(yielded[1], Err(Error::InvalidArgument(_))), "{yielded:?}");
+    assert!(
+        matches!(yielded[1], Err(Error::InvalidArgument(_))),
+        "{yielded:?}"
+    );
     // Outside the callback both finish as usual.
-    assert_eq!(wait(&futs, Some(HANG), ReturnWhen::AllCompleted).done, vec![0, 1]);
+    assert_eq!(
+        wait(&futs, Some(HANG), ReturnWhen::AllCompleted).done,
+        vec![0, 1]
+    );
 }
 
 #[test]
