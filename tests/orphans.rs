@@ -1,9 +1,9 @@
 //! A parent that is SIGKILLed leaves no worker behind: each worker has
-//! `PR_SET_PDEATHSIG` and re-checks its parent.
+//! `PR_SET_PDEATHSIG` and re-checks its parent. Ctrl-C (SIGINT to the
+//! whole process group) is the parent's to handle: workers ignore it.
 //!
-//! The test re-runs this test binary as the "parent" (rayon-core's crash
-//! test pattern), reads its workers' pids, SIGKILLs it, and watches the
-//! workers disappear.
+//! The tests re-run this test binary as the "parent" (rayon-core's crash
+//! test pattern), read what it reports, signal it, and watch its workers.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -81,5 +81,85 @@ fn workers_exit_when_the_parent_is_killed() {
     eprintln!(
         "workers gone {:?} after the parent was killed",
         killed.elapsed()
+    );
+}
+
+const CTRL_C_ROLE: &str = "LOKY_CTRL_C_TEST_ROLE";
+
+static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_sigint(_: libc::c_int) {
+    INTERRUPTED.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Ctrl-C in a terminal sends SIGINT to the whole foreground process group,
+/// workers included. A parent that handles it (here: notes it) still gets
+/// the result of the task that was running; its worker carried on. (A
+/// handler, not SIG_IGN: an ignored signal would stay ignored in the
+/// workers it spawns, whatever loky does.)
+#[test]
+fn ctrl_c_to_the_process_group_leaves_running_tasks_to_the_parent() {
+    if std::env::var_os(CTRL_C_ROLE).is_some() {
+        // SAFETY: the handler only stores to an atomic (async-signal-safe);
+        // nothing else in this test process handles SIGINT.
+        unsafe { libc::signal(libc::SIGINT, on_sigint as libc::sighandler_t) };
+        let ex = ProcessPoolExecutor::new(1).unwrap();
+        let f = ex
+            .submit(
+                |ms: u64| {
+                    // The worker shares the parent's stdout.
+                    use std::io::Write;
+                    let mut out = std::io::stdout().lock();
+                    let _ = writeln!(out, "RUNNING");
+                    let _ = out.flush();
+                    std::thread::sleep(Duration::from_millis(ms));
+                    std::process::id()
+                },
+                1500,
+            )
+            .unwrap();
+        let got = f.result();
+        let stats = ex.stats();
+        let interrupted = INTERRUPTED.load(std::sync::atomic::Ordering::Relaxed);
+        println!(
+            "RESULT {} crashed {} interrupted {interrupted}",
+            got.is_ok(),
+            stats.crashed
+        );
+        return;
+    }
+    use std::os::unix::process::CommandExt;
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "ctrl_c_to_the_process_group_leaves_running_tasks_to_the_parent",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CTRL_C_ROLE, "1")
+        .process_group(0) // as a shell puts a job in its own group
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let group = child.id() as libc::pid_t;
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut result = None;
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if line.contains("RUNNING") {
+            // What the terminal does on Ctrl-C.
+            // SAFETY: signals the child's own process group, made above.
+            assert_eq!(unsafe { libc::killpg(group, libc::SIGINT) }, 0);
+        }
+        if let Some(rest) = line.split("RESULT ").nth(1) {
+            result = Some(rest.to_owned());
+            break;
+        }
+    }
+    let status = child.wait().unwrap();
+    assert_eq!(
+        result.as_deref(),
+        Some("true crashed 0 interrupted true"),
+        "the running task's result (child: {status:?})"
     );
 }
