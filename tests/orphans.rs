@@ -102,7 +102,7 @@ fn ctrl_c_to_the_process_group_leaves_running_tasks_to_the_parent() {
     if std::env::var_os(CTRL_C_ROLE).is_some() {
         // SAFETY: the handler only stores to an atomic (async-signal-safe);
         // nothing else in this test process handles SIGINT.
-        unsafe { libc::signal(libc::SIGINT, on_sigint as libc::sighandler_t) };
+        unsafe { libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t) };
         let ex = ProcessPoolExecutor::new(1).unwrap();
         let f = ex
             .submit(
