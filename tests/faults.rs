@@ -1411,3 +1411,207 @@ fn shutdown_with_kill_workers_does_not_wait_for_initializers() {
         }
     });
 }
+
+// ---------------------------------------------------------------------------
+// The hard memory limit, runs again, and rings under a page
+
+/// Allocates and touches up to `mib` MiB, one MiB at a time, keeping all
+/// of it; how many MiB it got.
+fn hog(mib: usize) -> usize {
+    let mut held: Vec<Vec<u8>> = Vec::new();
+    for _ in 0..mib {
+        let mut chunk = vec![0u8; 1 << 20];
+        for page in chunk.chunks_mut(4096) {
+            page[0] = 1;
+        }
+        held.push(chunk);
+    }
+    std::hint::black_box(&held);
+    held.len()
+}
+
+#[test]
+fn a_task_past_the_hard_memory_limit_kills_only_its_worker() {
+    bounded(|| {
+        no_core_dumps();
+        let ex = ProcessPoolExecutor::builder()
+            .max_workers(2)
+            .hard_memory_limit(128 << 20)
+            .build()
+            .unwrap();
+        let (a, b) = two_worker_pids(&ex);
+        // Four times the cap: the allocation that crosses it fails, and
+        // a failed allocation aborts.
+        let fut = ex.submit(hog, 512).unwrap();
+        let (pid, status, task) = terminated(fut.result_timeout(HANG));
+        assert!(pid == a || pid == b, "{pid} is not a worker ({a}, {b})");
+        assert_eq!(task, fut.id(), "the error names the task");
+        assert_eq!(signaled(status), Some(libc::SIGABRT), "{status}");
+        assert_heals(&ex);
+        let s = stats_when_whole(&ex, 2);
+        assert_eq!((s.crashed, s.respawned), (1, 1), "{s:?}");
+        let other = if pid == a { b } else { a };
+        assert!(
+            ex.worker_pids().contains(&other),
+            "the other worker ({other}) died too: {:?}",
+            ex.worker_pids()
+        );
+        // Below the cap a task still gets its memory.
+        assert_eq!(
+            ex.submit(hog, 16).unwrap().result_timeout(HANG).unwrap(),
+            16
+        );
+    });
+}
+
+/// Stops workers (SIGSTOP) and, when dropped, lets every one it stopped go
+/// on (SIGCONT), also when a failed assertion unwinds: the executor's drop
+/// waits for its workers to exit.
+struct Stopper(Vec<u32>);
+
+impl Stopper {
+    fn stop(&mut self, pid: u32) {
+        // SAFETY: plain system call on our own child.
+        unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
+        self.0.push(pid);
+    }
+}
+
+impl Drop for Stopper {
+    fn drop(&mut self) {
+        for &pid in &self.0 {
+            // SAFETY: plain system call; SIGCONT to a process that is not
+            // stopped does nothing.
+            unsafe { libc::kill(pid as i32, libc::SIGCONT) };
+        }
+    }
+}
+
+fn sigkill(pid: u32) {
+    // SAFETY: plain system call on our own child.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+}
+
+/// Writes its pid to `pid_path`, then waits (at most [`HANG`]) until
+/// `release` exists; its pid.
+fn hold_until((pid_path, release): (String, String)) -> u32 {
+    let me = std::process::id();
+    std::fs::write(&pid_path, me.to_string()).unwrap();
+    let start = Instant::now();
+    while !std::path::Path::new(&release).exists() && start.elapsed() < HANG {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    me
+}
+
+#[test]
+fn a_task_whose_workers_keep_dying_before_they_start_it_fails_after_four_runs_again() {
+    if !support::reruns_supported() {
+        return;
+    }
+    bounded(|| {
+        let ex = pool(2);
+        let mut stopper = Stopper(Vec::new());
+        let (a, b) = two_worker_pids(&ex);
+        // One worker is held by a task; the other, idle, is stopped, and
+        // takes the victim (it holds the fewest tasks), which it cannot start.
+        let dir = std::env::temp_dir();
+        let pid_path = dir.join(format!("loky-holder-{}", std::process::id()));
+        let release = dir.join(format!("loky-release-{}", std::process::id()));
+        let _ = std::fs::remove_file(&pid_path);
+        let _ = std::fs::remove_file(&release);
+        let held = ex
+            .submit(
+                hold_until,
+                (
+                    pid_path.to_string_lossy().into_owned(),
+                    release.to_string_lossy().into_owned(),
+                ),
+            )
+            .unwrap();
+        let start = Instant::now();
+        let busy = loop {
+            if let Some(pid) = std::fs::read_to_string(&pid_path)
+                .ok()
+                .and_then(|s| s.parse::<u32>().ok())
+            {
+                break pid;
+            }
+            assert!(start.elapsed() < HANG, "the holding task never started");
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        let mut holder = if busy == a { b } else { a };
+        stopper.stop(holder);
+        let victim = ex.submit(|x: u64| x + 1, 7).unwrap();
+        assert!(victim.running(), "handed to the stopped worker");
+        std::fs::write(&release, b"go").unwrap();
+        let mut spare = held.result_timeout(HANG).unwrap();
+        let _ = std::fs::remove_file(&pid_path);
+        let _ = std::fs::remove_file(&release);
+        assert_eq!(spare, busy);
+        // Each round: the victim waits in the stopped `holder`; `spare`,
+        // idle, is stopped too; `holder` is killed. The victim never
+        // started, so it goes to `spare` (the only worker that takes work),
+        // until it ran again 4 times.
+        for death in 1..=5u64 {
+            stopper.stop(spare);
+            sigkill(holder);
+            let s = support::wait_for_stats("the death and the replacement", &ex, HANG, |s| {
+                s.crashed == death && s.respawned == death
+            });
+            if death <= 4 {
+                assert_eq!(s.rerun, death, "{s:?}");
+                assert!(victim.running(), "death {death}: {s:?}");
+                // The dead worker's replacement: the other one holds the
+                // victim, so this goes to the new one, which is then idle.
+                let fresh = worker_pid(&ex);
+                assert!(fresh != holder && fresh != spare, "{fresh}");
+                holder = spare;
+                spare = fresh;
+            } else {
+                assert_eq!(s.rerun, 4, "not run again a fifth time: {s:?}");
+                let (pid, status, task) = terminated(victim.result_timeout(HANG));
+                assert_eq!(pid, holder, "the last worker that held it");
+                assert_eq!(signaled(status), Some(libc::SIGKILL), "{status}");
+                assert_eq!(task, victim.id());
+            }
+        }
+        drop(stopper); // the stopped spare goes on
+        assert_heals(&ex);
+        let s = stats_when_whole(&ex, 2);
+        assert_eq!((s.crashed, s.rerun, s.aborted), (5, 4, 1), "{s:?}");
+    });
+}
+
+#[test]
+fn with_rings_under_a_page_the_waiting_tasks_of_a_dead_worker_fail() {
+    // A ring under 4 KiB cannot be guarded (less than a page): the tasks a
+    // dead worker never started fail instead of running again. (With 4 KiB
+    // rings both would run again: see
+    // `a_task_whose_worker_dies_before_starting_it_runs_again`.)
+    bounded(|| {
+        let ex = ProcessPoolExecutor::builder()
+            .max_workers(1)
+            .ring_capacity(2048)
+            .build()
+            .unwrap();
+        let mut stopper = Stopper(Vec::new());
+        let first = worker_pid(&ex);
+        stopper.stop(first);
+        let futs: Vec<_> = (0..2u64)
+            .map(|x| ex.submit(|x: u64| x + 1, x).unwrap())
+            .collect();
+        assert_eq!(ex.stats().running, 2, "both in the stopped worker's ring");
+        sigkill(first);
+        for f in &futs {
+            let (pid, status, task) = terminated(f.result_timeout(HANG));
+            assert_eq!(pid, first);
+            assert_eq!(signaled(status), Some(libc::SIGKILL), "{status}");
+            assert_eq!(task, futs[0].id(), "the task it was about to run");
+        }
+        drop(stopper);
+        assert_heals(&ex);
+        let s = ex.stats();
+        assert_eq!((s.crashed, s.respawned, s.rerun), (1, 1, 0), "{s:?}");
+    });
+}
