@@ -504,3 +504,75 @@ fn nested_pools_work_and_depth_is_limited() {
         .unwrap_err();
     assert!(err.contains("nested"), "{err}");
 }
+
+mod support;
+
+/// When process `pid` started (clock ticks after boot), while it exists,
+/// a zombie included: with the pid, it tells one process from a later one
+/// that reuses the pid.
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the command name (in parentheses, which may hold
+    // anything); the start time is the 22nd field.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+#[test]
+fn shutdown_with_wait_returns_once_every_worker_has_exited() {
+    let ex = ProcessPoolExecutor::new(2).unwrap();
+    // Both workers busy when the shutdown comes: it waits for their tasks,
+    // then for the processes to end.
+    let busy: Vec<_> = (0..4).map(|_| ex.submit(sleep_ms, 200).unwrap()).collect();
+    wait_until("both workers to start", || ex.worker_pids().len() == 2);
+    let workers: Vec<(u32, u64)> = ex
+        .worker_pids()
+        .into_iter()
+        .map(|p| (p, start_time(p).expect("a worker's /proc entry")))
+        .collect();
+    ex.shutdown(true, false, false);
+    for &(pid, started) in &workers {
+        assert_ne!(
+            start_time(pid),
+            Some(started),
+            "worker {pid} is still there (running or a zombie) after shutdown(wait = true)"
+        );
+    }
+    for f in &busy {
+        assert_eq!(f.result_timeout(HANG).unwrap(), 200);
+    }
+    assert_eq!(ex.stats().workers_alive, 0);
+}
+
+#[test]
+fn killing_a_running_task_runs_the_task_waiting_behind_it_again() {
+    if !support::reruns_supported() {
+        return;
+    }
+    let ex = ProcessPoolExecutor::new(1).unwrap();
+    let before = ex.submit(pid, ()).unwrap().result_timeout(HANG).unwrap();
+    let marker = std::env::temp_dir().join(format!("loky-kill-front-{}", std::process::id()));
+    let _ = std::fs::remove_file(&marker);
+    let running = ex
+        .submit(mark_then_spin, marker.to_string_lossy().into_owned())
+        .unwrap();
+    let behind = ex.submit(pid, ()).unwrap();
+    wait_until("the first task to start", || marker.exists());
+    let _ = std::fs::remove_file(&marker);
+    assert_eq!(
+        ex.stats().running,
+        2,
+        "the second waits in the worker's ring"
+    );
+    assert!(running.kill());
+    assert!(matches!(
+        running.result_timeout(HANG),
+        Err(Error::Cancelled)
+    ));
+    let ran_on = behind
+        .result_timeout(HANG)
+        .expect("the task behind the killed one runs again");
+    assert_ne!(ran_on, before, "on the replacement worker");
+    let s = ex.stats();
+    assert_eq!((s.crashed, s.rerun, s.cancelled), (0, 1, 1), "{s:?}");
+}
