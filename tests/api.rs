@@ -1010,3 +1010,136 @@ fn a_map_on_a_shut_down_pool_ends_with_one_error_and_stops_reading() {
         "the error names the first item that was not run"
     );
 }
+
+/// Waits (at most [`HANG`]) until the file `path` exists; 0.
+fn wait_for_file(path: String) -> u64 {
+    let start = std::time::Instant::now();
+    while !std::path::Path::new(&path).exists() && start.elapsed() < HANG {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    0
+}
+
+/// A path in the temporary directory, unique to this process and `name`,
+/// with nothing there yet.
+fn fresh_path(name: &str) -> String {
+    let path = std::env::temp_dir().join(format!("loky-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    path.to_string_lossy().into_owned()
+}
+
+#[test]
+fn shutdown_with_wait_from_a_callback_on_a_pool_thread_returns_at_once() {
+    let ex = pool(1);
+    let release = fresh_path("release-shutdown");
+    // Held until the callback is in place: nobody waits on it, so the
+    // manager thread publishes it and runs the callback.
+    let trigger = ex.submit(wait_for_file, release.clone()).unwrap();
+    let after = ex.submit(sleep_ms, 50).unwrap();
+    let (tx, rx) = mpsc::channel();
+    let ex2 = ex.clone();
+    trigger.add_done_callback(move |_| {
+        let thread = std::thread::current().name().unwrap_or("").to_owned();
+        // Waiting here would wait for this very thread.
+        ex2.shutdown(true, false, false);
+        let _ = tx.send(thread);
+    });
+    std::fs::write(&release, b"go").unwrap();
+    let thread = rx
+        .recv_timeout(HANG)
+        .expect("shutdown(wait = true) in a callback on a pool thread did not return");
+    let _ = std::fs::remove_file(&release);
+    assert!(
+        thread.starts_with("loky-"),
+        "ran on {thread:?}, not a pool thread"
+    );
+    // The pool closes behind the callback: new work is refused, what was
+    // given runs, and a shutdown from an ordinary thread still waits.
+    assert!(matches!(
+        ex.submit(|x: u8| x, 1),
+        Err(Error::ShutdownExecutor)
+    ));
+    assert_eq!(after.result_timeout(HANG).unwrap(), 50);
+    let (tx, rx) = mpsc::channel();
+    let ex2 = ex.clone();
+    std::thread::spawn(move || {
+        ex2.shutdown(true, false, false);
+        let _ = tx.send(());
+    });
+    rx.recv_timeout(HANG)
+        .expect("the shutdown from this thread returned");
+    assert_eq!(ex.stats().workers_alive, 0);
+}
+
+#[test]
+fn dropping_a_future_does_not_cancel_its_task() {
+    let ex = pool(1);
+    let release = fresh_path("release-drop");
+    let marker = fresh_path("dropped");
+    // The one worker holds two tasks (one running, one in its ring): the
+    // next one waits in the parent's queue.
+    let held = ex.submit(wait_for_file, release.clone()).unwrap();
+    let second = ex.submit(sleep_ms, 1).unwrap();
+    wait_running(&second);
+    let f = ex
+        .submit(
+            |path: String| std::fs::write(path, b"ran").is_ok(),
+            marker.clone(),
+        )
+        .unwrap();
+    assert!(!f.running(), "queued in the parent");
+    drop(f);
+    std::fs::write(&release, b"go").unwrap();
+    held.result_timeout(HANG).unwrap();
+    // Submitted after it to the same single worker: runs after it.
+    worker_pid(&ex);
+    let ran = std::path::Path::new(&marker).exists();
+    let _ = std::fs::remove_file(&marker);
+    let _ = std::fs::remove_file(&release);
+    assert!(ran, "the task of a dropped future did not run");
+    let s = ex.stats();
+    assert_eq!((s.cancelled, s.completed), (0, 4), "{s:?}");
+}
+
+#[test]
+fn wait_first_exception_waits_for_every_future_when_none_fails() {
+    let ex = pool(2);
+    let futs = vec![
+        ex.submit(sleep_ms, 1).unwrap(),
+        ex.submit(sleep_ms, 300).unwrap(),
+        ex.submit(sleep_ms, 50).unwrap(),
+    ];
+    let r = wait(&futs, Some(HANG), ReturnWhen::FirstException);
+    assert_eq!(r.done, vec![0, 1, 2], "{r:?}");
+    assert!(r.not_done.is_empty(), "{r:?}");
+    for (f, ms) in futs.iter().zip([1, 300, 50]) {
+        assert_eq!(f.result_timeout(HANG).unwrap(), ms);
+    }
+}
+
+#[test]
+fn wait_first_exception_returns_when_one_fails_while_others_still_run() {
+    let ex = pool(2);
+    let release = fresh_path("release-wait");
+    // Two tasks on a pool of two: each on its own worker. The first runs
+    // until released, after the waits.
+    let futs = vec![
+        ex.submit(wait_for_file, release.clone()).unwrap(),
+        ex.submit(|_: String| -> u64 { panic!("boom") }, String::new())
+            .unwrap(),
+    ];
+    // Longer than the held task's own bound: a wait that missed the
+    // failure ends only once that task does, with both done.
+    let r = wait(&futs, Some(2 * HANG), ReturnWhen::FirstException);
+    assert_eq!((r.done, r.not_done), (vec![1], vec![0]));
+    // Failed already when the wait begins: it returns at once too.
+    let r = wait(&futs, Some(2 * HANG), ReturnWhen::FirstException);
+    assert_eq!((r.done, r.not_done), (vec![1], vec![0]));
+    std::fs::write(&release, b"go").unwrap();
+    assert_eq!(futs[0].result_timeout(HANG).unwrap(), 0);
+    let _ = std::fs::remove_file(&release);
+    assert!(matches!(
+        futs[1].exception(),
+        Some(Error::TaskPanicked { .. })
+    ));
+}
