@@ -6,6 +6,8 @@ use std::time::{Duration, Instant};
 
 use loky::{get_reusable_executor, Error, ProcessPoolExecutor};
 
+mod support;
+
 const HANG: Duration = Duration::from_secs(60);
 
 fn pid(_: ()) -> u32 {
@@ -504,8 +506,6 @@ fn nested_pools_work_and_depth_is_limited() {
         .unwrap_err();
     assert!(err.contains("nested"), "{err}");
 }
-
-mod support;
 
 /// When process `pid` started (clock ticks after boot), while it exists,
 /// a zombie included: with the pid, it tells one process from a later one
