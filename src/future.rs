@@ -955,8 +955,15 @@ impl<R: Send + 'static> Future<R> {
         self.cell.task.is_done()
     }
 
-    pub(crate) fn failed_now(&self) -> bool {
-        self.cell.task.is_done() && lock(&self.cell.task.slot).error.is_some()
+    /// Done with an error other than [`Error::Cancelled`]: what
+    /// `ReturnWhen::FirstException` waits for (a cancelled future raised
+    /// nothing, as in `concurrent.futures`).
+    pub(crate) fn raised_now(&self) -> bool {
+        self.cell.task.is_done()
+            && lock(&self.cell.task.slot)
+                .error
+                .as_ref()
+                .is_some_and(|e| !matches!(e, Error::Cancelled))
     }
 }
 
@@ -1031,12 +1038,12 @@ mod tests {
         // A live one is told, by index.
         let set = Arc::new(FinishedSet::new(Arc::new(Notify::default())));
         assert!(!f.listen_indexed(&set, 7));
-        f.cell.stage_error(Error::Cancelled);
+        f.cell.stage_error(Error::TimeLimit);
         f.cell.publish();
         let mut got = Vec::new();
         set.take(&mut got);
         assert_eq!(got, [7]);
-        assert!(f.failed_now());
+        assert!(f.raised_now());
         assert!(f.listen_indexed(&set, 7), "done: nothing to register");
     }
 
@@ -1088,7 +1095,7 @@ mod tests {
             );
         });
         assert!(f.done());
-        assert!(!f.failed_now());
+        assert!(!f.raised_now());
         assert!(f.exception().is_none());
         assert_eq!(f.result().expect("the first outcome"), 0);
     }

@@ -21,7 +21,9 @@ pub enum ReturnWhen {
     AllCompleted,
     /// When any future is done.
     FirstCompleted,
-    /// When any future fails; like `AllCompleted` if none does.
+    /// When any future fails (ends with an error other than
+    /// [`Error::Cancelled`], as in `concurrent.futures`, where a cancelled
+    /// future raised nothing); like `AllCompleted` if none does.
     FirstException,
 }
 
@@ -61,7 +63,7 @@ pub fn wait<R: Send + 'static>(
     loop {
         watch.collect();
         if return_when == ReturnWhen::FirstException {
-            failed |= watch.order[seen..].iter().any(|&i| futures[i].failed_now());
+            failed |= watch.order[seen..].iter().any(|&i| futures[i].raised_now());
             seen = watch.order.len();
         }
         let finished = match return_when {

@@ -1143,3 +1143,34 @@ fn wait_first_exception_returns_when_one_fails_while_others_still_run() {
         Some(Error::TaskPanicked { .. })
     ));
 }
+
+#[test]
+fn wait_first_exception_does_not_count_a_cancelled_future_as_failed() {
+    // As in `concurrent.futures`: a cancelled future raised nothing, so
+    // FIRST_EXCEPTION goes on waiting for the others.
+    let ex = pool(1);
+    let release = fresh_path("release-cancelled");
+    // The one worker holds two tasks; the third waits in the parent, where
+    // it can be cancelled.
+    let held = ex.submit(wait_for_file, release.clone()).unwrap();
+    let second = ex.submit(sleep_ms, 1).unwrap();
+    wait_running(&second);
+    let cancelled = ex.submit(sleep_ms, 1).unwrap();
+    assert!(cancelled.cancel());
+    let futs = vec![held, cancelled];
+    let patience = Duration::from_millis(300);
+    let start = std::time::Instant::now();
+    let r = wait(&futs, Some(patience), ReturnWhen::FirstException);
+    // Only the timeout ends this wait (nothing failed, one is still held):
+    // returning earlier means the cancel counted as a failure.
+    assert!(
+        start.elapsed() >= patience,
+        "returned after {:?}",
+        start.elapsed()
+    );
+    assert_eq!((r.done, r.not_done), (vec![1], vec![0]));
+    std::fs::write(&release, b"go").unwrap();
+    assert_eq!(futs[0].result_timeout(HANG).unwrap(), 0);
+    let _ = std::fs::remove_file(&release);
+    assert_eq!(second.result_timeout(HANG).unwrap(), 1);
+}
