@@ -358,6 +358,9 @@ impl loky::Payload for WithTrailer {
 
 #[test]
 fn a_custom_payload_appending_after_a_large_archive_keeps_its_bytes() {
+    // Its 3 MiB message travels in a buffer of the process-wide spill pool,
+    // which other tests here count.
+    let _serial = serial();
     let ex = ProcessPoolExecutor::new(1).unwrap();
     let big = WithTrailer(vec![7u8; 3 << 20], 0xfeed);
     let echoed = ex
