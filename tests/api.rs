@@ -8,6 +8,9 @@ use std::time::Duration;
 
 use loky::{as_completed, wait, Error, ProcessPoolExecutor, ReturnWhen};
 
+mod support;
+use support::{wait_for_gate, Gate};
+
 /// Generous bound used only to turn a hang into a failure.
 const HANG: Duration = Duration::from_secs(60);
 
@@ -729,27 +732,56 @@ fn time_limits_still_fall_while_a_callback_on_the_manager_waits_on_another_pool(
 #[test]
 fn dropping_a_map_cancels_its_chunks_still_waiting_in_the_parent() {
     let ex = pool(1);
-    // The one worker is kept busy by tasks outside the map, so that when
-    // the map is dropped one of its chunks still waits in the parent.
-    let first_long = ex.submit(sleep_ms, 300).unwrap();
-    let mut map = ex.map(sleep_ms, [1u64; 10]).chunksize(1);
-    let before = ex.stats().cancelled;
+    let pid = worker_pid(&ex);
+    let (hold, tail) = (Gate::closed("map-hold"), Gate::closed("map-tail"));
+    // The one worker (which holds two tasks: one running, one waiting in
+    // its ring) is kept busy by tasks outside the map, so that when the
+    // map is dropped one of its chunks waits in the parent.
+    let first = ex.submit(wait_for_gate, hold.path()).unwrap();
+    // Chunk 0 passes at once, the others wait for the tail gate.
+    let items = [String::new(), tail.path(), tail.path(), tail.path()];
+    let mut map = ex.map(wait_for_gate, items).chunksize(1);
     let puller = std::thread::spawn(move || {
-        // Sends chunks 1 (to the worker) and 2 (queued), then waits for 1.
-        let first = map.next();
-        (first, map)
+        // Sends chunks 0 (into the worker's ring) and 1 (queued in the
+        // parent), then waits for 0.
+        let item = map.next();
+        (item, map)
     });
-    std::thread::sleep(Duration::from_millis(100));
-    // Queued behind chunk 2: the worker takes it after chunk 1, so chunk
-    // 3, sent once chunk 1 is consumed, waits in the parent.
-    let second_long = ex.submit(sleep_ms, 500).unwrap();
-    let (first, map) = puller.join().unwrap();
-    assert_eq!(first.unwrap().unwrap(), 1);
+    support::wait_for_stats("chunk 1 queued in the parent", &ex, HANG, |s| {
+        (s.running, s.queued) == (2, 1)
+    });
+    // Queued behind chunk 1: the worker takes it after chunk 0, so that
+    // chunk 2, sent once chunk 0 is consumed, waits in the parent.
+    let second = ex.submit(wait_for_gate, tail.path()).unwrap();
+    hold.open();
+    let (item, map) = puller.join().unwrap();
+    assert_eq!(item.unwrap().unwrap(), 1);
+    // The worker runs chunk 1 and holds `second` behind it, both waiting
+    // for the tail gate: the one task in the parent is chunk 2.
+    let before = support::wait_for_stats("chunk 2 queued in the parent", &ex, HANG, |s| {
+        (s.running, s.queued) == (2, 1)
+    });
     drop(map);
-    assert_eq!(first_long.result().unwrap(), 300);
-    assert_eq!(second_long.result().unwrap(), 500);
-    let cancelled = ex.stats().cancelled - before;
-    assert!(cancelled >= 1, "no chunk was cancelled");
+    // Taken out of the parent's queue, not from the worker (whose ring is
+    // full of tasks that wait): no worker took it meanwhile.
+    let after = ex.stats();
+    assert_eq!(
+        (
+            after.queued,
+            after.running,
+            after.cancelled - before.cancelled
+        ),
+        (0, 2, 1),
+        "{after:?}"
+    );
+    tail.open();
+    assert_eq!(first.result_timeout(HANG).unwrap(), 1);
+    assert_eq!(second.result_timeout(HANG).unwrap(), 1);
+    assert_eq!(worker_pid(&ex), pid, "the worker was not killed");
+    // Chunk 1 ran to its end (its result dropped), nothing else was
+    // cancelled.
+    let s = ex.stats();
+    assert_eq!(s.cancelled - before.cancelled, 1, "{s:?}");
 }
 
 #[test]

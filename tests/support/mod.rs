@@ -59,3 +59,52 @@ pub(crate) fn reruns_supported() -> bool {
     }
     page == 4096
 }
+
+/// A gate that tasks in the workers wait on ([`wait_for_gate`]): a file
+/// that exists once the gate is open. Removed when dropped; but left open
+/// when dropped by a failing test, so that the tasks still waiting end
+/// (and the executor's drop, which waits for them, does not wait long).
+pub(crate) struct Gate(std::path::PathBuf);
+
+impl Gate {
+    /// A closed gate, named `name` for this test process.
+    pub(crate) fn closed(name: &str) -> Self {
+        let path = std::env::temp_dir().join(format!("loky-gate-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        Self(path)
+    }
+
+    /// What to send to a task that calls [`wait_for_gate`].
+    pub(crate) fn path(&self) -> String {
+        self.0.to_string_lossy().into_owned()
+    }
+
+    /// Lets the tasks waiting on it go on.
+    pub(crate) fn open(&self) {
+        std::fs::write(&self.0, b"open").expect("open the gate");
+    }
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let _ = std::fs::write(&self.0, b"open");
+        } else {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+}
+
+/// A task: waits until the gate at `path` is open (not at all for an empty
+/// path), for at most a minute (so that a failed test does not leave a
+/// worker waiting for ever); returns 1.
+pub(crate) fn wait_for_gate(path: String) -> u64 {
+    let start = std::time::Instant::now();
+    while !path.is_empty()
+        && !std::path::Path::new(&path).exists()
+        && start.elapsed() < std::time::Duration::from_secs(60)
+    {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    1
+}
