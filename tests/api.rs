@@ -852,6 +852,16 @@ fn a_map_timeout_stops_the_chunks_past_it_and_reads_no_more_input() {
     );
     // Some long naps were never read: one error stands for them.
     assert!((3..naps.len()).contains(&outcomes.len()), "{outcomes:?}");
+    // A worker finished the short naps before the deadline, so it was
+    // running a long one (sent by the first fill) when the deadline fell:
+    // it was killed and replaced. (A nap that ran on would end within
+    // HANG, so the task below alone would not tell.)
+    support::wait_for_stats(
+        "a worker killed at the deadline to be replaced",
+        &ex,
+        HANG,
+        |s| s.respawned >= 1,
+    );
     // The workers killed for it were replaced.
     assert_eq!(
         ex.submit(|x: u64| x + 1, 1)
