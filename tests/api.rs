@@ -206,14 +206,18 @@ fn a_panicking_item_fails_alone_in_its_chunk() {
 #[test]
 fn result_timeout_exception_done_running() {
     let ex = pool(1);
-    let f = ex.submit(sleep_ms, 300).unwrap();
+    // A worker that is up takes the task at once: it is running (handed to
+    // a worker) from the submit on, rather than waiting in the parent for
+    // the worker to start.
+    worker_pid(&ex);
+    let f = ex.submit(sleep_ms, 1000).unwrap();
     assert!(matches!(
         f.result_timeout(Duration::from_millis(10)),
         Err(Error::Timeout)
     ));
     assert!(!f.done());
     assert!(f.running());
-    assert_eq!(f.result_timeout(HANG).unwrap(), 300);
+    assert_eq!(f.result_timeout(HANG).unwrap(), 1000);
     assert!(f.done());
     assert!(!f.running());
     assert!(matches!(f.result(), Err(Error::ResultTaken)));
