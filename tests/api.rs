@@ -234,29 +234,33 @@ fn a_long_done_callback_on_the_manager_does_not_delay_other_results() {
     let (tx, rx) = mpsc::channel();
     // Nobody waits on it: the manager thread publishes it, and runs the
     // callback.
+    // The callback holds the manager until the measurements are done (or
+    // the test fails: dropping `release` lets it go too).
+    let (release, released) = mpsc::channel::<()>();
     let first = ex.submit(sleep_ms, 20).unwrap();
     first.add_done_callback(move |_| {
         tx.send(()).unwrap();
-        std::thread::sleep(Duration::from_secs(2));
+        let _ = released.recv();
     });
     rx.recv_timeout(HANG).unwrap();
     // Meanwhile results of 5 ms tasks (past the callers' spinning) reach
     // their waiter when they come, not at its next 100 ms nap.
-    let mut waits: Vec<Duration> = (0..5)
+    let mut waits: Vec<Duration> = (0..9)
         .map(|_| {
             let t = std::time::Instant::now();
             assert_eq!(ex.submit(sleep_ms, 5).unwrap().result().unwrap(), 5);
             t.elapsed()
         })
         .collect();
+    release.send(()).unwrap();
     waits.sort();
-    // Without the fix every wait took the 100 ms nap; allow a loaded
-    // machine a slow one or two.
+    // Without the fix every wait took the 100 ms nap; a loaded machine may
+    // make any wait slow, but not most of them.
     let napped = waits
         .iter()
         .filter(|w| **w >= Duration::from_millis(95))
         .count();
-    assert!(napped < 3, "waits {waits:?}");
+    assert!(napped <= waits.len() / 2, "waits {waits:?}");
 }
 
 #[test]
