@@ -909,6 +909,10 @@ fn shutdown_rejects_new_work_and_can_cancel_or_kill() {
         running.result_timeout(HANG),
         Err(Error::ShutdownExecutor)
     ));
+    // Waiting in the killed worker's ring: it fails the same way, and does
+    // not run again.
+    let second = second.result_timeout(HANG);
+    assert!(matches!(second, Err(Error::ShutdownExecutor)), "{second:?}");
     let later = ex.clone();
     assert!(matches!(
         later.map(|x: u8| x, 0..3).next(),
