@@ -212,17 +212,68 @@ fn a_task_whose_time_limit_falls_while_it_waits_in_a_workers_ring_never_runs() {
     stop_a_waiting_task("limit", Duration::from_millis(100), |_| Error::TimeLimit);
 }
 
+/// Writes its pid to `path`, then spins for ever.
+fn write_pid_then_spin(path: String) -> u32 {
+    std::fs::write(path, std::process::id().to_string()).unwrap();
+    spin_forever(())
+}
+
+/// Kills the pool's workers if the test fails, so that a worker left
+/// spinning turns into a failure rather than a hang (dropping the last
+/// handle waits for the workers' tasks).
+struct KillOnFailure<'a>(&'a ProcessPoolExecutor);
+
+impl Drop for KillOnFailure<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.shutdown(false, true, true);
+        }
+    }
+}
+
 #[test]
 fn a_task_past_its_time_limit_fails_with_timeout() {
     let ex = ProcessPoolExecutor::new(2).unwrap();
-    let slow = ex
-        .submit_with_timeout(spin_forever, (), Duration::from_millis(100))
-        .unwrap();
-    let fast = ex
-        .submit_with_timeout(|x: u32| x * 2, 21, Duration::from_secs(30))
-        .unwrap();
-    assert!(matches!(slow.result_timeout(HANG), Err(Error::TimeLimit)));
-    assert_eq!(fast.result_timeout(HANG).unwrap(), 42);
+    let _kill = KillOnFailure(&ex);
+    let marker = std::env::temp_dir().join(format!("loky-limit-{}", std::process::id()));
+    // A limit that falls before the task starts stops it without a kill:
+    // try again until the spinning task did start (the first round, but
+    // on a loaded machine).
+    let mut spinner = None;
+    for _round in 0..50 {
+        let _ = std::fs::remove_file(&marker);
+        let slow = ex
+            .submit_with_timeout(
+                write_pid_then_spin,
+                marker.to_string_lossy().into_owned(),
+                Duration::from_millis(100),
+            )
+            .unwrap();
+        let fast = ex
+            .submit_with_timeout(|x: u32| x * 2, 21, Duration::from_secs(30))
+            .unwrap();
+        assert!(matches!(slow.result_timeout(HANG), Err(Error::TimeLimit)));
+        assert_eq!(fast.result_timeout(HANG).unwrap(), 42);
+        // (Unreadable or partly written: killed before it wrote its pid.)
+        if let Some(pid) = std::fs::read_to_string(&marker)
+            .ok()
+            .and_then(|s| s.parse::<u32>().ok())
+        {
+            spinner = Some(pid);
+            break;
+        }
+    }
+    let _ = std::fs::remove_file(&marker);
+    let spinner = spinner.expect("the spinning task never started before its limit");
+    // It ran past its limit: its worker was killed (and reaped) and
+    // replaced, with the other worker there to take the other tasks.
+    wait_until("the spinning worker to be killed", || {
+        !std::path::Path::new(&format!("/proc/{spinner}")).exists()
+    });
+    assert!(!ex.worker_pids().contains(&spinner));
+    wait_until("the killed worker to be replaced", || {
+        ex.stats().respawned >= 1
+    });
     assert_eq!(
         ex.submit(|x: u8| x, 3)
             .unwrap()
