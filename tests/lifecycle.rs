@@ -14,11 +14,6 @@ fn pid(_: ()) -> u32 {
     std::process::id()
 }
 
-fn sleep_ms(ms: u64) -> u64 {
-    std::thread::sleep(Duration::from_millis(ms));
-    ms
-}
-
 fn spin_forever(_: ()) -> u32 {
     loop {
         std::hint::spin_loop();
@@ -475,8 +470,12 @@ fn reusable_executor_reuses_resizes_and_replaces() {
     // Replaced with kill_workers: the old executor's queued tasks are
     // cancelled, and their callbacks may ask for the reusable executor.
     // Enough to fill both workers' rings, so the last one waits in the
-    // parent's queue.
-    let busy: Vec<_> = (0..8).map(|_| f.submit(sleep_ms, 300).unwrap()).collect();
+    // parent's queue; they wait on a gate that never opens, so that only
+    // the kill ends them.
+    let gate = support::Gate::closed("reusable-kill");
+    let busy: Vec<_> = (0..8)
+        .map(|_| f.submit(support::wait_for_gate, gate.path()).unwrap())
+        .collect();
     let queued = f.submit(|x: u8| x, 6).unwrap();
     assert!(f.stats().queued > 0, "{:?}", f.stats());
     let (tx, rx) = std::sync::mpsc::channel();
@@ -485,7 +484,7 @@ fn reusable_executor_reuses_resizes_and_replaces() {
             .max_workers(1)
             .get()
             .map(|ex| ex.max_workers());
-        let _ = tx.send((r.is_err(), again.ok()));
+        let _ = tx.send((matches!(r, Err(Error::Cancelled)), again.ok()));
     });
     let (gtx, grx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -497,12 +496,28 @@ fn reusable_executor_reuses_resizes_and_replaces() {
         let _ = gtx.send(g.ok());
     });
     assert_eq!(grx.recv_timeout(HANG).expect("get() returned"), Some(1));
-    let (failed, again) = rx.recv_timeout(HANG).expect("the callback ran");
-    assert!(failed, "a queued task of a killed executor does not run");
+    let (cancelled, again) = rx.recv_timeout(HANG).expect("the callback ran");
+    assert!(cancelled, "a queued task of a killed executor does not run");
     assert_eq!(again, Some(1));
+    // Those its workers held (at least one: a worker ran the task above;
+    // at most two each) fail with the shutdown, those still in the
+    // parent's queue are cancelled.
+    let (mut shut, mut dropped) = (0, 0);
     for t in busy {
-        assert!(t.result_timeout(HANG).is_err(), "killed with its executor");
+        match t.result_timeout(HANG) {
+            Err(Error::ShutdownExecutor) => shut += 1,
+            Err(Error::Cancelled) => dropped += 1,
+            r => panic!("not killed with its executor: {r:?}"),
+        }
     }
+    assert!(
+        (1..=4).contains(&shut),
+        "{shut} held by the workers, {dropped} queued"
+    );
+    wait_until("the old executor's workers to be gone", || {
+        f.stats().workers_alive == 0
+    });
+    drop(gate);
 
     // Many threads, different configurations at once: never a spurious
     // ShutdownExecutor (Python loky #458).
