@@ -1436,9 +1436,21 @@ fn shutdown_with_kill_workers_does_not_wait_for_initializers() {
                 .unwrap();
             // Sweeps the moments a worker is being started.
             std::thread::sleep(Duration::from_micros(round * 100));
+            let pids = ex.worker_pids();
             let start = Instant::now();
             ex.shutdown(true, false, true);
             assert!(start.elapsed() < HANG, "round {round}");
+            // Waiting, it returns once every worker was killed and reaped.
+            let s = ex.stats();
+            assert_eq!(s.workers_alive, 0, "round {round}: {s:?}");
+            assert!(ex.worker_pids().is_empty(), "round {round}");
+            for pid in pids {
+                assert_eq!(
+                    process_state(pid),
+                    None,
+                    "round {round}: worker {pid} lives on"
+                );
+            }
         }
     });
 }
