@@ -5,6 +5,9 @@ use std::time::Duration;
 
 use loky::{Error, ProcessPoolExecutor, SharedSlice, SharedSliceMut, SharedVec};
 
+mod support;
+use support::{wait_for_gate, Gate};
+
 /// Fails the test (instead of hanging it) if `body` takes longer than
 /// `secs`.
 fn bounded<T: Send + 'static>(secs: u64, body: impl FnOnce() -> T + Send + 'static) -> T {
@@ -18,6 +21,15 @@ fn bounded<T: Send + 'static>(secs: u64, body: impl FnOnce() -> T + Send + 'stat
 
 fn pool(n: usize) -> ProcessPoolExecutor {
     ProcessPoolExecutor::new(n).unwrap()
+}
+
+/// The pid of the worker that runs the next task (the only one in a pool
+/// of one); once it returns, that worker is up.
+fn worker_pid(ex: &ProcessPoolExecutor) -> u32 {
+    ex.submit(|_: ()| std::process::id(), ())
+        .unwrap()
+        .result()
+        .unwrap()
 }
 
 #[test]
@@ -260,26 +272,30 @@ fn memory_returns_when_the_last_handle_including_a_tasks_goes() {
 fn a_killed_task_queued_behind_another_keeps_its_range_until_the_worker_is_done() {
     bounded(60, || {
         let ex = pool(1);
+        let pid = worker_pid(&ex);
         let mut v = SharedVec::<u32>::zeroed(&ex, 1000).unwrap();
-        let first = ex
-            .submit(|ms: u64| std::thread::sleep(Duration::from_millis(ms)), 300)
-            .unwrap();
-        while !first.running() {
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        // The worker runs `first` until the gate opens, so `behind` waits
+        // in its ring, not started, while it is killed.
+        let gate = Gate::closed("behind-kill");
+        let first = ex.submit(wait_for_gate, gate.path()).unwrap();
         let behind = ex
             .submit(
                 |mut c: SharedSliceMut<u32>| c.fill(9),
                 v.slice_mut(..).unwrap(),
             )
             .unwrap();
-        behind.kill();
-        assert!(behind.result().is_err());
-        // The worker will still run it: the range stays leased.
+        assert!(behind.running(), "handed to the worker");
+        // Withdrawn: it never runs, and no worker is killed for it.
+        assert!(behind.kill());
+        assert!(matches!(behind.result(), Err(Error::Cancelled)));
+        // The worker has still to skip it: the range stays leased.
         assert!(matches!(v.try_as_slice(), Err(Error::RangeBusy { .. })));
-        first.result().unwrap();
-        ex.submit(|x: u8| x, 0).unwrap().result().unwrap();
+        gate.open();
+        assert_eq!(first.result().unwrap(), 1);
+        assert_eq!(worker_pid(&ex), pid, "the worker was not killed");
         assert!(v.try_as_mut_slice().is_ok());
+        assert!(v.as_slice().iter().all(|&x| x == 0), "the killed task ran");
+        assert_eq!(ex.stats().respawned, 0);
     });
 }
 
@@ -466,13 +482,10 @@ fn concurrent_allocations_never_overlap() {
 fn a_task_stopped_while_waiting_in_the_parent_releases_its_range() {
     bounded(60, || {
         let ex = pool(1);
+        let pid = worker_pid(&ex);
         let mut v = SharedVec::<u32>::zeroed(&ex, 16).unwrap();
-        let busy = ex
-            .submit(|ms: u64| std::thread::sleep(Duration::from_millis(ms)), 300)
-            .unwrap();
-        while !busy.running() {
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        let gate = Gate::closed("parent-kill");
+        let busy = ex.submit(wait_for_gate, gate.path()).unwrap();
         // The worker's ring takes one more task; the next ones wait in the
         // parent.
         let filler = ex.submit(|x: u8| x, 1).unwrap();
@@ -483,8 +496,8 @@ fn a_task_stopped_while_waiting_in_the_parent_releases_its_range() {
             )
             .unwrap();
         assert!(!waiting.running());
-        waiting.kill();
-        assert!(waiting.result().is_err());
+        assert!(waiting.kill());
+        assert!(matches!(waiting.result(), Err(Error::Cancelled)));
         assert!(
             v.try_as_mut_slice().is_ok(),
             "a task that never reached a worker holds nothing"
@@ -501,8 +514,10 @@ fn a_task_stopped_while_waiting_in_the_parent_releases_its_range() {
             "a task waiting in the parent can be cancelled"
         );
         assert!(v.try_as_mut_slice().is_ok());
-        busy.result().unwrap();
+        gate.open();
+        assert_eq!(busy.result().unwrap(), 1);
         assert_eq!(filler.result().unwrap(), 1);
+        assert_eq!(worker_pid(&ex), pid, "no worker was killed");
         assert!(v.as_slice().iter().all(|&x| x == 0), "neither task ran");
     });
 }
