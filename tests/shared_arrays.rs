@@ -425,7 +425,9 @@ fn reading_shared_arrays_does_not_count_as_worker_memory_growth() {
             .build()
             .unwrap();
         let v = SharedVec::<u64>::from_iter_in(&ex, 0..(16u64 << 20)).unwrap(); // 128 MiB
-        let pid = ex.worker_pids();
+                                                                                // (Taken from a task: right after `build` the worker may still be
+                                                                                // starting, and not listed yet.)
+        let pid = vec![worker_pid(&ex)];
         for _ in 0..3 {
             let s = ex
                 .submit(
