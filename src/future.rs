@@ -1078,12 +1078,17 @@ mod tests {
     fn the_first_finish_wins() {
         let f = Future::new(Arc::new(cell()));
         let (started, in_callback) = std::sync::mpsc::channel();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        // The callback holds the first finish until the checks below are
+        // done.
         f.add_done_callback(move |_| {
             let _ = started.send(());
-            std::thread::sleep(Duration::from_millis(100));
+            let _ = released.recv();
         });
         f.cell.stage_bytes(crate::protocol::STATUS_OK, 0, &[]);
         std::thread::scope(|s| {
+            // Dropped if a check fails, which lets the callback return too.
+            let release = release;
             s.spawn(|| f.cell.publish());
             in_callback.recv().expect("the callback runs");
             // A time limit falls meanwhile: too late.
@@ -1093,6 +1098,7 @@ mod tests {
                 !f.done(),
                 "the first finish publishes, once its callbacks ran"
             );
+            release.send(()).expect("the callback waits");
         });
         assert!(f.done());
         assert!(!f.raised_now());
