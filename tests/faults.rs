@@ -26,23 +26,7 @@ mod support;
 /// Runs `body` on its own thread; fails the test if it (including the drop of
 /// its executors) has not finished within twice [`HANG`].
 fn bounded(body: impl FnOnce() + Send + 'static) {
-    let (tx, rx) = mpsc::channel();
-    let name = std::thread::current().name().unwrap_or("test").to_owned();
-    let handle = std::thread::Builder::new()
-        .name(name.clone())
-        .spawn(move || {
-            let _ = tx.send(catch_unwind(AssertUnwindSafe(body)));
-        })
-        .expect("spawn test thread");
-    match rx.recv_timeout(2 * HANG) {
-        Ok(Ok(())) => handle.join().expect("test thread"),
-        Ok(Err(panic)) => std::panic::resume_unwind(panic),
-        Err(_) => panic!(
-            "{name}: hung for {:?} (the pool did not heal, or a failure reported \
-             above dropped an executor whose shutdown hangs)",
-            2 * HANG
-        ),
-    }
+    support::bounded(2 * HANG, body)
 }
 
 /// Crashing workers dump no core: the limit is inherited by the workers

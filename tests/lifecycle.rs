@@ -14,6 +14,11 @@ fn pid(_: ()) -> u32 {
     std::process::id()
 }
 
+fn sleep_ms(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
 fn spin_forever(_: ()) -> u32 {
     loop {
         std::hint::spin_loop();

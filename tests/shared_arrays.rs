@@ -11,12 +11,7 @@ use support::{wait_for_gate, Gate};
 /// Fails the test (instead of hanging it) if `body` takes longer than
 /// `secs`.
 fn bounded<T: Send + 'static>(secs: u64, body: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(body());
-    });
-    rx.recv_timeout(Duration::from_secs(secs))
-        .expect("test body did not finish in time")
+    support::bounded(Duration::from_secs(secs), body)
 }
 
 fn pool(n: usize) -> ProcessPoolExecutor {

@@ -108,3 +108,33 @@ pub(crate) fn wait_for_gate(path: String) -> u64 {
     }
     1
 }
+
+/// Runs `body` on a thread of its own and returns what it returns; a panic
+/// in it is re-raised here with its own message, and a body still running
+/// after `limit` fails the test (a hang becomes a failure).
+#[allow(dead_code)] // not every test binary uses every helper
+pub(crate) fn bounded<T: Send + 'static>(
+    limit: std::time::Duration,
+    body: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+    let (tx, rx) = std::sync::mpsc::channel();
+    let name = std::thread::current().name().unwrap_or("test").to_owned();
+    let handle = std::thread::Builder::new()
+        .name(name.clone())
+        .spawn(move || {
+            let _ = tx.send(catch_unwind(AssertUnwindSafe(body)));
+        })
+        .expect("spawn test thread");
+    match rx.recv_timeout(limit) {
+        Ok(Ok(value)) => {
+            let _ = handle.join();
+            value
+        }
+        Ok(Err(panic)) => resume_unwind(panic),
+        Err(_) => panic!(
+            "{name}: hung for {limit:?} (the pool did not heal, or a failure reported \
+             above dropped an executor whose shutdown hangs)"
+        ),
+    }
+}
