@@ -18,7 +18,8 @@
 //!    target may reuse the number `/dev/null` had;
 //! 4. resets every caught signal to its default handler with `sigaction`
 //!    (the handlers are the parent's and would run on its memory; ignored
-//!    signals stay ignored, as across `execve`);
+//!    signals stay ignored, as across `execve`), then ignores those asked
+//!    for ([`Spawn::ignore_signal`]);
 //! 5. clears the signal mask, the all-blocked one set around the `clone`;
 //! 6. sets `PR_SET_PDEATHSIG`, then re-checks `getppid()` in case the parent
 //!    died before the call (the signal is tied to the *thread* that spawned it,
@@ -45,6 +46,7 @@ pub struct Spawn<'a> {
     fds: Vec<(BorrowedFd<'a>, RawFd)>,
     death_signal: Option<i32>,
     cpu: Option<usize>,
+    ignored: Vec<i32>,
 }
 
 impl<'a> Spawn<'a> {
@@ -57,6 +59,7 @@ impl<'a> Spawn<'a> {
             fds: Vec::new(),
             death_signal: None,
             cpu: None,
+            ignored: Vec::new(),
         })
     }
 
@@ -95,6 +98,15 @@ impl<'a> Spawn<'a> {
     /// Signal the child receives when the spawning thread exits.
     pub fn death_signal(mut self, signal: i32) -> Self {
         self.death_signal = Some(signal);
+        self
+    }
+
+    /// Makes the child ignore `signal` from before it executes (an ignored
+    /// signal stays ignored across `execve`), so that one arriving while the
+    /// program starts is dropped rather than acted on. One sent while the
+    /// child is being created is dropped too.
+    pub fn ignore_signal(mut self, signal: i32) -> Self {
+        self.ignored.push(signal);
         self
     }
 
@@ -151,6 +163,7 @@ impl<'a> Spawn<'a> {
             err: err_raw,
             death_signal,
             parent,
+            ignored: &self.ignored,
         };
         let pid = clone_vfork(&args)?;
         drop(err_write);
@@ -197,6 +210,7 @@ struct ChildArgs<'a> {
     err: RawFd,
     death_signal: i32,
     parent: libc::pid_t,
+    ignored: &'a [i32],
 }
 
 /// Stack of the child between `clone` and `execve`.
@@ -261,16 +275,7 @@ extern "C" fn child_entry(arg: *mut libc::c_void) -> libc::c_int {
                 libc::_exit(127);
             }
         }
-        child(
-            a.program,
-            a.argv,
-            a.envp,
-            a.srcs,
-            a.devnull,
-            a.err,
-            a.death_signal,
-            a.parent,
-        )
+        child(a)
     }
 }
 
@@ -283,17 +288,19 @@ fn cstring(bytes: &[u8]) -> Result<CString> {
 ///
 /// # Safety
 /// Must only be called in a freshly cloned child; all pointers valid.
-#[allow(clippy::too_many_arguments)]
-unsafe fn child(
-    program: &CString,
-    argv: &[*const libc::c_char],
-    envp: &[*const libc::c_char],
-    srcs: &[(RawFd, RawFd)],
-    devnull: RawFd,
-    err: RawFd,
-    death_signal: i32,
-    parent: libc::pid_t,
-) -> ! {
+unsafe fn child(a: &ChildArgs<'_>) -> ! {
+    let ChildArgs {
+        program,
+        argv,
+        envp,
+        srcs,
+        devnull,
+        err,
+        death_signal,
+        parent,
+        ignored,
+        cpu: _,
+    } = *a;
     // SAFETY: async-signal-safe calls only (see module docs).
     unsafe {
         // Move the error pipe and every source above all targets. `fail`
@@ -339,6 +346,12 @@ unsafe fn child(
                 dfl.sa_sigaction = libc::SIG_DFL;
                 libc::sigaction(sig, &dfl, std::ptr::null_mut());
             }
+        }
+        // Before unblocking: a pending one is dropped here.
+        for &sig in ignored {
+            let mut ign: libc::sigaction = std::mem::zeroed();
+            ign.sa_sigaction = libc::SIG_IGN;
+            libc::sigaction(sig, &ign, std::ptr::null_mut());
         }
         let mut empty: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut empty);
@@ -392,6 +405,37 @@ mod tests {
         let mut buf = [0u8; 16];
         let n = rustix::io::read(&r, &mut buf).unwrap();
         assert_eq!(&buf[..n], b"hello\n");
+    }
+
+    /// The child's ignored-signal mask (`SigIgn` of /proc/<pid>/status) as
+    /// its program sees it after `execve`.
+    fn ignored_mask(spawn: impl FnOnce(Spawn<'_>) -> Spawn<'_>) -> u64 {
+        let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap();
+        let base = Spawn::new(Path::new("/bin/sh"), "sh")
+            .unwrap()
+            .arg("-c")
+            .unwrap()
+            .arg("grep '^SigIgn:' /proc/self/status >&7")
+            .unwrap()
+            .fd(w.as_fd(), 7)
+            .unwrap();
+        let child = spawn(base).spawn().unwrap();
+        drop(w);
+        let st = child.wait_timeout(Duration::from_secs(20)).unwrap();
+        assert_eq!(st, Some(ExitStatus::Exited(0)));
+        let mut buf = [0u8; 64];
+        let n = rustix::io::read(&r, &mut buf).unwrap();
+        let line = std::str::from_utf8(&buf[..n]).unwrap();
+        u64::from_str_radix(line.trim_start_matches("SigIgn:").trim(), 16).unwrap()
+    }
+
+    #[test]
+    fn asked_signals_are_ignored_in_the_program() {
+        let bit = 1u64 << (libc::SIGINT - 1);
+        // This test process does not ignore SIGINT, so neither does a child
+        // by default.
+        assert_eq!(ignored_mask(|s| s) & bit, 0);
+        assert_eq!(ignored_mask(|s| s.ignore_signal(libc::SIGINT)) & bit, bit);
     }
 
     #[test]

@@ -166,7 +166,11 @@ impl Pool {
             .fd(self.region.fd(), REGION_FD)?
             .fd(child_sock.as_fd(), SOCKET_FD)?
             .fd(self.arena.fd(), ARENA_FD)?
-            .death_signal(libc::SIGKILL);
+            .death_signal(libc::SIGKILL)
+            // Ctrl-C is the parent's to handle (see `worker::run`), from
+            // before exec: one arriving while the worker starts must not
+            // kill it (three such deaths in a row would break the pool).
+            .ignore_signal(libc::SIGINT);
         let pidfd = match spec_cpu {
             Some(cpu) => pidfd.cpu(cpu),
             None => pidfd,

@@ -76,7 +76,8 @@ pub(crate) fn run(raw_spec: &str) -> i32 {
     // process group, workers included, and what an interrupt means (stop
     // at once, or finish the running tasks) is for the parent to decide;
     // a parent that dies of it takes its workers along (parent-death
-    // signal, lifelines).
+    // signal, lifelines). The spawn already ignored it from before exec;
+    // this keeps it so for a worker started some other way.
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_IGN);
         libc::signal(libc::SIGINT, libc::SIG_IGN);
