@@ -23,7 +23,8 @@ pub enum ReturnWhen {
     FirstCompleted,
     /// When any future fails (ends with an error other than
     /// [`Error::Cancelled`], as in `concurrent.futures`, where a cancelled
-    /// future raised nothing); like `AllCompleted` if none does.
+    /// future raised nothing; a task stopped with
+    /// [`Future::kill`] is cancelled too); like `AllCompleted` if none does.
     FirstException,
 }
 
@@ -32,7 +33,9 @@ pub enum ReturnWhen {
 pub struct WaitResult {
     /// Futures that are done.
     pub done: Vec<usize>,
-    /// Futures that are not (the timeout passed first).
+    /// Futures that are not: `wait` returned before them (the condition
+    /// held, the timeout passed, or, in a done-callback, only futures whose
+    /// callbacks this thread runs were left).
     pub not_done: Vec<usize>,
 }
 
