@@ -780,8 +780,12 @@ mod tests {
             (0..5000).map(|_| vec![7u8; 4096]),
         );
         assert_eq!(m.by_ref().map(|r| r.unwrap()).sum::<u64>(), 5000 * 4096);
+        // The byte cap is the point; growth past one item shows the cap,
+        // not the durations, bounds it. (How far the durations let it grow
+        // depends on the machine's load: 15 was seen under a parallel test
+        // run on 2 cores.)
         let n = m.largest_chunk();
-        assert!((16..=64).contains(&n), "largest chunk {n}");
+        assert!((2..=64).contains(&n), "largest chunk {n}");
     }
 
     #[test]
