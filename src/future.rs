@@ -535,6 +535,13 @@ thread_local! {
     static IN_CALLBACKS_OF: std::cell::RefCell<Vec<usize>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
+/// Whether this thread is running any done-callback.
+pub(crate) fn in_a_callback() -> bool {
+    IN_CALLBACKS_OF
+        .try_with(|c| !c.borrow().is_empty())
+        .unwrap_or(false)
+}
+
 /// Whether this thread is running a done-callback of the task at `cell`.
 fn in_callback_of(cell: usize) -> bool {
     IN_CALLBACKS_OF

@@ -98,9 +98,6 @@ struct Watch<'a, R> {
     scratch: Vec<usize>,
     /// The pools of the futures, each once.
     pools: Vec<Arc<Pool>>,
-    /// How many of the futures this thread is running done-callbacks of:
-    /// they cannot finish while it waits (see [`Self::only_own_left`]).
-    own: usize,
 }
 
 impl<'a, R: Send + 'static> Watch<'a, R> {
@@ -113,7 +110,6 @@ impl<'a, R: Send + 'static> Watch<'a, R> {
             lowest: 0,
             scratch: Vec::new(),
             pools: Vec::new(),
-            own: 0,
         };
         if !futures.is_empty() {
             let mut seen = std::collections::HashSet::new();
@@ -129,8 +125,6 @@ impl<'a, R: Send + 'static> Watch<'a, R> {
             for (i, f) in futures.iter().enumerate() {
                 if f.listen_indexed(&set, i) {
                     w.mark(i);
-                } else if f.not_from_own_callback().is_err() {
-                    w.own += 1;
                 }
             }
             w.set = Some(set);
@@ -151,8 +145,16 @@ impl<'a, R: Send + 'static> Watch<'a, R> {
     /// Whether every future still pending is one whose done-callbacks this
     /// thread is running (a callback waiting on its own future): it counts
     /// as done only once they return, so waiting longer would never end.
+    /// Asked on this thread each time, not once: the iterator of
+    /// `as_completed` may be made on one thread and used on another.
     fn only_own_left(&self) -> bool {
-        self.own > 0 && self.pending() == self.own
+        // Outside done-callbacks (the common case) one thread-local read.
+        if !crate::future::in_a_callback() || self.pending() == 0 {
+            return false;
+        }
+        (0..self.futures.len())
+            .filter(|&i| !self.is_done[i])
+            .all(|i| self.futures[i].not_from_own_callback().is_err())
     }
 
     /// The error for a caller waiting only on futures whose callbacks it
