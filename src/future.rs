@@ -195,6 +195,11 @@ pub(crate) trait Completion: Send + Sync {
     /// `error`, unless someone else is ending it (a cancel in progress) or
     /// it was handed over meanwhile; true if this call ended it.
     fn try_end(&self, error: Error) -> bool;
+    /// The first half of [`Completion::try_end`], for a caller that stages
+    /// the error and publishes it itself (perhaps later, from another
+    /// thread): takes a task that waits in the parent out of the reach of
+    /// `cancel`; false if a cancel or another end came first.
+    fn claim_end(&self) -> bool;
     /// [`Completion::publish`], but only if that runs no done-callback:
     /// false (nothing published) if one is registered. Decided under the
     /// task's lock, so a callback added meanwhile runs on the thread that
@@ -384,6 +389,14 @@ impl<R: Send + 'static> Completion for Cell<R> {
     }
 
     fn try_end(&self, error: Error) -> bool {
+        if !self.claim_end() {
+            return false;
+        }
+        self.task.finish(Some(Err(error)));
+        true
+    }
+
+    fn claim_end(&self) -> bool {
         if self
             .task
             .state
@@ -396,7 +409,6 @@ impl<R: Send + 'static> Completion for Cell<R> {
         // first), or put back in the queue after its worker died before
         // starting it, which is only done for tasks without pins.
         crate::shared::unsend(self.take_pins());
-        self.task.finish(Some(Err(error)));
         true
     }
 }
@@ -619,7 +631,17 @@ fn stop(cell: &dyn Completion, pool: &Weak<Pool>, kill: bool) -> bool {
 
 /// [`Future::cancel`] of task `cell` of `pool`.
 fn cancel(cell: &dyn Completion, pool: &Weak<Pool>) -> bool {
-    let cancelled = cell.try_cancel();
+    let mut cancelled = cell.try_cancel();
+    if !cancelled && !cell.is_finished() {
+        // A refill marks a task running before it tries the worker's ring,
+        // and puts it back in the queue (pending again) if the ring is
+        // full, both under the pool's state lock: a task seen running may
+        // be in that window. Once the lock was free, it is settled.
+        if let Some(pool) = pool.upgrade() {
+            drop(pool.state());
+            cancelled = cell.try_cancel();
+        }
+    }
     if cancelled {
         if let Some(pool) = pool.upgrade() {
             pool.forget_queued(cell.id());
@@ -725,11 +747,18 @@ impl<R: Send + 'static> Future<R> {
     }
 
     /// Cancels the task if it is still queued in the parent (not handed to
-    /// a worker yet); returns whether it is cancelled. A task a worker
+    /// a worker yet); returns whether it is cancelled (true again for a
+    /// future already cancelled, as in `concurrent.futures`). A task a worker
     /// holds cannot be cancelled this way, even one waiting in its ring (as
     /// in `concurrent.futures`); [`kill`](Self::kill) stops those.
     pub fn cancel(&self) -> bool {
-        cancel(&*self.cell, &self.cell.task.pool)
+        cancel(&*self.cell, &self.cell.task.pool) || self.cancelled_now()
+    }
+
+    /// Finished with [`Error::Cancelled`], without polling the pool.
+    fn cancelled_now(&self) -> bool {
+        self.cell.task.is_done()
+            && matches!(lock(&self.cell.task.slot).error, Some(Error::Cancelled))
     }
 
     /// Stops the task even if it is running: a task still waiting (in the

@@ -1228,3 +1228,61 @@ fn wait_first_exception_does_not_count_a_cancelled_future_as_failed() {
     let _ = std::fs::remove_file(&release);
     assert_eq!(second.result_timeout(HANG).unwrap(), 1);
 }
+
+#[test]
+fn task_ids_are_unique_across_pools() {
+    // A scheduler may key its tables by id, with tasks of several pools
+    // (or of a reusable executor that was replaced).
+    let (a, b) = (pool(1), pool(1));
+    let ids: Vec<u64> = (0..3)
+        .flat_map(|_| {
+            [
+                a.submit(sleep_ms, 0).unwrap().id(),
+                b.submit(sleep_ms, 0).unwrap().id(),
+            ]
+        })
+        .collect();
+    let distinct: BTreeSet<u64> = ids.iter().copied().collect();
+    assert_eq!(distinct.len(), ids.len(), "{ids:?}");
+    assert!(!ids.contains(&0));
+}
+
+#[test]
+fn cancelling_a_cancelled_future_again_returns_true() {
+    // As `concurrent.futures.Future.cancel`: true while it is cancelled.
+    let ex = pool(1);
+    let held = ex.submit(sleep_ms, 300).unwrap();
+    let second = ex.submit(sleep_ms, 1).unwrap();
+    wait_running(&second);
+    let queued = ex.submit(sleep_ms, 1).unwrap();
+    assert!(queued.cancel());
+    assert!(queued.cancel(), "already cancelled: still true");
+    assert!(queued.cancelled());
+    // A finished one cannot be cancelled, however often asked.
+    assert_eq!(held.result_timeout(HANG).unwrap(), 300);
+    assert!(!held.cancel());
+    assert!(!held.cancel());
+}
+
+#[test]
+fn a_kill_that_returns_true_ends_the_future_cancelled() {
+    // Killing races the task's own end: whichever way it goes, the answer
+    // and the outcome agree (true: Cancelled; false: the task's result).
+    let ex = pool(2);
+    for round in 0..100u64 {
+        let f = ex.submit(sleep_ms, round % 3).unwrap();
+        if round % 2 == 1 {
+            std::thread::sleep(Duration::from_micros(200 * (round % 7)));
+        }
+        let killed = f.kill();
+        let got = f.result_timeout(HANG);
+        if killed {
+            assert!(
+                matches!(got, Err(Error::Cancelled)),
+                "round {round}: {got:?}"
+            );
+        } else {
+            assert_eq!(got.unwrap(), round % 3, "round {round}");
+        }
+    }
+}

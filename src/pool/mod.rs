@@ -47,6 +47,15 @@ struct Ended {
     not_sent: Vec<Arc<dyn Completion>>,
 }
 
+/// What one try of [`Pool::stop_task`] came to.
+enum Stop {
+    /// Decided: whether the task was stopped.
+    Done(bool),
+    /// The task runs in worker `i`, whose results nobody has read yet:
+    /// read them, then try again (the task may have finished).
+    DrainFirst(usize),
+}
+
 /// Tasks a worker holds at once (running + waiting in its ring). Two keeps
 /// the worker busy while the parent refills, and balances load.
 pub(crate) const DEPTH: usize = 2;
@@ -207,7 +216,6 @@ pub(crate) struct State {
     /// Whether a worker ever started in each slot (a later one replaces it).
     had_worker: Vec<bool>,
     queue: queue::TaskQueue,
-    next_task: u64,
     shutdown: bool,
     /// A shutdown with `kill_workers`: a worker that starts now is killed
     /// too.
@@ -359,12 +367,13 @@ impl Pool {
         lock(&self.state)
     }
 
-    /// Allocates a task id.
+    /// Allocates a task id: unique in the process, across pools (a
+    /// scheduler may key its tables by id, and the reusable executor may be
+    /// replaced by a new pool), never 0.
     pub(crate) fn next_id(&self) -> Result<u64> {
-        let mut st = self.state();
-        st.check_open()?;
-        st.next_task += 1;
-        Ok(st.next_task)
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        self.state().check_open()?;
+        Ok(NEXT.fetch_add(1, Ordering::Relaxed))
     }
 
     /// Hands an encoded task (`TaskHeader` + archive) to the least loaded
@@ -478,10 +487,14 @@ impl Pool {
     /// count: nobody will read them, and counting them would keep every
     /// sleeper awake.
     pub(crate) fn results_pending(&self) -> bool {
-        self.read_to.iter().enumerate().any(|(i, at)| {
-            let at = at.load(Ordering::Acquire);
-            at != CLOSED && self.region.slot(i as u32).up_header().published() != at
-        })
+        (0..self.read_to.len()).any(|i| self.results_pending_in(i))
+    }
+
+    /// True if slot `i`'s result ring has a message its receiver has not
+    /// read.
+    fn results_pending_in(&self, i: usize) -> bool {
+        let at = self.read_to[i].load(Ordering::Acquire);
+        at != CLOSED && self.region.slot(i as u32).up_header().published() != at
     }
 
     /// Installs (or, with `None`, drops) the parent's receiver of slot `i`.
@@ -675,6 +688,45 @@ impl Pool {
     /// Returns whether the task was stopped (false if it is not known:
     /// already finished; or running, without `kill`).
     pub(crate) fn stop_task(&self, id: u64, reason: Error, kill: bool) -> bool {
+        // A kill is decided only with the task's worker's results read (see
+        // `stop_in_worker`): drained at most 3 times (results keep coming,
+        // none of them this task's: a 4th try stops it as things stand).
+        for tries_left in (0..4).rev() {
+            match self.stop_in_worker(id, &reason, kill, tries_left > 0) {
+                Stop::Done(stopped) => return stopped,
+                Stop::DrainFirst(i) => self.drain_slot_waiting(i),
+            }
+        }
+        false
+    }
+
+    /// Drains slot `i`'s result ring, waiting for a thread that holds it,
+    /// and leaves done-callbacks to the manager (this may be a user's
+    /// thread).
+    fn drain_slot_waiting(&self, i: usize) {
+        let mut drained = Vec::new();
+        if let Some(rx) = lock(&self.receivers[i]).as_mut() {
+            self.drain_slot(i, rx, &mut drained);
+        }
+        self.publish_later_all(drained);
+    }
+
+    /// Records that worker `w` is killed to stop task `id` with `reason`,
+    /// and stages that outcome: a result of the task read after this (it
+    /// finished meanwhile) does not replace it, so the future ends as the
+    /// stop said.
+    fn mark_killed(w: &mut Worker, id: u64, reason: &Error) {
+        tracing::info!(pid = w.pid, task = id, error = %reason, "killing a worker to stop its task");
+        w.task_kill = Some((id, reason.clone()));
+        if let Some(cell) = w.in_flight.iter().find(|c| c.id() == id) {
+            cell.stage_error(reason.clone());
+        }
+    }
+
+    /// One try of [`Pool::stop_task`]; `may_drain`: whether to ask for the
+    /// results of the task's worker to be read before a kill.
+    fn stop_in_worker(&self, id: u64, reason: &Error, kill: bool, may_drain: bool) -> Stop {
+        let reason = reason.clone();
         // In the queue: ended there. Else in a worker, it seems: the results
         // already in the rings first, as a task that finished must not be
         // stopped by killing its worker (which would take the task that
@@ -682,14 +734,14 @@ impl Pool {
         // refills workers from it. And the queue again after: a worker's
         // death may have put the task back meanwhile.
         let mut st = match self.stop_queued(id, &reason) {
-            Ok(ended) => return ended,
+            Ok(ended) => return Stop::Done(ended),
             Err(st) => {
                 drop(st);
                 // Without running callbacks here: this may be a user's
                 // thread (`kill`, a dropped map).
                 self.drain_staging_callbacks();
                 match self.stop_queued(id, &reason) {
-                    Ok(ended) => return ended,
+                    Ok(ended) => return Stop::Done(ended),
                     Err(st) => st,
                 }
             }
@@ -700,10 +752,11 @@ impl Pool {
             let Some(pos) = w.in_flight.iter().position(|c| c.id() == id) else {
                 continue;
             };
-            if w.withdrawn == Some(id) {
-                // Withdrawn (and failed) already, by a stop that came first:
-                // a second withdrawal would outlive its skip.
-                return false;
+            if w.withdrawn == Some(id) || w.task_kill.as_ref().is_some_and(|(k, _)| *k == id) {
+                // Withdrawn (and failed) already, or its worker is being
+                // killed for it, by a stop that came first (whose reason
+                // stands): a second withdrawal would outlive its skip.
+                return Stop::Done(false);
             }
             // A task the worker has not started (waiting behind the
             // running one, or just handed to an idle worker) is withdrawn:
@@ -729,15 +782,20 @@ impl Pool {
                 // in order), so this one ran to its end and its result is
                 // on its way (in a ring another thread is draining): there
                 // is nothing to stop, and a kill would fail the next task.
-                return false;
+                return Stop::Done(false);
             }
             if !withdrawn && !kill {
-                return false;
+                return Stop::Done(false);
+            }
+            if !withdrawn && may_drain && self.results_pending_in(i) {
+                // The worker sent results that nobody has read yet (another
+                // thread may be reading them, waiting for this lock): this
+                // task's may be among them. Read them before killing.
+                return Stop::DrainFirst(i);
             }
             state.deadlines.forget(id);
             if !withdrawn {
-                tracing::info!(pid = w.pid, task = id, error = %reason, "killing a worker to stop its task");
-                w.task_kill = Some((id, reason));
+                Self::mark_killed(w, id, &reason);
                 let _ = w.pidfd.kill(rustix::process::Signal::KILL);
             } else {
                 // If the worker dies before it skips it, it must not be read
@@ -750,9 +808,9 @@ impl Pool {
                 drop(st);
                 cell.publish();
             }
-            return true;
+            return Stop::Done(true);
         }
-        false
+        Stop::Done(false)
     }
 
     /// [`Pool::stop_task`] of a task in the queue: `Ok(whether this call
@@ -1409,8 +1467,13 @@ impl State {
     /// more, they fail at once.
     fn run_again(&mut self, again: Vec<queue::Queued>, failed: &mut Vec<Arc<dyn Completion>>) {
         if let Some(cause) = &self.broken {
+            // Pending again (`requeued`): out of a concurrent cancel's reach
+            // first, as in the watchdog's `startup_failed`.
             for q in again {
                 self.deadlines.forget(q.cell.id());
+                if !q.cell.claim_end() {
+                    continue;
+                }
                 q.cell.stage_error(Error::BrokenProcessPool {
                     cause: cause.clone(),
                 });

@@ -107,7 +107,14 @@ impl Pool {
             );
             tracing::error!(%cause, "process pool broken");
             st.broken = Some(cause.clone());
-            failed.extend(st.drain_queue().into_iter().map(|q| q.cell));
+            // Each taken out of a concurrent cancel's reach first: a cancel
+            // that won would report a task cancelled that fails as broken.
+            failed.extend(
+                st.drain_queue()
+                    .into_iter()
+                    .map(|q| q.cell)
+                    .filter(|c| c.claim_end()),
+            );
             // (A worker already seen dying keeps the error its tasks got.)
             for w in st.workers.iter_mut().flatten().filter(|w| w.died.is_none()) {
                 // Their tasks fail in `bury`, once the worker is dead (and
