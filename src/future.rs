@@ -669,7 +669,8 @@ impl<R: Send + 'static> Future<R> {
         Self { cell }
     }
 
-    /// The id of the task (as reported in [`Error::TerminatedWorker`]).
+    /// The id of the task (as reported in [`Error::TerminatedWorker`]):
+    /// unique among the tasks of this process, whatever their pool.
     pub fn id(&self) -> u64 {
         self.cell.task.id
     }
