@@ -748,8 +748,10 @@ impl<R: Send + 'static> Future<R> {
     }
 
     /// Cancels the task if it is still queued in the parent (not handed to
-    /// a worker yet); returns whether it is cancelled (true again for a
-    /// future already cancelled, as in `concurrent.futures`). A task a worker
+    /// a worker yet); returns whether it is cancelled (true again once
+    /// the future has finished cancelled, as in `concurrent.futures`; a
+    /// call made while another thread's cancel is still running the
+    /// callbacks gets false). A task a worker
     /// holds cannot be cancelled this way, even one waiting in its ring (as
     /// in `concurrent.futures`); [`kill`](Self::kill) stops those.
     pub fn cancel(&self) -> bool {
