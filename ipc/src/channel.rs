@@ -263,7 +263,20 @@ impl<'r> Sender<'r> {
     /// is taken back), or receivers cannot map spill buffers read-only here
     /// ([`spill::guardable`]), so the dead process may have written to it.
     /// The caller must have made its receivers [`Receiver::guarded`].
-    pub fn take_unreleased(&mut self, mut visit: impl FnMut(u32, Unreleased<'_>)) -> Result<()> {
+    ///
+    /// # Safety
+    ///
+    /// The receiver must not be peeking, and must never peek again: the
+    /// receiving process is gone (or every thread of it that could use the
+    /// [`Receiver`] has exited), or its `Receiver` was dropped or is never
+    /// used again. A live receiver may have just taken a
+    /// spill frame off the ring and be reading its buffer (the `&[u8]` of
+    /// [`Receiver::peek`]) while this call leases that buffer out again to
+    /// be written: a data race on the message's bytes.
+    pub unsafe fn take_unreleased(
+        &mut self,
+        mut visit: impl FnMut(u32, Unreleased<'_>),
+    ) -> Result<()> {
         let (ring, spills) = (&self.ring, &mut self.spills);
         let protected = spill::guardable();
         ring.unreleased(|tag, bytes| {
@@ -279,7 +292,10 @@ impl<'r> Sender<'r> {
                         .in_flight
                         .iter()
                         .position(|b| b.id() == f.id && b.lease() == f.lease)?;
-                    let buffer = spills.in_flight.swap_remove(i).take_back()?;
+                    // SAFETY: the receiver is not peeking and never peeks
+                    // again (this function's contract), so it is not
+                    // reading the buffer and never will.
+                    let buffer = unsafe { spills.in_flight.swap_remove(i).take_back() }?;
                     SpilledMessage::new(buffer, usize::try_from(f.len).ok()?).ok()
                 });
             visit(
@@ -560,13 +576,17 @@ mod tests {
     /// it was spilled); no digest for a lost one.
     fn take_back(tx: &mut Sender<'_>) -> Vec<(u32, Option<Digest>, bool)> {
         let mut back = Vec::new();
-        tx.take_unreleased(|tag, m| {
-            back.push(match m {
-                Unreleased::Inline(b) => (tag, Some(digest(b)), false),
-                Unreleased::Spilled(m) => (tag, Some(digest(m.bytes())), true),
-                Unreleased::Lost => (tag, None, true),
+        // SAFETY: each test calls it only once its receiver (if it made
+        // one) is done: that one never peeks again.
+        unsafe {
+            tx.take_unreleased(|tag, m| {
+                back.push(match m {
+                    Unreleased::Inline(b) => (tag, Some(digest(b)), false),
+                    Unreleased::Spilled(m) => (tag, Some(digest(m.bytes())), true),
+                    Unreleased::Lost => (tag, None, true),
+                })
             })
-        })
+        }
         .unwrap();
         back
     }

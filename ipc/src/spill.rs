@@ -390,9 +390,12 @@ impl InFlight {
     /// the receiver already marked it free (it is the pool's again, and may
     /// be leased to another message at any time).
     ///
-    /// The caller must know the receiver is gone: a live one could still
-    /// read the buffer, and a re-leased buffer gets written again.
-    pub(crate) fn take_back(self) -> Option<Buffer> {
+    /// # Safety
+    ///
+    /// The receiver is not reading the buffer and never will again (it is
+    /// gone, or its `Receiver` was dropped or never peeks again): a
+    /// re-leased buffer gets written again.
+    pub(crate) unsafe fn take_back(self) -> Option<Buffer> {
         if !self.pooled {
             if self.is_free() {
                 return None;

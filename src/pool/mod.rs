@@ -1602,6 +1602,10 @@ impl Worker {
     /// may still run for a moment after the main thread started to exit).
     /// The failed tasks' time limits go from `deadlines`; those of the tasks
     /// handed back stay.
+    ///
+    /// Only for a worker whose main thread will never run again: reaped, or
+    /// seen exiting (it takes the worker's task messages back, see
+    /// `unstarted_messages`).
     fn fail_in_flight(
         &mut self,
         status: loky_ipc::ExitStatus,
@@ -1699,7 +1703,7 @@ impl Worker {
                 .filter(|id| wanted.contains(id))
         };
         let mut found = HashMap::new();
-        let read = self.sender.take_unreleased(|tag, message| {
+        let visit = |tag, message: Unreleased<'_>| {
             if tag != TAG_TASK {
                 return;
             }
@@ -1716,7 +1720,18 @@ impl Worker {
                 }
                 Unreleased::Lost => {}
             }
-        });
+        };
+        // SAFETY: the worker's task receiver is not peeking and never peeks
+        // again. Only `fail_in_flight` calls this, and only
+        // `State::end_dead_tasks` calls that: from `bury`, once the
+        // worker's pidfd read as ready, which the kernel reports only when
+        // every thread of the process has exited; or from `lifeline_broke`,
+        // once the kernel flags the worker's main thread as exiting
+        // (`ExitProbe::exiting`: that thread never returns to user space).
+        // The main thread is the only one that uses the receiver:
+        // `worker::run` makes it there, before `main`, and serves tasks
+        // with it, private to its loop.
+        let read = unsafe { self.sender.take_unreleased(visit) };
         if let Err(e) = read {
             tracing::warn!(pid = self.pid, error = %e, "the dead worker's task ring is unreadable; its waiting tasks fail");
             return HashMap::new();
