@@ -308,10 +308,23 @@ impl Region {
     /// worker's messages, claim word or lifeline. Does nothing unless
     /// [`Self::rings_protectable`].
     ///
-    /// Only the owner of slot `i` may call it, on its own mapping, before
-    /// it reads its rings; nothing in this process may touch another
-    /// slot's ring data, or write another slot's header, afterwards.
-    pub fn protect_for_slot(&self, i: u32) -> Result<()> {
+    /// Meant for the owner of slot `i`, on its own mapping, before it
+    /// reads its rings. Panics if `i` is out of range (a bug in the caller).
+    ///
+    /// # Safety
+    ///
+    /// From the call on (even one that fails: some pages may be guarded
+    /// already), no thread of this process may use any slot but `i` of
+    /// this mapping, except to read its header with plain loads
+    /// ([`Self::spinning`], [`Slot::generation`], [`Slot::pid`], a load of
+    /// [`Slot::spinning`]): no store, no `set_pid`, [`Self::init_slot`],
+    /// doorbell, claim or lifeline of another slot, and none of its ring
+    /// ends (its header page becomes read-only, its ring data
+    /// inaccessible: such a use faults with `SIGSEGV`); nor may it make a
+    /// producer of slot `i`'s `down` ring (its data becomes read-only).
+    /// The region header, slot `i`'s header, its `down` consumer and its
+    /// `up` ring stay usable, as do other mappings of the region.
+    pub unsafe fn protect_for_slot(&self, i: u32) -> Result<()> {
         assert!(i < self.cfg.slots, "slot {i} out of range");
         if !self.rings_protectable() {
             return Ok(());
@@ -331,14 +344,15 @@ impl Region {
             // page-aligned (`data_start` and `cap` are page multiples,
             // `rings_protectable`) and
             // only changes access: this process only reads its `down` ring
-            // and never touches another slot's rings (the caller's
+            // and never touches another slot's rings (this function's
             // contract), so no access it makes is cut off.
             unsafe { rustix::mm::mprotect(base.add(data_start + 2 * cap * s).cast(), len, flags) }
                 .os("mprotect (guarding the rings)")?;
             if s != i as usize {
                 // SAFETY: slot `s`'s header page, inside this mapping and
                 // page-aligned (`rings_protectable`); this process only
-                // reads it (the caller's contract), so no access is cut off.
+                // reads it (this function's contract), so no access is cut
+                // off.
                 unsafe {
                     rustix::mm::mprotect(
                         base.add(PAGE * (1 + s)).cast(),
@@ -533,7 +547,10 @@ mod tests {
         if !worker.rings_protectable() {
             return; // pages over 4 KiB: the rings are not guarded
         }
-        worker.protect_for_slot(1).unwrap();
+        // SAFETY: through `worker`, the test then uses only slot 1 and
+        // reads other slots' headers; the accesses meant to fault are made
+        // in forked children.
+        unsafe { worker.protect_for_slot(1) }.unwrap();
         let (own, other) = (worker.slot(1), worker.slot(0));
         // Each access below is inside the mapping's ring data, in a forked
         // child that is the only process touching it.

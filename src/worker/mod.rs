@@ -145,7 +145,15 @@ pub(crate) fn run(raw_spec: &str) -> i32 {
     // A task that scribbles over memory must not reach the messages the
     // parent reads back after this process died (to run them elsewhere),
     // nor another worker's rings.
-    if let Err(e) = region.protect_for_slot(spec.slot) {
+    // SAFETY: `spec.slot` is this worker's slot (checked above), and no
+    // thread of this process uses another slot of `region` from here on:
+    // the worker makes only the `down` consumer and `up` producer of its
+    // own slot below, and uses its header (pid, bell, claim, lifeline);
+    // of the other slots it only reads the `spinning` flags
+    // (`Region::spinning`, to decide whether to spin). Nothing else gets
+    // the region (it is leaked into a private `&'static`, and nested pools
+    // in tasks create their own).
+    if let Err(e) = unsafe { region.protect_for_slot(spec.slot) } {
         return fatal(EXIT_BOOTSTRAP, format_args!("cannot guard the rings: {e}"));
     }
     let slot = region.slot(spec.slot);
