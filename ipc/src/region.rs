@@ -191,10 +191,27 @@ impl Region {
         Ok(region)
     }
 
-    /// Maps a region received from the creator and checks its header: magic,
-    /// layout version, structure sizes, length and `tag`.
+    /// Maps a region received from the creator and checks it: a memfd
+    /// sealed against shrinking (as [`Self::create`] makes it), then its
+    /// header: magic, layout version, structure sizes, length and `tag`.
     pub fn attach(fd: OwnedFd, tag: u64) -> Result<Self> {
         let file = File::from(fd);
+        // Another holder of the descriptor could otherwise shrink the file
+        // under the mapping: the next access past its new end would be a
+        // SIGBUS. (A file that is not a memfd has no seals at all.)
+        let seals = match rustix::fs::fcntl_get_seals(&file) {
+            Err(rustix::io::Errno::INVAL) => {
+                return Err(Error::BadHeader(
+                    "region is not a memfd (it cannot be sealed against shrinking)".into(),
+                ))
+            }
+            seals => seals.os("fcntl(F_GET_SEALS)")?,
+        };
+        if !seals.contains(SealFlags::SHRINK) {
+            return Err(Error::BadHeader(
+                "region is not sealed against shrinking".into(),
+            ));
+        }
         let len = file.metadata().os("fstat")?.len() as usize;
         if len < PAGE {
             return Err(Error::BadHeader(format!(
@@ -603,6 +620,58 @@ mod tests {
         // Other mappings (the parent's) are not affected.
         // SAFETY: as above, in this process's own unguarded mapping.
         unsafe { region.slot(1).down.as_ptr().write_volatile(2) };
+    }
+
+    /// The bytes of a valid region in a new file that `make` returns.
+    fn copy_of_region(make: impl FnOnce() -> OwnedFd) -> OwnedFd {
+        let region = Region::create(cfg()).unwrap();
+        let len = cfg().total_len().unwrap();
+        let mut bytes = vec![0u8; len];
+        let n = rustix::io::pread(region.fd(), &mut bytes, 0).unwrap();
+        assert_eq!(n, len);
+        let fd = make();
+        let n = rustix::io::pwrite(&fd, &bytes, 0).unwrap();
+        assert_eq!(n, len);
+        fd
+    }
+
+    fn refused_for_seals(r: Result<Region>) -> bool {
+        matches!(r, Err(Error::BadHeader(why)) if why.contains("seal"))
+    }
+
+    #[test]
+    fn attach_requires_a_memfd_sealed_against_shrinking() {
+        let memfd = || {
+            rustix::fs::memfd_create("copy", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
+                .unwrap()
+        };
+        // A valid header, but anyone holding the descriptor could shrink
+        // the file under the mapping.
+        let unsealed = copy_of_region(memfd);
+        let r = Region::attach(unsealed, 0xfeed);
+        assert!(refused_for_seals(r), "unsealed memfd attached");
+        // Sealed against shrinking only: accepted (growing is harmless).
+        let sealed = copy_of_region(memfd);
+        rustix::fs::fcntl_add_seals(&sealed, SealFlags::SHRINK).unwrap();
+        Region::attach(sealed, 0xfeed).unwrap();
+        // A regular file has no seals.
+        let file = copy_of_region(|| {
+            let path = std::env::temp_dir().join(format!(
+                "loky-ipc-region-test-{}-{:?}",
+                std::process::id(),
+                std::thread::current().id()
+            ));
+            let file = std::fs::File::options()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&path)
+                .unwrap();
+            std::fs::remove_file(&path).unwrap();
+            file.into()
+        });
+        let r = Region::attach(file, 0xfeed);
+        assert!(refused_for_seals(r), "regular file attached");
     }
 
     #[test]
