@@ -313,19 +313,18 @@ impl Arena {
 
     /// Fills the creator's page tables for `block` in one call rather than a
     /// fault per page, before the creator writes it whole; an optimisation
-    /// only (small blocks and old kernels skip it).
+    /// only (small blocks and old kernels skip it, and a block that does
+    /// not lie in the arena is ignored).
     pub fn populate(&self, block: Block) {
         if block.len < POPULATE_FROM {
             return;
         }
-        let Ok(map) = self.mapping() else { return };
-        let start = block.offset / PAGE * PAGE;
-        let end = (block.offset + block.len).next_multiple_of(PAGE);
-        if end > self.reserve {
+        let Some((start, end)) = populate_range(block, self.reserve) else {
             return;
-        }
-        // SAFETY: `[start, end)` lies inside the mapping (checked above);
-        // populating changes no contents.
+        };
+        let Ok(map) = self.mapping() else { return };
+        // SAFETY: `[start, end)` lies inside the mapping, whose length is
+        // `reserve` (`populate_range`); populating changes no contents.
         let _ = unsafe {
             rustix::mm::madvise(
                 map.as_mut_ptr().add(start).cast(),
@@ -348,6 +347,19 @@ impl Arena {
         // is in bounds or one past the end; the mapping is non-null.
         Ok(unsafe { NonNull::new_unchecked(map.as_mut_ptr().add(offset)) })
     }
+}
+
+/// The pages `[start, end)` that hold `block`, if it lies in the blocks'
+/// part of an arena of `reserve` bytes (a whole number of pages): from the
+/// end of the header page to the end. `None` for a block that does not,
+/// wrapping past `usize::MAX` included (its fields are public).
+fn populate_range(block: Block, reserve: usize) -> Option<(usize, usize)> {
+    let end = block
+        .offset
+        .checked_add(block.len)
+        .filter(|&end| block.offset >= PAGE && end <= reserve)?;
+    // At most `reserve`, a multiple of `PAGE`, once rounded up.
+    Some((block.offset / PAGE * PAGE, end.next_multiple_of(PAGE)))
 }
 
 /// Why [`Arena::allocate`] failed.
@@ -563,6 +575,39 @@ mod tests {
 
     fn arena(limit: usize) -> Arena {
         Arena::create(limit, 7).unwrap()
+    }
+
+    #[test]
+    fn populate_takes_only_blocks_inside_the_arena() {
+        let reserve = (64 << 20) + PAGE;
+        let block = |offset, len| Block { offset, len };
+        assert_eq!(
+            populate_range(block(PAGE + 64, 3 << 20), reserve),
+            Some((PAGE, PAGE + (3 << 20) + PAGE))
+        );
+        assert_eq!(
+            populate_range(block(reserve - (4 << 20), 4 << 20), reserve),
+            Some((reserve - (4 << 20), reserve))
+        );
+        // Past the end, over the header page, or wrapping round to an end
+        // inside the arena.
+        let wraps = block(usize::MAX - (4 << 20) + 1, (4 << 20) + 2 * PAGE);
+        for bad in [
+            block(reserve - (4 << 20), (4 << 20) + 1),
+            block(0, 4 << 20),
+            block(PAGE - 64, 4 << 20),
+            wraps,
+            block(usize::MAX, usize::MAX),
+        ] {
+            assert_eq!(populate_range(bad, reserve), None, "{bad:?}");
+        }
+        // Ignored, not a page-table walk of memory outside the mapping.
+        let a = arena(64 << 20);
+        assert_eq!(a.reserve, reserve);
+        a.populate(wraps);
+        a.populate(block(usize::MAX - PAGE, 4 << 20));
+        let b = a.allocate(3 << 20, false).unwrap();
+        a.populate(b);
     }
 
     #[test]
