@@ -112,6 +112,8 @@ impl<'a> Spawn<'a> {
 
     /// Pins the child to one CPU before it executes (the affinity carries
     /// over `execve`, so the program runs pinned from its first instruction).
+    /// [`Self::spawn`] fails with [`Error::Config`] for a CPU number that a
+    /// `cpu_set_t` cannot hold (`CPU_SETSIZE`, 1024, or more).
     pub fn cpu(mut self, cpu: usize) -> Self {
         self.cpu = Some(cpu);
         self
@@ -120,6 +122,7 @@ impl<'a> Spawn<'a> {
     /// Starts the child and executes the program (see the module docs);
     /// returns the child's pidfd once `execve` succeeded.
     pub fn spawn(self) -> Result<PidFd> {
+        let cpu_set = self.cpu.map(only_cpu).transpose()?;
         let argv: Vec<*const libc::c_char> = self
             .args
             .iter()
@@ -146,13 +149,6 @@ impl<'a> Spawn<'a> {
         let death_signal = self.death_signal.unwrap_or(0);
         let (devnull_raw, err_raw) = (devnull.as_raw_fd(), err_write.as_raw_fd());
 
-        // SAFETY: cpu_set_t is plain data; CPU_ZERO/CPU_SET write only into it.
-        let cpu_set = self.cpu.map(|cpu| unsafe {
-            let mut set: libc::cpu_set_t = std::mem::zeroed();
-            libc::CPU_ZERO(&mut set);
-            libc::CPU_SET(cpu, &mut set);
-            set
-        });
         let args = ChildArgs {
             cpu: cpu_set.as_ref(),
             program: &self.program,
@@ -197,6 +193,28 @@ impl<'a> Spawn<'a> {
             source: std::io::Error::from_raw_os_error(errno),
         })
     }
+}
+
+/// The CPU set holding `cpu` alone; an error for a CPU number beyond what a
+/// `cpu_set_t` holds (`CPU_SET` would index past its array and panic).
+fn only_cpu(cpu: usize) -> Result<libc::cpu_set_t> {
+    // SAFETY: `cpu_set_t` is an array of integers; all-zero is a valid
+    // value (the empty set).
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let size = 8 * std::mem::size_of_val(&set);
+    if cpu >= size {
+        return Err(Error::Config(format!(
+            "CPU {cpu} is out of range: a CPU set holds CPUs 0 to {}",
+            size - 1
+        )));
+    }
+    // SAFETY: both write only into `set`, and `cpu` is below the number of
+    // bits it holds (checked above).
+    unsafe {
+        libc::CPU_ZERO(&mut set);
+        libc::CPU_SET(cpu, &mut set);
+    }
+    Ok(set)
 }
 
 /// What the child needs, prepared before it is started.
@@ -477,6 +495,21 @@ mod tests {
         }
         let err = spawn.spawn().unwrap_err();
         assert!(matches!(err, Error::Os { op: "execve", .. }), "{err}");
+    }
+
+    #[test]
+    fn a_cpu_beyond_a_cpu_set_is_an_error() {
+        for cpu in [1024, 1 << 20, usize::MAX] {
+            let err = Spawn::new(Path::new("/bin/true"), "t")
+                .unwrap()
+                .cpu(cpu)
+                .spawn()
+                .unwrap_err();
+            assert!(matches!(err, Error::Config(_)), "{cpu}: {err}");
+        }
+        let set = only_cpu(1023).unwrap();
+        // SAFETY: reads only `set`, 1023 is inside it.
+        assert!(unsafe { libc::CPU_ISSET(1023, &set) });
     }
 
     #[test]
