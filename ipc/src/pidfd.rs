@@ -79,8 +79,10 @@ impl PidFd {
     /// Opens a pidfd for `pid`. For a child that has not been reaped the pid
     /// cannot have been reused, so this is race-free.
     pub fn open(pid: u32) -> Result<Self> {
-        let p =
-            Pid::from_raw(pid as i32).ok_or_else(|| Error::Config(format!("invalid pid {pid}")))?;
+        let p = i32::try_from(pid)
+            .ok()
+            .and_then(Pid::from_raw)
+            .ok_or_else(|| Error::Config(format!("invalid pid {pid}")))?;
         let fd = rustix::process::pidfd_open(p, PidfdFlags::empty()).os("pidfd_open")?;
         Ok(Self { fd, pid })
     }
@@ -219,6 +221,14 @@ mod tests {
             pidfd.wait_timeout(Duration::from_secs(20)).unwrap(),
             Some(ExitStatus::Exited(7))
         );
+    }
+
+    #[test]
+    fn a_pid_out_of_range_is_an_error() {
+        for pid in [0, 1 << 31, u32::MAX] {
+            let err = PidFd::open(pid).unwrap_err();
+            assert!(matches!(err, Error::Config(_)), "{pid}: {err}");
+        }
     }
 
     #[test]
