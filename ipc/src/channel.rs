@@ -479,7 +479,9 @@ impl<'r> Receiver<'r> {
     pub fn peek(&mut self) -> Result<Option<Incoming<'_>>> {
         if self.current.is_none() {
             // Two steps because returning the first borrow conditionally is
-            // beyond the borrow checker; the second `peek` is a cached read.
+            // beyond the borrow checker; the second `peek` returns the frame
+            // the first one read (`Consumer::peek` reads a frame's tag and
+            // length once), so it is the same message.
             let spill = match self.ring.peek()? {
                 None => return Ok(None),
                 Some(m) if m.tag & SPILL == 0 => None,

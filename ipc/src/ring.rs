@@ -433,6 +433,11 @@ pub struct Consumer<'r> {
     cap: u64,
     tail: u64,
     cached_head: u64,
+    /// The frame at `tail` as the last `peek` read and checked it, (pos,
+    /// len, tag), until `pop`: its header is read once from the shared
+    /// buffer, so a peer that rewrites it meanwhile can neither show a
+    /// second `peek` another message nor make `pop` skip another length.
+    peeked: Option<(u64, usize, u32)>,
     shadow: Shadow,
     _region: PhantomData<&'r [u8]>,
 }
@@ -482,6 +487,7 @@ impl<'r> Consumer<'r> {
             // reads frame headers at `tail`.
             tail: h.tail.load(Relaxed) & FRAME_MASK,
             cached_head: h.head.load(Acquire),
+            peeked: None,
             shadow: Shadow::default(),
             _region: PhantomData,
         }
@@ -510,14 +516,23 @@ impl<'r> Consumer<'r> {
     }
 
     /// The next message, read in place, or `None` if the ring is empty.
-    /// The message stays in the ring until [`Self::pop`].
+    /// The message stays in the ring until [`Self::pop`]; until then, every
+    /// `peek` returns it, with the tag and length read the first time.
     pub fn peek(&mut self) -> Result<Option<Message<'_>>> {
-        if !self.has_message() {
-            return Ok(None);
-        }
-        let (pos, len, tag) = self.frame()?;
+        let (pos, len, tag) = match self.peeked {
+            Some(frame) => frame,
+            None => {
+                if !self.has_message() {
+                    return Ok(None);
+                }
+                let frame = self.frame()?;
+                self.peeked = Some(frame);
+                frame
+            }
+        };
         // SAFETY: `frame` validated that the payload lies inside the buffer
-        // and before `head`, so the producer published it and will not write
+        // and before `head` (here or at an earlier `peek`, and `tail` has
+        // not moved since), so the producer published it and will not write
         // it again before we advance `tail`.
         let payload = unsafe { payload(self.data, self.shadow, pos, len) };
         Ok(Some(Message { tag, payload }))
@@ -549,12 +564,18 @@ impl<'r> Consumer<'r> {
         }
     }
 
-    /// Releases the message returned by the last `peek` to the producer.
+    /// Releases the message returned by the last `peek` (or, without one,
+    /// the next message) to the producer.
     pub fn pop(&mut self) -> Result<()> {
-        if !self.has_message() {
-            return Ok(());
-        }
-        let (pos, len, _) = self.frame()?;
+        let (pos, len, _) = match self.peeked.take() {
+            Some(frame) => frame,
+            None => {
+                if !self.has_message() {
+                    return Ok(());
+                }
+                self.frame()?
+            }
+        };
         // The payload borrowed since `peek` is last read before this point.
         self.shadow.read(pos + FRAME as u64, len);
         self.tail += frame_len(len) as u64;
@@ -698,6 +719,31 @@ mod tests {
         // in for a buggy peer.
         unsafe { data.write(10_000) };
         assert!(matches!(c.peek(), Err(Error::Corrupt(_))));
+    }
+
+    #[test]
+    fn a_frame_rewritten_after_peek_is_released_as_it_was_read() {
+        let mut ring = HeapRing::new(256).unwrap();
+        let data = ring.data.as_mut_ptr().cast::<u32>();
+        let (mut p, mut c) = ring.split();
+        assert!(p.try_push(1, &pattern(1, 40)));
+        assert!(p.try_push(2, &pattern(2, 20)));
+        assert_eq!(c.peek().unwrap().unwrap().tag, 1);
+        // SAFETY: test-only writes of the first frame's length and tag (no
+        // borrow of the payload is alive), standing in for a buggy peer
+        // that rewrites a published frame.
+        unsafe {
+            data.write(0);
+            data.add(1).write(9);
+        }
+        let m = c.peek().unwrap().unwrap();
+        assert_eq!((m.tag, m.payload), (1, &pattern(1, 40)[..]));
+        // `pop` skips the 40 bytes that were read, not the 0 written since.
+        c.pop().unwrap();
+        let m = c.peek().unwrap().unwrap();
+        assert_eq!((m.tag, m.payload), (2, &pattern(2, 20)[..]));
+        c.pop().unwrap();
+        assert!(c.peek().unwrap().is_none());
     }
 
     #[test]
