@@ -121,7 +121,20 @@ impl Pool {
             copy_threads: copy_threads(self.ncpu as usize, self.max_workers()),
             grant_key: self.grant_key,
         };
-        let spec_cpu = (spec.cpu > 0).then(|| (spec.cpu - 1) as usize);
+        let spec_cpu = (spec.cpu > 0)
+            .then(|| (spec.cpu - 1) as usize)
+            .filter(|&cpu| {
+                // A `cpu_set_t` holds CPUs below `CPU_SETSIZE` (1024):
+                // past that the worker runs unpinned rather than not at all.
+                let fits = cpu < libc::CPU_SETSIZE as usize;
+                if !fits {
+                    tracing::warn!(
+                        cpu,
+                        "CPU number too large to pin to; the worker runs unpinned"
+                    );
+                }
+                fits
+            });
         let spec = spec.encode();
         let env = self
             .worker_env
