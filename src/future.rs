@@ -853,10 +853,18 @@ impl<R: Send + 'static> Future<R> {
 
     fn take(&self) -> Result<R> {
         let mut slot = lock(&self.cell.task.slot);
+        let mut waited = 0u32;
         while slot.lent {
-            // A done-callback added after completion is looking at it.
+            // A done-callback added after completion is looking at it:
+            // yield for a short one, then nap (up to 1 ms) rather than burn
+            // a core for a long one.
             drop(slot);
-            std::thread::yield_now();
+            if waited < 64 {
+                std::thread::yield_now();
+            } else {
+                std::thread::sleep(Duration::from_micros(u64::from(waited.min(1000))));
+            }
+            waited = waited.saturating_add(1);
             slot = lock(&self.cell.task.slot);
         }
         match slot.outcome.take() {
@@ -1111,6 +1119,39 @@ mod tests {
         let woken: Vec<usize> = wakers.iter().map(|w| w.0.load(Ordering::Relaxed)).collect();
         assert_eq!(woken[99], 1, "the latest poll's waker is woken");
         assert_eq!(woken[..99].iter().sum::<usize>(), 0, "{woken:?}");
+    }
+
+    #[test]
+    fn a_result_waiting_for_a_long_late_callback_does_not_burn_a_core() {
+        fn thread_cpu() -> Duration {
+            let mut ts = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            // SAFETY: writes only into `ts`.
+            unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+            Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+        }
+        let f = Arc::new(Future::new(Arc::new(cell())));
+        f.cell.stage_bytes(crate::protocol::STATUS_OK, 0, &[]);
+        f.cell.publish();
+        let (started, in_callback) = std::sync::mpsc::channel();
+        let late = f.clone();
+        // Added after completion: it runs at once, on that thread, looking
+        // at the outcome (lent to it) for 300 ms.
+        let looker = std::thread::spawn(move || {
+            late.add_done_callback(move |_| {
+                let _ = started.send(());
+                std::thread::sleep(Duration::from_millis(300));
+            })
+        });
+        in_callback.recv().expect("the callback runs");
+        let cpu = thread_cpu();
+        assert_eq!(f.result().expect("the outcome, once given back"), 0);
+        let spent = thread_cpu() - cpu;
+        looker.join().unwrap();
+        // Spinning on yield spends most of the 300 ms on a 2-core machine.
+        assert!(spent < Duration::from_millis(100), "{spent:?} of CPU");
     }
 
     #[test]
