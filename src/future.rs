@@ -392,24 +392,22 @@ impl<R: Send + 'static> Completion for Cell<R> {
         if !self.claim_end() {
             return false;
         }
+        // Not in a worker: never sent (sending needs PENDING -> RUNNING
+        // first), or put back in the queue after its worker died before
+        // starting it, which is only done for tasks without pins.
+        crate::shared::unsend(self.take_pins());
         self.task.finish(Some(Err(error)));
         true
     }
 
     fn claim_end(&self) -> bool {
-        if self
-            .task
+        // Only the state: the pins go when the outcome is published
+        // (`publish` gives back those of a task never sent), which callers
+        // of this do outside the pool's state lock.
+        self.task
             .state
             .compare_exchange(PENDING, CANCELLING, Ordering::AcqRel, Ordering::Acquire)
-            .is_err()
-        {
-            return false;
-        }
-        // Not in a worker: never sent (sending needs PENDING -> RUNNING
-        // first), or put back in the queue after its worker died before
-        // starting it, which is only done for tasks without pins.
-        crate::shared::unsend(self.take_pins());
-        true
+            .is_ok()
     }
 }
 
