@@ -599,7 +599,7 @@ pub(crate) struct Canceller {
 }
 
 impl Canceller {
-    /// As [`Future::cancel`].
+    /// As [`Future::cancel`], but true only for the call that cancelled.
     pub(crate) fn cancel(&self) -> bool {
         cancel(&*self.cell, &self.pool)
     }
