@@ -194,22 +194,26 @@ impl Region {
     /// Maps a region received from the creator and checks it: a memfd
     /// sealed against shrinking (as [`Self::create`] makes it), then its
     /// header: magic, layout version, structure sizes, length and `tag`.
+    /// A descriptor that is not such a memfd is [`Error::Config`]; a header
+    /// that does not match, [`Error::BadHeader`].
     pub fn attach(fd: OwnedFd, tag: u64) -> Result<Self> {
         let file = File::from(fd);
         // Another holder of the descriptor could otherwise shrink the file
         // under the mapping: the next access past its new end would be a
         // SIGBUS. (A file that is not a memfd has no seals at all.)
         let seals = match rustix::fs::fcntl_get_seals(&file) {
+            // A misused descriptor, not a region of another binary.
             Err(rustix::io::Errno::INVAL) => {
-                return Err(Error::BadHeader(
-                    "region is not a memfd (it cannot be sealed against shrinking)".into(),
+                return Err(Error::Config(
+                    "region descriptor is not a memfd (it cannot be sealed against shrinking)"
+                        .into(),
                 ))
             }
             seals => seals.os("fcntl(F_GET_SEALS)")?,
         };
         if !seals.contains(SealFlags::SHRINK) {
-            return Err(Error::BadHeader(
-                "region is not sealed against shrinking".into(),
+            return Err(Error::Config(
+                "region descriptor is not sealed against shrinking".into(),
             ));
         }
         let len = file.metadata().os("fstat")?.len() as usize;
@@ -636,7 +640,7 @@ mod tests {
     }
 
     fn refused_for_seals(r: Result<Region>) -> bool {
-        matches!(r, Err(Error::BadHeader(why)) if why.contains("seal"))
+        matches!(r, Err(Error::Config(why)) if why.contains("seal"))
     }
 
     #[test]
@@ -676,9 +680,17 @@ mod tests {
 
     #[test]
     fn attach_rejects_foreign_memfd() {
-        let fd = rustix::fs::memfd_create("x", MemfdFlags::CLOEXEC).unwrap();
+        // Sealed as a region is, so that the header check is what refuses.
+        let fd =
+            rustix::fs::memfd_create("x", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING).unwrap();
         rustix::fs::ftruncate(&fd, 8192).unwrap();
-        assert!(matches!(Region::attach(fd, 0), Err(Error::BadHeader(_))));
+        rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK).unwrap();
+        let r = Region::attach(fd, 0);
+        assert!(
+            matches!(&r, Err(Error::BadHeader(why)) if why.contains("magic")),
+            "{:?}",
+            r.err()
+        );
     }
 
     #[test]
