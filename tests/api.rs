@@ -1065,30 +1065,13 @@ fn a_map_on_a_shut_down_pool_ends_with_one_error_and_stops_reading() {
     );
 }
 
-/// Waits (at most [`HANG`]) until the file `path` exists; 0.
-fn wait_for_file(path: String) -> u64 {
-    let start = std::time::Instant::now();
-    while !std::path::Path::new(&path).exists() && start.elapsed() < HANG {
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    0
-}
-
-/// A path in the temporary directory, unique to this process and `name`,
-/// with nothing there yet.
-fn fresh_path(name: &str) -> String {
-    let path = std::env::temp_dir().join(format!("loky-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_file(&path);
-    path.to_string_lossy().into_owned()
-}
-
 #[test]
 fn shutdown_with_wait_from_a_callback_on_a_pool_thread_returns_at_once() {
     let ex = pool(1);
-    let release = fresh_path("release-shutdown");
+    let release = Gate::closed("release-shutdown");
     // Held until the callback is in place: nobody waits on it, so the
     // manager thread publishes it and runs the callback.
-    let trigger = ex.submit(wait_for_file, release.clone()).unwrap();
+    let trigger = ex.submit(wait_for_gate, release.path()).unwrap();
     let after = ex.submit(sleep_ms, 50).unwrap();
     let (tx, rx) = mpsc::channel();
     let ex2 = ex.clone();
@@ -1098,11 +1081,10 @@ fn shutdown_with_wait_from_a_callback_on_a_pool_thread_returns_at_once() {
         ex2.shutdown(true, false, false);
         let _ = tx.send(thread);
     });
-    std::fs::write(&release, b"go").unwrap();
+    release.open();
     let thread = rx
         .recv_timeout(HANG)
         .expect("shutdown(wait = true) in a callback on a pool thread did not return");
-    let _ = std::fs::remove_file(&release);
     assert!(
         thread.starts_with("loky-"),
         "ran on {thread:?}, not a pool thread"
@@ -1128,28 +1110,26 @@ fn shutdown_with_wait_from_a_callback_on_a_pool_thread_returns_at_once() {
 #[test]
 fn dropping_a_future_does_not_cancel_its_task() {
     let ex = pool(1);
-    let release = fresh_path("release-drop");
-    let marker = fresh_path("dropped");
+    let release = Gate::closed("release-drop");
+    let marker = Gate::closed("dropped");
     // The one worker holds two tasks (one running, one in its ring): the
     // next one waits in the parent's queue.
-    let held = ex.submit(wait_for_file, release.clone()).unwrap();
+    let held = ex.submit(wait_for_gate, release.path()).unwrap();
     let second = ex.submit(sleep_ms, 1).unwrap();
     wait_running(&second);
     let f = ex
         .submit(
             |path: String| std::fs::write(path, b"ran").is_ok(),
-            marker.clone(),
+            marker.path(),
         )
         .unwrap();
     assert!(!f.running(), "queued in the parent");
     drop(f);
-    std::fs::write(&release, b"go").unwrap();
+    release.open();
     held.result_timeout(HANG).unwrap();
     // Submitted after it to the same single worker: runs after it.
     worker_pid(&ex);
-    let ran = std::path::Path::new(&marker).exists();
-    let _ = std::fs::remove_file(&marker);
-    let _ = std::fs::remove_file(&release);
+    let ran = std::path::Path::new(&marker.path()).exists();
     assert!(ran, "the task of a dropped future did not run");
     let s = ex.stats();
     assert_eq!((s.cancelled, s.completed), (0, 4), "{s:?}");
@@ -1174,11 +1154,11 @@ fn wait_first_exception_waits_for_every_future_when_none_fails() {
 #[test]
 fn wait_first_exception_returns_when_one_fails_while_others_still_run() {
     let ex = pool(2);
-    let release = fresh_path("release-wait");
+    let release = Gate::closed("release-wait");
     // Two tasks on a pool of two: each on its own worker. The first runs
     // until released, after the waits.
     let futs = vec![
-        ex.submit(wait_for_file, release.clone()).unwrap(),
+        ex.submit(wait_for_gate, release.path()).unwrap(),
         ex.submit(|_: String| -> u64 { panic!("boom") }, String::new())
             .unwrap(),
     ];
@@ -1189,9 +1169,8 @@ fn wait_first_exception_returns_when_one_fails_while_others_still_run() {
     // Failed already when the wait begins: it returns at once too.
     let r = wait(&futs, Some(2 * HANG), ReturnWhen::FirstException);
     assert_eq!((r.done, r.not_done), (vec![1], vec![0]));
-    std::fs::write(&release, b"go").unwrap();
-    assert_eq!(futs[0].result_timeout(HANG).unwrap(), 0);
-    let _ = std::fs::remove_file(&release);
+    release.open();
+    assert_eq!(futs[0].result_timeout(HANG).unwrap(), 1);
     assert!(matches!(
         futs[1].exception(),
         Some(Error::TaskPanicked { .. })
@@ -1203,10 +1182,10 @@ fn wait_first_exception_does_not_count_a_cancelled_future_as_failed() {
     // As in `concurrent.futures`: a cancelled future raised nothing, so
     // FIRST_EXCEPTION goes on waiting for the others.
     let ex = pool(1);
-    let release = fresh_path("release-cancelled");
+    let release = Gate::closed("release-cancelled");
     // The one worker holds two tasks; the third waits in the parent, where
     // it can be cancelled.
-    let held = ex.submit(wait_for_file, release.clone()).unwrap();
+    let held = ex.submit(wait_for_gate, release.path()).unwrap();
     let second = ex.submit(sleep_ms, 1).unwrap();
     wait_running(&second);
     let cancelled = ex.submit(sleep_ms, 1).unwrap();
@@ -1223,9 +1202,8 @@ fn wait_first_exception_does_not_count_a_cancelled_future_as_failed() {
         start.elapsed()
     );
     assert_eq!((r.done, r.not_done), (vec![1], vec![0]));
-    std::fs::write(&release, b"go").unwrap();
-    assert_eq!(futs[0].result_timeout(HANG).unwrap(), 0);
-    let _ = std::fs::remove_file(&release);
+    release.open();
+    assert_eq!(futs[0].result_timeout(HANG).unwrap(), 1);
     assert_eq!(second.result_timeout(HANG).unwrap(), 1);
 }
 
