@@ -768,9 +768,12 @@ impl<R: Send + 'static> Future<R> {
     /// stopped by killing its worker process, which the pool replaces (also
     /// a waiting one that its worker started meanwhile, or whose worker is
     /// still to skip another withdrawn task: see
-    /// [`guide::faults`](crate::guide::faults)). The future fails with
-    /// [`Error::Cancelled`]. Returns false if the task had already
-    /// finished.
+    /// [`guide::faults`](crate::guide::faults)). When it returns true the
+    /// future ends with [`Error::Cancelled`] (results the worker already
+    /// sent are read first: a task that finished meanwhile is not killed).
+    /// Returns false if the task had already finished, or if another stop
+    /// came first (an earlier `kill`, its time limit, a shutdown), whose
+    /// outcome the future keeps.
     ///
     /// A task that was waiting behind it in the killed worker's ring (at
     /// most one) runs again on another worker, or, where it cannot (see

@@ -10,7 +10,9 @@
 //!
 //! The file is sized to the whole reservation up front but is sparse: a page
 //! costs memory only once a block that covers it is allocated. Allocation
-//! commits the block's pages with `fallocate`, so running out of memory is an
+//! commits the block's pages with `fallocate` (unless a `SEEK_HOLE` check
+//! finds them all committed already, in reused freed memory), so running
+//! out of memory is an
 //! [`ArenaError`] at allocation time, never a `SIGBUS` when a worker touches
 //! the page. Because the file never shrinks, any offset below the reservation
 //! is backed by the file, and a view that checks its bounds cannot fault
@@ -427,9 +429,15 @@ impl ArenaView {
         }
         let size = rustix::fs::fstat(&fd).os("fstat (arena)")?.st_size as u64;
         let seals = rustix::fs::fcntl_get_seals(&fd).os("fcntl(F_GET_SEALS)")?;
-        if size != header.reserve || !seals.contains(SealFlags::SHRINK) {
+        // As for a region: an unsealed descriptor is misused, not foreign.
+        if !seals.contains(SealFlags::SHRINK) {
+            return Err(Error::Config(
+                "arena descriptor is not sealed against shrinking".into(),
+            ));
+        }
+        if size != header.reserve {
             return Err(Error::BadHeader(format!(
-                "arena of {size} bytes announced as {} bytes, or not sealed against shrinking",
+                "arena of {size} bytes announced as {} bytes",
                 header.reserve
             )));
         }
@@ -480,7 +488,7 @@ fn lazy_map<'a>(cell: &'a OnceLock<MmapRaw>, file: &File, reserve: usize) -> Res
 }
 
 /// Maps `reserve` bytes of `file` shared, without reserving swap: pages are
-/// committed per block by `fallocate`.
+/// committed per block by `fallocate`, unless already committed.
 fn map_reserve(file: &File, reserve: usize) -> Result<MmapRaw> {
     MmapOptions::new()
         .len(reserve)

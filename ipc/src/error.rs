@@ -14,7 +14,9 @@ pub enum Error {
         source: io::Error,
     },
     /// A region's header does not match what this binary expects: it was
-    /// created by another version of loky, or it is not a loky region at all.
+    /// created by another version of loky, or it is not a loky region's
+    /// header at all. (A descriptor that is not a memfd sealed against
+    /// shrinking is [`Error::Config`].)
     #[error(
         "shared region header mismatch: {0}; was the worker built from another version of loky?"
     )]
@@ -23,7 +25,8 @@ pub enum Error {
     /// cannot be trusted any more; drop it (and its worker).
     #[error("ring protocol violated: {0}")]
     Corrupt(String),
-    /// A configuration value is out of range.
+    /// A configuration value is out of range, or a descriptor is unfit for
+    /// its use (a region that is not a memfd sealed against shrinking).
     #[error("invalid configuration: {0}")]
     Config(String),
 }

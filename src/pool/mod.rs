@@ -686,7 +686,9 @@ impl Pool {
     /// (the pool heals), unless `kill` is false: a running task is then
     /// left to finish (and its time limit, if any, kept).
     /// Returns whether the task was stopped (false if it is not known:
-    /// already finished; or running, without `kill`).
+    /// already finished; or running, without `kill`; or already withdrawn,
+    /// or its worker already being killed for it: the first stop's reason
+    /// stands).
     pub(crate) fn stop_task(&self, id: u64, reason: Error, kill: bool) -> bool {
         // A kill is decided only with the task's worker's results read (see
         // `stop_in_worker`): drained at most 3 times (results keep coming,
