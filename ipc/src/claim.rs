@@ -104,8 +104,15 @@ impl Claim {
     /// the last message started is still `before` (the one the producer
     /// knows ran last; 0: none yet). A plain withdrawal would also succeed
     /// once the consumer has got past `key` to the message behind it.
+    ///
+    /// Refused when `key` and `before` are different keys that the word
+    /// cannot tell apart (equal modulo 2^32 − 1): then "`key` started"
+    /// would read as "still `before`".
     pub fn withdraw_next(&self, key: u64, before: u64) -> bool {
         let last = short_or_none(before);
+        if key != before && short(key) == last {
+            return false;
+        }
         self.withdraw_if(key, |started| started == last)
     }
 
@@ -209,6 +216,20 @@ mod tests {
         assert!(!c.start(k + 1));
         assert!(c.start(k + 2));
         assert!(!c.withdraw(k + 2));
+    }
+
+    #[test]
+    fn the_next_key_is_not_withdrawn_when_it_reads_as_the_one_before() {
+        let c = Claim::new();
+        let before = 5;
+        let key = before + 0xFFFF_FFFF; // the same short key
+        assert!(c.start(before));
+        // Had the consumer started `key`, the word would read the same.
+        assert!(c.start(key));
+        assert!(!c.withdraw_next(key, before));
+        // Told apart, the usual case works.
+        assert!(c.start(before + 1));
+        assert!(c.withdraw_next(before + 2, before + 1));
     }
 
     #[test]
