@@ -758,8 +758,12 @@ impl<R: Send + 'static> Future<R> {
 
     /// Finished with [`Error::Cancelled`], without polling the pool.
     fn cancelled_now(&self) -> bool {
-        self.cell.task.is_done()
-            && matches!(lock(&self.cell.task.slot).error, Some(Error::Cancelled))
+        self.ended_with(|e| matches!(e, Error::Cancelled))
+    }
+
+    /// Finished (no polling of the pool) with an error that `which` picks.
+    fn ended_with(&self, which: impl Fn(&Error) -> bool) -> bool {
+        self.cell.task.is_done() && lock(&self.cell.task.slot).error.as_ref().is_some_and(which)
     }
 
     /// Stops the task even if it is running: a task still waiting (in the
@@ -784,7 +788,7 @@ impl<R: Send + 'static> Future<R> {
 
     /// True if the task was cancelled.
     pub fn cancelled(&self) -> bool {
-        self.done() && matches!(lock(&self.cell.task.slot).error, Some(Error::Cancelled))
+        self.done() && self.cancelled_now()
     }
 
     /// True while a worker holds the task.
@@ -1007,11 +1011,7 @@ impl<R: Send + 'static> Future<R> {
     /// `ReturnWhen::FirstException` waits for (a cancelled future raised
     /// nothing, as in `concurrent.futures`).
     pub(crate) fn raised_now(&self) -> bool {
-        self.cell.task.is_done()
-            && lock(&self.cell.task.slot)
-                .error
-                .as_ref()
-                .is_some_and(|e| !matches!(e, Error::Cancelled))
+        self.ended_with(|e| !matches!(e, Error::Cancelled))
     }
 }
 

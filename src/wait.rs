@@ -74,7 +74,7 @@ pub fn wait<R: Send + 'static>(
             ReturnWhen::FirstCompleted => !watch.order.is_empty() || futures.is_empty(),
             ReturnWhen::FirstException => watch.pending() == 0 || failed,
         };
-        if finished || watch.only_own_left() || !watch.block(deadline) {
+        if finished || watch.only_own_left().is_some() || !watch.block(deadline) {
             let mut done = watch.order;
             done.sort_unstable();
             let not_done = (0..futures.len()).filter(|&i| !watch.is_done[i]).collect();
@@ -142,30 +142,27 @@ impl<'a, R: Send + 'static> Watch<'a, R> {
         self.futures.len() - self.order.len()
     }
 
-    /// Whether every future still pending is one whose done-callbacks this
-    /// thread is running (a callback waiting on its own future): it counts
-    /// as done only once they return, so waiting longer would never end.
-    /// Asked on this thread each time, not once: the iterator of
-    /// `as_completed` may be made on one thread and used on another.
-    fn only_own_left(&self) -> bool {
+    /// If every future still pending is one whose done-callbacks this
+    /// thread is running (a callback waiting on its own future), the error
+    /// to give: each counts as done only once its callbacks return, so
+    /// waiting longer would never end. Asked on this thread each time, not
+    /// once: the iterator of `as_completed` may be made on one thread and
+    /// used on another.
+    fn only_own_left(&self) -> Option<Error> {
         // Outside done-callbacks (the common case) one thread-local read.
-        if !crate::future::in_a_callback() || self.pending() == 0 {
-            return false;
+        if !crate::future::in_a_callback() {
+            return None;
         }
-        (0..self.futures.len())
-            .filter(|&i| !self.is_done[i])
-            .all(|i| self.futures[i].not_from_own_callback().is_err())
-    }
-
-    /// The error for a caller waiting only on futures whose callbacks it
-    /// runs.
-    fn own_error(&self) -> Error {
-        self.futures
+        let mut pending = self
+            .futures
             .iter()
-            .enumerate()
-            .filter(|&(i, _)| !self.is_done[i])
-            .find_map(|(_, f)| f.not_from_own_callback().err())
-            .unwrap_or(Error::Timeout)
+            .zip(&self.is_done)
+            .filter(|(_, done)| !**done)
+            .map(|(f, _)| f);
+        let first = pending.next()?.not_from_own_callback().err()?;
+        pending
+            .all(|f| f.not_from_own_callback().is_err())
+            .then_some(first)
     }
 
     /// Takes in the futures that finished since the last call.
@@ -258,9 +255,9 @@ impl<'a, R: Send + 'static> Iterator for AsCompleted<'a, R> {
                 self.yielded += 1;
                 return Some(Ok(&self.watch.futures[i]));
             }
-            if self.watch.only_own_left() {
+            if let Some(e) = self.watch.only_own_left() {
                 self.stopped = true;
-                return Some(Err(self.watch.own_error()));
+                return Some(Err(e));
             }
             if !self.watch.block(self.deadline) {
                 self.stopped = true;

@@ -242,14 +242,17 @@ impl Arena {
             rustix::fs::seek(&self.file, rustix::fs::SeekFrom::Hole(first_page as u64)),
             Ok(hole) if hole >= end_page as u64
         );
-        if committed {
-            // Nothing to commit.
-        } else if let Err(e) = rustix::fs::fallocate(
-            &self.file,
-            FallocateFlags::KEEP_SIZE,
-            first_page as u64,
-            (end_page - first_page) as u64,
-        ) {
+        let commit = if committed {
+            Ok(())
+        } else {
+            rustix::fs::fallocate(
+                &self.file,
+                FallocateFlags::KEEP_SIZE,
+                first_page as u64,
+                (end_page - first_page) as u64,
+            )
+        };
+        if let Err(e) = commit {
             let mut st = self.lock();
             self.release(&mut st, offset, padded);
             return Err(AllocFailure::Arena(ArenaError::NoMemory {

@@ -37,6 +37,10 @@ use crate::{Error, PidFd, Result};
 /// Where the first descriptors are moved in the child before placing them.
 const SCRATCH_FD: RawFd = 512;
 
+/// CPUs [`Spawn::cpu`] can pin to are below this: what a `cpu_set_t`
+/// holds (`CPU_SETSIZE`).
+pub const MAX_CPUS: usize = 8 * std::mem::size_of::<libc::cpu_set_t>();
+
 /// What to run.
 #[derive(Debug)]
 pub struct Spawn<'a> {
@@ -113,7 +117,7 @@ impl<'a> Spawn<'a> {
     /// Pins the child to one CPU before it executes (the affinity carries
     /// over `execve`, so the program runs pinned from its first instruction).
     /// [`Self::spawn`] fails with [`Error::Config`] for a CPU number that a
-    /// `cpu_set_t` cannot hold (`CPU_SETSIZE`, 1024, or more).
+    /// `cpu_set_t` cannot hold ([`MAX_CPUS`], 1024, or more).
     pub fn cpu(mut self, cpu: usize) -> Self {
         self.cpu = Some(cpu);
         self
@@ -198,16 +202,15 @@ impl<'a> Spawn<'a> {
 /// The CPU set holding `cpu` alone; an error for a CPU number beyond what a
 /// `cpu_set_t` holds (`CPU_SET` would index past its array and panic).
 fn only_cpu(cpu: usize) -> Result<libc::cpu_set_t> {
+    if cpu >= MAX_CPUS {
+        return Err(Error::Config(format!(
+            "CPU {cpu} is out of range: a CPU set holds CPUs 0 to {}",
+            MAX_CPUS - 1
+        )));
+    }
     // SAFETY: `cpu_set_t` is an array of integers; all-zero is a valid
     // value (the empty set).
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    let size = 8 * std::mem::size_of_val(&set);
-    if cpu >= size {
-        return Err(Error::Config(format!(
-            "CPU {cpu} is out of range: a CPU set holds CPUs 0 to {}",
-            size - 1
-        )));
-    }
     // SAFETY: both write only into `set`, and `cpu` is below the number of
     // bits it holds (checked above).
     unsafe {

@@ -124,9 +124,9 @@ impl Pool {
         let spec_cpu = (spec.cpu > 0)
             .then(|| (spec.cpu - 1) as usize)
             .filter(|&cpu| {
-                // A `cpu_set_t` holds CPUs below `CPU_SETSIZE` (1024):
-                // past that the worker runs unpinned rather than not at all.
-                let fits = cpu < libc::CPU_SETSIZE as usize;
+                // Past what a spawn can pin to (1024 CPUs) the worker runs
+                // unpinned rather than not at all.
+                let fits = cpu < loky_ipc::spawn::MAX_CPUS;
                 if !fits {
                     tracing::warn!(
                         cpu,
@@ -180,9 +180,13 @@ impl Pool {
             .fd(child_sock.as_fd(), SOCKET_FD)?
             .fd(self.arena.fd(), ARENA_FD)?
             .death_signal(libc::SIGKILL)
-            // Ctrl-C is the parent's to handle (see `worker::run`), from
-            // before exec: one arriving while the worker starts must not
-            // kill it (three such deaths in a row would break the pool).
+            // Ctrl-C in a terminal signals the whole foreground process
+            // group, workers included: what an interrupt means (stop at
+            // once, or finish the running tasks) is for the parent to
+            // decide, and a parent that dies of it takes its workers along
+            // (parent-death signal, lifelines). Ignored from before exec:
+            // one arriving while the worker starts must not kill it (three
+            // such deaths in a row would break the pool).
             .ignore_signal(libc::SIGINT);
         let pidfd = match spec_cpu {
             Some(cpu) => pidfd.cpu(cpu),

@@ -247,7 +247,9 @@ pub(crate) struct Pool {
     pub(crate) ends: crate::stats::Ends,
     watchdog_wake: Notifier,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
-    thread_ids: Mutex<Vec<std::thread::ThreadId>>,
+    /// The watchdog's and the manager's ids, set once both started (read
+    /// on `done()`/`poll`: no lock).
+    thread_ids: std::sync::OnceLock<[std::thread::ThreadId; 2]>,
     ncpu: u32,
     /// The workers' environment, snapshotted at pool creation.
     worker_env: Vec<(std::ffi::OsString, std::ffi::OsString)>,
@@ -318,7 +320,7 @@ impl Pool {
             }),
             watchdog_wake: Notifier::new()?,
             threads: Mutex::new(Vec::new()),
-            thread_ids: Mutex::new(Vec::new()),
+            thread_ids: std::sync::OnceLock::new(),
             ncpu: crate::topology::cpu_count() as u32,
             cpu_plan: crate::topology::plan_for(config.pin, slots as usize),
             worker_env: launch::worker_env(&config),
@@ -358,7 +360,9 @@ impl Pool {
                 })));
             }
         };
-        lock(&pool.thread_ids).extend([watchdog.thread().id(), manager.thread().id()]);
+        let _ = pool
+            .thread_ids
+            .set([watchdog.thread().id(), manager.thread().id()]);
         lock(&pool.threads).extend([watchdog, manager]);
         Ok(pool)
     }
@@ -526,8 +530,12 @@ impl Pool {
         rx: &mut Receiver<'static>,
         done: &mut Vec<Arc<dyn Completion>>,
     ) {
+        let before = rx.position();
         self.drain_messages(i, rx, done);
-        self.read_to[i].store(rx.position(), Ordering::Release);
+        // Only when it moved: waiters poll these words while they spin.
+        if rx.position() != before {
+            self.read_to[i].store(rx.position(), Ordering::Release);
+        }
     }
 
     fn drain_messages(
@@ -693,13 +701,16 @@ impl Pool {
         // A kill is decided only with the task's worker's results read (see
         // `stop_in_worker`): drained at most 3 times (results keep coming,
         // none of them this task's: a 4th try stops it as things stand).
-        for tries_left in (0..4).rev() {
-            match self.stop_in_worker(id, &reason, kill, tries_left > 0) {
+        let mut drains = 0;
+        loop {
+            match self.stop_in_worker(id, &reason, kill, drains < 3) {
                 Stop::Done(stopped) => return stopped,
-                Stop::DrainFirst(i) => self.drain_slot_waiting(i),
+                Stop::DrainFirst(i) => {
+                    self.drain_slot_waiting(i);
+                    drains += 1;
+                }
             }
         }
-        false
     }
 
     /// Drains slot `i`'s result ring, waiting for a thread that holds it,
@@ -713,36 +724,23 @@ impl Pool {
         self.publish_later_all(drained);
     }
 
-    /// Records that worker `w` is killed to stop task `id` with `reason`,
-    /// and stages that outcome: a result of the task read after this (it
-    /// finished meanwhile) does not replace it, so the future ends as the
-    /// stop said.
-    fn mark_killed(w: &mut Worker, id: u64, reason: &Error) {
-        tracing::info!(pid = w.pid, task = id, error = %reason, "killing a worker to stop its task");
-        w.task_kill = Some((id, reason.clone()));
-        if let Some(cell) = w.in_flight.iter().find(|c| c.id() == id) {
-            cell.stage_error(reason.clone());
-        }
-    }
-
     /// One try of [`Pool::stop_task`]; `may_drain`: whether to ask for the
     /// results of the task's worker to be read before a kill.
     fn stop_in_worker(&self, id: u64, reason: &Error, kill: bool, may_drain: bool) -> Stop {
-        let reason = reason.clone();
         // In the queue: ended there. Else in a worker, it seems: the results
         // already in the rings first, as a task that finished must not be
         // stopped by killing its worker (which would take the task that
         // worker started next with it). Not before the queue: a drain
         // refills workers from it. And the queue again after: a worker's
         // death may have put the task back meanwhile.
-        let mut st = match self.stop_queued(id, &reason) {
+        let mut st = match self.stop_queued(id, reason) {
             Ok(ended) => return Stop::Done(ended),
             Err(st) => {
                 drop(st);
                 // Without running callbacks here: this may be a user's
                 // thread (`kill`, a dropped map).
                 self.drain_staging_callbacks();
-                match self.stop_queued(id, &reason) {
+                match self.stop_queued(id, reason) {
                     Ok(ended) => return Stop::Done(ended),
                     Err(st) => st,
                 }
@@ -796,17 +794,20 @@ impl Pool {
                 return Stop::DrainFirst(i);
             }
             state.deadlines.forget(id);
+            // Staged under the state lock: a death path, the skip's result
+            // or a late result of the task (it finished meanwhile), which
+            // take it too, find the outcome set, so the future ends as the
+            // stop said.
+            let cell = w.in_flight[pos].clone();
+            cell.stage_error(reason.clone());
             if !withdrawn {
-                Self::mark_killed(w, id, &reason);
+                tracing::info!(pid = w.pid, task = id, error = %reason, "killing a worker to stop its task");
+                w.task_kill = Some((id, reason.clone()));
                 let _ = w.pidfd.kill(rustix::process::Signal::KILL);
             } else {
                 // If the worker dies before it skips it, it must not be read
                 // back and run elsewhere either.
                 w.withdrawn = Some(id);
-                let cell = w.in_flight[pos].clone();
-                // Staged under the state lock: a death path or the skip's
-                // result, which take it too, find the outcome set.
-                cell.stage_error(reason);
                 drop(st);
                 cell.publish();
             }
@@ -1112,9 +1113,7 @@ impl Pool {
     /// manager saw the pool finished).
     pub(crate) fn stop_publishing_later(&self) {
         lock(&self.to_publish).manager_gone = true;
-        while let Some(c) = self.take_one_staged() {
-            c.publish();
-        }
+        self.hand_over_staged();
     }
 
     /// Blocks a caller until `done()` or `deadline`, sleeping on the parent
@@ -1238,8 +1237,7 @@ impl Pool {
     }
 
     fn join_threads(&self) {
-        let me = std::thread::current().id();
-        if lock(&self.thread_ids).contains(&me) {
+        if self.on_pool_thread() {
             // Called from a callback on one of our own threads: joining
             // would deadlock; the threads finish on their own.
             return;
@@ -1255,7 +1253,8 @@ impl Pool {
     /// Whether the calling thread is one of the pool's own (manager or
     /// watchdog), which must never sleep waiting for a result.
     pub(crate) fn on_pool_thread(&self) -> bool {
-        lock(&self.thread_ids).contains(&std::thread::current().id())
+        let me = std::thread::current().id();
+        self.thread_ids.get().is_some_and(|ids| ids.contains(&me))
     }
 
     /// True once shutdown was requested and no worker is left.

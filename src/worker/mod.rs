@@ -71,17 +71,9 @@ pub(crate) fn run(raw_spec: &str) -> i32 {
         );
     };
     // SAFETY: `signal` with SIG_IGN is async-signal-safe and affects only
-    // this process. A worker, like a Rust `main`, ignores SIGPIPE. It also
-    // ignores SIGINT: Ctrl-C in a terminal signals the whole foreground
-    // process group, workers included, and what an interrupt means (stop
-    // at once, or finish the running tasks) is for the parent to decide;
-    // a parent that dies of it takes its workers along (parent-death
-    // signal, lifelines). The spawn already ignored it from before exec;
-    // this keeps it so for a worker started some other way.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
-        libc::signal(libc::SIGINT, libc::SIG_IGN);
-    }
+    // this process; a worker, like a Rust `main`, ignores SIGPIPE. (SIGINT
+    // is ignored from before exec: see `Pool::launch`.)
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
     if spec.data_limit == 0 && !spec.report_rss {
         keep_freed_memory();
     }
