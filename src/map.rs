@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use crate::codec::Payload;
 use crate::error::{Error, Result};
 use crate::executor::{decode_with, failure_to_error, ProcessPoolExecutor};
-use crate::future::{Future, Notify};
+use crate::future::{Completion, Future, Notify};
 use crate::protocol::STATUS_PANIC;
 use crate::transport::{assert_zero_sized, decode_chunk, offset_of, run_chunk, ChunkOutput};
 
@@ -31,6 +31,14 @@ const TAPER_FLOOR_DIVISOR: usize = 8;
 /// (messages over half the ring take a spill buffer instead)
 /// and memory in flight stays bounded when the items are large.
 const RING_FRACTION: usize = 4;
+/// How many times a map may split a chunk whose worker died, to find the
+/// item that killed it ([`Map::isolate_crashes`]), before crashed chunks
+/// fail whole: each split costs
+/// one more crash (a worker replaced). Every chunk that ends with its
+/// worker alive gives one split back, up to this many, so a long map with
+/// a few bad items keeps isolating them while one whose every item kills
+/// its worker soon stops paying for it.
+const SPLITS: usize = 64;
 
 impl ProcessPoolExecutor {
     /// Applies `f` to every item of `input` in the workers and yields the
@@ -44,7 +52,8 @@ impl ProcessPoolExecutor {
     /// fixes the size; by default it adapts to the measured duration of the
     /// tasks (see there). A panicking item yields `Err(TaskPanicked)` in
     /// its place; a chunk whose worker died yields `Err(TerminatedWorker)`
-    /// for each of its items, and so does a chunk whose arguments cannot be
+    /// for each of its items (unless [`Map::isolate_crashes`]), and so does
+    /// a chunk whose arguments cannot be
     /// encoded (`Err(Codec)`, say an item the codec rejects, or
     /// `Err(ForeignArena)`; set [`Map::chunksize`] to 1 to tell the bad
     /// items apart), or that comes back with the wrong number of outcomes
@@ -93,7 +102,7 @@ impl ProcessPoolExecutor {
     }
 }
 
-struct Chunk<R> {
+struct Chunk<A, R> {
     /// The chunk's task, or why its arguments could not be encoded.
     sent: std::result::Result<Future<ChunkOutput<R>>, Error>,
     /// Cancels the task when the map is dropped (`Drop` cannot name `R`'s
@@ -101,9 +110,14 @@ struct Chunk<R> {
     cancel: Option<crate::future::Canceller>,
     start: usize,
     len: usize,
+    /// The items, kept to send them again in two halves should the chunk's
+    /// worker die (see [`Map::split`]); empty when the chunk cannot be split
+    /// (one item, arguments too large to keep a second copy of, or holding
+    /// shared arrays).
+    items: Vec<A>,
 }
 
-impl<R: Send + 'static> Chunk<R> {
+impl<A, R: Send + 'static> Chunk<A, R> {
     fn is_done_now(&self) -> bool {
         self.sent.as_ref().map_or(true, Future::is_done_now)
     }
@@ -160,7 +174,7 @@ pub struct Map<F, A, R, I> {
     byte_cap: usize,
     /// Largest chunk submitted so far.
     largest: usize,
-    window: VecDeque<Chunk<R>>,
+    window: VecDeque<Chunk<A, R>>,
     ready: Ready<R>,
     ready_start: usize,
     next_index: usize,
@@ -173,6 +187,10 @@ pub struct Map<F, A, R, I> {
     deadline: Option<Instant>,
     notify: Arc<Notify>,
     progress: crate::progress::Tracker,
+    /// Whether crashed chunks are split ([`Map::isolate_crashes`]).
+    isolate: bool,
+    /// Splits of crashed chunks still allowed ([`SPLITS`]).
+    splits_left: usize,
     _f: PhantomData<fn(A) -> F>,
 }
 
@@ -211,6 +229,8 @@ where
             deadline: None,
             notify: Arc::new(Notify::default()),
             progress: crate::progress::Tracker::default(),
+            isolate: false,
+            splits_left: SPLITS,
             _f: PhantomData,
         }
     }
@@ -282,6 +302,45 @@ where
     /// ```
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
+        self
+    }
+
+    /// Finds the items that kill their worker (abort, segfault, `exit`, the
+    /// kernel's OOM killer) and fails only them: a chunk whose worker died
+    /// is sent again in two halves, and so on, until the item that killed
+    /// it runs alone and yields `Err(TerminatedWorker)`; the other items of
+    /// the chunk get their results.
+    ///
+    /// **Items of a crashed chunk may run more than once** (those that ran
+    /// before the crash lost their results with it), so use it only when
+    /// running an item twice is harmless. Without it, a map runs every item
+    /// at most once, like every task (see
+    /// [`guide::faults`](crate::guide::faults)), and each item of a crashed
+    /// chunk yields `Err(TerminatedWorker)`.
+    ///
+    /// Each halving costs one more crash (a worker replaced): about
+    /// log₂(chunk size) for one bad item. Splits are limited to 64 at a
+    /// time, each chunk that ends with its worker alive giving one back, so
+    /// a map whose every item kills its worker soon stops paying for them;
+    /// past the limit a crashed chunk fails whole. A chunk is not split
+    /// when its arguments take over half the ring (a second copy of them
+    /// would stay in memory while it runs) or hold shared arrays.
+    ///
+    /// ```
+    /// fn risky(x: u64) -> u64 {
+    ///     if x == 37 {
+    ///         std::process::abort(); // say, a segfault in a C library
+    ///     }
+    ///     x * 2
+    /// }
+    /// let ex = loky::ProcessPoolExecutor::builder().max_workers(2).build()?;
+    /// let out: Vec<_> = ex.map(risky, 0..100).chunksize(20).isolate_crashes().collect();
+    /// assert!(matches!(out[37], Err(loky::Error::TerminatedWorker { .. })));
+    /// assert_eq!(out.iter().filter(|r| r.is_ok()).count(), 99);
+    /// # Ok::<(), loky::Error>(())
+    /// ```
+    pub fn isolate_crashes(mut self) -> Self {
+        self.isolate = true;
         self
     }
 
@@ -381,58 +440,128 @@ where
             }
             let len = items.len();
             self.largest = self.largest.max(len);
-            let trampoline = offset_of(run_chunk::<F, A, R>);
-            let mut encoded = 0;
-            let mut sent = false;
-            match self.ex.submit_raw(
-                trampoline,
-                |out| {
-                    let before = out.len();
-                    let r = A::encode_batch(&items, out);
-                    // An encoder that failed may have emptied `out`.
-                    encoded = out.len().saturating_sub(before);
-                    r
-                },
-                decode_chunk_result::<R>,
-                self.deadline,
-            ) {
-                Ok(fut) => {
-                    sent = true;
-                    self.window.push_back(Chunk {
-                        cancel: Some(fut.canceller()),
-                        sent: Ok(fut),
-                        start: self.next_index,
-                        len,
-                    });
-                }
-                // This chunk's items cannot be encoded: they fail, the
-                // others go on.
-                Err(e @ (Error::Codec { .. } | Error::ForeignArena)) => {
-                    self.window.push_back(Chunk {
-                        cancel: None,
-                        sent: Err(e),
-                        start: self.next_index,
-                        len,
-                    });
-                }
+            let start = self.next_index;
+            self.next_index += len;
+            let (chunk, encoded) = match self.submit(items, start) {
+                Ok(sent) => sent,
                 Err(e) => {
                     // Later chunks would fail the same way: end the map
                     // here, with this error, and read no more input.
-                    self.submit_error = Some((self.next_index, e));
+                    self.submit_error = Some((start, e));
                     self.exhausted = true;
+                    return;
                 }
-            }
-            self.next_index += len;
+            };
             // Learnt only from a whole encoding (a failed one stops short).
-            if self.fixed.is_none() && encoded > 0 && sent {
+            if self.fixed.is_none() && encoded > 0 && chunk.sent.is_ok() {
                 let budget = self.ex.pool().config.ring_capacity / RING_FRACTION;
                 self.byte_cap = (budget / encoded.div_ceil(len)).max(1);
             }
+            self.window.push_back(chunk);
         }
     }
 
+    /// Submits `items` (the input's items from position `start` on) as one
+    /// task, and returns its chunk and the size of its encoded arguments.
+    /// A chunk whose items cannot be encoded comes back failed (its items
+    /// fail, the others go on); an error that would fail every later chunk
+    /// too (the pool was shut down or broke, the message cannot be sent) is
+    /// returned.
+    fn submit(&self, items: Vec<A>, start: usize) -> Result<(Chunk<A, R>, usize)> {
+        let len = items.len();
+        let mut encoded = 0;
+        let submitted = self.ex.submit_raw(
+            offset_of(run_chunk::<F, A, R>),
+            |out| {
+                let before = out.len();
+                let r = A::encode_batch(&items, out);
+                // An encoder that failed may have emptied `out`.
+                encoded = out.len().saturating_sub(before);
+                r
+            },
+            decode_chunk_result::<R>,
+            self.deadline,
+        );
+        let (sent, cancel) = match submitted {
+            Ok(fut) => {
+                let cancel = Some(fut.canceller());
+                (Ok(fut), cancel)
+            }
+            Err(e @ (Error::Codec { .. } | Error::ForeignArena)) => (Err(e), None),
+            Err(e) => return Err(e),
+        };
+        // Kept for a split only while they are cheap to keep: arguments
+        // that travel in the ring (larger ones would stay in memory twice
+        // over), and no shared arrays (the pool never sends a task holding
+        // them twice either).
+        let keep = self.isolate
+            && len > 1
+            && encoded <= self.ex.pool().config.ring_capacity / 2
+            && sent.as_ref().is_ok_and(|f| !f.cell.has_pins());
+        let chunk = Chunk {
+            sent,
+            cancel,
+            start,
+            len,
+            items: if keep { items } else { Vec::new() },
+        };
+        Ok((chunk, encoded))
+    }
+
+    /// If `chunk` failed because its worker died and it can be split
+    /// ([`Map::isolate_crashes`]), sends its two halves as new chunks in
+    /// its place (at `pos` in the window) and returns true: once a crashed
+    /// chunk is down to one item, that item fails alone, and the others get
+    /// their results.
+    fn split(
+        &mut self,
+        chunk: &mut Chunk<A, R>,
+        outcome: &Result<ChunkOutput<R>>,
+        pos: usize,
+    ) -> bool {
+        if !matches!(outcome, Err(Error::TerminatedWorker { .. })) {
+            if outcome.is_ok() {
+                self.splits_left = (self.splits_left + 1).min(SPLITS);
+            }
+            return false;
+        }
+        if !self.isolate || chunk.items.len() < 2 || self.splits_left == 0 {
+            return false;
+        }
+        let mut first = std::mem::take(&mut chunk.items);
+        let second = first.split_off(first.len() / 2);
+        let mid = chunk.start + first.len();
+        // The pool takes no more tasks (shut down, broken): the chunk
+        // fails whole, as it would have without a split.
+        let Ok((a, _)) = self.submit(first, chunk.start) else {
+            return false;
+        };
+        let len = second.len();
+        let b = match self.submit(second, mid) {
+            Ok((b, _)) => b,
+            // The first half went: the second fails with the reason it
+            // could not.
+            Err(e) => Chunk {
+                sent: Err(e),
+                cancel: None,
+                start: mid,
+                len,
+                items: Vec::new(),
+            },
+        };
+        self.splits_left -= 1;
+        tracing::debug!(
+            items = chunk.len,
+            start = chunk.start,
+            "a chunk's worker died: its two halves run again"
+        );
+        self.window.insert(pos, b);
+        self.window.insert(pos, a);
+        true
+    }
+
     /// Learns from a finished chunk how many items make a good chunk.
-    fn adapt(&mut self, chunk: &Chunk<R>) {
+    fn adapt(&mut self, chunk: &Chunk<A, R>) {
         if self.fixed.is_some() {
             return;
         }
@@ -454,17 +583,25 @@ where
         self.auto = ideal.clamp(1, (self.auto * 16).min(MAX_AUTO_CHUNK));
     }
 
-    /// The outcomes of a finished chunk, one per item, produced lazily (a
-    /// `Vec<Result<R>>` would cost far more memory traffic than the values).
-    fn expand(&mut self, chunk: Chunk<R>) -> Ready<R> {
+    /// Makes the finished chunk taken from position `pos` of the window
+    /// the one being read: its outcomes, one per item, produced lazily (a
+    /// `Vec<Result<R>>` would cost far more memory traffic than the
+    /// values). False if it was split instead (its halves are in the
+    /// window at `pos`).
+    fn expand(&mut self, mut chunk: Chunk<A, R>, pos: usize) -> bool {
         // Wait first: the duration is known only once the chunk finished.
         let outcome = chunk.outcome();
+        if self.split(&mut chunk, &outcome, pos) {
+            return false;
+        }
         self.adapt(&chunk);
         self.progress.advance(chunk.len);
-        match outcome {
+        self.ready_start = chunk.start;
+        self.ready = match outcome {
             Ok((values, failures)) => Ready::new(values, failures, chunk.len),
             Err(e) => Ready::failed(e, chunk.len),
-        }
+        };
+        true
     }
 
     #[inline]
@@ -486,8 +623,7 @@ where
                 self.progress.finish();
                 return self.submit_error.take().map(|(_, e)| Err(e));
             };
-            self.ready_start = chunk.start;
-            self.ready = self.expand(chunk);
+            self.expand(chunk, 0);
             self.fill();
         }
     }
@@ -521,8 +657,7 @@ where
                     .wait_until(Some(std::time::Instant::now() + Duration::from_millis(100)));
             };
             let chunk = self.window.remove(pos).expect("position in range");
-            self.ready_start = chunk.start;
-            self.ready = self.expand(chunk);
+            self.expand(chunk, pos);
             // Keep the workers busy while the caller works through it.
             self.fill();
         }
@@ -599,6 +734,12 @@ where
         self
     }
 
+    /// See [`Map::isolate_crashes`].
+    pub fn isolate_crashes(mut self) -> Self {
+        self.inner = self.inner.isolate_crashes();
+        self
+    }
+
     /// See [`Map::largest_chunk`].
     #[doc(hidden)]
     pub fn largest_chunk(&self) -> usize {
@@ -646,7 +787,8 @@ struct Ready<R> {
     failures: std::iter::Peekable<std::vec::IntoIter<(u32, crate::protocol::Failure)>>,
     pos: usize,
     len: usize,
-    /// The whole chunk failed (worker died, codec error): every item gets it.
+    /// The whole chunk failed (worker died and no split was left, codec
+    /// error): every item gets it.
     error: Option<Error>,
     /// Every item succeeded: `next` is just the values' iterator.
     clean: bool,

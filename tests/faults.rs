@@ -859,6 +859,100 @@ fn assert_broken_by_initializer(ex: ProcessPoolExecutor, hint: &str) {
     ));
 }
 
+/// `x * 3`, but item 137 aborts its worker.
+fn triple_but_137_aborts(x: u64) -> u64 {
+    if x == 137 {
+        std::process::abort();
+    }
+    x * 3
+}
+
+#[test]
+fn a_map_without_isolation_fails_the_whole_crashed_chunk() {
+    bounded(|| {
+        let ex = pool(2);
+        let out: Vec<_> = ex
+            .map(triple_but_137_aborts, 0..200u64)
+            .chunksize(50)
+            .collect();
+        for (i, r) in out.iter().enumerate() {
+            // Items run at most once: those of the crashed chunk all fail.
+            assert_eq!(r.is_err(), (100..150).contains(&i), "item {i}: {r:?}");
+        }
+        assert_eq!(ex.stats().crashed, 1);
+    });
+}
+
+#[test]
+fn a_map_isolates_the_item_that_kills_its_worker() {
+    bounded(|| {
+        let ex = pool(2);
+        // Chunks of 50: the one holding item 137 is split in halves until
+        // that item runs alone; every other item gets its result.
+        let out: Vec<_> = ex
+            .map(triple_but_137_aborts, 0..200u64)
+            .chunksize(50)
+            .isolate_crashes()
+            .collect();
+        assert_eq!(out.len(), 200);
+        for (i, r) in out.iter().enumerate() {
+            match r {
+                Err(Error::TerminatedWorker { status, .. }) if i == 137 => {
+                    assert!(
+                        matches!(status, ExitStatus::Signaled { signal, .. } if *signal == libc::SIGABRT),
+                        "{status:?}"
+                    );
+                }
+                Ok(v) if i != 137 => assert_eq!(*v, 3 * i as u64),
+                other => panic!("item {i}: {other:?}"),
+            }
+        }
+        // 50 → 25 → 13 → 7 → 4 → 2 → 1: one crash per size.
+        let s = ex.stats();
+        assert!((2..=7).contains(&s.crashed), "{s:?}");
+        // Unordered too: every position once, only 137 failed.
+        let mut seen = [false; 200];
+        let unordered = ex
+            .map_unordered(triple_but_137_aborts, 0..200u64)
+            .chunksize(50)
+            .isolate_crashes();
+        for (i, r) in unordered {
+            assert!(!std::mem::replace(&mut seen[i], true), "position {i} twice");
+            assert_eq!(r.is_err(), i == 137, "item {i}: {r:?}");
+        }
+        assert!(seen.iter().all(|&s| s));
+        assert_heals(&ex);
+    });
+}
+
+fn always_aborts(_: u64) -> u64 {
+    std::process::abort();
+}
+
+#[test]
+fn a_map_whose_every_item_kills_its_worker_stops_splitting() {
+    bounded(|| {
+        let ex = pool(2);
+        let out: Vec<_> = ex
+            .map(always_aborts, 0..400u64)
+            .chunksize(400)
+            .isolate_crashes()
+            .collect();
+        assert_eq!(out.len(), 400);
+        assert!(
+            out.iter()
+                .all(|r| matches!(r, Err(Error::TerminatedWorker { .. }))),
+            "{:?}",
+            out.iter().find(|r| r.is_ok())
+        );
+        // At most 64 splits (documented), each sending two halves
+        // that crash: not one crash per item.
+        let s = ex.stats();
+        assert!((64..=1 + 2 * 64).contains(&s.crashed), "{s:?}");
+        assert_heals(&ex);
+    });
+}
+
 #[test]
 fn panicking_initializer_breaks_the_pool() {
     bounded(|| {
