@@ -278,6 +278,9 @@ trait MapState<T> {
     fn set_timeout(&mut self, timeout: Duration);
     fn chunks_in_flight(&self) -> usize;
     fn size_hint(&self) -> (usize, Option<usize>);
+    /// Attaches `bar`, or the default bar for `None` (`Map::progress`).
+    #[cfg(feature = "progress")]
+    fn set_progress(&mut self, bar: Option<indicatif::ProgressBar>);
 }
 
 impl<G, A, R, C, J> MapState<Result<R>> for Option<Map<G, Coded<A, C>, Coded<R, C>, J>>
@@ -308,6 +311,14 @@ where
 
     fn size_hint(&self) -> (usize, Option<usize>) {
         self.as_ref().map_or((0, Some(0)), Iterator::size_hint)
+    }
+
+    #[cfg(feature = "progress")]
+    fn set_progress(&mut self, bar: Option<indicatif::ProgressBar>) {
+        *self = self.take().map(|m| match bar {
+            Some(bar) => m.progress_with(bar),
+            None => m.progress(),
+        });
     }
 }
 
@@ -341,6 +352,14 @@ where
     fn size_hint(&self) -> (usize, Option<usize>) {
         self.as_ref().map_or((0, Some(0)), Iterator::size_hint)
     }
+
+    #[cfg(feature = "progress")]
+    fn set_progress(&mut self, bar: Option<indicatif::ProgressBar>) {
+        *self = self.take().map(|m| match bar {
+            Some(bar) => m.progress_with(bar),
+            None => m.progress(),
+        });
+    }
 }
 
 /// Iterator returned by [`CodecExecutor::map`]; behaves like
@@ -365,6 +384,52 @@ impl<R> CodecMap<'_, R> {
     /// Chunks currently submitted and not yet consumed.
     pub fn chunks_in_flight(&self) -> usize {
         self.inner.chunks_in_flight()
+    }
+
+    /// Draws a progress bar on stderr while the map runs (see
+    /// [`Map::progress`]): items done / total, rate and ETA when the
+    /// input's length is known, else a spinner with a count; advanced per
+    /// finished chunk and cleared when the map ends. Feature `progress`.
+    ///
+    /// ```
+    /// let ex = loky::ProcessPoolExecutor::builder().max_workers(2).build()?;
+    /// let total: u64 = ex
+    ///     .with_codec::<loky::Rkyv>()
+    ///     .map(|x: u64| x % 7, 0..70_000)
+    ///     .progress()
+    ///     .map(|r| r.unwrap())
+    ///     .sum();
+    /// assert_eq!(total, 210_000); // 10 000 times 0 + 1 + ... + 6
+    /// # Ok::<(), loky::Error>(())
+    /// ```
+    #[cfg(feature = "progress")]
+    pub fn progress(mut self) -> Self {
+        self.inner.set_progress(None);
+        self
+    }
+
+    /// Like [`progress`](Self::progress), with a bar of your own (see
+    /// [`Map::progress_with`]): its length is set from the input's if it
+    /// has none, and it is finished as its
+    /// [`ProgressFinish`](indicatif::ProgressFinish) says when the map
+    /// ends. Feature `progress`.
+    ///
+    /// ```
+    /// let ex = loky::ProcessPoolExecutor::builder().max_workers(2).build()?;
+    /// let bar = indicatif::ProgressBar::hidden();
+    /// let n = ex
+    ///     .with_codec::<loky::Rkyv>()
+    ///     .map(|x: u64| x + 1, 0..1000)
+    ///     .progress_with(bar.clone())
+    ///     .count();
+    /// assert_eq!((n, bar.position(), bar.length()), (1000, 1000, Some(1000)));
+    /// assert!(bar.is_finished());
+    /// # Ok::<(), loky::Error>(())
+    /// ```
+    #[cfg(feature = "progress")]
+    pub fn progress_with(mut self, bar: indicatif::ProgressBar) -> Self {
+        self.inner.set_progress(Some(bar));
+        self
     }
 }
 
@@ -407,6 +472,31 @@ impl<R> CodecMapUnordered<'_, R> {
     /// Gives the whole map a deadline (see [`Map::timeout`]).
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.inner.set_timeout(timeout);
+        self
+    }
+
+    /// See [`CodecMap::progress`]. Feature `progress`.
+    ///
+    /// ```
+    /// let ex = loky::ProcessPoolExecutor::builder().max_workers(2).build()?;
+    /// let n = ex
+    ///     .with_codec::<loky::Rkyv>()
+    ///     .map_unordered(|x: u64| x * 2, 0..100_000)
+    ///     .progress()
+    ///     .count();
+    /// assert_eq!(n, 100_000);
+    /// # Ok::<(), loky::Error>(())
+    /// ```
+    #[cfg(feature = "progress")]
+    pub fn progress(mut self) -> Self {
+        self.inner.set_progress(None);
+        self
+    }
+
+    /// See [`CodecMap::progress_with`]. Feature `progress`.
+    #[cfg(feature = "progress")]
+    pub fn progress_with(mut self, bar: indicatif::ProgressBar) -> Self {
+        self.inner.set_progress(Some(bar));
         self
     }
 }

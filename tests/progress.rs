@@ -133,3 +133,55 @@ fn default_bars_run_to_the_end() {
         .count();
     assert_eq!(n, 10_000);
 }
+
+#[test]
+fn a_bar_reaches_the_total_of_an_ordered_codec_map() {
+    let ex = pool();
+    let bar = ProgressBar::hidden();
+    let mut m = ex
+        .with_codec::<loky::Rkyv>()
+        .map(|x: u64| x * 3, 0..100_000)
+        .chunksize(1000)
+        .progress_with(bar.clone());
+    for i in 0..100_000u64 {
+        assert_eq!(m.next().unwrap().unwrap(), i * 3);
+        // Counted when its chunk finished, before it is yielded.
+        assert!(bar.position() > i, "item {i}: bar at {}", bar.position());
+    }
+    assert_eq!((bar.position(), bar.length()), (100_000, Some(100_000)));
+    assert!(!bar.is_finished(), "finished before the map ended");
+    assert!(m.next().is_none());
+    assert!(bar.is_finished());
+}
+
+#[test]
+fn a_bar_reaches_the_total_of_an_unordered_codec_map() {
+    let ex = pool();
+    let bar = ProgressBar::hidden();
+    // Unknown length: the bar counts without a total.
+    let input = (0..60_000u64).filter(|x| x % 2 == 0);
+    let mut m = ex
+        .with_codec::<loky::Rkyv>()
+        .map_unordered(|x: u64| x + 1, input)
+        .progress_with(bar.clone())
+        // Set after the bar: the bar stays.
+        .chunksize(500);
+    assert_eq!(m.by_ref().take(30_000).count(), 30_000);
+    assert_eq!((bar.position(), bar.length()), (30_000, None));
+    assert!(!bar.is_finished(), "finished before the map ended");
+    assert!(m.next().is_none());
+    assert!(bar.is_finished());
+}
+
+#[test]
+fn default_bars_of_codec_maps_run_to_the_end() {
+    let ex = pool();
+    let codec = ex.with_codec::<loky::Rkyv>();
+    let n = codec.map(|x: u64| x, 0..20_000).progress().count();
+    assert_eq!(n, 20_000);
+    let n = codec
+        .map_unordered(|x: u64| x, (0..20_000u64).filter(|x| x % 2 == 0))
+        .progress()
+        .count();
+    assert_eq!(n, 10_000);
+}
