@@ -412,7 +412,8 @@ impl<R> CodecMap<'_, R> {
     /// [`Map::progress_with`]): its length is set from the input's if it
     /// has none, and it is finished as its
     /// [`ProgressFinish`](indicatif::ProgressFinish) says when the map
-    /// ends. Feature `progress`.
+    /// ends (abandoned at the items done if the map was cut short).
+    /// Feature `progress`.
     ///
     /// ```
     /// let ex = loky::ProcessPoolExecutor::builder().max_workers(2).build()?;

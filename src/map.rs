@@ -620,7 +620,7 @@ where
             }
             self.fill();
             let Some(chunk) = self.window.pop_front() else {
-                self.progress.finish();
+                self.progress.finish(self.submit_error.is_none());
                 return self.submit_error.take().map(|(_, e)| Err(e));
             };
             self.expand(chunk, 0);
@@ -636,7 +636,7 @@ where
             }
             self.fill();
             if self.window.is_empty() {
-                self.progress.finish();
+                self.progress.finish(self.submit_error.is_none());
                 return self.submit_error.take().map(|(i, e)| (i, Err(e)));
             }
             let pos = loop {

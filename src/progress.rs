@@ -27,12 +27,22 @@ impl Tracker {
         }
     }
 
-    /// The map has yielded everything: finishes the bar as the bar's
-    /// `ProgressFinish` says (indicatif's default clears it). Idempotent.
-    pub(crate) fn finish(&mut self) {
+    /// The map has yielded everything. If it ran every item (`complete`),
+    /// finishes the bar as the bar's `ProgressFinish` says (indicatif's
+    /// default clears it). If it was cut short (a chunk could not be
+    /// submitted, or its timeout passed, with input left unread), abandons
+    /// the bar instead: it ends where the map stopped, at the items done,
+    /// and stays drawn, where finishing would move it to its length (and
+    /// the default would clear it), as if every item had run. Idempotent.
+    #[cfg_attr(not(feature = "progress"), allow(unused_variables))]
+    pub(crate) fn finish(&mut self, complete: bool) {
         #[cfg(feature = "progress")]
         if let Some(bar) = self.bar.take() {
-            bar.finish_using_style();
+            if complete {
+                bar.finish_using_style();
+            } else {
+                bar.abandon();
+            }
         }
     }
 
@@ -84,7 +94,8 @@ mod bars {
         /// slices), else a spinner with a count; nothing is drawn when stderr
         /// is not a terminal. It advances once per finished chunk, not per
         /// item, so it does not slow the map, and is cleared when the map
-        /// ends. Feature `progress`.
+        /// ends, unless the map was cut short (see
+        /// [`progress_with`](Self::progress_with)). Feature `progress`.
         ///
         /// ```
         /// let ex = loky::ProcessPoolExecutor::builder().max_workers(2).build()?;
@@ -106,6 +117,11 @@ mod bars {
         /// and is finished when the map ends, as the bar's
         /// [`ProgressFinish`](indicatif::ProgressFinish) says (set it with
         /// [`ProgressBar::with_finish`]; indicatif's default clears the bar).
+        /// A map cut short, ending with one error for the input it did not
+        /// read (a chunk could not be submitted: the executor was shut down
+        /// or the pool broke; or its [`timeout`](Map::timeout) passed),
+        /// [abandons](ProgressBar::abandon) the bar instead: it stays
+        /// drawn, at the items done, rather than jump to its length.
         ///
         /// ```
         /// let ex = loky::ProcessPoolExecutor::builder().max_workers(2).build()?;

@@ -1,10 +1,13 @@
 //! Progress bars on maps (feature `progress`): the bar follows the items
-//! done and ends at the total, for ordered and unordered maps, inputs of
-//! known and unknown length, and items that fail.
+//! done and ends at the total, for ordered and unordered maps (of the
+//! executor and of a codec view), inputs of known and unknown length, and
+//! items that fail; a map cut short leaves its bar at the items done.
 #![cfg(feature = "progress")]
 
+use std::time::Duration;
+
 use indicatif::ProgressBar;
-use loky::ProcessPoolExecutor;
+use loky::{Error, ProcessPoolExecutor};
 
 fn pool() -> ProcessPoolExecutor {
     ProcessPoolExecutor::builder()
@@ -184,4 +187,83 @@ fn default_bars_of_codec_maps_run_to_the_end() {
         .progress()
         .count();
     assert_eq!(n, 10_000);
+}
+
+/// The outcomes of `m` when `ex` is shut down as soon as the first came:
+/// one per item of the chunks submitted by then, then one error for the
+/// rest.
+fn outcomes_around_a_shutdown<T>(
+    ex: &ProcessPoolExecutor,
+    mut m: impl Iterator<Item = T>,
+) -> Vec<T> {
+    let mut out = vec![m.next().expect("a first outcome")];
+    ex.shutdown(true, false, false);
+    out.extend(m);
+    out
+}
+
+/// `bar` followed a map of 10 000 items that ended early with one error
+/// after `outcomes - 1` per-item outcomes: it stopped there, and ended.
+fn assert_abandoned_at_the_items_done(bar: &ProgressBar, outcomes: usize, what: &str) {
+    assert!(outcomes < 10_000, "{what}: {outcomes} outcomes");
+    // Finishing it would have moved it to its length (a default bar would
+    // also have been cleared, hiding where the map stopped).
+    assert_eq!(
+        (bar.position(), bar.length()),
+        (outcomes as u64 - 1, Some(10_000)),
+        "{what}"
+    );
+    assert!(bar.is_finished(), "{what}: the bar did not end");
+}
+
+#[test]
+fn a_map_cut_short_by_a_shutdown_abandons_its_bar_at_the_items_done() {
+    let shut_down =
+        |r: Option<&Result<u64, Error>>| matches!(r, Some(Err(Error::ShutdownExecutor)));
+
+    let ex = pool();
+    let bar = ProgressBar::hidden();
+    let m = ex.map(|x: u64| x, 0..10_000).chunksize(10);
+    let out = outcomes_around_a_shutdown(&ex, m.progress_with(bar.clone()));
+    assert!(shut_down(out.last()), "{:?}", out.last());
+    assert_abandoned_at_the_items_done(&bar, out.len(), "ordered");
+
+    let ex = pool();
+    let bar = ProgressBar::hidden();
+    let m = ex.map_unordered(|x: u64| x, 0..10_000).chunksize(10);
+    let out = outcomes_around_a_shutdown(&ex, m.progress_with(bar.clone()));
+    assert!(shut_down(out.last().map(|(_, r)| r)), "{:?}", out.last());
+    assert_abandoned_at_the_items_done(&bar, out.len(), "unordered");
+
+    let ex = pool();
+    let bar = ProgressBar::hidden();
+    let m = ex
+        .with_codec::<loky::Rkyv>()
+        .map(|x: u64| x, 0..10_000)
+        .chunksize(10);
+    let out = outcomes_around_a_shutdown(&ex, m.progress_with(bar.clone()));
+    assert!(shut_down(out.last()), "{:?}", out.last());
+    assert_abandoned_at_the_items_done(&bar, out.len(), "codec");
+}
+
+#[test]
+fn a_map_whose_timeout_leaves_input_unread_abandons_its_bar_at_the_items_done() {
+    let ex = pool();
+    let bar = ProgressBar::hidden();
+    let naps = std::iter::repeat_n(5u64, 10_000);
+    let out: Vec<_> = ex
+        .map(
+            |ms: u64| std::thread::sleep(Duration::from_millis(ms)),
+            naps,
+        )
+        .chunksize(1)
+        .timeout(Duration::from_millis(300))
+        .progress_with(bar.clone())
+        .collect();
+    assert!(
+        matches!(out.last(), Some(Err(Error::TimeLimit))),
+        "{:?}",
+        out.last()
+    );
+    assert_abandoned_at_the_items_done(&bar, out.len(), "timeout");
 }
