@@ -20,6 +20,8 @@ const HANG: Duration = Duration::from_secs(60);
 
 mod support;
 
+use support::{wait_for_gate, Gate};
+
 // ---------------------------------------------------------------------------
 // Helpers
 
@@ -1613,18 +1615,6 @@ fn sigkill(pid: u32) {
     unsafe { libc::kill(pid as i32, libc::SIGKILL) };
 }
 
-/// Writes its pid to `pid_path`, then waits (at most [`HANG`]) until
-/// `release` exists; its pid.
-fn hold_until((pid_path, release): (String, String)) -> u32 {
-    let me = std::process::id();
-    std::fs::write(&pid_path, me.to_string()).unwrap();
-    let start = Instant::now();
-    while !std::path::Path::new(&release).exists() && start.elapsed() < HANG {
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    me
-}
-
 #[test]
 fn a_task_whose_workers_keep_dying_before_they_start_it_fails_after_four_runs_again() {
     if !support::reruns_supported() {
@@ -1636,40 +1626,28 @@ fn a_task_whose_workers_keep_dying_before_they_start_it_fails_after_four_runs_ag
         let (a, b) = two_worker_pids(&ex);
         // One worker is held by a task; the other, idle, is stopped, and
         // takes the victim (it holds the fewest tasks), which it cannot start.
-        let dir = std::env::temp_dir();
-        let pid_path = dir.join(format!("loky-holder-{}", std::process::id()));
-        let release = dir.join(format!("loky-release-{}", std::process::id()));
-        let _ = std::fs::remove_file(&pid_path);
-        let _ = std::fs::remove_file(&release);
+        let release = Gate::closed("holder");
         let held = ex
             .submit(
-                hold_until,
-                (
-                    pid_path.to_string_lossy().into_owned(),
-                    release.to_string_lossy().into_owned(),
-                ),
+                |gate: String| -> u32 {
+                    wait_for_gate(gate);
+                    std::process::id()
+                },
+                release.path(),
             )
             .unwrap();
-        let start = Instant::now();
-        let busy = loop {
-            if let Some(pid) = std::fs::read_to_string(&pid_path)
-                .ok()
-                .and_then(|s| s.parse::<u32>().ok())
-            {
-                break pid;
-            }
-            assert!(start.elapsed() < HANG, "the holding task never started");
-            std::thread::sleep(Duration::from_millis(1));
-        };
-        let mut holder = if busy == a { b } else { a };
+        assert!(held.running(), "handed to a worker");
+        // The idle one is where a task goes now (it holds the fewest
+        // tasks); the held task's pid, once released, confirms it.
+        let mut holder = worker_pid(&ex);
+        assert!(holder == a || holder == b, "{holder} not in {a}, {b}");
+        let busy = if holder == a { b } else { a };
         stopper.stop(holder);
         let victim = ex.submit(|x: u64| x + 1, 7).unwrap();
         assert!(victim.running(), "handed to the stopped worker");
-        std::fs::write(&release, b"go").unwrap();
+        release.open();
         let mut spare = held.result_timeout(HANG).unwrap();
-        let _ = std::fs::remove_file(&pid_path);
-        let _ = std::fs::remove_file(&release);
-        assert_eq!(spare, busy);
+        assert_eq!(spare, busy, "the held task ran on the other worker");
         // Each round: the victim waits in the stopped `holder`; `spare`,
         // idle, is stopped too; `holder` is killed. The victim never
         // started, so it goes to `spare` (the only worker that takes work),
