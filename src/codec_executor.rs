@@ -276,6 +276,7 @@ trait MapState<T> {
     fn next_item(&mut self) -> Option<T>;
     fn set_chunksize(&mut self, n: usize);
     fn set_timeout(&mut self, timeout: Duration);
+    fn set_isolate_crashes(&mut self);
     fn chunks_in_flight(&self) -> usize;
     fn size_hint(&self) -> (usize, Option<usize>);
     /// Attaches `bar`, or the default bar for `None` (`Map::progress`).
@@ -303,6 +304,10 @@ where
 
     fn set_timeout(&mut self, timeout: Duration) {
         *self = self.take().map(|m| m.timeout(timeout));
+    }
+
+    fn set_isolate_crashes(&mut self) {
+        *self = self.take().map(|m| m.isolate_crashes());
     }
 
     fn chunks_in_flight(&self) -> usize {
@@ -345,6 +350,10 @@ where
         *self = self.take().map(|m| m.timeout(timeout));
     }
 
+    fn set_isolate_crashes(&mut self) {
+        *self = self.take().map(|m| m.isolate_crashes());
+    }
+
     fn chunks_in_flight(&self) -> usize {
         0
     }
@@ -378,6 +387,13 @@ impl<R> CodecMap<'_, R> {
     /// Gives the whole map a deadline (see [`Map::timeout`]).
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.inner.set_timeout(timeout);
+        self
+    }
+
+    /// Fails only the items that kill their worker, for items that may run
+    /// twice (see [`Map::isolate_crashes`]).
+    pub fn isolate_crashes(mut self) -> Self {
+        self.inner.set_isolate_crashes();
         self
     }
 
@@ -473,6 +489,13 @@ impl<R> CodecMapUnordered<'_, R> {
     /// Gives the whole map a deadline (see [`Map::timeout`]).
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.inner.set_timeout(timeout);
+        self
+    }
+
+    /// Fails only the items that kill their worker, for items that may run
+    /// twice (see [`Map::isolate_crashes`]).
+    pub fn isolate_crashes(mut self) -> Self {
+        self.inner.set_isolate_crashes();
         self
     }
 

@@ -923,6 +923,16 @@ fn a_map_isolates_the_item_that_kills_its_worker() {
             assert_eq!(r.is_err(), i == 137, "item {i}: {r:?}");
         }
         assert!(seen.iter().all(|&s| s));
+        // And through a codec.
+        let coded: Vec<_> = ex
+            .with_codec::<loky::Rkyv>()
+            .map(triple_but_137_aborts, 0..200u64)
+            .chunksize(50)
+            .isolate_crashes()
+            .collect();
+        for (i, r) in coded.iter().enumerate() {
+            assert_eq!(r.is_err(), i == 137, "item {i}: {r:?}");
+        }
         assert_heals(&ex);
     });
 }
