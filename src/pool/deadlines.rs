@@ -4,8 +4,15 @@
 //! wake, and a task that ends forgets its limit, so both stay cheap however
 //! many timed tasks are outstanding: O(log n) per limit added, expired or
 //! forgotten, O(1) to tell the next one.
+//!
+//! The manager then stops the expired tasks one by one
+//! (`Pool::expire_deadlines`), and a stop may kill a worker that holds
+//! another of them, whose death can end that one first: until the pass
+//! has stopped them all, their limits are known to have fallen
+//! ([`Deadlines::fell`]), so that a death ends them with their own
+//! `TimeLimit` too.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Instant;
 
 /// The time limits of outstanding tasks (see the module docs).
@@ -15,6 +22,9 @@ pub(super) struct Deadlines {
     by_time: BTreeSet<(Instant, u64)>,
     /// Task id → its limit, to forget it when the task ends.
     by_task: HashMap<u64, Instant>,
+    /// The tasks whose limits fell in a pass that has yet to stop them
+    /// ([`Deadlines::expire`] to [`Deadlines::stopped`]).
+    fallen: HashSet<u64>,
 }
 
 impl Deadlines {
@@ -41,7 +51,8 @@ impl Deadlines {
     }
 
     /// Removes the limits that fell by `now`, appending their tasks to
-    /// `expired`; returns when the next one falls.
+    /// `expired`, which count as [fallen](Deadlines::fell) until they are
+    /// [`stopped`](Deadlines::stopped); returns when the next one falls.
     pub(super) fn expire(&mut self, now: Instant, expired: &mut Vec<u64>) -> Option<Instant> {
         while let Some(&(at, id)) = self.by_time.first() {
             if at > now {
@@ -49,9 +60,25 @@ impl Deadlines {
             }
             self.by_time.pop_first();
             self.by_task.remove(&id);
+            self.fallen.insert(id);
             expired.push(id);
         }
         None
+    }
+
+    /// Whether task `id`'s limit fell and the pass that stops it has not
+    /// finished yet: if it ends some other way meanwhile (its worker dies,
+    /// killed to stop another task), it ends with `TimeLimit` all the same.
+    pub(super) fn fell(&self, id: u64) -> bool {
+        self.fallen.contains(&id)
+    }
+
+    /// The pass is done with `ids` (from [`Deadlines::expire`]): each was
+    /// stopped, or had ended.
+    pub(super) fn stopped(&mut self, ids: &[u64]) {
+        for id in ids {
+            self.fallen.remove(id);
+        }
     }
 
     /// How many limits are held.
@@ -102,6 +129,26 @@ mod tests {
         let mut expired = Vec::new();
         assert_eq!(d.expire(at(15), &mut expired), Some(at(20)));
         assert!(expired.is_empty(), "a forgotten limit does not fire");
+    }
+
+    #[test]
+    fn expired_limits_count_as_fallen_until_stopped() {
+        let mut d = Deadlines::default();
+        d.add(at(10), 1);
+        d.add(at(10), 2);
+        d.add(at(30), 3);
+        assert!(!d.fell(1), "not expired yet");
+        let mut expired = Vec::new();
+        d.expire(at(20), &mut expired);
+        assert!(d.fell(1) && d.fell(2) && !d.fell(3));
+        // A pass nested in this one (a done-callback that waits, on the
+        // manager) is done with its own tasks only.
+        let mut nested = Vec::new();
+        d.expire(at(40), &mut nested);
+        d.stopped(&nested);
+        assert!(d.fell(1) && d.fell(2) && !d.fell(3));
+        d.stopped(&expired);
+        assert!(!d.fell(1) && !d.fell(2));
     }
 
     #[test]

@@ -921,12 +921,21 @@ impl Pool {
     }
 
     /// Stops tasks past their time limit; returns when the next limit falls.
+    /// Until it has stopped them all they count as fallen
+    /// ([`deadlines::Deadlines::fell`]): stopping one may kill a worker
+    /// that holds another, and that worker's death, handled on another
+    /// thread before this one gets to the other task, must end it with its
+    /// own `TimeLimit` (see [`Worker::fail_in_flight`]).
     pub(crate) fn expire_deadlines(&self) -> Option<Instant> {
         let mut expired = Vec::new();
         let next = self.state().deadlines.expire(Instant::now(), &mut expired);
-        for id in expired {
+        if expired.is_empty() {
+            return next;
+        }
+        for &id in &expired {
             self.stop_task(id, Error::TimeLimit, true);
         }
+        self.state().deadlines.stopped(&expired);
         next
     }
 
@@ -1593,6 +1602,11 @@ impl Worker {
     /// mapped read-only, unless the buffer reads as freed: see
     /// `Sender::take_unreleased`). The others, which may have run, fail.
     ///
+    /// A task whose time limit fell in a pass of [`Pool::expire_deadlines`]
+    /// that has yet to stop it is being stopped too: it fails with
+    /// `TimeLimit`, whatever the worker died of (the pass may have killed
+    /// it to stop another of its tasks).
+    ///
     /// Only with `rerun` (the slot's claim word): the worker guarded its
     /// task ring against its own stray writes
     /// ([`Region::protect_for_slot`]), so the messages read back are the
@@ -1659,6 +1673,10 @@ impl Worker {
             }
             let own_error = match &self.task_kill {
                 Some((id, e)) if *id == c.id() => Some(e.clone()),
+                // Its time limit fell, and the pass that stops it has yet to
+                // get to it (its worker may have died for the stop of
+                // another of its tasks): it is being stopped all the same.
+                _ if deadlines.fell(c.id()) => Some(Error::TimeLimit),
                 _ => None,
             };
             let stopping = own_error.is_some() || self.withdrawn == Some(c.id());
