@@ -1724,3 +1724,153 @@ fn with_rings_under_a_page_the_waiting_tasks_of_a_dead_worker_fail() {
         assert_eq!((s.crashed, s.respawned, s.rerun), (1, 1, 0), "{s:?}");
     });
 }
+
+/// A task: creates the file `started`, then waits on the gate at `gate`
+/// ([`wait_for_gate`]).
+fn mark_start_then_wait((started, gate): (String, String)) -> u64 {
+    let _ = std::fs::write(started, b"started");
+    wait_for_gate(gate)
+}
+
+/// Two tasks of one worker whose time limits fall in the same pass of the
+/// manager: the running one (`mark_start_then_wait`, stopped by killing its
+/// worker)
+/// and the one waiting behind it in the worker's ring. The pass stops the
+/// tasks in the order their limits fell, and a queued task whose limit fell
+/// between those two runs its done-callback there, on the manager: it holds
+/// the pass until the test saw the running task end, that is until the
+/// worker's death was handled, before the pass gets to the waiting task.
+/// (Another queued task, whose limit falls first, holds the manager in its
+/// own pass until all three limits have fallen, so that they fall in one.)
+/// Returns the waiting task's outcome, whether it ran, and the pool's stats
+/// once it healed.
+fn time_out_both_tasks_of_a_worker_in_one_pass(
+    ring_capacity: Option<usize>,
+) -> (Result<bool, Error>, bool, loky::Stats) {
+    const HOLDER: Duration = Duration::from_millis(500);
+    const RUNNING: Duration = Duration::from_millis(1500);
+    const WAITING: Duration = Duration::from_millis(2500);
+    no_core_dumps();
+    let mut builder = ProcessPoolExecutor::builder().max_workers(1);
+    if let Some(bytes) = ring_capacity {
+        builder = builder.ring_capacity(bytes);
+    }
+    let ex = builder.build().unwrap();
+    worker_pid(&ex); // ready: it now takes two tasks
+    let dir = std::env::temp_dir();
+    let tag = format!("{}-{}", ring_capacity.unwrap_or(0), std::process::id());
+    let pid_path = dir.join(format!("loky-pass-running-{tag}"));
+    let ran = dir.join(format!("loky-pass-ran-{tag}"));
+    // Never created: the running task holds until its worker is killed.
+    let release = dir.join(format!("loky-pass-release-{tag}"));
+    for path in [&pid_path, &ran, &release] {
+        let _ = std::fs::remove_file(path);
+    }
+    let me = std::thread::current().id();
+
+    let before_running = Instant::now();
+    let running = ex
+        .submit_with_timeout(
+            mark_start_then_wait,
+            (
+                pid_path.to_string_lossy().into_owned(),
+                release.to_string_lossy().into_owned(),
+            ),
+            RUNNING,
+        )
+        .unwrap();
+    let before_waiting = Instant::now();
+    let waiting = ex
+        .submit_with_timeout(
+            |path: String| std::fs::write(path, b"ran").is_ok(),
+            ran.to_string_lossy().into_owned(),
+            WAITING,
+        )
+        .unwrap();
+    let after_waiting = Instant::now();
+    assert_eq!(ex.stats().running, 2, "both in the worker");
+    // Its limit falls after the running task's (the same limit, given
+    // later) and before the waiting one's.
+    let between = ex.submit_with_timeout(|x: u64| x, 1, RUNNING).unwrap();
+    let after_between = Instant::now();
+    let (go, go_rx) = mpsc::channel::<()>();
+    between.add_done_callback(move |_| {
+        let _ = go_rx.recv_timeout(HANG);
+    });
+    // All three limits have fallen by then.
+    let all_fell = (after_waiting + WAITING).max(after_between + RUNNING);
+    let holder = ex.submit_with_timeout(|x: u64| x, 2, HOLDER).unwrap();
+    let (held, held_rx) = mpsc::channel();
+    let started = pid_path.clone();
+    holder.add_done_callback(move |_| {
+        let at = Instant::now();
+        // The running task must have started, or its stop would withdraw
+        // it instead of killing its worker.
+        while !started.exists() && at.elapsed() < HANG {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        std::thread::sleep(all_fell.saturating_duration_since(Instant::now()));
+        let _ = held.send((std::thread::current().id(), at));
+    });
+    // The order of the limits, as the test relies on it.
+    assert!(
+        after_between - before_waiting < WAITING - RUNNING,
+        "submitting took too long"
+    );
+    assert!(
+        Instant::now() - before_running < RUNNING - HOLDER,
+        "submitting took too long"
+    );
+
+    assert!(
+        matches!(running.result_timeout(HANG), Err(Error::TimeLimit)),
+        "the running task times out"
+    );
+    let (manager, held_at) = held_rx.try_recv().expect("the first pass held the manager");
+    assert_ne!(manager, me, "the holder's callback ran on the manager");
+    assert!(
+        held_at < before_running + RUNNING,
+        "the manager's first pass came after the running task's limit fell"
+    );
+    // Its worker's death was handled: the pass goes on to the waiting task.
+    go.send(()).unwrap();
+    let outcome = waiting.result_timeout(HANG);
+    assert!(matches!(
+        between.result_timeout(HANG),
+        Err(Error::TimeLimit)
+    ));
+    assert!(matches!(holder.result_timeout(HANG), Err(Error::TimeLimit)));
+    assert_heals(&ex);
+    let stats = stats_when_whole(&ex, 1);
+    let ran_at_all = ran.exists();
+    for path in [&pid_path, &ran] {
+        let _ = std::fs::remove_file(path);
+    }
+    (outcome, ran_at_all, stats)
+}
+
+#[test]
+fn with_rings_under_a_page_a_waiting_task_timed_out_with_the_running_one_fails_with_time_limit() {
+    // The tasks a dead worker never started are not run again here: the
+    // worker's death, which the pass caused, must not take the waiting
+    // task's own outcome.
+    bounded(|| {
+        let (outcome, ran, s) = time_out_both_tasks_of_a_worker_in_one_pass(Some(2048));
+        assert!(matches!(outcome, Err(Error::TimeLimit)), "{outcome:?}");
+        assert!(!ran, "a task whose time limit fell ran");
+        assert_eq!((s.crashed, s.respawned, s.rerun), (0, 1, 0), "{s:?}");
+    });
+}
+
+#[test]
+fn a_waiting_task_timed_out_with_the_running_one_fails_with_time_limit_and_never_runs() {
+    // With rings that the worker guards, a task its dead worker never
+    // started runs again, but not one whose own time limit fell: it is
+    // being stopped.
+    bounded(|| {
+        let (outcome, ran, s) = time_out_both_tasks_of_a_worker_in_one_pass(None);
+        assert!(matches!(outcome, Err(Error::TimeLimit)), "{outcome:?}");
+        assert!(!ran, "a task whose time limit fell ran");
+        assert_eq!((s.crashed, s.respawned, s.rerun), (0, 1, 0), "{s:?}");
+    });
+}
