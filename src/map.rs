@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use crate::codec::Payload;
 use crate::error::{Error, Result};
 use crate::executor::{decode_with, failure_to_error, ProcessPoolExecutor};
-use crate::future::{Completion, Future, Notify};
+use crate::future::{Future, Notify};
 use crate::protocol::STATUS_PANIC;
 use crate::transport::{assert_zero_sized, decode_chunk, offset_of, run_chunk, ChunkOutput};
 
@@ -39,13 +39,18 @@ const RING_FRACTION: usize = 4;
 /// a few bad items keeps isolating them while one whose every item kills
 /// its worker soon stops paying for it.
 const SPLITS: usize = 64;
+/// How many times a map sends a chunk again whole after it failed only
+/// because it waited behind a chunk that killed their worker (where the
+/// pool does not run such tasks again: see [`Map::isolate_crashes`]).
+const RESENDS: u8 = 4;
 
 impl ProcessPoolExecutor {
     /// Applies `f` to every item of `input` in the workers and yields the
     /// results in input order.
     ///
     /// Lazy: nothing is read or submitted before the first `next()`, and at
-    /// most `2 × max_workers` chunks are in flight, so a map over millions
+    /// most `2 × max_workers` chunks are in flight (a few more while
+    /// [`Map::isolate_crashes`] splits a crashed one), so a map over millions
     /// of items (or an endless iterator) uses bounded memory: its peak
     /// resident set does not grow with the number of items (measured by
     /// `tests/map_memory.rs`). Items travel in chunks: [`Map::chunksize`]
@@ -115,6 +120,10 @@ struct Chunk<A, R> {
     /// (one item, arguments too large to keep a second copy of, or holding
     /// shared arrays).
     items: Vec<A>,
+    /// How many times these items were sent again whole: they waited
+    /// behind a crashing chunk on a worker whose waiting tasks the pool
+    /// does not run again ([`Map::split`]).
+    resent: u8,
 }
 
 impl<A, R: Send + 'static> Chunk<A, R> {
@@ -307,29 +316,37 @@ where
 
     /// Finds the items that kill their worker (abort, segfault, `exit`, the
     /// kernel's OOM killer) and fails only them: a chunk whose worker died
-    /// is sent again in two halves, and so on, until the item that killed
-    /// it runs alone and yields `Err(TerminatedWorker)`; the other items of
-    /// the chunk get their results.
+    /// while running it is sent again in two halves, and so on, until the
+    /// item that killed it runs alone and yields `Err(TerminatedWorker)`;
+    /// the other items of the chunk get their results. (A chunk that only
+    /// waited behind it, where the pool does not run such tasks again, is
+    /// sent again whole, up to 4 times.)
     ///
-    /// **Items of a crashed chunk may run more than once** (those that ran
-    /// before the crash lost their results with it), so use it only when
-    /// running an item twice is harmless. Without it, a map runs every item
-    /// at most once, like every task (see
+    /// **Items of a crashed chunk run again**, those before the bad item
+    /// once per halving (up to about log₂(chunk size) + 1 runs), so use it
+    /// only when running an item more than once is harmless. Without it, a
+    /// map runs every item at most once, like every task (see
     /// [`guide::faults`](crate::guide::faults)), and each item of a crashed
-    /// chunk yields `Err(TerminatedWorker)`.
+    /// chunk yields `Err(TerminatedWorker)`. The item that killed its
+    /// worker is not tried again, even if something else killed it (say
+    /// the OOM killer, for another process's memory).
     ///
     /// Each halving costs one more crash (a worker replaced): about
     /// log₂(chunk size) for one bad item. Splits are limited to 64 at a
     /// time, each chunk that ends with its worker alive giving one back, so
     /// a map whose every item kills its worker soon stops paying for them;
-    /// past the limit a crashed chunk fails whole. A chunk is not split
-    /// when its arguments take over half the ring (a second copy of them
-    /// would stay in memory while it runs) or hold shared arrays.
+    /// past the limit a crashed chunk fails whole. So does one whose
+    /// arguments take over half the ring (a second copy of them would stay
+    /// in memory while it runs), or that holds shared arrays, and every
+    /// crashed chunk once the map's [`timeout`](Map::timeout) has passed.
+    /// Splitting adds chunks in flight (the items in flight stay as many).
+    /// A chunk's items are dropped once its outcomes are read, not once
+    /// they are sent.
     ///
     /// ```
     /// fn risky(x: u64) -> u64 {
     ///     if x == 37 {
-    ///         std::process::abort(); // say, a segfault in a C library
+    ///         std::process::exit(3); // say, a crash in a C library
     ///     }
     ///     x * 2
     /// }
@@ -470,6 +487,7 @@ where
     fn submit(&self, items: Vec<A>, start: usize) -> Result<(Chunk<A, R>, usize)> {
         let len = items.len();
         let mut encoded = 0;
+        let mut pinned = false;
         let submitted = self.ex.submit_raw(
             offset_of(run_chunk::<F, A, R>),
             |out| {
@@ -477,6 +495,7 @@ where
                 let r = A::encode_batch(&items, out);
                 // An encoder that failed may have emptied `out`.
                 encoded = out.len().saturating_sub(before);
+                pinned = crate::shared::has_pins();
                 r
             },
             decode_chunk_result::<R>,
@@ -495,37 +514,72 @@ where
         // over), and no shared arrays (the pool never sends a task holding
         // them twice either).
         let keep = self.isolate
-            && len > 1
-            && encoded <= self.ex.pool().config.ring_capacity / 2
-            && sent.as_ref().is_ok_and(|f| !f.cell.has_pins());
+            && sent.is_ok()
+            && !pinned
+            && encoded <= self.ex.pool().config.ring_capacity / 2;
         let chunk = Chunk {
             sent,
             cancel,
             start,
             len,
             items: if keep { items } else { Vec::new() },
+            resent: 0,
         };
         Ok((chunk, encoded))
     }
 
-    /// If `chunk` failed because its worker died and it can be split
-    /// ([`Map::isolate_crashes`]), sends its two halves as new chunks in
-    /// its place (at `pos` in the window) and returns true: once a crashed
-    /// chunk is down to one item, that item fails alone, and the others get
-    /// their results.
+    /// If `chunk` failed because its worker died ([`Map::isolate_crashes`]),
+    /// sends its items again in its place (at `pos` in the window) and
+    /// returns true:
+    ///
+    /// * whole, if the worker died running another task (this one waited
+    ///   behind it, where the pool does not run waiting tasks again), up to
+    ///   [`RESENDS`] times;
+    /// * else in two halves, if it has more than one item and a split is
+    ///   left: once a crashed chunk is down to one item, that item fails
+    ///   alone, and the others get their results.
+    ///
+    /// Nothing is sent once the map's time is up.
     fn split(
         &mut self,
         chunk: &mut Chunk<A, R>,
         outcome: &Result<ChunkOutput<R>>,
         pos: usize,
     ) -> bool {
-        if !matches!(outcome, Err(Error::TerminatedWorker { .. })) {
-            if outcome.is_ok() {
+        let crash = match outcome {
+            Ok(_) => {
                 self.splits_left = (self.splits_left + 1).min(SPLITS);
+                return false;
             }
+            Err(e @ Error::TerminatedWorker { task, .. }) => (e, *task),
+            Err(_) => return false,
+        };
+        let Ok(fut) = &chunk.sent else {
+            return false;
+        };
+        let innocent = crash.1 != fut.id();
+        if !self.isolate
+            || chunk.items.is_empty()
+            || self.deadline.is_some_and(|at| Instant::now() >= at)
+        {
             return false;
         }
-        if !self.isolate || chunk.items.len() < 2 || self.splits_left == 0 {
+        if innocent && chunk.resent < RESENDS {
+            let items = std::mem::take(&mut chunk.items);
+            let resent = chunk.resent + 1;
+            let Ok((mut again, _)) = self.submit(items, chunk.start) else {
+                return false;
+            };
+            again.resent = resent;
+            tracing::debug!(
+                items = chunk.len,
+                start = chunk.start,
+                "a chunk waited behind one that killed its worker: sent again"
+            );
+            self.window.insert(pos, again);
+            return true;
+        }
+        if chunk.items.len() < 2 || self.splits_left == 0 {
             return false;
         }
         let mut first = std::mem::take(&mut chunk.items);
@@ -539,14 +593,15 @@ where
         let len = second.len();
         let b = match self.submit(second, mid) {
             Ok((b, _)) => b,
-            // The first half went: the second fails with the reason it
-            // could not.
-            Err(e) => Chunk {
-                sent: Err(e),
+            // The first half went, the second could not (the pool was
+            // shut down meanwhile): its items fail with the crash.
+            Err(_) => Chunk {
+                sent: Err(crash.0.clone()),
                 cancel: None,
                 start: mid,
                 len,
                 items: Vec::new(),
+                resent: 0,
             },
         };
         self.splits_left -= 1;

@@ -32,6 +32,6 @@ pub struct ArenaUsage {
     pub limit: usize,
 }
 pub(crate) use wire::{
-    begin_task, encoding_for, new_grant_key, receiving, receiving_argument, set_worker, take_pins,
-    task_finished, unsend, GrantKey, Pins,
+    begin_task, encoding_for, has_pins, new_grant_key, receiving, receiving_argument, set_worker,
+    take_pins, task_finished, unsend, GrantKey, Pins,
 };

@@ -119,6 +119,12 @@ pub(crate) fn unsend(pins: Pins) {
     }
 }
 
+/// Whether the innermost [`encoding_for`] has collected pins so far (the
+/// argument being encoded holds shared-array handles).
+pub(crate) fn has_pins() -> bool {
+    CONTEXT.with(|c| c.borrow().last().is_some_and(|ctx| !ctx.pins.is_empty()))
+}
+
 /// The pins collected so far by the innermost [`encoding_for`].
 pub(crate) fn take_pins() -> Pins {
     CONTEXT.with(|c| {
