@@ -35,9 +35,9 @@ const RING_FRACTION: usize = 4;
 /// item that killed it ([`Map::isolate_crashes`]), before crashed chunks
 /// fail whole: each split costs
 /// one more crash (a worker replaced). Every chunk that ends with its
-/// worker alive gives one split back, up to this many, so a long map with
-/// a few bad items keeps isolating them while one whose every item kills
-/// its worker soon stops paying for it.
+/// worker alive gives one split back, and one more per 16 of its items, up
+/// to this many, so a long map with a few bad items keeps isolating them
+/// while one whose every item kills its worker soon stops paying for it.
 const SPLITS: usize = 64;
 /// How many times a map sends a chunk again whole after it failed only
 /// because it waited behind a chunk that killed their worker (where the
@@ -200,6 +200,12 @@ pub struct Map<F, A, R, I> {
     isolate: bool,
     /// Splits of crashed chunks still allowed ([`SPLITS`]).
     splits_left: usize,
+    /// Items whose chunk ended with its worker alive, and items found to
+    /// kill their worker (a crashed chunk not split further): with
+    /// automatic chunking, chunks stay small enough that few of them hold
+    /// a bad item ([`Map::chunk_len`]).
+    ok_items: usize,
+    bad_items: usize,
     _f: PhantomData<fn(A) -> F>,
 }
 
@@ -240,6 +246,8 @@ where
             progress: crate::progress::Tracker::default(),
             isolate: false,
             splits_left: SPLITS,
+            ok_items: 0,
+            bad_items: 0,
             _f: PhantomData,
         }
     }
@@ -291,9 +299,7 @@ where
     /// chunk: a chunk stopped half-way yields `TimeLimit` for all its
     /// items). The deadline stays with the chunks
     /// when the map is dropped: a chunk still running then is stopped at
-    /// it all the same. (Where re-runs are off, see
-    /// [`Error::TerminatedWorker`], a chunk waiting behind a stopped one
-    /// in the same worker may fail with that worker's death instead.)
+    /// it all the same.
     ///
     /// ```
     /// use std::time::Duration;
@@ -332,10 +338,13 @@ where
     /// the OOM killer, for another process's memory).
     ///
     /// Each halving costs one more crash (a worker replaced): about
-    /// log₂(chunk size) for one bad item. Splits are limited to 64 at a
-    /// time, each chunk that ends with its worker alive giving one back, so
-    /// a map whose every item kills its worker soon stops paying for them;
-    /// past the limit a crashed chunk fails whole. So does one whose
+    /// log₂(chunk size) for one bad item. With automatic chunking, chunks
+    /// then shrink to about a quarter of the items seen per bad item, so
+    /// that most hold none. Splits are limited to 64 at a time, each chunk
+    /// that ends with its worker alive giving one back and one more per 16
+    /// of its items, so a map whose every item (or one in a few) kills its
+    /// worker soon stops paying for them; past the limit a crashed chunk
+    /// fails whole. So does one whose
     /// arguments take over half the ring (a second copy of them would stay
     /// in memory while it runs), or that holds shared arrays, and every
     /// crashed chunk once the map's [`timeout`](Map::timeout) has passed.
@@ -415,6 +424,12 @@ where
             return n;
         }
         let mut n = self.auto.min(self.byte_cap);
+        // Isolating crashes: a chunk costs a split per halving for each bad
+        // item it holds, so chunks hold a quarter of the items seen per
+        // bad one (most chunks then hold none).
+        if self.isolate && self.bad_items > 0 {
+            n = n.min((self.ok_items / (4 * self.bad_items)).max(1));
+        }
         // Near the end of a known-length input, spread what is left over
         // all the chunks in flight (guided self-scheduling), so no worker
         // is left with a long last chunk while the others idle.
@@ -548,7 +563,10 @@ where
     ) -> bool {
         let crash = match outcome {
             Ok(_) => {
-                self.splits_left = (self.splits_left + 1).min(SPLITS);
+                // One split back for the chunk, and one per 16 items: a map
+                // whose items mostly succeed keeps isolating its bad ones.
+                self.ok_items += chunk.len;
+                self.splits_left = (self.splits_left + 1 + chunk.len / 16).min(SPLITS);
                 return false;
             }
             Err(e @ Error::TerminatedWorker { task, .. }) => (e, *task),
@@ -564,7 +582,15 @@ where
         {
             return false;
         }
-        if innocent && chunk.resent < RESENDS {
+        if innocent {
+            // Sent again only where the pool does not run a dead worker's
+            // waiting tasks again itself (elsewhere it already did, up to
+            // its own limit), and at most RESENDS times: never split, its
+            // items did not kill anything.
+            let reruns = self.ex.pool().region().rings_protectable();
+            if reruns || chunk.resent >= RESENDS {
+                return false;
+            }
             let items = std::mem::take(&mut chunk.items);
             let resent = chunk.resent + 1;
             let Ok((mut again, _)) = self.submit(items, chunk.start) else {
@@ -580,6 +606,9 @@ where
             return true;
         }
         if chunk.items.len() < 2 || self.splits_left == 0 {
+            if !innocent {
+                self.bad_items += 1;
+            }
             return false;
         }
         let mut first = std::mem::take(&mut chunk.items);
