@@ -132,7 +132,11 @@ impl ProcessPoolExecutor {
     /// running, its worker is killed (and replaced) to stop it; if it is
     /// still waiting (in the parent, or in a worker's ring, not started),
     /// it never runs, and no worker is killed (as for
-    /// [`Future::kill`](crate::Future::kill)).
+    /// [`Future::kill`](crate::Future::kill)). The limit counts the time
+    /// the task waits for a worker too: submitting many more tasks than
+    /// workers, give each one the time to wait for the tasks before it, or
+    /// submit them as workers free up; and with tasks of very different
+    /// lengths, see [`prefetch`](ProcessPoolExecutorBuilder::prefetch).
     ///
     /// ```
     /// use std::time::Duration;
@@ -362,6 +366,7 @@ pub struct ProcessPoolExecutorBuilder {
     hard_memory_limit: Option<u64>,
     pin: crate::topology::Pinning,
     spin: Option<Duration>,
+    prefetch: Option<bool>,
     arena_limit: Option<usize>,
 }
 
@@ -456,6 +461,40 @@ impl ProcessPoolExecutorBuilder {
     /// run again (see [`guide::faults`](crate::guide::faults)).
     pub fn ring_capacity(mut self, bytes: usize) -> Self {
         self.ring_capacity = Some(bytes);
+        self
+    }
+
+    /// Whether a worker gets its next task while it runs one (default
+    /// true).
+    ///
+    /// With prefetching, each worker holds up to two tasks: the one it runs
+    /// and the next, waiting in its ring, so that it goes from one to the
+    /// next without waiting for the parent (the round trip of a short task
+    /// stays about a microsecond and a half). The price: a task handed to a
+    /// worker waits for that worker, even if another one becomes free
+    /// first. With tasks of very different lengths (minutes next to
+    /// milliseconds), a short task can wait behind a long one while
+    /// another worker idles, and a time limit counted from `submit` can
+    /// fall meanwhile. `prefetch(false)` keeps every task in the parent
+    /// until a worker is free to start it, as Celery's prefetch multiplier
+    /// of 1 does; each task then costs a wake-up of the parent between
+    /// tasks (tens of microseconds when the parent sleeps).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let ex = loky::ProcessPoolExecutor::builder().max_workers(2).prefetch(false).build()?;
+    /// let nap = |ms: u64| std::thread::sleep(Duration::from_millis(ms));
+    /// let long = ex.submit(nap, 500)?;
+    /// let short: Vec<_> = (0..3).map(|_| ex.submit(nap, 10)).collect::<Result<_, _>>()?;
+    /// for f in &short {
+    ///     f.result()?; // all on the free worker, none behind the long one
+    /// }
+    /// assert!(!long.done());
+    /// # Ok::<(), loky::Error>(())
+    /// ```
+    pub fn prefetch(mut self, on: bool) -> Self {
+        self.prefetch = Some(on);
         self
     }
 
@@ -559,6 +598,7 @@ impl ProcessPoolExecutorBuilder {
             hard_memory_limit: self.hard_memory_limit,
             pin: self.pin,
             spin: self.spin.unwrap_or(DEFAULT_SPIN),
+            prefetch: self.prefetch.unwrap_or(true),
         })
     }
 

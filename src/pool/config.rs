@@ -18,6 +18,8 @@ pub(crate) struct Config {
     pub(crate) pin: crate::topology::Pinning,
     /// How long a waiting thread (caller or worker) spins before sleeping.
     pub(crate) spin: Duration,
+    /// Whether a worker gets its next task while it runs one.
+    pub(crate) prefetch: bool,
     /// Most bytes the shared arena may hold (default: physical memory).
     pub(crate) arena_limit: Option<usize>,
 }

@@ -227,6 +227,9 @@ pub(crate) struct State {
     want: usize,
     /// The current size limit (changed by `resize`).
     max_workers: usize,
+    /// Whether a worker gets its next task while it runs one
+    /// (`ProcessPoolExecutorBuilder::prefetch`).
+    prefetch: bool,
     /// Per-task time limits (`submit_with_timeout`), checked by the manager.
     deadlines: deadlines::Deadlines,
     pub(crate) stats: crate::stats::Counters,
@@ -313,6 +316,7 @@ impl Pool {
             state: Mutex::new(State {
                 want: config.max_workers,
                 max_workers: config.max_workers,
+                prefetch: config.prefetch,
                 workers: (0..slots).map(|_| None).collect(),
                 generations: vec![0; slots as usize],
                 had_worker: vec![false; slots as usize],
@@ -1357,8 +1361,12 @@ impl State {
     }
 
     /// Tasks a worker may hold: [`DEPTH`] once every slot has a ready
-    /// worker, one while some are still starting.
+    /// worker, one while some are still starting, or always without
+    /// prefetching.
     fn depth(&self) -> usize {
+        if !self.prefetch {
+            return 1;
+        }
         let starting = self
             .workers
             .iter()
