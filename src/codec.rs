@@ -41,7 +41,8 @@ use crate::error::{CodecStage, Error};
         label = "this type is not a loky::Payload",
         note = "derive `rkyv::Archive, rkyv::Serialize, rkyv::Deserialize` on `{Self}` (all its fields must be archivable too)",
         note = "or, if `{Self}` implements serde's `Serialize` and `Deserialize`, wrap it: `loky::Serde(value)` as the argument, `|loky::Serde(x): loky::Serde<{Self}>| ...` in the task",
-        note = "or use a serde executor: `ex.with_codec::<loky::MsgPack>().submit(..)`"
+        note = "or use a serde executor: `ex.with_codec::<loky::MsgPack>().submit(..)`",
+        note = "tasks take owned values: for a reference `&T`, send `T` (`.cloned()` or `.copied()` on an iterator of references)"
     )
 )]
 #[cfg_attr(
@@ -50,7 +51,8 @@ use crate::error::{CodecStage, Error};
         message = "`{Self}` cannot be sent to or from a worker process",
         label = "this type is not a loky::Payload",
         note = "derive `rkyv::Archive, rkyv::Serialize, rkyv::Deserialize` on `{Self}` (all its fields must be archivable too)",
-        note = "or enable loky's `serde` feature and wrap serde types in `loky::Serde`"
+        note = "or enable loky's `serde` feature and wrap serde types in `loky::Serde`",
+        note = "tasks take owned values: for a reference `&T`, send `T` (`.cloned()` or `.copied()` on an iterator of references)"
     )
 )]
 pub trait Payload: Sized + Send + 'static {
