@@ -55,7 +55,12 @@ impl ProcessPoolExecutor {
     /// resident set does not grow with the number of items (measured by
     /// `tests/map_memory.rs`). Items travel in chunks: [`Map::chunksize`]
     /// fixes the size; by default it adapts to the measured duration of the
-    /// tasks (see there). A panicking item yields `Err(TaskPanicked)` in
+    /// tasks (see there). Results come in input order: a chunk much slower
+    /// than the others holds back the ones after it once the window is
+    /// full, and workers may idle meanwhile;
+    /// [`map_unordered`](Self::map_unordered) does not wait for the oldest
+    /// chunk. A
+    /// panicking item yields `Err(TaskPanicked)` in
     /// its place; a chunk whose worker died yields `Err(TerminatedWorker)`
     /// for each of its items (unless [`Map::isolate_crashes`]), and so does
     /// a chunk whose arguments cannot be
