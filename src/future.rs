@@ -791,7 +791,11 @@ impl<R: Send + 'static> Future<R> {
         self.done() && self.cancelled_now()
     }
 
-    /// True while a worker holds the task.
+    /// True while a worker holds the task: running it, or holding it in
+    /// its ring behind the task it runs (see
+    /// [`prefetch`](crate::ProcessPoolExecutorBuilder::prefetch)), as in
+    /// `concurrent.futures`, where a task taken into the call queue reads
+    /// as running.
     pub fn running(&self) -> bool {
         self.cell.task.state.load(Ordering::Acquire) == RUNNING
     }

@@ -11,7 +11,9 @@ pub struct Stats {
     pub workers_alive: usize,
     /// Tasks waiting in the parent for a free worker.
     pub queued: usize,
-    /// Tasks handed to workers and not finished.
+    /// Tasks handed to workers and not finished: running, or waiting in a
+    /// worker's ring for the task before them (see
+    /// [`prefetch`](crate::ProcessPoolExecutorBuilder::prefetch)).
     pub running: usize,
     /// Tasks submitted so far (a `map` chunk counts as one).
     ///

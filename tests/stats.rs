@@ -171,3 +171,25 @@ fn every_cancel_is_counted_once_when_shutdown_and_cancel_race() {
         assert_eq!(ends(&s), s.submitted, "round {round}: {s:?}");
     }
 }
+
+#[test]
+fn a_task_stopped_while_it_waits_in_a_ring_is_not_counted_running() {
+    let ex = ProcessPoolExecutor::new(1).unwrap();
+    wait_for("the worker", &ex, |s| s.workers_alive == 1);
+    // Ready: from now on the worker takes a second task into its ring.
+    assert_eq!(ex.submit(|x: u64| x, 1).unwrap().result().unwrap(), 1);
+    let gate = support::Gate::closed("stats-withdrawn");
+    let held = ex.submit(support::wait_for_gate, gate.path()).unwrap();
+    let behind = ex.submit(|x: u64| x, 2).unwrap();
+    wait_for("both in the worker", &ex, |s| s.running == 2);
+    // Withdrawn: it ends Cancelled now, though it stays in the worker's
+    // ring until the worker skips it, after the held task.
+    assert!(behind.kill());
+    assert!(matches!(behind.result(), Err(Error::Cancelled)));
+    let s = ex.stats();
+    assert_eq!((s.running, s.cancelled), (1, 1), "{s:?}");
+    gate.open();
+    assert_eq!(held.result_timeout(HANG).unwrap(), 1);
+    let s = wait_for("the ring emptied", &ex, |s| s.running == 0);
+    assert_eq!((s.completed, s.cancelled), (2, 1), "{s:?}");
+}

@@ -1320,7 +1320,15 @@ impl Pool {
                 .filter(|w| w.died.is_none())
                 .count(),
             queued: st.queue.len(),
-            running: st.workers.iter().flatten().map(|w| w.in_flight.len()).sum(),
+            // Not the tasks a stop ended already, which stay in flight
+            // until their worker skips them or dies.
+            running: st
+                .workers
+                .iter()
+                .flatten()
+                .flat_map(|w| &w.in_flight)
+                .filter(|c| !c.is_finished())
+                .count(),
             submitted: c.submitted,
             completed,
             failed,
