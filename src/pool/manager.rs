@@ -37,6 +37,13 @@ pub(super) fn run(pool: &Arc<Pool>) {
             // Callers are sleeping on the doorbell and drain the rings
             // themselves: step off it until the last of them leaves.
             bell.leave();
+            // A worker that published while this thread still counted as
+            // awake rang nobody, and the callers sleep: read it now, or it
+            // would wait for the nap below.
+            if pool.results_pending() || pool.has_pending_publish() {
+                bell.enter();
+                continue;
+            }
             // Up to the next time limit: the waiting callers drain results
             // but do not watch time limits.
             pool.manager_wake
