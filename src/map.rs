@@ -13,8 +13,8 @@ use crate::protocol::STATUS_PANIC;
 use crate::transport::{assert_zero_sized, decode_chunk, offset_of, run_chunk, ChunkOutput};
 
 /// Chunks in flight per worker (the rest of the input is not read yet):
-/// one running, one queued in its ring, so a worker never waits for the
-/// parent between chunks.
+/// one running, one queued in its ring (or in the parent's queue, without
+/// prefetching), so a worker never waits for the map between chunks.
 const CHUNKS_PER_WORKER: usize = 2;
 /// What automatic chunking aims at, in task time per chunk. See
 /// [`Map::chunksize`] for why 5 ms and not joblib's 0.2-2 s.

@@ -250,7 +250,7 @@ fn a_map_cut_short_by_a_shutdown_abandons_its_bar_at_the_items_done() {
 fn a_map_whose_timeout_leaves_input_unread_abandons_its_bar_at_the_items_done() {
     let ex = pool();
     let bar = ProgressBar::hidden();
-    let naps = std::iter::repeat_n(5u64, 10_000);
+    let naps = std::iter::repeat(5u64).take(10_000);
     let out: Vec<_> = ex
         .map(
             |ms: u64| std::thread::sleep(Duration::from_millis(ms)),
