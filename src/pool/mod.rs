@@ -461,6 +461,18 @@ impl Pool {
         self.publish_in_turn(done, |_| {})
     }
 
+    /// [`Pool::drain_all`] after this thread counted as awake on the
+    /// doorbell: what a worker published meanwhile woke nobody. Another
+    /// thread holding a receiver drains it, but may have read its ring just
+    /// before that result came, and not look again: then this waits for it
+    /// and reads the rest.
+    fn drain_all_surely(&self) {
+        self.drain_all(false);
+        if self.results_pending() {
+            self.drain_all(true);
+        }
+    }
+
     /// Drains what is there without running done-callbacks here: outcomes
     /// without one are published, the others staged for the manager (or
     /// a caller blocked on the pool) to publish.
@@ -974,7 +986,7 @@ impl Pool {
         spinning.fetch_sub(1, Ordering::Relaxed);
         // Dekker re-check: a result published while we counted as awake did
         // not wake the manager.
-        self.drain_all(false);
+        self.drain_all_surely();
         found || done()
     }
 
@@ -1184,7 +1196,7 @@ impl Pool {
         }
         // Dekker re-check: a result published while we counted as awake
         // woke nobody.
-        self.drain_all(false);
+        self.drain_all_surely();
         finished || done()
     }
 
