@@ -16,6 +16,17 @@ use crate::transport::{assert_zero_sized, decode_chunk, offset_of, run_chunk, Ch
 /// one running, one queued in its ring (or in the parent's queue, without
 /// prefetching), so a worker never waits for the map between chunks.
 const CHUNKS_PER_WORKER: usize = 2;
+/// Chunks an ordered map may hold per chunk in flight, finished ones
+/// included, while its oldest chunk is slow: it yields in input order, so
+/// the later chunks that finish meanwhile wait to be read; up to this many
+/// times the window, they make room for new chunks, so that one slow chunk
+/// does not leave the other workers idle at once. (Memory: as many chunks
+/// of results, not read yet.)
+const REORDER: usize = 4;
+/// How long an ordered map blocks on its oldest chunk before it looks
+/// whether later chunks finished and made room for new ones (about one
+/// automatic chunk: a map of regular chunks rarely gets there).
+const REORDER_STEP: Duration = TARGET_CHUNK;
 /// What automatic chunking aims at, in task time per chunk. See
 /// [`Map::chunksize`] for why 5 ms and not joblib's 0.2-2 s.
 const TARGET_CHUNK: Duration = Duration::from_millis(5);
@@ -48,16 +59,19 @@ impl ProcessPoolExecutor {
     /// Applies `f` to every item of `input` in the workers and yields the
     /// results in input order.
     ///
-    /// Lazy: nothing is read or submitted before the first `next()`, and at
-    /// most `2 × max_workers` chunks are in flight (a few more while
+    /// Lazy: nothing is read or submitted before the first `next()`, at
+    /// most `2 × max_workers` chunks run or wait in the workers, and at most
+    /// that many are held in all, but for an ordered map whose oldest chunk
+    /// runs long (over 5 ms): then up to 4 times as many, finished ones
+    /// waiting to be read in order (and a few more while
     /// [`Map::isolate_crashes`] splits a crashed one), so a map over millions
     /// of items (or an endless iterator) uses bounded memory: its peak
     /// resident set does not grow with the number of items (measured by
     /// `tests/map_memory.rs`). Items travel in chunks: [`Map::chunksize`]
     /// fixes the size; by default it adapts to the measured duration of the
-    /// tasks (see there). Results come in input order: a chunk much slower
-    /// than the others holds back the ones after it once the window is
-    /// full, and workers may idle meanwhile;
+    /// tasks (see there). Results come in input order: while a chunk much
+    /// slower than the others runs, the workers go on with the chunks after
+    /// it until 4 × 2 × `max_workers` chunks are held, then may idle;
     /// [`map_unordered`](Self::map_unordered) does not wait for the oldest
     /// chunk. A
     /// panicking item yields `Err(TaskPanicked)` in
@@ -450,14 +464,58 @@ where
         n.max(1)
     }
 
+    /// Whether another chunk may be sent: fewer than `max_chunks` held, or,
+    /// `behind_oldest` (the oldest chunk of an ordered map is slow: see
+    /// [`Map::wait_for_oldest`]), fewer than `max_chunks` not finished and
+    /// fewer than [`REORDER`] times that in all.
+    fn has_room(&self, max_chunks: usize, behind_oldest: bool) -> bool {
+        self.window.len() < max_chunks
+            || (behind_oldest
+                && self.window.len() < max_chunks * REORDER
+                && self.window.iter().filter(|c| !c.is_done_now()).count() < max_chunks)
+    }
+
+    /// Waits for the oldest chunk of an ordered map, sending new chunks
+    /// meanwhile as later ones finish (see [`REORDER`]). Returns once it
+    /// finished, or when nothing more can be sent (then reading it blocks).
+    fn wait_for_oldest(&mut self) {
+        loop {
+            let Some(Chunk {
+                sent: Ok(oldest), ..
+            }) = self.window.front()
+            else {
+                return;
+            };
+            if self.exhausted
+                || self.submit_error.is_some()
+                || self.window.len() >= self.max_chunks() * REORDER
+            {
+                return;
+            }
+            if oldest.wait_done(Some(Instant::now() + REORDER_STEP)) {
+                return;
+            }
+            self.fill_up(true);
+        }
+    }
+
     /// Submits chunks until the window is full or the input ends.
     fn fill(&mut self) {
+        self.fill_up(false);
+    }
+
+    /// [`Map::fill`], past the window while the oldest chunk of an ordered
+    /// map is slow (`behind_oldest`, see [`Map::has_room`]).
+    fn fill_up(&mut self, behind_oldest: bool) {
         if let Some(timeout) = self.timeout.take() {
             self.deadline = crate::wait::deadline_after(timeout);
         }
         // Read once per fill: it takes the pool's lock.
         let max_chunks = self.max_chunks();
-        while !self.exhausted && self.submit_error.is_none() && self.window.len() < max_chunks {
+        while !self.exhausted
+            && self.submit_error.is_none()
+            && self.has_room(max_chunks, behind_oldest)
+        {
             if self.deadline.is_some_and(|at| Instant::now() >= at) {
                 // Out of time: the input left is not read; one error
                 // stands for it, unless the input says it has none.
@@ -708,6 +766,7 @@ where
                 return Some(r);
             }
             self.fill();
+            self.wait_for_oldest();
             let Some(chunk) = self.window.pop_front() else {
                 self.progress.finish(self.submit_error.is_none());
                 return self.submit_error.take().map(|(_, e)| Err(e));
