@@ -2,9 +2,12 @@
 //! them SIGKILL their own worker.
 //!
 //! ```text
-//! LOKY_SOAK_TASKS=3000 cargo test --release --test soak -- --ignored --nocapture
-//! cargo test --release --test soak -- --ignored --nocapture     # 100 000 tasks
+//! LOKY_SOAK_TASKS=3000 cargo test --release --test soak -- --ignored --nocapture --test-threads=1
+//! cargo test --release --test soak -- --ignored --nocapture --test-threads=1   # 100 000 tasks
 //! ```
+//!
+//! One test at a time: the soak counts the process's file descriptors and
+//! threads, and the round-trip test keeps every core busy.
 //!
 //! `LOKY_SOAK_TASKS` (default 100 000) is the number of tasks;
 //! `LOKY_SOAK_SECS` (default 600) a wall-clock budget after which no more
