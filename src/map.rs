@@ -476,9 +476,12 @@ where
     }
 
     /// Waits for the oldest chunk of an ordered map, sending new chunks
-    /// meanwhile as later ones finish (see [`REORDER`]). Returns once it
-    /// finished, or when nothing more can be sent (then reading it blocks).
+    /// meanwhile as later ones finish (see [`REORDER`]), in steps of
+    /// [`REORDER_STEP`]. Returns once it finished, or once no more chunks
+    /// may be sent at all (then reading it blocks).
     fn wait_for_oldest(&mut self) {
+        // Read once, and only when waiting: it takes the pool's lock.
+        let mut max_chunks = None;
         loop {
             let Some(Chunk {
                 sent: Ok(oldest), ..
@@ -486,10 +489,11 @@ where
             else {
                 return;
             };
-            if self.exhausted
-                || self.submit_error.is_some()
-                || self.window.len() >= self.max_chunks() * REORDER
-            {
+            if oldest.is_done_now() || self.exhausted || self.submit_error.is_some() {
+                return;
+            }
+            let max = *max_chunks.get_or_insert_with(|| self.ex.max_workers() * CHUNKS_PER_WORKER);
+            if self.window.len() >= max * REORDER {
                 return;
             }
             if oldest.wait_done(Some(Instant::now() + REORDER_STEP)) {

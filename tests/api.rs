@@ -842,9 +842,18 @@ fn dropping_a_map_cancels_its_chunks_still_waiting_in_the_parent() {
     // its ring) is kept busy by tasks outside the map, so that when the
     // map is dropped one of its chunks waits in the parent.
     let first = ex.submit(wait_for_gate, hold.path()).unwrap();
-    // Chunk 0 passes at once, the others wait for the tail gate.
-    let items = [String::new(), tail.path(), tail.path(), tail.path()];
-    let mut map = ex.map(wait_for_gate, items).chunksize(1);
+    // Chunk 0 passes at once, the others mark their start, then wait for
+    // the tail gate.
+    let started = std::env::temp_dir().join(format!("loky-map-started-{}", std::process::id()));
+    let _ = std::fs::remove_file(&started);
+    let mark = started.to_string_lossy().into_owned();
+    let items = [
+        (String::new(), String::new()),
+        (mark.clone(), tail.path()),
+        (mark.clone(), tail.path()),
+        (mark, tail.path()),
+    ];
+    let mut map = ex.map(support::mark_start_then_wait, items).chunksize(1);
     let puller = std::thread::spawn(move || {
         // Sends chunks 0 (into the worker's ring) and 1 (queued in the
         // parent), then waits for 0.
@@ -865,6 +874,14 @@ fn dropping_a_map_cancels_its_chunks_still_waiting_in_the_parent() {
     let before = support::wait_for_stats("chunk 2 queued in the parent", &ex, HANG, |s| {
         (s.running, s.queued) == (2, 1)
     });
+    // Started, not only at the front of the worker's ring (where the drop
+    // would withdraw it).
+    let start = std::time::Instant::now();
+    while !started.exists() {
+        assert!(start.elapsed() < HANG, "chunk 1 never started");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let _ = std::fs::remove_file(&started);
     drop(map);
     // Taken out of the parent's queue, not from the worker (whose ring is
     // full of tasks that wait): no worker took it meanwhile.

@@ -1833,17 +1833,9 @@ fn with_rings_under_a_page_the_waiting_tasks_of_a_dead_worker_fail() {
     });
 }
 
-/// A task: creates the file `started`, then waits on the gate at `gate`
-/// ([`wait_for_gate`]).
-fn mark_start_then_wait((started, gate): (String, String)) -> u64 {
-    let _ = std::fs::write(started, b"started");
-    wait_for_gate(gate)
-}
-
 /// Two tasks of one worker whose time limits fall in the same pass of the
 /// manager: the running one (`mark_start_then_wait`, stopped by killing its
-/// worker)
-/// and the one waiting behind it in the worker's ring. The pass stops the
+/// worker) and the one waiting behind it in the worker's ring. The pass stops the
 /// tasks in the order their limits fell, and a queued task whose limit fell
 /// between those two runs its done-callback there, on the manager: it holds
 /// the pass until the test saw the running task end, that is until the
@@ -1879,7 +1871,7 @@ fn time_out_both_tasks_of_a_worker_in_one_pass(
     let before_running = Instant::now();
     let running = ex
         .submit_with_timeout(
-            mark_start_then_wait,
+            support::mark_start_then_wait,
             (
                 pid_path.to_string_lossy().into_owned(),
                 release.to_string_lossy().into_owned(),

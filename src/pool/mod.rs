@@ -15,6 +15,7 @@ mod manager;
 mod queue;
 mod watchdog;
 
+use std::cell::Cell;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -233,6 +234,12 @@ pub(crate) struct State {
     /// Per-task time limits (`submit_with_timeout`), checked by the manager.
     deadlines: deadlines::Deadlines,
     pub(crate) stats: crate::stats::Counters,
+}
+
+thread_local! {
+    /// Whether this thread is in [`Pool::drain_slot`], holding a receiver
+    /// (a result's decoding runs there, user code included).
+    static DRAINING: Cell<bool> = const { Cell::new(false) };
 }
 
 /// One process pool (shared by the executor handle, its threads and its
@@ -466,11 +473,23 @@ impl Pool {
     /// thread holding a receiver drains it, but may have read its ring just
     /// before that result came, and not look again: then this waits for it
     /// and reads the rest.
+    ///
+    /// Not on a thread that is itself draining (a codec's decode that waits
+    /// for another task of this pool): it may hold the receiver.
     fn drain_all_surely(&self) {
         self.drain_all(false);
-        if self.results_pending() {
-            self.drain_all(true);
+        if DRAINING.with(Cell::get) {
+            return;
         }
+        let mut done = Vec::new();
+        for i in 0..self.receivers.len() {
+            if self.results_pending_in(i) {
+                if let Some(rx) = lock(&self.receivers[i]).as_mut() {
+                    self.drain_slot(i, rx, &mut done);
+                }
+            }
+        }
+        self.publish_in_turn(done, |_| {});
     }
 
     /// Drains what is there without running done-callbacks here: outcomes
@@ -547,7 +566,9 @@ impl Pool {
         done: &mut Vec<Arc<dyn Completion>>,
     ) {
         let before = rx.position();
+        let was = DRAINING.with(|d| d.replace(true));
         self.drain_messages(i, rx, done);
+        DRAINING.with(|d| d.set(was));
         // Only when it moved: waiters poll these words while they spin.
         if rx.position() != before {
             self.read_to[i].store(rx.position(), Ordering::Release);

@@ -109,6 +109,15 @@ pub(crate) fn wait_for_gate(path: String) -> u64 {
     1
 }
 
+/// A task: creates the file `started` (unless the path is empty), then
+/// waits on the gate at `gate` ([`wait_for_gate`]); returns 1.
+pub(crate) fn mark_start_then_wait((started, gate): (String, String)) -> u64 {
+    if !started.is_empty() {
+        let _ = std::fs::write(started, b"started");
+    }
+    wait_for_gate(gate)
+}
+
 /// Runs `body` on a thread of its own and returns what it returns; a panic
 /// in it is re-raised here with its own message, and a body still running
 /// after `limit` fails the test (a hang becomes a failure).
