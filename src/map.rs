@@ -492,7 +492,7 @@ where
             if oldest.is_done_now() || self.exhausted || self.submit_error.is_some() {
                 return;
             }
-            let max = *max_chunks.get_or_insert_with(|| self.ex.max_workers() * CHUNKS_PER_WORKER);
+            let max = *max_chunks.get_or_insert_with(|| self.max_chunks());
             if self.window.len() >= max * REORDER {
                 return;
             }
@@ -628,7 +628,10 @@ where
         outcome: &Result<ChunkOutput<R>>,
         pos: usize,
     ) -> bool {
-        let crash = match outcome {
+        if !self.isolate {
+            return false;
+        }
+        let (crash, killer) = match outcome {
             Ok(_) => {
                 // One split back for the chunk, and one per 16 items: a map
                 // whose items mostly succeed keeps isolating its bad ones.
@@ -642,15 +645,12 @@ where
         let Ok(fut) = &chunk.sent else {
             return false;
         };
-        let innocent = crash.1 != fut.id();
-        if !self.isolate
-            || chunk.items.is_empty()
-            || self.deadline.is_some_and(|at| Instant::now() >= at)
-        {
+        if chunk.items.is_empty() || self.deadline.is_some_and(|at| Instant::now() >= at) {
             return false;
         }
-        if innocent {
-            // Sent again only where the pool does not run a dead worker's
+        if killer != fut.id() {
+            // It only waited behind the chunk that killed the worker. Sent
+            // again only where the pool does not run a dead worker's
             // waiting tasks again itself (elsewhere it already did, up to
             // its own limit), and at most RESENDS times: never split, its
             // items did not kill anything.
@@ -659,11 +659,10 @@ where
                 return false;
             }
             let items = std::mem::take(&mut chunk.items);
-            let resent = chunk.resent + 1;
             let Ok((mut again, _)) = self.submit(items, chunk.start) else {
                 return false;
             };
-            again.resent = resent;
+            again.resent = chunk.resent + 1;
             tracing::debug!(
                 items = chunk.len,
                 start = chunk.start,
@@ -673,9 +672,7 @@ where
             return true;
         }
         if chunk.items.len() < 2 || self.splits_left == 0 {
-            if !innocent {
-                self.bad_items += 1;
-            }
+            self.bad_items += 1;
             return false;
         }
         let mut first = std::mem::take(&mut chunk.items);
@@ -692,7 +689,7 @@ where
             // The first half went, the second could not (the pool was
             // shut down meanwhile): its items fail with the crash.
             Err(_) => Chunk {
-                sent: Err(crash.0.clone()),
+                sent: Err(crash.clone()),
                 cancel: None,
                 start: mid,
                 len,
@@ -737,13 +734,13 @@ where
     /// Makes the finished chunk taken from position `pos` of the window
     /// the one being read: its outcomes, one per item, produced lazily (a
     /// `Vec<Result<R>>` would cost far more memory traffic than the
-    /// values). False if it was split instead (its halves are in the
-    /// window at `pos`).
-    fn expand(&mut self, mut chunk: Chunk<A, R>, pos: usize) -> bool {
+    /// values). Unless it was split instead: then its halves are in the
+    /// window at `pos`, and the one being read stays as it was (read out).
+    fn expand(&mut self, mut chunk: Chunk<A, R>, pos: usize) {
         // Wait first: the duration is known only once the chunk finished.
         let outcome = chunk.outcome();
         if self.split(&mut chunk, &outcome, pos) {
-            return false;
+            return;
         }
         self.adapt(&chunk);
         self.progress.advance(chunk.len);
@@ -752,7 +749,6 @@ where
             Ok((values, failures)) => Ready::new(values, failures, chunk.len),
             Err(e) => Ready::failed(e, chunk.len),
         };
-        true
     }
 
     #[inline]
