@@ -120,7 +120,7 @@ impl Pool {
         };
         // Results it published before dying are real results.
         let mut done = Vec::new();
-        self.drain_dead(i, false, &mut done);
+        self.drain_slot_locked(i, false, &mut done);
         let ended = {
             let mut guard = self.state();
             let st = &mut *guard;

@@ -484,9 +484,7 @@ impl Pool {
         let mut done = Vec::new();
         for i in 0..self.receivers.len() {
             if self.results_pending_in(i) {
-                if let Some(rx) = lock(&self.receivers[i]).as_mut() {
-                    self.drain_slot(i, rx, &mut done);
-                }
+                self.drain_slot_locked(i, false, &mut done);
             }
         }
         self.publish_in_turn(done, |_| {});
@@ -544,10 +542,11 @@ impl Pool {
         self.read_to[i].store(at, Ordering::Release);
     }
 
-    /// Processes the results a dead worker in slot `i` published, adding
-    /// the completed tasks to `done`; with `close`, drops the parent's
+    /// Processes the results waiting in slot `i`'s ring, waiting for a
+    /// thread that holds its receiver, and adds the completed tasks to
+    /// `done`; with `close` (a dead worker's slot), drops the parent's
     /// receiver of the slot afterwards.
-    fn drain_dead(&self, i: usize, close: bool, done: &mut Vec<Arc<dyn Completion>>) {
+    fn drain_slot_locked(&self, i: usize, close: bool, done: &mut Vec<Arc<dyn Completion>>) {
         let mut rx = lock(&self.receivers[i]);
         if let Some(r) = rx.as_mut() {
             self.drain_slot(i, r, done);
@@ -755,9 +754,7 @@ impl Pool {
     /// thread).
     fn drain_slot_waiting(&self, i: usize) {
         let mut drained = Vec::new();
-        if let Some(rx) = lock(&self.receivers[i]).as_mut() {
-            self.drain_slot(i, rx, &mut drained);
-        }
+        self.drain_slot_locked(i, false, &mut drained);
         self.publish_later_all(drained);
     }
 

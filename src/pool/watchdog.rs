@@ -160,7 +160,7 @@ impl Pool {
         };
         // Results it published before dying are real results.
         let mut done = Vec::new();
-        self.drain_dead(i, true, &mut done);
+        self.drain_slot_locked(i, true, &mut done);
         let mut ended = Ended::default();
         let mut startup_failure = None;
         {
