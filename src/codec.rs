@@ -135,6 +135,7 @@ impl<T> Archivable for T where
 
 /// Appends the archive of `value` to `out`.
 pub(crate) fn archive<T: Archivable>(value: &T, out: &mut AlignedVec) -> Result<(), String> {
+    fits_rkyv_width(value)?;
     let buf = std::mem::take(out);
     match rkyv::api::high::to_bytes_in::<_, rancor::BoxedError>(value, buf) {
         Ok(buf) => {
@@ -142,6 +143,42 @@ pub(crate) fn archive<T: Archivable>(value: &T, out: &mut AlignedVec) -> Result<
             Ok(())
         }
         Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Refuses a `usize` or `isize`, alone or a `Vec` of them, that rkyv would
+/// cut short. rkyv archives them as [`rkyv::primitive::FixedUsize`] and
+/// `FixedIsize`: 64 bits with loky's `pointer_width_64` feature (a default
+/// one), else 32 bits, and then it truncates a larger value without an
+/// error (a task would get `1 << 33` as 0). The values rkyv keeps inside
+/// other types cannot be checked here; the feature is the cure for those.
+fn fits_rkyv_width<T: 'static>(value: &T) -> Result<(), String> {
+    use rkyv::primitive::{FixedIsize, FixedUsize};
+    use std::any::Any;
+    if std::mem::size_of::<FixedUsize>() >= std::mem::size_of::<usize>() {
+        return Ok(());
+    }
+    let fits_u = |v: &usize| FixedUsize::try_from(*v).is_ok();
+    let fits_i = |v: &isize| FixedIsize::try_from(*v).is_ok();
+    let any = value as &dyn Any;
+    let cut = if let Some(v) = any.downcast_ref::<usize>() {
+        (!fits_u(v)).then(|| v.to_string())
+    } else if let Some(v) = any.downcast_ref::<isize>() {
+        (!fits_i(v)).then(|| v.to_string())
+    } else if let Some(v) = any.downcast_ref::<Vec<usize>>() {
+        v.iter().find(|v| !fits_u(v)).map(usize::to_string)
+    } else if let Some(v) = any.downcast_ref::<Vec<isize>>() {
+        v.iter().find(|v| !fits_i(v)).map(isize::to_string)
+    } else {
+        None
+    };
+    match cut {
+        None => Ok(()),
+        Some(v) => Err(format!(
+            "{v} does not fit rkyv's {}-bit usize/isize and would arrive cut short: \
+             turn on loky's `pointer_width_64` feature (a default feature), or send a u64/i64",
+            8 * std::mem::size_of::<FixedUsize>()
+        )),
     }
 }
 
@@ -296,6 +333,7 @@ pub(crate) fn archive_direct<T: Archivable>(value: &T, out: &mut AlignedVec) -> 
             && d.scratch == out.as_ptr()
             && d.mark == out.len())
     });
+    fits_rkyv_width(value)?;
     if !targeted {
         return archive(value, out);
     }

@@ -12,8 +12,8 @@
 //! misbehaves): a root that changed between the check and the use cannot
 //! lead the copy outside the message. The elements themselves may be any
 //! bytes. The archived elements must have the native layout (rkyv's
-//! default little-endian format on a little-endian machine, 32-bit
-//! relative pointers); otherwise, and for every other type, the caller
+//! default little-endian format on a little-endian machine, with 32- or
+//! 64-bit relative pointers); otherwise, and for every other type, the caller
 //! decodes with rkyv (from a private copy, see [`crate::codec`]).
 
 use std::any::Any;
@@ -51,10 +51,40 @@ pub(crate) fn try_decode<T: 'static>(bytes: &[u8]) -> Option<Result<T, String>> 
     None
 }
 
-/// Bytes of an archived `Vec`'s root: a 32-bit offset from the root to the
-/// first element, then a 32-bit length (rkyv 0.8's `ArchivedVec` with its
-/// default 32-bit relative pointers). The root is the archive's last bytes.
-const ROOT_LEN: usize = 8;
+/// Bytes of one field of an archived `Vec`'s root: rkyv's pointer width
+/// (32 bits by default, 64 with its `pointer_width_64` feature).
+const WIDTH: usize = std::mem::size_of::<rkyv::primitive::FixedUsize>();
+
+/// Bytes of an archived `Vec`'s root: a signed offset from the root to the
+/// first element, then the length, each [`WIDTH`] bytes (rkyv 0.8's
+/// `ArchivedVec`). The root is the archive's last bytes.
+const ROOT_LEN: usize = 2 * WIDTH;
+
+/// The offset and length that the root `bytes` of an archived `Vec` holds,
+/// in native byte order, each [`WIDTH`] bytes; `None` if a value does not
+/// fit this machine's `isize`/`usize`.
+fn parse_root(root: &[u8; ROOT_LEN]) -> Option<(isize, usize)> {
+    let (offset, len) = root.split_at(WIDTH);
+    let signed = |b: &[u8]| -> Option<isize> {
+        match *b {
+            [a, b, c, d] => isize::try_from(i32::from_ne_bytes([a, b, c, d])).ok(),
+            [a, b, c, d, e, f, g, h] => {
+                isize::try_from(i64::from_ne_bytes([a, b, c, d, e, f, g, h])).ok()
+            }
+            _ => None,
+        }
+    };
+    let unsigned = |b: &[u8]| -> Option<usize> {
+        match *b {
+            [a, b, c, d] => usize::try_from(u32::from_ne_bytes([a, b, c, d])).ok(),
+            [a, b, c, d, e, f, g, h] => {
+                usize::try_from(u64::from_ne_bytes([a, b, c, d, e, f, g, h])).ok()
+            }
+            _ => None,
+        }
+    };
+    Some((signed(offset)?, unsigned(len)?))
+}
 
 /// The bytes of the elements of the archived `Vec<P>` that `bytes` holds,
 /// reading its root exactly once.
@@ -66,9 +96,7 @@ fn elements<P: Pod>(bytes: &[u8]) -> Result<&[u8], String> {
     // One read of the root; everything below uses this copy.
     let mut root = [0u8; ROOT_LEN];
     root.copy_from_slice(&bytes[pos..]);
-    let [o0, o1, o2, o3, l0, l1, l2, l3] = root;
-    let offset = i32::from_ne_bytes([o0, o1, o2, o3]) as isize;
-    let len = u32::from_ne_bytes([l0, l1, l2, l3]) as usize;
+    let (offset, len) = parse_root(&root).ok_or("archived Vec root out of range")?;
     let start = (pos as isize)
         .checked_add(offset)
         .and_then(|s| usize::try_from(s).ok());
@@ -240,20 +268,25 @@ mod tests {
         let v = vec![1u64; 1000];
         let good = archive(&v);
         let n = good.len();
-        let with_root = |offset: i32, len: u32| {
+        // A root of rkyv's width (32 or 64 bits per field), little-endian.
+        let with_root = |offset: i64, len: u64| {
             let mut bytes = good.clone();
-            bytes[n - 8..n - 4].copy_from_slice(&offset.to_le_bytes());
-            bytes[n - 4..].copy_from_slice(&len.to_le_bytes());
+            bytes[n - ROOT_LEN..n - WIDTH].copy_from_slice(&offset.to_le_bytes()[..WIDTH]);
+            bytes[n - WIDTH..].copy_from_slice(&len.to_le_bytes()[..WIDTH]);
             bytes
         };
-        let offset = i32::from_le_bytes(good[n - 8..n - 4].try_into().unwrap());
+        let mut root = [0u8; ROOT_LEN];
+        root.copy_from_slice(&good[n - ROOT_LEN..]);
+        let (offset, len) = parse_root(&root).unwrap();
+        assert_eq!(len, 1000);
+        let offset = offset as i64;
         // A length past the end, elements overlapping the root, before the
         // start, far away, misaligned.
-        assert!(refused(&with_root(offset, u32::MAX)));
+        assert!(refused(&with_root(offset, u64::from(u32::MAX))));
         assert!(refused(&with_root(offset, 1001)));
-        assert!(refused(&with_root(-(n as i32), 1)));
-        assert!(refused(&with_root(i32::MAX, 1)));
-        assert!(refused(&with_root(i32::MIN, 0)));
+        assert!(refused(&with_root(-(n as i64), 1)));
+        assert!(refused(&with_root(i64::from(i32::MAX), 1)));
+        assert!(refused(&with_root(i64::from(i32::MIN), 0)));
         assert!(refused(&with_root(offset + 1, 10)));
         // Too short for a root at all, and cut off in the middle.
         assert!(refused(&good[..5]));
@@ -268,10 +301,10 @@ mod tests {
         /// Any bytes at all: an error or a Vec of the named length, never
         /// a panic or a read outside them.
         #[test]
-        fn any_root_is_checked(offset: i32, len in 0u32..4096, body in 0usize..256) {
+        fn any_root_is_checked(offset: i64, len in 0u64..4096, body in 0usize..256) {
             let mut bytes = vec![0u8; body * 8];
-            bytes.extend_from_slice(&offset.to_le_bytes());
-            bytes.extend_from_slice(&len.to_le_bytes());
+            bytes.extend_from_slice(&offset.to_le_bytes()[..WIDTH]);
+            bytes.extend_from_slice(&len.to_le_bytes()[..WIDTH]);
             let mut aligned = rkyv::util::AlignedVec::<16>::new();
             aligned.extend_from_slice(&bytes);
             if let Some(Ok(v)) = try_decode::<Vec<u64>>(&aligned) {

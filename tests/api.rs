@@ -1377,3 +1377,65 @@ fn a_kill_that_returns_true_ends_the_future_cancelled() {
         }
     }
 }
+
+/// A struct with a `usize` inside, which loky cannot check for rkyv's width.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, PartialEq, Clone)]
+struct Span {
+    start: usize,
+    len: usize,
+}
+
+#[test]
+fn sizes_past_32_bits_arrive_whole_or_are_refused() {
+    let ex = pool(1);
+    let big = 1usize << 33;
+    let wide = std::mem::size_of::<rkyv::primitive::FixedUsize>() == 8;
+    // An argument is refused at `submit`, a result when it arrives.
+    let echoed = ex.submit(|x: usize| x, big).and_then(|f| f.result());
+    let returned = ex
+        .submit(|x: u64| x as usize, big as u64)
+        .and_then(|f| f.result());
+    let signed = ex
+        .submit(|x: isize| x, -(1isize << 40))
+        .and_then(|f| f.result());
+    let many = ex
+        .submit(|v: Vec<usize>| v, vec![5, big])
+        .and_then(|f| f.result());
+    let mapped: Vec<_> = ex.map(|x: usize| x + 1, [1, big]).collect();
+    if wide {
+        // The default (loky's `pointer_width_64` feature): all of it whole,
+        // inside other types too.
+        assert_eq!(echoed.unwrap(), big);
+        assert_eq!(returned.unwrap(), big);
+        assert_eq!(signed.unwrap(), -(1isize << 40));
+        assert_eq!(many.unwrap(), vec![5, big]);
+        assert_eq!(
+            mapped.into_iter().collect::<Result<Vec<_>, _>>().unwrap(),
+            vec![2, big + 1]
+        );
+        let span = Span {
+            start: big,
+            len: big + 7,
+        };
+        assert_eq!(
+            ex.submit(|s: Span| s, span.clone())
+                .unwrap()
+                .result()
+                .unwrap(),
+            span
+        );
+    } else {
+        // rkyv's 32-bit format: what loky can see is refused, never cut.
+        for r in [echoed, returned, many.map(|v| v[1])] {
+            match r {
+                Err(Error::Codec { message, .. }) => {
+                    assert!(message.contains("pointer_width_64"), "{message}")
+                }
+                other => panic!("expected a codec error, got {other:?}"),
+            }
+        }
+        assert!(matches!(signed, Err(Error::Codec { .. })), "{signed:?}");
+        assert_eq!(mapped.len(), 2);
+        assert!(matches!(mapped[1], Err(Error::Codec { .. })), "{mapped:?}");
+    }
+}
