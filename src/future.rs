@@ -412,14 +412,15 @@ impl<R: Send + 'static> Completion for Cell<R> {
 }
 
 impl<R: Send + 'static> TaskCell<R> {
-    /// Publishes the staged outcome (or `outcome`): runs the callbacks with
-    /// a view of it (no lock held), then marks the task finished and wakes
-    /// every waiter. Idempotent.
+    /// Publishes the staged outcome (or `outcome`): marks the task finished
+    /// and wakes every waiter, then runs the callbacks with a view of the
+    /// outcome (no lock held), as `concurrent.futures` does: a callback
+    /// sees its future done, its exception, and the pool's counts with it.
+    /// Idempotent.
     fn finish(&self, outcome: Option<Result<R>>) {
-        let (outcome, callbacks) = {
+        let (lent, callbacks, listeners) = {
             let mut slot = lock(&self.slot);
-            // The first finish wins: another one is running the callbacks
-            // or has published already.
+            // The first finish wins: another one has published already.
             if slot.closing || self.state.load(Ordering::Acquire) == FINISHED {
                 return;
             }
@@ -427,30 +428,58 @@ impl<R: Send + 'static> TaskCell<R> {
                 .or_else(|| slot.outcome.take())
                 .unwrap_or(Err(Error::Cancelled));
             slot.closing = true;
-            let callbacks: Vec<Callback<R>> = slot
-                .listeners
-                .iter_mut()
-                .filter_map(|l| match l {
-                    Listener::Callback(_) => {
-                        let Listener::Callback(cb) = std::mem::replace(l, Listener::Taken) else {
-                            unreachable!()
-                        };
-                        Some(cb)
-                    }
-                    _ => None,
-                })
-                .collect();
-            (outcome, callbacks)
+            let callbacks = Self::take_callbacks(&mut slot);
+            let listeners = self.settle(&mut slot, outcome);
+            // Lent to the callbacks while they run; `take` waits meanwhile.
+            let lent = if callbacks.is_empty() {
+                None
+            } else {
+                slot.lent = true;
+                slot.outcome.take()
+            };
+            (lent, callbacks, listeners)
         };
-        for cb in callbacks {
-            run_callback(cb, &outcome, self.id, self.address());
-        }
-        let listeners = {
-            let mut slot = lock(&self.slot);
-            self.settle(&mut slot, outcome)
-        };
-        // A callback among them was added while the callbacks above ran.
         self.wake(listeners);
+        if let Some(outcome) = lent {
+            self.lend(outcome, callbacks);
+        }
+    }
+
+    /// The done-callbacks registered in `slot`, taken out of it.
+    fn take_callbacks(slot: &mut Slot<R>) -> Vec<Callback<R>> {
+        let mut callbacks = Vec::new();
+        slot.listeners.retain_mut(|l| match l {
+            Listener::Callback(_) => {
+                if let Listener::Callback(cb) = std::mem::replace(l, Listener::Taken) {
+                    callbacks.push(cb);
+                }
+                false
+            }
+            _ => true,
+        });
+        callbacks
+    }
+
+    /// Runs `callbacks` on the finished `outcome`, lent out of the slot
+    /// (`slot.lent`), then those added meanwhile (by any thread: see
+    /// [`TaskCell::run_with_outcome`]), and gives the outcome back.
+    fn lend(&self, outcome: Result<R>, mut callbacks: Vec<Callback<R>>) {
+        loop {
+            for cb in callbacks.drain(..) {
+                run_callback(cb, &outcome, self.id, self.address());
+            }
+            let mut slot = lock(&self.slot);
+            callbacks = Self::take_callbacks(&mut slot);
+            if callbacks.is_empty() {
+                slot.outcome = Some(outcome);
+                slot.lent = false;
+                // `.await`s that found the value lent wait for it.
+                let polls = std::mem::take(&mut slot.listeners);
+                drop(slot);
+                self.wake(polls);
+                return;
+            }
+        }
     }
 
     /// Identifies this task among the tasks whose callbacks a thread runs.
@@ -470,8 +499,8 @@ impl<R: Send + 'static> TaskCell<R> {
         std::mem::take(&mut slot.listeners)
     }
 
-    /// Wakes the listeners of a finished task; runs any callback among them
-    /// on this thread.
+    /// Wakes the listeners of a finished task (its callbacks, taken out
+    /// before by [`TaskCell::finish`], run apart; any other runs here).
     fn wake(&self, listeners: Vec<Listener<R>>) {
         for l in listeners {
             match l {
@@ -514,26 +543,28 @@ impl<R: Send + 'static> TaskCell<R> {
         true
     }
 
-    /// Runs `cb` on the finished outcome: moved out of the slot for the call
-    /// and put back after (a concurrent `take` waits meanwhile).
+    /// Runs `cb` (added after the task finished) on the outcome: lent out
+    /// of the slot for the call (a concurrent `take` waits meanwhile). If
+    /// the outcome is lent already (the task's callbacks are running, on
+    /// this thread or another), `cb` joins them and runs on that thread
+    /// after them: two threads cannot both hold it.
     fn run_with_outcome(&self, cb: Callback<R>) {
         let outcome = {
             let mut slot = lock(&self.slot);
+            if slot.lent {
+                slot.listeners.push(Listener::Callback(cb));
+                return;
+            }
             if slot.taken {
                 None
             } else {
-                let taken = slot.outcome.take();
-                slot.lent = taken.is_some();
-                taken
+                let lent = slot.outcome.take();
+                slot.lent = lent.is_some();
+                lent
             }
         };
         match outcome {
-            Some(o) => {
-                run_callback(cb, &o, self.id, self.address());
-                let mut slot = lock(&self.slot);
-                slot.outcome = Some(o);
-                slot.lent = false;
-            }
+            Some(o) => self.lend(o, vec![cb]),
             None => run_callback(cb, &Err(Error::ResultTaken), self.id, self.address()),
         }
     }
@@ -543,13 +574,6 @@ thread_local! {
     /// The tasks whose done-callbacks this thread is running (innermost
     /// last): a callback waiting for its own future would wait for itself.
     static IN_CALLBACKS_OF: std::cell::RefCell<Vec<usize>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// Whether this thread is running any done-callback.
-pub(crate) fn in_a_callback() -> bool {
-    IN_CALLBACKS_OF
-        .try_with(|c| !c.borrow().is_empty())
-        .unwrap_or(false)
 }
 
 /// Whether this thread is running a done-callback of the task at `cell`.
@@ -689,8 +713,8 @@ impl<R: Send + 'static> Future<R> {
     }
 
     /// An error if this thread is running one of this task's done-callbacks
-    /// (the task counts as done only once they return: waiting for it
-    /// there would never end).
+    /// (or one of a task whose callback runs this one): the outcome is lent
+    /// to them until they return, so taking it there would never end.
     pub(crate) fn not_from_own_callback(&self) -> Result<()> {
         if in_callback_of(self.cell.task.address()) {
             return Err(Error::InvalidArgument(
@@ -715,11 +739,6 @@ impl<R: Send + 'static> Future<R> {
     /// Blocks until finished; returns the error the task failed with, or
     /// `None` if it succeeded.
     pub fn exception(&self) -> Option<Error> {
-        if !self.cell.task.is_done() {
-            if let Err(e) = self.not_from_own_callback() {
-                return Some(e);
-            }
-        }
         self.wait_done(None);
         lock(&self.cell.task.slot).error.clone()
     }
@@ -727,9 +746,6 @@ impl<R: Send + 'static> Future<R> {
     /// Like [`exception`](Self::exception) with a timeout; `Err(Timeout)`
     /// if the task has not finished in time.
     pub fn exception_timeout(&self, timeout: Duration) -> Result<Option<Error>> {
-        if !self.cell.task.is_done() {
-            self.not_from_own_callback()?;
-        }
         if !self.wait_done(crate::wait::deadline_after(timeout)) {
             return Err(Error::Timeout);
         }
@@ -817,6 +833,14 @@ impl<R: Send + 'static> Future<R> {
     /// `result` already took the value. A panic in `f` is logged and does
     /// not affect the result.
     ///
+    /// As in `concurrent.futures`, the task is finished before its
+    /// callbacks run: in `f`, [`done`](Self::done) is true,
+    /// [`exception`](Self::exception) answers, waiters have been woken and
+    /// [`stats`](crate::ProcessPoolExecutor::stats) counts the task. So
+    /// the callbacks of two futures that finish at about the same time may
+    /// each see both done (count completions with an atomic, not with
+    /// `done()`, to start a task once).
+    ///
     /// `f` runs on whichever thread publishes the outcome, which need not
     /// be one of the pool's: the pool's manager thread; or any thread of
     /// yours that blocks on a future of the same pool (`result`,
@@ -837,18 +861,16 @@ impl<R: Send + 'static> Future<R> {
     ///   or on the manager thread that the poller waits for (a
     ///   `std::sync::Mutex` then deadlocks or panics);
     /// * `f` should be short: the thread that runs it does nothing else
-    ///   meanwhile, and the future counts as done, and its waiters wake,
-    ///   only once its callbacks have returned. Send long work elsewhere (a
-    ///   channel to a thread of your own).
+    ///   meanwhile, and [`result`](Self::result) on another thread waits
+    ///   until the callbacks have returned (the value is lent to them).
+    ///   Send long work elsewhere (a channel to a thread of your own).
     ///
-    /// Waiting on this same future from inside `f` would wait for the
-    /// callback to return, that is, for itself. So there, `result` (or
-    /// `result_timeout`) and `.await` fail at once with
-    /// [`Error::InvalidArgument`], and so does `exception` unless the task
-    /// had finished before `f` was added; [`wait`](fn@crate::wait) returns
-    /// as soon as only such futures are left, listing them in `not_done`;
-    /// [`as_completed`](fn@crate::as_completed) then yields one
-    /// `Err(InvalidArgument)` and stops. Use `f`'s argument.
+    /// While the callbacks run, the value is theirs: from inside `f`,
+    /// `result` (or `result_timeout`) and `.await` on this same future
+    /// fail at once with [`Error::InvalidArgument`]: they would wait for
+    /// `f` to return, that is, for themselves. Use `f`'s argument. A
+    /// callback added while the callbacks run (from `f`, or from another
+    /// thread) joins them: it runs on that thread, after them.
     pub fn add_done_callback(&self, f: impl FnOnce(&Result<R>) + Send + 'static) {
         {
             let mut slot = lock(&self.cell.task.slot);
@@ -1023,12 +1045,13 @@ impl<R: Send + 'static> std::future::Future for Future<R> {
     type Output = Result<R>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<R>> {
-        if !self.done() {
-            if let Err(e) = self.not_from_own_callback() {
-                return Poll::Ready(Err(e));
-            }
+        self.not_from_own_callback()?;
+        if !self.done() || lock(&self.cell.task.slot).lent {
             let mut slot = lock(&self.cell.task.slot);
-            if !self.cell.task.is_done() {
+            // Not finished, or finished with its value lent to its
+            // callbacks: `take` would block this runtime thread until they
+            // return. [`TaskCell::lend`] wakes us when they did.
+            if !self.cell.task.is_done() || slot.lent {
                 // Only the waker of the latest poll must be woken (`Future`
                 // is not `Clone`, so one task polls it at a time): replace
                 // the previous one, so that polls with a new waker each
@@ -1160,6 +1183,51 @@ mod tests {
     }
 
     #[test]
+    fn an_await_does_not_block_while_callbacks_hold_the_value() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::task::Wake;
+        struct Count(AtomicUsize);
+        impl Wake for Count {
+            fn wake(self: Arc<Self>) {
+                self.0.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let mut f = Future::new(Arc::new(cell()));
+        let (started, in_callback) = std::sync::mpsc::channel();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        f.add_done_callback(move |_| {
+            let _ = started.send(());
+            let _ = released.recv();
+        });
+        f.cell.stage_bytes(crate::protocol::STATUS_OK, 0, &[]);
+        let woken = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = std::task::Waker::from(woken.clone());
+        std::thread::scope(|s| {
+            let release = release;
+            let cell = f.cell.clone();
+            s.spawn(move || cell.publish());
+            in_callback.recv().expect("the callback runs");
+            // Finished, its value lent to the callback: pending, not a
+            // runtime thread blocked until the callback returns.
+            let mut cx = Context::from_waker(&waker);
+            assert!(f.done());
+            assert!(std::future::Future::poll(Pin::new(&mut f), &mut cx).is_pending());
+            assert_eq!(woken.0.load(Ordering::Relaxed), 0);
+            release.send(()).expect("the callback waits");
+        });
+        assert_eq!(
+            woken.0.load(Ordering::Relaxed),
+            1,
+            "woken once the value is back"
+        );
+        let mut cx = Context::from_waker(&waker);
+        match std::future::Future::poll(Pin::new(&mut f), &mut cx) {
+            Poll::Ready(Ok(v)) => assert_eq!(v, 0),
+            other => panic!("expected the value, got {other:?}"),
+        }
+    }
+
+    #[test]
     fn the_first_finish_wins() {
         let f = Future::new(Arc::new(cell()));
         let (started, in_callback) = std::sync::mpsc::channel();
@@ -1179,10 +1247,8 @@ mod tests {
             // A time limit falls meanwhile: too late.
             f.cell.stage_error(Error::TimeLimit);
             f.cell.publish();
-            assert!(
-                !f.done(),
-                "the first finish publishes, once its callbacks ran"
-            );
+            assert!(f.done(), "finished before its callbacks run");
+            assert!(f.exception().is_none(), "the first finish's outcome stands");
             release.send(()).expect("the callback waits");
         });
         assert!(f.done());

@@ -34,17 +34,11 @@ pub struct WaitResult {
     /// Futures that are done.
     pub done: Vec<usize>,
     /// Futures that are not: `wait` returned before them (the condition
-    /// held, the timeout passed, or, in a done-callback, only futures whose
-    /// callbacks this thread runs were left).
+    /// held, or the timeout passed).
     pub not_done: Vec<usize>,
 }
 
 /// Waits for `futures` as `return_when` says, at most `timeout`.
-///
-/// Called from a done-callback, it also returns once only futures whose
-/// callbacks this thread is running are left (they cannot finish before
-/// it returns; they are in `not_done`, see
-/// [`Future::add_done_callback`]).
 ///
 /// ```
 /// use loky::{wait, ReturnWhen};
@@ -74,7 +68,7 @@ pub fn wait<R: Send + 'static>(
             ReturnWhen::FirstCompleted => !watch.order.is_empty() || futures.is_empty(),
             ReturnWhen::FirstException => watch.pending() == 0 || failed,
         };
-        if finished || watch.only_own_left().is_some() || !watch.block(deadline) {
+        if finished || !watch.block(deadline) {
             let mut done = watch.order;
             done.sort_unstable();
             let not_done = (0..futures.len()).filter(|&i| !watch.is_done[i]).collect();
@@ -142,29 +136,6 @@ impl<'a, R: Send + 'static> Watch<'a, R> {
         self.futures.len() - self.order.len()
     }
 
-    /// If every future still pending is one whose done-callbacks this
-    /// thread is running (a callback waiting on its own future), the error
-    /// to give: each counts as done only once its callbacks return, so
-    /// waiting longer would never end. Asked on this thread each time, not
-    /// once: the iterator of `as_completed` may be made on one thread and
-    /// used on another.
-    fn only_own_left(&self) -> Option<Error> {
-        // Outside done-callbacks (the common case) one thread-local read.
-        if !crate::future::in_a_callback() {
-            return None;
-        }
-        let mut pending = self
-            .futures
-            .iter()
-            .zip(&self.is_done)
-            .filter(|(_, done)| !**done)
-            .map(|(f, _)| f);
-        let first = pending.next()?.not_from_own_callback().err()?;
-        pending
-            .all(|f| f.not_from_own_callback().is_err())
-            .then_some(first)
-    }
-
     /// Takes in the futures that finished since the last call.
     fn collect(&mut self) {
         let Some(set) = &self.set else { return };
@@ -195,10 +166,7 @@ impl<'a, R: Send + 'static> Watch<'a, R> {
 }
 
 /// Yields each future as it completes (in completion order); after
-/// `timeout`, yields `Err(Error::Timeout)` once and stops. Called from a
-/// done-callback, it yields `Err(Error::InvalidArgument)` once and stops
-/// when only futures whose callbacks this thread is running are left (see
-/// [`Future::add_done_callback`]).
+/// `timeout`, yields `Err(Error::Timeout)` once and stops.
 ///
 /// ```
 /// let ex = loky::ProcessPoolExecutor::builder().max_workers(2).build()?;
@@ -254,10 +222,6 @@ impl<'a, R: Send + 'static> Iterator for AsCompleted<'a, R> {
             if let Some(&i) = self.watch.order.get(self.yielded) {
                 self.yielded += 1;
                 return Some(Ok(&self.watch.futures[i]));
-            }
-            if let Some(e) = self.watch.only_own_left() {
-                self.stopped = true;
-                return Some(Err(e));
             }
             if !self.watch.block(self.deadline) {
                 self.stopped = true;

@@ -323,18 +323,15 @@ fn a_done_callback_waiting_for_its_own_future_gets_an_error() {
         f.add_done_callback(move |outcome| {
             let own = me.result_timeout(HANG);
             let exception = me.exception();
-            let _ = tx.send((outcome.is_ok(), own, exception));
+            let _ = tx.send((outcome.is_ok(), own, exception, me.done()));
         });
-        let (ok, own, exception) = rx.recv_timeout(HANG).expect("the callback returns");
+        let (ok, own, exception, done) = rx.recv_timeout(HANG).expect("the callback returns");
         assert_eq!(ok, !already_done, "the outcome it is given");
         assert!(matches!(own, Err(Error::InvalidArgument(_))), "{own:?}");
-        // `exception` of a task finished before the callback was added
-        // does not wait: it answers.
-        if already_done {
-            assert!(exception.is_none(), "{exception:?}");
-        } else {
-            assert!(matches!(exception, Some(Error::InvalidArgument(_))));
-        }
+        // As in `concurrent.futures`, the task is finished before its
+        // callbacks run: `done` and `exception` answer there.
+        assert!(done, "done in its own callback");
+        assert!(exception.is_none(), "{exception:?}");
         // Outside the callback the future works as before.
         assert!(f.exception_timeout(HANG).unwrap().is_none());
         assert!(f.done());
@@ -342,7 +339,7 @@ fn a_done_callback_waiting_for_its_own_future_gets_an_error() {
 }
 
 #[test]
-fn a_done_callback_waiting_on_a_set_with_its_own_future_does_not_hang() {
+fn a_done_callback_waiting_on_a_set_with_its_own_future_finds_it_done() {
     let ex = pool(1);
     // The own future (index 0) runs first; the other one is queued behind
     // it on the single worker, so it finishes while the callback waits.
@@ -360,23 +357,82 @@ fn a_done_callback_waiting_on_a_set_with_its_own_future_does_not_hang() {
         let _ = tx.send((waited, yielded));
     });
     let (waited, yielded) = rx.recv_timeout(HANG).expect("the callback returns");
-    assert_eq!(waited.done, vec![1]);
-    assert_eq!(
-        waited.not_done,
-        vec![0],
-        "its own future cannot be done yet"
-    );
-    assert_eq!(yielded.len(), 2, "{yielded:?}");
-    assert_eq!(yielded[0].as_ref().ok(), Some(&futs[1].id()));
-    assert!(
-        matches!(yielded[1], Err(Error::InvalidArgument(_))),
-        "{yielded:?}"
-    );
+    // Its own future is done already (finished before its callbacks ran).
+    assert_eq!(waited.done, vec![0, 1]);
+    assert!(waited.not_done.is_empty());
+    let ids: BTreeSet<u64> = yielded.into_iter().map(|f| f.unwrap()).collect();
+    assert_eq!(ids, futs.iter().map(|f| f.id()).collect());
     // Outside the callback both finish as usual.
     assert_eq!(
         wait(&futs, Some(HANG), ReturnWhen::AllCompleted).done,
         vec![0, 1]
     );
+}
+
+#[test]
+fn callbacks_see_their_task_finished_and_counted() {
+    // A scheduler's join: the callback of each of two inputs starts the
+    // next task once both are done. Each callback sees its own future
+    // done, so exactly one of them (or both, counted once) starts it.
+    let ex = Arc::new(pool(2));
+    for round in 0..20 {
+        let a = Arc::new(ex.submit(sleep_ms, 10 + round % 3).unwrap());
+        let b = Arc::new(ex.submit(sleep_ms, 10).unwrap());
+        let started = Arc::new(AtomicUsize::new(0));
+        let (tx, rx) = mpsc::channel();
+        for (me, other) in [(a.clone(), b.clone()), (b.clone(), a.clone())] {
+            let (started, tx, me2, ex) = (started.clone(), tx.clone(), me.clone(), ex.clone());
+            me.add_done_callback(move |_| {
+                let stats = ex.stats();
+                let _ = tx.send((me2.done(), me2.exception().is_none(), stats.completed));
+                if me2.done() && other.done() && started.fetch_add(1, Ordering::SeqCst) == 0 {
+                    let _ = tx.send((true, true, u64::MAX));
+                }
+            });
+        }
+        drop(tx);
+        let seen: Vec<_> = rx.iter().collect();
+        let joins = seen.iter().filter(|s| s.2 == u64::MAX).count();
+        assert_eq!(joins, 1, "round {round}: the join starts once: {seen:?}");
+        for (done, clean, completed) in seen.iter().filter(|s| s.2 != u64::MAX) {
+            assert!(done, "round {round}: done in its own callback");
+            assert!(clean, "round {round}: no exception");
+            assert!(
+                *completed >= 1,
+                "round {round}: counted before its callback"
+            );
+        }
+    }
+}
+
+#[test]
+fn callbacks_added_at_once_after_the_end_all_see_the_value() {
+    // Added after completion from several threads at once, while others
+    // look at the value: none is told it was taken.
+    let ex = pool(1);
+    for _ in 0..20 {
+        let f = Arc::new(ex.submit(|x: u64| x * 3, 7).unwrap());
+        assert!(f.exception_timeout(HANG).unwrap().is_none());
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                let (f, seen) = (f.clone(), seen.clone());
+                s.spawn(move || {
+                    for _ in 0..10 {
+                        let seen = seen.clone();
+                        f.add_done_callback(move |r| {
+                            std::thread::sleep(Duration::from_micros(200));
+                            seen.lock().unwrap().push(r.as_ref().ok().copied());
+                        });
+                    }
+                });
+            }
+        });
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 40);
+        assert!(seen.iter().all(|v| *v == Some(21)), "{seen:?}");
+        assert_eq!(f.result().unwrap(), 21, "the value is back once they ran");
+    }
 }
 
 #[test]
