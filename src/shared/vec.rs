@@ -173,11 +173,14 @@ impl<T: Pod> SharedVec<T> {
     /// this array exists (it may be in a task, writing).
     pub fn try_as_slice(&self) -> Result<&[T]> {
         self.alloc.check(&self.whole(), false)?;
-        // SAFETY: the block holds `len` initialised `T`s (Pod: any bits
-        // are valid; fresh blocks are written or zeroed at creation) and
-        // lives as long as `self.alloc`; no write lease is held (checked),
-        // and none can be taken while `&self` is borrowed (that needs
-        // `&mut self`).
+        // SAFETY: the block's `len * size_of::<T>()` bytes are initialised
+        // whatever was done to them: they are pages of the arena's mapped
+        // file, which read as zero until written and keep what was last
+        // written (an `uninit` array, `map_shared`'s output, is not
+        // written or zeroed at creation), and `T: Pod` accepts any bytes.
+        // The block is aligned for `T` (checked at allocation) and lives as
+        // long as `self.alloc`; no write lease is held (checked), and none
+        // can be taken while `&self` is borrowed (that needs `&mut self`).
         Ok(unsafe { std::slice::from_raw_parts(self.alloc.base.as_ptr().cast::<T>(), self.len) })
     }
 
