@@ -105,8 +105,9 @@ pub enum Error {
     ResultTaken,
 
     /// The pool's shared arena has no room for a new [`SharedVec`]: its
-    /// limit is reached, or the system refused to commit the memory. Drop
-    /// shared arrays you no longer need, or raise the limit with
+    /// limit is reached, its free space is too fragmented, or the system
+    /// refused to commit the memory. Drop shared arrays you no longer
+    /// need, or raise the limit with
     /// [`arena_limit`](crate::ProcessPoolExecutorBuilder::arena_limit).
     ///
     /// [`SharedVec`]: crate::SharedVec
@@ -118,7 +119,8 @@ pub enum Error {
         in_use: usize,
         /// The arena's limit in bytes.
         limit: usize,
-        /// Empty, or why the system refused (with a leading `"; "`).
+        /// Empty, or more about the cause (with a leading `"; "`): why the
+        /// system refused, or how fragmented the free space is.
         reason: String,
     },
 

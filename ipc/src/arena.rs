@@ -80,7 +80,7 @@ const _: () = assert!(std::mem::size_of::<ArenaHeader>() <= PAGE);
 pub enum ArenaError {
     /// The arena's reservation (its configured limit) has no free stretch
     /// large enough.
-    #[error("shared arena full: {requested} bytes requested, {in_use} of {limit} bytes in use")]
+    #[error("shared arena full: {requested} bytes requested, {in_use} of {limit} bytes in use, the longest free stretch {largest_free} bytes")]
     Full {
         /// Bytes asked for.
         requested: usize,
@@ -88,6 +88,9 @@ pub enum ArenaError {
         in_use: usize,
         /// The reservation.
         limit: usize,
+        /// The longest run of free bytes: less than `requested` where
+        /// `limit - in_use` is not, when free space is fragmented.
+        largest_free: usize,
     },
     /// The system refused to commit memory for the block (`fallocate`
     /// failed: memory or a cgroup limit is exhausted).
@@ -210,25 +213,18 @@ impl Arena {
             });
         }
         let map = self.mapping().map_err(AllocFailure::Os)?;
-        let (padded, align) = padded_len(len).ok_or_else(|| {
+        let full = |st: &FreeList| {
             AllocFailure::Arena(ArenaError::Full {
                 requested: len,
-                in_use: self.in_use(),
+                in_use: st.in_use,
                 limit: self.limit(),
+                largest_free: st.largest(),
             })
-        })?;
+        };
+        let (padded, align) = padded_len(len).ok_or_else(|| full(&self.lock()))?;
         let (offset, clean_from) = {
             let mut st = self.lock();
-            match st.take(padded, align) {
-                Some(found) => found,
-                None => {
-                    return Err(AllocFailure::Arena(ArenaError::Full {
-                        requested: len,
-                        in_use: st.in_use,
-                        limit: self.limit(),
-                    }))
-                }
-            }
+            st.take(padded, align).ok_or_else(|| full(&st))?
         };
         let first_page = offset / PAGE * PAGE;
         let end_page = (offset + padded).next_multiple_of(PAGE);
@@ -548,6 +544,13 @@ impl FreeList {
         self.by_size.remove(&(len, offset));
     }
 
+    /// The length of the longest free stretch. The never-used tail is one
+    /// of the stretches (`clean` only says which bytes read as zero), so
+    /// this is all the room there is.
+    fn largest(&self) -> usize {
+        self.by_size.last().map_or(0, |&(len, _)| len)
+    }
+
     /// Takes `len` bytes aligned to `align` (best fit); returns the offset
     /// and the offset from which the bytes are known to be zero.
     fn take(&mut self, len: usize, align: usize) -> Option<(usize, usize)> {
@@ -683,6 +686,39 @@ mod tests {
         // SAFETY: freed once, untouched afterwards.
         unsafe { a.free(b) };
         a.allocate(1 << 20, false).unwrap();
+    }
+
+    #[test]
+    fn full_says_how_fragmented_free_space_is() {
+        let a = arena(4 << 20);
+        let blocks: Vec<Block> = (0..4)
+            .map(|_| a.allocate(1 << 20, false).unwrap())
+            .collect();
+        // SAFETY: freed once each, untouched afterwards.
+        unsafe {
+            a.free(blocks[0]);
+            a.free(blocks[2]);
+        }
+        match a.allocate(2 << 20, false) {
+            Err(AllocFailure::Arena(ArenaError::Full {
+                requested,
+                in_use,
+                limit,
+                largest_free,
+            })) => {
+                assert_eq!((requested, in_use, limit), (2 << 20, 2 << 20, 4 << 20));
+                assert_eq!(largest_free, 1 << 20);
+            }
+            other => panic!("expected Full, got {other:?}"),
+        }
+        // SAFETY: as above.
+        unsafe { a.free(blocks[1]) };
+        match a.allocate(4 << 20, false) {
+            Err(AllocFailure::Arena(ArenaError::Full { largest_free, .. })) => {
+                assert_eq!(largest_free, 3 << 20, "freed neighbours merge")
+            }
+            other => panic!("expected Full, got {other:?}"),
+        }
     }
 
     #[test]

@@ -13,7 +13,8 @@ use std::ops::Range;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use loky_ipc::{Arena, Block};
+use loky_ipc::arena::AllocFailure;
+use loky_ipc::{Arena, ArenaError, Block};
 
 use crate::error::{Error, Result};
 
@@ -46,34 +47,9 @@ impl std::fmt::Debug for Allocation {
 impl Allocation {
     /// Allocates `bytes` bytes in `arena` (zeroed if asked).
     pub(crate) fn new(arena: &Arc<Arena>, bytes: usize, zeroed: bool) -> Result<Arc<Self>> {
-        let block = arena.allocate(bytes, zeroed).map_err(|e| match e {
-            loky_ipc::arena::AllocFailure::Arena(loky_ipc::ArenaError::Full {
-                requested,
-                in_use,
-                limit,
-            }) => Error::ArenaFull {
-                requested,
-                in_use,
-                limit,
-                reason: String::new(),
-            },
-            loky_ipc::arena::AllocFailure::Arena(loky_ipc::ArenaError::NoMemory {
-                requested,
-                reason,
-            }) => Error::ArenaFull {
-                requested,
-                in_use: arena.in_use(),
-                limit: arena.limit(),
-                reason: format!("; {reason}"),
-            },
-            loky_ipc::arena::AllocFailure::Os(e) => Error::from(e),
-            loky_ipc::arena::AllocFailure::Arena(other) => Error::ArenaFull {
-                requested: bytes,
-                in_use: arena.in_use(),
-                limit: arena.limit(),
-                reason: format!("; {other}"),
-            },
-        })?;
+        let block = arena
+            .allocate(bytes, zeroed)
+            .map_err(|e| alloc_error(arena, bytes, e))?;
         let base = match arena.ptr(block.offset) {
             Ok(p) => p,
             Err(e) => {
@@ -111,6 +87,48 @@ impl Allocation {
             writable,
             sent: AtomicBool::new(false),
         })
+    }
+}
+
+/// The error for an allocation of `bytes` in `arena` that failed with
+/// `failure`.
+fn alloc_error(arena: &Arena, bytes: usize, failure: AllocFailure) -> Error {
+    match failure {
+        AllocFailure::Arena(ArenaError::Full {
+            requested,
+            in_use,
+            limit,
+            largest_free,
+        }) => {
+            // Enough room in all, but no stretch long enough: without the
+            // largest stretch the numbers look as if the array should fit.
+            let reason = if in_use.saturating_add(requested) <= limit {
+                format!(
+                    "; free space is fragmented: the largest free stretch is {largest_free} bytes"
+                )
+            } else {
+                String::new()
+            };
+            Error::ArenaFull {
+                requested,
+                in_use,
+                limit,
+                reason,
+            }
+        }
+        AllocFailure::Arena(ArenaError::NoMemory { requested, reason }) => Error::ArenaFull {
+            requested,
+            in_use: arena.in_use(),
+            limit: arena.limit(),
+            reason: format!("; {reason}"),
+        },
+        AllocFailure::Os(e) => Error::from(e),
+        AllocFailure::Arena(other) => Error::ArenaFull {
+            requested: bytes,
+            in_use: arena.in_use(),
+            limit: arena.limit(),
+            reason: format!("; {other}"),
+        },
     }
 }
 
