@@ -109,9 +109,15 @@ pub enum Error {
     /// refused to commit the memory. Drop shared arrays you no longer
     /// need, or raise the limit with
     /// [`arena_limit`](crate::ProcessPoolExecutorBuilder::arena_limit).
+    /// Or the system refused to map the arena's address space at all
+    /// (`ulimit -v`), and only a smaller `arena_limit` helps; `reason` then
+    /// says so.
     ///
     /// [`SharedVec`]: crate::SharedVec
-    #[error("shared arena cannot hold {requested} more bytes ({in_use} of {limit} in use{reason}); drop unused SharedVecs or raise arena_limit")]
+    #[error(
+        "shared arena cannot hold {requested} more bytes ({in_use} of {limit} in use{reason}){}",
+        arena_full_advice(reason)
+    )]
     ArenaFull {
         /// Bytes asked for.
         requested: usize,
@@ -170,9 +176,10 @@ pub enum Error {
     InvalidArgument(String),
 
     /// An operating-system or shared-memory transport failure (out of
-    /// memory for a spill buffer, out of file descriptors, mapping the
-    /// arena, ...). The arena refusing to commit memory for a shared array
-    /// is [`Error::ArenaFull`] instead.
+    /// memory for a spill buffer, out of file descriptors, ...). The arena
+    /// refusing to commit memory for a shared array, or the system refusing
+    /// to map the arena for lack of address space, is [`Error::ArenaFull`]
+    /// instead.
     #[error("transport failure: {0}")]
     Ipc(#[source] Arc<loky_ipc::Error>),
 }
@@ -204,6 +211,20 @@ impl std::fmt::Display for CodecStage {
 impl From<loky_ipc::Error> for Error {
     fn from(e: loky_ipc::Error) -> Self {
         Self::Ipc(Arc::new(e))
+    }
+}
+
+/// How an [`Error::ArenaFull`] `reason` starts when the system refused to
+/// map the arena: raising the limit would make that worse, so the message
+/// does not end by suggesting it.
+pub(crate) const MAP_REFUSED: &str = "; the system refused to map";
+
+/// The advice that ends an [`Error::ArenaFull`] message.
+fn arena_full_advice(reason: &str) -> &'static str {
+    if reason.starts_with(MAP_REFUSED) {
+        ""
+    } else {
+        "; drop unused SharedVecs or raise arena_limit"
     }
 }
 

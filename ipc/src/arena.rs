@@ -452,6 +452,13 @@ impl ArenaView {
         self.header.id
     }
 
+    /// The largest number of bytes the arena can hold, as
+    /// [`Arena::limit`] says in the creator (its mapping is one header
+    /// page more).
+    pub fn limit(&self) -> usize {
+        (self.header.reserve as usize).saturating_sub(PAGE)
+    }
+
     /// The address of `len` bytes at `offset`, after checking they lie
     /// inside the arena (so touching them cannot fault).
     ///

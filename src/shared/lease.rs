@@ -122,6 +122,15 @@ fn alloc_error(arena: &Arena, bytes: usize, failure: AllocFailure) -> Error {
             limit: arena.limit(),
             reason: format!("; {reason}"),
         },
+        // The first allocation maps the whole reservation: under a tight
+        // `ulimit -v` that fails however small the array, and only a
+        // smaller limit helps.
+        AllocFailure::Os(e) if is_map_refused(&e) => Error::ArenaFull {
+            requested: bytes,
+            in_use: arena.in_use(),
+            limit: arena.limit(),
+            reason: map_refused(arena.limit()),
+        },
         AllocFailure::Os(e) => Error::from(e),
         AllocFailure::Arena(other) => Error::ArenaFull {
             requested: bytes,
@@ -130,6 +139,22 @@ fn alloc_error(arena: &Arena, bytes: usize, failure: AllocFailure) -> Error {
             reason: format!("; {other}"),
         },
     }
+}
+
+/// Whether mapping the arena failed for lack of address space (`ENOMEM`
+/// from `mmap`: `RLIMIT_AS`, or too many mappings), as opposed to a broken
+/// descriptor or the like.
+pub(super) fn is_map_refused(e: &loky_ipc::Error) -> bool {
+    matches!(e, loky_ipc::Error::Os { source, .. } if source.raw_os_error() == Some(libc::ENOMEM))
+}
+
+/// The `reason` of an [`Error::ArenaFull`] for an arena of `limit` bytes
+/// that could not be mapped (see [`is_map_refused`]).
+pub(super) fn map_refused(limit: usize) -> String {
+    format!(
+        "{} the arena's {limit} bytes of address space (ulimit -v?): set a smaller arena_limit",
+        crate::error::MAP_REFUSED
+    )
 }
 
 impl Drop for Allocation {
@@ -323,6 +348,35 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn an_arena_the_system_will_not_map_is_full_not_a_transport_failure() {
+        let arena = Arena::create(1 << 20, 1).unwrap();
+        let os = |errno| loky_ipc::Error::Os {
+            op: "mmap (shared arena)",
+            source: std::io::Error::from_raw_os_error(errno),
+        };
+        match alloc_error(&arena, 16, AllocFailure::Os(os(libc::ENOMEM))) {
+            e @ Error::ArenaFull {
+                requested: 16,
+                limit: 1048576,
+                ..
+            } => {
+                let message = e.to_string();
+                assert!(
+                    message.contains("refused to map the arena's 1048576 bytes")
+                        && message.contains("set a smaller arena_limit"),
+                    "{message}"
+                );
+                assert!(!message.contains("raise arena_limit"), "{message}");
+            }
+            other => panic!("expected ArenaFull, got {other:?}"),
+        }
+        assert!(matches!(
+            alloc_error(&arena, 16, AllocFailure::Os(os(libc::EBADF))),
+            Error::Ipc(_)
+        ));
     }
 
     #[test]

@@ -294,7 +294,9 @@ impl ArchivedHandle {
             writable,
         };
         accept(&wire, self.grant.to_native(), bytes).map_err(fail)?;
-        let ptr = view.range(offset, bytes).map_err(|e| fail(e.to_string()))?;
+        let ptr = view
+            .range(offset, bytes)
+            .map_err(|e| fail(view_error(view, &e)))?;
         Ok((
             Received {
                 ptr,
@@ -502,6 +504,21 @@ pub(crate) fn task_finished() -> usize {
     EPOCH.fetch_add(1, Ordering::Relaxed);
     // SYNC POINT: see `WorkerGuard::drop`.
     LIVE.load(Ordering::Acquire)
+}
+
+/// Why a worker cannot reach a handle's bytes. A mapping refused for lack
+/// of address space says what to do in the same words as in the parent:
+/// a worker inherits the parent's `ulimit -v` but may have used more of
+/// it (its tasks' own memory).
+fn view_error(view: &loky_ipc::ArenaView, e: &loky_ipc::Error) -> String {
+    if super::lease::is_map_refused(e) {
+        format!(
+            "this worker cannot map the shared arena{}",
+            super::lease::map_refused(view.limit())
+        )
+    } else {
+        e.to_string()
+    }
 }
 
 fn worker_arena() -> Result<&'static loky_ipc::ArenaView, String> {
