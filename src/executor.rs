@@ -510,10 +510,18 @@ impl ProcessPoolExecutorBuilder {
     }
 
     /// The most bytes the pool's shared arena may hold, i.e. the total size
-    /// of its live [`SharedVec`](crate::SharedVec)s (default: the machine's
-    /// physical memory; at least 1 byte and at most memory plus swap, else
-    /// [`Error::InvalidConfig`]). Allocating past it fails with
-    /// [`Error::ArenaFull`]; memory is committed per array, not up front.
+    /// of its live [`SharedVec`](crate::SharedVec)s (at least 1 byte and at
+    /// most memory plus swap, else [`Error::InvalidConfig`]). Allocating
+    /// past it fails with [`Error::ArenaFull`]; memory is committed per
+    /// array, not up front.
+    ///
+    /// The arena maps the whole limit as address space when the first
+    /// shared array is made, in the parent and in each worker that receives
+    /// one. So the default is the smallest of the machine's physical
+    /// memory, half the address-space limit (`ulimit -v`) and the memory
+    /// limit of the process's cgroup, and at least 64 MiB. A limit set
+    /// here is taken as given: if the system refuses to map it, allocating
+    /// fails with [`Error::ArenaFull`], whose message says so.
     ///
     /// ```
     /// let ex = loky::ProcessPoolExecutor::builder().max_workers(1).arena_limit(1 << 20).build()?;

@@ -1,6 +1,10 @@
-//! The shared arena against its limits: an arena a worker cannot map, and
-//! an arena too fragmented for an array that would fit in its free bytes.
+//! The shared arena against the system's limits: the default limit under
+//! `ulimit -v`, an arena the system refuses to map (in the parent and in a
+//! worker), and an arena too fragmented for an array that would fit in
+//! its free bytes.
 
+use std::os::unix::process::CommandExt;
+use std::process::Command;
 use std::time::Duration;
 
 use loky::{Error, ProcessPoolExecutor, SharedSlice, SharedVec};
@@ -9,10 +13,111 @@ mod support;
 
 const MIB: usize = 1 << 20;
 
+/// Set in the child this file's `ulimit -v` test re-runs itself as.
+const CHILD: &str = "LOKY_TEST_ARENA_UNDER_RLIMIT_AS";
+
 /// Fails the test (instead of hanging it) if `body` takes longer than
 /// `secs`.
 fn bounded<T: Send + 'static>(secs: u64, body: impl FnOnce() -> T + Send + 'static) -> T {
     support::bounded(Duration::from_secs(secs), body)
+}
+
+/// The address-space limit of the child: `ulimit -v 4000000`, or the
+/// machine's memory where that is less, so that an arena as large as the
+/// machine's memory (the old default) cannot be mapped under it; and no
+/// more than this process may raise its own limit to.
+fn child_address_space() -> u64 {
+    let physical = loky_ipc::sysmem::physical_memory() as u64;
+    let ours = rustix::process::getrlimit(rustix::process::Resource::As).current;
+    (4_000_000 << 10)
+        .min(physical)
+        .min(ours.unwrap_or(u64::MAX))
+}
+
+/// The child, under `RLIMIT_AS` of `limit` bytes: a pool with the default
+/// arena makes a small array, a worker reads it, and a pool whose explicit
+/// limit is the whole address space says it cannot be mapped.
+fn child(limit: u64) {
+    let ex = ProcessPoolExecutor::new(1).unwrap();
+    let v = SharedVec::<u8>::zeroed(&ex, 16).unwrap_or_else(|e| {
+        panic!("a 16-byte array under an address-space limit of {limit} bytes: {e}")
+    });
+    let arena = ex.shared_memory().limit as u64;
+    assert!(
+        arena <= limit / 2,
+        "default arena of {arena} bytes under RLIMIT_AS of {limit}"
+    );
+    // The worker inherits the limit and maps the same arena.
+    let len = ex
+        .submit(|s: SharedSlice<u8>| s.len(), v.slice(..).unwrap())
+        .unwrap()
+        .result()
+        .unwrap();
+    assert_eq!(len, 16);
+    drop((v, ex));
+
+    let ex = ProcessPoolExecutor::builder()
+        .max_workers(1)
+        .arena_limit(limit as usize)
+        .build()
+        .unwrap();
+    match SharedVec::<u8>::zeroed(&ex, 16) {
+        Err(Error::ArenaFull {
+            requested, reason, ..
+        }) => {
+            assert_eq!(requested, 16);
+            assert!(
+                reason.contains("refused to map") && reason.contains("arena_limit"),
+                "{reason}"
+            );
+        }
+        other => panic!(
+            "an arena as large as the address-space limit: expected ArenaFull, got {:?}",
+            other.map(|v| v.len())
+        ),
+    }
+    println!("CHILD OK");
+}
+
+#[test]
+fn the_default_arena_fits_under_ulimit_v() {
+    if let Some(limit) = std::env::var_os(CHILD) {
+        let limit = limit.to_str().and_then(|l| l.parse().ok()).unwrap();
+        child(limit);
+        return;
+    }
+    let limit = child_address_space();
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    command
+        .args([
+            "--exact",
+            "the_default_arena_fits_under_ulimit_v",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD, limit.to_string());
+    let hard = rustix::process::getrlimit(rustix::process::Resource::As).maximum;
+    let rlimit = rustix::process::Rlimit {
+        current: Some(limit),
+        maximum: hard,
+    };
+    // SAFETY: the closure runs in the child between fork and exec, where
+    // only async-signal-safe calls are allowed: `setrlimit` is a plain
+    // system call, and the error conversion allocates nothing.
+    unsafe {
+        command.pre_exec(move || {
+            rustix::process::setrlimit(rustix::process::Resource::As, rlimit)
+                .map_err(std::io::Error::from)
+        })
+    };
+    let out = bounded(120, move || command.output().unwrap());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("CHILD OK"),
+        "child under RLIMIT_AS of {limit} bytes: {}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// This process's address space in bytes (`VmSize`).

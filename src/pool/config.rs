@@ -20,6 +20,7 @@ pub(crate) struct Config {
     pub(crate) spin: Duration,
     /// Whether a worker gets its next task while it runs one.
     pub(crate) prefetch: bool,
-    /// Most bytes the shared arena may hold (default: physical memory).
+    /// Most bytes the shared arena may hold (default: see
+    /// `arena_limit::default_arena_limit`).
     pub(crate) arena_limit: Option<usize>,
 }

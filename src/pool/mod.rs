@@ -6,6 +6,7 @@
 //! after both are released, so a callback may submit work or wait on other
 //! futures.
 
+mod arena_limit;
 mod config;
 mod deadlines;
 mod identity;
@@ -311,7 +312,9 @@ impl Pool {
             tag: binary_tag(),
         })?;
         let arena = loky_ipc::Arena::create(
-            config.arena_limit.unwrap_or_else(default_arena_limit),
+            config
+                .arena_limit
+                .unwrap_or_else(arena_limit::default_arena_limit),
             arena_id(),
         )?;
         let pool = Arc::new(Self {
@@ -1873,12 +1876,6 @@ pub(crate) fn child_depth() -> String {
 
 /// How long the manager sleeps between housekeeping rounds.
 pub(crate) const TICK: Duration = Duration::from_millis(100);
-
-/// The default arena limit: the machine's physical memory (the arena only
-/// commits what live arrays use).
-fn default_arena_limit() -> usize {
-    loky_ipc::sysmem::physical_memory().max(64 << 20)
-}
 
 /// Physical memory plus swap: no arena can hold more.
 pub(crate) fn memory_and_swap() -> usize {

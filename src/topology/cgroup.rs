@@ -1,11 +1,13 @@
-//! CPU bandwidth quotas of the process's own cgroup (v1 and v2).
+//! CPU bandwidth quotas and memory limits of the process's own cgroup (v1
+//! and v2).
 //!
 //! The cgroup is found the way the kernel describes it, not by guessing
 //! paths: `/proc/self/cgroup` names our cgroup within each hierarchy, and
 //! `/proc/self/mountinfo` says where that hierarchy is mounted and which
 //! part of it the mount shows (its root, e.g. `/docker/<id>` inside an old
 //! container). From our cgroup we walk up to the mount point and read the
-//! quota at every level, because a parent's quota bounds its children too.
+//! quota (or the memory limit) at every level, because a parent's limit
+//! bounds its children too.
 
 use std::path::{Path, PathBuf};
 
@@ -18,14 +20,9 @@ const DEFAULT_PERIOD_US: u64 = 100_000;
 /// Reads every cgroup CPU quota that applies to this process, v2 first,
 /// each hierarchy from its outermost level to our own cgroup.
 pub(crate) fn limits(root: &Path, procfs: &Path) -> Vec<CpuLimit> {
-    let Some(cgroups) = read_or_log(&procfs.join("self/cgroup"), "cgroup membership") else {
+    let Some((membership, mounts)) = read_membership(procfs) else {
         return Vec::new();
     };
-    let Some(mountinfo) = read_or_log(&procfs.join("self/mountinfo"), "mount table") else {
-        return Vec::new();
-    };
-    let membership = Membership::parse(&cgroups);
-    let mounts = parse_mountinfo(&mountinfo);
     let mut limits = Vec::new();
     if let Some(path) = &membership.v2 {
         let mount = mounts.iter().filter(|m| m.fstype == "cgroup2");
@@ -44,6 +41,76 @@ pub(crate) fn limits(root: &Path, procfs: &Path) -> Vec<CpuLimit> {
     limits
 }
 
+/// A cgroup memory limit and the file it was read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct MemoryLimit {
+    /// The limit in bytes.
+    pub(crate) bytes: u64,
+    /// The file that set it (`memory.max` or `memory.limit_in_bytes`).
+    pub(crate) source: PathBuf,
+}
+
+/// The smallest memory limit on this process's cgroup and its ancestors,
+/// over both hierarchies (v2 `memory.max`, v1 `memory.limit_in_bytes`);
+/// `None` if no level has one. Unreadable or malformed files are skipped
+/// with a warning, as for the CPU quotas.
+pub(crate) fn memory_limit(root: &Path, procfs: &Path) -> Option<MemoryLimit> {
+    let (membership, mounts) = read_membership(procfs)?;
+    let mut limits = Vec::new();
+    if let Some(path) = &membership.v2 {
+        let mount = mounts.iter().filter(|m| m.fstype == "cgroup2");
+        for dir in hierarchy(root, mount, path) {
+            limits.extend(read_memory(dir.join("memory.max"), parse_memory_max));
+        }
+    }
+    if let Some(path) = &membership.v1_memory {
+        let mount = mounts
+            .iter()
+            .filter(|m| m.fstype == "cgroup" && has_item(&m.super_options, "memory"));
+        for dir in hierarchy(root, mount, path) {
+            limits.extend(read_memory(
+                dir.join("memory.limit_in_bytes"),
+                parse_limit_in_bytes,
+            ));
+        }
+    }
+    limits.into_iter().min_by_key(|limit| limit.bytes)
+}
+
+/// The limit in the file at `path`, if it exists and sets one.
+fn read_memory(
+    path: PathBuf,
+    parse: fn(&str) -> Result<Option<u64>, String>,
+) -> Option<MemoryLimit> {
+    let text = match read_text(&path) {
+        Ok(Some(text)) => text,
+        // The root cgroup, or a cgroup without the memory controller.
+        Ok(None) => return None,
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot read the cgroup memory limit; ignored");
+            return None;
+        }
+    };
+    match parse(&text) {
+        Ok(limit) => limit.map(|bytes| MemoryLimit {
+            bytes,
+            source: path,
+        }),
+        Err(why) => {
+            tracing::warn!(path = %path.display(), content = %text.trim(), "malformed memory limit ({why}); ignored");
+            None
+        }
+    }
+}
+
+/// Our cgroups and the mount table, from `procfs`; `None` (logged) if
+/// either file cannot be read.
+fn read_membership(procfs: &Path) -> Option<(Membership, Vec<Mount>)> {
+    let cgroups = read_or_log(&procfs.join("self/cgroup"), "cgroup membership")?;
+    let mountinfo = read_or_log(&procfs.join("self/mountinfo"), "mount table")?;
+    Some((Membership::parse(&cgroups), parse_mountinfo(&mountinfo)))
+}
+
 /// Our cgroup in each hierarchy, from `/proc/self/cgroup`.
 #[derive(Debug, Default, PartialEq, Eq)]
 struct Membership {
@@ -51,6 +118,8 @@ struct Membership {
     v2: Option<String>,
     /// Path in the v1 hierarchy that has the `cpu` controller.
     v1_cpu: Option<String>,
+    /// Path in the v1 hierarchy that has the `memory` controller.
+    v1_memory: Option<String>,
 }
 
 impl Membership {
@@ -67,8 +136,14 @@ impl Membership {
             };
             if id == "0" && controllers.is_empty() {
                 membership.v2 = Some(path.to_owned());
-            } else if has_item(controllers, "cpu") {
+                continue;
+            }
+            // One v1 hierarchy may carry both controllers (co-mounted).
+            if has_item(controllers, "cpu") {
                 membership.v1_cpu = Some(path.to_owned());
+            }
+            if has_item(controllers, "memory") {
+                membership.v1_memory = Some(path.to_owned());
             }
         }
         membership
@@ -317,6 +392,35 @@ fn positive(text: &str, what: &str) -> Result<u64, String> {
     }
 }
 
+/// Parses cgroup v2 `memory.max` (bytes, or `max` for none).
+fn parse_memory_max(text: &str) -> Result<Option<u64>, String> {
+    match text.trim() {
+        "max" => Ok(None),
+        bytes => bytes
+            .parse()
+            .map(Some)
+            .map_err(|_| format!("{bytes:?} is neither a byte count nor \"max\"")),
+    }
+}
+
+/// Values of `memory.limit_in_bytes` at or above this mean "no limit": the
+/// kernel shows an unset limit as the largest page-aligned `i64`
+/// (9223372036854771712 with 4 KiB pages, a little less with larger
+/// pages), and no machine has 4 EiB of memory.
+const V1_UNLIMITED_FROM: u64 = 1 << 62;
+
+/// Parses cgroup v1 `memory.limit_in_bytes`: `Ok(None)` is no limit.
+fn parse_limit_in_bytes(text: &str) -> Result<Option<u64>, String> {
+    let text = text.trim();
+    if text == "-1" {
+        return Ok(None);
+    }
+    let bytes: u64 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a byte count"))?;
+    Ok((bytes < V1_UNLIMITED_FROM).then_some(bytes))
+}
+
 /// CPUs needed to use a quota fully: quota / period, rounded up, at least 1.
 fn cpus_for(quota: u64, period: u64) -> usize {
     let cpus = quota / period + u64::from(quota % period != 0);
@@ -377,14 +481,16 @@ mod tests {
             Membership::parse(hybrid),
             Membership {
                 v2: Some("/user.slice/a".into()),
-                v1_cpu: Some("/user.slice".into())
+                v1_cpu: Some("/user.slice".into()),
+                v1_memory: Some("/x".into()),
             }
         );
         assert_eq!(
             Membership::parse("0::/a:b\n"),
             Membership {
                 v2: Some("/a:b".into()),
-                v1_cpu: None
+                v1_cpu: None,
+                v1_memory: None,
             }
         );
         // cpuacct and cpuset are not cpu.
@@ -420,6 +526,152 @@ garbage line
         assert_eq!(unescape("a\\040b\\011c\\134d"), "a b\tc\\d");
         assert_eq!(unescape("trailing\\04"), "trailing\\04");
         assert_eq!(unescape("\\999"), "\\999");
+    }
+
+    #[test]
+    fn memory_files() {
+        assert_eq!(parse_memory_max("max\n"), Ok(None));
+        assert_eq!(parse_memory_max("1073741824\n"), Ok(Some(1 << 30)));
+        assert_eq!(parse_memory_max("0"), Ok(Some(0)));
+        assert_eq!(parse_limit_in_bytes("536870912\n"), Ok(Some(512 << 20)));
+        // Unset, as 4 KiB and 64 KiB page kernels show it, or as written.
+        assert_eq!(parse_limit_in_bytes("9223372036854771712\n"), Ok(None));
+        assert_eq!(parse_limit_in_bytes("9223372036854710272"), Ok(None));
+        assert_eq!(parse_limit_in_bytes("-1"), Ok(None));
+        for bad in ["", "\n", "abc", "-1", "1G", "1 2"] {
+            assert!(parse_memory_max(bad).is_err(), "{bad:?} should be rejected");
+        }
+        for bad in ["", "abc", "-2", "1G"] {
+            assert!(
+                parse_limit_in_bytes(bad).is_err(),
+                "{bad:?} should be rejected"
+            );
+        }
+    }
+
+    /// A fake system root in a temporary directory, removed on drop.
+    struct Tree(PathBuf);
+
+    impl Tree {
+        fn new(name: &str) -> Tree {
+            let root = std::env::temp_dir()
+                .join(format!("loky-cgroup-memory-{}-{name}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&root);
+            std::fs::create_dir_all(&root).expect("create temp tree");
+            Tree(root)
+        }
+
+        fn file(&self, path: &str, contents: &str) -> &Tree {
+            let path = self.0.join(path);
+            std::fs::create_dir_all(path.parent().expect("file has a parent"))
+                .expect("create dirs");
+            std::fs::write(&path, contents).expect("write fixture file");
+            self
+        }
+
+        fn memory_limit(&self) -> Option<(u64, String)> {
+            memory_limit(&self.0, &self.0.join("proc")).map(|limit| {
+                let source = limit.source.strip_prefix(&self.0).map(Path::to_path_buf);
+                (
+                    limit.bytes,
+                    source.unwrap_or(limit.source).display().to_string(),
+                )
+            })
+        }
+    }
+
+    impl Drop for Tree {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    const V2_MOUNT: &str =
+        "30 23 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n";
+    const V1_MOUNTS: &str = "\
+32 31 0:29 / /sys/fs/cgroup/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct
+35 31 0:32 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory
+41 31 0:38 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw
+";
+
+    #[test]
+    fn v2_memory_limit_is_the_smallest_up_the_tree() {
+        let t = Tree::new("v2");
+        t.file("proc/self/cgroup", "0::/user.slice/job\n")
+            .file("proc/self/mountinfo", V2_MOUNT)
+            .file("sys/fs/cgroup/user.slice/memory.max", "2147483648\n")
+            .file("sys/fs/cgroup/user.slice/job/memory.max", "max\n");
+        assert_eq!(
+            t.memory_limit(),
+            Some((2 << 30, "sys/fs/cgroup/user.slice/memory.max".into()))
+        );
+        t.file("sys/fs/cgroup/user.slice/job/memory.max", "1073741824\n");
+        assert_eq!(
+            t.memory_limit(),
+            Some((1 << 30, "sys/fs/cgroup/user.slice/job/memory.max".into()))
+        );
+        // A malformed level is skipped, not taken as 0 or as no limit at all.
+        t.file("sys/fs/cgroup/user.slice/job/memory.max", "lots\n");
+        assert_eq!(t.memory_limit().map(|l| l.0), Some(2 << 30));
+        t.file("sys/fs/cgroup/user.slice/memory.max", "max\n");
+        assert_eq!(t.memory_limit(), None);
+    }
+
+    #[test]
+    fn v1_memory_limit_ignores_unlimited_and_spans_both_hierarchies() {
+        let t = Tree::new("v1");
+        t.file(
+            "proc/self/cgroup",
+            "5:memory:/batch/7\n4:cpu,cpuacct:/batch\n0::/batch\n",
+        )
+        .file("proc/self/mountinfo", V1_MOUNTS)
+        .file(
+            "sys/fs/cgroup/memory/memory.limit_in_bytes",
+            "9223372036854771712\n",
+        )
+        .file(
+            "sys/fs/cgroup/memory/batch/memory.limit_in_bytes",
+            "9223372036854771712\n",
+        )
+        .file(
+            "sys/fs/cgroup/memory/batch/7/memory.limit_in_bytes",
+            "9223372036854771712\n",
+        );
+        assert_eq!(t.memory_limit(), None, "all unlimited");
+        t.file(
+            "sys/fs/cgroup/memory/batch/memory.limit_in_bytes",
+            "3221225472\n",
+        );
+        assert_eq!(
+            t.memory_limit(),
+            Some((
+                3 << 30,
+                "sys/fs/cgroup/memory/batch/memory.limit_in_bytes".into()
+            ))
+        );
+        // A limit in the unified hierarchy too (systemd "hybrid"): the
+        // smaller of the two wins.
+        t.file("sys/fs/cgroup/unified/batch/memory.max", "1073741824\n");
+        assert_eq!(
+            t.memory_limit(),
+            Some((1 << 30, "sys/fs/cgroup/unified/batch/memory.max".into()))
+        );
+        // The cpu hierarchy's files are not memory limits.
+        t.file(
+            "sys/fs/cgroup/cpu,cpuacct/batch/memory.limit_in_bytes",
+            "4096\n",
+        );
+        assert_eq!(t.memory_limit().map(|l| l.0), Some(1 << 30));
+    }
+
+    #[test]
+    fn no_memory_limit_without_cgroup_files() {
+        let t = Tree::new("none");
+        assert_eq!(t.memory_limit(), None, "no /proc at all");
+        t.file("proc/self/cgroup", "0::/\n")
+            .file("proc/self/mountinfo", V2_MOUNT)
+            .file("sys/fs/cgroup/cgroup.procs", "");
+        assert_eq!(t.memory_limit(), None, "the root cgroup has no memory.max");
     }
 
     #[test]

@@ -33,6 +33,7 @@ pub mod hwloc;
 mod pinning;
 mod plan;
 
+pub(crate) use cgroup::{memory_limit as cgroup_memory_limit, MemoryLimit as CgroupMemoryLimit};
 pub(crate) use pinning::plan_for;
 pub use pinning::Pinning;
 mod probe;
