@@ -816,6 +816,26 @@ impl<R: Send + 'static> Future<R> {
         self.cell.task.state.load(Ordering::Acquire) == RUNNING
     }
 
+    /// How long the worker spent on the task, as it measured it: decoding
+    /// the argument, running the task and encoding its result (not the
+    /// wait in queues, nor the trip back). `None` until the task finished,
+    /// and for a task that no worker finished (cancelled, withdrawn, or its
+    /// worker died); `Some` for one that panicked. A scheduler can learn
+    /// task costs from it.
+    ///
+    /// ```
+    /// let ex = loky::ProcessPoolExecutor::builder().max_workers(1).build()?;
+    /// let nap = |ms: u64| std::thread::sleep(std::time::Duration::from_millis(ms));
+    /// let f = ex.submit(nap, 20)?;
+    /// f.result()?;
+    /// assert!(f.elapsed().unwrap() >= std::time::Duration::from_millis(20));
+    /// # Ok::<(), loky::Error>(())
+    /// ```
+    pub fn elapsed(&self) -> Option<Duration> {
+        let ns = self.cell.task.elapsed_ns();
+        (self.cell.task.is_done() && ns > 0).then(|| Duration::from_nanos(ns))
+    }
+
     /// True once the task finished, failed or was cancelled.
     pub fn done(&self) -> bool {
         if !self.cell.task.is_done() {

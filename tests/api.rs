@@ -1495,3 +1495,29 @@ fn sizes_past_32_bits_arrive_whole_or_are_refused() {
         assert!(matches!(mapped[1], Err(Error::Codec { .. })), "{mapped:?}");
     }
 }
+
+#[test]
+fn elapsed_is_the_workers_time_on_the_task() {
+    let ex = pool(1);
+    // Queued behind a 200 ms task: its own time excludes that wait.
+    let first = ex.submit(sleep_ms, 200).unwrap();
+    let second = ex.submit(sleep_ms, 30).unwrap();
+    assert_eq!(second.elapsed(), None, "not finished");
+    assert_eq!(second.result_timeout(HANG).unwrap(), 30);
+    let took = second.elapsed().expect("a finished task has a time");
+    assert!(took >= Duration::from_millis(30), "{took:?}");
+    assert!(
+        took < Duration::from_millis(200),
+        "{took:?} includes the wait"
+    );
+    assert!(first.elapsed().unwrap() >= Duration::from_millis(200));
+    // A panic was timed too; a task whose worker died was not.
+    let panicked = ex.submit(|_: ()| -> u8 { panic!("boom") }, ()).unwrap();
+    assert!(panicked.exception_timeout(HANG).unwrap().is_some());
+    assert!(panicked.elapsed().is_some());
+    let died = ex
+        .submit(|_: ()| -> u8 { std::process::abort() }, ())
+        .unwrap();
+    assert!(died.exception_timeout(HANG).unwrap().is_some());
+    assert_eq!(died.elapsed(), None);
+}
