@@ -136,6 +136,11 @@ impl<T> Archivable for T where
 /// Appends the archive of `value` to `out`.
 pub(crate) fn archive<T: Archivable>(value: &T, out: &mut AlignedVec) -> Result<(), String> {
     fits_rkyv_width(value)?;
+    archive_checked(value, out)
+}
+
+/// [`archive`] of a value [`fits_rkyv_width`] already passed.
+fn archive_checked<T: Archivable>(value: &T, out: &mut AlignedVec) -> Result<(), String> {
     let buf = std::mem::take(out);
     match rkyv::api::high::to_bytes_in::<_, rancor::BoxedError>(value, buf) {
         Ok(buf) => {
@@ -152,7 +157,7 @@ pub(crate) fn archive<T: Archivable>(value: &T, out: &mut AlignedVec) -> Result<
 /// one), else 32 bits, and then it truncates a larger value without an
 /// error (a task would get `1 << 33` as 0). The values rkyv keeps inside
 /// other types cannot be checked here; the feature is the cure for those.
-fn fits_rkyv_width<T: 'static>(value: &T) -> Result<(), String> {
+pub(crate) fn fits_rkyv_width<T: 'static>(value: &T) -> Result<(), String> {
     use rkyv::primitive::{FixedIsize, FixedUsize};
     use std::any::Any;
     if std::mem::size_of::<FixedUsize>() >= std::mem::size_of::<usize>() {
@@ -335,7 +340,7 @@ pub(crate) fn archive_direct<T: Archivable>(value: &T, out: &mut AlignedVec) -> 
     });
     fits_rkyv_width(value)?;
     if !targeted {
-        return archive(value, out);
+        return archive_checked(value, out);
     }
     let mark = out.len();
     let writer = SpillWriter {

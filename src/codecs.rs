@@ -115,6 +115,10 @@ where
     }
 
     fn encode_batch(items: &[T], out: &mut AlignedVec) -> Result<(), String> {
+        // A no-op loop unless `T` is `usize`/`isize` in rkyv's 32-bit format.
+        for item in items {
+            crate::codec::fits_rkyv_width(item)?;
+        }
         let buf = std::mem::take(out);
         match rkyv::api::high::to_bytes_in::<_, rkyv::rancor::BoxedError>(&SliceArchive(items), buf)
         {

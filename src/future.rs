@@ -2,7 +2,7 @@
 //! `concurrent.futures.Future`, and a `std::future::Future` too.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -127,13 +127,11 @@ enum Listener<R> {
     Indexed(Weak<FinishedSet>, usize),
     Waker(Waker),
     Callback(Callback<R>),
-    Taken,
 }
 
 struct Slot<R> {
     outcome: Option<Result<R>>,
     taken: bool,
-    lent: bool,
     /// `finish` has taken the outcome to run the callbacks: nothing more
     /// is staged.
     closing: bool,
@@ -149,6 +147,10 @@ pub(crate) struct TaskCell<R> {
     pub(crate) id: u64,
     elapsed_ns: std::sync::atomic::AtomicU64,
     state: AtomicU8,
+    /// The finished outcome is lent to done-callbacks (moved out of the
+    /// slot while they run, see [`TaskCell::lend`]): it cannot be taken
+    /// yet. Written under the slot's lock; read without it to poll.
+    lent: AtomicBool,
     slot: Mutex<Slot<R>>,
     pool: Weak<Pool>,
 }
@@ -221,10 +223,10 @@ impl<R: Send + 'static> TaskCell<R> {
             id,
             elapsed_ns: std::sync::atomic::AtomicU64::new(0),
             state: AtomicU8::new(PENDING),
+            lent: AtomicBool::new(false),
             slot: Mutex::new(Slot {
                 outcome: None,
                 taken: false,
-                lent: false,
                 closing: false,
                 error: None,
                 listeners: Vec::new(),
@@ -364,13 +366,14 @@ impl<R: Send + 'static> Completion for Cell<R> {
     }
 
     fn stage_bytes(&self, status: u32, elapsed_ns: u64, bytes: &[u8]) {
-        self.task.elapsed_ns.store(elapsed_ns, Ordering::Relaxed);
         // A task that already has its outcome (stopped while it waited
         // behind another one in the worker's ring) does not want this one:
         // decoding it would run user code, and drop its value, for nothing.
+        // Nor its time: its outcome is not the worker's.
         if !self.task.wants_outcome() {
             return;
         }
+        self.task.elapsed_ns.store(elapsed_ns, Ordering::Relaxed);
         self.task.stage((self.decode)(status, bytes));
     }
 
@@ -434,34 +437,37 @@ impl<R: Send + 'static> TaskCell<R> {
             let lent = if callbacks.is_empty() {
                 None
             } else {
-                slot.lent = true;
+                self.lent.store(true, Ordering::Release);
                 slot.outcome.take()
             };
             (lent, callbacks, listeners)
         };
-        self.wake(listeners);
+        // A waker that panics must not leave the value lent for ever.
+        let woken = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.wake(listeners);
+        }));
         if let Some(outcome) = lent {
             self.lend(outcome, callbacks);
+        }
+        if let Err(panic) = woken {
+            std::panic::resume_unwind(panic);
         }
     }
 
     /// The done-callbacks registered in `slot`, taken out of it.
     fn take_callbacks(slot: &mut Slot<R>) -> Vec<Callback<R>> {
         let mut callbacks = Vec::new();
-        slot.listeners.retain_mut(|l| match l {
-            Listener::Callback(_) => {
-                if let Listener::Callback(cb) = std::mem::replace(l, Listener::Taken) {
-                    callbacks.push(cb);
-                }
-                false
+        for l in std::mem::take(&mut slot.listeners) {
+            match l {
+                Listener::Callback(cb) => callbacks.push(cb),
+                other => slot.listeners.push(other),
             }
-            _ => true,
-        });
+        }
         callbacks
     }
 
     /// Runs `callbacks` on the finished `outcome`, lent out of the slot
-    /// (`slot.lent`), then those added meanwhile (by any thread: see
+    /// (`lent`), then those added meanwhile (by any thread: see
     /// [`TaskCell::run_with_outcome`]), and gives the outcome back.
     fn lend(&self, outcome: Result<R>, mut callbacks: Vec<Callback<R>>) {
         loop {
@@ -472,11 +478,12 @@ impl<R: Send + 'static> TaskCell<R> {
             callbacks = Self::take_callbacks(&mut slot);
             if callbacks.is_empty() {
                 slot.outcome = Some(outcome);
-                slot.lent = false;
-                // `.await`s that found the value lent wait for it.
-                let polls = std::mem::take(&mut slot.listeners);
+                self.lent.store(false, Ordering::Release);
+                // Those who found the value lent (`result`, `.await`) wait
+                // for it.
+                let waiting = std::mem::take(&mut slot.listeners);
                 drop(slot);
-                self.wake(polls);
+                self.wake(waiting);
                 return;
             }
         }
@@ -512,7 +519,6 @@ impl<R: Send + 'static> TaskCell<R> {
                 }
                 Listener::Waker(w) => w.wake(),
                 Listener::Callback(cb) => self.run_with_outcome(cb),
-                Listener::Taken => {}
             }
         }
     }
@@ -551,7 +557,7 @@ impl<R: Send + 'static> TaskCell<R> {
     fn run_with_outcome(&self, cb: Callback<R>) {
         let outcome = {
             let mut slot = lock(&self.slot);
-            if slot.lent {
+            if self.lent.load(Ordering::Acquire) {
                 slot.listeners.push(Listener::Callback(cb));
                 return;
             }
@@ -559,7 +565,7 @@ impl<R: Send + 'static> TaskCell<R> {
                 None
             } else {
                 let lent = slot.outcome.take();
-                slot.lent = lent.is_some();
+                self.lent.store(lent.is_some(), Ordering::Release);
                 lent
             }
         };
@@ -708,8 +714,7 @@ impl<R: Send + 'static> Future<R> {
     /// [`add_done_callback`](Self::add_done_callback)).
     pub fn result(&self) -> Result<R> {
         self.not_from_own_callback()?;
-        self.wait_done(None);
-        self.take()
+        self.take_by(None)
     }
 
     /// An error if this thread is running one of this task's done-callbacks
@@ -730,10 +735,7 @@ impl<R: Send + 'static> Future<R> {
     /// after `timeout` (the task keeps running; call again later).
     pub fn result_timeout(&self, timeout: Duration) -> Result<R> {
         self.not_from_own_callback()?;
-        if !self.wait_done(crate::wait::deadline_after(timeout)) {
-            return Err(Error::Timeout);
-        }
-        self.take()
+        self.take_by(crate::wait::deadline_after(timeout))
     }
 
     /// Blocks until finished; returns the error the task failed with, or
@@ -763,9 +765,8 @@ impl<R: Send + 'static> Future<R> {
 
     /// Cancels the task if it is still queued in the parent (not handed to
     /// a worker yet); returns whether it is cancelled (true again once
-    /// the future has finished cancelled, as in `concurrent.futures`; a
-    /// call made while another thread's cancel is still running the
-    /// callbacks gets false). A task a worker
+    /// the future has finished cancelled, as in `concurrent.futures`, its
+    /// callbacks running or not). A task a worker
     /// holds cannot be cancelled this way, even one waiting in its ring (as
     /// in `concurrent.futures`); [`kill`](Self::kill) stops those.
     pub fn cancel(&self) -> bool {
@@ -832,8 +833,11 @@ impl<R: Send + 'static> Future<R> {
     /// # Ok::<(), loky::Error>(())
     /// ```
     pub fn elapsed(&self) -> Option<Duration> {
+        if !self.cell.task.is_done() {
+            return None;
+        }
         let ns = self.cell.task.elapsed_ns();
-        (self.cell.task.is_done() && ns > 0).then(|| Duration::from_nanos(ns))
+        (ns > 0).then(|| Duration::from_nanos(ns))
     }
 
     /// True once the task finished, failed or was cancelled.
@@ -847,7 +851,9 @@ impl<R: Send + 'static> Future<R> {
     }
 
     /// Calls `f` with the outcome when the task finishes, exactly once; at
-    /// once (on this thread) if it already has. `f` gets the outcome by
+    /// once if it already has: on this thread, or, while the task's
+    /// callbacks are running, on their thread right after them (below).
+    /// `f` gets the outcome by
     /// reference, `&Ok(value)` or `&Err(error)`: the one that
     /// [`result`](Self::result) returns, or `&Err(Error::ResultTaken)` if
     /// `result` already took the value. A panic in `f` is logged and does
@@ -902,23 +908,29 @@ impl<R: Send + 'static> Future<R> {
         self.cell.task.run_with_outcome(Box::new(f));
     }
 
-    fn take(&self) -> Result<R> {
-        let mut slot = lock(&self.cell.task.slot);
-        let mut waited = 0u32;
-        while slot.lent {
-            // A done-callback added after completion is looking at it:
-            // yield for a short one, then nap (up to 1 ms) rather than burn
-            // a core for a long one.
-            drop(slot);
-            if waited < 64 {
-                std::thread::yield_now();
-            } else {
-                std::thread::sleep(Duration::from_micros(u64::from(waited.min(1000))));
+    /// Waits (until `deadline`) for the outcome, finished and not lent to
+    /// done-callbacks, and takes it; `Err(Timeout)` if the deadline came
+    /// first.
+    fn take_by(&self, deadline: Option<Instant>) -> Result<R> {
+        loop {
+            if !self.wait_ready(deadline) {
+                return Err(Error::Timeout);
             }
-            waited = waited.saturating_add(1);
-            slot = lock(&self.cell.task.slot);
+            // `None`: a callback added meanwhile borrowed it: wait again.
+            if let Some(r) = self.try_take(&mut lock(&self.cell.task.slot)) {
+                return r;
+            }
         }
-        match slot.outcome.take() {
+    }
+
+    /// Takes the outcome out of `slot` (a value once; an error is kept
+    /// and given again), or `None` if it is not there yet: not finished,
+    /// or lent to done-callbacks.
+    fn try_take(&self, slot: &mut Slot<R>) -> Option<Result<R>> {
+        if !self.cell.task.is_done() || self.cell.task.lent.load(Ordering::Acquire) {
+            return None;
+        }
+        Some(match slot.outcome.take() {
             Some(Ok(v)) => {
                 slot.taken = true;
                 Ok(v)
@@ -929,7 +941,30 @@ impl<R: Send + 'static> Future<R> {
                 Err(err)
             }
             None => Err(Error::ResultTaken),
+        })
+    }
+
+    /// Whether the outcome can be taken: finished, and not lent to
+    /// done-callbacks.
+    fn ready(&self) -> bool {
+        self.cell.task.is_done() && !self.cell.task.lent.load(Ordering::Acquire)
+    }
+
+    /// [`wait_done`](Self::wait_done), then also until the done-callbacks
+    /// gave the value back: with the same deadline, and the same work for
+    /// the pool meanwhile (a pool thread that waits keeps its pool going).
+    fn wait_ready(&self, deadline: Option<Instant>) -> bool {
+        if self.ready() {
+            return true;
         }
+        self.block_until(
+            || self.ready(),
+            deadline,
+            || {
+                let notify = self.notifier();
+                (!self.listen_until(&notify, true)).then_some(notify)
+            },
+        )
     }
 
     /// Waits until done or the deadline; returns whether done. Spins a
@@ -1024,8 +1059,16 @@ impl<R: Send + 'static> Future<R> {
     /// Registers `notify` to be fired on completion (once per notifier);
     /// true if already done.
     pub(crate) fn listen(&self, notify: &Arc<Notify>) -> bool {
+        self.listen_until(notify, false)
+    }
+
+    /// [`listen`](Self::listen); with `ready`, until the outcome can be
+    /// taken, not only until the task finished: a notifier registered
+    /// while the value is lent to done-callbacks fires when they give it
+    /// back.
+    fn listen_until(&self, notify: &Arc<Notify>, ready: bool) -> bool {
         let mut slot = lock(&self.cell.task.slot);
-        if self.cell.task.is_done() {
+        if self.cell.task.is_done() && !(ready && self.cell.task.lent.load(Ordering::Acquire)) {
             return true;
         }
         // Forget notifiers whose waiters left, and do not register twice.
@@ -1066,28 +1109,29 @@ impl<R: Send + 'static> std::future::Future for Future<R> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<R>> {
         self.not_from_own_callback()?;
-        if !self.done() || lock(&self.cell.task.slot).lent {
-            let mut slot = lock(&self.cell.task.slot);
-            // Not finished, or finished with its value lent to its
-            // callbacks: `take` would block this runtime thread until they
-            // return. [`TaskCell::lend`] wakes us when they did.
-            if !self.cell.task.is_done() || slot.lent {
-                // Only the waker of the latest poll must be woken (`Future`
-                // is not `Clone`, so one task polls it at a time): replace
-                // the previous one, so that polls with a new waker each
-                // time do not pile them up.
-                match slot
-                    .listeners
-                    .iter_mut()
-                    .find(|l| matches!(l, Listener::Waker(_)))
-                {
-                    Some(Listener::Waker(w)) => w.clone_from(cx.waker()),
-                    _ => slot.listeners.push(Listener::Waker(cx.waker().clone())),
-                }
-                return Poll::Pending;
-            }
+        // Reads the pool's result rings first (what `done` does).
+        self.done();
+        let mut slot = lock(&self.cell.task.slot);
+        // Taken under the lock that found it ready: a callback added from
+        // another thread cannot borrow it in between (which would block
+        // this runtime thread until that callback returned).
+        if let Some(r) = self.try_take(&mut slot) {
+            return Poll::Ready(r);
         }
-        Poll::Ready(self.take())
+        // Not finished, or finished with its value lent to its callbacks:
+        // woken when it can be taken (see [`TaskCell::lend`]). Only the
+        // waker of the latest poll must be woken (`Future` is not `Clone`,
+        // so one task polls it at a time): replace the previous one, so
+        // that polls with a new waker each time do not pile them up.
+        match slot
+            .listeners
+            .iter_mut()
+            .find(|l| matches!(l, Listener::Waker(_)))
+        {
+            Some(Listener::Waker(w)) => w.clone_from(cx.waker()),
+            _ => slot.listeners.push(Listener::Waker(cx.waker().clone())),
+        }
+        Poll::Pending
     }
 }
 

@@ -1458,6 +1458,10 @@ fn sizes_past_32_bits_arrive_whole_or_are_refused() {
         .submit(|v: Vec<usize>| v, vec![5, big])
         .and_then(|f| f.result());
     let mapped: Vec<_> = ex.map(|x: usize| x + 1, [1, big]).collect();
+    // The same through an explicit codec's batches, arguments and results.
+    let rkyv = ex.with_codec::<loky::Rkyv>();
+    let coded: Vec<_> = rkyv.map(|x: usize| x, [big]).collect();
+    let coded_back: Vec<_> = rkyv.map(|x: u64| x as usize, [big as u64]).collect();
     if wide {
         // The default (loky's `pointer_width_64` feature): all of it whole,
         // inside other types too.
@@ -1469,6 +1473,12 @@ fn sizes_past_32_bits_arrive_whole_or_are_refused() {
             mapped.into_iter().collect::<Result<Vec<_>, _>>().unwrap(),
             vec![2, big + 1]
         );
+        for coded in [coded, coded_back] {
+            assert_eq!(
+                coded.into_iter().collect::<Result<Vec<_>, _>>().unwrap(),
+                vec![big]
+            );
+        }
         let span = Span {
             start: big,
             len: big + 7,
@@ -1493,6 +1503,9 @@ fn sizes_past_32_bits_arrive_whole_or_are_refused() {
         assert!(matches!(signed, Err(Error::Codec { .. })), "{signed:?}");
         assert_eq!(mapped.len(), 2);
         assert!(matches!(mapped[1], Err(Error::Codec { .. })), "{mapped:?}");
+        for coded in [coded, coded_back] {
+            assert!(matches!(coded[..], [Err(Error::Codec { .. })]), "{coded:?}");
+        }
     }
 }
 
@@ -1520,4 +1533,73 @@ fn elapsed_is_the_workers_time_on_the_task() {
         .unwrap();
     assert!(died.exception_timeout(HANG).unwrap().is_some());
     assert_eq!(died.elapsed(), None);
+}
+
+#[test]
+fn a_result_timeout_holds_while_callbacks_hold_the_value() {
+    let ex = pool(1);
+    let f = Arc::new(ex.submit(sleep_ms, 1).unwrap());
+    let (started, in_callback) = mpsc::channel();
+    let (release, released) = mpsc::channel::<()>();
+    f.add_done_callback(move |_| {
+        let _ = started.send(());
+        let _ = released.recv_timeout(HANG);
+    });
+    in_callback.recv_timeout(HANG).expect("the callback runs");
+    // Finished, its value lent to the callback: a timeout still holds.
+    assert!(f.done());
+    let t = std::time::Instant::now();
+    let r = f.result_timeout(Duration::from_millis(100));
+    assert!(matches!(r, Err(Error::Timeout)), "{r:?}");
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    release.send(()).unwrap();
+    assert_eq!(
+        f.result_timeout(HANG).unwrap(),
+        1,
+        "given back once it returned"
+    );
+}
+
+#[test]
+fn callbacks_waiting_on_each_others_values_time_out() {
+    // Two futures cancelled on two threads at once: each one's callback
+    // waits, with a timeout, for the other's value, lent to the other
+    // callback. Both give up; neither waits for ever.
+    // Without prefetching, both wait in the parent behind the busy task.
+    let ex = ProcessPoolExecutor::builder()
+        .max_workers(1)
+        .prefetch(false)
+        .build()
+        .unwrap();
+    let _busy = ex.submit(sleep_ms, 500).unwrap();
+    for _ in 0..5 {
+        let a = Arc::new(ex.submit(sleep_ms, 1).unwrap());
+        let b = Arc::new(ex.submit(sleep_ms, 1).unwrap());
+        let (tx, rx) = mpsc::channel();
+        for (me, other) in [(a.clone(), b.clone()), (b.clone(), a.clone())] {
+            let tx = tx.clone();
+            me.add_done_callback(move |_| {
+                let _ = tx.send(other.result_timeout(Duration::from_millis(200)));
+            });
+        }
+        drop(tx);
+        std::thread::scope(|s| {
+            s.spawn(|| a.cancel());
+            s.spawn(|| b.cancel());
+        });
+        let got: Vec<_> = rx.iter().collect();
+        assert_eq!(got.len(), 2, "{got:?}");
+        for r in got {
+            // The other's outcome (Cancelled) if its callback returned
+            // first, else a timeout; or, where this thread ran the other's
+            // callback nested inside its own, the refusal to wait on it.
+            assert!(
+                matches!(
+                    r,
+                    Err(Error::Cancelled | Error::Timeout | Error::InvalidArgument(_))
+                ),
+                "{r:?}"
+            );
+        }
+    }
 }
