@@ -9,7 +9,7 @@ use std::time::Duration;
 use loky::{as_completed, wait, Error, ProcessPoolExecutor, ReturnWhen};
 
 mod support;
-use support::{wait_for_gate, Gate};
+use support::{wait_for_gate, wait_running, Gate};
 
 /// Generous bound used only to turn a hang into a failure.
 const HANG: Duration = Duration::from_secs(60);
@@ -19,15 +19,6 @@ fn pool(n: usize) -> ProcessPoolExecutor {
         .max_workers(n)
         .build()
         .expect("pool")
-}
-
-/// Waits (bounded) until a worker holds the task.
-fn wait_running<R: Send + 'static>(f: &loky::Future<R>) {
-    let start = std::time::Instant::now();
-    while !f.running() {
-        assert!(start.elapsed() < HANG, "task never started");
-        std::thread::sleep(Duration::from_millis(1));
-    }
 }
 
 fn sleep_ms(ms: u64) -> u64 {
@@ -458,55 +449,14 @@ fn a_done_callback_awaiting_its_own_future_gets_an_error() {
     assert!(matches!(got, Err(Error::InvalidArgument(_))), "{got:?}");
 }
 
-fn nap_pid(ms: u64) -> u32 {
-    std::thread::sleep(Duration::from_millis(ms));
-    std::process::id()
-}
-
-/// Holds one worker with a task waiting on a gate, then submits short
-/// tasks to a pool of two; returns how many of them finished while the
-/// long one still held its worker.
+/// [`support::short_tasks_done_beside_a_held_one`] on a pool of two.
 fn short_tasks_done_beside_a_held_one(prefetch: bool) -> usize {
     let ex = ProcessPoolExecutor::builder()
         .max_workers(2)
         .prefetch(prefetch)
         .build()
         .unwrap();
-    // Both workers ready (a pool whose workers are still starting hands
-    // out one task each): two naps at once ran on two workers.
-    let start = std::time::Instant::now();
-    loop {
-        let pids: BTreeSet<u32> = ex
-            .map(nap_pid, [50u64; 2])
-            .chunksize(1)
-            .map(Result::unwrap)
-            .collect();
-        if pids.len() == 2 {
-            break;
-        }
-        assert!(start.elapsed() < HANG, "the two workers never ran at once");
-    }
-    let gate = Gate::closed(&format!("prefetch-{prefetch}"));
-    let long = ex.submit(wait_for_gate, gate.path()).unwrap();
-    wait_running(&long);
-    // 20 ms each: the free worker is still busy with one when the next is
-    // submitted, so with prefetching the next goes to the held worker.
-    let short: Vec<_> = (0..4u64)
-        .map(|_| ex.submit(sleep_ms, 20).unwrap())
-        .collect();
-    // Bounded: with prefetching, one of them waits behind the held task.
-    let start = std::time::Instant::now();
-    while start.elapsed() < Duration::from_secs(2) && !short.iter().all(|f| f.done()) {
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let done = short.iter().filter(|f| f.done()).count();
-    assert!(!long.done(), "the gate is still closed");
-    gate.open();
-    assert_eq!(long.result_timeout(HANG).unwrap(), 1);
-    for f in &short {
-        assert_eq!(f.result_timeout(HANG).unwrap(), 20);
-    }
-    done
+    support::short_tasks_done_beside_a_held_one(&ex, &format!("prefetch-{prefetch}"))
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! What the integration tests read of their own process to check that
-//! nothing leaks (open descriptors and memory mappings), and a wait for a
-//! pool's statistics to reach a state.
+//! nothing leaks (open descriptors and memory mappings), waits for a
+//! pool's statistics or a task to reach a state, gates that hold tasks,
+//! and checks shared by more than one test file.
 
 #![allow(dead_code)] // each test file uses what it needs
 
@@ -58,6 +59,19 @@ pub(crate) fn reruns_supported() -> bool {
         eprintln!("pages of {page} bytes: tasks behind a crash fail with it; skipped");
     }
     page == 4096
+}
+
+/// Waits until a worker holds the task; fails the test after a minute (a
+/// bound that only turns a hang into a failure).
+pub(crate) fn wait_running<R: Send + 'static>(f: &loky::Future<R>) {
+    let start = std::time::Instant::now();
+    while !f.running() {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(60),
+            "task never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
 }
 
 /// A gate that tasks in the workers wait on ([`wait_for_gate`]): a file
@@ -146,4 +160,57 @@ pub(crate) fn bounded<T: Send + 'static>(
              above dropped an executor whose shutdown hangs)"
         ),
     }
+}
+
+/// A task: sleeps `ms` milliseconds, then returns its worker's pid.
+pub(crate) fn nap_pid(ms: u64) -> u32 {
+    std::thread::sleep(std::time::Duration::from_millis(ms));
+    std::process::id()
+}
+
+/// Holds one worker of `ex` (a pool of two) with a task waiting on a gate
+/// (named `gate` for this test process), then submits short tasks; returns
+/// how many of them finished while the long one still held its worker:
+/// all 4 without prefetching, fewer with it (one waits behind the held
+/// task).
+pub(crate) fn short_tasks_done_beside_a_held_one(
+    ex: &loky::ProcessPoolExecutor,
+    gate: &str,
+) -> usize {
+    use std::time::{Duration, Instant};
+    const HANG: Duration = Duration::from_secs(60);
+    assert_eq!(ex.max_workers(), 2, "a pool of two");
+    // Both workers ready (a pool whose workers are still starting hands
+    // out one task each): two naps at once ran on two workers.
+    let start = Instant::now();
+    loop {
+        let pids: std::collections::BTreeSet<u32> = ex
+            .map(nap_pid, [50u64; 2])
+            .chunksize(1)
+            .map(Result::unwrap)
+            .collect();
+        if pids.len() == 2 {
+            break;
+        }
+        assert!(start.elapsed() < HANG, "the two workers never ran at once");
+    }
+    let gate = Gate::closed(gate);
+    let long = ex.submit(wait_for_gate, gate.path()).unwrap();
+    wait_running(&long);
+    // 20 ms each: the free worker is still busy with one when the next is
+    // submitted, so with prefetching the next goes to the held worker.
+    let short: Vec<_> = (0..4).map(|_| ex.submit(nap_pid, 20).unwrap()).collect();
+    // Bounded: with prefetching, one of them waits behind the held task.
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(2) && !short.iter().all(|f| f.done()) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let done = short.iter().filter(|f| f.done()).count();
+    assert!(!long.done(), "the gate is still closed");
+    gate.open();
+    assert_eq!(long.result_timeout(HANG).unwrap(), 1);
+    for f in &short {
+        f.result_timeout(HANG).unwrap();
+    }
+    done
 }
