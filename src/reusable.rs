@@ -46,33 +46,74 @@ pub fn get_reusable_executor() -> ReusableExecutorBuilder {
 }
 
 /// Builder returned by [`get_reusable_executor`].
+///
+/// It takes every option of [`ProcessPoolExecutorBuilder`], under the same
+/// name, with the same meaning and the same checks (a bad value is an
+/// [`Error::InvalidConfig`](crate::Error::InvalidConfig) at
+/// [`get`](Self::get) rather than at `build`), plus
+/// [`kill_workers`](Self::kill_workers). Every option but `max_workers`
+/// takes part in "same configuration?": asked for with another value of
+/// any of them, `get` gives a new executor. An option left unset is its
+/// default, so `prefetch(true)` asks for the same executor as no `prefetch`
+/// at all; [`arena_limit`](Self::arena_limit) is the exception. An
+/// initializer is the same when it is the same function with an argument
+/// that encodes to the same bytes.
+///
+/// ```
+/// let ex = loky::get_reusable_executor().max_workers(1).prefetch(false).get()?;
+/// let same = loky::get_reusable_executor().max_workers(1).prefetch(false).get()?;
+/// assert!(ex.same_pool(&same));
+/// let other = loky::get_reusable_executor().max_workers(1).get()?; // prefetching
+/// assert!(!other.same_pool(&ex));
+/// # Ok::<(), loky::Error>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct ReusableExecutorBuilder {
     builder: ProcessPoolExecutorBuilder,
     kill_workers: bool,
 }
 
+/// Defines options that hand their arguments on to the held
+/// [`ProcessPoolExecutorBuilder`], each documented by a link to the option
+/// of the same name there (and whatever follows it here): one definition
+/// of the forwarding, and one place for each option's documentation.
+macro_rules! forward {
+    ($($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),+);)+) => {$(
+        #[doc = concat!("See [`ProcessPoolExecutorBuilder::", stringify!($name), "`].")]
+        $(#[$doc])*
+        pub fn $name(mut self, $($arg: $ty),+) -> Self {
+            self.builder = self.builder.$name($($arg),+);
+            self
+        }
+    )+};
+}
+
 impl ReusableExecutorBuilder {
-    /// See [`ProcessPoolExecutorBuilder::max_workers`] (default `cpu_count()`).
-    pub fn max_workers(mut self, n: usize) -> Self {
-        self.builder = self.builder.max_workers(n);
-        self
-    }
-
-    /// See [`ProcessPoolExecutorBuilder::idle_timeout`].
-    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
-        self.builder = self.builder.idle_timeout(timeout);
-        self
-    }
-
-    /// See [`ProcessPoolExecutorBuilder::env`].
-    pub fn env(
-        mut self,
-        key: impl Into<std::ffi::OsString>,
-        value: impl Into<std::ffi::OsString>,
-    ) -> Self {
-        self.builder = self.builder.env(key, value);
-        self
+    forward! {
+        ///
+        /// Default [`cpu_count()`](crate::cpu_count). The only option the
+        /// executor changes in place (see [`get_reusable_executor`]).
+        fn max_workers(n: usize);
+        fn idle_timeout(timeout: Duration);
+        fn env(key: impl Into<std::ffi::OsString>, value: impl Into<std::ffi::OsString>);
+        fn max_tasks_per_child(n: u64);
+        fn memory_limit(bytes: u64);
+        fn hard_memory_limit(bytes: u64);
+        ///
+        /// Growing in place pins the new workers by the same plan.
+        fn pin(pinning: crate::Pinning);
+        fn ring_capacity(bytes: usize);
+        fn prefetch(on: bool);
+        fn spin(d: Duration);
+        ///
+        /// Another limit is a new executor with a new arena: the
+        /// [`SharedVec`](crate::SharedVec)s of the old one stay in the old
+        /// one's arena (the new one refuses them with
+        /// [`Error::ForeignArena`](crate::Error::ForeignArena)). Left unset,
+        /// the limit is worked out when the executor starts, so setting it,
+        /// even to that very value, asks for another executor than leaving
+        /// it unset.
+        fn arena_limit(bytes: usize);
     }
 
     /// See [`ProcessPoolExecutorBuilder::initializer`].
@@ -82,18 +123,6 @@ impl ReusableExecutorBuilder {
         A: Payload,
     {
         self.builder = self.builder.initializer(f, arg);
-        self
-    }
-
-    /// See [`ProcessPoolExecutorBuilder::max_tasks_per_child`].
-    pub fn max_tasks_per_child(mut self, n: u64) -> Self {
-        self.builder = self.builder.max_tasks_per_child(n);
-        self
-    }
-
-    /// See [`ProcessPoolExecutorBuilder::memory_limit`].
-    pub fn memory_limit(mut self, bytes: u64) -> Self {
-        self.builder = self.builder.memory_limit(bytes);
         self
     }
 
@@ -113,6 +142,10 @@ impl ReusableExecutorBuilder {
         if let Some(ex) = slot.as_ref() {
             let pool = ex.pool();
             if !pool.is_unusable() {
+                // Every option is a field of `Config`, compared by its
+                // derived `PartialEq` (the initializer as its message: the
+                // function's offset and the encoded argument); only
+                // `max_workers` may differ, for a resize.
                 let mut current = pool.config.clone();
                 current.max_workers = config.max_workers;
                 if current == config
@@ -137,5 +170,46 @@ impl ReusableExecutorBuilder {
             // replacing it never fails someone else's `submit`.
         }
         Ok(ex)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_option_reaches_the_reusable_pool() {
+        // The only test of this binary that uses the reusable executor.
+        let ex = get_reusable_executor()
+            .max_workers(1)
+            .ring_capacity(1 << 16)
+            .spin(Duration::from_micros(7))
+            .prefetch(false)
+            .hard_memory_limit(1 << 40)
+            .pin(crate::Pinning::Cores)
+            .arena_limit(1 << 20)
+            .get()
+            .unwrap();
+        let c = &ex.pool().config;
+        assert_eq!(c.ring_capacity, 1 << 16);
+        assert_eq!(c.spin, Duration::from_micros(7));
+        assert!(!c.prefetch);
+        assert_eq!(c.hard_memory_limit, Some(1 << 40));
+        assert_eq!(c.pin, crate::Pinning::Cores);
+        assert_eq!(c.arena_limit, Some(1 << 20));
+    }
+
+    #[test]
+    fn bad_values_are_refused_as_by_the_executor_builder() {
+        // Checked before the reusable executor is looked at: this does not
+        // touch it.
+        for bad in [
+            get_reusable_executor().hard_memory_limit(0),
+            get_reusable_executor().ring_capacity(3),
+            get_reusable_executor().arena_limit(0),
+            get_reusable_executor().spin(Duration::MAX),
+        ] {
+            assert!(matches!(bad.get(), Err(crate::Error::InvalidConfig(_))));
+        }
     }
 }
