@@ -2,9 +2,10 @@
 //! recycling, resizing, the reusable executor, nesting.
 
 use std::collections::BTreeSet;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use loky::{get_reusable_executor, Error, ProcessPoolExecutor};
+use loky::{get_reusable_executor, Error, Pinning, ProcessPoolExecutor, ReusableExecutorBuilder};
 
 mod support;
 
@@ -374,9 +375,19 @@ fn memory_limit_retires_a_worker_that_grew() {
     assert_ne!(next, first, "the bloated worker was replaced");
 }
 
+/// The reusable executor is process-wide: a test that asks for it with
+/// its own configuration would replace, or resize, the one another test
+/// holds. The tests that use it take this first.
+static REUSABLE: Mutex<()> = Mutex::new(());
+
+fn reusable_alone() -> MutexGuard<'static, ()> {
+    // One failed test does not fail the others.
+    REUSABLE.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 #[test]
 fn reusable_executor_reuses_resizes_and_replaces() {
-    // All in one test: the reusable executor is process-wide.
+    let _alone = reusable_alone();
     let a = get_reusable_executor().max_workers(2).get().unwrap();
     let b = get_reusable_executor().max_workers(2).get().unwrap();
     assert!(a.same_pool(&b));
@@ -545,6 +556,148 @@ fn reusable_executor_reuses_resizes_and_replaces() {
             });
         }
     });
+}
+
+type Options = fn(ReusableExecutorBuilder) -> ReusableExecutorBuilder;
+
+/// The reusable executor with `options`, asked for with two workers, then
+/// one, then two again: the same pool each time, resized in place (only
+/// `max_workers` differs, within the cpu_count() it may grow to).
+fn reusable_with(options: Options) -> ProcessPoolExecutor {
+    let two = options(get_reusable_executor().max_workers(2))
+        .get()
+        .unwrap();
+    let one = options(get_reusable_executor().max_workers(1))
+        .get()
+        .unwrap();
+    let again = options(get_reusable_executor().max_workers(2))
+        .get()
+        .unwrap();
+    assert!(
+        one.same_pool(&two) && again.same_pool(&two),
+        "the same options with another max_workers give the same pool"
+    );
+    assert_eq!(two.max_workers(), 2);
+    two
+}
+
+#[test]
+fn each_reusable_option_sets_its_pool_apart() {
+    let _alone = reusable_alone();
+    // Each option at two values, the first one not its default.
+    let options: [(&str, Options, Options); 6] = [
+        ("prefetch", |b| b.prefetch(false), |b| b.prefetch(true)),
+        (
+            "hard_memory_limit",
+            |b| b.hard_memory_limit(1 << 40),
+            |b| b.hard_memory_limit(1 << 41),
+        ),
+        (
+            "pin",
+            |b| b.pin(Pinning::Cores),
+            |b| b.pin(Pinning::PhysicalCores),
+        ),
+        (
+            "ring_capacity",
+            |b| b.ring_capacity(1 << 16),
+            |b| b.ring_capacity(1 << 17),
+        ),
+        (
+            "arena_limit",
+            |b| b.arena_limit(1 << 20),
+            |b| b.arena_limit(2 << 20),
+        ),
+        (
+            "spin",
+            |b| b.spin(Duration::ZERO),
+            |b| b.spin(Duration::from_micros(10)),
+        ),
+    ];
+    for (name, first, second) in options {
+        let plain = reusable_with(|b| b);
+        let a = reusable_with(first);
+        assert!(
+            !a.same_pool(&plain),
+            "{name} set: another pool than the default"
+        );
+        let b = reusable_with(second);
+        assert!(!b.same_pool(&a), "{name} changed: another pool");
+        assert_eq!(
+            b.submit(|x: u64| x + 1, 1)
+                .unwrap()
+                .result_timeout(HANG)
+                .unwrap(),
+            2,
+            "{name}: the new pool runs tasks"
+        );
+    }
+}
+
+#[test]
+fn reusable_prefetch_false_keeps_short_tasks_from_waiting_behind_a_long_one() {
+    let _alone = reusable_alone();
+    let ex = reusable_with(|b| b.prefetch(false));
+    // With prefetching (the default) one of the 4 waits behind the long
+    // task: see `with_prefetch_a_task_may_wait_behind_a_long_one` in api.rs.
+    assert_eq!(
+        support::short_tasks_done_beside_a_held_one(&ex, "reusable-prefetch"),
+        4
+    );
+}
+
+#[test]
+fn reusable_arena_limit_is_its_arenas_limit() {
+    let _alone = reusable_alone();
+    let ex = reusable_with(|b| b.arena_limit(1 << 20));
+    assert_eq!(ex.shared_memory().limit, 1 << 20);
+    assert!(matches!(
+        loky::SharedVec::<u8>::zeroed(&ex, 2 << 20),
+        Err(Error::ArenaFull { .. })
+    ));
+}
+
+/// A task: the soft `RLIMIT_DATA` of its worker (`None`: unlimited).
+fn data_limit(_: ()) -> Option<u64> {
+    rustix::process::getrlimit(rustix::process::Resource::Data).current
+}
+
+#[test]
+fn reusable_hard_memory_limit_caps_each_workers_heap() {
+    let _alone = reusable_alone();
+    // Far above what a worker uses: it only has to be seen.
+    let ex = reusable_with(|b| b.hard_memory_limit(1 << 40));
+    let limits: Vec<_> = ex
+        .map(data_limit, [(); 8])
+        .chunksize(1)
+        .map(Result::unwrap)
+        .collect();
+    assert!(limits.iter().all(|&l| l == Some(1 << 40)), "{limits:?}");
+}
+
+#[test]
+fn reusable_pin_pins_each_worker_to_one_cpu() {
+    let _alone = reusable_alone();
+    let mask = loky::topology::affinity_cpus();
+    if mask.len() < 2 {
+        eprintln!("one CPU: a pinned worker looks like an unpinned one; skipped");
+        return;
+    }
+    let cpus_seen = |_: ()| loky::topology::affinity_cpus().len();
+    let pinned = reusable_with(|b| b.pin(Pinning::Cores));
+    let seen: Vec<usize> = pinned
+        .map(cpus_seen, [(); 8])
+        .chunksize(1)
+        .map(Result::unwrap)
+        .collect();
+    assert!(seen.iter().all(|&n| n == 1), "{seen:?}");
+    // The default leaves them the whole mask: the check above can fail.
+    let plain = reusable_with(|b| b);
+    let seen = plain
+        .submit(cpus_seen, ())
+        .unwrap()
+        .result_timeout(HANG)
+        .unwrap();
+    assert_eq!(seen, mask.len());
 }
 
 #[test]
