@@ -323,16 +323,7 @@ fn parse_stat(line: &[u8]) -> Option<ExitStatus> {
     if flags & PF_EXITING == 0 || code == 0 {
         return None;
     }
-    // The wait(2) encoding.
-    let signal = code & 0x7f;
-    Some(if signal != 0 {
-        ExitStatus::Signaled {
-            signal,
-            core_dumped: code & 0x80 != 0,
-        }
-    } else {
-        ExitStatus::Exited((code >> 8) & 0xff)
-    })
+    Some(ExitStatus::from_wait_status(code))
 }
 
 #[cfg(all(target_env = "gnu", target_pointer_width = "64"))]

@@ -1,8 +1,15 @@
 //! Watching processes through pidfds: a death is reported the moment it
 //! happens (the pidfd becomes readable), with no polling interval.
+//!
+//! Only one waiter gets a child's exit status from the kernel. When the
+//! program reaps children behind our back (it ignores `SIGCHLD`, so the
+//! kernel reaps them at exit, or a thread of it calls `waitpid(-1, ..)`),
+//! [`PidFd::try_wait`] asks the kernel for the status it keeps for pidfd
+//! holders (Linux 6.15 and later) and reports [`ExitStatus::Unknown`] where
+//! there is none: it never makes one up.
 
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::time::Duration;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::time::{Duration, Instant};
 
 use rustix::event::{EventfdFlags, PollFd, PollFlags};
 use rustix::process::{Pid, PidfdFlags, Signal, WaitId, WaitIdOptions};
@@ -22,6 +29,32 @@ pub enum ExitStatus {
         /// Whether it dumped core.
         core_dumped: bool,
     },
+    /// It ended, but how is lost: another part of the program reaped it
+    /// first (it ignores `SIGCHLD`, so the kernel reaps children as they
+    /// exit, or a thread of it waits for any child with `waitpid(-1, ..)`),
+    /// on a kernel that keeps no exit status for pidfd holders (before
+    /// Linux 6.15), or with a reaper that stalled for milliseconds between
+    /// taking the status and releasing the process. Leave `SIGCHLD` at its
+    /// default and wait for your own children by pid to see the real
+    /// status.
+    Unknown,
+}
+
+impl ExitStatus {
+    /// Decodes a status in the `wait(2)` encoding: a signal number (and the
+    /// core-dump flag, `0x80`) in the low byte, else the exit code in the
+    /// next one.
+    pub(crate) fn from_wait_status(code: i32) -> Self {
+        let signal = code & 0x7f;
+        if signal != 0 {
+            Self::Signaled {
+                signal,
+                core_dumped: code & 0x80 != 0,
+            }
+        } else {
+            Self::Exited((code >> 8) & 0xff)
+        }
+    }
 }
 
 impl std::fmt::Display for ExitStatus {
@@ -38,6 +71,10 @@ impl std::fmt::Display for ExitStatus {
                 }
                 Ok(())
             }
+            Self::Unknown => f.write_str(
+                "exit status unknown (reaped by another part of the program: \
+                 SIGCHLD ignored, or a waitpid(-1) elsewhere)",
+            ),
         }
     }
 }
@@ -92,15 +129,24 @@ impl PidFd {
         self.pid
     }
 
-    /// Reaps the process if it has exited (non-blocking). Only the parent can
-    /// reap; for others this reports `None` until the process exits and then
-    /// an error.
+    /// Reaps the process if it has exited (non-blocking); `None` while it
+    /// runs.
+    ///
+    /// A process someone else reaped first (the program ignores `SIGCHLD`,
+    /// or a thread of it waits for any child), or that is not a child of
+    /// this one, is reported once it has exited with the status the kernel
+    /// keeps for pidfd holders (Linux 6.15 and later), else as
+    /// [`ExitStatus::Unknown`].
     pub fn try_wait(&self) -> Result<Option<ExitStatus>> {
-        let status = rustix::process::waitid(
+        let status = match rustix::process::waitid(
             WaitId::PidFd(self.fd.as_fd()),
             WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
-        )
-        .os("waitid(P_PIDFD)")?;
+        ) {
+            Ok(status) => status,
+            // No child of ours to reap (any more).
+            Err(rustix::io::Errno::CHILD) => return self.reaped_elsewhere(),
+            Err(e) => return Err(e).os("waitid(P_PIDFD)"),
+        };
         Ok(status.and_then(|s| {
             if let Some(code) = s.exit_status() {
                 if s.exited() {
@@ -112,6 +158,50 @@ impl PidFd {
                 core_dumped: s.dumped(),
             })
         }))
+    }
+
+    /// How a process that `waitid` cannot reap ended: `None` while it runs
+    /// (the pidfd turns readable only once every thread has exited), else
+    /// the status the kernel kept, or [`ExitStatus::Unknown`].
+    fn reaped_elsewhere(&self) -> Result<Option<ExitStatus>> {
+        if wait_readable(&[self.fd.as_fd()], Some(Duration::ZERO))?.first() != Some(&true) {
+            return Ok(None);
+        }
+        let deadline = Instant::now() + RELEASE_GRACE;
+        loop {
+            match self.kept_status() {
+                Kept::Status(status) => return Ok(Some(status)),
+                Kept::Pending if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_micros(20));
+                }
+                Kept::Pending | Kept::Nothing => return Ok(Some(ExitStatus::Unknown)),
+            }
+        }
+    }
+
+    /// The exit status the kernel keeps for pidfd holders once the process
+    /// has been reaped (`PIDFD_GET_INFO` with `PIDFD_INFO_EXIT`).
+    fn kept_status(&self) -> Kept {
+        // SAFETY: `pidfd_info` is plain integers, for which all zeroes is a
+        // valid value.
+        let mut info: libc::pidfd_info = unsafe { std::mem::zeroed() };
+        info.mask = u64::from(libc::PIDFD_INFO_EXIT);
+        // SAFETY: `PIDFD_GET_INFO` encodes the size of `pidfd_info`, and the
+        // kernel writes no more than that into `info`, which outlives the
+        // call; the descriptor is a pidfd we own.
+        let rc = unsafe { libc::ioctl(self.fd.as_raw_fd(), libc::PIDFD_GET_INFO, &mut info) };
+        if rc != 0 {
+            // No such ioctl (before Linux 6.13), or the process is gone and
+            // the kernel kept no status (6.13 and 6.14).
+            return Kept::Nothing;
+        }
+        if info.mask & u64::from(libc::PIDFD_INFO_EXIT) != 0 {
+            return Kept::Status(ExitStatus::from_wait_status(info.exit_code));
+        }
+        // Exited and still there: its reaper is releasing it right now (the
+        // status is kept at release), or its parent, not us, has yet to
+        // reap it.
+        Kept::Pending
     }
 
     /// Waits up to `timeout` for the process to exit and reaps it.
@@ -135,6 +225,21 @@ impl AsFd for PidFd {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
     }
+}
+
+/// How long [`PidFd::try_wait`] waits for another reaper to finish
+/// releasing a process whose status it took: microseconds, unless that
+/// reaper is preempted in between.
+const RELEASE_GRACE: Duration = Duration::from_millis(20);
+
+/// What the kernel says of a process reaped by someone else.
+enum Kept {
+    /// The status it kept.
+    Status(ExitStatus),
+    /// Exited, not yet released: ask again.
+    Pending,
+    /// It keeps none (an older kernel).
+    Nothing,
 }
 
 /// Polls descriptors for readability; returns one flag per descriptor.
@@ -220,6 +325,47 @@ mod tests {
         assert_eq!(
             pidfd.wait_timeout(Duration::from_secs(20)).unwrap(),
             Some(ExitStatus::Exited(7))
+        );
+    }
+
+    #[test]
+    #[allow(clippy::zombie_processes)] // reaped by `waitpid` below
+    fn a_child_reaped_elsewhere_reads_as_its_kept_status_or_unknown() {
+        for (script, want) in [
+            ("exit 7", ExitStatus::Exited(7)),
+            (
+                "kill -KILL $$",
+                ExitStatus::Signaled {
+                    signal: 9,
+                    core_dumped: false,
+                },
+            ),
+        ] {
+            let child = std::process::Command::new("sh")
+                .args(["-c", script])
+                .spawn()
+                .unwrap();
+            let pidfd = PidFd::open(child.id()).unwrap();
+            let pid = child.id() as i32;
+            let mut raw = 0;
+            // Reaped behind the pidfd's back, as by a `waitpid(-1)` elsewhere.
+            // SAFETY: waits for our own child; writes only `raw`.
+            assert_eq!(unsafe { libc::waitpid(pid, &mut raw, 0) }, pid);
+            let got = pidfd.try_wait().unwrap();
+            assert!(
+                got == Some(want) || got == Some(ExitStatus::Unknown),
+                "{script}: {got:?}"
+            );
+            assert_eq!(ExitStatus::from_wait_status(raw), want, "{script}");
+        }
+    }
+
+    #[test]
+    fn an_unknown_status_says_why() {
+        let s = ExitStatus::Unknown.to_string();
+        assert!(
+            s.contains("SIGCHLD ignored") && s.contains("waitpid(-1)"),
+            "{s}"
         );
     }
 
