@@ -28,7 +28,9 @@ pub enum Error {
     /// The worker running this task died (abort, segfault, stack overflow,
     /// `exit`, OOM kill, a signal). The pool replaced it; tasks on other
     /// workers were not affected. Look at `status` for the exit code or
-    /// signal.
+    /// signal: [`ExitStatus::Unknown`] if the program reaps child processes
+    /// itself (`SIGCHLD` ignored, a `waitpid(-1)`) and took it first (see
+    /// [`guide::faults`](crate::guide::faults)).
     ///
     /// A task that was only waiting behind `task` on that worker (or any
     /// task of a worker that died before it started it) never started and
@@ -45,7 +47,7 @@ pub enum Error {
     TerminatedWorker {
         /// The worker's process id.
         pid: u32,
-        /// Exit code or terminating signal.
+        /// Exit code or terminating signal, or [`ExitStatus::Unknown`].
         status: ExitStatus,
         /// The id of the task the worker was running (or was about to run).
         task: u64,
@@ -246,6 +248,11 @@ mod tests {
 
     #[test]
     fn a_dead_worker_s_message_explains_what_loky_knows() {
+        let lost = terminated(ExitStatus::Unknown);
+        assert!(
+            lost.contains("exit status unknown") && lost.contains("SIGCHLD"),
+            "{lost}"
+        );
         let kept = terminated(ExitStatus::Exited(crate::worker::EXIT_KEPT_HANDLE));
         assert!(kept.contains("kept a shared array handle"), "{kept}");
         let killed = terminated(ExitStatus::Signaled {

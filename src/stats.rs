@@ -51,7 +51,11 @@ pub struct Stats {
     /// [`Error::ShutdownExecutor`]: crate::Error::ShutdownExecutor
     /// [`Error::BrokenProcessPool`]: crate::Error::BrokenProcessPool
     pub aborted: u64,
-    /// Workers that died unexpectedly (crash, signal, exit).
+    /// Workers that died unexpectedly (crash, signal, exit). A worker
+    /// that retires as the pool told it to (`max_tasks_per_child`,
+    /// `memory_limit`, `idle_timeout`, a smaller `resize`, a shutdown) after
+    /// answering all its tasks is not one, even when another part of the
+    /// program reaped it and its exit status is lost.
     pub crashed: u64,
     /// Workers started to replace one that died or retired.
     pub respawned: u64,

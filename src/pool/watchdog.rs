@@ -2,6 +2,7 @@
 //! pidfds the moment they happen.
 
 use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -140,7 +141,8 @@ impl Pool {
     fn bury(self: &Arc<Self>, i: usize, pidfd: &PidFd) {
         // Reaped under the state lock, and marked so: whoever finds this
         // worker unmarked under that lock knows its pid is not yet free for
-        // reuse (see `lifeline_broke`).
+        // reuse (see `lifeline_broke`). (Should another reaper be taking
+        // it right now, `try_wait` waits the microseconds that takes.)
         let reaped = {
             let mut st = self.state();
             let reaped = pidfd.try_wait();
@@ -154,10 +156,13 @@ impl Pool {
             Ok(Some(s)) => s,
             Ok(None) => return, // spurious readiness
             Err(e) => {
-                tracing::error!(error = %e, pid = pidfd.pid(), "cannot reap worker");
-                ExitStatus::Exited(-1)
+                tracing::error!(error = %e, pid = pidfd.pid(), "cannot reap worker; its exit status is unknown");
+                ExitStatus::Unknown
             }
         };
+        if status == ExitStatus::Unknown {
+            report_lost_status(pidfd.pid());
+        }
         // Results it published before dying are real results.
         let mut done = Vec::new();
         self.drain_slot_locked(i, true, &mut done);
@@ -168,9 +173,7 @@ impl Pool {
             let Some(w) = st.workers[i].as_ref() else {
                 return;
             };
-            // A retiring worker that exits 0 with a task still held did not
-            // retire: that task called `exit(0)` before the exit message.
-            let clean = w.exiting && status == ExitStatus::Exited(0) && w.in_flight.is_empty();
+            let clean = retired(w.exiting, !w.in_flight.is_empty(), status);
             // Counted already if the early path saw it die.
             let counted = w.died.is_some();
             if !clean {
@@ -201,8 +204,68 @@ impl Pool {
     }
 }
 
+/// Whether a worker's end is the retirement the pool asked for: told to
+/// exit, it had answered every task it was given, and it exited 0. A lost
+/// status (another part of the program reaped it) counts as that exit: the
+/// pool asked for it, and no task of the worker's is left to say
+/// otherwise. A worker that exits 0 with a task still held did not retire:
+/// that task called `exit(0)` before the exit message.
+fn retired(exiting: bool, holds_tasks: bool, status: ExitStatus) -> bool {
+    exiting && !holds_tasks && matches!(status, ExitStatus::Exited(0) | ExitStatus::Unknown)
+}
+
+/// Logs a worker whose exit status someone else took: once as a warning
+/// (the program's own choice, which holds for every worker after), then
+/// at debug level.
+fn report_lost_status(pid: u32) {
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    if WARNED.swap(true, Ordering::Relaxed) {
+        tracing::debug!(
+            pid,
+            "worker reaped by another part of the program; its exit status is lost"
+        );
+    } else {
+        tracing::warn!(
+            pid,
+            "worker reaped by another part of the program (SIGCHLD ignored, or a waitpid(-1)), \
+             and its exit status lost: the statuses of workers reaped so read as unknown"
+        );
+    }
+}
+
 fn describe_startup_failure(status: ExitStatus) -> String {
     let hint = crate::worker::exit_hint(status)
         .unwrap_or("the worker died before it was ready (in the initializer or at start-up)");
     format!("worker exited with {status}: {hint}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const UNKNOWN: ExitStatus = ExitStatus::Unknown;
+    const CLEAN: ExitStatus = ExitStatus::Exited(0);
+    const ABORT: ExitStatus = ExitStatus::Signaled {
+        signal: 6,
+        core_dumped: false,
+    };
+
+    #[test]
+    fn a_retirement_asked_for_is_clean_even_when_its_status_is_lost() {
+        assert!(retired(true, false, CLEAN));
+        assert!(retired(true, false, UNKNOWN));
+    }
+
+    #[test]
+    fn an_end_not_asked_for_or_with_a_task_held_is_not_a_retirement() {
+        for status in [CLEAN, UNKNOWN, ABORT, ExitStatus::Exited(3)] {
+            // Not told to exit.
+            assert!(!retired(false, false, status), "{status}");
+            // A task it held ended it (`exit(0)` included).
+            assert!(!retired(true, true, status), "{status}");
+        }
+        // Told to exit, but it did not exit cleanly.
+        assert!(!retired(true, false, ABORT));
+        assert!(!retired(true, false, ExitStatus::Exited(3)));
+    }
 }
