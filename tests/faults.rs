@@ -120,7 +120,8 @@ fn terminated<R: std::fmt::Debug>(r: Result<R, Error>) -> (u32, ExitStatus, u64)
 fn signaled(status: ExitStatus) -> Option<i32> {
     match status {
         ExitStatus::Signaled { signal, .. } => Some(signal),
-        ExitStatus::Exited(_) | ExitStatus::Unknown => None,
+        // `ExitStatus` is non-exhaustive: `Exited`, `Unknown`, and more.
+        _ => None,
     }
 }
 

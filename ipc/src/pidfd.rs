@@ -19,6 +19,7 @@ use crate::{Error, Result};
 
 /// How a process ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ExitStatus {
     /// It called `exit(code)` (or returned from `main`).
     Exited(i32),
