@@ -1186,19 +1186,21 @@ mod tests {
         assert!(f.listen_indexed(&set, 7), "done: nothing to register");
     }
 
+    /// A waker that counts its wake-ups.
+    struct Count(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
     #[test]
     fn polls_with_new_wakers_keep_one_and_wake_the_latest() {
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        use std::task::Wake;
-        struct Count(AtomicUsize);
-        impl Wake for Count {
-            fn wake(self: Arc<Self>) {
-                self.0.fetch_add(1, Ordering::Relaxed);
-            }
-        }
+        use std::sync::atomic::Ordering;
         let mut f = Future::new(Arc::new(cell()));
         let wakers: Vec<_> = (0..100)
-            .map(|_| Arc::new(Count(AtomicUsize::new(0))))
+            .map(|_| Arc::new(Count(std::sync::atomic::AtomicUsize::new(0))))
             .collect();
         for w in &wakers {
             let waker = std::task::Waker::from(w.clone());
@@ -1248,14 +1250,7 @@ mod tests {
 
     #[test]
     fn an_await_does_not_block_while_callbacks_hold_the_value() {
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        use std::task::Wake;
-        struct Count(AtomicUsize);
-        impl Wake for Count {
-            fn wake(self: Arc<Self>) {
-                self.0.fetch_add(1, Ordering::Relaxed);
-            }
-        }
+        use std::sync::atomic::Ordering;
         let mut f = Future::new(Arc::new(cell()));
         let (started, in_callback) = std::sync::mpsc::channel();
         let (release, released) = std::sync::mpsc::channel::<()>();
@@ -1264,7 +1259,7 @@ mod tests {
             let _ = released.recv();
         });
         f.cell.stage_bytes(crate::protocol::STATUS_OK, 0, &[]);
-        let woken = Arc::new(Count(AtomicUsize::new(0)));
+        let woken = Arc::new(Count(std::sync::atomic::AtomicUsize::new(0)));
         let waker = std::task::Waker::from(woken.clone());
         std::thread::scope(|s| {
             let release = release;

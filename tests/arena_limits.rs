@@ -87,36 +87,27 @@ fn the_default_arena_fits_under_ulimit_v() {
         return;
     }
     let limit = child_address_space();
-    let mut command = Command::new(std::env::current_exe().unwrap());
-    command
-        .args([
-            "--exact",
-            "the_default_arena_fits_under_ulimit_v",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD, limit.to_string());
     let hard = rustix::process::getrlimit(rustix::process::Resource::As).maximum;
     let rlimit = rustix::process::Rlimit {
         current: Some(limit),
         maximum: hard,
     };
-    // SAFETY: the closure runs in the child between fork and exec, where
-    // only async-signal-safe calls are allowed: `setrlimit` is a plain
-    // system call, and the error conversion allocates nothing.
-    unsafe {
-        command.pre_exec(move || {
-            rustix::process::setrlimit(rustix::process::Resource::As, rlimit)
-                .map_err(std::io::Error::from)
-        })
-    };
-    let out = bounded(120, move || command.output().unwrap());
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("CHILD OK"),
-        "child under RLIMIT_AS of {limit} bytes: {}\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
+    support::rerun_in_child(
+        "the_default_arena_fits_under_ulimit_v",
+        CHILD,
+        &limit.to_string(),
+        |command: &mut Command| {
+            // SAFETY: the closure runs in the child between fork and exec,
+            // where only async-signal-safe calls are allowed: `setrlimit`
+            // is a plain system call, and the error conversion allocates
+            // nothing.
+            unsafe {
+                command.pre_exec(move || {
+                    rustix::process::setrlimit(rustix::process::Resource::As, rlimit)
+                        .map_err(std::io::Error::from)
+                })
+            };
+        },
     );
 }
 

@@ -9,7 +9,6 @@
 //! Both set-ups hold for the whole process, so each test re-runs itself in
 //! a fresh copy of this binary and sets its reaper up there first.
 
-use std::process::Command;
 use std::time::Duration;
 
 use loky::{Error, ExitStatus, ProcessPoolExecutor};
@@ -60,18 +59,7 @@ fn in_own_process(name: &str, reaper: Reaper, body: fn()) {
         println!("CHILD OK");
         return;
     }
-    let mut command = Command::new(std::env::current_exe().unwrap());
-    command
-        .args(["--exact", name, "--nocapture", "--test-threads=1"])
-        .env(CHILD, "1");
-    let out = support::bounded(Duration::from_secs(120), move || command.output().unwrap());
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("CHILD OK"),
-        "{name} in its own process: {}\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    support::rerun_in_child(name, CHILD, "1", |_| {});
 }
 
 /// Aborting workers dump no core (the limit is inherited by the workers

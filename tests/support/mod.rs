@@ -162,6 +162,35 @@ pub(crate) fn bounded<T: Send + 'static>(
     }
 }
 
+/// Runs the test `name` again, alone, in a fresh process of this test
+/// binary, with the environment variable `env` set to `value` (which tells
+/// the test it is the child) and `configure` applied to the command
+/// (resource limits...); fails unless it passed there and printed
+/// `CHILD OK`. For tests that change what a whole process does (signal
+/// dispositions, limits) without touching the other tests.
+pub(crate) fn rerun_in_child(
+    name: &str,
+    env: &str,
+    value: &str,
+    configure: impl FnOnce(&mut std::process::Command),
+) {
+    let mut command = std::process::Command::new(std::env::current_exe().unwrap());
+    command
+        .args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .env(env, value);
+    configure(&mut command);
+    let out = bounded(std::time::Duration::from_secs(120), move || {
+        command.output().unwrap()
+    });
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("CHILD OK"),
+        "{name} in its own process ({env}={value}): {}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A task: sleeps `ms` milliseconds, then returns its worker's pid.
 pub(crate) fn nap_pid(ms: u64) -> u32 {
     std::thread::sleep(std::time::Duration::from_millis(ms));
