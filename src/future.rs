@@ -1186,6 +1186,25 @@ mod tests {
         assert!(f.listen_indexed(&set, 7), "done: nothing to register");
     }
 
+    /// A future with an outcome staged (not published) and a callback
+    /// that, once run, says so on the first channel and returns when the
+    /// second one says so (or is dropped).
+    fn held_by_a_callback() -> (
+        Future<u64>,
+        std::sync::mpsc::Receiver<()>,
+        std::sync::mpsc::Sender<()>,
+    ) {
+        let f = Future::new(Arc::new(cell()));
+        let (started, in_callback) = std::sync::mpsc::channel();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        f.add_done_callback(move |_| {
+            let _ = started.send(());
+            let _ = released.recv();
+        });
+        f.cell.stage_bytes(crate::protocol::STATUS_OK, 0, &[]);
+        (f, in_callback, release)
+    }
+
     /// A waker that counts its wake-ups.
     struct Count(std::sync::atomic::AtomicUsize);
 
@@ -1251,14 +1270,7 @@ mod tests {
     #[test]
     fn an_await_does_not_block_while_callbacks_hold_the_value() {
         use std::sync::atomic::Ordering;
-        let mut f = Future::new(Arc::new(cell()));
-        let (started, in_callback) = std::sync::mpsc::channel();
-        let (release, released) = std::sync::mpsc::channel::<()>();
-        f.add_done_callback(move |_| {
-            let _ = started.send(());
-            let _ = released.recv();
-        });
-        f.cell.stage_bytes(crate::protocol::STATUS_OK, 0, &[]);
+        let (mut f, in_callback, release) = held_by_a_callback();
         let woken = Arc::new(Count(std::sync::atomic::AtomicUsize::new(0)));
         let waker = std::task::Waker::from(woken.clone());
         std::thread::scope(|s| {
@@ -1288,16 +1300,9 @@ mod tests {
 
     #[test]
     fn the_first_finish_wins() {
-        let f = Future::new(Arc::new(cell()));
-        let (started, in_callback) = std::sync::mpsc::channel();
-        let (release, released) = std::sync::mpsc::channel::<()>();
         // The callback holds the first finish until the checks below are
         // done.
-        f.add_done_callback(move |_| {
-            let _ = started.send(());
-            let _ = released.recv();
-        });
-        f.cell.stage_bytes(crate::protocol::STATUS_OK, 0, &[]);
+        let (f, in_callback, release) = held_by_a_callback();
         std::thread::scope(|s| {
             // Dropped if a check fails, which lets the callback return too.
             let release = release;
