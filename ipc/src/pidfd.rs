@@ -34,8 +34,8 @@ pub enum ExitStatus {
     /// first (it ignores `SIGCHLD`, so the kernel reaps children as they
     /// exit, or a thread of it waits for any child with `waitpid(-1, ..)`),
     /// on a kernel that keeps no exit status for pidfd holders (before
-    /// Linux 6.15), or with a reaper that stalled for milliseconds between
-    /// taking the status and releasing the process. Leave `SIGCHLD` at its
+    /// Linux 6.15), or while the kernel had not finished releasing the
+    /// process after some 20 ms (a stalled task). Leave `SIGCHLD` at its
     /// default and wait for your own children by pid to see the real
     /// status.
     Unknown,
@@ -130,8 +130,10 @@ impl PidFd {
         self.pid
     }
 
-    /// Reaps the process if it has exited (non-blocking); `None` while it
-    /// runs.
+    /// Reaps the process if it has exited; `None` while it runs. Does not
+    /// block, except for a process reaped elsewhere that the kernel is
+    /// still releasing: then it waits for its kept status, up to about
+    /// 20 ms (microseconds in practice).
     ///
     /// A process someone else reaped first (the program ignores `SIGCHLD`,
     /// or a thread of it waits for any child), or that is not a child of
