@@ -141,43 +141,67 @@ impl PidFd {
     /// keeps for pidfd holders (Linux 6.15 and later), else as
     /// [`ExitStatus::Unknown`].
     pub fn try_wait(&self) -> Result<Option<ExitStatus>> {
+        match self.try_reap()? {
+            Reap::Running => Ok(None),
+            Reap::Exited(status) => Ok(Some(status)),
+            Reap::Elsewhere => Ok(Some(self.kept_status_when_released())),
+        }
+    }
+
+    /// The first half of [`PidFd::try_wait`], which never blocks: reaps the
+    /// process if it has exited, or says that someone else did. A caller
+    /// that must reap under a lock (its pid is free for reuse from then on)
+    /// takes [`PidFd::kept_status_when_released`] after releasing it.
+    pub fn try_reap(&self) -> Result<Reap> {
         let status = match rustix::process::waitid(
             WaitId::PidFd(self.fd.as_fd()),
             WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
         ) {
             Ok(status) => status,
-            // No child of ours to reap (any more).
-            Err(rustix::io::Errno::CHILD) => return self.reaped_elsewhere(),
+            // No child of ours to reap (any more): exited and reaped by
+            // someone else once the pidfd is readable.
+            Err(rustix::io::Errno::CHILD) => {
+                let exited =
+                    wait_readable(&[self.fd.as_fd()], Some(Duration::ZERO))?.first() == Some(&true);
+                return Ok(if exited {
+                    Reap::Elsewhere
+                } else {
+                    Reap::Running
+                });
+            }
             Err(e) => return Err(e).os("waitid(P_PIDFD)"),
         };
-        Ok(status.and_then(|s| {
-            if let Some(code) = s.exit_status() {
-                if s.exited() {
-                    return Some(ExitStatus::Exited(code));
+        Ok(
+            match status.and_then(|s| {
+                if let Some(code) = s.exit_status() {
+                    if s.exited() {
+                        return Some(ExitStatus::Exited(code));
+                    }
                 }
-            }
-            s.terminating_signal().map(|signal| ExitStatus::Signaled {
-                signal,
-                core_dumped: s.dumped(),
-            })
-        }))
+                s.terminating_signal().map(|signal| ExitStatus::Signaled {
+                    signal,
+                    core_dumped: s.dumped(),
+                })
+            }) {
+                Some(status) => Reap::Exited(status),
+                None => Reap::Running,
+            },
+        )
     }
 
-    /// How a process that `waitid` cannot reap ended: `None` while it runs
-    /// (the pidfd turns readable only once every thread has exited), else
-    /// the status the kernel kept, or [`ExitStatus::Unknown`].
-    fn reaped_elsewhere(&self) -> Result<Option<ExitStatus>> {
-        if wait_readable(&[self.fd.as_fd()], Some(Duration::ZERO))?.first() != Some(&true) {
-            return Ok(None);
-        }
+    /// How a process that someone else reaped ([`Reap::Elsewhere`])
+    /// ended: the status the kernel kept, once it has released the process
+    /// (waiting up to about 20 ms for that, microseconds in practice), or
+    /// [`ExitStatus::Unknown`].
+    pub fn kept_status_when_released(&self) -> ExitStatus {
         let deadline = Instant::now() + RELEASE_GRACE;
         loop {
             match self.kept_status() {
-                Kept::Status(status) => return Ok(Some(status)),
+                Kept::Status(status) => return status,
                 Kept::Pending if Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_micros(20));
                 }
-                Kept::Pending | Kept::Nothing => return Ok(Some(ExitStatus::Unknown)),
+                Kept::Pending | Kept::Nothing => return ExitStatus::Unknown,
             }
         }
     }
@@ -228,6 +252,18 @@ impl AsFd for PidFd {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
     }
+}
+
+/// How [`PidFd::try_reap`] found the process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reap {
+    /// It has not exited.
+    Running,
+    /// It exited, and this call reaped it.
+    Exited(ExitStatus),
+    /// It exited, and another part of the program reaped it: see
+    /// [`PidFd::kept_status_when_released`].
+    Elsewhere,
 }
 
 /// How long [`PidFd::try_wait`] waits for another reaper to finish

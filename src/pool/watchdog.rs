@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use loky_ipc::{ExitStatus, PidFd};
+use loky_ipc::{ExitStatus, PidFd, Reap};
 
 use super::{Ended, Pool};
 use crate::error::Error;
@@ -141,20 +141,24 @@ impl Pool {
     fn bury(self: &Arc<Self>, i: usize, pidfd: &PidFd) {
         // Reaped under the state lock, and marked so: whoever finds this
         // worker unmarked under that lock knows its pid is not yet free for
-        // reuse (see `lifeline_broke`). (Should another reaper be taking
-        // it right now, `try_wait` waits the microseconds that takes.)
+        // reuse (see `lifeline_broke`). One reaped elsewhere is marked too;
+        // the kernel's kept status is read after the lock (it may take the
+        // kernel a moment to release the process).
         let reaped = {
             let mut st = self.state();
-            let reaped = pidfd.try_wait();
+            let reaped = pidfd.try_reap();
             // (After an error, it may be reaped: taken as such.)
-            if let (Ok(Some(_)) | Err(_), Some(w)) = (&reaped, st.workers[i].as_mut()) {
+            if let (Ok(Reap::Exited(_) | Reap::Elsewhere) | Err(_), Some(w)) =
+                (&reaped, st.workers[i].as_mut())
+            {
                 w.reaped = true;
             }
             reaped
         };
         let status = match reaped {
-            Ok(Some(s)) => s,
-            Ok(None) => return, // spurious readiness
+            Ok(Reap::Exited(s)) => s,
+            Ok(Reap::Elsewhere) => pidfd.kept_status_when_released(),
+            Ok(Reap::Running) => return, // spurious readiness
             Err(e) => {
                 tracing::error!(error = %e, pid = pidfd.pid(), "cannot reap worker; its exit status is unknown");
                 ExitStatus::Unknown
