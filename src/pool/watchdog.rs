@@ -157,16 +157,20 @@ impl Pool {
         };
         let status = match reaped {
             Ok(Reap::Exited(s)) => s,
-            Ok(Reap::Elsewhere) => pidfd.kept_status_when_released(),
+            Ok(Reap::Elsewhere) => {
+                let status = pidfd.kept_status_when_released();
+                if status == ExitStatus::Unknown {
+                    report_lost_status(pidfd.pid());
+                }
+                status
+            }
             Ok(Reap::Running) => return, // spurious readiness
+            // Not another reaper: said as what it is, once.
             Err(e) => {
                 tracing::error!(error = %e, pid = pidfd.pid(), "cannot reap worker; its exit status is unknown");
                 ExitStatus::Unknown
             }
         };
-        if status == ExitStatus::Unknown {
-            report_lost_status(pidfd.pid());
-        }
         // Results it published before dying are real results.
         let mut done = Vec::new();
         self.drain_slot_locked(i, true, &mut done);
