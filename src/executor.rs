@@ -381,9 +381,17 @@ impl ProcessPoolExecutorBuilder {
 
     /// Sets an environment variable in every worker, on top of the parent's
     /// environment as it is when the pool is built (later changes to the
-    /// parent's environment do not reach the workers).
+    /// parent's environment do not reach the workers). Setting the same
+    /// variable again replaces its value.
     pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
-        self.env.push((key.into(), value.into()));
+        let (key, value) = (key.into(), value.into());
+        // One value per variable, the last one given, kept in key order:
+        // configurations that give workers the same environment compare
+        // equal (for `get_reusable_executor`) however they were written.
+        match self.env.binary_search_by(|(k, _)| k.cmp(&key)) {
+            Ok(i) => self.env[i].1 = value,
+            Err(i) => self.env.insert(i, (key, value)),
+        }
         self
     }
 

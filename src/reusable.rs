@@ -55,7 +55,9 @@ pub fn get_reusable_executor() -> ReusableExecutorBuilder {
 /// takes part in "same configuration?": asked for with another value of
 /// any of them, `get` gives a new executor. An option left unset is its
 /// default, so `prefetch(true)` asks for the same executor as no `prefetch`
-/// at all; [`arena_limit`](Self::arena_limit) is the exception. An
+/// at all; [`arena_limit`](Self::arena_limit) is the exception. The
+/// environment is the same when the workers would see the same variables
+/// (in any order; a variable set twice counts with its last value). An
 /// initializer is the same when it is the same function with an argument
 /// that encodes to the same bytes.
 ///

@@ -582,6 +582,42 @@ fn reusable_with(options: Options) -> ProcessPoolExecutor {
 }
 
 #[test]
+fn reusable_envs_that_give_the_same_environment_are_the_same_pool() {
+    let _alone = reusable_alone();
+    let a = get_reusable_executor()
+        .max_workers(1)
+        .env("LOKY_TEST_ENV_A", "0")
+        .env("LOKY_TEST_ENV_B", "1")
+        .env("LOKY_TEST_ENV_A", "2")
+        .get()
+        .unwrap();
+    // Another order, and no overridden value: the workers see the same.
+    let b = get_reusable_executor()
+        .max_workers(1)
+        .env("LOKY_TEST_ENV_B", "1")
+        .env("LOKY_TEST_ENV_A", "2")
+        .get()
+        .unwrap();
+    assert!(a.same_pool(&b));
+    let seen = b
+        .submit(
+            |_: ()| std::env::var("LOKY_TEST_ENV_A").unwrap_or_default(),
+            (),
+        )
+        .unwrap()
+        .result_timeout(HANG)
+        .unwrap();
+    assert_eq!(seen, "2", "the last value given wins");
+    let c = get_reusable_executor()
+        .max_workers(1)
+        .env("LOKY_TEST_ENV_A", "3")
+        .env("LOKY_TEST_ENV_B", "1")
+        .get()
+        .unwrap();
+    assert!(!c.same_pool(&b), "another value is another pool");
+}
+
+#[test]
 fn each_reusable_option_sets_its_pool_apart() {
     let _alone = reusable_alone();
     // Each option at two values, the first one not its default.
