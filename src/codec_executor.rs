@@ -377,93 +377,114 @@ pub struct CodecMap<'a, R> {
     inner: Box<dyn MapState<Result<R>> + 'a>,
 }
 
+/// The builder methods, `Iterator` and `FusedIterator` of the two codec
+/// maps, which differ only in their item and in their docs' examples: the
+/// docs of `progress` and `progress_with` are given per type.
+macro_rules! codec_map_methods {
+    (
+        $map:ident, $item:ty,
+        progress: $(#[$progress:meta])*
+        progress_with: $(#[$progress_with:meta])*
+    ) => {
+        impl<R> $map<'_, R> {
+            /// Sends `n` items per task (see [`Map::chunksize`]).
+            pub fn chunksize(mut self, n: usize) -> Self {
+                self.inner.set_chunksize(n);
+                self
+            }
+
+            /// Gives the whole map a deadline (see [`Map::timeout`]).
+            pub fn timeout(mut self, timeout: Duration) -> Self {
+                self.inner.set_timeout(timeout);
+                self
+            }
+
+            /// Fails only the items that kill their worker, for items that
+            /// may run twice (see [`Map::isolate_crashes`]).
+            pub fn isolate_crashes(mut self) -> Self {
+                self.inner.set_isolate_crashes();
+                self
+            }
+
+            $(#[$progress])*
+            #[cfg(feature = "progress")]
+            pub fn progress(mut self) -> Self {
+                self.inner.set_progress(None);
+                self
+            }
+
+            $(#[$progress_with])*
+            #[cfg(feature = "progress")]
+            pub fn progress_with(mut self, bar: indicatif::ProgressBar) -> Self {
+                self.inner.set_progress(Some(bar));
+                self
+            }
+        }
+
+        impl<R> Iterator for $map<'_, R> {
+            type Item = $item;
+
+            #[inline]
+            fn next(&mut self) -> Option<$item> {
+                self.inner.next_item()
+            }
+
+            fn size_hint(&self) -> (usize, Option<usize>) {
+                self.inner.size_hint()
+            }
+        }
+
+        impl<R> std::iter::FusedIterator for $map<'_, R> {}
+    };
+}
+
+codec_map_methods!(
+    CodecMap, Result<R>,
+    progress:
+        /// Draws a progress bar on stderr while the map runs (see
+        /// [`Map::progress`]): items done / total, rate and ETA when the
+        /// input's length is known, else a spinner with a count; advanced per
+        /// finished chunk and cleared when the map ends. Feature `progress`.
+        ///
+        /// ```
+        /// let ex = loky::ProcessPoolExecutor::builder().max_workers(2).build()?;
+        /// let total: u64 = ex
+        ///     .with_codec::<loky::Rkyv>()
+        ///     .map(|x: u64| x % 7, 0..70_000)
+        ///     .progress()
+        ///     .map(|r| r.unwrap())
+        ///     .sum();
+        /// assert_eq!(total, 210_000); // 10 000 times 0 + 1 + ... + 6
+        /// # Ok::<(), loky::Error>(())
+        /// ```
+    progress_with:
+        /// Like [`progress`](Self::progress), with a bar of your own (see
+        /// [`Map::progress_with`]): its length is set from the input's if it
+        /// has none, and it is finished as its
+        /// [`ProgressFinish`](indicatif::ProgressFinish) says when the map
+        /// ends (abandoned at the items done if the map was cut short).
+        /// Feature `progress`.
+        ///
+        /// ```
+        /// let ex = loky::ProcessPoolExecutor::builder().max_workers(2).build()?;
+        /// let bar = indicatif::ProgressBar::hidden();
+        /// let n = ex
+        ///     .with_codec::<loky::Rkyv>()
+        ///     .map(|x: u64| x + 1, 0..1000)
+        ///     .progress_with(bar.clone())
+        ///     .count();
+        /// assert_eq!((n, bar.position(), bar.length()), (1000, 1000, Some(1000)));
+        /// assert!(bar.is_finished());
+        /// # Ok::<(), loky::Error>(())
+        /// ```
+);
+
 impl<R> CodecMap<'_, R> {
-    /// Sends `n` items per task (see [`Map::chunksize`]).
-    pub fn chunksize(mut self, n: usize) -> Self {
-        self.inner.set_chunksize(n);
-        self
-    }
-
-    /// Gives the whole map a deadline (see [`Map::timeout`]).
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.inner.set_timeout(timeout);
-        self
-    }
-
-    /// Fails only the items that kill their worker, for items that may run
-    /// twice (see [`Map::isolate_crashes`]).
-    pub fn isolate_crashes(mut self) -> Self {
-        self.inner.set_isolate_crashes();
-        self
-    }
-
     /// Chunks currently submitted and not yet consumed.
     pub fn chunks_in_flight(&self) -> usize {
         self.inner.chunks_in_flight()
     }
-
-    /// Draws a progress bar on stderr while the map runs (see
-    /// [`Map::progress`]): items done / total, rate and ETA when the
-    /// input's length is known, else a spinner with a count; advanced per
-    /// finished chunk and cleared when the map ends. Feature `progress`.
-    ///
-    /// ```
-    /// let ex = loky::ProcessPoolExecutor::builder().max_workers(2).build()?;
-    /// let total: u64 = ex
-    ///     .with_codec::<loky::Rkyv>()
-    ///     .map(|x: u64| x % 7, 0..70_000)
-    ///     .progress()
-    ///     .map(|r| r.unwrap())
-    ///     .sum();
-    /// assert_eq!(total, 210_000); // 10 000 times 0 + 1 + ... + 6
-    /// # Ok::<(), loky::Error>(())
-    /// ```
-    #[cfg(feature = "progress")]
-    pub fn progress(mut self) -> Self {
-        self.inner.set_progress(None);
-        self
-    }
-
-    /// Like [`progress`](Self::progress), with a bar of your own (see
-    /// [`Map::progress_with`]): its length is set from the input's if it
-    /// has none, and it is finished as its
-    /// [`ProgressFinish`](indicatif::ProgressFinish) says when the map
-    /// ends (abandoned at the items done if the map was cut short).
-    /// Feature `progress`.
-    ///
-    /// ```
-    /// let ex = loky::ProcessPoolExecutor::builder().max_workers(2).build()?;
-    /// let bar = indicatif::ProgressBar::hidden();
-    /// let n = ex
-    ///     .with_codec::<loky::Rkyv>()
-    ///     .map(|x: u64| x + 1, 0..1000)
-    ///     .progress_with(bar.clone())
-    ///     .count();
-    /// assert_eq!((n, bar.position(), bar.length()), (1000, 1000, Some(1000)));
-    /// assert!(bar.is_finished());
-    /// # Ok::<(), loky::Error>(())
-    /// ```
-    #[cfg(feature = "progress")]
-    pub fn progress_with(mut self, bar: indicatif::ProgressBar) -> Self {
-        self.inner.set_progress(Some(bar));
-        self
-    }
 }
-
-impl<R> Iterator for CodecMap<'_, R> {
-    type Item = Result<R>;
-
-    #[inline]
-    fn next(&mut self) -> Option<Result<R>> {
-        self.inner.next_item()
-    }
-
-    fn size_hint(&self) -> (usize, Option<usize>) {
-        self.inner.size_hint()
-    }
-}
-
-impl<R> std::iter::FusedIterator for CodecMap<'_, R> {}
 
 impl<R> std::fmt::Debug for CodecMap<'_, R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -479,65 +500,24 @@ pub struct CodecMapUnordered<'a, R> {
     inner: Box<dyn MapState<(usize, Result<R>)> + 'a>,
 }
 
-impl<R> CodecMapUnordered<'_, R> {
-    /// Sends `n` items per task (see [`Map::chunksize`]).
-    pub fn chunksize(mut self, n: usize) -> Self {
-        self.inner.set_chunksize(n);
-        self
-    }
-
-    /// Gives the whole map a deadline (see [`Map::timeout`]).
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.inner.set_timeout(timeout);
-        self
-    }
-
-    /// Fails only the items that kill their worker, for items that may run
-    /// twice (see [`Map::isolate_crashes`]).
-    pub fn isolate_crashes(mut self) -> Self {
-        self.inner.set_isolate_crashes();
-        self
-    }
-
-    /// See [`CodecMap::progress`]. Feature `progress`.
-    ///
-    /// ```
-    /// let ex = loky::ProcessPoolExecutor::builder().max_workers(2).build()?;
-    /// let n = ex
-    ///     .with_codec::<loky::Rkyv>()
-    ///     .map_unordered(|x: u64| x * 2, 0..100_000)
-    ///     .progress()
-    ///     .count();
-    /// assert_eq!(n, 100_000);
-    /// # Ok::<(), loky::Error>(())
-    /// ```
-    #[cfg(feature = "progress")]
-    pub fn progress(mut self) -> Self {
-        self.inner.set_progress(None);
-        self
-    }
-
-    /// See [`CodecMap::progress_with`]. Feature `progress`.
-    #[cfg(feature = "progress")]
-    pub fn progress_with(mut self, bar: indicatif::ProgressBar) -> Self {
-        self.inner.set_progress(Some(bar));
-        self
-    }
-}
-
-impl<R> Iterator for CodecMapUnordered<'_, R> {
-    type Item = (usize, Result<R>);
-
-    fn next(&mut self) -> Option<Self::Item> {
-        self.inner.next_item()
-    }
-
-    fn size_hint(&self) -> (usize, Option<usize>) {
-        self.inner.size_hint()
-    }
-}
-
-impl<R> std::iter::FusedIterator for CodecMapUnordered<'_, R> {}
+codec_map_methods!(
+    CodecMapUnordered, (usize, Result<R>),
+    progress:
+        /// See [`CodecMap::progress`]. Feature `progress`.
+        ///
+        /// ```
+        /// let ex = loky::ProcessPoolExecutor::builder().max_workers(2).build()?;
+        /// let n = ex
+        ///     .with_codec::<loky::Rkyv>()
+        ///     .map_unordered(|x: u64| x * 2, 0..100_000)
+        ///     .progress()
+        ///     .count();
+        /// assert_eq!(n, 100_000);
+        /// # Ok::<(), loky::Error>(())
+        /// ```
+    progress_with:
+        /// See [`CodecMap::progress_with`]. Feature `progress`.
+);
 
 impl<R> std::fmt::Debug for CodecMapUnordered<'_, R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
