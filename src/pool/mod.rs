@@ -480,16 +480,16 @@ impl Pool {
     /// Not on a thread that is itself draining (a codec's decode that waits
     /// for another task of this pool): it may hold the receiver.
     fn drain_all_surely(&self) {
-        self.drain_all(false);
-        if DRAINING.with(Cell::get) {
-            return;
-        }
         let mut done = Vec::new();
-        for i in 0..self.receivers.len() {
-            if self.results_pending_in(i) {
-                self.drain_slot_locked(i, false, &mut done);
+        self.drain_into(false, &mut done);
+        if !DRAINING.with(Cell::get) {
+            for i in 0..self.receivers.len() {
+                if self.results_pending_in(i) {
+                    self.drain_slot_locked(i, false, &mut done);
+                }
             }
         }
+        // One publication for both passes.
         self.publish_in_turn(done, |_| {});
     }
 
@@ -568,9 +568,16 @@ impl Pool {
         done: &mut Vec<Arc<dyn Completion>>,
     ) {
         let before = rx.position();
-        let was = DRAINING.with(|d| d.replace(true));
+        /// Restores the thread's `DRAINING` mark, even if a drain unwinds.
+        struct Restore(bool);
+        impl Drop for Restore {
+            fn drop(&mut self) {
+                DRAINING.with(|d| d.set(self.0));
+            }
+        }
+        let restore = Restore(DRAINING.with(|d| d.replace(true)));
         self.drain_messages(i, rx, done);
-        DRAINING.with(|d| d.set(was));
+        drop(restore);
         // Only when it moved: waiters poll these words while they spin.
         if rx.position() != before {
             self.read_to[i].store(rx.position(), Ordering::Release);
