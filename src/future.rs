@@ -944,42 +944,38 @@ impl<R: Send + 'static> Future<R> {
         })
     }
 
-    /// Whether the outcome can be taken: finished, and not lent to
-    /// done-callbacks.
-    fn ready(&self) -> bool {
-        self.cell.task.is_done() && !self.cell.task.lent.load(Ordering::Acquire)
+    /// Whether the task finished and, with `takeable`, its outcome can be
+    /// taken too (not lent to its done-callbacks).
+    fn reached(&self, takeable: bool) -> bool {
+        self.cell.task.is_done() && !(takeable && self.cell.task.lent.load(Ordering::Acquire))
     }
 
     /// [`wait_done`](Self::wait_done), then also until the done-callbacks
     /// gave the value back: with the same deadline, and the same work for
     /// the pool meanwhile (a pool thread that waits keeps its pool going).
     fn wait_ready(&self, deadline: Option<Instant>) -> bool {
-        if self.ready() {
-            return true;
-        }
-        self.block_until(
-            || self.ready(),
-            deadline,
-            || {
-                let notify = self.notifier();
-                (!self.listen_until(&notify, true)).then_some(notify)
-            },
-        )
+        self.wait_until_reached(true, deadline)
     }
 
     /// Waits until done or the deadline; returns whether done. Spins a
     /// little first, draining result rings itself (no thread hop on the
     /// fast path), then sleeps until woken by whoever completes the task.
     pub(crate) fn wait_done(&self, deadline: Option<Instant>) -> bool {
-        if self.cell.task.is_done() {
+        self.wait_until_reached(false, deadline)
+    }
+
+    /// [`wait_done`](Self::wait_done), or with `takeable`
+    /// [`wait_ready`](Self::wait_ready).
+    fn wait_until_reached(&self, takeable: bool, deadline: Option<Instant>) -> bool {
+        if self.reached(takeable) {
             return true;
         }
         self.block_until(
-            || self.cell.task.is_done(),
+            || self.reached(takeable),
             deadline,
             || {
                 let notify = self.notifier();
-                (!self.listen(&notify)).then_some(notify)
+                (!self.listen_until(&notify, takeable)).then_some(notify)
             },
         )
     }
@@ -1062,13 +1058,13 @@ impl<R: Send + 'static> Future<R> {
         self.listen_until(notify, false)
     }
 
-    /// [`listen`](Self::listen); with `ready`, until the outcome can be
+    /// [`listen`](Self::listen); with `takeable`, until the outcome can be
     /// taken, not only until the task finished: a notifier registered
     /// while the value is lent to done-callbacks fires when they give it
     /// back.
-    fn listen_until(&self, notify: &Arc<Notify>, ready: bool) -> bool {
+    fn listen_until(&self, notify: &Arc<Notify>, takeable: bool) -> bool {
         let mut slot = lock(&self.cell.task.slot);
-        if self.cell.task.is_done() && !(ready && self.cell.task.lent.load(Ordering::Acquire)) {
+        if self.reached(takeable) {
             return true;
         }
         // Forget notifiers whose waiters left, and do not register twice.
