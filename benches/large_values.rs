@@ -1,6 +1,8 @@
 //! Large values by value: a 256 MiB `Vec<f64>` as a task's argument (W3 by
 //! value, see `loky-bench --help`: the worker sums it) and as a task's result,
-//! next to the in-process references on the same data in the same run; and
+//! next to the in-process references on the same data in the same run;
+//! the same sum with the array sent by `submit_slice` (read in place by the
+//! worker: one copy instead of two); and
 //! [`QUEUED`] arguments of 32 MiB submitted while the worker is busy, so
 //! that most of them wait in the parent's queue (the submit loop is timed,
 //! against an in-process copy of the same bytes).
@@ -36,6 +38,10 @@ fn make(len: u64) -> Vec<f64> {
 }
 
 fn sum(v: Vec<f64>) -> f64 {
+    v.iter().sum()
+}
+
+fn sum_in_place(v: &[f64], (): ()) -> f64 {
     v.iter().sum()
 }
 
@@ -126,6 +132,23 @@ fn large_values(c: &mut Criterion) {
         Some(in_process_sum.0),
     );
 
+    let in_place = stats(|| {
+        let t = Instant::now();
+        let got = ex
+            .submit_slice(sum_in_place, &data, ())
+            .unwrap()
+            .result()
+            .unwrap();
+        let dt = t.elapsed();
+        assert_eq!(got, want);
+        dt
+    });
+    report(
+        "W3 by value, read in place: submit_slice of 256 MiB f64, the worker sums it",
+        in_place,
+        Some(in_process_sum.0),
+    );
+
     let in_process_make = stats(|| {
         let t = Instant::now();
         let v = make(black_box(LEN as u64));
@@ -186,6 +209,14 @@ fn large_values(c: &mut Criterion) {
             |v| ex.submit(sum, v).unwrap().result().unwrap(),
             BatchSize::PerIteration,
         )
+    });
+    g.bench_function("W3 by value, read in place: sum of a 256 MiB slice", |b| {
+        b.iter(|| {
+            ex.submit_slice(sum_in_place, &data, ())
+                .unwrap()
+                .result()
+                .unwrap()
+        })
     });
     g.bench_function("reference: in-process fill", |b| {
         b.iter_with_large_drop(|| make(black_box(LEN as u64)))

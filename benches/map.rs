@@ -47,6 +47,18 @@ fn w2(c: &mut Criterion) {
         );
         let data: Vec<u64> = (0..n).collect();
         g.bench_with_input(
+            BenchmarkId::new("loky map chunksize 16384, into_vec", n),
+            &n,
+            |b, _| {
+                b.iter(|| {
+                    ex.map(|x: u64| x * 2, data.iter().copied())
+                        .chunksize(16_384)
+                        .into_vec()
+                        .unwrap()
+                })
+            },
+        );
+        g.bench_with_input(
             BenchmarkId::new("reference: rayon par_iter (2 threads)", n),
             &n,
             |b, _| b.iter(|| pool.install(|| data.par_iter().map(|x| x * 2).collect::<Vec<u64>>())),

@@ -333,23 +333,60 @@ pub(crate) fn direct_encode<T>(
 /// if `out` is the target of the enclosing [`direct_encode`] (nothing was
 /// appended to it since) and the archive is large.
 pub(crate) fn archive_direct<T: Archivable>(value: &T, out: &mut AlignedVec) -> Result<(), String> {
-    let targeted = DIRECT.with(|d| {
-        matches!(&*d.borrow(), Some(d) if d.spilled.is_none()
-            && d.scratch == out.as_ptr()
-            && d.mark == out.len())
-    });
     fits_rkyv_width(value)?;
-    if !targeted {
-        return archive_checked(value, out);
+    match direct_mark(out) {
+        Some(mark) if mark == out.len() => write_spilling(out, mark, |writer| {
+            rkyv::api::high::to_bytes_in::<_, rancor::BoxedError>(value, writer)
+                .map_err(|e| e.to_string())
+        }),
+        _ => archive_checked(value, out),
     }
-    let mark = out.len();
+}
+
+/// Appends `bytes` to `out`, the last bytes of a message: straight into a
+/// spill buffer if `out` is the target of the enclosing [`direct_encode`]
+/// (whatever was appended to it since goes along) and the message grows
+/// large, so that a large slice costs one copy on the sending side.
+pub(crate) fn append_direct(out: &mut AlignedVec, bytes: &[u8]) -> Result<(), String> {
+    match direct_mark(out) {
+        Some(mark) if out.len().saturating_add(bytes.len()) > DIRECT_MIN => {
+            write_spilling(out, mark, |mut writer| {
+                rkyv::ser::Writer::<rancor::BoxedError>::write(&mut writer, bytes)
+                    .map_err(|e| e.to_string())?;
+                Ok(writer)
+            })
+        }
+        _ => {
+            out.extend_from_slice(bytes);
+            Ok(())
+        }
+    }
+}
+
+/// The length `out` had when the enclosing [`direct_encode`] began, if
+/// `out` is its target and nothing went to a spill buffer yet.
+fn direct_mark(out: &AlignedVec) -> Option<usize> {
+    DIRECT.with(|d| match &*d.borrow() {
+        Some(d) if d.spilled.is_none() && d.scratch == out.as_ptr() => Some(d.mark),
+        _ => None,
+    })
+}
+
+/// Goes on writing `out` through a [`SpillWriter`] (`write`), and records
+/// the spill buffer for the enclosing [`direct_encode`] if the writer moved
+/// there: `out` is then cut back to `mark`, the length it had when that
+/// began (the spill buffer holds a copy of its bytes).
+fn write_spilling(
+    out: &mut AlignedVec,
+    mark: usize,
+    write: impl FnOnce(SpillWriter) -> Result<SpillWriter, String>,
+) -> Result<(), String> {
     let writer = SpillWriter {
-        pos: mark,
+        pos: out.len(),
         head: std::mem::take(out),
         spill: None,
     };
-    let writer = rkyv::api::high::to_bytes_in::<_, rancor::BoxedError>(value, writer)
-        .map_err(|e| e.to_string())?;
+    let writer = write(writer)?;
     *out = writer.head;
     if let Some(spill) = writer.spill {
         out.resize(mark, 0);

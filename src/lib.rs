@@ -47,6 +47,7 @@ mod reusable;
 #[cfg(feature = "serde")]
 mod serde_payload;
 mod shared;
+mod slice_task;
 #[cfg(feature = "serde")]
 mod stack_guard;
 mod stats;

@@ -389,6 +389,35 @@ where
         self
     }
 
+    /// Runs the whole map and returns every result in input order, or the
+    /// first error in input order (the map is then dropped: its chunks
+    /// still waiting are withdrawn, see [`Drop`](#impl-Drop-for-Map%3CF,+A,+R,+I%3E)).
+    ///
+    /// The same as `.collect::<Result<Vec<R>, Error>>()`, faster: each
+    /// chunk's values are moved into the output in one block instead of
+    /// one by one, which matters when the items are cheap (a map of
+    /// `x * 2` over `u64` spends most of the caller's time yielding items).
+    ///
+    /// ```
+    /// let ex = loky::ProcessPoolExecutor::builder().max_workers(2).build()?;
+    /// let doubled = ex.map(|x: u64| x * 2, 0..100_000).into_vec()?;
+    /// assert_eq!((doubled.len(), doubled[99_999]), (100_000, 199_998));
+    ///
+    /// let failed = ex.map(|x: u64| 10 / x, [5, 2, 0, 1]).into_vec();
+    /// assert!(matches!(failed, Err(loky::Error::TaskPanicked { .. })));
+    /// # Ok::<(), loky::Error>(())
+    /// ```
+    pub fn into_vec(mut self) -> Result<Vec<R>> {
+        let mut out = Vec::with_capacity(self.input.size_hint().0);
+        loop {
+            self.ready.drain_into(&mut out)?;
+            match self.next_chunk_ordered() {
+                Some(r) => out.push(r?),
+                None => return Ok(out),
+            }
+        }
+    }
+
     /// Chunks currently submitted and not yet consumed.
     pub fn chunks_in_flight(&self) -> usize {
         self.window.len()
@@ -990,6 +1019,19 @@ impl<R> Ready<R> {
             return self.values.next().map(Ok);
         }
         self.next_mixed()
+    }
+
+    /// Moves the outcomes left into `out` until the first failure, which
+    /// it returns (a clean chunk's values go in one block).
+    fn drain_into(&mut self, out: &mut Vec<R>) -> Result<()> {
+        if self.clean {
+            out.extend(self.values.by_ref());
+            return Ok(());
+        }
+        while let Some(r) = self.next_mixed() {
+            out.push(r?);
+        }
+        Ok(())
     }
 
     fn next_mixed(&mut self) -> Option<Result<R>> {

@@ -125,7 +125,7 @@ fn take_panic() -> Failure {
 }
 
 /// Writes `failure` as the result payload and returns `status`.
-fn fail(out: &mut AlignedVec, status: u32, failure: Failure) -> u32 {
+pub(crate) fn fail(out: &mut AlignedVec, status: u32, failure: Failure) -> u32 {
     let mark = out.len();
     if crate::codec::archive(&failure, out).is_err() {
         out.resize(mark, 0);
@@ -190,11 +190,20 @@ where
     A: Payload,
     R: Payload,
 {
+    run_decoded(input, out, conjure::<F>())
+}
+
+/// Decodes an `A` from `input`, runs `f` on it and encodes its result (or
+/// its failure) into `out`; returns the status.
+pub(crate) fn run_decoded<A, R>(input: &[u8], out: &mut AlignedVec, f: impl FnOnce(A) -> R) -> u32
+where
+    A: Payload,
+    R: Payload,
+{
     let arg = match decode_arg(input, A::decode) {
         Ok(a) => a,
         Err((status, failure)) => return fail(out, status, failure),
     };
-    let f = conjure::<F>();
     match guarded(move || f(arg)) {
         Ok(value) => encode_result(out, |out| value.encode_top(out)),
         Err(panic) => fail(out, STATUS_PANIC, panic),

@@ -180,6 +180,54 @@ fn panics_become_task_panicked_and_the_worker_lives() {
 }
 
 #[test]
+fn into_vec_is_collect_and_returns_the_first_error_in_input_order() {
+    let ex = pool(2);
+    let f = |x: u64| x.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    for chunk in [1, 7, 4096] {
+        let fast = ex.map(f, 0..20_000).chunksize(chunk).into_vec().unwrap();
+        let slow: Vec<u64> = ex
+            .map(f, 0..20_000)
+            .chunksize(chunk)
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(fast, slow, "chunksize {chunk}");
+    }
+    assert_eq!(
+        ex.map(f, 0..100).into_vec().unwrap().len(),
+        100,
+        "automatic chunks"
+    );
+    assert!(ex.map(f, 0..0).into_vec().unwrap().is_empty());
+    // Two bad items, the later one in an earlier-finishing chunk: the
+    // error is the first one in input order, whatever finished first.
+    let bad = |x: u64| -> u64 {
+        match x {
+            30 => {
+                std::thread::sleep(Duration::from_millis(200));
+                panic!("thirty")
+            }
+            70 => panic!("seventy"),
+            x => x,
+        }
+    };
+    for chunk in [1, 10, 64] {
+        match ex.map(bad, 0..100).chunksize(chunk).into_vec() {
+            Err(Error::TaskPanicked { message, .. }) => {
+                assert_eq!(message, "thirty", "chunksize {chunk}")
+            }
+            other => panic!("chunksize {chunk}: {other:?}"),
+        }
+    }
+    // A chunk that failed whole (here its arguments could not be sent) is
+    // an error too.
+    ex.shutdown(true, false, false);
+    assert!(matches!(
+        ex.map(f, 0..10).into_vec(),
+        Err(Error::ShutdownExecutor)
+    ));
+}
+
+#[test]
 fn a_panicking_item_fails_alone_in_its_chunk() {
     let ex = pool(2);
     let out: Vec<Result<u32, Error>> = ex

@@ -372,3 +372,128 @@ fn a_custom_payload_appending_after_a_large_archive_keeps_its_bytes() {
     assert_eq!(echoed.0.len(), 3 << 20);
     assert!(echoed.0.iter().all(|&b| b == 7));
 }
+
+/// What a slice task sees: the summary of `data`, checked against `arg`
+/// (its expected length), so that the argument's bytes and the slice's
+/// are told apart.
+fn summarize_slice(data: &[f64], expect_len: u64) -> Summary {
+    assert_eq!(data.len() as u64, expect_len, "the argument came through");
+    summarize(data.to_vec())
+}
+
+#[test]
+fn a_256_mib_slice_is_read_in_place_and_arrives_whole() {
+    let _serial = serial();
+    let ex = pool();
+    let mut data = make(LEN as u64);
+    // Twice: the second call goes through the buffers the first one left.
+    for _ in 0..2 {
+        let sum = ex
+            .submit_slice(|xs: &[f64], (): ()| xs.iter().sum::<f64>(), &data, ())
+            .unwrap();
+        // The caller's copy may change at once: the task has its own.
+        data[0] += 1.0;
+        assert_eq!(sum.result_timeout(HANG).unwrap(), expected_sum(LEN));
+        data[0] -= 1.0;
+    }
+    // Sizes on either side of the direct-to-shared-memory threshold and of
+    // the ring's inline limit, and none at all.
+    for len in [0, 3, 60_000, 131_000, 140_000, 1 << 20] {
+        let data = make(len);
+        let got = ex
+            .submit_slice(summarize_slice_or_empty, &data, len)
+            .unwrap()
+            .result_timeout(HANG)
+            .unwrap();
+        let expect = if len == 0 {
+            (0.0, 0, [0.0; 4])
+        } else {
+            expected_summary(len as usize)
+        };
+        assert_eq!(got, expect, "{len} values");
+    }
+    // Still one spill buffer's worth at most, however many large slices
+    // went through.
+    let left = loky_ipc::spill::pool_stats();
+    assert_eq!((left.leased, left.busy), (0, 0), "{left:?}");
+}
+
+fn summarize_slice_or_empty(data: &[f64], expect_len: u64) -> Summary {
+    if data.is_empty() && expect_len == 0 {
+        return (0.0, 0, [0.0; 4]);
+    }
+    summarize_slice(data, expect_len)
+}
+
+#[test]
+fn slices_of_structs_and_their_arguments_arrive_whole() {
+    let _serial = serial();
+    let ex = pool();
+    #[derive(Clone, Copy, Debug, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+    #[repr(C, align(16))]
+    struct Particle {
+        position: [f32; 3],
+        id: u32,
+    }
+    let particles: Vec<Particle> = (0..200_000u32)
+        .map(|id| Particle {
+            position: [id as f32, -(id as f32), 0.5],
+            id,
+        })
+        .collect();
+    // The ids of the particles past `x`, with a string argument that
+    // comes back too.
+    fn past(ps: &[Particle], (x, tag): (f32, String)) -> (Vec<u32>, String) {
+        let ids = ps
+            .iter()
+            .filter(|p| p.position[0] > x)
+            .map(|p| p.id)
+            .collect();
+        (ids, tag)
+    }
+    for n in [1, 5_000, 200_000] {
+        let (ids, tag) = ex
+            .submit_slice(past, &particles[..n], (n as f32 - 4.0, format!("n={n}")))
+            .unwrap()
+            .result_timeout(HANG)
+            .unwrap();
+        let expect: Vec<u32> = (0..n as u32)
+            .filter(|&i| i as f32 > n as f32 - 4.0)
+            .collect();
+        assert_eq!((ids, tag), (expect, format!("n={n}")));
+    }
+}
+
+#[test]
+fn a_slice_task_that_panics_or_kills_its_worker_fails_alone() {
+    let _serial = serial();
+    let ex = pool();
+    let data = make(1 << 20);
+    let panics = |xs: &[f64], (): ()| -> f64 { panic!("bad slice of {}", xs.len()) };
+    match ex
+        .submit_slice(panics, &data, ())
+        .unwrap()
+        .result_timeout(HANG)
+    {
+        Err(Error::TaskPanicked { message, .. }) => {
+            assert!(message.contains("bad slice of 1048576"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+    let aborts = |_: &[f64], (): ()| -> f64 { std::process::abort() };
+    let killed = ex.submit_slice(aborts, &data, ()).unwrap();
+    assert!(
+        matches!(
+            killed.result_timeout(HANG),
+            Err(Error::TerminatedWorker { .. })
+        ),
+        "an abort fails its task"
+    );
+    // The pool healed, and the next large slice goes through whole.
+    let sum = ex.submit_slice(|xs: &[f64], (): ()| xs.iter().sum::<f64>(), &data, ());
+    assert_eq!(
+        sum.unwrap().result_timeout(HANG).unwrap(),
+        expected_sum(1 << 20)
+    );
+    assert_eq!(ex.stats().crashed, 1);
+}

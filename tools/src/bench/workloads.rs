@@ -65,6 +65,10 @@ pub(crate) fn sum_vec(v: Vec<f64>) -> f64 {
     sum_f64(&v)
 }
 
+fn sum_in_place(v: &[f64], (): ()) -> f64 {
+    sum_f64(v)
+}
+
 fn sum_shared(s: SharedSlice<f64>) -> f64 {
     sum_f64(&s)
 }
@@ -259,11 +263,7 @@ fn map_collect(ex: &ProcessPoolExecutor, data: &[u64], chunk: Option<usize>) -> 
         Some(c) => map.chunksize(c),
         None => map,
     };
-    let mut out = Vec::with_capacity(data.len());
-    for r in map {
-        out.push(r?);
-    }
-    Ok(out)
+    Ok(map.into_vec()?)
 }
 
 fn w2(cfg: &Config) -> Result<Vec<Row>> {
@@ -344,7 +344,7 @@ fn w2(cfg: &Config) -> Result<Vec<Row>> {
             )
             .reference(&rayon_name, rayon_rate)
             .note(format!(
-                "best chunksize {} (median of {reps} per chunksize: {}); results collected into a Vec, as rayon's",
+                "best chunksize {} (median of {reps} per chunksize: {}); results collected into a Vec (Map::into_vec), as rayon's",
                 name(best_chunk),
                 detail.join(", ")
             )),
@@ -402,6 +402,19 @@ fn w3(cfg: &Config) -> Result<Vec<Row>> {
     }
     let by_value = median(&mut by_value).as_secs_f64();
 
+    let mut in_place = Vec::with_capacity(reps);
+    for i in 0..=reps {
+        let (dt, s) = time(|| {
+            ex.submit_slice(sum_in_place, &data, ())
+                .and_then(|f| f.result())
+        });
+        check(s?, expect)?;
+        if i > 0 {
+            in_place.push(dt);
+        }
+    }
+    let in_place = median(&mut in_place).as_secs_f64();
+
     let (fill, shared) = time(|| SharedVec::from_slice(&ex, &data));
     let shared = shared?;
     let mut in_shared = Vec::with_capacity(reps);
@@ -438,6 +451,26 @@ fn w3(cfg: &Config) -> Result<Vec<Row>> {
             format!("sum {size} f64 by value"),
             Unit::GBps,
             gb / by_value,
+        )
+        .reference(reference, gb / local),
+        Row::new(
+            "W3",
+            "s_per_call_in_place",
+            format!("sum {size} f64 by value, read in place, per call"),
+            Unit::S,
+            in_place,
+        )
+        .reference(reference, local)
+        .note(format!(
+            "median of {reps} after one warm-up call; submit_slice(f, &data, ()): the slice is copied once into \
+             the task's message and the worker's f(&[f64], ()) reads it there"
+        )),
+        Row::new(
+            "W3",
+            "GB_per_s_in_place",
+            format!("sum {size} f64 by value, read in place"),
+            Unit::GBps,
+            gb / in_place,
         )
         .reference(reference, gb / local),
         Row::new(
