@@ -159,14 +159,14 @@ fn copy_out<P: Pod>(raw: &[u8]) -> Vec<P> {
 /// Buffers from this size on get [`advise_huge_pages`]: glibc serves
 /// smaller ones from its heap (its mmap threshold rises up to 32 MiB),
 /// where the advice would outlive the buffer.
-const HUGE_ADVICE_MIN: usize = 32 << 20;
+pub(crate) const HUGE_ADVICE_MIN: usize = 32 << 20;
 
 /// Asks the kernel to back the 2 MiB-aligned part of a large new buffer
 /// with transparent huge pages, where the system leaves that to the
 /// program (`madvise` mode): fresh memory then costs one page fault per
 /// 2 MiB instead of one per 4 KiB, which on a virtual machine is most of
 /// the cost of filling it. Only a hint: an error changes nothing.
-fn advise_huge_pages<T>(buf: &mut [MaybeUninit<T>]) {
+pub(crate) fn advise_huge_pages<T>(buf: &mut [MaybeUninit<T>]) {
     const HUGE: usize = 2 << 20;
     let start = buf.as_mut_ptr() as usize;
     let end = start + std::mem::size_of_val(buf);
