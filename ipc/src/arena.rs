@@ -10,8 +10,8 @@
 //!
 //! The file is sized to the whole reservation up front but is sparse: a page
 //! costs memory only once a block that covers it is allocated. Allocation
-//! commits the block's pages with `fallocate` (unless a `SEEK_HOLE` check
-//! finds them all committed already, in reused freed memory), so running
+//! commits the block's pages with `fallocate` (unless the allocator knows
+//! them all committed already, in reused freed memory), so running
 //! out of memory is an
 //! [`ArenaError`] at allocation time, never a `SIGBUS` when a worker touches
 //! the page. Because the file never shrinks, any offset below the reservation
@@ -35,6 +35,7 @@ use memmap2::{MmapOptions, MmapRaw};
 use rustix::fs::{FallocateFlags, MemfdFlags, SealFlags};
 
 use crate::error::OsContext;
+use crate::range_set::RangeSet;
 use crate::{Error, Result};
 
 const MAGIC: [u8; 8] = *b"LOKYARN\0";
@@ -222,39 +223,36 @@ impl Arena {
             })
         };
         let (padded, align) = padded_len(len).ok_or_else(|| full(&self.lock()))?;
-        let (offset, clean_from) = {
+        let (offset, clean_from, pages, committed) = {
             let mut st = self.lock();
-            st.take(padded, align).ok_or_else(|| full(&st))?
+            let (offset, clean_from) = st.take(padded, align).ok_or_else(|| full(&st))?;
+            let pages = offset / PAGE * PAGE..(offset + padded).next_multiple_of(PAGE);
+            // A block reused from freed memory that stayed committed has all
+            // its pages already: `fallocate` would walk every one of them
+            // again (so would asking the file where its holes are: a fifth
+            // of a 1M `map_shared` on 2 cores either way). The free list's
+            // punches round inward, so no page of this block is punched
+            // while it is live.
+            let committed = st.committed.contains(pages.clone());
+            (offset, clean_from, pages, committed)
         };
-        let first_page = offset / PAGE * PAGE;
-        let end_page = (offset + padded).next_multiple_of(PAGE);
-        // A block reused from freed memory that stayed committed has all its
-        // pages already (tmpfs reports a page as data once it was written):
-        // `fallocate` would walk every one of them again (a fifth of a 1M
-        // `map_shared` on 2 cores). The first hole tells; the free list's
-        // punches round inward, so no page of this block is punched
-        // meanwhile.
-        let committed = matches!(
-            rustix::fs::seek(&self.file, rustix::fs::SeekFrom::Hole(first_page as u64)),
-            Ok(hole) if hole >= end_page as u64
-        );
-        let commit = if committed {
-            Ok(())
-        } else {
-            rustix::fs::fallocate(
+        if !committed {
+            let commit = rustix::fs::fallocate(
                 &self.file,
                 FallocateFlags::KEEP_SIZE,
-                first_page as u64,
-                (end_page - first_page) as u64,
-            )
-        };
-        if let Err(e) = commit {
+                pages.start as u64,
+                pages.len() as u64,
+            );
             let mut st = self.lock();
-            self.release(&mut st, offset, padded);
-            return Err(AllocFailure::Arena(ArenaError::NoMemory {
-                requested: len,
-                reason: std::io::Error::from(e).to_string(),
-            }));
+            st.commits += 1;
+            if let Err(e) = commit {
+                self.release(&mut st, offset, padded);
+                return Err(AllocFailure::Arena(ArenaError::NoMemory {
+                    requested: len,
+                    reason: std::io::Error::from(e).to_string(),
+                }));
+            }
+            st.committed.insert(pages);
         }
         let base = map.as_mut_ptr();
         if zeroed && clean_from > offset {
@@ -319,8 +317,11 @@ impl Arena {
             punch_start as u64,
             (punch_end - punch_start) as u64,
         );
-        if punched.is_ok() && tail {
-            st.clean = punch_start;
+        if punched.is_ok() {
+            st.committed.remove(punch_start..punch_end);
+            if tail {
+                st.clean = punch_start;
+            }
         }
     }
 
@@ -524,6 +525,13 @@ struct FreeList {
     in_use: usize,
     /// Freed memory that may stay committed, in bytes.
     retain_max: usize,
+    /// Pages known to be committed: those of every block allocated, until
+    /// a punch takes them out. (Pages committed otherwise, by a write
+    /// through a neighbouring block's page, are committed again when a
+    /// block first covers them: harmless.)
+    committed: RangeSet,
+    /// `fallocate` calls made to commit blocks (for tests).
+    commits: usize,
 }
 
 impl FreeList {
@@ -534,6 +542,8 @@ impl FreeList {
             clean: start,
             in_use: 0,
             retain_max,
+            committed: RangeSet::default(),
+            commits: 0,
         };
         if end > start {
             list.insert(start, end - start);
@@ -823,6 +833,55 @@ mod tests {
         for t in threads {
             t.join().unwrap();
         }
+    }
+
+    #[test]
+    fn reused_blocks_are_committed_once_and_punched_ones_again() {
+        // 64 MiB: 8 MiB of freed memory may stay committed.
+        let a = arena(64 << 20);
+        let commits = |a: &Arena| a.lock().commits;
+        let fill = |b: Block| {
+            // SAFETY: the block is ours until freed.
+            unsafe { a.ptr(b.offset).unwrap().as_ptr().write_bytes(7, b.len) }
+        };
+        let b = a.allocate(4 << 20, false).unwrap();
+        fill(b);
+        assert_eq!(commits(&a), 1);
+        // SAFETY: freed once, untouched afterwards.
+        unsafe { a.free(b) };
+        for _ in 0..3 {
+            let again = a.allocate(4 << 20, true).unwrap();
+            assert_eq!(again.offset, b.offset, "best fit takes the same pages");
+            assert_eq!(commits(&a), 1, "kept committed: not committed again");
+            {
+                // SAFETY: the block is ours; the slice ends before the
+                // block is written or freed.
+                let bytes = unsafe {
+                    std::slice::from_raw_parts(a.ptr(again.offset).unwrap().as_ptr(), again.len)
+                };
+                assert!(
+                    bytes.iter().step_by(512).all(|&x| x == 0),
+                    "zeroed on reuse"
+                );
+            }
+            fill(again);
+            // SAFETY: freed once, untouched afterwards.
+            unsafe { a.free(again) };
+        }
+        // Over the retained amount: freeing punches, and the next block on
+        // those pages is committed again (so running out of memory is still
+        // an error at allocation, not a fault later).
+        let big = a.allocate(32 << 20, false).unwrap();
+        fill(big);
+        let before = commits(&a);
+        // SAFETY: freed once, untouched afterwards.
+        unsafe { a.free(big) };
+        let again = a.allocate(32 << 20, false).unwrap();
+        assert_eq!(commits(&a), before + 1, "punched pages are committed again");
+        let used = rustix::fs::fstat(&a.file).unwrap().st_blocks as usize * 512;
+        assert!(used >= 32 << 20, "committed: {used} bytes");
+        // SAFETY: freed once, untouched afterwards.
+        unsafe { a.free(again) };
     }
 
     #[test]

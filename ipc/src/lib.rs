@@ -35,6 +35,7 @@ mod error;
 pub mod fdpass;
 pub mod lifeline;
 pub mod pidfd;
+mod range_set;
 pub mod region;
 pub mod ring;
 pub mod spawn;
