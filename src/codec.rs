@@ -273,7 +273,8 @@ const DIRECT_MIN: usize = 1 << 20;
 /// The one archive on this thread that may go straight to shared memory: the
 /// top-level one written into `scratch` after its first `mark` bytes.
 struct Direct {
-    scratch: *const u8,
+    /// The target itself (not its bytes, which move when it grows).
+    scratch: *const AlignedVec,
     mark: usize,
     spilled: Option<(Buffer, usize)>,
 }
@@ -309,7 +310,7 @@ pub(crate) fn direct_encode<T>(
         }
     }
     let target = Direct {
-        scratch: out.as_ptr(),
+        scratch: std::ptr::from_ref(out),
         mark: out.len(),
         spilled: None,
     };
@@ -367,7 +368,7 @@ pub(crate) fn append_direct(out: &mut AlignedVec, bytes: &[u8]) -> Result<(), St
 /// `out` is its target and nothing went to a spill buffer yet.
 fn direct_mark(out: &AlignedVec) -> Option<usize> {
     DIRECT.with(|d| match &*d.borrow() {
-        Some(d) if d.spilled.is_none() && d.scratch == out.as_ptr() => Some(d.mark),
+        Some(d) if d.spilled.is_none() && std::ptr::eq(d.scratch, out) => Some(d.mark),
         _ => None,
     })
 }

@@ -389,9 +389,10 @@ where
         self
     }
 
-    /// Runs the whole map and returns every result in input order, or the
-    /// first error in input order (the map is then dropped: its chunks
-    /// still waiting are withdrawn, see [`Drop`](#impl-Drop-for-Map%3CF,+A,+R,+I%3E)).
+    /// Runs the map to its end and returns every result not yet yielded,
+    /// in input order, or the first error in input order (the map is then
+    /// dropped: its chunks still waiting are withdrawn, see
+    /// [`Drop`](#impl-Drop-for-Map%3CF,+A,+R,+I%3E)).
     ///
     /// The same as `.collect::<Result<Vec<R>, Error>>()`, faster: each
     /// chunk's values are moved into the output in one block instead of
@@ -408,7 +409,14 @@ where
     /// # Ok::<(), loky::Error>(())
     /// ```
     pub fn into_vec(mut self) -> Result<Vec<R>> {
-        let mut out = Vec::with_capacity(self.input.size_hint().0);
+        // Room for every result up front where the input's length is
+        // known (and can be had): an endless or lying input is not trusted.
+        let mut out = Vec::new();
+        if let (lo, Some(hi)) = self.input.size_hint() {
+            if lo == hi {
+                let _ = out.try_reserve_exact(self.remaining().0.saturating_add(lo));
+            }
+        }
         // Filled from one thread: its fresh pages cost most of the time of
         // a map of cheap items unless they come 2 MiB at a time.
         if std::mem::size_of_val(out.spare_capacity_mut()) >= crate::numeric_vec::HUGE_ADVICE_MIN {

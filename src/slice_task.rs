@@ -44,10 +44,11 @@ impl ProcessPoolExecutor {
     /// [`submit`](Self::submit) with a `Vec<T>` argument copies the array
     /// twice: once into shared memory here, once out of it into the
     /// worker's own `Vec`, whose fresh pages the worker also has to fault
-    /// in. Here the copy made by this call (into shared memory, on two
-    /// threads when large) is the only one: `f` gets a `&[T]` that points
-    /// at it, valid while `f` runs. Nothing else writes there, and the
-    /// caller's `data` may change or be dropped as soon as this returns.
+    /// in. Here the copy made by this call (into shared memory, split
+    /// across threads when large) is the only one: `f` gets a `&[T]` that
+    /// points at it, valid while `f` runs. Nothing else writes there, and
+    /// the caller's `data` may change or be dropped as soon as this
+    /// returns.
     ///
     /// `T` is any [`Pod`](bytemuck::Pod) type (numbers, arrays of them,
     /// `#[repr(C)]` structs deriving `Pod`) of non-zero size and aligned to
@@ -218,6 +219,25 @@ mod tests {
             let (arg, back) = parse::<u32>(&bytes).unwrap();
             assert_eq!(back, &data[..]);
             assert_eq!(<(u8, String)>::decode(arg).unwrap(), (7, "k".to_owned()));
+        }
+    }
+
+    #[test]
+    fn a_large_slice_goes_straight_to_shared_memory_whatever_its_argument() {
+        let data: Vec<f64> = (0..(2 << 20) / 8).map(|i| i as f64).collect();
+        // A small argument, and one that makes the scratch buffer grow (and
+        // move) before the slice is written.
+        for arg in [Vec::new(), vec![7u8; 8000], vec![9u8; 3 << 20]] {
+            let mut out = AlignedVec::with_capacity(4096);
+            out.extend_from_slice(&[0; 16]);
+            let (written, spilled) =
+                crate::codec::direct_encode(&mut out, |out| encode(&data, &arg, out));
+            written.unwrap();
+            let (buffer, len) = spilled.expect("the slice went to a spill buffer");
+            assert_eq!(out.len(), 16, "only the header stays behind");
+            let (arg_bytes, back) = parse::<f64>(&buffer.as_slice()[16..len]).unwrap();
+            assert_eq!(back, &data[..]);
+            assert_eq!(<Vec<u8>>::decode(arg_bytes).unwrap(), arg);
         }
     }
 

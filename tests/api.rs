@@ -218,6 +218,18 @@ fn into_vec_is_collect_and_returns_the_first_error_in_input_order() {
             other => panic!("chunksize {chunk}: {other:?}"),
         }
     }
+    // An endless input ends at its first error (no room is reserved for
+    // what its size hint claims).
+    let stop = |x: u64| if x == 10 { panic!("ten") } else { x };
+    assert!(matches!(
+        ex.map(stop, 0u64..).chunksize(4).into_vec(),
+        Err(Error::TaskPanicked { message, .. }) if message == "ten"
+    ));
+    // The rest of a map partly read.
+    let mut map = ex.map(f, 0..1000).chunksize(64);
+    assert_eq!(map.next().unwrap().unwrap(), 0);
+    let rest = map.into_vec().unwrap();
+    assert_eq!((rest.len(), rest[0]), (999, f(1)));
     // A chunk that failed whole (here its arguments could not be sent) is
     // an error too.
     ex.shutdown(true, false, false);
