@@ -40,7 +40,7 @@ pub(super) fn run(pool: &Arc<Pool>) {
             // A worker that published while this thread still counted as
             // awake rang nobody, and the callers sleep: read it now, or it
             // would wait for the nap below.
-            if pool.results_pending() || pool.has_pending_publish() {
+            if pool.has_work() {
                 bell.enter();
                 continue;
             }
@@ -54,8 +54,7 @@ pub(super) fn run(pool: &Arc<Pool>) {
         // (Once the watchdog is done the pool stays finished: the check at
         // the top of the loop ends it.)
         pool.sleep_on_bell(nap, || {
-            pool.results_pending()
-                || pool.has_pending_publish()
+            pool.has_work()
                 || pool
                     .watchdog_done
                     .load(std::sync::atomic::Ordering::Acquire)

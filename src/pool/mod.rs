@@ -1141,6 +1141,13 @@ impl Pool {
         self.staged.load(Ordering::Acquire)
     }
 
+    /// Whether a thread that drains this pool has something to do now: a
+    /// result to read, or outcomes staged for publishing (what a sleeper
+    /// checks before and after it sleeps on the doorbell).
+    pub(crate) fn has_work(&self) -> bool {
+        self.results_pending() || self.has_pending_publish()
+    }
+
     /// Publishes `cells` from a thread counted as awake on the parent
     /// doorbell: those without done-callbacks at once, the others off the
     /// doorbell. While this thread counts as awake no worker rings it, so a
@@ -1211,9 +1218,7 @@ impl Pool {
                 break false;
             }
             let nap = deadline.map_or(TICK, |d| (d - now).min(TICK));
-            if !self.sleep_on_bell(nap, || {
-                self.results_pending() || self.has_pending_publish() || done() || notify.take()
-            }) {
+            if !self.sleep_on_bell(nap, || self.has_work() || done() || notify.take()) {
                 continue;
             }
         };
@@ -1237,7 +1242,7 @@ impl Pool {
     /// unless this is one of the pool's own threads: a callback there
     /// polling another future would wait on itself.
     pub(crate) fn poll_results(&self) {
-        if !self.results_pending() && !self.has_pending_publish() {
+        if !self.has_work() {
             return;
         }
         if self.on_pool_thread() {
