@@ -1613,3 +1613,54 @@ fn callbacks_waiting_on_each_others_values_time_out() {
         }
     }
 }
+
+/// A result the parent is slow to read (its decoding sleeps): while the
+/// parent reads one, the workers have finished the next ones.
+#[derive(Debug)]
+struct SlowToRead(u64);
+
+impl loky::Payload for SlowToRead {
+    fn encode(&self, out: &mut loky::AlignedVec) -> Result<(), String> {
+        self.0.encode(out)
+    }
+    fn decode(bytes: &[u8]) -> Result<Self, String> {
+        std::thread::sleep(Duration::from_millis(4));
+        u64::decode(bytes).map(SlowToRead)
+    }
+    fn encode_batch(items: &Vec<Self>, out: &mut loky::AlignedVec) -> Result<(), String> {
+        items.iter().map(|s| s.0).collect::<Vec<u64>>().encode(out)
+    }
+    fn decode_batch(bytes: &[u8]) -> Result<Vec<Self>, String> {
+        Ok(<Vec<u64>>::decode(bytes)?
+            .into_iter()
+            .map(SlowToRead)
+            .collect())
+    }
+}
+
+#[test]
+fn results_come_out_while_the_workers_keep_finishing_more() {
+    let ex = pool(2);
+    // Warm: both workers up.
+    for f in (0..2u64)
+        .map(|i| ex.submit(|x: u64| x, i).unwrap())
+        .collect::<Vec<_>>()
+    {
+        f.result().unwrap();
+    }
+    let n = 120u64;
+    let start = std::time::Instant::now();
+    let futures: Vec<_> = (0..n).map(|i| ex.submit(SlowToRead, i).unwrap()).collect();
+    assert_eq!(futures[0].result_timeout(HANG).unwrap().0, 0);
+    let first = start.elapsed();
+    for (i, f) in futures.iter().enumerate().skip(1) {
+        assert_eq!(f.result_timeout(HANG).unwrap().0, i as u64);
+    }
+    let all = start.elapsed();
+    // Reading the results takes about n x 4 ms; the first is out after a
+    // few of them, not once the workers have run out of tasks.
+    assert!(
+        first * 4 < all,
+        "the first result came out after {first:?}, all of them after {all:?}"
+    );
+}

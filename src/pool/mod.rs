@@ -584,13 +584,28 @@ impl Pool {
         }
     }
 
+    /// Processes the messages that were in slot `i`'s ring when it began,
+    /// not those that come meanwhile: each result refills its worker, which
+    /// may send the next one before this reads the last, and a pass that
+    /// followed them would publish nothing (its outcomes held, their values
+    /// piling up in memory) until the workers ran out of tasks.
     fn drain_messages(
         &self,
         i: usize,
         rx: &mut Receiver<'static>,
         done: &mut Vec<Arc<dyn Completion>>,
     ) {
-        loop {
+        let start = rx.position();
+        // A count behind this reader's own (the worker can write it) bounds
+        // nothing: then read until the ring is empty.
+        let quota = self
+            .region
+            .slot(i as u32)
+            .up_header()
+            .published()
+            .checked_sub(start)
+            .unwrap_or(u64::MAX);
+        while rx.position().wrapping_sub(start) < quota {
             let msg = match rx.peek() {
                 Ok(Some(m)) => m,
                 Ok(None) => return,
