@@ -585,8 +585,14 @@ impl ProcessPoolExecutorBuilder {
             )));
         }
         let ring_capacity = self.ring_capacity.unwrap_or(DEFAULT_RING);
-        loky_ipc::RingHeader::check_capacity(ring_capacity)
-            .map_err(|e| Error::InvalidConfig(e.to_string()))?;
+        loky_ipc::RingHeader::check_capacity(ring_capacity).map_err(|e| {
+            // Its own message, without the ipc error's "invalid
+            // configuration" prefix (ours says it).
+            Error::InvalidConfig(match e {
+                loky_ipc::Error::Config(message) => message,
+                other => other.to_string(),
+            })
+        })?;
         if self.max_tasks_per_child == Some(0) {
             return Err(Error::InvalidConfig(
                 "max_tasks_per_child must be at least 1".into(),

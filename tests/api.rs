@@ -1105,10 +1105,14 @@ fn bad_configuration_is_a_clear_error() {
         ProcessPoolExecutor::builder().max_workers(0).build(),
         Err(Error::InvalidConfig(_))
     ));
-    assert!(matches!(
-        ProcessPoolExecutor::builder().ring_capacity(1000).build(),
-        Err(Error::InvalidConfig(_))
-    ));
+    match ProcessPoolExecutor::builder().ring_capacity(1000).build() {
+        Err(e @ Error::InvalidConfig(_)) => {
+            let text = e.to_string();
+            assert_eq!(text.matches("invalid configuration").count(), 1, "{text}");
+            assert!(text.contains("power of two"), "{text}");
+        }
+        other => panic!("{other:?}"),
+    }
     assert!(matches!(
         ProcessPoolExecutor::builder()
             .max_tasks_per_child(0)
