@@ -117,6 +117,68 @@ fn map_shared_doubles_every_element_and_reports_panics() {
     });
 }
 
+/// An argument whose encoding cannot be read back (its decoding fails).
+#[derive(Clone, Debug)]
+struct Unreadable;
+
+impl loky::Payload for Unreadable {
+    fn encode(&self, out: &mut loky::AlignedVec) -> Result<(), String> {
+        out.extend_from_slice(&[1; 16]);
+        Ok(())
+    }
+    fn decode(_: &[u8]) -> Result<Self, String> {
+        Err("this argument cannot be read".into())
+    }
+    fn encode_batch(_: &Vec<Self>, _: &mut loky::AlignedVec) -> Result<(), String> {
+        Err("unused".into())
+    }
+    fn decode_batch(_: &[u8]) -> Result<Vec<Self>, String> {
+        Err("unused".into())
+    }
+}
+
+#[test]
+fn map_shared_with_gives_every_element_the_argument() {
+    bounded(60, || {
+        let ex = pool(2);
+        let input = SharedVec::from_iter_in(&ex, 0..100_000u32).unwrap();
+        // Parameters known at run time, and a lookup table.
+        let (k, table): (u64, Vec<u64>) = (3, (0..16).map(|i| i * i).collect());
+        let f = |x: u32, (k, table): &(u64, Vec<u64>)| u64::from(x) * k + table[x as usize % 16];
+        let out = ex.map_shared_with(f, &input, (k, table.clone())).unwrap();
+        assert!(out
+            .as_slice()
+            .iter()
+            .enumerate()
+            .all(|(i, &y)| y == i as u64 * k + table[i % 16]));
+        // Into an existing array, whose length must match.
+        let mut into = SharedVec::<u64>::zeroed(&ex, input.len()).unwrap();
+        ex.map_shared_into_with(|x: u32, k: &u64| u64::from(x) + k, &input, &mut into, 7)
+            .unwrap();
+        assert_eq!(into.as_slice()[99_999], 100_006);
+        let mut wrong = SharedVec::<u64>::zeroed(&ex, 3).unwrap();
+        assert!(matches!(
+            ex.map_shared_into_with(|x: u32, k: &u64| u64::from(x) + k, &input, &mut wrong, 7),
+            Err(Error::InvalidArgument(_))
+        ));
+        // An argument the workers cannot read fails the map with a codec
+        // error, after every task ended (the output is free again).
+        let bad = ex.map_shared_with(|x: u32, _: &Unreadable| x, &input, Unreadable);
+        match bad {
+            Err(Error::Codec { stage, message }) => {
+                assert_eq!(stage, loky::CodecStage::DecodeArgument);
+                assert!(message.contains("cannot be read"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // A shared array as the argument is refused, not sent.
+        let other = SharedVec::from_iter_in(&ex, 0..4u32).unwrap();
+        let handle = other.slice(..).unwrap();
+        let refused = ex.map_shared_with(|x: u32, _: &SharedSlice<u32>| x, &input, handle);
+        assert!(matches!(refused, Err(Error::Codec { .. })), "{refused:?}");
+    });
+}
+
 #[test]
 fn map_over_chunks_of_a_shared_vec() {
     bounded(60, || {

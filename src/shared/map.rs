@@ -4,7 +4,8 @@
 use bytemuck::Pod;
 
 use super::{SharedSlice, SharedSliceMut, SharedVec};
-use crate::error::{Error, Result};
+use crate::codec::Payload;
+use crate::error::{CodecStage, Error, Result};
 use crate::executor::ProcessPoolExecutor;
 use crate::task::TaskFn;
 
@@ -63,6 +64,60 @@ impl ProcessPoolExecutor {
         R: Pod,
     {
         let _ = f;
+        self.map_shared_into_with(ignore_arg::<F, T, R>, input, output, ())
+    }
+
+    /// Like [`map_shared`](Self::map_shared), with an argument that every
+    /// element's call borrows: `f(x, &arg)`. `arg` is any
+    /// [`Payload`](crate::Payload) but a shared array (an
+    /// [`Error::Codec`]): parameters, a lookup table. It is encoded once and
+    /// decoded once per task (a few per worker), not per element.
+    ///
+    /// ```
+    /// use loky::{ProcessPoolExecutor, SharedVec};
+    ///
+    /// let ex = ProcessPoolExecutor::new(2)?;
+    /// let input = SharedVec::from_iter_in(&ex, (0..1000).map(f64::from))?;
+    /// let (scale, offset) = (0.5, 10.0); // known only at run time
+    /// let affine = |x: f64, &(a, b): &(f64, f64)| a * x + b;
+    /// let out = ex.map_shared_with(affine, &input, (scale, offset))?;
+    /// assert_eq!(out.as_slice()[999], 509.5);
+    /// # Ok::<(), loky::Error>(())
+    /// ```
+    pub fn map_shared_with<F, T, A, R>(
+        &self,
+        f: F,
+        input: &SharedVec<T>,
+        arg: A,
+    ) -> Result<SharedVec<R>>
+    where
+        F: Fn(T, &A) -> R + Copy + Send + 'static,
+        T: Pod,
+        A: Payload,
+        R: Pod,
+    {
+        let mut out = SharedVec::<R>::uninit(self, input.len())?;
+        self.map_shared_into_with(f, input, &mut out, arg)?;
+        Ok(out)
+    }
+
+    /// [`map_shared_with`](Self::map_shared_with), writing into `output`, as
+    /// [`map_shared_into`](Self::map_shared_into).
+    pub fn map_shared_into_with<F, T, A, R>(
+        &self,
+        f: F,
+        input: &SharedVec<T>,
+        output: &mut SharedVec<R>,
+        arg: A,
+    ) -> Result<()>
+    where
+        F: Fn(T, &A) -> R + Copy + Send + 'static,
+        T: Pod,
+        A: Payload,
+        R: Pod,
+    {
+        const { crate::transport::assert_zero_sized::<F>() };
+        let _ = f;
         if input.len() != output.len() {
             return Err(Error::InvalidArgument(format!(
                 "map_shared_into: input has {} elements, output {}",
@@ -70,11 +125,18 @@ impl ProcessPoolExecutor {
                 output.len()
             )));
         }
+        // Encoded here once; each task decodes its own copy.
+        let mut encoded = rkyv::util::AlignedVec::<16>::new();
+        arg.encode(&mut encoded).map_err(|message| Error::Codec {
+            stage: CodecStage::EncodeArgument,
+            message,
+        })?;
+        let encoded = encoded.to_vec();
         let chunk = shared_chunk_len(input.len(), self.max_workers());
         let mut futures = Vec::new();
         let mut first_error = None;
         for (i, o) in input.chunks(chunk)?.zip(output.chunks_mut(chunk)?) {
-            match self.submit(apply_chunk::<F, T, R>, (i, o)) {
+            match self.submit(apply_chunk::<F, T, A, R>, (i, o, encoded.clone())) {
                 Ok(fut) => futures.push(fut),
                 Err(e) => {
                     first_error = Some(e);
@@ -85,7 +147,13 @@ impl ProcessPoolExecutor {
         // Wait for every task, even after a failure: until they are done
         // their chunks of `output` are leased to them.
         for fut in futures {
-            if let Err(e) = fut.result() {
+            let outcome = fut.result().and_then(|decoded| {
+                decoded.map_err(|message| Error::Codec {
+                    stage: CodecStage::DecodeArgument,
+                    message,
+                })
+            });
+            if let Err(e) = outcome {
                 first_error.get_or_insert(e);
             }
         }
@@ -93,7 +161,14 @@ impl ProcessPoolExecutor {
     }
 }
 
-/// Elements per chunk for `len` elements over `workers` workers.
+/// `F` as a function of an element and a unit argument.
+fn ignore_arg<F, T, R>(x: T, (): &()) -> R
+where
+    F: TaskFn<T, R>,
+{
+    crate::transport::conjure::<F>()(x)
+}
+
 fn shared_chunk_len(len: usize, workers: usize) -> usize {
     len.div_ceil(workers.max(1) * CHUNKS_PER_WORKER)
         .max(MIN_CHUNK)
@@ -101,16 +176,27 @@ fn shared_chunk_len(len: usize, workers: usize) -> usize {
 }
 
 /// The task of one chunk: `F` over each element of `input` into `output`.
-fn apply_chunk<F, T, R>((input, mut output): (SharedSlice<T>, SharedSliceMut<R>))
+/// A task of `map_shared_into_with`: `F` over its chunk, with the
+/// argument decoded from `arg` (its encoding); an argument that cannot be
+/// decoded is the task's error.
+fn apply_chunk<F, T, A, R>(
+    (input, mut output, arg): (SharedSlice<T>, SharedSliceMut<R>, Vec<u8>),
+) -> std::result::Result<(), String>
 where
-    F: TaskFn<T, R>,
+    F: Fn(T, &A) -> R + Copy + Send + 'static,
     T: Pod,
+    A: Payload,
     R: Pod,
 {
+    // Aligned for decoding (rkyv reads in place).
+    let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(arg.len());
+    aligned.extend_from_slice(&arg);
+    let arg = A::decode(&aligned)?;
     let f = crate::transport::conjure::<F>();
     for (o, &i) in output.iter_mut().zip(input.iter()) {
-        *o = f(i);
+        *o = f(i, &arg);
     }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -5,7 +5,9 @@
 //! * [`SharedSlice<T>`] (read) and [`SharedSliceMut<T>`] (write) are handles
 //!   to ranges of it that tasks take as arguments.
 //! * [`ProcessPoolExecutor::map_shared`] applies a function to every element
-//!   of a `SharedVec` into a new one, in chunks across the workers.
+//!   of a `SharedVec` into a new one, in chunks across the workers
+//!   ([`map_shared_with`](ProcessPoolExecutor::map_shared_with) with an
+//!   argument every call borrows).
 //!
 //! See the module [`lease`] for the borrow rules and [`wire`] for how a
 //! handle crosses into a worker.
