@@ -438,6 +438,14 @@ impl<R: Send + 'static> TaskCell<R> {
                 None
             } else {
                 self.lent.store(true, Ordering::Release);
+                // The threads waiting to take the value wake now (it is
+                // finished), find it lent and wait on: they are woken again
+                // when the callbacks give it back ([`TaskCell::lend`]).
+                for l in &listeners {
+                    if let Listener::Thread(n) = l {
+                        slot.listeners.push(Listener::Thread(n.clone()));
+                    }
+                }
                 slot.outcome.take()
             };
             (lent, callbacks, listeners)
@@ -1261,6 +1269,46 @@ mod tests {
         looker.join().unwrap();
         // Spinning on yield spends most of the 300 ms on a 2-core machine.
         assert!(spent < Duration::from_millis(100), "{spent:?} of CPU");
+    }
+
+    #[test]
+    fn a_thread_waiting_before_the_end_gets_the_value_once_callbacks_give_it_back() {
+        let f = Future::new(Arc::new(cell()));
+        let (started, in_callback) = std::sync::mpsc::channel();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        f.add_done_callback(move |_| {
+            let _ = started.send(());
+            let _ = released.recv();
+        });
+        let waiting = || {
+            lock(&f.cell.task.slot)
+                .listeners
+                .iter()
+                .any(|l| matches!(l, Listener::Thread(_)))
+        };
+        std::thread::scope(|s| {
+            let waiter = s.spawn(|| {
+                let start = Instant::now();
+                (f.result_timeout(Duration::from_secs(10)), start.elapsed())
+            });
+            // The waiter sleeps on its notifier before the task ends.
+            while !waiting() {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            f.cell.stage_bytes(crate::protocol::STATUS_OK, 0, &[]);
+            let cell = f.cell.clone();
+            s.spawn(move || cell.publish());
+            in_callback.recv().expect("the callback runs");
+            // Woken by the end, it finds the value lent and waits on.
+            std::thread::sleep(Duration::from_millis(50));
+            release.send(()).expect("the callback waits");
+            let (outcome, waited) = waiter.join().expect("the waiter returns");
+            assert_eq!(outcome.expect("the value, not a timeout"), 0);
+            assert!(
+                waited < Duration::from_secs(5),
+                "woke only after {waited:?}"
+            );
+        });
     }
 
     #[test]
