@@ -1198,6 +1198,17 @@ mod tests {
         std::sync::mpsc::Receiver<()>,
         std::sync::mpsc::Sender<()>,
     ) {
+        let (f, in_callback, release) = with_a_holding_callback();
+        f.cell.stage_bytes(crate::protocol::STATUS_OK, 0, &[]);
+        (f, in_callback, release)
+    }
+
+    /// [`held_by_a_callback`] before its outcome is staged.
+    fn with_a_holding_callback() -> (
+        Future<u64>,
+        std::sync::mpsc::Receiver<()>,
+        std::sync::mpsc::Sender<()>,
+    ) {
         let f = Future::new(Arc::new(cell()));
         let (started, in_callback) = std::sync::mpsc::channel();
         let (release, released) = std::sync::mpsc::channel::<()>();
@@ -1205,7 +1216,6 @@ mod tests {
             let _ = started.send(());
             let _ = released.recv();
         });
-        f.cell.stage_bytes(crate::protocol::STATUS_OK, 0, &[]);
         (f, in_callback, release)
     }
 
@@ -1273,13 +1283,7 @@ mod tests {
 
     #[test]
     fn a_thread_waiting_before_the_end_gets_the_value_once_callbacks_give_it_back() {
-        let f = Future::new(Arc::new(cell()));
-        let (started, in_callback) = std::sync::mpsc::channel();
-        let (release, released) = std::sync::mpsc::channel::<()>();
-        f.add_done_callback(move |_| {
-            let _ = started.send(());
-            let _ = released.recv();
-        });
+        let (f, in_callback, release) = with_a_holding_callback();
         let waiting = || {
             lock(&f.cell.task.slot)
                 .listeners
