@@ -27,7 +27,9 @@
 //! [Sending data to workers](guide::sending_data). Large arrays stay in
 //! shared memory: a [`SharedVec`] lives in the pool's arena and tasks take
 //! [`SharedSlice`]/[`SharedSliceMut`] handles to it, which cost a few bytes
-//! to send whatever their length.
+//! to send whatever their length; an ordinary slice that one task only
+//! reads goes by value with one copy, and the task reads it in place
+//! ([`submit_slice`](ProcessPoolExecutor::submit_slice)).
 #[cfg(not(target_os = "linux"))]
 compile_error!("loky runs on Linux only (memfd, futex, pidfd, /proc)");
 
