@@ -84,6 +84,19 @@ where
     |arg: Coded<A, C>| Coded::new(conjure::<F>()(arg.into_inner()))
 }
 
+/// [`adapt`] for a slice task: the slice is read in place, the argument
+/// and the result go through `C`.
+fn adapt_slice<F, T, A, R, C>() -> impl Fn(&[T], Coded<A, C>) -> Coded<R, C> + Copy + Send + 'static
+where
+    F: Fn(&[T], A) -> R + Copy + Send + 'static,
+    T: bytemuck::Pod,
+    A: Send + 'static,
+    R: Send + 'static,
+    C: 'static,
+{
+    |data: &[T], arg: Coded<A, C>| Coded::new(conjure::<F>()(data, arg.into_inner()))
+}
+
 /// The trampoline offset of `run_task` for the (unnameable) type of `g`.
 fn task_offset<G, A, R, C>(_: G) -> i64
 where
@@ -190,6 +203,74 @@ impl<C> CodecExecutor<C> {
     {
         self.try_submit_until(f, arg, crate::wait::deadline_after(timeout))
             .map_err(|e| e.error)
+    }
+
+    /// [`ProcessPoolExecutor::submit_slice`] with codec `C` for the argument
+    /// and the result (the slice travels as raw bytes, read in place).
+    ///
+    /// ```
+    /// # #[cfg(feature = "serde")] {
+    /// let ex = loky::ProcessPoolExecutor::new(1)?;
+    /// let data: Vec<f64> = (0..1000).map(f64::from).collect();
+    /// let labels = ex.with_codec::<loky::MsgPack>();
+    /// let f = |xs: &[f64], name: String| format!("{name}: {}", xs.iter().sum::<f64>());
+    /// assert_eq!(labels.submit_slice(f, &data, "total".into())?.result()?, "total: 499500");
+    /// # }
+    /// # Ok::<(), loky::Error>(())
+    /// ```
+    pub fn submit_slice<F, T, A, R>(&self, f: F, data: &[T], arg: A) -> Result<Future<R>>
+    where
+        F: Fn(&[T], A) -> R + Copy + Send + 'static,
+        T: bytemuck::Pod,
+        A: Send + 'static,
+        R: Send + 'static,
+        C: Codec<A> + Codec<R>,
+    {
+        self.submit_slice_until(f, data, arg, None)
+    }
+
+    /// [`submit_slice`](Self::submit_slice) with a time limit (see
+    /// [`ProcessPoolExecutor::submit_with_timeout`]).
+    pub fn submit_slice_with_timeout<F, T, A, R>(
+        &self,
+        f: F,
+        data: &[T],
+        arg: A,
+        timeout: Duration,
+    ) -> Result<Future<R>>
+    where
+        F: Fn(&[T], A) -> R + Copy + Send + 'static,
+        T: bytemuck::Pod,
+        A: Send + 'static,
+        R: Send + 'static,
+        C: Codec<A> + Codec<R>,
+    {
+        self.submit_slice_until(f, data, arg, crate::wait::deadline_after(timeout))
+    }
+
+    fn submit_slice_until<F, T, A, R>(
+        &self,
+        f: F,
+        data: &[T],
+        arg: A,
+        deadline: Option<Instant>,
+    ) -> Result<Future<R>>
+    where
+        F: Fn(&[T], A) -> R + Copy + Send + 'static,
+        T: bytemuck::Pod,
+        A: Send + 'static,
+        R: Send + 'static,
+        C: Codec<A> + Codec<R>,
+    {
+        const { assert_zero_sized::<F>() };
+        let _ = f;
+        self.ex.submit_slice_as(
+            adapt_slice::<F, T, A, R, C>(),
+            data,
+            Coded::<A, C>::new(arg),
+            decode_coded::<R, C>,
+            deadline,
+        )
     }
 
     /// [`ProcessPoolExecutor::map`] with codec `C`: lazy, in order, chunked

@@ -124,12 +124,33 @@ impl ProcessPoolExecutor {
         R: Payload,
     {
         const { assert_zero_sized::<F>() };
+        self.submit_slice_as(f, data, arg, decode_result::<R>, deadline)
+    }
+
+    /// Submits `g(data, arg)` as a slice task whose result message
+    /// `decode` reads (a codec view's: see [`crate::CodecExecutor`]).
+    pub(crate) fn submit_slice_as<G, T, A, R, Out>(
+        &self,
+        g: G,
+        data: &[T],
+        arg: A,
+        decode: crate::future::Decoder<Out>,
+        deadline: Option<std::time::Instant>,
+    ) -> Result<Future<Out>>
+    where
+        G: Fn(&[T], A) -> R + Copy + Send + 'static,
+        T: Pod,
+        A: Payload,
+        R: Payload,
+        Out: Send + 'static,
+    {
+        const { assert_zero_sized::<G>() };
         const { assert_slice_element::<T>() };
-        let _ = f;
+        let _ = g;
         self.submit_raw(
-            offset_of(run_slice_task::<F, T, A, R>),
+            offset_of(run_slice_task::<G, T, A, R>),
             |out| encode(data, &arg, out),
-            decode_result::<R>,
+            decode,
             deadline,
         )
     }

@@ -733,3 +733,52 @@ fn a_chunk_that_comes_back_with_the_wrong_number_of_outcomes_is_an_error() {
     }
     assert_intact(&ex);
 }
+
+/// `Arg(k)` scales the sum of the slice, read in place.
+fn scaled_sum(xs: &[u64], k: Arg) -> Ret {
+    Ret(xs.iter().sum::<u64>() * k.0)
+}
+
+#[test]
+fn slice_tasks_take_their_argument_and_result_through_the_codec() {
+    let ex = pool(1);
+    // Past the direct-to-shared-memory threshold, and small.
+    for len in [10u64, 300_000] {
+        let data: Vec<u64> = (0..len).collect();
+        let sum = len * (len - 1) / 2;
+        let ok = ex.with_codec::<Faulty<0, false>>();
+        let got = ok.submit_slice(scaled_sum, &data, Arg(3)).unwrap();
+        assert_eq!(got.result_timeout(HANG).unwrap(), Ret(3 * sum), "{len}");
+    }
+    let data = [1u64, 2, 3];
+    // Each stage's failure is the codec error of that stage, for this
+    // task only.
+    let encode = ex.with_codec::<Faulty<ENCODE_ARG, false>>();
+    let (stage, _) = codec_error(encode.submit_slice(scaled_sum, &data, Arg(1)));
+    assert_eq!(stage, CodecStage::EncodeArgument);
+    for (stage, outcome) in [
+        (
+            CodecStage::DecodeArgument,
+            ex.with_codec::<Faulty<DECODE_ARG, false>>()
+                .submit_slice(scaled_sum, &data, Arg(1))
+                .and_then(|f| f.result_timeout(HANG)),
+        ),
+        (
+            CodecStage::EncodeResult,
+            ex.with_codec::<Faulty<ENCODE_RET, false>>()
+                .submit_slice(scaled_sum, &data, Arg(1))
+                .and_then(|f| f.result_timeout(HANG)),
+        ),
+        (
+            CodecStage::DecodeResult,
+            ex.with_codec::<Faulty<DECODE_RET, false>>()
+                .submit_slice_with_timeout(scaled_sum, &data, Arg(1), HANG)
+                .and_then(|f| f.result_timeout(HANG)),
+        ),
+    ] {
+        let (got, message) = codec_error(outcome);
+        assert_eq!(got, stage);
+        assert!(message.contains("deliberate failure"), "{message}");
+    }
+    assert_intact(&ex);
+}
