@@ -711,3 +711,44 @@ fn a_worker_takes_only_the_handles_sent_with_its_task() {
         );
     });
 }
+
+/// The peak resident set of this process, in KiB.
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn a_large_map_shared_argument_is_held_once_not_once_per_task() {
+    // Alone in its own process: the peak resident set is the process's.
+    const CHILD: &str = "LOKY_TEST_LARGE_ARGUMENT_CHILD";
+    if std::env::var_os(CHILD).is_none() {
+        support::rerun_in_child(
+            "a_large_map_shared_argument_is_held_once_not_once_per_task",
+            CHILD,
+            "1",
+            |_| {},
+        );
+        return;
+    }
+    let ex = pool(2);
+    // 4096 elements: 8 tasks (4 per worker).
+    let input = SharedVec::from_iter_in(&ex, 0..4096u32).unwrap();
+    let table: Vec<u8> = (0..32u32 << 20).map(|i| (i % 251) as u8).collect();
+    let expect: Vec<u32> = (0..4096u32)
+        .map(|x| x + u32::from(table[x as usize * 7]))
+        .collect();
+    let before = peak_rss_kib();
+    let f = |x: u32, table: &Vec<u8>| x + u32::from(table[x as usize * 7]);
+    let out = ex.map_shared_with(f, &input, table).unwrap();
+    let grew_mib = (peak_rss_kib() - before) / 1024;
+    assert_eq!(out.as_slice(), &expect[..]);
+    // Its encoding and its copy in the arena: about 64 MiB. Once per task
+    // (8 of them) it was over 256 MiB.
+    assert!(grew_mib < 128, "the parent's peak grew by {grew_mib} MiB");
+    println!("CHILD OK");
+}

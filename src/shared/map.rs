@@ -70,8 +70,11 @@ impl ProcessPoolExecutor {
     /// Like [`map_shared`](Self::map_shared), with an argument that every
     /// element's call borrows: `f(x, &arg)`. `arg` is any
     /// [`Payload`](crate::Payload) but a shared array (an
-    /// [`Error::Codec`]): parameters, a lookup table. It is encoded once and
-    /// decoded once per task (a few per worker), not per element.
+    /// [`Error::Codec`]): parameters, a lookup table. It is encoded once,
+    /// into the pool's arena (so it counts towards
+    /// [`arena_limit`](crate::ProcessPoolExecutorBuilder::arena_limit) while
+    /// the map runs), and decoded once per task (a few per worker), not per
+    /// element.
     ///
     /// ```
     /// use loky::{ProcessPoolExecutor, SharedVec};
@@ -125,18 +128,25 @@ impl ProcessPoolExecutor {
                 output.len()
             )));
         }
-        // Encoded here once; each task decodes its own copy.
+        // Encoded once, into the arena (16-byte words keep it aligned for
+        // decoding): the tasks read it there, so a large table is held
+        // once, not once per task waiting in the queue.
         let mut encoded = rkyv::util::AlignedVec::<16>::new();
         arg.encode(&mut encoded).map_err(|message| Error::Codec {
             stage: CodecStage::EncodeArgument,
             message,
         })?;
-        let encoded = encoded.to_vec();
+        let mut shared = SharedVec::<u128>::zeroed(self, encoded.len().div_ceil(16))?;
+        bytemuck::cast_slice_mut::<u128, u8>(shared.as_mut_slice())[..encoded.len()]
+            .copy_from_slice(&encoded);
+        let arg_len = encoded.len() as u64;
+        drop(encoded);
         let chunk = shared_chunk_len(input.len(), self.max_workers());
         let mut futures = Vec::new();
         let mut first_error = None;
         for (i, o) in input.chunks(chunk)?.zip(output.chunks_mut(chunk)?) {
-            match self.submit(apply_chunk::<F, T, A, R>, (i, o, encoded.clone())) {
+            let arg = shared.slice(..)?;
+            match self.submit(apply_chunk::<F, T, A, R>, (i, o, arg, arg_len)) {
                 Ok(fut) => futures.push(fut),
                 Err(e) => {
                     first_error = Some(e);
@@ -177,10 +187,10 @@ fn shared_chunk_len(len: usize, workers: usize) -> usize {
 
 /// The task of one chunk: `F` over each element of `input` into `output`.
 /// A task of `map_shared_into_with`: `F` over its chunk, with the
-/// argument decoded from `arg` (its encoding); an argument that cannot be
-/// decoded is the task's error.
+/// argument decoded from the first `arg_len` bytes of `arg` (its encoding,
+/// in the arena); an argument that cannot be decoded is the task's error.
 fn apply_chunk<F, T, A, R>(
-    (input, mut output, arg): (SharedSlice<T>, SharedSliceMut<R>, Vec<u8>),
+    (input, mut output, arg, arg_len): (SharedSlice<T>, SharedSliceMut<R>, SharedSlice<u128>, u64),
 ) -> std::result::Result<(), String>
 where
     F: Fn(T, &A) -> R + Copy + Send + 'static,
@@ -188,10 +198,12 @@ where
     A: Payload,
     R: Pod,
 {
-    // Aligned for decoding (rkyv reads in place).
-    let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(arg.len());
-    aligned.extend_from_slice(&arg);
-    let arg = A::decode(&aligned)?;
+    // Decoded from a private copy when large (other workers map the arena
+    // too), as results are in the parent.
+    let bytes = bytemuck::cast_slice::<u128, u8>(&arg)
+        .get(..usize::try_from(arg_len).unwrap_or(usize::MAX))
+        .ok_or("the argument's length is past its array")?;
+    let arg = A::decode(bytes)?;
     let f = crate::transport::conjure::<F>();
     for (o, &i) in output.iter_mut().zip(input.iter()) {
         *o = f(i, &arg);
