@@ -144,8 +144,10 @@ fn pin_for_send(wire: &Wire, lease: Pin) -> Result<u64, HandleError> {
         let Some(ctx) = stack.last_mut() else {
             return Err(HandleError(
                 "a shared array handle can only be sent as (part of) a task argument \
-                 through the pool that allocated it; it cannot be returned from a task \
-                 (write results into a SharedSliceMut instead)"
+                 through the pool that allocated it: not returned from a task (write \
+                 results into a SharedSliceMut instead), nor inside the argument of \
+                 map_shared_with (pass the array as the map's input, or send it with \
+                 submit)"
                     .into(),
             ));
         };
