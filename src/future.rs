@@ -921,7 +921,9 @@ impl<R: Send + 'static> Future<R> {
     /// first.
     fn take_by(&self, deadline: Option<Instant>) -> Result<R> {
         loop {
-            if !self.wait_ready(deadline) {
+            // Finished and given back by the done-callbacks, with the work
+            // `wait_done` does for the pool meanwhile.
+            if !self.wait_until_reached(true, deadline) {
                 return Err(Error::Timeout);
             }
             // `None`: a callback added meanwhile borrowed it: wait again.
@@ -958,13 +960,6 @@ impl<R: Send + 'static> Future<R> {
         self.cell.task.is_done() && !(takeable && self.cell.task.lent.load(Ordering::Acquire))
     }
 
-    /// [`wait_done`](Self::wait_done), then also until the done-callbacks
-    /// gave the value back: with the same deadline, and the same work for
-    /// the pool meanwhile (a pool thread that waits keeps its pool going).
-    fn wait_ready(&self, deadline: Option<Instant>) -> bool {
-        self.wait_until_reached(true, deadline)
-    }
-
     /// Waits until done or the deadline; returns whether done. Spins a
     /// little first, draining result rings itself (no thread hop on the
     /// fast path), then sleeps until woken by whoever completes the task.
@@ -972,8 +967,9 @@ impl<R: Send + 'static> Future<R> {
         self.wait_until_reached(false, deadline)
     }
 
-    /// [`wait_done`](Self::wait_done), or with `takeable`
-    /// [`wait_ready`](Self::wait_ready).
+    /// [`wait_done`](Self::wait_done), or with `takeable` also until the
+    /// done-callbacks gave the value back (same deadline, same work for the
+    /// pool meanwhile: a pool thread that waits keeps its pool going).
     fn wait_until_reached(&self, takeable: bool, deadline: Option<Instant>) -> bool {
         if self.reached(takeable) {
             return true;

@@ -419,9 +419,7 @@ where
         }
         // Filled from one thread: its fresh pages cost most of the time of
         // a map of cheap items unless they come 2 MiB at a time.
-        if std::mem::size_of_val(out.spare_capacity_mut()) >= crate::numeric_vec::HUGE_ADVICE_MIN {
-            crate::numeric_vec::advise_huge_pages(out.spare_capacity_mut());
-        }
+        crate::numeric_vec::advise_huge_pages(out.spare_capacity_mut());
         loop {
             self.ready.drain_into(&mut out)?;
             match self.next_chunk_ordered() {

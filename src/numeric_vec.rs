@@ -138,9 +138,7 @@ fn copy_out<P: Pod>(raw: &[u8]) -> Vec<P> {
     let len = raw.len() / std::mem::size_of::<P>();
     let mut v = Vec::<P>::with_capacity(len);
     let spare = &mut v.spare_capacity_mut()[..len];
-    if raw.len() >= HUGE_ADVICE_MIN {
-        advise_huge_pages(spare);
-    }
+    advise_huge_pages(spare);
     // SAFETY: `spare` is `len` uninitialised `P`s, exclusively borrowed;
     // viewed as `len * size_of::<P>()` uninitialised bytes (`P` is `Pod`: no
     // padding, any bytes are a valid `P`, alignment of bytes is 1).
@@ -156,18 +154,21 @@ fn copy_out<P: Pod>(raw: &[u8]) -> Vec<P> {
     v
 }
 
-/// Buffers from this size on get [`advise_huge_pages`]: glibc serves
-/// smaller ones from its heap (its mmap threshold rises up to 32 MiB),
-/// where the advice would outlive the buffer.
-pub(crate) const HUGE_ADVICE_MIN: usize = 32 << 20;
+/// [`advise_huge_pages`] leaves smaller buffers alone: glibc serves them
+/// from its heap (its mmap threshold rises up to 32 MiB), where the advice
+/// would outlive the buffer.
+const HUGE_ADVICE_MIN: usize = 32 << 20;
 
-/// Asks the kernel to back the 2 MiB-aligned part of a large new buffer
-/// with transparent huge pages, where the system leaves that to the
+/// Asks the kernel to back the 2 MiB-aligned part of a new buffer of
+/// [`HUGE_ADVICE_MIN`] bytes or more with transparent huge pages, where the system leaves that to the
 /// program (`madvise` mode): fresh memory then costs one page fault per
 /// 2 MiB instead of one per 4 KiB, which on a virtual machine is most of
 /// the cost of filling it. Only a hint: an error changes nothing.
 pub(crate) fn advise_huge_pages<T>(buf: &mut [MaybeUninit<T>]) {
     const HUGE: usize = 2 << 20;
+    if std::mem::size_of_val(buf) < HUGE_ADVICE_MIN {
+        return;
+    }
     let start = buf.as_mut_ptr() as usize;
     let end = start + std::mem::size_of_val(buf);
     let (first, last) = (start.next_multiple_of(HUGE), end / HUGE * HUGE);

@@ -18,8 +18,6 @@ use crate::codec::Payload;
 use crate::error::Result;
 use crate::executor::{decode_result, ProcessPoolExecutor};
 use crate::future::Future;
-use crate::protocol::Failure;
-use crate::protocol::STATUS_DECODE_ARG;
 use crate::transport::{assert_zero_sized, conjure, offset_of};
 
 /// Bytes before the argument's encoding.
@@ -80,7 +78,7 @@ impl ProcessPoolExecutor {
         A: Payload,
         R: Payload,
     {
-        self.submit_slice_until(f, data, arg, None)
+        self.submit_slice_as(f, data, arg, decode_result::<R>, None)
     }
 
     /// [`submit_slice`](Self::submit_slice) with a time limit, as
@@ -107,23 +105,7 @@ impl ProcessPoolExecutor {
         A: Payload,
         R: Payload,
     {
-        self.submit_slice_until(f, data, arg, crate::wait::deadline_after(timeout))
-    }
-
-    fn submit_slice_until<F, T, A, R>(
-        &self,
-        f: F,
-        data: &[T],
-        arg: A,
-        deadline: Option<std::time::Instant>,
-    ) -> Result<Future<R>>
-    where
-        F: Fn(&[T], A) -> R + Copy + Send + 'static,
-        T: Pod,
-        A: Payload,
-        R: Payload,
-    {
-        const { assert_zero_sized::<F>() };
+        let deadline = crate::wait::deadline_after(timeout);
         self.submit_slice_as(f, data, arg, decode_result::<R>, deadline)
     }
 
@@ -166,9 +148,7 @@ fn encode<T: Pod, A: Payload>(data: &[T], arg: &A, out: &mut AlignedVec) -> Resu
     let elements = data.len() as u64;
     out[start..start + 8].copy_from_slice(&elements.to_le_bytes());
     out[start + 8..start + 16].copy_from_slice(&(arg_len as u64).to_le_bytes());
-    while out.len() % 16 != 0 {
-        out.push(0);
-    }
+    out.resize(out.len().next_multiple_of(16), 0);
     crate::codec::append_direct(out, bytemuck::cast_slice(data))
 }
 
@@ -206,16 +186,10 @@ where
     A: Payload,
     R: Payload,
 {
-    let (arg, data) = match parse::<T>(input) {
+    // Reported as any argument that cannot be decoded.
+    let (arg, data) = match crate::transport::decode_arg(input, |_| parse::<T>(input)) {
         Ok(parts) => parts,
-        Err(message) => {
-            let failure = Failure {
-                message,
-                location: String::new(),
-                backtrace: None,
-            };
-            return crate::transport::fail(out, STATUS_DECODE_ARG, failure);
-        }
+        Err((status, failure)) => return crate::transport::fail(out, status, failure),
     };
     crate::transport::run_decoded(arg, out, move |a: A| conjure::<F>()(data, a))
 }

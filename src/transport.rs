@@ -165,7 +165,9 @@ fn encode_result(
     }
 }
 
-fn decode_arg<A>(
+/// Runs a task's argument decoder, its errors and panics made the
+/// failure reported for the task.
+pub(crate) fn decode_arg<A>(
     input: &[u8],
     decode: impl FnOnce(&[u8]) -> Result<A, String>,
 ) -> Result<A, (u32, Failure)> {

@@ -93,6 +93,12 @@ impl Allocation {
 /// The error for an allocation of `bytes` in `arena` that failed with
 /// `failure`.
 fn alloc_error(arena: &Arena, bytes: usize, failure: AllocFailure) -> Error {
+    let full = |requested, reason| Error::ArenaFull {
+        requested,
+        in_use: arena.in_use(),
+        limit: arena.limit(),
+        reason,
+    };
     match failure {
         AllocFailure::Arena(ArenaError::Full {
             requested,
@@ -116,28 +122,15 @@ fn alloc_error(arena: &Arena, bytes: usize, failure: AllocFailure) -> Error {
                 reason,
             }
         }
-        AllocFailure::Arena(ArenaError::NoMemory { requested, reason }) => Error::ArenaFull {
-            requested,
-            in_use: arena.in_use(),
-            limit: arena.limit(),
-            reason: format!("; {reason}"),
-        },
+        AllocFailure::Arena(ArenaError::NoMemory { requested, reason }) => {
+            full(requested, format!("; {reason}"))
+        }
         // The first allocation maps the whole reservation: under a tight
         // `ulimit -v` that fails however small the array, and only a
         // smaller limit helps.
-        AllocFailure::Os(e) if is_map_refused(&e) => Error::ArenaFull {
-            requested: bytes,
-            in_use: arena.in_use(),
-            limit: arena.limit(),
-            reason: map_refused(arena.limit()),
-        },
+        AllocFailure::Os(e) if is_map_refused(&e) => full(bytes, map_refused(arena.limit())),
         AllocFailure::Os(e) => Error::from(e),
-        AllocFailure::Arena(other) => Error::ArenaFull {
-            requested: bytes,
-            in_use: arena.in_use(),
-            limit: arena.limit(),
-            reason: format!("; {other}"),
-        },
+        AllocFailure::Arena(other) => full(bytes, format!("; {other}")),
     }
 }
 

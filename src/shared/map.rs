@@ -136,16 +136,22 @@ impl ProcessPoolExecutor {
             stage: CodecStage::EncodeArgument,
             message,
         })?;
-        let mut shared = SharedVec::<u128>::zeroed(self, encoded.len().div_ceil(16))?;
-        bytemuck::cast_slice_mut::<u128, u8>(shared.as_mut_slice())[..encoded.len()]
-            .copy_from_slice(&encoded);
+        // (None for an empty encoding, `map_shared`'s `()`: nothing to hold.)
+        let shared = if encoded.is_empty() {
+            None
+        } else {
+            let mut words = SharedVec::<u128>::zeroed(self, encoded.len().div_ceil(16))?;
+            bytemuck::cast_slice_mut::<u128, u8>(words.as_mut_slice())[..encoded.len()]
+                .copy_from_slice(&encoded);
+            Some(words)
+        };
         let arg_len = encoded.len() as u64;
         drop(encoded);
         let chunk = shared_chunk_len(input.len(), self.max_workers());
         let mut futures = Vec::new();
         let mut first_error = None;
         for (i, o) in input.chunks(chunk)?.zip(output.chunks_mut(chunk)?) {
-            let arg = shared.slice(..)?;
+            let arg = shared.as_ref().map(|words| words.slice(..)).transpose()?;
             match self.submit(apply_chunk::<F, T, A, R>, (i, o, arg, arg_len)) {
                 Ok(fut) => futures.push(fut),
                 Err(e) => {
@@ -185,12 +191,17 @@ fn shared_chunk_len(len: usize, workers: usize) -> usize {
         .min(len.max(1))
 }
 
-/// The task of one chunk: `F` over each element of `input` into `output`.
-/// A task of `map_shared_into_with`: `F` over its chunk, with the
-/// argument decoded from the first `arg_len` bytes of `arg` (its encoding,
-/// in the arena); an argument that cannot be decoded is the task's error.
+/// The task of one chunk of `map_shared_into_with`: `F` over each element
+/// of `input` into `output`, with the argument decoded from the first
+/// `arg_len` bytes of `arg` (its encoding, in the arena; none for an empty
+/// one); an argument that cannot be decoded is the task's error.
 fn apply_chunk<F, T, A, R>(
-    (input, mut output, arg, arg_len): (SharedSlice<T>, SharedSliceMut<R>, SharedSlice<u128>, u64),
+    (input, mut output, arg, arg_len): (
+        SharedSlice<T>,
+        SharedSliceMut<R>,
+        Option<SharedSlice<u128>>,
+        u64,
+    ),
 ) -> std::result::Result<(), String>
 where
     F: Fn(T, &A) -> R + Copy + Send + 'static,
@@ -200,7 +211,8 @@ where
 {
     // Decoded from a private copy when large (other workers map the arena
     // too), as results are in the parent.
-    let bytes = bytemuck::cast_slice::<u128, u8>(&arg)
+    let words: &[u128] = arg.as_deref().unwrap_or(&[]);
+    let bytes = bytemuck::cast_slice::<u128, u8>(words)
         .get(..usize::try_from(arg_len).unwrap_or(usize::MAX))
         .ok_or("the argument's length is past its array")?;
     let arg = A::decode(bytes)?;
