@@ -510,8 +510,11 @@ impl ProcessPoolExecutorBuilder {
     }
 
     /// How long a waiting thread spins before it sleeps (default 50 µs, at
-    /// most 1 s, else [`Error::InvalidConfig`]). Spinning is skipped when
-    /// every core is already busy spinning.
+    /// most 1 s, else [`Error::InvalidConfig`]), in the parent and in the
+    /// workers. A thread spins only while a core is free for it: not when
+    /// the threads already spinning and the workers running tasks fill
+    /// every core (a worker also leaves one to the parent's thread that
+    /// feeds it), since its spin would take the core of a thread with work.
     pub fn spin(mut self, d: Duration) -> Self {
         self.spin = Some(d);
         self

@@ -50,6 +50,7 @@ mod reusable;
 mod serde_payload;
 mod shared;
 mod slice_task;
+mod spin_policy;
 #[cfg(feature = "serde")]
 mod stack_guard;
 mod stats;

@@ -36,7 +36,7 @@ use std::sync::atomic::Ordering::{Relaxed, Release};
 const MAGIC: [u8; 8] = *b"LOKYIPC\0";
 /// Version of the region layout. Bump on any change to a `#[repr(C)]`
 /// structure below or to the ring framing.
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 const PAGE: usize = 4096;
 
 /// What to build a region for.
@@ -101,6 +101,10 @@ pub struct RegionHeader {
 /// * `pid`: written by the worker once attached; read by the parent (logs).
 /// * `spinning`: 1 while the worker spins; written by the worker, read by
 ///   everyone deciding whether to spin. Reset by the parent with the slot.
+/// * `running`: 1 while the worker works through its messages (from the
+///   first it finds after a wait until it waits again); written by the
+///   worker, read by workers deciding whether to spin. Reset by the parent
+///   with the slot.
 /// * `claim`: the race between the worker starting a task message and the
 ///   parent withdrawing it (see [`Claim`]); both write it, by
 ///   compare-and-swap. Reset by the parent with the slot.
@@ -114,7 +118,7 @@ pub struct SlotHeader {
     generation: AtomicU32,
     pid: AtomicU32,
     spinning: AtomicU32,
-    _reserved: u32,
+    running: AtomicU32,
     claim: Claim,
     bell: Padded<Doorbell>,
     lifeline: Lifeline,
@@ -177,7 +181,7 @@ impl Region {
                 generation: AtomicU32::new(0),
                 pid: AtomicU32::new(0),
                 spinning: AtomicU32::new(0),
-                _reserved: 0,
+                running: AtomicU32::new(0),
                 claim: Claim::new(),
                 bell: Padded(Doorbell::new(1)),
                 lifeline: Lifeline::new(),
@@ -294,6 +298,13 @@ impl Region {
             .fold(self.parent_spinning().load(Relaxed), u32::saturating_add)
     }
 
+    /// Workers currently running (their `running` flags; a snapshot).
+    pub fn running(&self) -> u32 {
+        (0..self.cfg.slots)
+            .map(|i| self.slot(i).header().running.load(Relaxed))
+            .fold(0, u32::saturating_add)
+    }
+
     /// Slot `i`. Panics if `i` is out of range (a bug in the caller).
     pub fn slot(&self, i: u32) -> Slot<'_> {
         assert!(i < self.cfg.slots, "slot {i} out of range");
@@ -402,6 +413,7 @@ impl Region {
         let h = self.slot(i).header();
         h.pid.store(0, Relaxed);
         h.spinning.store(0, Relaxed);
+        h.running.store(0, Relaxed);
         h.claim.reset();
         h.bell.reset(1);
         h.lifeline.reset();
@@ -456,6 +468,11 @@ impl<'r> Slot<'r> {
     /// The worker's spinning flag.
     pub fn spinning(&self) -> &'r AtomicU32 {
         &self.header().spinning
+    }
+
+    /// The worker's running flag (see [`SlotHeader`]).
+    pub fn running(&self) -> &'r AtomicU32 {
+        &self.header().running
     }
 
     /// The race between the worker starting a message of its `down` ring
@@ -741,5 +758,23 @@ mod tests {
             let m = c.peek().unwrap().unwrap();
             assert_eq!((m.tag, m.payload), (i, &[i as u8; 33][..]));
         }
+    }
+
+    #[test]
+    fn spinning_and_running_count_every_process_and_reset_with_the_slot() {
+        let a = Region::create(cfg()).unwrap();
+        let b = Region::attach(a.fd().try_clone_to_owned().unwrap(), 0xfeed).unwrap();
+        b.slot(0).running().store(1, Relaxed);
+        b.slot(2).running().store(1, Relaxed);
+        b.slot(1).spinning().store(1, Relaxed);
+        a.parent_spinning().store(2, Relaxed);
+        assert_eq!((a.running(), a.spinning()), (2, 3));
+        // A scribbled flag saturates the count rather than wrapping it.
+        b.slot(1).running().store(u32::MAX, Relaxed);
+        assert_eq!(a.running(), u32::MAX);
+        // SAFETY: no worker is attached to slot 2; nothing holds its rings.
+        unsafe { a.init_slot(2, 7) };
+        b.slot(1).running().store(0, Relaxed);
+        assert_eq!((a.running(), a.spinning()), (1, 3));
     }
 }

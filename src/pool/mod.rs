@@ -999,7 +999,8 @@ impl Pool {
     }
 
     /// Spins up to the configured budget draining result rings until
-    /// `done()`; returns `done()`. Spins only if a core is free for it.
+    /// `done()`; returns `done()`. Spins only if a core is free for it
+    /// ([`parent_may_spin`](crate::spin_policy::parent_may_spin)).
     pub(crate) fn spin_for_results(
         &self,
         mut done: impl FnMut() -> bool,
@@ -1009,7 +1010,8 @@ impl Pool {
         if let Some(d) = deadline {
             budget = budget.min(d.saturating_duration_since(Instant::now()));
         }
-        if budget.is_zero() || self.region.spinning() >= self.ncpu {
+        let (spinning, running) = (self.region.spinning(), self.region.running());
+        if budget.is_zero() || !crate::spin_policy::parent_may_spin(spinning, running, self.ncpu) {
             self.drain_all(false);
             return done();
         }

@@ -399,14 +399,29 @@ impl WorkerLoop<'_> {
             == Some(self.spec.parent)
     }
 
-    /// Waits for the next message: spins briefly if a core is free, then
-    /// sleeps on the slot's doorbell. False if the parent died.
+    /// Waits for the next message (see [`WorkerLoop::idle_until_message`]).
+    /// False if the parent died.
     fn wait_for_message(&mut self) -> bool {
         if self.rx.has_message() {
             return true;
         }
+        // Down while idle: other workers and the parent read it to decide
+        // whether a core is free to spin on.
+        let running = self.region.slot(self.spec.slot).running();
+        running.store(0, std::sync::atomic::Ordering::Relaxed);
+        let found = self.idle_until_message();
+        running.store(1, std::sync::atomic::Ordering::Relaxed);
+        found
+    }
+
+    /// Spins briefly if a core is free for it
+    /// ([`worker_may_spin`](crate::spin_policy::worker_may_spin)), then
+    /// sleeps on the slot's doorbell. Called with this worker's `running`
+    /// flag down, so the region's count is of the others.
+    fn idle_until_message(&mut self) -> bool {
         let slot = self.region.slot(self.spec.slot);
-        if self.region.spinning() < self.spec.ncpu {
+        let (spinning, running) = (self.region.spinning(), self.region.running());
+        if crate::spin_policy::worker_may_spin(spinning, running, self.spec.ncpu) {
             slot.spinning()
                 .store(1, std::sync::atomic::Ordering::Relaxed);
             let rx = &mut self.rx;
