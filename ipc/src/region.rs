@@ -475,6 +475,15 @@ impl<'r> Slot<'r> {
         &self.header().running
     }
 
+    /// Puts the `spinning` and `running` flags down: for the parent once
+    /// the slot's worker is dead, whose flags would otherwise count as a
+    /// busy core until the slot is used again.
+    pub fn clear_activity(&self) {
+        let h = self.header();
+        h.spinning.store(0, Relaxed);
+        h.running.store(0, Relaxed);
+    }
+
     /// The race between the worker starting a message of its `down` ring
     /// and the parent withdrawing it.
     pub fn claim(&self) -> &'r Claim {
@@ -774,7 +783,7 @@ mod tests {
         assert_eq!(a.running(), u32::MAX);
         // SAFETY: no worker is attached to slot 2; nothing holds its rings.
         unsafe { a.init_slot(2, 7) };
-        b.slot(1).running().store(0, Relaxed);
-        assert_eq!((a.running(), a.spinning()), (1, 3));
+        a.slot(1).clear_activity();
+        assert_eq!((a.running(), a.spinning()), (1, 2));
     }
 }

@@ -200,6 +200,10 @@ impl Pool {
                     w.count_end(&mut st.stats, clean);
                 }
             }
+            // A worker that died running (or retired, which it does after
+            // reading its exit message) left its flags up: they would count
+            // as a busy core until the slot is used again.
+            self.region().slot(i as u32).clear_activity();
         }
         // Completed on the manager thread, not here: a done-callback that
         // blocks must not stop this thread from noticing deaths and
@@ -257,6 +261,56 @@ mod tests {
         signal: 6,
         core_dumped: false,
     };
+
+    #[test]
+    fn a_dead_or_retired_worker_no_longer_counts_as_running() {
+        fn nap(ms: u64) -> u64 {
+            std::thread::sleep(Duration::from_millis(ms));
+            ms
+        }
+        fn abort_after(ms: u64) -> u64 {
+            nap(ms);
+            std::process::abort()
+        }
+        let ex = crate::ProcessPoolExecutor::builder()
+            .max_workers(1)
+            .idle_timeout(Duration::from_millis(100))
+            .build()
+            .unwrap();
+        let region = ex.pool().region_arc();
+        let running_soon = || {
+            let until = std::time::Instant::now() + Duration::from_secs(10);
+            while region.running() == 0 && std::time::Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            region.running()
+        };
+        let idle_soon = |what: &str| {
+            let until = std::time::Instant::now() + Duration::from_secs(10);
+            while (ex.stats().workers_alive > 0 || region.running() > 0)
+                && std::time::Instant::now() < until
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            assert_eq!(
+                ex.stats().workers_alive,
+                0,
+                "{what}: a worker is still alive"
+            );
+            assert_eq!(region.running(), 0, "{what}: its running flag is still up");
+        };
+        // Killed while running a task: nothing replaces it until asked.
+        let dying = ex.submit(abort_after, 300).unwrap();
+        assert_eq!(running_soon(), 1);
+        assert!(matches!(
+            dying.result(),
+            Err(crate::Error::TerminatedWorker { .. })
+        ));
+        idle_soon("after a crash");
+        // Retired for idleness: it exits after reading its exit message.
+        assert_eq!(ex.submit(nap, 1).unwrap().result().unwrap(), 1);
+        idle_soon("after a retirement");
+    }
 
     #[test]
     fn a_retirement_asked_for_is_clean_even_when_its_status_is_lost() {
