@@ -17,66 +17,83 @@
 //! speed, never correctness (a thread that does not spin sleeps on its
 //! doorbell and is woken).
 
+use loky_ipc::Activity;
+
 /// Whether a worker that just ran out of messages may spin: fewer threads
-/// spin than there are CPUs, and the other workers running tasks leave a
-/// CPU for it and one for the parent's thread that feeds them (a worker
-/// whose spin takes that thread's CPU waits longer for its next message).
-pub(crate) fn worker_may_spin(spinning: u32, others_running: u32, ncpu: u32) -> bool {
-    spinning < ncpu && others_running.saturating_add(2) <= ncpu
+/// spin than there are CPUs, and the other workers (spinning or running)
+/// leave a CPU for it and one for the parent's thread that feeds them (a
+/// worker whose spin takes that thread's CPU waits longer for its next
+/// message). That thread's own spin is not counted again: it is the one
+/// the CPU is left for.
+pub(crate) fn worker_may_spin(a: Activity, ncpu: u32) -> bool {
+    let others = a.workers_spinning.saturating_add(a.workers_running);
+    a.spinning() < ncpu && others.saturating_add(2) <= ncpu
 }
 
 /// Whether a parent thread waiting for results may spin: the threads
 /// spinning and the workers running leave a CPU for it (it would take one
 /// from a worker it waits for).
-pub(crate) fn parent_may_spin(spinning: u32, running: u32, ncpu: u32) -> bool {
-    spinning.saturating_add(running) < ncpu
+pub(crate) fn parent_may_spin(a: Activity, ncpu: u32) -> bool {
+    a.spinning().saturating_add(a.workers_running) < ncpu
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn seen(parent_spinning: u32, workers_spinning: u32, workers_running: u32) -> Activity {
+        Activity {
+            parent_spinning,
+            workers_spinning,
+            workers_running,
+        }
+    }
+
     #[test]
     fn a_round_trip_spins_on_both_sides() {
         // One task at a time on 2 CPUs: the parent waits while one worker
         // runs; the worker, done, finds the parent still spinning.
-        assert!(parent_may_spin(0, 1, 2));
-        assert!(worker_may_spin(1, 0, 2));
+        assert!(parent_may_spin(seen(0, 0, 1), 2));
+        assert!(worker_may_spin(seen(1, 0, 0), 2));
     }
 
     #[test]
     fn a_busy_machine_spins_no_more() {
         // 2 workers on 2 CPUs, both running: the parent sleeps.
-        assert!(!parent_may_spin(0, 2, 2));
+        assert!(!parent_may_spin(seen(0, 0, 2), 2));
         // One worker still runs and the parent feeds it: the other sleeps.
-        assert!(!worker_may_spin(0, 1, 2));
+        assert!(!worker_may_spin(seen(0, 0, 1), 2));
+        // Both wait for the parent's next chunk: one spins, not both.
+        assert!(worker_may_spin(seen(0, 0, 0), 2));
+        assert!(!worker_may_spin(seen(0, 1, 0), 2));
         // Every CPU already spins.
-        assert!(!worker_may_spin(2, 0, 2));
-        assert!(!parent_may_spin(2, 0, 2));
+        assert!(!worker_may_spin(seen(2, 0, 0), 2));
+        assert!(!parent_may_spin(seen(1, 1, 0), 2));
     }
 
     #[test]
     fn spare_cpus_are_used() {
         // 16 CPUs, 8 workers all running: room for everyone to spin.
-        assert!(parent_may_spin(0, 8, 16));
-        assert!(worker_may_spin(1, 7, 16));
+        assert!(parent_may_spin(seen(0, 0, 8), 16));
+        assert!(worker_may_spin(seen(1, 0, 7), 16));
         // 16 workers on 16 CPUs: the last one to finish may spin only if
         // a CPU besides the parent's is free.
-        assert!(!worker_may_spin(0, 15, 16));
-        assert!(worker_may_spin(0, 14, 16));
+        assert!(!worker_may_spin(seen(0, 0, 15), 16));
+        assert!(!worker_may_spin(seen(0, 1, 14), 16));
+        assert!(worker_may_spin(seen(1, 0, 14), 16));
     }
 
     #[test]
     fn one_cpu_never_spins_a_worker() {
         // The parent needs the only CPU to send the next message.
-        assert!(!worker_may_spin(0, 0, 1));
-        assert!(parent_may_spin(0, 0, 1));
-        assert!(!parent_may_spin(0, 1, 1));
+        assert!(!worker_may_spin(seen(0, 0, 0), 1));
+        assert!(parent_may_spin(seen(0, 0, 0), 1));
+        assert!(!parent_may_spin(seen(0, 0, 1), 1));
     }
 
     #[test]
     fn counts_from_a_scribbled_region_do_not_overflow() {
-        assert!(!worker_may_spin(0, u32::MAX, 4));
-        assert!(!parent_may_spin(u32::MAX, u32::MAX, 4));
+        assert!(!worker_may_spin(seen(0, u32::MAX, u32::MAX), 4));
+        assert!(!parent_may_spin(seen(u32::MAX, u32::MAX, u32::MAX), 4));
     }
 }

@@ -237,11 +237,9 @@ where
     let mut failures: Vec<(u32, Failure)> = Vec::new();
     let mut items = items.into_iter();
     loop {
-        let run = guarded(|| {
-            for item in items.by_ref() {
-                values.push(f(item));
-            }
-        });
+        // `extend` keeps `values`' length right if `f` panics, and `items`
+        // has then moved past the item that panicked.
+        let run = guarded(|| values.extend(items.by_ref().map(f)));
         match run {
             Ok(()) => break,
             Err(failure) => failures.push(((values.len() + failures.len()) as u32, failure)),

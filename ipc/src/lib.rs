@@ -52,6 +52,6 @@ pub use claim::Claim;
 pub use doorbell::Doorbell;
 pub use error::{Error, Result};
 pub use pidfd::{ExitStatus, PidFd, Reap};
-pub use region::{Region, RegionConfig, Slot};
+pub use region::{Activity, Region, RegionConfig, Slot};
 pub use ring::{Consumer, Message, Producer, RingHeader};
 pub use spin::spin_until;

@@ -129,6 +129,24 @@ pub struct SlotHeader {
 const _: () = assert!(std::mem::size_of::<RegionHeader>() <= PAGE);
 const _: () = assert!(std::mem::size_of::<SlotHeader>() <= PAGE);
 
+/// A snapshot of the threads busy with the region ([`Region::activity`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Activity {
+    /// The parent's threads spinning for results.
+    pub parent_spinning: u32,
+    /// Workers spinning for a message (their `spinning` flags).
+    pub workers_spinning: u32,
+    /// Workers running (their `running` flags).
+    pub workers_running: u32,
+}
+
+impl Activity {
+    /// Threads spinning, in every process.
+    pub fn spinning(&self) -> u32 {
+        self.parent_spinning.saturating_add(self.workers_spinning)
+    }
+}
+
 /// A mapped region (see the module docs).
 #[derive(Debug)]
 pub struct Region {
@@ -290,19 +308,24 @@ impl Region {
         &self.header().parent_spinning
     }
 
-    /// Threads currently spinning in all processes (a snapshot).
-    pub fn spinning(&self) -> u32 {
+    /// Who is spinning and running, in every process (a snapshot, read
+    /// without locks).
+    pub fn activity(&self) -> Activity {
         // The slot flags are written by workers: saturate, never overflow.
-        (0..self.cfg.slots)
-            .map(|i| self.slot(i).header().spinning.load(Relaxed))
-            .fold(self.parent_spinning().load(Relaxed), u32::saturating_add)
-    }
-
-    /// Workers currently running (their `running` flags; a snapshot).
-    pub fn running(&self) -> u32 {
-        (0..self.cfg.slots)
-            .map(|i| self.slot(i).header().running.load(Relaxed))
-            .fold(0, u32::saturating_add)
+        (0..self.cfg.slots).fold(
+            Activity {
+                parent_spinning: self.parent_spinning().load(Relaxed),
+                ..Activity::default()
+            },
+            |a, i| {
+                let h = self.slot(i).header();
+                Activity {
+                    workers_spinning: a.workers_spinning.saturating_add(h.spinning.load(Relaxed)),
+                    workers_running: a.workers_running.saturating_add(h.running.load(Relaxed)),
+                    ..a
+                }
+            },
+        )
     }
 
     /// Slot `i`. Panics if `i` is out of range (a bug in the caller).
@@ -777,13 +800,18 @@ mod tests {
         b.slot(2).running().store(1, Relaxed);
         b.slot(1).spinning().store(1, Relaxed);
         a.parent_spinning().store(2, Relaxed);
-        assert_eq!((a.running(), a.spinning()), (2, 3));
+        let seen = |r: &Region| {
+            let a = r.activity();
+            (a.parent_spinning, a.workers_spinning, a.workers_running)
+        };
+        assert_eq!(seen(&a), (2, 1, 2));
+        assert_eq!(a.activity().spinning(), 3);
         // A scribbled flag saturates the count rather than wrapping it.
         b.slot(1).running().store(u32::MAX, Relaxed);
-        assert_eq!(a.running(), u32::MAX);
+        assert_eq!(a.activity().workers_running, u32::MAX);
         // SAFETY: no worker is attached to slot 2; nothing holds its rings.
         unsafe { a.init_slot(2, 7) };
         a.slot(1).clear_activity();
-        assert_eq!((a.running(), a.spinning()), (1, 2));
+        assert_eq!(seen(&a), (2, 0, 1));
     }
 }

@@ -1010,8 +1010,9 @@ impl Pool {
         if let Some(d) = deadline {
             budget = budget.min(d.saturating_duration_since(Instant::now()));
         }
-        let (spinning, running) = (self.region.spinning(), self.region.running());
-        if budget.is_zero() || !crate::spin_policy::parent_may_spin(spinning, running, self.ncpu) {
+        if budget.is_zero()
+            || !crate::spin_policy::parent_may_spin(self.region.activity(), self.ncpu)
+        {
             self.drain_all(false);
             return done();
         }

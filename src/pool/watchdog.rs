@@ -280,14 +280,14 @@ mod tests {
         let region = ex.pool().region_arc();
         let running_soon = || {
             let until = std::time::Instant::now() + Duration::from_secs(10);
-            while region.running() == 0 && std::time::Instant::now() < until {
+            while region.activity().workers_running == 0 && std::time::Instant::now() < until {
                 std::thread::sleep(Duration::from_millis(1));
             }
-            region.running()
+            region.activity().workers_running
         };
         let idle_soon = |what: &str| {
             let until = std::time::Instant::now() + Duration::from_secs(10);
-            while (ex.stats().workers_alive > 0 || region.running() > 0)
+            while (ex.stats().workers_alive > 0 || region.activity().workers_running > 0)
                 && std::time::Instant::now() < until
             {
                 std::thread::sleep(Duration::from_millis(5));
@@ -297,7 +297,11 @@ mod tests {
                 0,
                 "{what}: a worker is still alive"
             );
-            assert_eq!(region.running(), 0, "{what}: its running flag is still up");
+            assert_eq!(
+                region.activity().workers_running,
+                0,
+                "{what}: its running flag is still up"
+            );
         };
         // Killed while running a task: nothing replaces it until asked.
         let dying = ex.submit(abort_after, 300).unwrap();

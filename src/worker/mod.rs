@@ -416,12 +416,11 @@ impl WorkerLoop<'_> {
 
     /// Spins briefly if a core is free for it
     /// ([`worker_may_spin`](crate::spin_policy::worker_may_spin)), then
-    /// sleeps on the slot's doorbell. Called with this worker's `running`
-    /// flag down, so the region's count is of the others.
+    /// sleeps on the slot's doorbell. Called with this worker's flags down,
+    /// so the region's counts are of the others.
     fn idle_until_message(&mut self) -> bool {
         let slot = self.region.slot(self.spec.slot);
-        let (spinning, running) = (self.region.spinning(), self.region.running());
-        if crate::spin_policy::worker_may_spin(spinning, running, self.spec.ncpu) {
+        if crate::spin_policy::worker_may_spin(self.region.activity(), self.spec.ncpu) {
             slot.spinning()
                 .store(1, std::sync::atomic::Ordering::Relaxed);
             let rx = &mut self.rx;
