@@ -515,6 +515,8 @@ impl ProcessPoolExecutorBuilder {
     /// the threads already spinning and the workers running tasks fill
     /// every core (a worker also leaves one to the parent's thread that
     /// feeds it), since its spin would take the core of a thread with work.
+    /// So with one CPU (a quota of one, or `LOKY_MAX_CPU_COUNT=1`) workers
+    /// never spin, and the parent does not while a worker runs.
     pub fn spin(mut self, d: Duration) -> Self {
         self.spin = Some(d);
         self

@@ -15,7 +15,11 @@
 //! parent's and the workers') and the workers running tasks (each worker's
 //! `running` flag). A snapshot, read without locks: the rules only tune
 //! speed, never correctness (a thread that does not spin sleeps on its
-//! doorbell and is woken).
+//! doorbell and is woken). "Running" means not idle, not "on a CPU": a
+//! task that sleeps or waits on I/O counts, so a pool of I/O-bound tasks
+//! with as many workers as CPUs answers through futex wakes, a few
+//! microseconds each. With one CPU, no worker spins: the parent needs it to
+//! send the next message.
 
 use loky_ipc::Activity;
 
@@ -76,8 +80,8 @@ mod tests {
         // 16 CPUs, 8 workers all running: room for everyone to spin.
         assert!(parent_may_spin(seen(0, 0, 8), 16));
         assert!(worker_may_spin(seen(1, 0, 7), 16));
-        // 16 workers on 16 CPUs: the last one to finish may spin only if
-        // a CPU besides the parent's is free.
+        // 16 workers on 16 CPUs: one that finishes while the others run
+        // may spin only if a CPU besides the parent's is free.
         assert!(!worker_may_spin(seen(0, 0, 15), 16));
         assert!(!worker_may_spin(seen(0, 1, 14), 16));
         assert!(worker_may_spin(seen(1, 0, 14), 16));
@@ -89,6 +93,42 @@ mod tests {
         assert!(!worker_may_spin(seen(0, 0, 0), 1));
         assert!(parent_may_spin(seen(0, 0, 0), 1));
         assert!(!parent_may_spin(seen(0, 0, 1), 1));
+    }
+
+    /// The `running` flag the rules read: up while the worker runs its
+    /// initializer (its first message, waiting before it starts) and its
+    /// tasks, down once it is idle.
+    #[test]
+    fn a_worker_counts_as_running_from_its_start_until_it_is_idle() {
+        use std::time::{Duration, Instant};
+        fn nap(ms: u64) {
+            std::thread::sleep(Duration::from_millis(ms));
+        }
+        let ex = crate::ProcessPoolExecutor::builder()
+            .max_workers(1)
+            .initializer(nap, 1_500)
+            .build()
+            .unwrap();
+        let region = ex.pool().region_arc();
+        let running = || region.activity().workers_running;
+        let until = |want: u32, within: Duration| {
+            let end = Instant::now() + within;
+            while running() != want && Instant::now() < end {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            running()
+        };
+        // Started (on demand) by the first task, which waits behind the
+        // initializer.
+        let first = ex.submit(|x: u64| x + 1, 1).unwrap();
+        assert_eq!(until(1, Duration::from_secs(10)), 1, "in its initializer");
+        assert!(!first.done(), "the initializer took 1.5 s");
+        assert_eq!(first.result().unwrap(), 2);
+        assert_eq!(until(0, Duration::from_secs(10)), 0, "idle after its task");
+        let napping = ex.submit(nap, 300).unwrap();
+        assert_eq!(until(1, Duration::from_secs(10)), 1, "in a task");
+        napping.result().unwrap();
+        assert_eq!(until(0, Duration::from_secs(10)), 0, "idle again");
     }
 
     #[test]

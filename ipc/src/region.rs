@@ -100,11 +100,13 @@ pub struct RegionHeader {
 ///   read by the worker at attach to check it holds the slot it was given.
 /// * `pid`: written by the worker once attached; read by the parent (logs).
 /// * `spinning`: 1 while the worker spins; written by the worker, read by
-///   everyone deciding whether to spin. Reset by the parent with the slot.
-/// * `running`: 1 while the worker works through its messages (from the
-///   first it finds after a wait until it waits again); written by the
-///   worker, read by workers deciding whether to spin. Reset by the parent
-///   with the slot.
+///   everyone deciding whether to spin. Reset by the parent with the slot,
+///   and when it buries the worker ([`Slot::clear_activity`]).
+/// * `running`: 1 while the worker is not idle: from its start, and from
+///   the first message it finds after a wait until it waits again (a task
+///   that sleeps or waits for room in the `up` ring counts as running).
+///   Written by the worker, read by everyone deciding whether to spin.
+///   Reset like `spinning`.
 /// * `claim`: the race between the worker starting a task message and the
 ///   parent withdrawing it (see [`Claim`]); both write it, by
 ///   compare-and-swap. Reset by the parent with the slot.
@@ -357,7 +359,7 @@ impl Region {
     /// process that owns slot `i` (a worker): the data of its `down` ring,
     /// which it only reads, becomes read-only, the ring data of every other
     /// slot inaccessible, and the other slots' headers read-only (their
-    /// `spinning` flags are read). A task that scribbles over memory then
+    /// `spinning` and `running` flags are read). A task that scribbles over memory then
     /// faults instead of corrupting messages that its parent may read back
     /// after its death ([`crate::ring::Producer::unreleased`]), or another
     /// worker's messages, claim word or lifeline. Does nothing unless
@@ -371,8 +373,8 @@ impl Region {
     /// From the call on (even one that fails: some pages may be guarded
     /// already), no thread of this process may use any slot but `i` of
     /// this mapping, except to read its header with plain loads
-    /// ([`Self::spinning`], [`Slot::generation`], [`Slot::pid`], a load of
-    /// [`Slot::spinning`]): no store, no `set_pid`, [`Self::init_slot`],
+    /// ([`Self::activity`], [`Slot::generation`], [`Slot::pid`], a load of
+    /// [`Slot::spinning`] or [`Slot::running`]): no store, no `set_pid`, [`Self::init_slot`],
     /// doorbell, claim or lifeline of another slot, and none of its ring
     /// ends (its header page becomes read-only, its ring data
     /// inaccessible: such a use faults with `SIGSEGV`); nor may it make a

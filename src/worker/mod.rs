@@ -141,8 +141,8 @@ pub(crate) fn run(raw_spec: &str) -> i32 {
     // thread of this process uses another slot of `region` from here on:
     // the worker makes only the `down` consumer and `up` producer of its
     // own slot below, and uses its header (pid, bell, claim, lifeline);
-    // of the other slots it only reads the `spinning` flags
-    // (`Region::spinning`, to decide whether to spin). Nothing else gets
+    // of the other slots it only reads the `spinning` and `running` flags
+    // (`Region::activity`, to decide whether to spin). Nothing else gets
     // the region (it is leaked into a private `&'static`, and nested pools
     // in tasks create their own).
     if let Err(e) = unsafe { region.protect_for_slot(spec.slot) } {
@@ -191,6 +191,13 @@ struct WorkerLoop<'r> {
 
 impl WorkerLoop<'_> {
     fn serve(&mut self) -> i32 {
+        // Up from the start: its first messages (the initializer, or tasks
+        // queued before it was ready) may be waiting already, and running
+        // them must count as a busy core.
+        self.region
+            .slot(self.spec.slot)
+            .running()
+            .store(1, std::sync::atomic::Ordering::Relaxed);
         if !self.spec.has_init {
             self.send_header(TAG_READY, 0, STATUS_OK);
         }
