@@ -91,6 +91,16 @@ impl ProcessPoolExecutor {
     /// [`timeout`](Map::timeout), if it has one).
     /// With the `progress` feature, `.progress()` draws a progress bar.
     ///
+    /// Cheap items (an `f` that costs less than moving its item, such as
+    /// `x * 2`) keep the parent's thread busier than the workers: it reads
+    /// the input, encodes the chunks and collects the results. Then map a
+    /// [`SharedVec`](crate::SharedVec) with
+    /// [`map_shared`](Self::map_shared) (no item crosses a ring), collect
+    /// with [`Map::into_vec`], and on a machine with few cores leave one to
+    /// the parent: on 2 cores, `x * 2` over 10M `u64` by value ran at
+    /// 140–205 M items/s with one worker and 84–173 M with two (runs
+    /// alternating between the two).
+    ///
     /// ```
     /// let ex = loky::ProcessPoolExecutor::builder().max_workers(2).build()?;
     /// let doubled: Vec<u64> = ex.map(|x: u64| x * 2, 0..1000).chunksize(100).collect::<Result<_, _>>()?;
