@@ -208,10 +208,12 @@ pub(crate) trait Completion: Send + Sync {
     /// adds it, never on this one.
     fn publish_without_callbacks(&self) -> bool;
     /// Drops what the task kept alive for its worker; called by the pool
-    /// once the worker is done with the task (its result came, or it died).
+    /// once the worker is done with the task (its result came, or it died)
+    /// or will never start it (withdrawn while it waited in its ring).
     fn release_pins(&self);
     /// Whether the task holds shared-array pins (which only the worker's
-    /// real end may release).
+    /// end with the task may release: its result, its death, or a
+    /// withdrawal it will honour).
     fn has_pins(&self) -> bool;
     /// Whether the task has finished (its outcome is published).
     fn is_finished(&self) -> bool;

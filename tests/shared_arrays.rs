@@ -331,7 +331,7 @@ fn memory_returns_when_the_last_handle_including_a_tasks_goes() {
 }
 
 #[test]
-fn a_killed_task_queued_behind_another_keeps_its_range_until_the_worker_is_done() {
+fn a_task_stopped_while_waiting_in_a_ring_releases_its_range_at_once() {
     bounded(60, || {
         let ex = pool(1);
         let pid = worker_pid(&ex);
@@ -347,11 +347,25 @@ fn a_killed_task_queued_behind_another_keeps_its_range_until_the_worker_is_done(
             )
             .unwrap();
         assert!(behind.running(), "handed to the worker");
-        // Withdrawn: it never runs, and no worker is killed for it.
+        // Withdrawn: it never runs, and no worker is killed for it. Its
+        // range is free at once, while the task in front still runs.
         assert!(behind.kill());
         assert!(matches!(behind.result(), Err(Error::Cancelled)));
-        // The worker has still to skip it: the range stays leased.
-        assert!(matches!(v.try_as_slice(), Err(Error::RangeBusy { .. })));
+        assert!(
+            v.try_as_mut_slice().is_ok(),
+            "free before the worker skips it"
+        );
+        // The same with a time limit that expires while it waits.
+        let timed = ex
+            .submit_with_timeout(
+                |mut c: SharedSliceMut<u32>| c.fill(7),
+                v.slice_mut(..).unwrap(),
+                Duration::from_millis(50),
+            )
+            .unwrap();
+        assert!(matches!(timed.result(), Err(Error::TimeLimit)));
+        assert!(v.try_as_mut_slice().is_ok(), "free when its time is up");
+        assert!(!first.done(), "the task in front still runs");
         gate.open();
         assert_eq!(first.result().unwrap(), 1);
         assert_eq!(worker_pid(&ex), pid, "the worker was not killed");

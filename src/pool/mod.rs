@@ -868,6 +868,11 @@ impl Pool {
                 // back and run elsewhere either.
                 w.withdrawn = Some(id);
                 drop(st);
+                // The claim says the worker will not start it (or has
+                // finished it already): its shared arrays are the caller's
+                // again now, not once the worker gets round to skipping it
+                // (after the task in front, however long that runs).
+                cell.release_pins();
                 cell.publish();
             }
             return Stop::Done(true);

@@ -169,7 +169,8 @@ impl<T: Pod> SharedSlice<T> {
         // SAFETY: `ptr` points to `len` initialised `T`s (Pod: every bit
         // pattern is valid) inside a live arena block. In the parent the
         // lease keeps the block allocated. In a worker the parent pins the
-        // lease until the worker reported the task done or died, and a
+        // lease until the worker reported the task done or died (or the
+        // pool withdrew the task before the worker started it), and a
         // worker never reports a task done while a handle it received is
         // alive (`wire::task_finished`: it exits instead), so the block
         // outlives this borrow. No one writes the elements meanwhile: no
