@@ -260,6 +260,16 @@ mod tests {
             core_dumped: false,
         });
         assert!(killed.contains("OOM killer"), "{killed}");
+        let aborted = terminated(ExitStatus::Signaled {
+            signal: 6,
+            core_dumped: false,
+        });
+        assert!(aborted.contains("hard_memory_limit"), "{aborted}");
+        let segv = terminated(ExitStatus::Signaled {
+            signal: 11,
+            core_dumped: true,
+        });
+        assert!(segv.contains("stack overflow"), "{segv}");
         let plain = terminated(ExitStatus::Exited(3));
         assert_eq!(plain, "worker 7 died with exit code 3 while running task 3");
     }

@@ -447,8 +447,12 @@ impl ProcessPoolExecutorBuilder {
     /// reported as [`Error::TerminatedWorker`] and replaced; unlike
     /// [`memory_limit`](Self::memory_limit) this stops a runaway task while it
     /// runs. Shared memory (rings, shared arrays) does not count. At least 1
-    /// byte (else [`Error::InvalidConfig`]); a few MiB at the very least in
-    /// practice, or every worker dies while starting.
+    /// byte (else [`Error::InvalidConfig`]). The limit covers what the
+    /// worker holds already when it is set (its binary's data, its start-up
+    /// heap: a few MiB): below that, the worker starts but every allocation
+    /// that grows its heap fails, and the task aborts it. Such a worker's
+    /// error says `SIGABRT`; its standard error, "memory allocation of N
+    /// bytes failed".
     pub fn hard_memory_limit(mut self, bytes: u64) -> Self {
         self.hard_memory_limit = Some(bytes);
         self

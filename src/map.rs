@@ -73,7 +73,12 @@ impl ProcessPoolExecutor {
     /// slower than the others runs, the workers go on with the chunks after
     /// it until 4 × 2 × `max_workers` chunks are held, then may idle;
     /// [`map_unordered`](Self::map_unordered) does not wait for the oldest
-    /// chunk. A
+    /// chunk. Either way the chunk a worker already holds behind a slow one
+    /// waits for it, even while other workers idle, and can reach the map's
+    /// [`timeout`](Map::timeout) there without having started; build the
+    /// pool with
+    /// [`prefetch(false)`](crate::ProcessPoolExecutorBuilder::prefetch) to
+    /// keep chunks in the parent until a worker is free. A
     /// panicking item yields `Err(TaskPanicked)` in
     /// its place; a chunk whose worker died yields `Err(TerminatedWorker)`
     /// for each of its items (unless [`Map::isolate_crashes`]), and so does

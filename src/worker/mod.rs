@@ -39,6 +39,16 @@ pub(crate) fn exit_hint(status: loky_ipc::ExitStatus) -> Option<&'static str> {
             "SIGKILL: the pool stopping a task on it (kill, a time limit), \
              the kernel's OOM killer, or another process"
         }
+        Signaled { signal: 6, .. } => {
+            "SIGABRT: std::process::abort, a panic that could not unwind, or an \
+             allocation that failed (past hard_memory_limit, say); the worker's \
+             standard error says which"
+        }
+        Signaled { signal: 11 | 7, .. } => {
+            "a memory error in unsafe or foreign code, or a stack overflow \
+             (a worker has no overflow handler: run deep recursion on a thread \
+             with a larger stack)"
+        }
         _ => return None,
     })
 }
