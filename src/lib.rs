@@ -84,7 +84,7 @@ pub use shared::{
 pub use stats::Stats;
 pub use task::TaskFn;
 pub use topology::{cpu_count, cpu_count_physical, cpu_count_report, Pinning};
-pub use wait::{as_completed, wait, AsCompleted, ReturnWhen, WaitResult};
+pub use wait::{as_completed, wait, AsCompleted, ReturnWhen, WaitResult, Waitable};
 
 /// The README's examples, run as doctests (so that they stay true).
 #[cfg(doctest)]

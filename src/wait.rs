@@ -14,6 +14,102 @@ pub(crate) fn deadline_after(timeout: Duration) -> Option<Instant> {
 use crate::future::{FinishedSet, Future, Notify};
 use crate::pool::Pool;
 
+/// What [`wait`] and [`as_completed`] wait on: a [`Future`] of any result
+/// type, or a reference to anything that is. A slice of
+/// `&dyn Waitable` mixes futures of different result types (a scheduler's
+/// tasks):
+///
+/// ```
+/// use loky::{wait, ReturnWhen, Waitable};
+/// let ex = loky::ProcessPoolExecutor::builder().max_workers(2).build()?;
+/// let count = ex.submit(|s: String| s.len() as u64, "four".to_owned())?;
+/// let flag = ex.submit(|x: u8| x > 1, 2)?;
+/// let all: [&dyn Waitable; 2] = [&count, &flag];
+/// let r = wait(&all, None, ReturnWhen::AllCompleted);
+/// assert_eq!(r.done, [0, 1]);
+/// assert_eq!((count.result()?, flag.result()?), (4, true));
+/// # Ok::<(), loky::Error>(())
+/// ```
+///
+/// Implemented for [`Future`], and for references, `Box`es and `Arc`s of
+/// anything that is (so `Vec<Arc<dyn Waitable>>` works too); sealed: not
+/// for other types.
+pub trait Waitable: sealed::Sealed {
+    /// The task behind it, for the waiting functions.
+    #[doc(hidden)]
+    fn watched(&self) -> Watched<'_>;
+}
+
+/// A task as [`wait`] and [`as_completed`] see it, without its result type
+/// (opaque; see [`Waitable`]).
+#[doc(hidden)]
+#[derive(Clone, Copy)]
+pub struct Watched<'a>(&'a dyn Watchable);
+
+impl std::fmt::Debug for Watched<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Watched")
+    }
+}
+
+/// What the waiting functions need of a task, whatever its result type.
+pub(crate) trait Watchable {
+    fn pool(&self) -> Option<Arc<Pool>>;
+    fn listen_indexed(&self, set: &Arc<FinishedSet>, i: usize) -> bool;
+    fn raised_now(&self) -> bool;
+    /// Blocks until `set` has news or `deadline`; whether it has.
+    fn block_on(&self, set: &Arc<FinishedSet>, deadline: Option<Instant>) -> bool;
+}
+
+impl<R: Send + 'static> Watchable for Future<R> {
+    fn pool(&self) -> Option<Arc<Pool>> {
+        Future::pool(self)
+    }
+    fn listen_indexed(&self, set: &Arc<FinishedSet>, i: usize) -> bool {
+        Future::listen_indexed(self, set, i)
+    }
+    fn raised_now(&self) -> bool {
+        Future::raised_now(self)
+    }
+    fn block_on(&self, set: &Arc<FinishedSet>, deadline: Option<Instant>) -> bool {
+        // Everything was registered when the watch began: nothing to
+        // register here.
+        self.block_until(|| set.any(), deadline, || Some(set.notify().clone()))
+    }
+}
+
+impl<R: Send + 'static> Waitable for Future<R> {
+    fn watched(&self) -> Watched<'_> {
+        Watched(self)
+    }
+}
+
+impl<W: Waitable + ?Sized> Waitable for &W {
+    fn watched(&self) -> Watched<'_> {
+        (**self).watched()
+    }
+}
+
+impl<W: Waitable + ?Sized> Waitable for Box<W> {
+    fn watched(&self) -> Watched<'_> {
+        (**self).watched()
+    }
+}
+
+impl<W: Waitable + ?Sized> Waitable for Arc<W> {
+    fn watched(&self) -> Watched<'_> {
+        (**self).watched()
+    }
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl<R> Sealed for super::Future<R> {}
+    impl<W: Sealed + ?Sized> Sealed for &W {}
+    impl<W: Sealed + ?Sized> Sealed for Box<W> {}
+    impl<W: Sealed + ?Sized> Sealed for std::sync::Arc<W> {}
+}
+
 /// When [`wait`] returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReturnWhen {
@@ -38,7 +134,9 @@ pub struct WaitResult {
     pub not_done: Vec<usize>,
 }
 
-/// Waits for `futures` as `return_when` says, at most `timeout`.
+/// Waits for `futures` as `return_when` says, at most `timeout`. They may
+/// come from several pools, and have different result types as a slice of
+/// `&dyn Waitable` (see [`Waitable`]).
 ///
 /// ```
 /// use loky::{wait, ReturnWhen};
@@ -48,8 +146,8 @@ pub struct WaitResult {
 /// assert_eq!(r.done.len(), 2);
 /// # Ok::<(), loky::Error>(())
 /// ```
-pub fn wait<R: Send + 'static>(
-    futures: &[Future<R>],
+pub fn wait<W: Waitable>(
+    futures: &[W],
     timeout: Option<Duration>,
     return_when: ReturnWhen,
 ) -> WaitResult {
@@ -60,7 +158,9 @@ pub fn wait<R: Send + 'static>(
     loop {
         watch.collect();
         if return_when == ReturnWhen::FirstException {
-            failed |= watch.order[seen..].iter().any(|&i| futures[i].raised_now());
+            failed |= watch.order[seen..]
+                .iter()
+                .any(|&i| futures[i].watched().0.raised_now());
             seen = watch.order.len();
         }
         let finished = match return_when {
@@ -80,8 +180,8 @@ pub fn wait<R: Send + 'static>(
 /// The futures of one `wait` or `as_completed`: each registered once, and
 /// the finished ones collected as they finish, so that waiting on n futures
 /// costs O(n) in all, not O(n) per completion.
-struct Watch<'a, R> {
-    futures: &'a [Future<R>],
+struct Watch<'a, W> {
+    futures: &'a [W],
     set: Option<Arc<FinishedSet>>,
     is_done: Vec<bool>,
     /// Indices of the finished futures, in the order they were seen to
@@ -94,8 +194,8 @@ struct Watch<'a, R> {
     pools: Vec<Arc<Pool>>,
 }
 
-impl<'a, R: Send + 'static> Watch<'a, R> {
-    fn new(futures: &'a [Future<R>]) -> Self {
+impl<'a, W: Waitable> Watch<'a, W> {
+    fn new(futures: &'a [W]) -> Self {
         let mut w = Self {
             futures,
             set: None,
@@ -107,7 +207,7 @@ impl<'a, R: Send + 'static> Watch<'a, R> {
         };
         if !futures.is_empty() {
             let mut seen = std::collections::HashSet::new();
-            for p in futures.iter().filter_map(Future::pool) {
+            for p in futures.iter().filter_map(|f| f.watched().0.pool()) {
                 if seen.insert(Arc::as_ptr(&p)) {
                     w.pools.push(p);
                 }
@@ -117,7 +217,7 @@ impl<'a, R: Send + 'static> Watch<'a, R> {
             let regions = w.pools.iter().map(|p| p.region_arc()).collect();
             let set = Arc::new(FinishedSet::new(Arc::new(Notify::on_bells(regions))));
             for (i, f) in futures.iter().enumerate() {
-                if f.listen_indexed(&set, i) {
+                if f.watched().0.listen_indexed(&set, i) {
                     w.mark(i);
                 }
             }
@@ -159,14 +259,13 @@ impl<'a, R: Send + 'static> Watch<'a, R> {
         if let Some(done) = crate::pool::drain_if_pool_thread(&self.pools, || set.any(), deadline) {
             return done;
         }
-        // Everything was registered in `new`: nothing to register here.
-        f.block_until(|| set.any(), deadline, || Some(set.notify().clone()))
-            || deadline.map_or(true, |d| Instant::now() < d)
+        f.watched().0.block_on(set, deadline) || deadline.map_or(true, |d| Instant::now() < d)
     }
 }
 
 /// Yields each future as it completes (in completion order); after
-/// `timeout`, yields `Err(Error::Timeout)` once and stops.
+/// `timeout`, yields `Err(Error::Timeout)` once and stops. Like [`wait`],
+/// over futures of one result type or a slice of `&dyn Waitable`.
 ///
 /// ```
 /// let ex = loky::ProcessPoolExecutor::builder().max_workers(2).build()?;
@@ -178,10 +277,7 @@ impl<'a, R: Send + 'static> Watch<'a, R> {
 /// assert_eq!(total, 0 + 1 + 4 + 9);
 /// # Ok::<(), loky::Error>(())
 /// ```
-pub fn as_completed<R: Send + 'static>(
-    futures: &[Future<R>],
-    timeout: Option<Duration>,
-) -> AsCompleted<'_, R> {
+pub fn as_completed<W: Waitable>(futures: &[W], timeout: Option<Duration>) -> AsCompleted<'_, W> {
     AsCompleted {
         watch: Watch::new(futures),
         yielded: 0,
@@ -190,16 +286,17 @@ pub fn as_completed<R: Send + 'static>(
     }
 }
 
-/// Iterator returned by [`as_completed`].
-pub struct AsCompleted<'a, R> {
-    watch: Watch<'a, R>,
+/// Iterator returned by [`as_completed`], over `&W`: the futures (or
+/// `&dyn Waitable`s) of the slice it was given.
+pub struct AsCompleted<'a, W> {
+    watch: Watch<'a, W>,
     /// How many of `watch.order` were yielded.
     yielded: usize,
     deadline: Option<Instant>,
     stopped: bool,
 }
 
-impl<R> std::fmt::Debug for AsCompleted<'_, R> {
+impl<W> std::fmt::Debug for AsCompleted<'_, W> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AsCompleted")
             .field("futures", &self.watch.futures.len())
@@ -210,10 +307,25 @@ impl<R> std::fmt::Debug for AsCompleted<'_, R> {
     }
 }
 
-impl<'a, R: Send + 'static> Iterator for AsCompleted<'a, R> {
-    type Item = Result<&'a Future<R>>;
-
-    fn next(&mut self) -> Option<Self::Item> {
+impl<W: Waitable> AsCompleted<'_, W> {
+    /// Like `next`, but the position in the slice of the future that
+    /// completed: over `&dyn Waitable`s, what finds its typed future.
+    ///
+    /// ```
+    /// use loky::{as_completed, Waitable};
+    /// let ex = loky::ProcessPoolExecutor::builder().max_workers(2).build()?;
+    /// let (name, size) = (ex.submit(|x: u8| format!("#{x}"), 7)?, ex.submit(|x: u64| x * 2, 21)?);
+    /// let all: [&dyn Waitable; 2] = [&name, &size];
+    /// let mut done = as_completed(&all, None);
+    /// while let Some(i) = done.next_index() {
+    ///     match i? {
+    ///         0 => assert_eq!(name.result()?, "#7"),
+    ///         _ => assert_eq!(size.result()?, 42),
+    ///     }
+    /// }
+    /// # Ok::<(), loky::Error>(())
+    /// ```
+    pub fn next_index(&mut self) -> Option<Result<usize>> {
         if self.yielded == self.watch.futures.len() || self.stopped {
             return None;
         }
@@ -221,12 +333,21 @@ impl<'a, R: Send + 'static> Iterator for AsCompleted<'a, R> {
             self.watch.collect();
             if let Some(&i) = self.watch.order.get(self.yielded) {
                 self.yielded += 1;
-                return Some(Ok(&self.watch.futures[i]));
+                return Some(Ok(i));
             }
             if !self.watch.block(self.deadline) {
                 self.stopped = true;
                 return Some(Err(Error::Timeout));
             }
         }
+    }
+}
+
+impl<'a, W: Waitable> Iterator for AsCompleted<'a, W> {
+    type Item = Result<&'a W>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let futures = self.watch.futures;
+        self.next_index().map(|r| r.map(|i| &futures[i]))
     }
 }

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
-use loky::{as_completed, wait, Error, ProcessPoolExecutor, ReturnWhen};
+use loky::{as_completed, wait, Error, ProcessPoolExecutor, ReturnWhen, Waitable};
 
 mod support;
 use support::{wait_for_gate, wait_running, Gate};
@@ -764,6 +764,61 @@ fn as_completed_in_completion_order_and_with_timeout() {
     assert_eq!(got.len(), 2);
     assert!(got[0].is_ok());
     assert!(matches!(got[1], Err(Error::Timeout)));
+}
+
+/// A scheduler's tasks have different result types, and may live in
+/// different pools: `&dyn Waitable` puts them in one slice.
+#[test]
+fn wait_and_as_completed_mix_result_types_and_pools() {
+    let (a, b) = (pool(1), pool(1));
+    let slow_name = a
+        .submit(|ms: u64| format!("slept {}", sleep_ms(ms)), 600)
+        .unwrap();
+    let quick_flag = b.submit(|ms: u64| sleep_ms(ms) > 5, 10).unwrap();
+    let boom = b
+        .submit(
+            |x: u8| -> u8 {
+                sleep_ms(150);
+                panic!("boom {x}")
+            },
+            3,
+        )
+        .unwrap();
+    let all: [&dyn Waitable; 3] = [&slow_name, &quick_flag, &boom];
+    let r = wait(&all, Some(HANG), ReturnWhen::FirstCompleted);
+    assert_eq!((r.done, r.not_done), (vec![1], vec![0, 2]));
+    let r = wait(&all, Some(HANG), ReturnWhen::FirstException);
+    assert_eq!((r.done, r.not_done), (vec![1, 2], vec![0]));
+    let r = wait(
+        &all,
+        Some(Duration::from_millis(1)),
+        ReturnWhen::AllCompleted,
+    );
+    assert_eq!(r.not_done, vec![0], "the 600 ms task is still running");
+
+    let mut order = as_completed(&all, Some(HANG));
+    let mut seen = Vec::new();
+    while let Some(i) = order.next_index() {
+        seen.push(i.unwrap());
+    }
+    // Done ones first, in the order they were seen, then the slow one.
+    assert_eq!(seen.last(), Some(&0));
+    assert_eq!(seen.len(), 3);
+    assert_eq!(slow_name.result().unwrap(), "slept 600");
+    assert!(quick_flag.result().unwrap());
+    assert!(matches!(boom.result(), Err(Error::TaskPanicked { .. })));
+
+    // References to typed futures work as well, and shared ones.
+    let refs = [&slow_name];
+    assert!(matches!(
+        as_completed(&refs, Some(HANG)).next(),
+        Some(Ok(f)) if f.id() == slow_name.id()
+    ));
+    let shared: Vec<Arc<dyn Waitable>> = vec![Arc::new(a.submit(sleep_ms, 1).unwrap())];
+    assert_eq!(
+        wait(&shared, Some(HANG), ReturnWhen::AllCompleted).done,
+        [0]
+    );
 }
 
 #[test]
