@@ -286,8 +286,8 @@ where
         }
     }
 
-    /// Sends `n` items per task (at least 1, at most `u32::MAX`: outcomes
-    /// are numbered within a chunk by a `u32`).
+    /// Sends `n` items per task: 0 is taken as 1, and more than `u32::MAX`
+    /// as `u32::MAX` (outcomes are numbered within a chunk by a `u32`).
     ///
     /// Without it the size is chosen automatically from the task durations
     /// the workers measure: each finished chunk reports how long it ran, and
