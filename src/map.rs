@@ -222,8 +222,12 @@ pub struct Map<F, A, R, I> {
     ready_start: usize,
     next_index: usize,
     /// A chunk that could not be submitted (the pool was shut down or
-    /// broke): its first item's index and the error. The map ends with it.
+    /// broke), or the input left when the map ran out of time: its first
+    /// item's index and the error. The map ends with it.
     submit_error: Option<(usize, Error)>,
+    /// How many items after the first `submit_error` also stands for (the
+    /// rest of an input of known length, out of time).
+    error_repeats: usize,
     /// The time the whole map may take ([`Map::timeout`]), until the first
     /// `next()` turns it into `deadline`.
     timeout: Option<Duration>,
@@ -274,6 +278,7 @@ where
             ready_start: 0,
             next_index: 0,
             submit_error: None,
+            error_repeats: 0,
             timeout: None,
             deadline: None,
             notify: Arc::new(Notify::default()),
@@ -327,8 +332,11 @@ where
     /// chunks get that instant as their time limit, so a chunk still
     /// running or waiting then is stopped (its worker killed, if it runs)
     /// and each of its items yields [`Error::TimeLimit`]; and past it the
-    /// map reads no more input, ending with one more `Err(TimeLimit)`
-    /// unless the input's size hint says nothing was left. Items whose
+    /// map reads no more input: each item left yields `Err(TimeLimit)`
+    /// where the input's size hint says exactly how many are left (a
+    /// `Vec`, a range: outcomes still zip with the input), else a single
+    /// `Err(TimeLimit)` stands for them all (none if the hint says nothing
+    /// was left). Items whose
     /// chunk finished before it are yielded as usual (results come back by
     /// chunk: a chunk stopped half-way yields `TimeLimit` for all its
     /// items). The deadline stays with the chunks
@@ -479,7 +487,8 @@ where
     fn remaining(&self) -> (usize, Option<usize>) {
         let known = (self.ready.len - self.ready.position())
             + self.window.iter().map(|c| c.len).sum::<usize>()
-            + usize::from(self.submit_error.is_some());
+            + usize::from(self.submit_error.is_some())
+            + self.error_repeats;
         let unread = if self.exhausted {
             Some(0)
         } else {
@@ -576,10 +585,17 @@ where
             && self.has_room(max_chunks, behind_oldest)
         {
             if self.deadline.is_some_and(|at| Instant::now() >= at) {
-                // Out of time: the input left is not read; one error
-                // stands for it, unless the input says it has none.
+                // Out of time: the input left is not read. Each of its
+                // items gets the error where the input says how many are
+                // left (outcomes then zip with the input); else one error
+                // stands for them all, unless the input says it has none.
                 if self.input.size_hint().1 != Some(0) {
                     self.submit_error = Some((self.next_index, Error::TimeLimit));
+                    if let (lo, Some(hi)) = self.input.size_hint() {
+                        if lo == hi {
+                            self.error_repeats = hi - 1;
+                        }
+                    }
                 }
                 self.exhausted = true;
                 return;
@@ -824,11 +840,22 @@ where
             self.wait_for_oldest();
             let Some(chunk) = self.window.pop_front() else {
                 self.progress.finish(self.submit_error.is_none());
-                return self.submit_error.take().map(|(_, e)| Err(e));
+                return self.take_submit_error().map(|(_, e)| Err(e));
             };
             self.expand(chunk, 0);
             self.fill();
         }
+    }
+
+    /// The pending submit error, for its next item.
+    fn take_submit_error(&mut self) -> Option<(usize, Error)> {
+        if self.error_repeats == 0 {
+            return self.submit_error.take();
+        }
+        self.error_repeats -= 1;
+        let (i, e) = self.submit_error.as_mut()?;
+        *i += 1;
+        Some((*i - 1, e.clone()))
     }
 
     fn next_unordered(&mut self) -> Option<(usize, Result<R>)> {
@@ -840,7 +867,7 @@ where
             self.fill();
             if self.window.is_empty() {
                 self.progress.finish(self.submit_error.is_none());
-                return self.submit_error.take().map(|(i, e)| (i, Err(e)));
+                return self.take_submit_error().map(|(i, e)| (i, Err(e)));
             }
             let pos = loop {
                 if let Some(p) = self.window.iter().position(Chunk::is_done_now) {

@@ -1092,8 +1092,9 @@ fn a_map_timeout_stops_the_chunks_past_it_and_reads_no_more_input() {
             .all(|o| matches!(o, Err(Error::TimeLimit))),
         "{outcomes:?}"
     );
-    // Some long naps were never read: one error stands for them.
-    assert!((3..naps.len()).contains(&outcomes.len()), "{outcomes:?}");
+    // Some long naps were never read: as the array says how many are
+    // left, each gets its error, and the outcomes zip with the input.
+    assert_eq!(outcomes.len(), naps.len(), "{outcomes:?}");
     // A worker finished the short naps before the deadline, so it was
     // running a long one (sent by the first fill) when the deadline fell:
     // it was killed and replaced. (A nap that ran on would end within
@@ -1112,6 +1113,30 @@ fn a_map_timeout_stops_the_chunks_past_it_and_reads_no_more_input() {
             .unwrap(),
         2
     );
+    // An input that does not say how many items it has left: one error
+    // stands for the unread ones.
+    let unknown = naps.iter().copied().filter(|_| true);
+    let outcomes: Vec<_> = ex
+        .map(sleep_ms, unknown)
+        .chunksize(1)
+        .timeout(Duration::from_secs(3))
+        .collect();
+    assert!(outcomes[2..]
+        .iter()
+        .all(|o| matches!(o, Err(Error::TimeLimit))));
+    assert!((3..naps.len()).contains(&outcomes.len()), "{outcomes:?}");
+    // Unordered: every position once, the unread ones included.
+    let mut seen: Vec<usize> = ex
+        .map_unordered(sleep_ms, naps)
+        .chunksize(1)
+        .timeout(Duration::from_secs(3))
+        .map(|(i, o)| {
+            assert!(i < 2 || matches!(o, Err(Error::TimeLimit)), "{i}: {o:?}");
+            i
+        })
+        .collect();
+    seen.sort_unstable();
+    assert_eq!(seen, (0..naps.len()).collect::<Vec<_>>());
 }
 
 #[test]
