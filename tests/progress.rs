@@ -249,13 +249,13 @@ fn a_map_cut_short_by_a_shutdown_abandons_its_bar_at_the_items_done() {
 #[test]
 fn a_map_whose_timeout_leaves_input_unread_abandons_its_bar_at_the_items_done() {
     let ex = pool();
+    let nap = |ms: u64| std::thread::sleep(Duration::from_millis(ms));
+    // An input of unknown length (a filter): one error for the unread rest.
     let bar = ProgressBar::hidden();
-    let naps = std::iter::repeat(5u64).take(10_000);
+    bar.set_length(10_000);
+    let naps = std::iter::repeat(5u64).take(10_000).filter(|_| true);
     let out: Vec<_> = ex
-        .map(
-            |ms: u64| std::thread::sleep(Duration::from_millis(ms)),
-            naps,
-        )
+        .map(nap, naps)
         .chunksize(1)
         .timeout(Duration::from_millis(300))
         .progress_with(bar.clone())
@@ -266,4 +266,25 @@ fn a_map_whose_timeout_leaves_input_unread_abandons_its_bar_at_the_items_done() 
         out.last()
     );
     assert_abandoned_at_the_items_done(&bar, out.len(), "timeout");
+    // Of known length: an error per unread item, and the bar stops at the
+    // items that ran (or were stopped), not at the end.
+    let bar = ProgressBar::hidden();
+    let out: Vec<_> = ex
+        .map(nap, std::iter::repeat(5u64).take(10_000))
+        .chunksize(1)
+        .timeout(Duration::from_millis(300))
+        .progress_with(bar.clone())
+        .collect();
+    assert_eq!(out.len(), 10_000);
+    let unread = out
+        .iter()
+        .rev()
+        .take_while(|o| matches!(o, Err(Error::TimeLimit)))
+        .count();
+    assert!(bar.is_finished(), "the bar was left running");
+    assert!(
+        bar.position() as usize <= 10_000 - unread + 64 && bar.position() < 10_000,
+        "bar at {}, {unread} trailing errors",
+        bar.position()
+    );
 }
