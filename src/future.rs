@@ -179,7 +179,8 @@ pub(crate) trait Completion: Send + Sync {
     /// again ([`MAX_RUNS_AGAIN`]).
     fn may_run_again(&self) -> bool;
     /// Records that the task's bytes are in a worker's ring: from now on
-    /// only the pool releases its pins, once the worker is done with it.
+    /// only the pool releases its pins, once the worker is done with it (or
+    /// the pool withdrew it before it started).
     fn mark_sent(&self);
     /// Stores the outcome decoded from a worker's result message; does not
     /// wake anyone yet (see [`Completion::publish`]).
@@ -277,7 +278,8 @@ pub(crate) struct Cell<R> {
     /// never take the lock.
     pinned: std::sync::atomic::AtomicBool,
     /// Set once the task was handed to a worker: from then on only the pool
-    /// may drop the pins (when the worker is done with the task).
+    /// may drop the pins (when the worker is done with the task, or the
+    /// pool withdrew it before it started).
     sent: std::sync::atomic::AtomicBool,
     /// Times a worker died before it started the task (see
     /// [`Completion::may_run_again`]).

@@ -50,6 +50,11 @@ const RING_FRACTION: usize = 4;
 /// to this many, so a long map with a few bad items keeps isolating them
 /// while one whose every item kills its worker soon stops paying for it.
 const SPLITS: usize = 64;
+/// A map out of time gives each unread item of an input of known length
+/// its own error up to this many items left; past it, one error stands for
+/// them all (a map over `0..1 << 40` used as a time budget would otherwise
+/// yield errors for hours, and `collect` would reserve room for them).
+const MAX_UNREAD_ERRORS: usize = 1 << 20;
 /// How many times a map sends a chunk again whole after it failed only
 /// because it waited behind a chunk that killed their worker (where the
 /// pool does not run such tasks again: see [`Map::isolate_crashes`]).
@@ -333,10 +338,10 @@ where
     /// running or waiting then is stopped (its worker killed, if it runs)
     /// and each of its items yields [`Error::TimeLimit`]; and past it the
     /// map reads no more input: each item left yields `Err(TimeLimit)`
-    /// where the input's size hint says exactly how many are left (a
-    /// `Vec`, a range: outcomes still zip with the input), else a single
-    /// `Err(TimeLimit)` stands for them all (none if the hint says nothing
-    /// was left). Items whose
+    /// where the input's size hint says exactly how many are left, up to
+    /// 2^20 of them (a `Vec`, a range: outcomes still zip with the input),
+    /// else a single `Err(TimeLimit)` stands for them all (none if the hint
+    /// says nothing was left). Items whose
     /// chunk finished before it are yielded as usual (results come back by
     /// chunk: a chunk stopped half-way yields `TimeLimit` for all its
     /// items). The deadline stays with the chunks
@@ -481,7 +486,8 @@ where
 
     /// Bounds on the outcomes still to come: one per item of the chunk
     /// being read and of the chunks in flight, the pending submit error if
-    /// any, and at most one per item left in the input (a submit that fails
+    /// any (and the unread items it stands for one by one, out of time),
+    /// and at most one per item left in the input (a submit that fails
     /// ends the map with a single error, so unread items count towards the
     /// upper bound only).
     fn remaining(&self) -> (usize, Option<usize>) {
@@ -592,7 +598,7 @@ where
                 if self.input.size_hint().1 != Some(0) {
                     self.submit_error = Some((self.next_index, Error::TimeLimit));
                     if let (lo, Some(hi)) = self.input.size_hint() {
-                        if lo == hi {
+                        if lo == hi && hi <= MAX_UNREAD_ERRORS {
                             self.error_repeats = hi - 1;
                         }
                     }

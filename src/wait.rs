@@ -32,9 +32,11 @@ use crate::pool::Pool;
 /// ```
 ///
 /// Implemented for [`Future`], and for references, `Box`es and `Arc`s of
-/// anything that is (so `Vec<Arc<dyn Waitable>>` works too); sealed: not
-/// for other types.
-pub trait Waitable: sealed::Sealed {
+/// anything that is (so `Vec<Arc<dyn Waitable>>` works too, and crosses
+/// threads: every `Waitable` is `Send + Sync`); sealed: not for other
+/// types. A `dyn Waitable` is only for waiting: keep the typed futures for
+/// their results.
+pub trait Waitable: sealed::Sealed + Send + Sync {
     /// The task behind it, for the waiting functions.
     #[doc(hidden)]
     fn watched(&self) -> Watched<'_>;

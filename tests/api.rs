@@ -814,11 +814,10 @@ fn wait_and_as_completed_mix_result_types_and_pools() {
         as_completed(&refs, Some(HANG)).next(),
         Some(Ok(f)) if f.id() == slow_name.id()
     ));
+    // Shared ones too, and from another thread.
     let shared: Vec<Arc<dyn Waitable>> = vec![Arc::new(a.submit(sleep_ms, 1).unwrap())];
-    assert_eq!(
-        wait(&shared, Some(HANG), ReturnWhen::AllCompleted).done,
-        [0]
-    );
+    let waiter = std::thread::spawn(move || wait(&shared, Some(HANG), ReturnWhen::AllCompleted));
+    assert_eq!(waiter.join().unwrap().done, [0]);
 }
 
 #[test]
@@ -1137,6 +1136,16 @@ fn a_map_timeout_stops_the_chunks_past_it_and_reads_no_more_input() {
         .collect();
     seen.sort_unstable();
     assert_eq!(seen, (0..naps.len()).collect::<Vec<_>>());
+    // A huge input used as a time budget: one error for its unread items
+    // (an error each would take hours, and `collect` would reserve room
+    // for them all).
+    let outcomes: Vec<_> = ex
+        .map(sleep_ms, std::iter::repeat(20).take(1 << 40))
+        .chunksize(1)
+        .timeout(Duration::from_millis(300))
+        .collect();
+    assert!(matches!(outcomes.last(), Some(Err(Error::TimeLimit))));
+    assert!(outcomes.len() < 10_000, "{} outcomes", outcomes.len());
 }
 
 #[test]

@@ -5,7 +5,8 @@
 //! lease, per element — the borrow rules of `&[T]`/`&mut [T]`, checked at
 //! run time because handles outlive the borrows that made them (they travel
 //! into tasks). Handles sent to a worker are kept alive by the task until
-//! the worker is done with it (see `wire::Pins`), so a range is never
+//! the worker is done with it, or the pool withdrew it before it started
+//! (see `wire::Pins`), so a range is never
 //! re-leased, nor its memory reused, while a worker may still use it.
 
 use std::collections::BTreeMap;

@@ -5,7 +5,8 @@
 //!   names the arena of the pool the task goes to. Encoding checks the
 //!   handle belongs to it and *pins* the handle's lease: the pins travel
 //!   with the task and are dropped only once the worker is done with it (a
-//!   result came back, or the worker died), so the elements stay leased and
+//!   result came back, or the worker died) or will never start it (the pool
+//!   withdrew it from the worker's ring), so the elements stay leased and
 //!   the memory stays allocated while a worker may use them.
 //! * In a worker, decoding maps the parent's arena (descriptor
 //!   [`crate::pool::ARENA_FD`]), checks the range lies inside it, and makes
