@@ -9,6 +9,7 @@ use crate::error::{Error, Result};
 use crate::executor::{decode_with, ProcessPoolExecutor};
 use crate::future::Future;
 use crate::map::{Map, MapUnordered};
+use crate::task::SliceTaskFn;
 use crate::task::TaskFn;
 use crate::transport::{assert_zero_sized, conjure, offset_of, run_task};
 
@@ -88,7 +89,7 @@ where
 /// and the result go through `C`.
 fn adapt_slice<F, T, A, R, C>() -> impl Fn(&[T], Coded<A, C>) -> Coded<R, C> + Copy + Send + 'static
 where
-    F: Fn(&[T], A) -> R + Copy + Send + 'static,
+    F: SliceTaskFn<T, A, R>,
     T: bytemuck::Pod,
     A: Send + 'static,
     R: Send + 'static,
@@ -220,7 +221,7 @@ impl<C> CodecExecutor<C> {
     /// ```
     pub fn submit_slice<F, T, A, R>(&self, f: F, data: &[T], arg: A) -> Result<Future<R>>
     where
-        F: Fn(&[T], A) -> R + Copy + Send + 'static,
+        F: SliceTaskFn<T, A, R>,
         T: bytemuck::Pod,
         A: Send + 'static,
         R: Send + 'static,
@@ -239,7 +240,7 @@ impl<C> CodecExecutor<C> {
         timeout: Duration,
     ) -> Result<Future<R>>
     where
-        F: Fn(&[T], A) -> R + Copy + Send + 'static,
+        F: SliceTaskFn<T, A, R>,
         T: bytemuck::Pod,
         A: Send + 'static,
         R: Send + 'static,
@@ -256,7 +257,7 @@ impl<C> CodecExecutor<C> {
         deadline: Option<Instant>,
     ) -> Result<Future<R>>
     where
-        F: Fn(&[T], A) -> R + Copy + Send + 'static,
+        F: SliceTaskFn<T, A, R>,
         T: bytemuck::Pod,
         A: Send + 'static,
         R: Send + 'static,

@@ -82,7 +82,7 @@ pub use shared::{
     SharedVec,
 };
 pub use stats::Stats;
-pub use task::TaskFn;
+pub use task::{SliceTaskFn, TaskFn};
 pub use topology::{cpu_count, cpu_count_physical, cpu_count_report, Pinning};
 pub use wait::{as_completed, wait, AsCompleted, ReturnWhen, WaitResult, Waitable};
 

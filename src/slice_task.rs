@@ -18,6 +18,7 @@ use crate::codec::Payload;
 use crate::error::Result;
 use crate::executor::{decode_result, ProcessPoolExecutor};
 use crate::future::Future;
+use crate::task::SliceTaskFn;
 use crate::transport::{assert_zero_sized, conjure, offset_of};
 
 /// Bytes before the argument's encoding.
@@ -73,7 +74,7 @@ impl ProcessPoolExecutor {
     /// ```
     pub fn submit_slice<F, T, A, R>(&self, f: F, data: &[T], arg: A) -> Result<Future<R>>
     where
-        F: Fn(&[T], A) -> R + Copy + Send + 'static,
+        F: SliceTaskFn<T, A, R>,
         T: Pod,
         A: Payload,
         R: Payload,
@@ -100,7 +101,7 @@ impl ProcessPoolExecutor {
         timeout: Duration,
     ) -> Result<Future<R>>
     where
-        F: Fn(&[T], A) -> R + Copy + Send + 'static,
+        F: SliceTaskFn<T, A, R>,
         T: Pod,
         A: Payload,
         R: Payload,
@@ -120,7 +121,7 @@ impl ProcessPoolExecutor {
         deadline: Option<std::time::Instant>,
     ) -> Result<Future<Out>>
     where
-        G: Fn(&[T], A) -> R + Copy + Send + 'static,
+        G: SliceTaskFn<T, A, R>,
         T: Pod,
         A: Payload,
         R: Payload,
@@ -181,7 +182,7 @@ fn parse<T: Pod>(input: &[u8]) -> std::result::Result<(&[u8], &[T]), String> {
 /// The trampoline of a `submit_slice` task.
 fn run_slice_task<F, T, A, R>(input: &[u8], out: &mut AlignedVec) -> u32
 where
-    F: Fn(&[T], A) -> R + Copy + Send + 'static,
+    F: SliceTaskFn<T, A, R>,
     T: Pod,
     A: Payload,
     R: Payload,

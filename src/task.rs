@@ -72,3 +72,16 @@
 pub trait TaskFn<A, R>: Fn(A) -> R + Copy + Send + 'static {}
 
 impl<F, A, R> TaskFn<A, R> for F where F: Fn(A) -> R + Copy + Send + 'static {}
+
+/// A slice task: `f(&[T], arg) -> R`, for
+/// [`submit_slice`](crate::ProcessPoolExecutor::submit_slice). The same
+/// rules as [`TaskFn`]: a fn item or a closure that captures nothing.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a slice task function",
+    label = "expected a fn item or a closure without captures, taking `(&[T], arg)`",
+    note = "a slice task takes the slice and one argument: `submit_slice(|xs: &[f64], k: f64| .., &data, k)`",
+    note = "a task cannot capture variables: pass them in the argument instead"
+)]
+pub trait SliceTaskFn<T, A, R>: Fn(&[T], A) -> R + Copy + Send + 'static {}
+
+impl<F, T, A, R> SliceTaskFn<T, A, R> for F where F: Fn(&[T], A) -> R + Copy + Send + 'static {}
