@@ -33,7 +33,7 @@ const TARGET_CHUNK: Duration = Duration::from_millis(5);
 /// Upper bound of an automatic chunk, in items: beyond it the per-chunk
 /// overhead is already far below the per-item cost, and a larger chunk only
 /// delays the first results and holds more memory.
-const MAX_AUTO_CHUNK: usize = 1 << 14;
+const MAX_AUTO_CHUNK: usize = 1 << 15;
 /// Tapered chunks at the end of a known-length input stay at least
 /// `auto / TAPER_FLOOR_DIVISOR` items.
 const TAPER_FLOOR_DIVISOR: usize = 8;
@@ -301,7 +301,7 @@ where
     ///
     /// Without it the size is chosen automatically from the task durations
     /// the workers measure: each finished chunk reports how long it ran, and
-    /// the next chunks aim at **5 ms** of work each (at most 16 384 items,
+    /// the next chunks aim at **5 ms** of work each (at most 32 768 items,
     /// and at most a quarter of the ring in encoded arguments). Chunking
     /// starts at one item per chunk and grows at most 16× per measurement
     /// (durations are noisy: a chunk measured too fast is at most 16 times
@@ -320,9 +320,10 @@ where
     /// mostly). Against 5 ms of work that is under 1 %. Short chunks are
     /// what keeps every worker busy until the end of the map: the last
     /// chunk of a worker finishes at most one chunk's duration after the
-    /// others, 5 ms rather than seconds. Items cheaper than 5 ms / 16 384
-    /// ≈ 0.3 µs are capped at 16 384 per chunk (for `u64` arguments,
-    /// 128 KiB); items slower than 5 ms travel one per chunk.
+    /// others, 5 ms rather than seconds. Items cheaper than 5 ms / 32 768
+    /// ≈ 0.15 µs are capped at 32 768 per chunk, or at a quarter of the
+    /// ring (`u64` arguments: about 32 000 items, 256 KiB of the default
+    /// 1 MiB ring); items slower than 5 ms travel one per chunk.
     ///
     /// Set it yourself when the items' cost varies a lot along the input (the
     /// automatic size follows the recent chunks), or to reproduce a run
@@ -631,7 +632,9 @@ where
             // Learnt only from a whole encoding (a failed one stops short).
             if self.fixed.is_none() && encoded > 0 && chunk.sent.is_ok() {
                 let budget = self.ex.pool().config.ring_capacity / RING_FRACTION;
-                self.byte_cap = (budget / encoded.div_ceil(len)).max(1);
+                self.byte_cap = usize::try_from(budget as u128 * len as u128 / encoded as u128)
+                    .unwrap_or(usize::MAX)
+                    .max(1);
             }
             self.window.push_back(chunk);
         }
@@ -803,7 +806,7 @@ where
         let ideal = (TARGET_CHUNK.as_nanos() as f64 / per_item) as usize;
         // Grow at most 16x per step (durations are noisy), shrink at once.
         // Growth takes one window of chunks per step: from 1 item to the
-        // 16 384 cap in 4 steps rather than 7 at 4x, which is most of a
+        // 32 768 cap in 4 steps rather than 8 at 4x, which is most of a
         // short map of cheap items.
         self.auto = ideal.clamp(1, (self.auto * 16).min(MAX_AUTO_CHUNK));
     }
@@ -1165,7 +1168,7 @@ mod tests {
     fn automatic_chunks_of_large_items_stay_within_a_quarter_of_the_ring() {
         let ex = ProcessPoolExecutor::new(2).unwrap();
         // 4 KiB per item, fast to process: the duration alone would allow
-        // 16 384 items (64 MiB) per chunk; the default 1 MiB ring allows 64.
+        // 32 768 items (128 MiB) per chunk; the default 1 MiB ring allows 64.
         let mut m = ex.map(
             |v: Vec<u8>| v.len() as u64,
             (0..5000).map(|_| vec![7u8; 4096]),
