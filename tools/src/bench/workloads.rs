@@ -254,8 +254,14 @@ fn w1(cfg: &Config) -> Result<Vec<Row>> {
 // W2: map(x*2) over 1M and 10M u64
 // ---------------------------------------------------------------------------
 
-const W2_CHUNKS: [Option<usize>; 5] =
-    [None, Some(4_096), Some(16_384), Some(65_536), Some(262_144)];
+const W2_CHUNKS: [Option<usize>; 6] = [
+    None,
+    Some(4_096),
+    Some(16_384),
+    Some(32_768),
+    Some(65_536),
+    Some(262_144),
+];
 
 fn map_collect(ex: &ProcessPoolExecutor, data: &[u64], chunk: Option<usize>) -> Result<Vec<u64>> {
     let map = ex.map(double, data.iter().copied());
@@ -267,7 +273,7 @@ fn map_collect(ex: &ProcessPoolExecutor, data: &[u64], chunk: Option<usize>) -> 
 }
 
 fn w2(cfg: &Config) -> Result<Vec<Row>> {
-    let reps = cfg.pick(1, 3);
+    let reps = cfg.pick(1, 5);
     let ex = pool(cfg.workers)?;
     let threads = rayon_pool(cfg.workers)?;
     let (mut rows, mut shared_rows) = (Vec::new(), Vec::new());
@@ -279,31 +285,50 @@ fn w2(cfg: &Config) -> Result<Vec<Row>> {
         // chunk buffers and heaps, the parent's spill buffers. The first
         // maps of a pool ran at half speed.
         check(map_collect(&ex, &data, None)?.len() as u64, n)?;
-        let mut tried = Vec::new();
-        for chunk in W2_CHUNKS {
-            let mut times = Vec::with_capacity(reps);
-            for _ in 0..reps {
-                let (dt, out) = time(|| map_collect(&ex, &data, chunk));
+        // Chunk sizes in turn, repetition by repetition, so that the host's
+        // drift spreads over all of them alike.
+        let mut times = vec![Vec::with_capacity(reps); W2_CHUNKS.len()];
+        for _ in 0..reps {
+            for (chunk, times) in W2_CHUNKS.iter().zip(&mut times) {
+                let (dt, out) = time(|| map_collect(&ex, &data, *chunk));
                 let out = out?;
                 check(out.len() as u64, n)?;
                 check(out[out.len() - 1], last)?;
                 times.push(dt);
             }
-            tried.push((median(&mut times), chunk));
         }
+        let mut tried: Vec<(Duration, Option<usize>)> =
+            times.iter_mut().map(|t| median(t)).zip(W2_CHUNKS).collect();
         tried.sort();
         let (best, best_chunk) = tried[0];
 
-        let mut rayon_times = Vec::with_capacity(reps + 2);
-        for i in 0..reps + 2 {
+        // rayon and map_shared in turn, after one warm-up run each: their
+        // ratio is the target, and runs far apart in time differ by more
+        // than it on a shared host.
+        let input = SharedVec::from_slice(&ex, &data)?;
+        let pair_reps = cfg.pick(3, 11);
+        let mut rayon_times = Vec::with_capacity(pair_reps);
+        let mut shared_times = Vec::with_capacity(pair_reps);
+        for i in 0..=pair_reps {
             let (dt, out) =
                 time(|| threads.install(|| data.par_iter().map(|x| x * 2).collect::<Vec<u64>>()));
             check(out[out.len() - 1], last)?;
+            drop(out);
             if i > 0 {
                 rayon_times.push(dt);
             }
+            let (dt, out) = time(|| ex.map_shared(double, &input));
+            let out = out?;
+            check(out.len() as u64, n)?;
+            check(out.as_slice()[out.len() - 1], last)?;
+            drop(out);
+            if i > 0 {
+                shared_times.push(dt);
+            }
         }
+        drop(input);
         let rayon_median = median(&mut rayon_times);
+        let shared_median = median(&mut shared_times);
 
         let name = |c: Option<usize>| c.map_or("auto".to_owned(), |c| c.to_string());
         let detail: Vec<String> = W2_CHUNKS
@@ -318,21 +343,6 @@ fn w2(cfg: &Config) -> Result<Vec<Row>> {
                 )
             })
             .collect();
-        // The same map with input and output in shared memory.
-        let input = SharedVec::from_slice(&ex, &data)?;
-        let mut shared_times = Vec::with_capacity(reps + 1);
-        for i in 0..=reps {
-            let (dt, out) = time(|| ex.map_shared(double, &input));
-            let out = out?;
-            check(out.len() as u64, n)?;
-            check(out.as_slice()[out.len() - 1], last)?;
-            drop(out);
-            if i > 0 {
-                shared_times.push(dt);
-            }
-        }
-        drop(input);
-        let shared_median = median(&mut shared_times);
 
         let rayon_name = format!("rayon par_iter, {} threads", cfg.workers);
         let rayon_rate = n as f64 / rayon_median.as_secs_f64();
@@ -361,7 +371,7 @@ fn w2(cfg: &Config) -> Result<Vec<Row>> {
             )
             .reference(&rayon_name, rayon_rate)
             .note(format!(
-                "median of {reps}; the input SharedVec is filled before (untimed), the output is allocated by map_shared (timed)"
+                "median of {pair_reps}, each run right after one of rayon's (the reference's median is of those); the input SharedVec is filled before (untimed), the output is allocated by map_shared (timed)"
             )),
         );
     }
