@@ -133,7 +133,7 @@ pub enum Error {
     },
 
     /// A range of a shared array is out of its bounds.
-    #[error("range {start}..{end} out of bounds for a shared array of length {len}")]
+    #[error("{}", out_of_bounds_message(*start, *end, *len))]
     OutOfBounds {
         /// Start of the requested range.
         start: usize,
@@ -220,6 +220,18 @@ impl From<loky_ipc::Error> for Error {
 /// map the arena: raising the limit would make that worse, so the message
 /// does not end by suggesting it.
 pub(crate) const MAP_REFUSED: &str = "; the system refused to map";
+
+/// The text of [`Error::OutOfBounds`]: a reversed range says so.
+fn out_of_bounds_message(start: usize, end: usize, len: usize) -> String {
+    if start > end {
+        format!(
+            "range {start}..{end} of a shared array of length {len} starts after its end \
+             (a range is start..end with start <= end)"
+        )
+    } else {
+        format!("range {start}..{end} out of bounds for a shared array of length {len}")
+    }
+}
 
 /// The advice that ends an [`Error::ArenaFull`] message.
 fn arena_full_advice(reason: &str) -> &'static str {

@@ -244,8 +244,17 @@ fn out_of_bounds_and_zero_chunks_are_errors() {
         })
     ));
     #[allow(clippy::reversed_empty_ranges)]
-    let backwards = v.slice(7..3);
-    assert!(matches!(backwards, Err(Error::OutOfBounds { .. })));
+    let backwards = v.slice(7..3).unwrap_err();
+    assert!(matches!(backwards, Error::OutOfBounds { .. }));
+    assert!(
+        backwards.to_string().contains("starts after its end"),
+        "{backwards}"
+    );
+    let past = v.slice(5..100).unwrap_err().to_string();
+    assert!(
+        past.contains("out of bounds") && past.contains("length 10"),
+        "{past}"
+    );
     assert!(matches!(v.slice_mut(..=10), Err(Error::OutOfBounds { .. })));
     assert!(matches!(v.chunks(0), Err(Error::InvalidArgument(_))));
     assert!(matches!(v.chunks_mut(0), Err(Error::InvalidArgument(_))));
