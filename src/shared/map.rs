@@ -38,6 +38,37 @@ impl ProcessPoolExecutor {
     ///
     /// Fails with the first task's error if any task fails (a panic in `f`,
     /// a worker crash); every task has finished by then.
+    ///
+    /// It has no time limit and chooses the chunks itself. For a time limit,
+    /// chunks of your own size, or work on each chunk as it finishes, submit
+    /// the chunks yourself: [`SharedVec::chunks`] and
+    /// [`SharedVec::chunks_mut`] hand out the handles, one pair per task.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use loky::{ProcessPoolExecutor, SharedSlice, SharedSliceMut, SharedVec};
+    ///
+    /// fn double((input, mut output): (SharedSlice<u64>, SharedSliceMut<u64>)) {
+    ///     for (o, &i) in output.iter_mut().zip(input.iter()) {
+    ///         *o = i * 2;
+    ///     }
+    /// }
+    ///
+    /// let ex = ProcessPoolExecutor::new(2)?;
+    /// let input = SharedVec::from_iter_in(&ex, 0..100_000u64)?;
+    /// let mut output = SharedVec::<u64>::zeroed(&ex, input.len())?;
+    /// let limit = Duration::from_secs(60);
+    /// let tasks = input
+    ///     .chunks(10_000)?
+    ///     .zip(output.chunks_mut(10_000)?)
+    ///     .map(|pair| ex.submit_with_timeout(double, pair, limit))
+    ///     .collect::<Result<Vec<_>, _>>()?;
+    /// for task in tasks {
+    ///     task.result()?; // Err(Error::TimeLimit) for a chunk past its limit
+    /// }
+    /// assert_eq!(output.as_slice()[99_999], 199_998);
+    /// # Ok::<(), loky::Error>(())
+    /// ```
     pub fn map_shared<F, T, R>(&self, f: F, input: &SharedVec<T>) -> Result<SharedVec<R>>
     where
         F: TaskFn<T, R>,
