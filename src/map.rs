@@ -20,13 +20,16 @@ const CHUNKS_PER_WORKER: usize = 2;
 /// included, while its oldest chunk is slow: it yields in input order, so
 /// the later chunks that finish meanwhile wait to be read; up to this many
 /// times the window, they make room for new chunks, so that one slow chunk
-/// does not leave the other workers idle at once. (Memory: as many chunks
-/// of results, not read yet.)
-const REORDER: usize = 4;
-/// How long an ordered map blocks on its oldest chunk before it looks
-/// whether later chunks finished and made room for new ones (about one
-/// automatic chunk: a map of regular chunks rarely gets there).
-const REORDER_STEP: Duration = TARGET_CHUNK;
+/// does not leave the other workers idle at once. Sixteen: a worker goes
+/// on for 32 chunks (about 150 ms of automatic 5 ms chunks) behind a slow
+/// one; four left the other worker idle for most of a 100 ms item among
+/// 1 ms ones. (Memory: as many chunks of results, not read yet: for `u64`
+/// results of automatic chunks, 8 MiB per worker.)
+const REORDER: usize = 16;
+/// The longest a map sleeps between looks at its chunks while none has
+/// finished: every chunk that finishes wakes it, so this only bounds the
+/// cost of a wake-up that would go missing.
+const WAKE_FALLBACK: Duration = Duration::from_millis(100);
 /// What automatic chunking aims at, in task time per chunk. See
 /// [`Map::chunksize`] for why 5 ms and not joblib's 0.2-2 s.
 const TARGET_CHUNK: Duration = Duration::from_millis(5);
@@ -546,10 +549,10 @@ where
                 && self.window.iter().filter(|c| !c.is_done_now()).count() < max_chunks)
     }
 
-    /// Waits for the oldest chunk of an ordered map, sending new chunks
-    /// meanwhile as later ones finish (see [`REORDER`]), in steps of
-    /// [`REORDER_STEP`]. Returns once it finished, or once no more chunks
-    /// may be sent at all (then reading it blocks).
+    /// Waits for the oldest chunk of an ordered map, sending a new chunk
+    /// each time a later one finishes meanwhile (see [`REORDER`]). Returns
+    /// once it finished, or once no more chunks may be sent at all (then
+    /// reading it blocks).
     fn wait_for_oldest(&mut self) {
         // Read once, and only when waiting: it takes the pool's lock.
         let mut max_chunks = None;
@@ -567,8 +570,15 @@ where
             if self.window.len() >= max * REORDER {
                 return;
             }
-            if oldest.wait_done(Some(Instant::now() + REORDER_STEP)) {
-                return;
+            // Woken by the first of the chunks still running to finish, the
+            // oldest or a later one: each makes room for a new chunk, and a
+            // worker whose chunks are short must not wait long for its next.
+            let mut ended = false;
+            for c in self.window.iter().filter(|c| !c.is_done_now()) {
+                ended |= c.listen(&self.notify);
+            }
+            if !ended && !self.window[0].spin_a_little() {
+                self.notify.wait_until(Some(Instant::now() + WAKE_FALLBACK));
             }
             self.fill_up(true);
         }
@@ -893,7 +903,7 @@ where
                     continue;
                 }
                 self.notify
-                    .wait_until(Some(std::time::Instant::now() + Duration::from_millis(100)));
+                    .wait_until(Some(std::time::Instant::now() + WAKE_FALLBACK));
             };
             let chunk = self.window.remove(pos).expect("position in range");
             self.expand(chunk, pos);

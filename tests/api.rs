@@ -129,14 +129,14 @@ fn map_over_a_million_items_keeps_bounded_in_flight() {
         assert_eq!(r.unwrap(), count ^ 1);
         count += 1;
         max_ahead = max_ahead.max(pulled.load(Ordering::Relaxed) - count as usize);
-        // 2 workers x 2 chunks running or waiting in them, and up to 4
+        // 2 workers x 2 chunks running or waiting in them, and up to 16
         // times that held in all (finished ones waiting to be read).
-        assert!(it.chunks_in_flight() <= 16);
+        assert!(it.chunks_in_flight() <= 64);
     }
     assert_eq!(count, 1_000_000);
-    // 16 chunks x 1000 items, plus the chunk being consumed.
+    // 64 chunks x 1000 items, plus the chunk being consumed.
     assert!(
-        max_ahead <= 17 * 1000,
+        max_ahead <= 65 * 1000,
         "input read {max_ahead} items ahead of the consumer"
     );
 }
