@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use loky::{as_completed, wait, Error, ProcessPoolExecutor, ReturnWhen, Waitable};
 
@@ -764,6 +764,36 @@ fn as_completed_in_completion_order_and_with_timeout() {
     assert_eq!(got.len(), 2);
     assert!(got[0].is_ok());
     assert!(matches!(got[1], Err(Error::Timeout)));
+}
+
+/// A wait over futures of two pools returns when the first finishes, in
+/// whichever pool: it sleeps on one pool's doorbell, which the other's
+/// finish rings, beside that pool's own waiter. (Each ring woke one of the
+/// two, so most waits slept a whole 100 ms nap.)
+#[test]
+fn a_wait_over_two_pools_wakes_for_the_first_finish_in_either() {
+    let (a, b) = (pool(1), pool(1));
+    a.submit(sleep_ms, 0).unwrap().result().unwrap();
+    b.submit(sleep_ms, 0).unwrap().result().unwrap();
+    let mut late = Vec::new();
+    for _ in 0..5 {
+        let slow = a.submit(sleep_ms, 300).unwrap();
+        let quick = b.submit(sleep_ms, 20).unwrap();
+        let start = Instant::now();
+        let both: [&dyn Waitable; 2] = [&slow, &quick];
+        let r = wait(&both, Some(HANG), ReturnWhen::FirstCompleted);
+        let took = start.elapsed();
+        assert_eq!(r.done, vec![1]);
+        if took > Duration::from_millis(80) {
+            late.push(took);
+        }
+        slow.result().unwrap();
+    }
+    // One late round is load on a shared machine; more is the lost wake.
+    assert!(
+        late.len() <= 1,
+        "waits that overslept the 20 ms task: {late:?}"
+    );
 }
 
 /// A scheduler's tasks have different result types, and may live in

@@ -190,8 +190,10 @@ impl Doorbell {
     /// `FUTEX_WAKE` on `seq`, every waiter.
     fn futex_wake(&self) {
         // A failed wake (EFAULT cannot happen on a valid reference) is not
-        // actionable: the sleeper's timeout will find the message.
-        let _ = futex::wake(&self.seq, futex::Flags::empty(), u32::MAX);
+        // actionable: the sleeper's timeout will find the message. The count
+        // is an `int` to the kernel: `i32::MAX` wakes every sleeper
+        // (`u32::MAX` would read as -1, and wake one).
+        let _ = futex::wake(&self.seq, futex::Flags::empty(), i32::MAX as u32);
     }
 
     /// `FUTEX_WAIT` on `seq` while it still equals `expected`.
@@ -292,6 +294,48 @@ mod tests {
             waited < Duration::from_secs(20),
             "wake-up lost: slept {waited:?}"
         );
+    }
+
+    /// Every sleeper wakes, not only the first: the kernel reads the
+    /// number of waiters to wake as a signed int, and `u32::MAX` is -1
+    /// there, which woke one. (Two threads of one process on a pool's
+    /// doorbell: a `wait` over futures of two pools, and that pool's own
+    /// waiter; the one left asleep slept its whole nap.)
+    #[test]
+    fn wake_all_wakes_every_sleeper() {
+        let bell = Arc::new(Doorbell::new(3));
+        let flag = Arc::new(AtomicBool::new(false));
+        let sleepers: Vec<_> = (0..3)
+            .map(|_| {
+                let (b, f) = (bell.clone(), flag.clone());
+                std::thread::spawn(move || {
+                    let start = Instant::now();
+                    while !f.load(Acquire) {
+                        let token = b.announce_sleep();
+                        if f.load(Acquire) {
+                            token.cancel();
+                            break;
+                        }
+                        token.wait(Some(Duration::from_secs(30)));
+                    }
+                    start.elapsed()
+                })
+            })
+            .collect();
+        // All three asleep (or about to be: a late one finds `seq` moved).
+        while bell.awake() != 0 {
+            std::thread::yield_now();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        flag.store(true, Release);
+        bell.wake_all();
+        for t in sleepers {
+            let waited = t.join().expect("sleeper thread");
+            assert!(
+                waited < Duration::from_secs(20),
+                "a sleeper was left asleep: slept {waited:?}"
+            );
+        }
     }
 
     #[test]
