@@ -690,6 +690,11 @@ fn cancel(cell: &dyn Completion, pool: &Weak<Pool>) -> bool {
     cancelled
 }
 
+/// The longest [`Future::kill`] waits for the pool to see the killed
+/// worker die (a pidfd the watchdog polls: about a millisecond, unless the
+/// process is stuck in the kernel, which delays a `SIGKILL`).
+const KILL_SETTLE: Duration = Duration::from_secs(2);
+
 impl<R> std::fmt::Debug for Future<R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let state = match self.cell.task.state.load(Ordering::Acquire) {
@@ -802,8 +807,12 @@ impl<R: Send + 'static> Future<R> {
     /// a waiting one that its worker started meanwhile, or whose worker is
     /// still to skip another withdrawn task: see
     /// [`guide::faults`](crate::guide::faults)). When it returns true the
-    /// future ends with [`Error::Cancelled`] (results the worker already
-    /// sent are read first: a task that finished meanwhile is not killed).
+    /// future has ended with [`Error::Cancelled`] (results the worker
+    /// already sent are read first: a task that finished meanwhile is not
+    /// killed), and the shared arrays the task held are free again: a kill
+    /// returns once the pool has seen its worker die, a millisecond or so
+    /// (at most 2 s for a process the system is slow to end,
+    /// after which the future ends as soon as it does).
     /// Returns false if the task had already finished, or if another stop
     /// came first (an earlier `kill`, its time limit, a shutdown), whose
     /// outcome the future keeps.
@@ -812,7 +821,11 @@ impl<R: Send + 'static> Future<R> {
     /// most one) runs again on another worker, or, where it cannot (see
     /// [`Error::TerminatedWorker`]), fails with that error.
     pub fn kill(&self) -> bool {
-        stop(&*self.cell, &self.cell.task.pool, true)
+        let stopped = stop(&*self.cell, &self.cell.task.pool, true);
+        if stopped {
+            self.wait_done(Some(Instant::now() + KILL_SETTLE));
+        }
+        stopped
     }
 
     /// True if the task was cancelled.

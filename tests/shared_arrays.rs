@@ -384,6 +384,52 @@ fn a_task_stopped_while_waiting_in_a_ring_releases_its_range_at_once() {
     });
 }
 
+/// `kill` returns with the future ended and its range free: a scheduler
+/// may reuse the array at once. (It returned as the kill was sent, about a
+/// millisecond before the pool saw the worker die and freed the range.)
+#[test]
+fn a_killed_running_task_has_ended_and_freed_its_range_when_kill_returns() {
+    bounded(60, || {
+        let ex = pool(1);
+        let marker = std::env::temp_dir().join(format!("loky-kill-range-{}", std::process::id()));
+        for _ in 0..3 {
+            let _ = std::fs::remove_file(&marker);
+            let mut v = SharedVec::<u32>::zeroed(&ex, 1000).unwrap();
+            let f = ex
+                .submit(
+                    |(marker, mut c): (String, SharedSliceMut<u32>)| -> () {
+                        c[1] = 1;
+                        let _ = std::fs::write(marker, b"started");
+                        loop {
+                            std::thread::sleep(Duration::from_millis(10));
+                        }
+                    },
+                    (
+                        marker.to_string_lossy().into_owned(),
+                        v.slice_mut(..).unwrap(),
+                    ),
+                )
+                .unwrap();
+            // Running, not only handed to the worker: the kill kills it.
+            while !marker.exists() {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            assert!(f.kill());
+            assert!(f.done(), "kill returned before the future ended");
+            assert!(matches!(
+                f.exception_timeout(Duration::ZERO),
+                Ok(Some(Error::Cancelled))
+            ));
+            assert!(
+                v.try_as_mut_slice().is_ok(),
+                "the killed task's range is still busy"
+            );
+            assert_eq!(v.as_slice()[1], 1, "its writes are kept");
+        }
+        let _ = std::fs::remove_file(&marker);
+    });
+}
+
 #[test]
 fn a_crash_while_writing_releases_the_range() {
     bounded(60, || {
