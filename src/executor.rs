@@ -433,10 +433,16 @@ impl ProcessPoolExecutorBuilder {
     }
 
     /// A worker whose resident memory grew by more than `bytes` since its
-    /// first task retires after the task it is running, and is replaced
-    /// (one `tracing` warning). This catches leaks without interrupting a
-    /// task; see [`hard_memory_limit`](Self::hard_memory_limit) to stop a
-    /// runaway task. At least 1 byte (else [`Error::InvalidConfig`]).
+    /// first task *ended* retires after the task it is running, and is
+    /// replaced (one `tracing` warning). This catches leaks without
+    /// interrupting a task; see [`hard_memory_limit`](Self::hard_memory_limit)
+    /// to stop a runaway task. At least 1 byte (else [`Error::InvalidConfig`]).
+    ///
+    /// The baseline is the resident size measured after the first task, as
+    /// in Python's loky: what the first task leaves (caches, a library's
+    /// state loaded once, a leak too) is the worker's normal size, and only
+    /// growth beyond it counts. So a leak shows from the second task on;
+    /// `hard_memory_limit` bounds the first one.
     pub fn memory_limit(mut self, bytes: u64) -> Self {
         self.memory_limit = Some(bytes);
         self

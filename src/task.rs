@@ -49,8 +49,8 @@
 /// # let ex = loky::ProcessPoolExecutor::builder().max_workers(1).build().unwrap();
 /// let offset = 10u64;
 /// let _ = ex.submit(move |x: u64| x + offset, 1);
-/// // error[E0080]: evaluation panicked: loky: this closure captures variables;
-/// //               pass them in the argument instead ...
+/// // error[E0080]: evaluation panicked: loky: this task carries data: a closure
+/// //               that captures variables, or a fn pointer ...
 /// ```
 ///
 /// Taking another type than the argument's is rustc's own clear error:
@@ -61,6 +61,47 @@
 /// // error[E0631]: type mismatch in closure arguments
 /// //   = note: expected closure signature `fn(u64) -> _`
 /// //              found closure signature `fn(u32) -> _`
+/// ```
+///
+/// # Choosing the function at run time
+///
+/// A function pointer (`fn(u64) -> u64`, from a table of functions or a
+/// `match`) is data too: the worker could not tell which function it
+/// points to, and it fails like a capturing closure (`E0080`, "this task
+/// carries data"). A scheduler that picks the work at run time sends its
+/// choice in the argument, and one task function dispatches on it:
+///
+/// ```
+/// #[derive(serde::Serialize, serde::Deserialize)]
+/// enum Job {
+///     Square(u64),
+///     Greet(String),
+/// }
+///
+/// fn run(job: loky::Serde<Job>) -> String {
+///     match job.0 {
+///         Job::Square(x) => (x * x).to_string(),
+///         Job::Greet(name) => format!("hello {name}"),
+///     }
+/// }
+///
+/// let ex = loky::ProcessPoolExecutor::builder().max_workers(1).build()?;
+/// let jobs = [Job::Square(7), Job::Greet("loky".into())];
+/// let futures: Vec<_> = jobs
+///     .into_iter()
+///     .map(|job| ex.submit(run, loky::Serde(job)))
+///     .collect::<Result<_, _>>()?;
+/// assert_eq!(futures[0].result()?, "49");
+/// assert_eq!(futures[1].result()?, "hello loky");
+/// # Ok::<(), loky::Error>(())
+/// ```
+///
+/// ```compile_fail,E0080
+/// # let ex = loky::ProcessPoolExecutor::builder().max_workers(1).build().unwrap();
+/// let f: fn(u64) -> u64 = |x| x + 1;
+/// let _ = ex.submit(f, 1);
+/// // error[E0080]: evaluation panicked: loky: this task carries data: a closure
+/// //               that captures variables, or a fn pointer ...
 /// ```
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not a task function",

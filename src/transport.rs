@@ -50,9 +50,12 @@ pub(crate) unsafe fn resolve(offset: i64) -> Trampoline {
 pub(crate) const fn assert_zero_sized<F>() {
     assert!(
         std::mem::size_of::<F>() == 0,
-        "loky: this closure captures variables; pass them in the argument instead \
-         (a task must be a fn item or a closure without captures, e.g. \
-         `submit(|(x, k): (u64, u64)| x + k, (x, k))` instead of `submit(move |x: u64| x + k, x)`)"
+        "loky: this task carries data: a closure that captures variables, or a fn pointer \
+         (`fn(A) -> R`, chosen at run time). A task must be a fn item or a closure without \
+         captures: pass captured values in the argument, e.g. \
+         `submit(|(x, k): (u64, u64)| x + k, (x, k))` instead of `submit(move |x: u64| x + k, x)`; \
+         choose among functions inside one task, e.g. by matching on an enum in its argument \
+         (see loky::TaskFn)"
     );
 }
 
