@@ -34,12 +34,49 @@ use crate::pool::Pool;
 /// Implemented for [`Future`], and for references, `Box`es and `Arc`s of
 /// anything that is (so `Vec<Arc<dyn Waitable>>` works too, and crosses
 /// threads: every `Waitable` is `Send + Sync`); sealed: not for other
-/// types. A `dyn Waitable` is only for waiting: keep the typed futures for
-/// their results.
+/// types. A `dyn Waitable` waits, and stops its task (a scheduler's table
+/// of tasks of mixed result types cancels them through it); keep the typed
+/// futures for their results.
+///
+/// ```
+/// use loky::Waitable;
+/// let ex = loky::ProcessPoolExecutor::builder().max_workers(1).build()?;
+/// let nap = |ms: u64| std::thread::sleep(std::time::Duration::from_millis(ms));
+/// let tasks: Vec<Box<dyn Waitable>> = vec![
+///     Box::new(ex.submit(nap, 50)?),
+///     Box::new(ex.submit(|s: String| s.len(), "queued".to_owned())?),
+/// ];
+/// // Stop them all, running or not, whatever their result types.
+/// for t in &tasks {
+///     t.kill();
+/// }
+/// assert!(tasks.iter().all(|t| t.done()));
+/// # Ok::<(), loky::Error>(())
+/// ```
 pub trait Waitable: sealed::Sealed + Send + Sync {
     /// The task behind it, for the waiting functions.
     #[doc(hidden)]
     fn watched(&self) -> Watched<'_>;
+
+    /// [`Future::id`], whatever the result type.
+    fn id(&self) -> u64 {
+        self.watched().0.id()
+    }
+
+    /// [`Future::done`], whatever the result type.
+    fn done(&self) -> bool {
+        self.watched().0.done()
+    }
+
+    /// [`Future::cancel`], whatever the result type.
+    fn cancel(&self) -> bool {
+        self.watched().0.cancel()
+    }
+
+    /// [`Future::kill`], whatever the result type.
+    fn kill(&self) -> bool {
+        self.watched().0.kill()
+    }
 }
 
 /// A task as [`wait`] and [`as_completed`] see it, without its result type
@@ -61,6 +98,10 @@ pub(crate) trait Watchable {
     fn raised_now(&self) -> bool;
     /// Blocks until `set` has news or `deadline`; whether it has.
     fn block_on(&self, set: &Arc<FinishedSet>, deadline: Option<Instant>) -> bool;
+    fn id(&self) -> u64;
+    fn done(&self) -> bool;
+    fn cancel(&self) -> bool;
+    fn kill(&self) -> bool;
 }
 
 impl<R: Send + 'static> Watchable for Future<R> {
@@ -77,6 +118,18 @@ impl<R: Send + 'static> Watchable for Future<R> {
         // Everything was registered when the watch began: nothing to
         // register here.
         self.block_until(|| set.any(), deadline, || Some(set.notify().clone()))
+    }
+    fn id(&self) -> u64 {
+        Future::id(self)
+    }
+    fn done(&self) -> bool {
+        Future::done(self)
+    }
+    fn cancel(&self) -> bool {
+        Future::cancel(self)
+    }
+    fn kill(&self) -> bool {
+        Future::kill(self)
     }
 }
 

@@ -796,6 +796,34 @@ fn a_wait_over_two_pools_wakes_for_the_first_finish_in_either() {
     );
 }
 
+/// A scheduler keeps tasks of mixed result types as `dyn Waitable`, and
+/// stops them through it: `cancel` a queued one, `kill` a running one.
+#[test]
+fn dyn_waitable_cancels_and_kills_tasks_of_any_result_type() {
+    let ex = ProcessPoolExecutor::builder()
+        .max_workers(1)
+        .prefetch(false)
+        .build()
+        .unwrap();
+    let running = ex.submit(sleep_ms, 10_000).unwrap();
+    wait_running(&running);
+    let queued = ex
+        .submit(|s: String| s.len(), "never runs".to_owned())
+        .unwrap();
+    let table: Vec<Arc<dyn Waitable>> = vec![Arc::new(running), Arc::new(queued)];
+    assert_ne!(table[0].id(), table[1].id());
+    assert!(!table[0].cancel(), "a running task is not cancelled");
+    assert!(table[1].cancel(), "a queued one is");
+    assert!(table[1].done());
+    let start = Instant::now();
+    assert!(table[0].kill());
+    assert!(table[0].done(), "kill returns with the future ended");
+    assert!(start.elapsed() < Duration::from_secs(5));
+    let r = wait(&table, Some(HANG), ReturnWhen::AllCompleted);
+    assert_eq!(r.done, vec![0, 1]);
+    assert_eq!(ex.submit(sleep_ms, 1).unwrap().result().unwrap(), 1);
+}
+
 /// A scheduler's tasks have different result types, and may live in
 /// different pools: `&dyn Waitable` puts them in one slice.
 #[test]
