@@ -828,6 +828,34 @@ impl<R: Send + 'static> Future<R> {
         stopped
     }
 
+    /// Stops the task if no worker has started it, and never kills one: a
+    /// task waiting in the parent or in a worker's ring (behind the task
+    /// that worker runs, see
+    /// [`prefetch`](crate::ProcessPoolExecutorBuilder::prefetch)) is
+    /// withdrawn, and the future ends with [`Error::Cancelled`]; a running
+    /// one is left to finish. Between [`cancel`](Self::cancel), which
+    /// reaches only tasks still in the parent, and [`kill`](Self::kill):
+    /// what a scheduler wants when it no longer needs a result but would
+    /// not lose the work under way. Returns true if it withdrew the task.
+    ///
+    /// ```
+    /// let ex = loky::ProcessPoolExecutor::builder().max_workers(1).build()?;
+    /// let nap = |ms: u64| std::thread::sleep(std::time::Duration::from_millis(ms));
+    /// let first = ex.submit(nap, 100)?;
+    /// let second = ex.submit(nap, 100)?; // waits in the worker's ring
+    /// while !first.running() || !second.running() {
+    ///     std::thread::yield_now();
+    /// }
+    /// assert!(!second.cancel(), "in the worker already");
+    /// assert!(second.withdraw());
+    /// assert!(matches!(second.result(), Err(loky::Error::Cancelled)));
+    /// first.result()?; // the worker went on with it, not killed
+    /// # Ok::<(), loky::Error>(())
+    /// ```
+    pub fn withdraw(&self) -> bool {
+        stop(&*self.cell, &self.cell.task.pool, false)
+    }
+
     /// True if the task was cancelled.
     pub fn cancelled(&self) -> bool {
         self.done() && self.cancelled_now()

@@ -73,6 +73,11 @@ pub trait Waitable: sealed::Sealed + Send + Sync {
         self.watched().0.cancel()
     }
 
+    /// [`Future::withdraw`], whatever the result type.
+    fn withdraw(&self) -> bool {
+        self.watched().0.withdraw()
+    }
+
     /// [`Future::kill`], whatever the result type.
     fn kill(&self) -> bool {
         self.watched().0.kill()
@@ -101,6 +106,7 @@ pub(crate) trait Watchable {
     fn id(&self) -> u64;
     fn done(&self) -> bool;
     fn cancel(&self) -> bool;
+    fn withdraw(&self) -> bool;
     fn kill(&self) -> bool;
 }
 
@@ -127,6 +133,9 @@ impl<R: Send + 'static> Watchable for Future<R> {
     }
     fn cancel(&self) -> bool {
         Future::cancel(self)
+    }
+    fn withdraw(&self) -> bool {
+        Future::withdraw(self)
     }
     fn kill(&self) -> bool {
         Future::kill(self)

@@ -130,6 +130,44 @@ fn a_task_killed_while_it_waits_in_a_workers_ring_never_runs() {
 }
 
 #[test]
+fn a_task_withdrawn_while_it_waits_in_a_workers_ring_never_runs() {
+    stop_a_waiting_task("withdraw", Duration::from_secs(3600), |f| {
+        assert!(f.withdraw());
+        assert!(!f.withdraw(), "withdrawn already");
+        Error::Cancelled
+    });
+}
+
+#[test]
+fn a_running_task_is_not_withdrawn() {
+    let ex = ProcessPoolExecutor::new(1).unwrap();
+    let worker = ex.submit(pid, ()).unwrap().result_timeout(HANG).unwrap();
+    let marker = std::env::temp_dir().join(format!("loky-not-withdrawn-{}", std::process::id()));
+    let _ = std::fs::remove_file(&marker);
+    let f = ex
+        .submit(
+            mark_then_pid_after_ms,
+            (marker.to_string_lossy().into_owned(), 200),
+        )
+        .unwrap();
+    wait_until("the task to start", || marker.exists());
+    assert!(!f.withdraw(), "it runs: left to finish");
+    assert_eq!(
+        f.result_timeout(HANG).unwrap(),
+        worker,
+        "finished, not killed"
+    );
+    assert_eq!(ex.stats().cancelled, 0);
+    let _ = std::fs::remove_file(&marker);
+}
+
+/// Writes `path`, then sleeps `ms`; its pid.
+fn mark_then_pid_after_ms((path, ms): (String, u64)) -> u32 {
+    std::fs::write(path, b"started").unwrap();
+    pid_after_ms(ms)
+}
+
+#[test]
 fn a_task_killed_as_soon_as_it_is_handed_over_never_runs() {
     // Killed before the worker even started the task in front of it: the
     // withdrawal must outlive that start.
