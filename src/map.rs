@@ -70,8 +70,8 @@ impl ProcessPoolExecutor {
     /// Lazy: nothing is read or submitted before the first `next()`, at
     /// most `2 × max_workers` chunks run or wait in the workers, and at most
     /// that many are held in all, but for an ordered map whose oldest chunk
-    /// runs long (over 5 ms): then up to 4 times as many, finished ones
-    /// waiting to be read in order (and a few more while
+    /// still runs when later ones finish: then up to 16 times as many,
+    /// finished ones waiting to be read in order (and a few more while
     /// [`Map::isolate_crashes`] splits a crashed one), so a map over millions
     /// of items (or an endless iterator) uses bounded memory: its peak
     /// resident set does not grow with the number of items (measured by
