@@ -137,6 +137,36 @@ impl loky::Payload for Unreadable {
     }
 }
 
+/// A small array of costly elements (a parameter sweep) is shared out to
+/// every worker: it was one chunk, on one worker, below 257 elements.
+#[test]
+fn map_shared_spreads_a_small_array_over_every_worker() {
+    bounded(60, || {
+        let ex = pool(2);
+        // Both workers up: the two chunks go to the two idle workers.
+        let warm: Vec<_> = (0..2)
+            .map(|_| ex.submit(|ms: u64| std::thread::sleep(Duration::from_millis(ms)), 50))
+            .collect::<Result<_, _>>()
+            .unwrap();
+        for w in warm {
+            w.result().unwrap();
+        }
+        while ex.stats().workers_alive < 2 {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let params = SharedVec::from_iter_in(&ex, 0..10u32).unwrap();
+        let simulate = |_: u32| -> u32 {
+            std::thread::sleep(Duration::from_millis(30));
+            std::process::id()
+        };
+        let pids = ex.map_shared(simulate, &params).unwrap().to_vec();
+        let mut distinct = pids.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(distinct.len(), 2, "ran on {distinct:?}");
+    });
+}
+
 #[test]
 fn map_shared_with_gives_every_element_the_argument() {
     bounded(60, || {

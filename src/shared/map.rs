@@ -12,17 +12,20 @@ use crate::task::TaskFn;
 /// Chunks per worker: enough to even out uneven workers, few enough that
 /// the per-task cost (a few µs) is lost in the work.
 const CHUNKS_PER_WORKER: usize = 4;
-/// No chunk is smaller than this many elements (unless the array is): a
-/// task costs a few µs, 256 cheap elements about as much. Not more: the
-/// chunks are at most `CHUNKS_PER_WORKER` per worker anyway, and a larger
-/// floor leaves workers idle on a small array of costly elements (10 000
-/// elements of 1 ms over 16 workers were 3 chunks of 4096 with a floor of
-/// 4096: 4.1 s instead of 0.6 s).
+/// No chunk is smaller than this many elements, unless that leaves a worker
+/// without one: a task costs a few µs, 256 cheap elements about as much.
+/// Not more: the chunks are at most `CHUNKS_PER_WORKER` per worker anyway,
+/// and a larger floor leaves workers idle on a small array of costly
+/// elements (10 000 elements of 1 ms over 16 workers were 3 chunks of 4096
+/// with a floor of 4096: 4.1 s instead of 0.6 s). Nor does the floor make
+/// fewer chunks than workers: 100 simulations of 20 ms each were one chunk
+/// on one worker of two, 2 s instead of 1 s.
 const MIN_CHUNK: usize = 256;
 
 impl ProcessPoolExecutor {
     /// `f` applied to every element of `input`, into a new [`SharedVec`] in
-    /// the same arena: the work is split into a few chunks per worker, each
+    /// the same arena: the work is split into a few chunks per worker (of
+    /// at least 256 elements, unless that leaves a worker without one), each
     /// task reads its chunk of `input` and writes its chunk of the output in
     /// place, so no element is copied through the rings.
     ///
@@ -217,9 +220,11 @@ where
 }
 
 fn shared_chunk_len(len: usize, workers: usize) -> usize {
-    len.div_ceil(workers.max(1) * CHUNKS_PER_WORKER)
+    let workers = workers.max(1);
+    len.div_ceil(workers * CHUNKS_PER_WORKER)
         .max(MIN_CHUNK)
-        .min(len.max(1))
+        .min(len.div_ceil(workers))
+        .max(1)
 }
 
 /// The task of one chunk of `map_shared_into_with`: `F` over each element
@@ -261,7 +266,13 @@ mod tests {
     #[test]
     fn chunk_lengths() {
         assert_eq!(shared_chunk_len(0, 2), 1);
-        assert_eq!(shared_chunk_len(10, 2), 10);
+        // Every worker gets a share of a small array: its elements may be
+        // costly (a parameter sweep).
+        assert_eq!(shared_chunk_len(10, 2), 5);
+        assert_eq!(shared_chunk_len(255, 2), 128);
+        assert_eq!(shared_chunk_len(100, 16), 7);
+        assert_eq!(shared_chunk_len(1, 16), 1);
+        assert_eq!(shared_chunk_len(600, 2), 256);
         assert_eq!(shared_chunk_len(10_000_000, 2), 1_250_000);
         // Every worker gets work on a small array.
         assert_eq!(shared_chunk_len(10_000, 16), MIN_CHUNK);
