@@ -42,7 +42,7 @@ use crate::error::{CodecStage, Error};
         note = "derive `rkyv::Archive, rkyv::Serialize, rkyv::Deserialize` on `{Self}` (all its fields must be archivable too)",
         note = "or, if `{Self}` implements serde's `Serialize` and `Deserialize`, wrap it: `loky::Serde(value)` as the argument, `|loky::Serde(x): loky::Serde<{Self}>| ...` in the task",
         note = "or use a serde executor: `ex.with_codec::<loky::MsgPack>().submit(..)`",
-        note = "tasks take owned values: for a reference `&T`, send `T` (`.cloned()` or `.copied()` on an iterator of references)"
+        note = "tasks take owned values: for a reference `&T`, send `T` (`.cloned()` or `.copied()` on an iterator of references); for a slice `&[T]`, a `Vec<T>` (`.to_vec()`), or `ex.submit_slice(f, slice, arg)` (the task reads the slice where it arrives), or a `loky::SharedVec` and its `chunks` (no copy at all)"
     )
 )]
 #[cfg_attr(
@@ -52,7 +52,7 @@ use crate::error::{CodecStage, Error};
         label = "this type is not a loky::Payload",
         note = "derive `rkyv::Archive, rkyv::Serialize, rkyv::Deserialize` on `{Self}` (all its fields must be archivable too)",
         note = "or enable loky's `serde` feature and wrap serde types in `loky::Serde`",
-        note = "tasks take owned values: for a reference `&T`, send `T` (`.cloned()` or `.copied()` on an iterator of references)"
+        note = "tasks take owned values: for a reference `&T`, send `T` (`.cloned()` or `.copied()` on an iterator of references); for a slice `&[T]`, a `Vec<T>` (`.to_vec()`), or `ex.submit_slice(f, slice, arg)` (the task reads the slice where it arrives), or a `loky::SharedVec` and its `chunks` (no copy at all)"
     )
 )]
 pub trait Payload: Sized + Send + 'static {

@@ -53,7 +53,8 @@ pub(crate) const fn assert_zero_sized<F>() {
         "loky: this task carries data: a closure that captures variables, or a fn pointer \
          (`fn(A) -> R`, chosen at run time). A task must be a fn item or a closure without \
          captures: pass captured values in the argument, e.g. \
-         `submit(|(x, k): (u64, u64)| x + k, (x, k))` instead of `submit(move |x: u64| x + k, x)`; \
+         `submit(|(x, k): (u64, u64)| x + k, (x, k))` instead of `submit(move |x: u64| x + k, x)` \
+         (over shared arrays, `map_shared_with(|x: u64, k: &u64| x + k, &input, k)`); \
          choose among functions inside one task, e.g. by matching on an enum in its argument \
          (see loky::TaskFn)"
     );
