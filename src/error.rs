@@ -221,6 +221,10 @@ impl From<loky_ipc::Error> for Error {
 /// does not end by suggesting it.
 pub(crate) const MAP_REFUSED: &str = "; the system refused to map";
 
+/// How an [`Error::ArenaFull`] `reason` starts when the array alone is
+/// larger than the machine's memory and swap: no limit would help.
+pub(crate) const MORE_THAN_MACHINE: &str = "; more than this machine's memory and swap";
+
 /// The text of [`Error::OutOfBounds`]: a reversed range says so.
 fn out_of_bounds_message(start: usize, end: usize, len: usize) -> String {
     if start > end {
@@ -235,7 +239,7 @@ fn out_of_bounds_message(start: usize, end: usize, len: usize) -> String {
 
 /// The advice that ends an [`Error::ArenaFull`] message.
 fn arena_full_advice(reason: &str) -> &'static str {
-    if reason.starts_with(MAP_REFUSED) {
+    if reason.starts_with(MAP_REFUSED) || reason.starts_with(MORE_THAN_MACHINE) {
         ""
     } else {
         "; drop unused SharedVecs or raise arena_limit"

@@ -203,4 +203,16 @@ fn a_fragmented_arena_names_its_largest_free_stretch() {
         }
         other => panic!("expected ArenaFull, got {:?}", other.map(|v| v.len())),
     }
+    // Larger than the machine: no limit would help, and none is advised.
+    match SharedVec::<u8>::zeroed(&ex, usize::MAX / 2) {
+        Err(e @ Error::ArenaFull { .. }) => {
+            let message = e.to_string();
+            assert!(
+                message.contains("more than this machine's memory and swap")
+                    && !message.contains("raise arena_limit"),
+                "{message}"
+            );
+        }
+        other => panic!("expected ArenaFull, got {:?}", other.map(|v| v.len())),
+    }
 }

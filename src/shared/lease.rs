@@ -109,7 +109,10 @@ fn alloc_error(arena: &Arena, bytes: usize, failure: AllocFailure) -> Error {
         }) => {
             // Enough room in all, but no stretch long enough: without the
             // largest stretch the numbers look as if the array should fit.
-            let reason = if in_use.saturating_add(requested) <= limit {
+            let most = crate::pool::memory_and_swap();
+            let reason = if requested > most {
+                format!("{} ({most} bytes)", crate::error::MORE_THAN_MACHINE)
+            } else if in_use.saturating_add(requested) <= limit {
                 format!(
                     "; free space is fragmented: the largest free stretch is {largest_free} bytes"
                 )
