@@ -107,6 +107,7 @@ impl ReusableExecutorBuilder {
         fn ring_capacity(bytes: usize);
         fn prefetch(on: bool);
         fn spin(d: Duration);
+        fn keep_freed_memory(d: Duration);
         ///
         /// Another limit is a new executor with a new arena: the
         /// [`SharedVec`](crate::SharedVec)s of the old one stay in the old

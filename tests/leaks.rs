@@ -129,3 +129,45 @@ fn programs_a_task_starts_inherit_no_pool_descriptor() {
         );
     }
 }
+
+/// Resident memory of process `pid`, in MiB.
+fn rss_mib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kib| kib / 1024)
+}
+
+/// Touches `mib` MiB of fresh heap, then frees it; the pid.
+fn churn(mib: u64) -> u32 {
+    let v = vec![1u8; (mib as usize) << 20];
+    std::hint::black_box(&v);
+    drop(v);
+    std::process::id()
+}
+
+/// An idle worker gives back what its tasks freed after `keep_freed_memory`
+/// (1 s by default), and keeps it for reuse as long as asked.
+#[test]
+fn idle_workers_keep_freed_memory_as_long_as_asked() {
+    for keep in [None, Some(Duration::from_secs(3600))] {
+        let mut builder = ProcessPoolExecutor::builder().max_workers(1);
+        if let Some(d) = keep {
+            builder = builder.keep_freed_memory(d);
+        }
+        let ex = builder.build().unwrap();
+        let pid = ex.submit(churn, 200).unwrap().result().unwrap();
+        let busy = rss_mib(pid);
+        std::thread::sleep(Duration::from_millis(2500));
+        let idle = rss_mib(pid);
+        match keep {
+            None => assert!(
+                idle < 100,
+                "kept {idle} MiB after 2.5 s idle (held {busy} MiB)"
+            ),
+            Some(_) => assert!(idle >= 150, "gave back: {idle} MiB of {busy} MiB"),
+        }
+    }
+}

@@ -20,6 +20,9 @@ pub(crate) struct Config {
     pub(crate) spin: Duration,
     /// Whether a worker gets its next task while it runs one.
     pub(crate) prefetch: bool,
+    /// How long idle workers, and the parent's large-message buffers, keep
+    /// freed memory for reuse.
+    pub(crate) keep_freed: Duration,
     /// Most bytes the shared arena may hold (default: see
     /// `arena_limit::default_arena_limit`).
     pub(crate) arena_limit: Option<usize>,

@@ -40,12 +40,14 @@ pub(crate) struct WorkerSpec {
     pub(crate) copy_threads: u32,
     /// The pool's key for the grants of shared-array handles.
     pub(crate) grant_key: crate::shared::GrantKey,
+    /// How long the worker keeps freed memory once idle.
+    pub(crate) keep_freed: Duration,
 }
 
 impl WorkerSpec {
     pub(crate) fn encode(&self) -> String {
         format!(
-            "v3:{}:{}:{}:{}:{}:{}:{}:{}:{}:{}:{}:{}",
+            "v4:{}:{}:{}:{}:{}:{}:{}:{}:{}:{}:{}:{}:{}",
             self.slot,
             self.generation,
             self.parent,
@@ -57,13 +59,14 @@ impl WorkerSpec {
             self.cpu,
             self.copy_threads,
             self.grant_key[0],
-            self.grant_key[1]
+            self.grant_key[1],
+            u64::try_from(self.keep_freed.as_micros()).unwrap_or(u64::MAX)
         )
     }
 
     pub(crate) fn decode(s: &str) -> Option<Self> {
         let mut it = s.split(':');
-        if it.next()? != "v3" {
+        if it.next()? != "v4" {
             return None;
         }
         let mut num = || it.next()?.parse::<u64>().ok();
@@ -79,6 +82,7 @@ impl WorkerSpec {
             cpu: num()?,
             copy_threads: u32::try_from(num()?).ok()?,
             grant_key: [num()?, num()?],
+            keep_freed: Duration::from_micros(num()?),
         };
         if it.next().is_some() {
             return None;
@@ -120,6 +124,7 @@ impl Pool {
                 .map_or(0, |plan| plan[i % plan.len()] as u64 + 1),
             copy_threads: copy_threads(self.ncpu as usize, self.max_workers()),
             grant_key: self.grant_key,
+            keep_freed: self.config.keep_freed,
         };
         let spec_cpu = (spec.cpu > 0)
             .then(|| (spec.cpu - 1) as usize)
@@ -325,11 +330,20 @@ mod tests {
             cpu: 3,
             copy_threads: 2,
             grant_key: [u64::MAX, 7],
+            keep_freed: Duration::from_secs(1),
         };
         assert_eq!(WorkerSpec::decode(&spec.encode()), Some(spec));
+        // Never (`Duration::MAX`) travels as the longest time it can.
+        let never = WorkerSpec {
+            keep_freed: Duration::MAX,
+            ..spec
+        };
+        let back = WorkerSpec::decode(&never.encode()).expect("decodes");
+        assert!(back.keep_freed > Duration::from_secs(1 << 40));
         assert_eq!(WorkerSpec::decode("v1:1:2:3:4:5:6:7:8:9"), None);
         assert_eq!(WorkerSpec::decode("v2:1:2:3:4:5:6:7:8:9:10"), None);
         assert_eq!(WorkerSpec::decode("v3:1:2"), None);
+        assert_eq!(WorkerSpec::decode("v4:1:2"), None);
         assert_eq!(WorkerSpec::decode(&format!("{}:1", spec.encode())), None);
     }
 

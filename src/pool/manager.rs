@@ -71,7 +71,7 @@ impl Pool {
         self.refill_idle();
         self.retire_idle();
         // Large-message buffers nobody used for a while give their pages back.
-        loky_ipc::spill::trim(crate::worker::IDLE_RELEASE);
+        loky_ipc::spill::trim(self.config.keep_freed);
         let mut st = self.state();
         if st.shutdown {
             st.exit_idle_workers();

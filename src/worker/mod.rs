@@ -464,7 +464,7 @@ impl WorkerLoop<'_> {
             if !self.parent_alive() {
                 return false;
             }
-            if !released && idle_since.elapsed() >= IDLE_RELEASE {
+            if !released && idle_since.elapsed() >= self.spec.keep_freed {
                 released = true;
                 release_heap();
                 let bytes = loky_ipc::spill::trim(Duration::ZERO);
@@ -474,17 +474,14 @@ impl WorkerLoop<'_> {
     }
 }
 
-/// How long a worker (or the parent's spill buffers) stays idle before it
-/// gives back the memory it keeps for reuse.
-pub(crate) const IDLE_RELEASE: Duration = Duration::from_secs(1);
-
 /// Makes glibc malloc keep freed memory for reuse, and serve large blocks
 /// from the heap instead of a fresh `mmap` each (its mmap threshold cannot
 /// go above 32 MiB). A task that takes or returns a 256 MiB `Vec` then
 /// reuses the pages of the previous one: without this, every such
 /// allocation is a fresh mapping whose page faults cost several times the
 /// copy into it. The trade-off: a worker holds on to its peak heap while
-/// busy, and gives it back after [`IDLE_RELEASE`] without work. Not applied
+/// busy, and gives it back after `keep_freed_memory` without work (see
+/// [`ProcessPoolExecutorBuilder::keep_freed_memory`](crate::ProcessPoolExecutorBuilder::keep_freed_memory)). Not applied
 /// when the pool has a `memory_limit` or a `hard_memory_limit`: memory the
 /// worker keeps would count against them (and fragmentation of a heap that
 /// is never trimmed could reach a hard limit sooner), so such workers free
