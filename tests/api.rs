@@ -1732,7 +1732,10 @@ fn callbacks_waiting_on_each_others_values_time_out() {
         .prefetch(false)
         .build()
         .unwrap();
-    let _busy = ex.submit(sleep_ms, 500).unwrap();
+    // Busy for longer than the five rounds (up to 200 ms each): a and b
+    // must still be waiting when they are cancelled. (500 ms was not: once
+    // it ended, a round's a ran, and b's callback got its value.)
+    let busy = ex.submit(sleep_ms, 20_000).unwrap();
     for _ in 0..5 {
         let a = Arc::new(ex.submit(sleep_ms, 1).unwrap());
         let b = Arc::new(ex.submit(sleep_ms, 1).unwrap());
@@ -1763,6 +1766,8 @@ fn callbacks_waiting_on_each_others_values_time_out() {
             );
         }
     }
+    assert!(!busy.done(), "the rounds outlasted the busy task");
+    assert!(busy.kill());
 }
 
 /// A result the parent is slow to read (its decoding sleeps): while the
