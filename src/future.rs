@@ -810,9 +810,10 @@ impl<R: Send + 'static> Future<R> {
     /// future has ended with [`Error::Cancelled`] (results the worker
     /// already sent are read first: a task that finished meanwhile is not
     /// killed), and the shared arrays the task held are free again: a kill
-    /// returns once the pool has seen its worker die, a millisecond or so
+    /// blocks until the pool has seen its worker die, a millisecond or so
     /// (at most 2 s for a process the system is slow to end,
-    /// after which the future ends as soon as it does).
+    /// after which the future ends as soon as it does). It runs no
+    /// done-callback on the calling thread.
     /// Returns false if the task had already finished, or if another stop
     /// came first (an earlier `kill`, its time limit, a shutdown), whose
     /// outcome the future keeps.
@@ -823,9 +824,27 @@ impl<R: Send + 'static> Future<R> {
     pub fn kill(&self) -> bool {
         let stopped = stop(&*self.cell, &self.cell.task.pool, true);
         if stopped {
-            self.wait_done(Some(Instant::now() + KILL_SETTLE));
+            self.settle_after_kill(Instant::now() + KILL_SETTLE);
         }
         stopped
+    }
+
+    /// Waits, until `deadline`, for the pool to publish the outcome of a
+    /// task just stopped: without draining the pool, as a plain waiter
+    /// would, since that could run other tasks' done-callbacks on this
+    /// thread, a user's, which may hold a lock they take (the pool's
+    /// manager runs them). On one of the pool's own threads nobody else
+    /// would publish it: there it waits as [`Future::result`] does.
+    fn settle_after_kill(&self, deadline: Instant) {
+        let pool = self.pool();
+        if crate::pool::own_pool().is_some() || pool.as_ref().is_some_and(|p| p.on_pool_thread()) {
+            self.wait_done(Some(deadline));
+            return;
+        }
+        let notify = Arc::new(Notify::default());
+        while !self.listen(&notify) && Instant::now() < deadline {
+            notify.wait_until(Some(deadline));
+        }
     }
 
     /// Stops the task if no worker has started it, and never kills one: a

@@ -796,6 +796,41 @@ fn a_wait_over_two_pools_wakes_for_the_first_finish_in_either() {
     );
 }
 
+/// `kill` waits for the outcome without running done-callbacks on the
+/// killing thread: a scheduler kills under the lock of its task table,
+/// and each task's callback takes that lock to remove it.
+#[test]
+fn kill_runs_no_done_callback_on_the_killing_thread() {
+    let ex = pool(1);
+    let table = Arc::new(std::sync::Mutex::new(0u32));
+    for _ in 0..5 {
+        let f = ex.submit(sleep_ms, 10_000).unwrap();
+        wait_running(&f);
+        let (tx, rx) = mpsc::channel();
+        let t = table.clone();
+        f.add_done_callback(move |_| {
+            *t.lock().unwrap() += 1;
+            let _ = tx.send(std::thread::current().id());
+        });
+        let (report, reported) = mpsc::channel();
+        let table_ = table.clone();
+        std::thread::spawn(move || {
+            let _held = table_.lock().unwrap();
+            let killed = f.kill();
+            let _ = report.send((killed, f.done(), std::thread::current().id()));
+        });
+        // A callback run inside kill() would wait for the lock its own
+        // thread holds: the killer never reports.
+        let (killed, done, killer_id) = reported
+            .recv_timeout(HANG)
+            .expect("kill() deadlocked on a done-callback");
+        assert!(killed && done);
+        let ran_on = rx.recv_timeout(HANG).expect("the callback ran");
+        assert_ne!(ran_on, killer_id, "the callback ran inside kill()");
+    }
+    assert_eq!(*table.lock().unwrap(), 5);
+}
+
 /// A scheduler keeps tasks of mixed result types as `dyn Waitable`, and
 /// stops them through it: `cancel` a queued one, `kill` a running one.
 #[test]
