@@ -1148,14 +1148,6 @@ impl<R: Send + 'static> Future<R> {
         false
     }
 
-    /// Drains result rings for the spin budget; true if this task is done.
-    pub(crate) fn spin_a_little(&self, deadline: Option<Instant>) -> bool {
-        match self.cell.task.pool.upgrade() {
-            Some(pool) => pool.spin_for_results(|| self.cell.task.is_done(), deadline),
-            None => self.cell.task.is_done(),
-        }
-    }
-
     pub(crate) fn is_done_now(&self) -> bool {
         self.cell.task.is_done()
     }

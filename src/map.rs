@@ -173,15 +173,6 @@ impl<A, R: Send + 'static> Chunk<A, R> {
         self.sent.as_ref().map_or(true, Future::is_done_now)
     }
 
-    /// Registers `notify` for the chunk's end; true if it has ended.
-    fn listen(&self, notify: &Arc<Notify>) -> bool {
-        self.sent.as_ref().map_or(true, |f| f.listen(notify))
-    }
-
-    fn spin_a_little(&self) -> bool {
-        self.sent.as_ref().map_or(true, |f| f.spin_a_little(None))
-    }
-
     /// How long the worker ran it (0: not run).
     fn elapsed_ns(&self) -> u64 {
         self.sent.as_ref().map_or(0, |f| f.cell.task.elapsed_ns())
@@ -273,6 +264,9 @@ where
     I: Iterator<Item = A>,
 {
     fn new(ex: ProcessPoolExecutor, input: I) -> Self {
+        // Fired by every chunk that ends, it also rings the pool's doorbell,
+        // on which a thread waiting for a chunk sleeps.
+        let notify = Arc::new(Notify::on_bells(vec![ex.pool().region_arc()]));
         Self {
             ex,
             input,
@@ -289,7 +283,7 @@ where
             error_repeats: 0,
             timeout: None,
             deadline: None,
-            notify: Arc::new(Notify::default()),
+            notify,
             progress: crate::progress::Tracker::default(),
             isolate: false,
             splits_left: SPLITS,
@@ -573,15 +567,36 @@ where
             // Woken by the first of the chunks still running to finish, the
             // oldest or a later one: each makes room for a new chunk, and a
             // worker whose chunks are short must not wait long for its next.
-            let mut ended = false;
-            for c in self.window.iter().filter(|c| !c.is_done_now()) {
-                ended |= c.listen(&self.notify);
-            }
-            if !ended && !self.window[0].spin_a_little() {
-                self.notify.wait_until(Some(Instant::now() + WAKE_FALLBACK));
-            }
+            self.wait_for_any_chunk();
             self.fill_up(true);
         }
+    }
+
+    /// Waits until one of the chunks still running ends, or at most
+    /// [`WAKE_FALLBACK`], as a wait on a future does: on one of the pool's
+    /// own threads (a done-callback iterating a map) it drains the pool
+    /// itself, for nobody else would; elsewhere it spins a little, then
+    /// sleeps on the pool's doorbell, which the first result rings.
+    fn wait_for_any_chunk(&self) {
+        let running: Vec<&Future<ChunkOutput<R>>> = self
+            .window
+            .iter()
+            .filter_map(|c| c.sent.as_ref().ok())
+            .filter(|f| !f.is_done_now())
+            .collect();
+        let Some(first) = running.first() else {
+            return;
+        };
+        for f in &running {
+            if f.listen(&self.notify) {
+                return;
+            }
+        }
+        first.block_until(
+            || running.iter().any(|f| f.is_done_now()),
+            Some(Instant::now() + WAKE_FALLBACK),
+            || Some(self.notify.clone()),
+        );
     }
 
     /// Submits chunks until the window is full or the input ends.
@@ -892,18 +907,7 @@ where
                 if let Some(p) = self.window.iter().position(Chunk::is_done_now) {
                     break p;
                 }
-                let mut done = false;
-                for c in &self.window {
-                    done |= c.listen(&self.notify);
-                }
-                if done {
-                    continue;
-                }
-                if self.window[0].spin_a_little() {
-                    continue;
-                }
-                self.notify
-                    .wait_until(Some(std::time::Instant::now() + WAKE_FALLBACK));
+                self.wait_for_any_chunk();
             };
             let chunk = self.window.remove(pos).expect("position in range");
             self.expand(chunk, pos);

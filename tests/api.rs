@@ -796,6 +796,39 @@ fn a_wait_over_two_pools_wakes_for_the_first_finish_in_either() {
     );
 }
 
+/// A map read inside a done-callback (on the pool's manager thread, which
+/// nobody else drains for) drains the pool itself while it waits for its
+/// chunks: it slept on a condition nobody would signal, 100 ms a chunk.
+#[test]
+fn a_map_read_in_a_done_callback_keeps_its_pace() {
+    let ex = pool(2);
+    let (tx, rx) = mpsc::channel();
+    let inner = ex.clone();
+    let trigger = ex.submit(sleep_ms, 50).unwrap();
+    trigger.add_done_callback(move |_| {
+        let start = Instant::now();
+        // Chunks of 2 ms: longer than a spin, so waiting means sleeping.
+        let ordered: u64 = inner
+            .map(sleep_ms, (0..40).map(|_| 2u64))
+            .chunksize(1)
+            .map(Result::unwrap)
+            .sum();
+        let unordered: u64 = inner
+            .map_unordered(sleep_ms, (0..40).map(|_| 2u64))
+            .chunksize(1)
+            .map(|(_, r)| r.unwrap())
+            .sum();
+        let _ = tx.send((ordered, unordered, start.elapsed()));
+    });
+    let (ordered, unordered, took) = rx.recv_timeout(HANG).expect("the callback's maps end");
+    assert_eq!((ordered, unordered), (80, 80));
+    // About 80 ms of work on 2 workers.
+    assert!(
+        took < Duration::from_millis(1500),
+        "80 chunks took {took:?}"
+    );
+}
+
 /// `kill` waits for the outcome without running done-callbacks on the
 /// killing thread: a scheduler kills under the lock of its task table,
 /// and each task's callback takes that lock to remove it.
