@@ -783,7 +783,8 @@ impl<R: Send + 'static> Future<R> {
     /// Cancels the task if it is still queued in the parent (not handed to
     /// a worker yet); returns whether it is cancelled (true again once
     /// the future has finished cancelled, as in `concurrent.futures`, its
-    /// callbacks running or not). A task a worker
+    /// callbacks running or not). Its done-callbacks run on this thread,
+    /// before `cancel` returns, as in `concurrent.futures`. A task a worker
     /// holds cannot be cancelled this way, even one waiting in its ring (as
     /// in `concurrent.futures`); [`kill`](Self::kill) stops those.
     pub fn cancel(&self) -> bool {
@@ -812,8 +813,10 @@ impl<R: Send + 'static> Future<R> {
     /// killed), and the shared arrays the task held are free again: a kill
     /// blocks until the pool has seen its worker die, a millisecond or so
     /// (at most 2 s for a process the system is slow to end,
-    /// after which the future ends as soon as it does). It runs no
-    /// done-callback on the calling thread.
+    /// after which the future ends as soon as it does). The done-callbacks
+    /// of a task killed while it ran run on the pool's thread, never on
+    /// this one; those of a task stopped before it started run on this
+    /// thread before `kill` returns, as [`cancel`](Self::cancel)'s do.
     /// Returns false if the task had already finished, or if another stop
     /// came first (an earlier `kill`, its time limit, a shutdown), whose
     /// outcome the future keeps.
@@ -855,15 +858,21 @@ impl<R: Send + 'static> Future<R> {
     /// one is left to finish. Between [`cancel`](Self::cancel), which
     /// reaches only tasks still in the parent, and [`kill`](Self::kill):
     /// what a scheduler wants when it no longer needs a result but would
-    /// not lose the work under way. Returns true if it withdrew the task.
+    /// not lose the work under way. Returns true if it withdrew the task;
+    /// false if it runs or ended, and also, rarely, for a task waiting in a
+    /// worker's ring behind another task withdrawn a moment before that the
+    /// worker has yet to skip (a worker skips one withdrawn task at a
+    /// time): that one then runs. A withdrawn task's done-callbacks run on
+    /// this thread before `withdraw` returns, as [`cancel`](Self::cancel)'s
+    /// do.
     ///
     /// ```
     /// let ex = loky::ProcessPoolExecutor::builder().max_workers(1).build()?;
     /// let nap = |ms: u64| std::thread::sleep(std::time::Duration::from_millis(ms));
-    /// let first = ex.submit(nap, 100)?;
+    /// let first = ex.submit(nap, 300)?;
     /// let second = ex.submit(nap, 100)?; // waits in the worker's ring
-    /// while !first.running() || !second.running() {
-    ///     std::thread::yield_now();
+    /// while !second.running() {
+    ///     std::thread::yield_now(); // until handed to the worker
     /// }
     /// assert!(!second.cancel(), "in the worker already");
     /// assert!(second.withdraw());

@@ -20,12 +20,13 @@ const CHUNKS_PER_WORKER: usize = 2;
 /// included, while its oldest chunk is slow: it yields in input order, so
 /// the later chunks that finish meanwhile wait to be read; up to this many
 /// times the window, they make room for new chunks, so that one slow chunk
-/// does not leave the other workers idle at once. Sixteen: a worker goes
-/// on for 32 chunks (about 150 ms of automatic 5 ms chunks) behind a slow
-/// one; four left the other worker idle for most of a 100 ms item among
-/// 1 ms ones. (Memory: as many chunks of results, not read yet: for `u64`
-/// results of automatic chunks, 8 MiB per worker.)
-const REORDER: usize = 16;
+/// does not leave the other workers idle at once. Eight: a worker goes on
+/// for 16 chunks (about 80 ms of automatic 5 ms chunks) behind a slow one;
+/// four left the other worker idle for most of a 100 ms item among 1 ms
+/// ones. Not more: the results held are bounded by this count alone, not
+/// by their bytes (for `u64` results of automatic chunks, 4 MiB per
+/// worker).
+const REORDER: usize = 8;
 /// The longest a map sleeps between looks at its chunks while none has
 /// finished: every chunk that finishes wakes it, so this only bounds the
 /// cost of a wake-up that would go missing.
@@ -70,7 +71,7 @@ impl ProcessPoolExecutor {
     /// Lazy: nothing is read or submitted before the first `next()`, at
     /// most `2 × max_workers` chunks run or wait in the workers, and at most
     /// that many are held in all, but for an ordered map whose oldest chunk
-    /// still runs when later ones finish: then up to 16 times as many,
+    /// still runs when later ones finish: then up to 8 times as many,
     /// finished ones waiting to be read in order (and a few more while
     /// [`Map::isolate_crashes`] splits a crashed one), so a map over millions
     /// of items (or an endless iterator) uses bounded memory: its peak
@@ -79,7 +80,7 @@ impl ProcessPoolExecutor {
     /// fixes the size; by default it adapts to the measured duration of the
     /// tasks (see there). Results come in input order: while a chunk much
     /// slower than the others runs, the workers go on with the chunks after
-    /// it until 4 × 2 × `max_workers` chunks are held, then may idle;
+    /// it until 8 × 2 × `max_workers` chunks are held, then may idle;
     /// [`map_unordered`](Self::map_unordered) does not wait for the oldest
     /// chunk. Either way the chunk a worker already holds behind a slow one
     /// waits for it, even while other workers idle, and can reach the map's

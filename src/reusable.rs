@@ -191,6 +191,7 @@ mod tests {
             .hard_memory_limit(1 << 40)
             .pin(crate::Pinning::Cores)
             .arena_limit(1 << 20)
+            .keep_freed_memory(Duration::from_secs(9))
             .get()
             .unwrap();
         let c = &ex.pool().config;
@@ -200,6 +201,7 @@ mod tests {
         assert_eq!(c.hard_memory_limit, Some(1 << 40));
         assert_eq!(c.pin, crate::Pinning::Cores);
         assert_eq!(c.arena_limit, Some(1 << 20));
+        assert_eq!(c.keep_freed, Duration::from_secs(9));
     }
 
     #[test]

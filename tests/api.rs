@@ -129,14 +129,14 @@ fn map_over_a_million_items_keeps_bounded_in_flight() {
         assert_eq!(r.unwrap(), count ^ 1);
         count += 1;
         max_ahead = max_ahead.max(pulled.load(Ordering::Relaxed) - count as usize);
-        // 2 workers x 2 chunks running or waiting in them, and up to 16
+        // 2 workers x 2 chunks running or waiting in them, and up to 8
         // times that held in all (finished ones waiting to be read).
-        assert!(it.chunks_in_flight() <= 64);
+        assert!(it.chunks_in_flight() <= 32);
     }
     assert_eq!(count, 1_000_000);
-    // 64 chunks x 1000 items, plus the chunk being consumed.
+    // 32 chunks x 1000 items, plus the chunk being consumed.
     assert!(
-        max_ahead <= 65 * 1000,
+        max_ahead <= 33 * 1000,
         "input read {max_ahead} items ahead of the consumer"
     );
 }
@@ -776,7 +776,7 @@ fn a_wait_over_two_pools_wakes_for_the_first_finish_in_either() {
     a.submit(sleep_ms, 0).unwrap().result().unwrap();
     b.submit(sleep_ms, 0).unwrap().result().unwrap();
     let mut late = Vec::new();
-    for _ in 0..5 {
+    for _ in 0..8 {
         let slow = a.submit(sleep_ms, 300).unwrap();
         let quick = b.submit(sleep_ms, 20).unwrap();
         let start = Instant::now();
@@ -784,14 +784,15 @@ fn a_wait_over_two_pools_wakes_for_the_first_finish_in_either() {
         let r = wait(&both, Some(HANG), ReturnWhen::FirstCompleted);
         let took = start.elapsed();
         assert_eq!(r.done, vec![1]);
-        if took > Duration::from_millis(80) {
+        if took > Duration::from_millis(60) {
             late.push(took);
         }
         slow.result().unwrap();
     }
-    // One late round is load on a shared machine; more is the lost wake.
+    // A late round or two is load on a shared machine; more is the lost
+    // wake (it made 6 rounds in 8 wait out the 100 ms nap).
     assert!(
-        late.len() <= 1,
+        late.len() <= 2,
         "waits that overslept the 20 ms task: {late:?}"
     );
 }
@@ -829,16 +830,29 @@ fn a_map_read_in_a_done_callback_keeps_its_pace() {
     );
 }
 
-/// `kill` waits for the outcome without running done-callbacks on the
-/// killing thread: a scheduler kills under the lock of its task table,
-/// and each task's callback takes that lock to remove it.
+/// Writes `path`, then sleeps `ms`.
+fn mark_then_sleep_ms((path, ms): (String, u64)) -> u64 {
+    std::fs::write(path, b"started").unwrap();
+    sleep_ms(ms)
+}
+
+/// `kill` of a running task waits for the outcome without running
+/// done-callbacks on the killing thread: a scheduler kills under the lock
+/// of its task table, and each task's callback takes that lock to remove
+/// it. (A task stopped before it started runs its callbacks on the
+/// stopping thread, as `concurrent.futures`' `cancel` does.)
 #[test]
-fn kill_runs_no_done_callback_on_the_killing_thread() {
+fn killing_a_running_task_runs_no_done_callback_on_the_killing_thread() {
     let ex = pool(1);
     let table = Arc::new(std::sync::Mutex::new(0u32));
+    let marker = std::env::temp_dir().join(format!("loky-kill-cb-{}", std::process::id()));
     for _ in 0..5 {
-        let f = ex.submit(sleep_ms, 10_000).unwrap();
-        wait_running(&f);
+        let _ = std::fs::remove_file(&marker);
+        let path = marker.to_string_lossy().into_owned();
+        let f = ex.submit(mark_then_sleep_ms, (path, 10_000)).unwrap();
+        while !marker.exists() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
         let (tx, rx) = mpsc::channel();
         let t = table.clone();
         f.add_done_callback(move |_| {
@@ -861,6 +875,7 @@ fn kill_runs_no_done_callback_on_the_killing_thread() {
         let ran_on = rx.recv_timeout(HANG).expect("the callback ran");
         assert_ne!(ran_on, killer_id, "the callback ran inside kill()");
     }
+    let _ = std::fs::remove_file(&marker);
     assert_eq!(*table.lock().unwrap(), 5);
 }
 

@@ -143,16 +143,18 @@ impl loky::Payload for Unreadable {
 fn map_shared_spreads_a_small_array_over_every_worker() {
     bounded(60, || {
         let ex = pool(2);
-        // Both workers up: the two chunks go to the two idle workers.
-        let warm: Vec<_> = (0..2)
-            .map(|_| ex.submit(|ms: u64| std::thread::sleep(Duration::from_millis(ms)), 50))
-            .collect::<Result<_, _>>()
-            .unwrap();
-        for w in warm {
-            w.result().unwrap();
-        }
-        while ex.stats().workers_alive < 2 {
-            std::thread::sleep(Duration::from_millis(5));
+        // Both workers up and ready (two tasks at once ran on two of
+        // them): the two chunks then go to the two idle workers.
+        let pid_after = |ms: u64| {
+            std::thread::sleep(Duration::from_millis(ms));
+            std::process::id()
+        };
+        loop {
+            let pair: Vec<_> = (0..2).map(|_| ex.submit(pid_after, 30).unwrap()).collect();
+            let pids: Vec<u32> = pair.into_iter().map(|f| f.result().unwrap()).collect();
+            if pids[0] != pids[1] {
+                break;
+            }
         }
         let params = SharedVec::from_iter_in(&ex, 0..10u32).unwrap();
         let simulate = |_: u32| -> u32 {

@@ -85,7 +85,10 @@ impl Doorbell {
         // SYNC POINT: Release so a consumer that observes the new `seq` in
         // `announce_sleep` (Acquire) also observes the published message.
         self.seq.fetch_add(1, Release);
-        self.futex_wake();
+        // One sleeper: any consumer takes every message there is (the
+        // others would wake to find nothing), and a late one finds `seq`
+        // moved and does not sleep.
+        self.futex_wake(1);
         true
     }
 
@@ -94,7 +97,7 @@ impl Doorbell {
     pub fn wake_all(&self) {
         // SYNC POINT: as in `ring`.
         self.seq.fetch_add(1, Release);
-        self.futex_wake();
+        self.futex_wake(i32::MAX as u32);
     }
 
     /// Number of consumers currently counted as awake.
@@ -188,12 +191,12 @@ impl SleepToken<'_> {
 #[cfg(not(loom))]
 impl Doorbell {
     /// `FUTEX_WAKE` on `seq`, every waiter.
-    fn futex_wake(&self) {
+    /// Wakes up to `count` sleepers: an `int` to the kernel, where
+    /// `i32::MAX` is every one (`u32::MAX` would read as -1, and wake one).
+    fn futex_wake(&self, count: u32) {
         // A failed wake (EFAULT cannot happen on a valid reference) is not
-        // actionable: the sleeper's timeout will find the message. The count
-        // is an `int` to the kernel: `i32::MAX` wakes every sleeper
-        // (`u32::MAX` would read as -1, and wake one).
-        let _ = futex::wake(&self.seq, futex::Flags::empty(), i32::MAX as u32);
+        // actionable: the sleeper's timeout will find the message.
+        let _ = futex::wake(&self.seq, futex::Flags::empty(), count);
     }
 
     /// `FUTEX_WAIT` on `seq` while it still equals `expected`.
@@ -219,9 +222,13 @@ struct ModelFutex {
 
 #[cfg(loom)]
 impl Doorbell {
-    fn futex_wake(&self) {
+    fn futex_wake(&self, count: u32) {
         let _bucket = self.futex.bucket.lock().unwrap_or_else(|e| e.into_inner());
-        self.futex.queue.notify_all();
+        if count == 1 {
+            self.futex.queue.notify_one();
+        } else {
+            self.futex.queue.notify_all();
+        }
     }
 
     /// Never times out (loom has no time): a lost wake-up is a deadlock,
