@@ -837,11 +837,12 @@ impl<R: Send + 'static> Future<R> {
     /// would, since that could run other tasks' done-callbacks on this
     /// thread, a user's, which may hold a lock they take (the pool's
     /// manager runs them). On one of the pool's own threads nobody else
-    /// would publish it: there it waits as [`Future::result`] does.
+    /// would publish it: there it drains the pool, as [`Future::result`]
+    /// does.
     fn settle_after_kill(&self, deadline: Instant) {
-        let pool = self.pool();
-        if crate::pool::own_pool().is_some() || pool.as_ref().is_some_and(|p| p.on_pool_thread()) {
-            self.wait_done(Some(deadline));
+        let pools: Vec<Arc<Pool>> = self.pool().into_iter().collect();
+        let done = || self.cell.task.is_done();
+        if crate::pool::drain_if_pool_thread(&pools, done, Some(deadline)).is_some() {
             return;
         }
         let notify = Arc::new(Notify::default());

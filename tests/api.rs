@@ -830,12 +830,6 @@ fn a_map_read_in_a_done_callback_keeps_its_pace() {
     );
 }
 
-/// Writes `path`, then sleeps `ms`.
-fn mark_then_sleep_ms((path, ms): (String, u64)) -> u64 {
-    std::fs::write(path, b"started").unwrap();
-    sleep_ms(ms)
-}
-
 /// `kill` of a running task waits for the outcome without running
 /// done-callbacks on the killing thread: a scheduler kills under the lock
 /// of its task table, and each task's callback takes that lock to remove
@@ -845,12 +839,14 @@ fn mark_then_sleep_ms((path, ms): (String, u64)) -> u64 {
 fn killing_a_running_task_runs_no_done_callback_on_the_killing_thread() {
     let ex = pool(1);
     let table = Arc::new(std::sync::Mutex::new(0u32));
-    let marker = std::env::temp_dir().join(format!("loky-kill-cb-{}", std::process::id()));
+    // Never opened: the task runs until it is killed.
+    let hold = Gate::closed("kill-cb-hold");
     for _ in 0..5 {
-        let _ = std::fs::remove_file(&marker);
-        let path = marker.to_string_lossy().into_owned();
-        let f = ex.submit(mark_then_sleep_ms, (path, 10_000)).unwrap();
-        while !marker.exists() {
+        let started = Gate::closed("kill-cb-started");
+        let f = ex
+            .submit(support::mark_start_then_wait, (started.path(), hold.path()))
+            .unwrap();
+        while !started.is_open() {
             std::thread::sleep(Duration::from_millis(1));
         }
         let (tx, rx) = mpsc::channel();
@@ -875,7 +871,6 @@ fn killing_a_running_task_runs_no_done_callback_on_the_killing_thread() {
         let ran_on = rx.recv_timeout(HANG).expect("the callback ran");
         assert_ne!(ran_on, killer_id, "the callback ran inside kill()");
     }
-    let _ = std::fs::remove_file(&marker);
     assert_eq!(*table.lock().unwrap(), 5);
 }
 

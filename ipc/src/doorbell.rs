@@ -190,9 +190,8 @@ impl SleepToken<'_> {
 
 #[cfg(not(loom))]
 impl Doorbell {
-    /// `FUTEX_WAKE` on `seq`, every waiter.
-    /// Wakes up to `count` sleepers: an `int` to the kernel, where
-    /// `i32::MAX` is every one (`u32::MAX` would read as -1, and wake one).
+    /// `FUTEX_WAKE` on `seq` for up to `count` sleepers, an `int` to the
+    /// kernel: `i32::MAX` is every one (`u32::MAX` would read as -1).
     fn futex_wake(&self, count: u32) {
         // A failed wake (EFAULT cannot happen on a valid reference) is not
         // actionable: the sleeper's timeout will find the message.

@@ -480,8 +480,9 @@ impl WorkerLoop<'_> {
 /// reuses the pages of the previous one: without this, every such
 /// allocation is a fresh mapping whose page faults cost several times the
 /// copy into it. The trade-off: a worker holds on to its peak heap while
-/// busy, and gives it back after `keep_freed_memory` without work (see
-/// [`ProcessPoolExecutorBuilder::keep_freed_memory`](crate::ProcessPoolExecutorBuilder::keep_freed_memory)). Not applied
+/// busy, and gives it back after
+/// [`keep_freed_memory`](crate::ProcessPoolExecutorBuilder::keep_freed_memory)
+/// without work. Not applied
 /// when the pool has a `memory_limit` or a `hard_memory_limit`: memory the
 /// worker keeps would count against them (and fragmentation of a heap that
 /// is never trimmed could reach a hard limit sooner), so such workers free

@@ -97,6 +97,13 @@ impl Gate {
     pub(crate) fn open(&self) {
         std::fs::write(&self.0, b"open").expect("open the gate");
     }
+
+    /// Whether it was opened, here or by a task (the `started` file of
+    /// [`mark_start_then_wait`]).
+    #[allow(dead_code)] // not every test binary uses every helper
+    pub(crate) fn is_open(&self) -> bool {
+        self.0.exists()
+    }
 }
 
 impl Drop for Gate {
