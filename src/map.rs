@@ -38,9 +38,12 @@ const TARGET_CHUNK: Duration = Duration::from_millis(5);
 /// overhead is already far below the per-item cost, and a larger chunk only
 /// delays the first results and holds more memory.
 const MAX_AUTO_CHUNK: usize = 1 << 15;
-/// Tapered chunks at the end of a known-length input stay at least
-/// `auto / TAPER_FLOOR_DIVISOR` items.
+/// Tapered chunks at the end of a known-length input keep at least
+/// `1 / TAPER_FLOOR_DIVISOR` of the target's work (see [`taper_floor`]).
 const TAPER_FLOOR_DIVISOR: usize = 8;
+/// Automatic chunks may grow at once to the items that would take
+/// `TARGET_CHUNK / QUICK_DIVISOR` (see [`next_auto`]).
+const QUICK_DIVISOR: u32 = 16;
 /// An automatic chunk's encoded arguments stay within this fraction of the
 /// ring, so the chunks in flight of a worker travel inline in its ring
 /// (messages over half the ring take a spill buffer instead)
@@ -212,6 +215,9 @@ pub struct Map<F, A, R, I> {
     fixed: Option<usize>,
     /// Items per chunk learned from the measured task durations.
     auto: usize,
+    /// Items that would take [`TARGET_CHUNK`] by the latest measure, before
+    /// any cap (0 until a chunk was measured).
+    ideal: usize,
     /// Largest chunk whose encoded arguments fit the byte budget (learned
     /// from the size of the chunks sent so far).
     byte_cap: usize,
@@ -274,6 +280,7 @@ where
             exhausted: false,
             fixed: None,
             auto: 1,
+            ideal: 0,
             byte_cap: usize::MAX,
             largest: 0,
             window: VecDeque::new(),
@@ -301,12 +308,16 @@ where
     /// the workers measure: each finished chunk reports how long it ran, and
     /// the next chunks aim at **5 ms** of work each (at most 32 768 items,
     /// and at most a quarter of the ring in encoded arguments). Chunking
-    /// starts at one item per chunk and grows at most 16× per measurement
-    /// (durations are noisy: a chunk measured too fast is at most 16 times
-    /// too long), and shrinks at once when items turn out slower. When the input's length is known (an exact
+    /// starts at one item per chunk and grows per measurement at most 16×,
+    /// or to what would take a sixteenth of the target (durations are noisy:
+    /// a chunk measured too fast is at most 16 times too long, or its items
+    /// were far cheaper than the next ones), and shrinks at once when items
+    /// turn out slower. When the input's length is known (an exact
     /// [`size_hint`](Iterator::size_hint)), the last chunks also shrink so
     /// that the remaining items spread over all the chunks in flight, and
-    /// every worker finishes at about the same time.
+    /// every worker finishes at about the same time; not below an eighth of
+    /// the target's work (cheap items capped at 32 768 per chunk do not
+    /// shrink).
     ///
     /// Why 5 ms and not joblib's 0.2-2 s batches: joblib sizes its batches
     /// to hide a pickle and a pipe round trip each, milliseconds in Python.
@@ -521,12 +532,12 @@ where
         // Near the end of a known-length input, spread what is left over
         // all the chunks in flight (guided self-scheduling), so no worker
         // is left with a long last chunk while the others idle.
-        // Not below an eighth of the target (about 0.6 ms of work): tiny
-        // tail chunks would cost more in per-chunk overhead than they save
-        // in balance.
+        // Not below an eighth of the target (about 0.6 ms of work, see
+        // `taper_floor`): tiny tail chunks would cost more in per-chunk
+        // overhead than they save in balance.
         if let (remaining, Some(hi)) = self.input.size_hint() {
             if remaining == hi && remaining > 0 {
-                let floor = (self.auto / TAPER_FLOOR_DIVISOR).max(1);
+                let floor = taper_floor(self.auto, self.ideal);
                 n = n.min(remaining.div_ceil(max_chunks).max(floor));
             }
         }
@@ -829,12 +840,9 @@ where
             return;
         }
         let per_item = (ns as f64 / chunk.len as f64).max(1.0);
-        let ideal = (TARGET_CHUNK.as_nanos() as f64 / per_item) as usize;
-        // Grow at most 16x per step (durations are noisy), shrink at once.
-        // Growth takes one window of chunks per step: from 1 item to the
-        // 32 768 cap in 4 steps rather than 8 at 4x, which is most of a
-        // short map of cheap items.
-        self.auto = ideal.clamp(1, (self.auto * 16).min(MAX_AUTO_CHUNK));
+        // Growth takes one window of chunks per step, which is most of a
+        // short map of cheap items: see `next_auto` for how fast.
+        (self.auto, self.ideal) = next_auto(self.auto, per_item);
     }
 
     /// Makes the finished chunk taken from position `pos` of the window
@@ -1131,11 +1139,47 @@ impl<R> Ready<R> {
     }
 }
 
+/// The automatic chunk size after a chunk of `auto` items (the current
+/// size) that took `per_item_ns` nanoseconds per item, and the ideal size
+/// (items that would take [`TARGET_CHUNK`], uncapped).
+///
+/// The next chunk aims at [`TARGET_CHUNK`], within [`MAX_AUTO_CHUNK`], and
+/// grows at most to 16 times `auto` or to the items that would take a
+/// sixteenth of the target ([`QUICK_DIVISOR`]), whichever is more:
+/// durations are noisy, and a few items say little about the rest, so a
+/// chunk grows in steps; but a chunk of cheap items that took microseconds
+/// (its per-chunk costs, mostly) may grow at once to a fraction of a
+/// millisecond. From one item to the cap took 4 steps of 16x; now 2 or 3.
+/// It shrinks at once.
+fn next_auto(auto: usize, per_item_ns: f64) -> (usize, usize) {
+    let target = TARGET_CHUNK.as_nanos() as f64;
+    let ideal = (target / per_item_ns) as usize;
+    let quick = (target / f64::from(QUICK_DIVISOR) / per_item_ns) as usize;
+    let most = auto.saturating_mul(16).max(quick).min(MAX_AUTO_CHUNK);
+    (ideal.clamp(1, most), ideal)
+}
+
+/// The smallest chunk near the end of a known-length input, for chunks of
+/// `auto` items when `ideal` items would take [`TARGET_CHUNK`] (0: not
+/// measured yet).
+///
+/// Tapering spreads the last items over all the workers so that none is
+/// left with a long last chunk; a chunk costs a round trip whatever its
+/// size, so a tapered chunk keeps at least an eighth of the target's
+/// worth of work: `auto / 8` items when chunks are sized by their time,
+/// and no tapering at all when `auto` items take less than that (cheap
+/// items, their chunks capped by [`MAX_AUTO_CHUNK`] or the ring): the
+/// imbalance it could save is smaller than the round trips it costs.
+fn taper_floor(auto: usize, ideal: usize) -> usize {
+    let eighth = (auto / TAPER_FLOOR_DIVISOR).max(ideal / TAPER_FLOOR_DIVISOR);
+    auto.min(eighth).max(1)
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
 
-    use super::MAX_AUTO_CHUNK;
+    use super::{next_auto, taper_floor, MAX_AUTO_CHUNK};
     use crate::ProcessPoolExecutor;
 
     fn slow(x: u64) -> u64 {
@@ -1177,6 +1221,36 @@ mod tests {
                 "1 ms items, unordered: largest chunk {n}"
             );
         }
+    }
+
+    #[test]
+    fn automatic_chunks_grow_in_steps_and_shrink_at_once() {
+        // One item in 10 µs (mostly the chunk's own costs): the next chunk
+        // may take a sixteenth of the 5 ms target, 31 items (16x would be 16).
+        assert_eq!(next_auto(1, 10_000.0), (31, 500));
+        // One item in 200 µs: 16x, though the target would allow 25.
+        assert_eq!(next_auto(1, 200_000.0), (16, 25));
+        // One item in 1 ms: 5 items make the target, no more.
+        assert_eq!(next_auto(1, 1e6), (5, 5));
+        // Nanoseconds per item: up to the cap, whatever the growth allows.
+        assert_eq!(next_auto(3900, 3.0).0, MAX_AUTO_CHUNK);
+        // 80 ns per item: a sixteenth of the target, 3906 (16x: 576).
+        assert_eq!(next_auto(36, 80.0), (3906, 62_500));
+        // Slower than measured before: shrinks at once, at least 1 item.
+        assert_eq!(next_auto(MAX_AUTO_CHUNK, 1e6), (5, 5));
+        assert_eq!(next_auto(100, 1e9), (1, 0));
+    }
+
+    #[test]
+    fn tapering_stops_where_it_would_cost_more_than_it_saves() {
+        // Not measured yet, or sized by time: an eighth of the chunk.
+        assert_eq!(taper_floor(4096, 0), 512);
+        assert_eq!(taper_floor(4096, 4096), 512);
+        assert_eq!(taper_floor(5, 5), 1);
+        // Capped far below the target: no tapering.
+        assert_eq!(taper_floor(MAX_AUTO_CHUNK, 1_000_000), MAX_AUTO_CHUNK);
+        // In between: an eighth of the target's items.
+        assert_eq!(taper_floor(MAX_AUTO_CHUNK, 80_000), 10_000);
     }
 
     #[test]
