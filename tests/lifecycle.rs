@@ -388,6 +388,31 @@ fn max_tasks_per_child_recycles_workers() {
 }
 
 #[test]
+fn max_tasks_per_child_holds_for_a_burst_of_tasks() {
+    // Submitted at once, tasks wait in the workers' rings (prefetch): a
+    // worker must not be handed one past its last.
+    for (workers, n) in [(1, 1), (1, 3), (2, 2)] {
+        let ex = ProcessPoolExecutor::builder()
+            .max_workers(workers)
+            .max_tasks_per_child(n)
+            .build()
+            .unwrap();
+        let futures: Vec<_> = (0..12).map(|_| ex.submit(pid, ()).unwrap()).collect();
+        let mut per_worker = std::collections::BTreeMap::<u32, u64>::new();
+        for f in futures {
+            *per_worker
+                .entry(f.result_timeout(HANG).unwrap())
+                .or_default() += 1;
+        }
+        assert!(
+            per_worker.values().all(|&ran| ran <= n),
+            "{workers} workers, max_tasks_per_child({n}): tasks per worker {per_worker:?}"
+        );
+        assert_eq!(per_worker.values().sum::<u64>(), 12);
+    }
+}
+
+#[test]
 fn memory_limit_retires_a_worker_that_grew() {
     let ex = ProcessPoolExecutor::builder()
         .max_workers(1)

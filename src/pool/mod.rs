@@ -232,6 +232,9 @@ pub(crate) struct State {
     /// Whether a worker gets its next task while it runs one
     /// (`ProcessPoolExecutorBuilder::prefetch`).
     prefetch: bool,
+    /// `ProcessPoolExecutorBuilder::max_tasks_per_child`: a worker is given
+    /// no more tasks than that in all, so none runs one past its limit.
+    max_tasks_per_child: Option<u64>,
     /// Per-task time limits (`submit_with_timeout`), checked by the manager.
     deadlines: deadlines::Deadlines,
     pub(crate) stats: crate::stats::Counters,
@@ -327,6 +330,7 @@ impl Pool {
                 want: config.max_workers,
                 max_workers: config.max_workers,
                 prefetch: config.prefetch,
+                max_tasks_per_child: config.max_tasks_per_child,
                 workers: (0..slots).map(|_| None).collect(),
                 generations: vec![0; slots as usize],
                 had_worker: vec![false; slots as usize],
@@ -713,21 +717,28 @@ impl Pool {
             // first task (imports, caches and the like are not a leak).
             let rss = u64::from(hdr.rss_kib) * 1024;
             let baseline = *w.rss_baseline.get_or_insert(rss);
-            let retire = self
+            let by_count = self
                 .config
                 .max_tasks_per_child
-                .is_some_and(|n| w.tasks_done >= n)
-                || self
-                    .config
-                    .memory_limit
-                    .is_some_and(|limit| rss.saturating_sub(baseline) > limit);
-            if retire && !w.exiting {
-                tracing::warn!(
-                    pid = w.pid,
-                    tasks = w.tasks_done,
-                    rss_kib = hdr.rss_kib,
-                    "retiring worker (max_tasks_per_child or memory_limit reached); a new one replaces it"
-                );
+                .is_some_and(|n| w.tasks_done >= n);
+            let growth = rss.saturating_sub(baseline);
+            let by_memory = self.config.memory_limit.is_some_and(|limit| growth > limit);
+            if (by_count || by_memory) && !w.exiting {
+                // Routine recycling, asked for: not a warning.
+                if by_memory {
+                    tracing::info!(
+                        pid = w.pid,
+                        tasks = w.tasks_done,
+                        growth_kib = growth / 1024,
+                        "retiring worker: it grew past memory_limit since its first task; a new one replaces it"
+                    );
+                } else {
+                    tracing::debug!(
+                        pid = w.pid,
+                        tasks = w.tasks_done,
+                        "retiring worker: it ran max_tasks_per_child tasks; a new one replaces it"
+                    );
+                }
                 w.exiting = true;
                 w.send_exit();
             }
@@ -1461,7 +1472,9 @@ impl State {
         let mut best: Option<(usize, usize)> = None;
         for (i, w) in self.workers.iter().enumerate() {
             if let Some(w) = w {
-                if w.has_room(depth) && best.map_or(true, |(_, n)| w.in_flight.len() < n) {
+                if w.has_room(depth, self.max_tasks_per_child)
+                    && best.map_or(true, |(_, n)| w.in_flight.len() < n)
+                {
                     best = Some((i, w.in_flight.len()));
                 }
             }
@@ -1498,7 +1511,7 @@ impl State {
             let Some(w) = self.workers[i].as_ref() else {
                 return;
             };
-            if !w.has_room(depth) {
+            if !w.has_room(depth, self.max_tasks_per_child) {
                 return;
             }
             let Some(q) = self.queue.pop_front() else {
@@ -1664,12 +1677,18 @@ impl Worker {
             && !self.killed_by_us()
     }
 
-    /// Whether it takes one more task now, holding up to `depth`. Not while
-    /// a task it holds is withdrawn and not skipped yet: its slot's claim
-    /// word remembers one withdrawal, so the next task it could be asked to
-    /// withdraw waits for that skip.
-    fn has_room(&self, depth: usize) -> bool {
-        self.takes_work() && self.in_flight.len() < depth && self.withdrawn.is_none()
+    /// Whether it takes one more task now, holding up to `depth`, and up to
+    /// `max_tasks` in its life (those it ran and those it holds): a task
+    /// queued in its ring past its last would run before the exit message
+    /// that retires it. Not while a task it holds is withdrawn and not
+    /// skipped yet: its slot's claim word remembers one withdrawal, so the
+    /// next task it could be asked to withdraw waits for that skip.
+    fn has_room(&self, depth: usize, max_tasks: Option<u64>) -> bool {
+        let held = self.in_flight.len();
+        self.takes_work()
+            && held < depth
+            && max_tasks.map_or(true, |n| self.tasks_done.saturating_add(held as u64) < n)
+            && self.withdrawn.is_none()
     }
 
     /// Ends the in-flight tasks of this dead worker: returns those that
