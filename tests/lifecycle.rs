@@ -899,3 +899,50 @@ fn killing_a_running_task_runs_the_task_waiting_behind_it_again() {
     let s = ex.stats();
     assert_eq!((s.crashed, s.rerun, s.cancelled), (0, 1, 1), "{s:?}");
 }
+
+/// Set in the copy of this test binary that
+/// [`a_low_open_file_limit_still_starts_workers`] runs under a low limit.
+const LOW_NOFILE: &str = "LOKY_TEST_LOW_NOFILE";
+
+#[test]
+fn a_low_open_file_limit_still_starts_workers() {
+    if std::env::var_os(LOW_NOFILE).is_some() {
+        // The copy: a pool of 2 under a limit of 64 descriptors (a worker
+        // start moved descriptors to 512 and up, and failed below 513).
+        let ex = ProcessPoolExecutor::new(2).unwrap();
+        let sum: u64 = ex.map(|x: u64| x + 1, 0..100).map(|r| r.unwrap()).sum();
+        assert_eq!(sum, 5050);
+        assert_eq!(ex.stats().workers_alive, 2);
+        return;
+    }
+    use std::os::unix::process::CommandExt;
+    let mut copy = std::process::Command::new(std::env::current_exe().unwrap());
+    copy.args([
+        "--exact",
+        "a_low_open_file_limit_still_starts_workers",
+        "--test-threads=1",
+    ])
+    .env(LOW_NOFILE, "1");
+    // SAFETY: the closure runs in the forked child before exec and only
+    // makes one system call (async-signal-safe) on a local struct.
+    unsafe {
+        copy.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: 64,
+                rlim_max: 64,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = copy.output().unwrap();
+    assert!(
+        out.status.success(),
+        "the copy under `ulimit -n 64` failed: {}\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -5,7 +5,7 @@ use std::io;
 #[non_exhaustive]
 pub enum Error {
     /// A system call failed; `op` names it.
-    #[error("{op} failed: {source}")]
+    #[error("{op} failed: {source}{}", os_hint(source))]
     Os {
         /// The operation that failed, e.g. `memfd_create`.
         op: &'static str,
@@ -36,6 +36,18 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 pub(crate) trait OsContext<T> {
     fn os(self, op: &'static str) -> Result<T>;
+}
+
+/// What to do about an error that has a usual cause.
+fn os_hint(source: &io::Error) -> &'static str {
+    match source.raw_os_error() {
+        Some(libc::EMFILE) => {
+            " (this process reached its open-file limit, `ulimit -n` or RLIMIT_NOFILE: \
+             raise it, or use fewer pools or workers)"
+        }
+        Some(libc::ENFILE) => " (the system-wide open-file limit is reached)",
+        _ => "",
+    }
 }
 
 impl<T> OsContext<T> for std::result::Result<T, rustix::io::Errno> {

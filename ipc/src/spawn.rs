@@ -34,8 +34,42 @@ use std::path::Path;
 use crate::error::OsContext;
 use crate::{Error, PidFd, Result};
 
-/// Where the first descriptors are moved in the child before placing them.
-const SCRATCH_FD: RawFd = 512;
+/// Descriptor targets are below this.
+const MAX_TARGET: RawFd = 512;
+
+/// The steps of the child between `clone` and `execve` that can fail: the
+/// child reports the step and its `errno` through the error pipe, so that
+/// the parent names the call that failed.
+#[derive(Clone, Copy)]
+#[repr(u32)]
+enum Step {
+    Affinity = 1,
+    MoveFds = 2,
+    PlaceFds = 3,
+    DeathSignal = 4,
+    Exec = 5,
+}
+
+impl Step {
+    /// The call that failed, as the parent's error names it.
+    fn op(code: u32) -> &'static str {
+        match code {
+            c if c == Step::Affinity as u32 => "sched_setaffinity (in the new process)",
+            c if c == Step::MoveFds as u32 => "fcntl(F_DUPFD_CLOEXEC) (in the new process)",
+            c if c == Step::PlaceFds as u32 => "dup2 (in the new process)",
+            c if c == Step::DeathSignal as u32 => "prctl(PR_SET_PDEATHSIG) (in the new process)",
+            _ => "execve",
+        }
+    }
+}
+
+/// The 8 bytes the child writes to the error pipe: `step`, then `errno`.
+fn report(step: Step, errno: i32) -> [u8; 8] {
+    let mut out = [0u8; 8];
+    out[..4].copy_from_slice(&(step as u32).to_ne_bytes());
+    out[4..].copy_from_slice(&errno.to_ne_bytes());
+    out
+}
 
 /// CPUs [`Spawn::cpu`] can pin to are below this: what a `cpu_set_t`
 /// holds (`CPU_SETSIZE`).
@@ -90,7 +124,7 @@ impl<'a> Spawn<'a> {
     /// Makes `fd` appear in the child as descriptor number `target`
     /// (`3 <= target < 512`).
     pub fn fd(mut self, fd: BorrowedFd<'a>, target: RawFd) -> Result<Self> {
-        if !(3..SCRATCH_FD).contains(&target) || self.fds.iter().any(|&(_, t)| t == target) {
+        if !(3..MAX_TARGET).contains(&target) || self.fds.iter().any(|&(_, t)| t == target) {
             return Err(Error::Config(format!(
                 "descriptor target {target} invalid or taken"
             )));
@@ -152,6 +186,10 @@ impl<'a> Spawn<'a> {
         let parent = std::process::id() as libc::pid_t;
         let death_signal = self.death_signal.unwrap_or(0);
         let (devnull_raw, err_raw) = (devnull.as_raw_fd(), err_write.as_raw_fd());
+        // The child moves its descriptors above every target before placing
+        // them: just above, so that a low descriptor limit (`ulimit -n`)
+        // still leaves room.
+        let scratch = srcs.iter().map(|&(_, t)| t + 1).max().unwrap_or(3).max(3);
 
         let args = ChildArgs {
             cpu: cpu_set.as_ref(),
@@ -161,6 +199,7 @@ impl<'a> Spawn<'a> {
             srcs: &srcs,
             devnull: devnull_raw,
             err: err_raw,
+            scratch,
             death_signal,
             parent,
             ignored: &self.ignored,
@@ -177,7 +216,7 @@ impl<'a> Spawn<'a> {
             }
             e
         };
-        let mut buf = [0u8; 4];
+        let mut buf = [0u8; 8];
         let n = loop {
             match rustix::io::read(&err_read, &mut buf) {
                 Err(rustix::io::Errno::INTR) => continue,
@@ -187,13 +226,21 @@ impl<'a> Spawn<'a> {
         if n == 0 {
             return PidFd::open(pid as u32).map_err(abandon);
         }
-        // exec failed: reap the child, report its errno.
+        // A step before exec, or exec, failed: reap the child, report the
+        // step and its errno (written at once: a pipe write of 8 bytes is
+        // atomic).
         let mut status = 0;
         // SAFETY: plain waitpid on our own child.
         unsafe { libc::waitpid(pid, &mut status, 0) };
-        let errno = i32::from_ne_bytes(buf);
+        let [s0, s1, s2, s3, e0, e1, e2, e3] = buf;
+        let step = u32::from_ne_bytes([s0, s1, s2, s3]);
+        let errno = if n == buf.len() {
+            i32::from_ne_bytes([e0, e1, e2, e3])
+        } else {
+            libc::EIO
+        };
         Err(Error::Os {
-            op: "execve",
+            op: Step::op(step),
             source: std::io::Error::from_raw_os_error(errno),
         })
     }
@@ -229,6 +276,9 @@ struct ChildArgs<'a> {
     srcs: &'a [(RawFd, RawFd)],
     devnull: RawFd,
     err: RawFd,
+    /// The lowest number descriptors are moved to before placing them
+    /// (above every target).
+    scratch: RawFd,
     death_signal: i32,
     parent: libc::pid_t,
     ignored: &'a [i32],
@@ -291,8 +341,8 @@ extern "C" fn child_entry(arg: *mut libc::c_void) -> libc::c_int {
     unsafe {
         if let Some(set) = a.cpu {
             if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), set) != 0 {
-                let e = (*libc::__errno_location()).to_ne_bytes();
-                libc::write(a.err, e.as_ptr().cast(), 4);
+                let e = report(Step::Affinity, *libc::__errno_location());
+                libc::write(a.err, e.as_ptr().cast(), e.len());
                 libc::_exit(127);
             }
         }
@@ -317,6 +367,7 @@ unsafe fn child(a: &ChildArgs<'_>) -> ! {
         srcs,
         devnull,
         err,
+        scratch,
         death_signal,
         parent,
         ignored,
@@ -326,33 +377,37 @@ unsafe fn child(a: &ChildArgs<'_>) -> ! {
     unsafe {
         // Move the error pipe and every source above all targets. `fail`
         // writes to the moved pipe: a target may reuse the original number.
-        let err = libc::fcntl(err, libc::F_DUPFD_CLOEXEC, SCRATCH_FD);
-        if err < 0 {
-            libc::_exit(126);
+        let moved_err = libc::fcntl(err, libc::F_DUPFD_CLOEXEC, scratch);
+        if moved_err < 0 {
+            // Nothing was placed yet: the pipe is still at its number.
+            let e = report(Step::MoveFds, *libc::__errno_location());
+            libc::write(err, e.as_ptr().cast(), e.len());
+            libc::_exit(127);
         }
-        let fail = |what: i32| -> ! {
-            let e = what.to_ne_bytes();
-            libc::write(err, e.as_ptr().cast(), 4);
+        let err = moved_err;
+        let fail = |step: Step, errno: i32| -> ! {
+            let e = report(step, errno);
+            libc::write(err, e.as_ptr().cast(), e.len());
             libc::_exit(127)
         };
         let mut moved = [0 as RawFd; 16];
         if srcs.len() > moved.len() {
-            fail(libc::E2BIG);
+            fail(Step::MoveFds, libc::E2BIG);
         }
         for (i, &(src, _)) in srcs.iter().enumerate() {
-            let m = libc::fcntl(src, libc::F_DUPFD_CLOEXEC, SCRATCH_FD);
+            let m = libc::fcntl(src, libc::F_DUPFD_CLOEXEC, scratch);
             if m < 0 {
-                fail(*libc::__errno_location());
+                fail(Step::MoveFds, *libc::__errno_location());
             }
             moved[i] = m;
         }
         // stdin before the targets: a target may reuse `devnull`'s number.
         if libc::dup2(devnull, 0) < 0 {
-            fail(*libc::__errno_location());
+            fail(Step::PlaceFds, *libc::__errno_location());
         }
         for (i, &(_, target)) in srcs.iter().enumerate() {
             if libc::dup2(moved[i], target) < 0 {
-                fail(*libc::__errno_location());
+                fail(Step::PlaceFds, *libc::__errno_location());
             }
         }
         // Handlers were copied from the parent and would run on its memory:
@@ -386,14 +441,14 @@ unsafe fn child(a: &ChildArgs<'_>) -> ! {
                 0,
             ) != 0
             {
-                fail(*libc::__errno_location());
+                fail(Step::DeathSignal, *libc::__errno_location());
             }
             if libc::getppid() != parent {
                 libc::_exit(1);
             }
         }
         libc::execve(program.as_ptr(), argv.as_ptr(), envp.as_ptr());
-        fail(*libc::__errno_location())
+        fail(Step::Exec, *libc::__errno_location())
     }
 }
 
