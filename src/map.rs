@@ -170,6 +170,11 @@ struct Chunk<A, R> {
     /// behind a crashing chunk on a worker whose waiting tasks the pool
     /// does not run again ([`Map::split`]).
     resent: u8,
+    /// Whether [`Map::split_crashed_early`] looked at its outcome already.
+    looked_at: bool,
+    /// Whether [`Map::split`] was asked about it already (and left it
+    /// whole): by [`Map::split_crashed_early`], for a crash.
+    split_declined: bool,
 }
 
 impl<A, R: Send + 'static> Chunk<A, R> {
@@ -405,6 +410,10 @@ where
     /// arguments take over half the ring (a second copy of them would stay
     /// in memory while it runs), or that holds shared arrays, and every
     /// crashed chunk once the map's [`timeout`](Map::timeout) has passed.
+    /// A chunk is split as soon as the map sees its crash, also in an
+    /// ordered map that has yet to read it; its halves queue behind the
+    /// chunks already sent, so with a time limit and items that hang, they
+    /// may fail with [`Error::TimeLimit`] for want of a free worker.
     /// Splitting adds chunks in flight (the items in flight stay as many).
     /// A chunk's items are dropped once its outcomes are read, not once
     /// they are sent.
@@ -580,7 +589,48 @@ where
             // oldest or a later one: each makes room for a new chunk, and a
             // worker whose chunks are short must not wait long for its next.
             self.wait_for_any_chunk();
+            self.split_crashed_early();
             self.fill_up(true);
+        }
+    }
+
+    /// Splits, now, the crashed chunks behind the oldest of an ordered map
+    /// ([`Map::isolate_crashes`]), rather than when the reader gets to
+    /// them: while the oldest chunk is slow, the map goes on far past them,
+    /// and their halves should run before the chunks sent after them (with
+    /// a time limit, a crashed chunk not split by then fails whole, every
+    /// item with the crash).
+    fn split_crashed_early(&mut self) {
+        if !self.isolate {
+            return;
+        }
+        let mut pos = 1;
+        while pos < self.window.len() {
+            let chunk = &mut self.window[pos];
+            if chunk.looked_at || !chunk.is_done_now() {
+                pos += 1;
+                continue;
+            }
+            chunk.looked_at = true;
+            let crash = match &chunk.sent {
+                Ok(f) => f.exception(),
+                Err(_) => None,
+            };
+            let Some(crash @ Error::TerminatedWorker { .. }) = crash else {
+                pos += 1;
+                continue;
+            };
+            let Some(mut chunk) = self.window.remove(pos) else {
+                return;
+            };
+            if self.split(&mut chunk, &Err(crash), pos) {
+                // Its halves (or the chunk sent again) are at `pos`: they
+                // have yet to finish, the next look passes them.
+                continue;
+            }
+            chunk.split_declined = true;
+            self.window.insert(pos, chunk);
+            pos += 1;
         }
     }
 
@@ -723,6 +773,8 @@ where
             len,
             items: if keep { items } else { Vec::new() },
             resent: 0,
+            looked_at: false,
+            split_declined: false,
         };
         Ok((chunk, encoded))
     }
@@ -812,6 +864,8 @@ where
                 len,
                 items: Vec::new(),
                 resent: 0,
+                looked_at: false,
+                split_declined: false,
             },
         };
         self.splits_left -= 1;
@@ -853,7 +907,7 @@ where
     fn expand(&mut self, mut chunk: Chunk<A, R>, pos: usize) {
         // Wait first: the duration is known only once the chunk finished.
         let outcome = chunk.outcome();
-        if self.split(&mut chunk, &outcome, pos) {
+        if !chunk.split_declined && self.split(&mut chunk, &outcome, pos) {
             return;
         }
         self.adapt(&chunk);

@@ -1038,6 +1038,54 @@ fn a_map_with_automatic_chunks_isolates_frequent_crashes() {
     });
 }
 
+/// Aborts on items 1234 and 6234; from 20 000 on, sleeps a minute on one
+/// item in 2000.
+fn aborts_then_hangs(x: u64) -> u64 {
+    if x < 10_000 && x % 5000 == 1234 {
+        std::process::abort();
+    }
+    if x >= 20_000 && x % 2000 == 999 {
+        std::thread::sleep(Duration::from_secs(60));
+    }
+    x + 1
+}
+
+#[test]
+fn an_ordered_map_isolates_crashes_before_its_time_limit_falls() {
+    // The ordered map reads in input order, and goes on past a slow oldest
+    // chunk: it must split the crashed chunks it went past at once, not
+    // when it reads them. Split late, after the hanging items took both
+    // workers, they failed whole at the deadline: thousands of items that
+    // never crashed reported as TerminatedWorker.
+    bounded(|| {
+        let ex = pool(2);
+        let out: Vec<_> = ex
+            .map(aborts_then_hangs, 0..60_000u64)
+            .chunksize(1000)
+            .isolate_crashes()
+            .timeout(Duration::from_secs(5))
+            .collect();
+        assert_eq!(out.len(), 60_000);
+        // The hanging items take both workers until the deadline: what did
+        // not run by then fails with TimeLimit (split halves of a crashed
+        // chunk too, queued behind them), never with another item's crash.
+        for (i, r) in out.iter().enumerate() {
+            match r {
+                Ok(v) => assert_eq!(*v, i as u64 + 1),
+                Err(Error::TerminatedWorker { .. }) => {
+                    assert!(i == 1234 || i == 6234, "item {i} reported a crash")
+                }
+                Err(Error::TimeLimit) => {}
+                Err(e) => panic!("item {i}: {e}"),
+            }
+        }
+        assert!(
+            out[..1000].iter().all(|r| r.is_ok()),
+            "a crashed chunk split"
+        );
+    });
+}
+
 fn always_aborts(_: u64) -> u64 {
     std::process::abort();
 }
