@@ -62,6 +62,13 @@ pub(crate) struct Handle {
 
 impl Drop for Handle {
     fn drop(&mut self) {
+        if self.pool.forked() {
+            // A fork()ed child: the threads to join are not in this process,
+            // and the workers, rings and buffers are the parent's. Nothing
+            // of it is touched; the child's copy of the pool is left as is.
+            std::mem::forget(self.pool.clone());
+            return;
+        }
         self.pool.shutdown(true, false, false);
         // The process-wide large-message buffers this pool used give their
         // pages back (they are reserved again if another pool needs them).
@@ -189,6 +196,9 @@ impl ProcessPoolExecutor {
         deadline: Option<std::time::Instant>,
     ) -> Result<Future<R>> {
         let pool = self.pool();
+        if pool.forked() {
+            return Err(crate::pool::forked_error());
+        }
         let id = pool.next_id()?;
         let cell = Arc::new(Cell::new(TaskCell::new(id, Arc::downgrade(pool)), decode));
         let header = TaskHeader {

@@ -657,7 +657,7 @@ impl Canceller {
 /// [`Future::kill`] (with `kill`) or [`Canceller::withdraw`] of task `cell`
 /// of `pool`.
 fn stop(cell: &dyn Completion, pool: &Weak<Pool>, kill: bool) -> bool {
-    if cell.is_finished() {
+    if cell.is_finished() || pool.upgrade().is_some_and(|p| p.forked()) {
         return false;
     }
     if cancel(cell, pool) {
@@ -671,6 +671,10 @@ fn stop(cell: &dyn Completion, pool: &Weak<Pool>, kill: bool) -> bool {
 
 /// [`Future::cancel`] of task `cell` of `pool`.
 fn cancel(cell: &dyn Completion, pool: &Weak<Pool>) -> bool {
+    // In a fork()ed child the task and its worker are the parent's.
+    if pool.upgrade().is_some_and(|p| p.forked()) {
+        return false;
+    }
     let mut cancelled = cell.try_cancel();
     if !cancelled && !cell.is_finished() {
         // A refill marks a task running before it tries the worker's ring,
@@ -758,7 +762,10 @@ impl<R: Send + 'static> Future<R> {
     /// Blocks until finished; returns the error the task failed with, or
     /// `None` if it succeeded.
     pub fn exception(&self) -> Option<Error> {
-        self.wait_done(None);
+        if !self.wait_done(None) {
+            // Only in a fork()ed child (see `wait_until_reached`).
+            return Some(crate::pool::forked_error());
+        }
         lock(&self.cell.task.slot).error.clone()
     }
 
@@ -766,7 +773,7 @@ impl<R: Send + 'static> Future<R> {
     /// if the task has not finished in time.
     pub fn exception_timeout(&self, timeout: Duration) -> Result<Option<Error>> {
         if !self.wait_done(crate::wait::deadline_after(timeout)) {
-            return Err(Error::Timeout);
+            return Err(self.forked_or(Error::Timeout));
         }
         Ok(self.exception())
     }
@@ -998,7 +1005,7 @@ impl<R: Send + 'static> Future<R> {
             // Finished and given back by the done-callbacks, with the work
             // `wait_done` does for the pool meanwhile.
             if !self.wait_until_reached(true, deadline) {
-                return Err(Error::Timeout);
+                return Err(self.forked_or(Error::Timeout));
             }
             // `None`: a callback added meanwhile borrowed it: wait again.
             if let Some(r) = self.try_take(&mut lock(&self.cell.task.slot)) {
@@ -1048,6 +1055,11 @@ impl<R: Send + 'static> Future<R> {
         if self.reached(takeable) {
             return true;
         }
+        // In a fork()ed child nothing will finish it: the workers and the
+        // threads that read their results are the parent's.
+        if self.pool().is_some_and(|p| p.forked()) {
+            return false;
+        }
         self.block_until(
             || self.reached(takeable),
             deadline,
@@ -1056,6 +1068,16 @@ impl<R: Send + 'static> Future<R> {
                 (!self.listen_until(&notify, takeable)).then_some(notify)
             },
         )
+    }
+
+    /// `other`, or the error of a future waited on in a `fork()`ed child of
+    /// its pool's creator.
+    fn forked_or(&self, other: Error) -> Error {
+        if self.pool().is_some_and(|p| p.forked()) {
+            crate::pool::forked_error()
+        } else {
+            other
+        }
     }
 
     /// A notifier for [`block_until`](Self::block_until): one that wakes a
@@ -1083,7 +1105,9 @@ impl<R: Send + 'static> Future<R> {
         deadline: Option<Instant>,
         register: impl FnOnce() -> Option<Arc<Notify>>,
     ) -> bool {
-        if let Some(pool) = self.pool() {
+        // In a fork()ed child the rings are the parent's: never read them
+        // (a wait there sleeps until its deadline; nothing finishes).
+        if let Some(pool) = self.pool().filter(|p| !p.forked()) {
             if pool.spin_for_results(&done, deadline) {
                 return true;
             }

@@ -122,6 +122,8 @@ pub struct Arena {
     reserve: usize,
     map: OnceLock<MmapRaw>,
     state: Mutex<FreeList>,
+    /// The fork generation it was created in ([`crate::fork`]).
+    born: u64,
 }
 
 // SAFETY: the mapping is shared memory handed out as raw pointers to blocks;
@@ -171,6 +173,7 @@ impl Arena {
             reserve,
             map: OnceLock::new(),
             state: Mutex::new(FreeList::new(PAGE, reserve, (reserve / 8).min(RETAIN_MAX))),
+            born: crate::fork::generation(),
         })
     }
 
@@ -264,6 +267,13 @@ impl Arena {
         Ok(Block { offset, len })
     }
 
+    /// Whether this process is a `fork()`ed child of the one that created
+    /// the arena ([`crate::fork`]): its blocks are the parent's, and
+    /// [`Arena::free`] leaves them alone.
+    pub fn forked(&self) -> bool {
+        crate::fork::current() != self.born
+    }
+
     /// Returns a block to the arena.
     ///
     /// # Safety
@@ -272,6 +282,11 @@ impl Arena {
     /// and nothing (in any process) touches its bytes afterwards.
     pub unsafe fn free(&self, block: Block) {
         if block.len == 0 {
+            return;
+        }
+        // In a fork()ed child the file and its pages are the parent's:
+        // punching the block out would zero the parent's array. Leave it.
+        if self.forked() {
             return;
         }
         let Some((padded, _)) = padded_len(block.len) else {

@@ -33,6 +33,7 @@ pub mod claim;
 pub mod doorbell;
 mod error;
 pub mod fdpass;
+pub mod fork;
 pub mod lifeline;
 pub mod pidfd;
 mod range_set;

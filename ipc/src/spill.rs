@@ -189,11 +189,22 @@ struct Entry {
 }
 
 static POOL: Mutex<Vec<Entry>> = Mutex::new(Vec::new());
+/// The fork generation `POOL`'s buffers were created in ([`crate::fork`]).
+static POOL_BORN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 fn pool() -> MutexGuard<'static, Vec<Entry>> {
     // The pool's invariants hold between statements; a panic elsewhere
     // while it was held leaves nothing half-done.
-    POOL.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    let mut pool = POOL.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    // In a fork()ed child the pooled buffers are the parent's too: writing
+    // a message into one, or trimming it, would change a message the
+    // parent's peers may be reading. The child forgets them (their
+    // mappings stay, unused) and makes its own.
+    let now = crate::fork::generation();
+    if POOL_BORN.swap(now, Relaxed) != now {
+        std::mem::forget(std::mem::take(&mut *pool));
+    }
+    pool
 }
 
 /// The capacity given to a new buffer for a message of `len` bytes: some

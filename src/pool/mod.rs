@@ -286,6 +286,8 @@ pub(crate) struct Pool {
     /// The secret the grants of shared-array handles are keyed with
     /// (`crate::shared::wire`); its workers learn it at start.
     pub(crate) grant_key: crate::shared::GrantKey,
+    /// The fork generation the pool was created in (`loky_ipc::fork`).
+    born: u64,
     // Declared last: dropped after every Sender/Receiver borrowing it.
     region: Arc<Region>,
 }
@@ -298,7 +300,23 @@ impl std::fmt::Debug for Pool {
     }
 }
 
+/// The error for a pool used in a `fork()`ed child of its creator.
+pub(crate) fn forked_error() -> Error {
+    Error::BrokenProcessPool {
+        cause: "this executor was created before a fork(): in the forked child its workers, \
+                threads and queues are the parent's; create a new executor in the child"
+            .into(),
+    }
+}
+
 impl Pool {
+    /// Whether this process is a `fork()`ed child of the pool's creator:
+    /// its workers, threads and rings are the parent's, so it must not
+    /// submit, wait on the rings, or shut them down ([`forked_error`]).
+    pub(crate) fn forked(&self) -> bool {
+        loky_ipc::fork::current() != self.born
+    }
+
     pub(crate) fn start(config: Config) -> Result<Arc<Self>> {
         let depth = nesting_depth();
         if depth >= MAX_NESTING {
@@ -348,6 +366,7 @@ impl Pool {
             to_publish: Mutex::new(Staging::default()),
             staged: AtomicBool::new(false),
             region: Arc::new(region),
+            born: loky_ipc::fork::generation(),
             config,
         });
         let w = pool.clone();
@@ -1290,6 +1309,10 @@ impl Pool {
 
     /// Begins shutdown; see [`crate::ProcessPoolExecutor::shutdown`].
     pub(crate) fn shutdown(&self, wait: bool, cancel_futures: bool, kill_workers: bool) {
+        if self.forked() {
+            tracing::warn!("shutdown of an executor in a fork()ed child of its creator: ignored (its workers are the parent's)");
+            return;
+        }
         let mut dropped = Vec::new();
         {
             let mut st = self.state();

@@ -48,6 +48,9 @@ impl std::fmt::Debug for Allocation {
 impl Allocation {
     /// Allocates `bytes` bytes in `arena` (zeroed if asked).
     pub(crate) fn new(arena: &Arc<Arena>, bytes: usize, zeroed: bool) -> Result<Arc<Self>> {
+        if arena.forked() {
+            return Err(crate::pool::forked_error());
+        }
         let block = arena
             .allocate(bytes, zeroed)
             .map_err(|e| alloc_error(arena, bytes, e))?;
