@@ -383,6 +383,30 @@ pub struct ProcessPoolExecutorBuilder {
     keep_freed_memory: Option<Duration>,
 }
 
+/// An [`Error::InvalidConfig`] for an environment variable that cannot be
+/// passed to a process (see [`ProcessPoolExecutorBuilder::env`]).
+fn check_env(key: &OsString, value: &OsString) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let (k, v) = (key.as_bytes(), value.as_bytes());
+    let problem = if k.is_empty() {
+        Some("an empty name")
+    } else if k.contains(&b'=') {
+        Some("a name holding '='")
+    } else if k.contains(&0) {
+        Some("a name holding a NUL byte")
+    } else if v.contains(&0) {
+        Some("a value holding a NUL byte")
+    } else {
+        None
+    };
+    match problem {
+        Some(problem) => Err(Error::InvalidConfig(format!(
+            "env({key:?}, {value:?}): {problem} cannot be passed to a process"
+        ))),
+        None => Ok(()),
+    }
+}
+
 impl ProcessPoolExecutorBuilder {
     /// Number of worker processes (default: [`cpu_count`](crate::cpu_count),
     /// at most 4096). Zero, or more than 4096, is an
@@ -395,7 +419,10 @@ impl ProcessPoolExecutorBuilder {
     /// Sets an environment variable in every worker, on top of the parent's
     /// environment as it is when the pool is built (later changes to the
     /// parent's environment do not reach the workers). Setting the same
-    /// variable again replaces its value.
+    /// variable again replaces its value. A name that is empty or holds `=`
+    /// or a NUL byte, or a value with a NUL byte, is an
+    /// [`Error::InvalidConfig`] at `build` (as `std::env::set_var` would
+    /// panic on them).
     pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
         let (key, value) = (key.into(), value.into());
         // One value per variable, the last one given, kept in key order:
@@ -655,6 +682,9 @@ impl ProcessPoolExecutorBuilder {
                 other => other.to_string(),
             })
         })?;
+        for (key, value) in &self.env {
+            check_env(key, value)?;
+        }
         if self.max_tasks_per_child == Some(0) {
             return Err(Error::InvalidConfig(
                 "max_tasks_per_child must be at least 1".into(),

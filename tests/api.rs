@@ -1353,6 +1353,21 @@ fn bad_configuration_is_a_clear_error() {
     ] {
         assert!(matches!(bad.build(), Err(Error::InvalidConfig(_))));
     }
+    // Variables no process can be given: refused at build, not after three
+    // failed worker starts (a name with '=' was split silently).
+    for (key, value, problem) in [
+        ("A=B", "1", "'='"),
+        ("", "x", "empty"),
+        ("NUL\0K", "1", "NUL"),
+        ("OK", "nul\0v", "value holding a NUL"),
+    ] {
+        match ProcessPoolExecutor::builder().env(key, value).build() {
+            Err(e @ Error::InvalidConfig(_)) => {
+                assert!(e.to_string().contains(problem), "{e}")
+            }
+            other => panic!("env({key:?}, {value:?}): {other:?}"),
+        }
+    }
 }
 
 #[test]
