@@ -1,6 +1,7 @@
 //! `ProcessPoolExecutor` and its builder.
 
 use std::ffi::OsString;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -58,6 +59,17 @@ pub struct ProcessPoolExecutor {
 /// Shuts the pool down when the last executor handle goes away.
 pub(crate) struct Handle {
     pub(crate) pool: Arc<Pool>,
+    /// A `shutdown` without `wait` was asked for: the drop does not wait.
+    let_go: AtomicBool,
+}
+
+impl Handle {
+    fn new(pool: Arc<Pool>) -> Self {
+        Self {
+            pool,
+            let_go: AtomicBool::new(false),
+        }
+    }
 }
 
 impl Drop for Handle {
@@ -69,7 +81,8 @@ impl Drop for Handle {
             std::mem::forget(self.pool.clone());
             return;
         }
-        self.pool.shutdown(true, false, false);
+        self.pool
+            .shutdown(!self.let_go.load(Ordering::Relaxed), false, false);
         // The process-wide large-message buffers this pool used give their
         // pages back (they are reserved again if another pool needs them).
         loky_ipc::spill::trim(std::time::Duration::ZERO);
@@ -113,7 +126,7 @@ impl ProcessPoolExecutor {
     pub(crate) fn from_config(config: Config) -> Result<Self> {
         let pool = Pool::start(config)?;
         Ok(Self {
-            handle: Arc::new(Handle { pool }),
+            handle: Arc::new(Handle::new(pool)),
         })
     }
 
@@ -248,8 +261,25 @@ impl ProcessPoolExecutor {
     /// pool's own threads, `wait` is not honoured (that thread would wait
     /// for itself): the call returns at once and the pool closes behind it.
     /// Dropping the last handle to an executor is `shutdown(true, false,
-    /// false)`.
+    /// false)`, unless a `shutdown` without `wait` came first: then the drop
+    /// does not wait either (the workers finish what they hold behind it,
+    /// and end with this process if it exits first).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let ex = loky::ProcessPoolExecutor::new(1)?;
+    /// let slow = ex.submit(|ms: u64| std::thread::sleep(Duration::from_millis(ms)), 1000)?;
+    /// let start = std::time::Instant::now();
+    /// ex.shutdown(false, false, false);
+    /// drop(ex); // does not wait for the task
+    /// assert!(start.elapsed() < Duration::from_millis(500));
+    /// slow.result()?; // which still finishes
+    /// # Ok::<(), loky::Error>(())
+    /// ```
     pub fn shutdown(&self, wait: bool, cancel_futures: bool, kill_workers: bool) {
+        if !wait {
+            self.handle.let_go.store(true, Ordering::Relaxed);
+        }
         self.pool().shutdown(wait, cancel_futures, kill_workers);
     }
 
@@ -725,7 +755,7 @@ impl ProcessPoolExecutorBuilder {
     pub fn build(self) -> Result<ProcessPoolExecutor> {
         let pool = Pool::start(self.config()?)?;
         Ok(ProcessPoolExecutor {
-            handle: Arc::new(Handle { pool }),
+            handle: Arc::new(Handle::new(pool)),
         })
     }
 }
