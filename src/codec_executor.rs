@@ -359,6 +359,8 @@ trait MapState<T> {
     fn set_chunksize(&mut self, n: usize);
     fn set_timeout(&mut self, timeout: Duration);
     fn set_isolate_crashes(&mut self);
+    /// [`Map::kill`]: stops the map now.
+    fn kill(&mut self);
     fn chunks_in_flight(&self) -> usize;
     fn size_hint(&self) -> (usize, Option<usize>);
     /// Attaches `bar`, or the default bar for `None` (`Map::progress`).
@@ -390,6 +392,12 @@ where
 
     fn set_isolate_crashes(&mut self) {
         *self = self.take().map(|m| m.isolate_crashes());
+    }
+
+    fn kill(&mut self) {
+        if let Some(m) = self.take() {
+            m.kill();
+        }
     }
 
     fn chunks_in_flight(&self) -> usize {
@@ -434,6 +442,12 @@ where
 
     fn set_isolate_crashes(&mut self) {
         *self = self.take().map(|m| m.isolate_crashes());
+    }
+
+    fn kill(&mut self) {
+        if let Some(m) = self.take() {
+            m.kill();
+        }
     }
 
     fn chunks_in_flight(&self) -> usize {
@@ -486,6 +500,12 @@ macro_rules! codec_map_methods {
             pub fn isolate_crashes(mut self) -> Self {
                 self.inner.set_isolate_crashes();
                 self
+            }
+
+            /// Stops the map now, killing the workers running its
+            /// chunks (see [`Map::kill`]).
+            pub fn kill(mut self) {
+                self.inner.kill();
             }
 
             $(#[$progress])*

@@ -652,6 +652,12 @@ impl Canceller {
     pub(crate) fn withdraw(&self) -> bool {
         stop(&*self.cell, &self.pool, false)
     }
+
+    /// As [`Future::kill`], without waiting for the pool to see the killed
+    /// worker's end.
+    pub(crate) fn kill(&self) -> bool {
+        stop(&*self.cell, &self.pool, true)
+    }
 }
 
 /// [`Future::kill`] (with `kill`) or [`Canceller::withdraw`] of task `cell`

@@ -68,6 +68,10 @@ pub use codecs::{Codec, Rkyv};
 pub use error::{CodecStage, Error, ExitStatus, Result};
 pub use executor::{ProcessPoolExecutor, ProcessPoolExecutorBuilder};
 pub use future::Future;
+/// The indicatif whose `ProgressBar` [`Map::progress_with`] takes, for a
+/// bar of your own without a direct dependency (feature `progress`).
+#[cfg(feature = "progress")]
+pub use indicatif;
 pub use map::{Map, MapUnordered};
 pub use reusable::{get_reusable_executor, ReusableExecutorBuilder};
 /// The rkyv that loky encodes with, for derives without a direct

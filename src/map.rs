@@ -255,6 +255,8 @@ pub struct Map<F, A, R, I> {
     /// a bad item ([`Map::chunk_len`]).
     ok_items: usize,
     bad_items: usize,
+    /// [`Map::kill`]: the drop kills the running chunks' workers.
+    kill_on_drop: bool,
     _f: PhantomData<fn(A) -> F>,
 }
 
@@ -302,6 +304,7 @@ where
             splits_left: SPLITS,
             ok_items: 0,
             bad_items: 0,
+            kill_on_drop: false,
             _f: PhantomData,
         }
     }
@@ -980,11 +983,33 @@ where
     }
 }
 
+impl<F, A, R, I> Map<F, A, R, I> {
+    /// Stops the map now: the chunks waiting (in the parent or in a
+    /// worker's ring) never run, and the workers running its chunks are
+    /// killed (the pool replaces them), as [`Future::kill`] does. Dropping
+    /// the map instead lets the running chunks finish: with an item that
+    /// never ends, its worker would stay busy for ever, and the executor's
+    /// drop, which waits for the workers, with it.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let ex = loky::ProcessPoolExecutor::new(2)?;
+    /// let mut m = ex.map(|x: u64| { if x == 3 { loop { std::thread::sleep(Duration::from_secs(1)) } } x }, 0..10);
+    /// assert_eq!(m.next().unwrap()?, 0);
+    /// m.kill(); // the worker stuck on item 3 is killed
+    /// assert_eq!(ex.submit(|x: u64| x + 1, 1)?.result()?, 2);
+    /// # Ok::<(), loky::Error>(())
+    /// ```
+    pub fn kill(mut self) {
+        self.kill_on_drop = true;
+    }
+}
+
 impl<F, A, R, I> Drop for Map<F, A, R, I> {
     /// Withdraws the chunks still waiting, in the parent or in a worker's
     /// ring; those already running end normally (no worker is killed, but
-    /// for a [`timeout`](Self::timeout), which still falls) and their
-    /// results are dropped.
+    /// for a [`timeout`](Self::timeout), which still falls, or after
+    /// [`kill`](Self::kill)) and their results are dropped.
     fn drop(&mut self) {
         let waiting = || self.window.iter().filter_map(|c| c.cancel.as_ref());
         // Those in the parent first: a withdrawal drains the rings, which
@@ -993,7 +1018,11 @@ impl<F, A, R, I> Drop for Map<F, A, R, I> {
             cancel.cancel();
         }
         for cancel in waiting() {
-            cancel.withdraw();
+            if self.kill_on_drop {
+                cancel.kill();
+            } else {
+                cancel.withdraw();
+            }
         }
     }
 }
@@ -1054,6 +1083,11 @@ where
     pub fn isolate_crashes(mut self) -> Self {
         self.inner = self.inner.isolate_crashes();
         self
+    }
+
+    /// See [`Map::kill`].
+    pub fn kill(self) {
+        self.inner.kill();
     }
 
     /// See [`Map::largest_chunk`].

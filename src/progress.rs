@@ -125,7 +125,7 @@ mod bars {
         ///
         /// ```
         /// let ex = loky::ProcessPoolExecutor::builder().max_workers(2).build()?;
-        /// let bar = indicatif::ProgressBar::hidden();
+        /// let bar = loky::indicatif::ProgressBar::hidden(); // or your own indicatif 0.18
         /// let n = ex.map(|x: u64| x + 1, 0..1000).progress_with(bar.clone()).count();
         /// assert_eq!((n, bar.position(), bar.length()), (1000, 1000, Some(1000)));
         /// assert!(bar.is_finished());

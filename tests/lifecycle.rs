@@ -946,3 +946,47 @@ fn a_low_open_file_limit_still_starts_workers() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn a_killed_map_frees_the_worker_its_endless_item_held() {
+    let ex = ProcessPoolExecutor::new(2).unwrap();
+    // Item 3 marks its start, then waits on a gate nobody opens (a minute,
+    // for this test: endless).
+    let (started, never) = (
+        support::Gate::closed("killed-map-started"),
+        support::Gate::closed("killed-map-never"),
+    );
+    let items = (0..10).map(|i| {
+        if i == 3 {
+            (started.path(), never.path())
+        } else {
+            (String::new(), String::new())
+        }
+    });
+    let mut m = ex.map(support::mark_start_then_wait, items).chunksize(1);
+    assert_eq!(m.next().unwrap().unwrap(), 1);
+    let start = Instant::now();
+    while !started.is_open() {
+        assert!(start.elapsed() < HANG, "item 3 never started");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // A drop would leave item 3 running; kill stops its worker.
+    m.kill();
+    assert_eq!(
+        ex.submit(|x: u64| x + 1, 1)
+            .unwrap()
+            .result_timeout(HANG)
+            .unwrap(),
+        2
+    );
+    // Dropping the executor waits for its workers: none is stuck.
+    let (done, dropped) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        drop(ex);
+        let _ = done.send(());
+    });
+    assert!(
+        dropped.recv_timeout(Duration::from_secs(20)).is_ok(),
+        "the executor's drop still waits for the endless item"
+    );
+}
