@@ -496,7 +496,12 @@ impl ProcessPoolExecutorBuilder {
     }
 
     /// A worker retires (and is replaced) after this many tasks (at least
-    /// 1, else [`Error::InvalidConfig`] at `build`).
+    /// 1, else [`Error::InvalidConfig`] at `build`). A map's chunk counts as
+    /// one task, however many items it holds (up to 32 768 with automatic
+    /// chunking): to recycle workers every n items of a map, give it
+    /// [`chunksize`](crate::Map::chunksize) too. A replacement starts in the
+    /// background: [`Stats::workers_alive`](crate::Stats::workers_alive)
+    /// may read one less meanwhile.
     pub fn max_tasks_per_child(mut self, n: u64) -> Self {
         self.max_tasks_per_child = Some(n);
         self
