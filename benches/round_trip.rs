@@ -6,6 +6,10 @@
 //! a time limit each (`submit_with_timeout`), and through `as_completed`;
 //! and 20 000 queued tasks cancelled last first. Each costs a little per
 //! task however many tasks are outstanding.
+//!
+//! And many threads at once, each submitting `x + 1` and waiting for it in
+//! turn (a scheduler's threads): a result should wake the thread that waits
+//! for it, not every waiting thread.
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use loky::ProcessPoolExecutor;
@@ -142,5 +146,33 @@ fn burst(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, w1, burst);
+fn many_waiters(c: &mut Criterion) {
+    const TASKS: u64 = 4096;
+    let ex = ProcessPoolExecutor::builder()
+        .max_workers(2)
+        .build()
+        .expect("pool");
+    let mut g = c.benchmark_group("4096 round trips from N threads (2 workers)");
+    g.sample_size(10);
+    g.throughput(criterion::Throughput::Elements(TASKS));
+    for threads in [1u64, 4, 16, 32] {
+        g.bench_function(format!("{threads} threads"), |b| {
+            b.iter(|| {
+                std::thread::scope(|s| {
+                    for _ in 0..threads {
+                        s.spawn(|| {
+                            for i in 0..TASKS / threads {
+                                let r = ex.submit(|x: u64| x + 1, i).unwrap().result().unwrap();
+                                assert_eq!(r, i + 1);
+                            }
+                        });
+                    }
+                })
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, w1, burst, many_waiters);
 criterion_main!(benches);

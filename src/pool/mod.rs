@@ -272,6 +272,9 @@ pub(crate) struct Pool {
     /// Caller threads sleeping on the parent doorbell; while there are any,
     /// the manager steps off it (see `wait_on_bell`).
     standby: std::sync::atomic::AtomicUsize,
+    /// Whether a caller thread sleeps on the doorbell now: one at a time,
+    /// the others on their own notifiers (see `wait_on_bell`).
+    bell_taken: AtomicBool,
     manager_wake: crate::future::Notify,
     /// Set by the watchdog when it exits (the pool has no worker left).
     watchdog_done: AtomicBool,
@@ -361,6 +364,7 @@ impl Pool {
             cpu_plan: crate::topology::plan_for(config.pin, slots as usize),
             worker_env: launch::worker_env(&config),
             standby: Default::default(),
+            bell_taken: AtomicBool::new(false),
             manager_wake: Default::default(),
             watchdog_done: AtomicBool::new(false),
             to_publish: Mutex::new(Staging::default()),
@@ -1239,6 +1243,25 @@ impl Pool {
         deadline: Option<Instant>,
         notify: &crate::future::Notify,
     ) -> bool {
+        // One caller thread at a time sleeps on the doorbell, draining and
+        // publishing for all; the others sleep on their own notifiers,
+        // which a publish fires for their tasks alone. All on the doorbell,
+        // every result woke every one of them (16 threads each waiting on
+        // its own tasks ran 2.7 times slower than 4).
+        if self
+            .bell_taken
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
+            .is_err()
+        {
+            return self.wait_on_notifier(done, deadline, notify);
+        }
+        struct Release<'a>(&'a AtomicBool);
+        impl Drop for Release<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::Release);
+            }
+        }
+        let _release = Release(&self.bell_taken);
         let bell = self.region.parent_bell();
         self.standby.fetch_add(1, Ordering::SeqCst);
         bell.enter();
@@ -1284,6 +1307,32 @@ impl Pool {
         // woke nobody.
         self.drain_all_surely();
         finished || done()
+    }
+
+    /// [`Pool::wait_on_bell`] while another caller thread has the doorbell:
+    /// sleeps on `notify` (fired when a task it waits for ends, by whoever
+    /// publishes it: the thread on the doorbell, or the manager once none
+    /// is), and takes the doorbell over if it is free when it wakes.
+    fn wait_on_notifier(
+        &self,
+        mut done: impl FnMut() -> bool,
+        deadline: Option<Instant>,
+        notify: &crate::future::Notify,
+    ) -> bool {
+        loop {
+            if done() {
+                return true;
+            }
+            let now = Instant::now();
+            if deadline.is_some_and(|d| now >= d) {
+                return false;
+            }
+            let nap = deadline.map_or(TICK, |d| (d - now).min(TICK));
+            notify.wait_until(Some(now + nap));
+            if !self.bell_taken.load(Ordering::Acquire) && !done() {
+                return self.wait_on_bell(done, deadline, notify);
+            }
+        }
     }
 
     pub(crate) fn region_arc(&self) -> Arc<Region> {
