@@ -42,7 +42,8 @@ const DEFAULT_SPIN: Duration = Duration::from_micros(50);
 /// ```
 ///
 /// The handle is cheap to clone; the pool shuts down (waiting for submitted
-/// work) when the last handle is dropped.
+/// work, unless [`shutdown`](Self::shutdown) was called without `wait`)
+/// when the last handle is dropped.
 ///
 /// A capturing closure is rejected at compile time:
 ///
@@ -430,8 +431,9 @@ fn check_env(key: &OsString, value: &OsString) -> Result<()> {
         None
     };
     match problem {
+        // The key only: a value may be a secret, and errors get logged.
         Some(problem) => Err(Error::InvalidConfig(format!(
-            "env({key:?}, {value:?}): {problem} cannot be passed to a process"
+            "env({key:?}, ..): {problem} cannot be passed to a process"
         ))),
         None => Ok(()),
     }

@@ -1206,7 +1206,10 @@ impl<R: Send + 'static> std::future::Future for Future<R> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<R>> {
         self.not_from_own_callback()?;
         // Reads the pool's result rings first (what `done` does).
-        self.done();
+        if !self.done() && self.pool().is_some_and(|p| p.forked()) {
+            // Nothing finishes it in a fork()ed child of its pool's creator.
+            return Poll::Ready(Err(crate::pool::forked_error()));
+        }
         let mut slot = lock(&self.cell.task.slot);
         // Taken under the lock that found it ready: a callback added from
         // another thread cannot borrow it in between (which would block

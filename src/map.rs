@@ -44,6 +44,8 @@ const TAPER_FLOOR_DIVISOR: usize = 8;
 /// Automatic chunks may grow at once to the items that would take
 /// `TARGET_CHUNK / QUICK_DIVISOR` (see [`next_auto`]).
 const QUICK_DIVISOR: u32 = 16;
+/// ... once a chunk of at least this many items was measured.
+const QUICK_MIN_ITEMS: usize = 16;
 /// An automatic chunk's encoded arguments stay within this fraction of the
 /// ring, so the chunks in flight of a worker travel inline in its ring
 /// (messages over half the ring take a spill buffer instead)
@@ -549,7 +551,8 @@ where
         // overhead than they save in balance.
         if let (remaining, Some(hi)) = self.input.size_hint() {
             if remaining == hi && remaining > 0 {
-                let floor = taper_floor(self.auto, self.ideal);
+                let cap = MAX_AUTO_CHUNK.min(self.byte_cap);
+                let floor = taper_floor(self.auto, cap, self.ideal);
                 n = n.min(remaining.div_ceil(max_chunks).max(floor));
             }
         }
@@ -592,7 +595,7 @@ where
             // oldest or a later one: each makes room for a new chunk, and a
             // worker whose chunks are short must not wait long for its next.
             self.wait_for_any_chunk();
-            self.split_crashed_early();
+            self.split_crashed_early(max * REORDER);
             self.fill_up(true);
         }
     }
@@ -602,13 +605,15 @@ where
     /// them: while the oldest chunk is slow, the map goes on far past them,
     /// and their halves should run before the chunks sent after them (with
     /// a time limit, a crashed chunk not split by then fails whole, every
-    /// item with the crash).
-    fn split_crashed_early(&mut self) {
+    /// item with the crash). Not past `most` chunks in the window, the
+    /// ordered map's bound ([`REORDER`]); and a chunk met while no split is
+    /// left is looked at again later (ended chunks give splits back).
+    fn split_crashed_early(&mut self, most: usize) {
         if !self.isolate {
             return;
         }
         let mut pos = 1;
-        while pos < self.window.len() {
+        while pos < self.window.len() && self.window.len() < most && self.splits_left > 0 {
             let chunk = &mut self.window[pos];
             if chunk.looked_at || !chunk.is_done_now() {
                 pos += 1;
@@ -1232,35 +1237,47 @@ impl<R> Ready<R> {
 /// (items that would take [`TARGET_CHUNK`], uncapped).
 ///
 /// The next chunk aims at [`TARGET_CHUNK`], within [`MAX_AUTO_CHUNK`], and
-/// grows at most to 16 times `auto` or to the items that would take a
-/// sixteenth of the target ([`QUICK_DIVISOR`]), whichever is more:
-/// durations are noisy, and a few items say little about the rest, so a
-/// chunk grows in steps; but a chunk of cheap items that took microseconds
-/// (its per-chunk costs, mostly) may grow at once to a fraction of a
-/// millisecond. From one item to the cap took 4 steps of 16x; now 2 or 3.
-/// It shrinks at once.
+/// grows at most to 16 times `auto`, or, once the measure is of at least
+/// [`QUICK_MIN_ITEMS`] items, to the items that would take a sixteenth of
+/// the target ([`QUICK_DIVISOR`]), whichever is more: durations are noisy,
+/// and one item says little about the next ones (a first item that does
+/// nothing, before items of 10 ms, made chunks of 35-75 such items), so a
+/// chunk grows in steps; but a chunk of many cheap items that took
+/// microseconds (its per-chunk costs, mostly) may grow at once to a
+/// fraction of a millisecond. From one item to the cap took 4 steps of
+/// 16x; now 3. It shrinks at once.
 fn next_auto(auto: usize, per_item_ns: f64) -> (usize, usize) {
     let target = TARGET_CHUNK.as_nanos() as f64;
     let ideal = (target / per_item_ns) as usize;
-    let quick = (target / f64::from(QUICK_DIVISOR) / per_item_ns) as usize;
+    let quick = if auto >= QUICK_MIN_ITEMS {
+        (target / f64::from(QUICK_DIVISOR) / per_item_ns) as usize
+    } else {
+        0
+    };
     let most = auto.saturating_mul(16).max(quick).min(MAX_AUTO_CHUNK);
     (ideal.clamp(1, most), ideal)
 }
 
 /// The smallest chunk near the end of a known-length input, for chunks of
-/// `auto` items when `ideal` items would take [`TARGET_CHUNK`] (0: not
-/// measured yet).
+/// `auto` items, capped at `cap` items ([`MAX_AUTO_CHUNK`] or the ring's
+/// share), when `ideal` items would take [`TARGET_CHUNK`] (0: not measured
+/// yet).
 ///
 /// Tapering spreads the last items over all the workers so that none is
-/// left with a long last chunk; a chunk costs a round trip whatever its
-/// size, so a tapered chunk keeps at least an eighth of the target's
-/// worth of work: `auto / 8` items when chunks are sized by their time,
-/// and no tapering at all when `auto` items take less than that (cheap
-/// items, their chunks capped by [`MAX_AUTO_CHUNK`] or the ring): the
-/// imbalance it could save is smaller than the round trips it costs.
-fn taper_floor(auto: usize, ideal: usize) -> usize {
-    let eighth = (auto / TAPER_FLOOR_DIVISOR).max(ideal / TAPER_FLOOR_DIVISOR);
-    auto.min(eighth).max(1)
+/// left with a long last chunk: down to `auto / 8` items while chunks are
+/// sized by their time (growing, or at the target). Chunks at their cap
+/// whose items are cheap keep at least an eighth of the target's worth of
+/// work, so at their cap their time is far below the target: a chunk costs
+/// a round trip whatever its size, and the imbalance it could save is
+/// smaller than the round trips it costs.
+fn taper_floor(auto: usize, cap: usize, ideal: usize) -> usize {
+    let eighth = auto / TAPER_FLOOR_DIVISOR;
+    let floor = if auto >= cap {
+        auto.min(eighth.max(ideal / TAPER_FLOOR_DIVISOR))
+    } else {
+        eighth
+    };
+    floor.max(1)
 }
 
 #[cfg(test)]
@@ -1313,9 +1330,14 @@ mod tests {
 
     #[test]
     fn automatic_chunks_grow_in_steps_and_shrink_at_once() {
-        // One item in 10 µs (mostly the chunk's own costs): the next chunk
-        // may take a sixteenth of the 5 ms target, 31 items (16x would be 16).
-        assert_eq!(next_auto(1, 10_000.0), (31, 500));
+        // One item in 10 µs: 16x, though a sixteenth of the 5 ms target
+        // would be 31 (one item says too little).
+        assert_eq!(next_auto(1, 10_000.0), (16, 500));
+        // 16 items in 10 µs each (mostly the chunk's own costs): the next
+        // chunk may take a sixteenth of the target, 31 items (16x: 256)...
+        assert_eq!(next_auto(16, 10_000.0), (256, 500));
+        // ...or, at 1 µs per item, 312 (16x: 256).
+        assert_eq!(next_auto(16, 1_000.0), (312, 5000));
         // One item in 200 µs: 16x, though the target would allow 25.
         assert_eq!(next_auto(1, 200_000.0), (16, 25));
         // One item in 1 ms: 5 items make the target, no more.
@@ -1324,6 +1346,8 @@ mod tests {
         assert_eq!(next_auto(3900, 3.0).0, MAX_AUTO_CHUNK);
         // 80 ns per item: a sixteenth of the target, 3906 (16x: 576).
         assert_eq!(next_auto(36, 80.0), (3906, 62_500));
+        // 200 ns per item after 16: 1562 (16x: 256).
+        assert_eq!(next_auto(16, 200.0), (1562, 25_000));
         // Slower than measured before: shrinks at once, at least 1 item.
         assert_eq!(next_auto(MAX_AUTO_CHUNK, 1e6), (5, 5));
         assert_eq!(next_auto(100, 1e9), (1, 0));
@@ -1331,14 +1355,20 @@ mod tests {
 
     #[test]
     fn tapering_stops_where_it_would_cost_more_than_it_saves() {
+        let cap = MAX_AUTO_CHUNK;
         // Not measured yet, or sized by time: an eighth of the chunk.
-        assert_eq!(taper_floor(4096, 0), 512);
-        assert_eq!(taper_floor(4096, 4096), 512);
-        assert_eq!(taper_floor(5, 5), 1);
+        assert_eq!(taper_floor(4096, cap, 0), 512);
+        assert_eq!(taper_floor(4096, cap, 4096), 512);
+        assert_eq!(taper_floor(5, cap, 5), 1);
+        // Still growing, whatever the measure says: an eighth of the chunk
+        // (one cheap first item may hide costly ones).
+        assert_eq!(taper_floor(35, cap, 500_000), 4);
         // Capped far below the target: no tapering.
-        assert_eq!(taper_floor(MAX_AUTO_CHUNK, 1_000_000), MAX_AUTO_CHUNK);
+        assert_eq!(taper_floor(cap, cap, 1_000_000), cap);
+        // Capped by the ring, below MAX_AUTO_CHUNK: the same.
+        assert_eq!(taper_floor(64, 64, 1_000_000), 64);
         // In between: an eighth of the target's items.
-        assert_eq!(taper_floor(MAX_AUTO_CHUNK, 80_000), 10_000);
+        assert_eq!(taper_floor(cap, cap, 80_000), 10_000);
     }
 
     #[test]

@@ -167,7 +167,9 @@ impl ReusableExecutorBuilder {
         drop(slot);
         if let Some(old) = old {
             if self.kill_workers {
-                old.shutdown(false, true, true);
+                // The pool's own shutdown: the executor's would also let the
+                // last drop of `old` go without waiting for the threads.
+                old.pool().shutdown(false, true, true);
             }
             // Otherwise it lives on until its other holders drop it:
             // replacing it never fails someone else's `submit`.

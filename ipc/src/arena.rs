@@ -271,7 +271,7 @@ impl Arena {
     /// the arena ([`crate::fork`]): its blocks are the parent's, and
     /// [`Arena::free`] leaves them alone.
     pub fn forked(&self) -> bool {
-        crate::fork::current() != self.born
+        crate::fork::forked_since(self.born)
     }
 
     /// Returns a block to the arena.

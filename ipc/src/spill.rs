@@ -78,6 +78,10 @@ struct Buf {
     file: File,
     map: MmapRaw,
     capacity: usize,
+    /// The fork generation it was created in ([`crate::fork`]): in a
+    /// forked child its pages are the parent's too, never to be punched or
+    /// marked free there.
+    born: u64,
 }
 
 fn next_id() -> u64 {
@@ -126,6 +130,7 @@ impl Buf {
             file,
             map,
             capacity,
+            born: crate::fork::generation(),
         })
     }
 
@@ -303,6 +308,9 @@ impl Buffer {
                 pool.swap_remove(i);
             }
         }
+        if crate::fork::forked_since(self.buf.born) {
+            return;
+        }
         if let Err(e) = self.buf.punch() {
             tracing::debug!(error = %e, "could not release an outgrown spill buffer's pages");
         }
@@ -407,6 +415,9 @@ impl InFlight {
     /// gone, or its `Receiver` was dropped or never peeks again): a
     /// re-leased buffer gets written again.
     pub(crate) unsafe fn take_back(self) -> Option<Buffer> {
+        if crate::fork::forked_since(self.buf.born) {
+            return None;
+        }
         if !self.pooled {
             if self.is_free() {
                 return None;

@@ -317,7 +317,7 @@ impl Pool {
     /// its workers, threads and rings are the parent's, so it must not
     /// submit, wait on the rings, or shut them down ([`forked_error`]).
     pub(crate) fn forked(&self) -> bool {
-        loky_ipc::fork::current() != self.born
+        loky_ipc::fork::forked_since(self.born)
     }
 
     pub(crate) fn start(config: Config) -> Result<Arc<Self>> {
@@ -509,7 +509,7 @@ impl Pool {
     fn drain_all_surely(&self) {
         let mut done = Vec::new();
         self.drain_into(false, &mut done);
-        if !DRAINING.with(Cell::get) {
+        if !DRAINING.with(Cell::get) && !self.forked() {
             for i in 0..self.receivers.len() {
                 if self.results_pending_in(i) {
                     self.drain_slot_locked(i, false, &mut done);
@@ -534,6 +534,12 @@ impl Pool {
     /// Drains every result ring into `done` (see [`Pool::drain_all`]),
     /// publishing nothing.
     pub(super) fn drain_into(&self, block: bool, done: &mut Vec<Arc<dyn Completion>>) {
+        // In a fork()ed child the rings are the parent's: reading them
+        // would take its results (and refill its workers from a stale copy
+        // of the queue).
+        if self.forked() {
+            return;
+        }
         for i in 0..self.receivers.len() {
             let guard = if block {
                 Some(lock(&self.receivers[i]))
@@ -948,6 +954,11 @@ impl Pool {
 
     /// Broken or shut down: `get_reusable_executor` replaces it.
     pub(crate) fn is_unusable(&self) -> bool {
+        // In a fork()ed child its workers are the parent's: a reusable
+        // executor there is a new one.
+        if self.forked() {
+            return true;
+        }
         let st = self.state();
         st.shutdown || st.broken.is_some()
     }
@@ -957,7 +968,7 @@ impl Pool {
     /// (a busy worker retires after the tasks it holds). False if `n`
     /// exceeds the region's slots (build a new pool instead).
     pub(crate) fn resize(&self, n: usize) -> bool {
-        if n == 0 || n > self.receivers.len() {
+        if n == 0 || n > self.receivers.len() || self.forked() {
             return false;
         }
         let mut st = self.state();
@@ -1289,11 +1300,9 @@ impl Pool {
             if done() {
                 break true;
             }
-            let now = Instant::now();
-            if deadline.is_some_and(|d| now >= d) {
+            let Some(nap) = next_nap(deadline) else {
                 break false;
-            }
-            let nap = deadline.map_or(TICK, |d| (d - now).min(TICK));
+            };
             if !self.sleep_on_bell(nap, || self.has_work() || done() || notify.take()) {
                 continue;
             }
@@ -1323,12 +1332,10 @@ impl Pool {
             if done() {
                 return true;
             }
-            let now = Instant::now();
-            if deadline.is_some_and(|d| now >= d) {
+            let Some(nap) = next_nap(deadline) else {
                 return false;
-            }
-            let nap = deadline.map_or(TICK, |d| (d - now).min(TICK));
-            notify.wait_until(Some(now + nap));
+            };
+            notify.wait_until(Some(Instant::now() + nap));
             if !self.bell_taken.load(Ordering::Acquire) && !done() {
                 return self.wait_on_bell(done, deadline, notify);
             }
@@ -1344,7 +1351,7 @@ impl Pool {
     /// unless this is one of the pool's own threads: a callback there
     /// polling another future would wait on itself.
     pub(crate) fn poll_results(&self) {
-        if !self.has_work() {
+        if !self.has_work() || self.forked() {
             return;
         }
         if self.on_pool_thread() {
@@ -2002,6 +2009,17 @@ pub(crate) fn child_depth() -> String {
 
 /// How long the manager sleeps between housekeeping rounds.
 pub(crate) const TICK: Duration = Duration::from_millis(100);
+
+/// How long a waiter sleeps before it looks again: at most [`TICK`], and
+/// not past `deadline`; `None` once that has passed.
+fn next_nap(deadline: Option<Instant>) -> Option<Duration> {
+    let now = Instant::now();
+    match deadline {
+        Some(d) if now >= d => None,
+        Some(d) => Some((d - now).min(TICK)),
+        None => Some(TICK),
+    }
+}
 
 /// Physical memory plus swap: no arena can hold more.
 pub(crate) fn memory_and_swap() -> usize {
