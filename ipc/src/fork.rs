@@ -5,9 +5,9 @@
 //! with the parent: freeing a block of an inherited arena, trimming or
 //! reusing an inherited spill buffer, or reading an inherited ring would
 //! change the parent's data under it. A resource records the process's
-//! *fork generation* when it is created ([`generation`]); where
-//! [`current`] differs, the process is a forked child of its creator and
-//! must leave the resource alone: [`forked_since`] tells.
+//! *fork generation* when it is created ([`generation`]); where it has
+//! changed since ([`forked_since`]), the process is a forked child of its
+//! creator and must leave the resource alone.
 //!
 //! The generation counts the forks since the first call to [`generation`]
 //! in this process or an ancestor it was forked from: that call registers
