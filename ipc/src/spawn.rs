@@ -402,7 +402,13 @@ unsafe fn child(a: &ChildArgs<'_>) -> ! {
             moved[i] = m;
         }
         // stdin before the targets: a target may reuse `devnull`'s number.
-        if libc::dup2(devnull, 0) < 0 {
+        // Opened at 0 (the parent's stdin is closed), `dup2` would leave it
+        // close-on-exec: the program would start without a stdin.
+        if devnull == 0 {
+            if libc::fcntl(0, libc::F_SETFD, 0) < 0 {
+                fail(Step::PlaceFds, *libc::__errno_location());
+            }
+        } else if libc::dup2(devnull, 0) < 0 {
             fail(Step::PlaceFds, *libc::__errno_location());
         }
         for (i, &(_, target)) in srcs.iter().enumerate() {
@@ -521,6 +527,33 @@ mod tests {
         assert_eq!(ignored_mask(|s| s) & bits, own & bits);
         let asked = ignored_mask(|s| s.ignore_signal(libc::SIGINT).ignore_signal(libc::SIGUSR2));
         assert_eq!(asked & bits, bits);
+    }
+
+    /// A parent whose stdin is closed opens `/dev/null` as descriptor 0:
+    /// the program must still get it as its stdin (`dup2(0, 0)` would leave
+    /// it close-on-exec).
+    #[test]
+    fn the_program_gets_dev_null_as_stdin_when_the_parent_has_none() {
+        // In a forked child, which may close its own stdin: the test
+        // process's is shared by the other tests. It allocates (glibc's
+        // malloc is safe after fork) and makes system calls; nothing there
+        // takes a lock another test thread could hold.
+        let status = crate::test_child::in_child(|| {
+            // SAFETY: closes the forked child's own stdin.
+            unsafe { libc::close(0) };
+            let ok = Spawn::new(Path::new("/bin/sh"), "sh")
+                .and_then(|s| s.arg("-c"))
+                .and_then(|s| s.arg("test \"$(readlink /proc/self/fd/0)\" = /dev/null"))
+                .and_then(Spawn::spawn)
+                .and_then(|child| child.wait_timeout(Duration::from_secs(20)))
+                .is_ok_and(|st| st == Some(ExitStatus::Exited(0)));
+            // SAFETY: ends the forked child with its verdict.
+            unsafe { libc::_exit(if ok { 0 } else { 3 }) };
+        });
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "status {status:#x}"
+        );
     }
 
     #[test]
