@@ -50,8 +50,9 @@ impl Notify {
         std::mem::take(&mut *lock(&self.fired))
     }
 
-    /// Waits until fired (then re-arms) or until `deadline`.
-    pub(crate) fn wait_until(&self, deadline: Option<Instant>) {
+    /// Waits until fired (then re-arms) or until `deadline`; whether it
+    /// was fired.
+    pub(crate) fn wait_until(&self, deadline: Option<Instant>) -> bool {
         let mut fired = lock(&self.fired);
         while !*fired {
             match deadline {
@@ -69,7 +70,7 @@ impl Notify {
                 }
             }
         }
-        *fired = false;
+        std::mem::take(&mut *fired)
     }
 }
 
