@@ -664,22 +664,29 @@ impl Canceller {
 /// [`Future::kill`] (with `kill`) or [`Canceller::withdraw`] of task `cell`
 /// of `pool`.
 fn stop(cell: &dyn Completion, pool: &Weak<Pool>, kill: bool) -> bool {
-    if cell.is_finished() || pool.upgrade().is_some_and(|p| p.forked()) {
+    if cell.is_finished() {
         return false;
     }
     if cancel(cell, pool) {
         return true;
     }
     match pool.upgrade() {
-        Some(pool) => pool.stop_task(cell.id(), Error::Cancelled, kill),
-        None => false,
+        // In a fork()ed child the task and its worker are the parent's.
+        Some(pool) if !pool.forked() => pool.stop_task(cell.id(), Error::Cancelled, kill),
+        _ => false,
     }
+}
+
+/// Whether this process is a `fork()`ed child of `pool`'s creator (see
+/// [`Pool::forked`]); false once the pool is gone.
+fn forked(pool: &Weak<Pool>) -> bool {
+    pool.upgrade().is_some_and(|p| p.forked())
 }
 
 /// [`Future::cancel`] of task `cell` of `pool`.
 fn cancel(cell: &dyn Completion, pool: &Weak<Pool>) -> bool {
     // In a fork()ed child the task and its worker are the parent's.
-    if pool.upgrade().is_some_and(|p| p.forked()) {
+    if forked(pool) {
         return false;
     }
     let mut cancelled = cell.try_cancel();
@@ -1064,7 +1071,7 @@ impl<R: Send + 'static> Future<R> {
         }
         // In a fork()ed child nothing will finish it: the workers and the
         // threads that read their results are the parent's.
-        if self.pool().is_some_and(|p| p.forked()) {
+        if forked(&self.cell.task.pool) {
             return false;
         }
         self.block_until(
@@ -1080,7 +1087,7 @@ impl<R: Send + 'static> Future<R> {
     /// `other`, or the error of a future waited on in a `fork()`ed child of
     /// its pool's creator.
     fn forked_or(&self, other: Error) -> Error {
-        if self.pool().is_some_and(|p| p.forked()) {
+        if forked(&self.cell.task.pool) {
             crate::pool::forked_error()
         } else {
             other
@@ -1207,7 +1214,7 @@ impl<R: Send + 'static> std::future::Future for Future<R> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<R>> {
         self.not_from_own_callback()?;
         // Reads the pool's result rings first (what `done` does).
-        if !self.done() && self.pool().is_some_and(|p| p.forked()) {
+        if !self.done() && forked(&self.cell.task.pool) {
             // Nothing finishes it in a fork()ed child of its pool's creator.
             return Poll::Ready(Err(crate::pool::forked_error()));
         }

@@ -648,22 +648,24 @@ where
     /// itself, for nobody else would; elsewhere it spins a little, then
     /// sleeps on the pool's doorbell, which the first result rings.
     fn wait_for_any_chunk(&self) {
-        let running: Vec<&Future<ChunkOutput<R>>> = self
+        // No list of the running chunks (a wait is frequent): chunks only
+        // ever become done, so one more done chunk in the window than
+        // counted here, before listening, is one of the running ones ending.
+        let done_now = || self.window.iter().filter(|c| c.is_done_now()).count();
+        let before = done_now();
+        let mut running = self
             .window
             .iter()
             .filter_map(|c| c.sent.as_ref().ok())
-            .filter(|f| !f.is_done_now())
-            .collect();
-        let Some(first) = running.first() else {
+            .filter(|f| !f.is_done_now());
+        let Some(first) = running.next() else {
             return;
         };
-        for f in &running {
-            if f.listen(&self.notify) {
-                return;
-            }
+        if first.listen(&self.notify) || running.any(|f| f.listen(&self.notify)) {
+            return;
         }
         first.block_until(
-            || running.iter().any(|f| f.is_done_now()),
+            || done_now() > before,
             Some(Instant::now() + WAKE_FALLBACK),
             || Some(self.notify.clone()),
         );

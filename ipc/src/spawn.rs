@@ -63,12 +63,22 @@ impl Step {
     }
 }
 
-/// The 8 bytes the child writes to the error pipe: `step`, then `errno`.
-fn report(step: Step, errno: i32) -> [u8; 8] {
+/// Ends the new process after `step` failed with `errno`, telling the
+/// parent through the error pipe `pipe`: 8 bytes, `step` then `errno` (one
+/// pipe write that short is atomic).
+///
+/// # Safety
+/// Only in the new process between `clone` and `execve` (it `_exit`s).
+unsafe fn fail_to(pipe: RawFd, step: Step, errno: i32) -> ! {
     let mut out = [0u8; 8];
     out[..4].copy_from_slice(&(step as u32).to_ne_bytes());
     out[4..].copy_from_slice(&errno.to_ne_bytes());
-    out
+    // SAFETY: a write from a local buffer and `_exit`, both
+    // async-signal-safe; the caller is the new process.
+    unsafe {
+        libc::write(pipe, out.as_ptr().cast(), out.len());
+        libc::_exit(127)
+    }
 }
 
 /// CPUs [`Spawn::cpu`] can pin to are below this: what a `cpu_set_t`
@@ -341,9 +351,7 @@ extern "C" fn child_entry(arg: *mut libc::c_void) -> libc::c_int {
     unsafe {
         if let Some(set) = a.cpu {
             if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), set) != 0 {
-                let e = report(Step::Affinity, *libc::__errno_location());
-                libc::write(a.err, e.as_ptr().cast(), e.len());
-                libc::_exit(127);
+                fail_to(a.err, Step::Affinity, *libc::__errno_location());
             }
         }
         child(a)
@@ -380,16 +388,9 @@ unsafe fn child(a: &ChildArgs<'_>) -> ! {
         let moved_err = libc::fcntl(err, libc::F_DUPFD_CLOEXEC, scratch);
         if moved_err < 0 {
             // Nothing was placed yet: the pipe is still at its number.
-            let e = report(Step::MoveFds, *libc::__errno_location());
-            libc::write(err, e.as_ptr().cast(), e.len());
-            libc::_exit(127);
+            fail_to(err, Step::MoveFds, *libc::__errno_location());
         }
-        let err = moved_err;
-        let fail = |step: Step, errno: i32| -> ! {
-            let e = report(step, errno);
-            libc::write(err, e.as_ptr().cast(), e.len());
-            libc::_exit(127)
-        };
+        let fail = |step: Step, errno: i32| -> ! { fail_to(moved_err, step, errno) };
         let mut moved = [0 as RawFd; 16];
         if srcs.len() > moved.len() {
             fail(Step::MoveFds, libc::E2BIG);

@@ -206,8 +206,9 @@ fn pool() -> MutexGuard<'static, Vec<Entry>> {
     // parent's peers may be reading. The child forgets them (their
     // mappings stay, unused) and makes its own.
     let now = crate::fork::generation();
-    if POOL_BORN.swap(now, Relaxed) != now {
+    if POOL_BORN.load(Relaxed) != now {
         std::mem::forget(std::mem::take(&mut *pool));
+        POOL_BORN.store(now, Relaxed);
     }
     pool
 }
