@@ -454,7 +454,10 @@ impl ProcessPoolExecutorBuilder {
     /// variable again replaces its value. A name that is empty or holds `=`
     /// or a NUL byte, or a value with a NUL byte, is an
     /// [`Error::InvalidConfig`] at `build` (as `std::env::set_var` would
-    /// panic on them).
+    /// panic on them), and so is an environment the kernel would refuse a
+    /// new process (`E2BIG`): one `NAME=value` over 32 pages (128 KiB), or
+    /// all the workers' variables together over a quarter of the stack
+    /// limit (`ulimit -s`). Large data goes in a task's argument instead.
     pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
         let (key, value) = (key.into(), value.into());
         // One value per variable, the last one given, kept in key order:

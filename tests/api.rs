@@ -1368,6 +1368,50 @@ fn bad_configuration_is_a_clear_error() {
             other => panic!("env({key:?}, {value:?}): {other:?}"),
         }
     }
+    // Too large for execve (E2BIG): refused at build, naming the variable
+    // but never showing its value.
+    let long = "v".repeat(200_000);
+    match ProcessPoolExecutor::builder()
+        .env("LOKY_LONG", &long)
+        .build()
+    {
+        Err(e @ Error::InvalidConfig(_)) => {
+            let text = e.to_string();
+            assert!(
+                text.contains("LOKY_LONG") && !text.contains("vvvv"),
+                "{text}"
+            );
+        }
+        other => panic!("a 200 kB variable: {other:?}"),
+    }
+    let mut many = ProcessPoolExecutor::builder();
+    for i in 0..60 {
+        many = many.env(format!("LOKY_PART_{i}"), "p".repeat(120_000));
+    }
+    match many.build() {
+        Err(e @ Error::InvalidConfig(_)) => {
+            let text = e.to_string();
+            assert!(
+                text.contains("ulimit -s") && !text.contains("pppp"),
+                "{text}"
+            );
+        }
+        other => panic!("7 MB of variables: {other:?}"),
+    }
+}
+
+#[test]
+fn a_large_environment_variable_within_the_kernels_limit_reaches_the_workers() {
+    let ex = ProcessPoolExecutor::builder()
+        .max_workers(1)
+        .env("LOKY_LARGE", "L".repeat(100_000))
+        .build()
+        .unwrap();
+    let len = ex.submit(
+        |_: ()| std::env::var("LOKY_LARGE").map_or(0, |v| v.len()),
+        (),
+    );
+    assert_eq!(len.unwrap().result_timeout(HANG).unwrap(), 100_000);
 }
 
 #[test]

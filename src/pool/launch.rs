@@ -292,6 +292,54 @@ pub(crate) fn worker_env(config: &super::Config) -> Vec<(std::ffi::OsString, std
     env
 }
 
+/// Room left in [`check_env_size`]'s budget for what a worker's `execve`
+/// gets besides the environment checked: its program path, its arguments
+/// and the per-worker variables (a few hundred bytes in all).
+const EXEC_MARGIN: usize = 4096;
+
+/// An [`Error::InvalidConfig`] where `execve` would refuse the workers'
+/// environment `env` with `E2BIG` (every worker would then fail to start):
+/// one `NAME=value` longer than the kernel takes for one string
+/// (`MAX_ARG_STRLEN`, 32 pages), or the whole more than its limit for
+/// arguments and environment together (a quarter of the stack limit,
+/// within 32 pages and 6 MiB). Names only in the message: a value may be
+/// a secret, and errors get logged.
+pub(crate) fn check_env_size(env: &[(std::ffi::OsString, std::ffi::OsString)]) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let page = rustix::param::page_size();
+    let max_one = 32 * page;
+    // `NAME=value` and its NUL.
+    let string = |k: &std::ffi::OsString, v: &std::ffi::OsString| {
+        k.as_bytes().len() + v.as_bytes().len() + 2
+    };
+    if let Some((k, v)) = env.iter().find(|(k, v)| string(k, v) > max_one) {
+        return Err(crate::Error::InvalidConfig(format!(
+            "the workers' environment variable {k:?} is {} bytes long, more than the {max_one} \
+             bytes the kernel passes for one variable (NAME=value) to a new process; \
+             pass large data in a task's argument or a file instead",
+            string(k, v) - 1
+        )));
+    }
+    let stack = rustix::process::getrlimit(rustix::process::Resource::Stack)
+        .current
+        .map_or(usize::MAX, |b| usize::try_from(b).unwrap_or(usize::MAX));
+    let limit = (stack / 4).clamp(max_one, 6 << 20);
+    let pointers = (env.len() + 4) * std::mem::size_of::<usize>();
+    let total = env.iter().map(|(k, v)| string(k, v)).sum::<usize>() + pointers;
+    if total.saturating_add(EXEC_MARGIN) > limit {
+        let mut largest: Vec<_> = env.iter().collect();
+        largest.sort_by_key(|(k, v)| std::cmp::Reverse(string(k, v)));
+        let names: Vec<_> = largest.iter().take(3).map(|(k, _)| k).collect();
+        return Err(crate::Error::InvalidConfig(format!(
+            "the workers' environment ({} variables, {total} bytes: the parent's and the \
+             builder's env entries) is more than the {limit} bytes the kernel passes to a new \
+             process (a quarter of the stack limit, ulimit -s); the largest: {names:?}",
+            env.len()
+        )));
+    }
+    Ok(())
+}
+
 fn worker_arg0() -> String {
     let exe = std::env::args_os()
         .next()

@@ -330,6 +330,8 @@ impl Pool {
                 "pools nested {depth} deep (a task of a task of ... starting a pool); the limit is {MAX_NESTING}"
             )));
         }
+        let worker_env = launch::worker_env(&config);
+        launch::check_env_size(&worker_env)?;
         // Room to grow in place (`get_reusable_executor` resizing): slots
         // cost address space only until a worker uses them.
         let slots = config.max_workers.max(crate::topology::cpu_count()) as u32;
@@ -365,7 +367,7 @@ impl Pool {
             thread_ids: std::sync::OnceLock::new(),
             ncpu: crate::topology::cpu_count() as u32,
             cpu_plan: crate::topology::plan_for(config.pin, slots as usize),
-            worker_env: launch::worker_env(&config),
+            worker_env,
             standby: Default::default(),
             bell_owner: AtomicU64::new(0),
             bell_waiters: Mutex::new(Vec::new()),
