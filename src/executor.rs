@@ -155,7 +155,10 @@ impl ProcessPoolExecutor {
     /// running, its worker is killed (and replaced) to stop it; if it is
     /// still waiting (in the parent, or in a worker's ring, not started),
     /// it never runs, and no worker is killed (as for
-    /// [`Future::kill`](crate::Future::kill)). The limit counts the time
+    /// [`Future::kill`](crate::Future::kill)); nor does a task whose limit
+    /// has passed by the time it is handed over (`Duration::ZERO`). A
+    /// result that reached the parent before the limit was acted on is
+    /// kept: a task that ends right at its limit may succeed. The limit counts the time
     /// the task waits for a worker too: submitting many more tasks than
     /// workers, give each one the time to wait for the tasks before it, or
     /// submit them as workers free up; and with tasks of very different

@@ -109,6 +109,32 @@ fn stop_a_waiting_task(
     );
 }
 
+#[test]
+fn a_time_limit_passed_at_submit_fails_the_task_before_any_worker_runs_it() {
+    let ex = ProcessPoolExecutor::new(1).unwrap();
+    let worker = ex.submit(pid, ()).unwrap().result_timeout(HANG).unwrap();
+    let marker = std::env::temp_dir().join(format!("loky-late-limit-{}", std::process::id()));
+    let _ = std::fs::remove_file(&marker);
+    let path = marker.to_string_lossy().into_owned();
+    // The worker idles, ready: without the check at hand-over it would run
+    // these (and a limit of a nanosecond lost the race to it at times).
+    for limit in [Duration::ZERO, Duration::from_nanos(1)] {
+        for _ in 0..20 {
+            let late = ex.submit_with_timeout(mark, path.clone(), limit).unwrap();
+            let got = late.result_timeout(HANG);
+            assert!(matches!(got, Err(Error::TimeLimit)), "{limit:?}: {got:?}");
+        }
+    }
+    // The same worker, in order, after all of them: they never reached it.
+    assert_eq!(
+        ex.submit(pid, ()).unwrap().result_timeout(HANG).unwrap(),
+        worker
+    );
+    assert!(!marker.exists(), "a task out of time at submit ran");
+    let s = ex.stats();
+    assert_eq!((s.submitted, s.completed, s.crashed), (42, 2, 0), "{s:?}");
+}
+
 fn pid_after_ms(ms: u64) -> u32 {
     std::thread::sleep(Duration::from_millis(ms));
     std::process::id()

@@ -438,6 +438,14 @@ impl Pool {
     ) -> Result<()> {
         let mut st = self.state();
         st.check_open()?;
+        if deadline.is_some_and(|at| Instant::now() >= at) {
+            // Out of time already: it never runs, whether a worker is free
+            // or not (a time limit of zero fails every time alike).
+            st.stats.submitted += 1;
+            drop(st);
+            cell.try_end(Error::TimeLimit);
+            return Ok(());
+        }
         let id = cell.id();
         let mut message = message;
         if st.queue.is_empty() {
