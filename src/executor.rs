@@ -158,11 +158,12 @@ impl ProcessPoolExecutor {
     /// [`Future::kill`](crate::Future::kill)); nor does a task whose limit
     /// has passed by the time it is handed over (`Duration::ZERO`). A
     /// result that reached the parent before the limit was acted on is
-    /// kept: a task that ends right at its limit may succeed. The limit counts the time
-    /// the task waits for a worker too: submitting many more tasks than
-    /// workers, give each one the time to wait for the tasks before it, or
-    /// submit them as workers free up; and with tasks of very different
-    /// lengths, see [`prefetch`](ProcessPoolExecutorBuilder::prefetch).
+    /// kept: a task that ends right at its limit may succeed. The limit
+    /// counts the time the task waits for a worker too: submitting many
+    /// more tasks than workers, give each one the time to wait for the
+    /// tasks before it, or submit them as workers free up; and with tasks
+    /// of very different lengths, see
+    /// [`prefetch`](ProcessPoolExecutorBuilder::prefetch).
     ///
     /// ```
     /// use std::time::Duration;
