@@ -7,7 +7,9 @@
 //! ```
 //!
 //! One test at a time: the soak counts the process's file descriptors and
-//! threads, and the round-trip test keeps every core busy.
+//! threads, and the round-trip test keeps every core busy. The stop race
+//! (`LOKY_STOP_RACE_ROUNDS`, default 2000 rounds on each of two threads)
+//! takes a few seconds.
 //!
 //! `LOKY_SOAK_TASKS` (default 100 000) is the number of tasks;
 //! `LOKY_SOAK_SECS` (default 600) a wall-clock budget after which no more
@@ -359,4 +361,68 @@ impl<F: FnOnce()> Drop for Guard<F> {
             f();
         }
     }
+}
+
+fn nap_us(us: u64) -> u64 {
+    std::thread::sleep(Duration::from_micros(us));
+    us
+}
+
+/// Stops (kills, or lets a time limit fall on) tasks just as they end,
+/// while another task waits behind each in its worker's ring: a stop that
+/// comes too late to matter must not kill the worker after it has gone on
+/// to the next task (which was never stopped, and would fail with
+/// `TerminatedWorker`). `LOKY_STOP_RACE_ROUNDS` (default 2000) rounds per
+/// thread, two threads.
+#[test]
+#[ignore = "stress test; run with --ignored (see the file header)"]
+fn a_stop_that_races_the_end_of_its_task_never_takes_the_next_one() {
+    let rounds: u64 = std::env::var("LOKY_STOP_RACE_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000);
+    let ex = ProcessPoolExecutor::new(2).unwrap();
+    let hurt = std::sync::atomic::AtomicU64::new(0);
+    std::thread::scope(|s| {
+        for thread in 0..2u64 {
+            let (ex, hurt) = (&ex, &hurt);
+            s.spawn(move || {
+                for round in 0..rounds {
+                    // 0.2 to 1.2 ms, spread over the rounds.
+                    let us = 200 + (round * 7919 + thread * 104_729) % 1000;
+                    let by_limit = round % 2 == 1;
+                    let victim = if by_limit {
+                        ex.submit_with_timeout(nap_us, us, Duration::from_micros(us + 50))
+                    } else {
+                        ex.submit(nap_us, us)
+                    }
+                    .unwrap();
+                    let bystander = ex.submit(nap_us, round % 3).unwrap();
+                    if !by_limit {
+                        std::thread::sleep(Duration::from_micros(us));
+                        victim.kill();
+                    }
+                    match victim.result_timeout(Duration::from_secs(60)) {
+                        Ok(v) => assert_eq!(v, us),
+                        Err(Error::TimeLimit | Error::Cancelled) => {}
+                        Err(e) => panic!("round {round}: the stopped task: {e:?}"),
+                    }
+                    match bystander.result_timeout(Duration::from_secs(60)) {
+                        Ok(v) => assert_eq!(v, round % 3),
+                        Err(e) => {
+                            hurt.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            eprintln!("round {round} (thread {thread}): the task behind: {e:?}");
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let stats = ex.stats();
+    eprintln!("{} rounds x 2 threads: {stats:?}", rounds);
+    assert_eq!(
+        hurt.into_inner(),
+        0,
+        "tasks never stopped failed; {stats:?}"
+    );
 }

@@ -7,6 +7,11 @@
 //! producer [`Claim::withdraw`] with the same key: whichever comes first
 //! decides, and the other learns it from its return value.
 //!
+//! A producer about to end the consumer (kill it) while it runs a message
+//! [`Claim::hold`]s the one behind it instead: the consumer must then stop
+//! before that message, leaving it in the ring for the producer to hand to
+//! another consumer, rather than start it and die with it.
+//!
 //! One word in shared memory holds the key of the last message started and
 //! the key of the last message withdrawn. Each side moves its half with a
 //! compare-and-swap of the whole word, and refuses when the other half
@@ -25,8 +30,9 @@
 //! message the consumer has got past finds another key started and
 //! succeeds, though that message ran.
 //!
-//! Keys are the caller's (message ids), compared modulo 2^32 − 1: enough to
-//! tell apart the few messages in flight.
+//! Keys are the caller's (message ids), compared modulo 2^31 − 1: enough to
+//! tell apart the few messages in flight. The top bit of the withdrawn half
+//! marks a hold.
 
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -50,9 +56,29 @@ impl Default for Claim {
 /// The low half of the word: the last key started.
 const LOW: u64 = 0xFFFF_FFFF;
 
-/// A key as the word holds it: 1 ..= 2^32 − 1 (0 is "none").
+/// In the high half, over a key: that key is held ([`Claim::hold`]), not
+/// withdrawn.
+const HOLD: u64 = 1 << 31;
+
+/// A key as the word holds it: 1 ..= 2^31 − 1 (0 is "none"; the top bit
+/// is [`HOLD`]'s).
 fn short(key: u64) -> u64 {
-    key % 0xFFFF_FFFF + 1
+    key % (HOLD - 1) + 1
+}
+
+/// What the consumer does with a message ([`Claim::start`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[must_use]
+pub enum Start {
+    /// Act on it; it is now the last message started.
+    Run,
+    /// Skip it: the producer withdrew it. The consumer releases the
+    /// message and tells the producer (the withdrawal is consumed).
+    Skip,
+    /// Stop before it, leaving it in the ring: the producer is ending this
+    /// consumer and hands the message to another ([`Claim::hold`]). The
+    /// word is left as it is.
+    Hold,
 }
 
 /// [`short`], with 0 for "none".
@@ -77,18 +103,47 @@ impl Claim {
         self.word.store(0, Relaxed);
     }
 
-    /// The consumer is about to act on message `key`: true if it may,
-    /// false if the producer withdrew it (the consumer must skip it; the
-    /// withdrawal is then consumed).
-    pub fn start(&self, key: u64) -> bool {
+    /// The consumer is about to act on message `key`: whether it may
+    /// ([`Start::Run`]), must skip it (withdrawn: the withdrawal is then
+    /// consumed) or must stop before it (held).
+    pub fn start(&self, key: u64) -> Start {
         let k = short(key);
-        let mut started = true;
+        let mut start = Start::Run;
         self.update(|word| {
-            started = word >> 32 != k;
+            let pending = word >> 32;
+            if pending == k | HOLD {
+                start = Start::Hold;
+                return None;
+            }
             // Records the start, or consumes the withdrawal.
-            Some(if started { word & !LOW | k } else { word & LOW })
+            Some(if pending == k {
+                start = Start::Skip;
+                word & LOW
+            } else {
+                start = Start::Run;
+                word & !LOW | k
+            })
         });
-        started
+        start
+    }
+
+    /// The producer is about to end the consumer, which runs message
+    /// `running`: holds `key`, the message behind it, so that the consumer
+    /// stops before it ([`Start::Hold`]) if it gets there first. True if
+    /// held (or held already); false if the consumer got past `running`
+    /// (it started `key`: `running` has ended), if another withdrawal is
+    /// pending, or if the word cannot tell the two keys apart. A hold is
+    /// for good: the consumer never gets past it.
+    pub fn hold(&self, key: u64, running: u64) -> bool {
+        let (k, r) = (short(key), short(running));
+        if key != running && k == r {
+            return false;
+        }
+        self.update(|word| {
+            let pending = word >> 32;
+            (word & LOW == r && (pending == 0 || pending == k | HOLD))
+                .then_some(word & LOW | (k | HOLD) << 32)
+        })
     }
 
     /// The producer no longer wants message `key` to run: true if the
@@ -106,7 +161,7 @@ impl Claim {
     /// once the consumer has got past `key` to the message behind it.
     ///
     /// Refused when `key` and `before` are different keys that the word
-    /// cannot tell apart (equal modulo 2^32 − 1): then "`key` started"
+    /// cannot tell apart (equal modulo 2^31 − 1): then "`key` started"
     /// would read as "still `before`".
     pub fn withdraw_next(&self, key: u64, before: u64) -> bool {
         let last = short_or_none(before);
@@ -156,19 +211,19 @@ mod tests {
     #[test]
     fn the_first_of_start_and_withdraw_wins() {
         let c = Claim::new();
-        assert!(c.start(1));
+        assert_eq!(c.start(1), Start::Run);
         assert!(!c.withdraw(1), "started: too late to withdraw");
         assert!(c.withdraw(2), "not started yet");
-        assert!(!c.start(2), "withdrawn: skipped");
+        assert_eq!(c.start(2), Start::Skip, "withdrawn: skipped");
         // The skip consumed the withdrawal: the next message is unaffected,
         // and can be withdrawn in turn.
-        assert!(c.start(3));
+        assert_eq!(c.start(3), Start::Run);
         assert!(c.withdraw(4));
         assert!(c.withdraw(4), "the same withdrawal again changes nothing");
         assert!(!c.withdraw(5), "one withdrawal pending at a time");
-        assert!(!c.start(4));
+        assert_eq!(c.start(4), Start::Skip);
         assert!(c.withdraw(5));
-        assert!(!c.start(5));
+        assert_eq!(c.start(5), Start::Skip);
     }
 
     #[test]
@@ -176,11 +231,15 @@ mod tests {
         // The producer withdraws the waiting message before the consumer
         // even started the one in front of it.
         let c = Claim::new();
-        assert!(c.start(1));
+        assert_eq!(c.start(1), Start::Run);
         assert!(c.withdraw(3));
-        assert!(c.start(2));
-        assert!(!c.start(3), "withdrawn before 2 started: still withdrawn");
-        assert!(c.start(4));
+        assert_eq!(c.start(2), Start::Run);
+        assert_eq!(
+            c.start(3),
+            Start::Skip,
+            "withdrawn before 2 started: still withdrawn"
+        );
+        assert_eq!(c.start(4), Start::Run);
     }
 
     #[test]
@@ -189,16 +248,16 @@ mod tests {
         assert!(c.last_started_is(0), "nothing started yet");
         // 1 is at the front of a fresh consumer: not started.
         assert!(c.withdraw_next(1, 0));
-        assert!(!c.start(1));
-        assert!(c.start(2));
+        assert_eq!(c.start(1), Start::Skip);
+        assert_eq!(c.start(2), Start::Run);
         // 3 at the front, 2 known to have run: 3 ran, and the consumer went
         // on to 4; a plain withdrawal of 3 would wrongly succeed.
-        assert!(c.start(3));
-        assert!(c.start(4));
+        assert_eq!(c.start(3), Start::Run);
+        assert_eq!(c.start(4), Start::Run);
         assert!(!c.withdraw_next(3, 2), "got past 3");
         assert!(c.withdraw(3), "the plain withdrawal cannot tell");
         let c = Claim::new();
-        assert!(c.start(2));
+        assert_eq!(c.start(2), Start::Run);
         assert!(
             !c.withdraw_next(3, 1),
             "2 started, which the producer did not know of"
@@ -208,13 +267,13 @@ mod tests {
     }
 
     #[test]
-    fn keys_are_told_apart_across_the_32_bit_wrap() {
+    fn keys_are_told_apart_across_the_31_bit_wrap() {
         let c = Claim::new();
-        let k = (1u64 << 32) - 2;
-        assert!(c.start(k));
+        let k = (1u64 << 31) - 3;
+        assert_eq!(c.start(k), Start::Run);
         assert!(c.withdraw(k + 1));
-        assert!(!c.start(k + 1));
-        assert!(c.start(k + 2));
+        assert_eq!(c.start(k + 1), Start::Skip);
+        assert_eq!(c.start(k + 2), Start::Run);
         assert!(!c.withdraw(k + 2));
     }
 
@@ -222,14 +281,40 @@ mod tests {
     fn the_next_key_is_not_withdrawn_when_it_reads_as_the_one_before() {
         let c = Claim::new();
         let before = 5;
-        let key = before + 0xFFFF_FFFF; // the same short key
-        assert!(c.start(before));
+        let key = before + 0x7FFF_FFFF; // the same short key
+        assert_eq!(c.start(before), Start::Run);
         // Had the consumer started `key`, the word would read the same.
-        assert!(c.start(key));
+        assert_eq!(c.start(key), Start::Run);
         assert!(!c.withdraw_next(key, before));
         // Told apart, the usual case works.
-        assert!(c.start(before + 1));
+        assert_eq!(c.start(before + 1), Start::Run);
         assert!(c.withdraw_next(before + 2, before + 1));
+    }
+
+    #[test]
+    fn a_hold_stops_the_consumer_before_the_message_behind_the_running_one() {
+        let c = Claim::new();
+        assert_eq!(c.start(1), Start::Run);
+        assert!(c.hold(2, 1), "1 runs, 2 waits behind it");
+        assert!(c.hold(2, 1), "the same hold again changes nothing");
+        assert!(!c.withdraw(2), "held: no withdrawal on top");
+        // For good, and without moving the word: 1 is still the last
+        // message started (what the producer reads once the consumer died).
+        for _ in 0..3 {
+            assert_eq!(c.start(2), Start::Hold);
+        }
+        assert!(c.last_started_is(1));
+        // Too late once the consumer got past the running message.
+        let c = Claim::new();
+        assert_eq!(c.start(1), Start::Run);
+        assert_eq!(c.start(2), Start::Run);
+        assert!(!c.hold(2, 1), "2 started: 1 has ended");
+        // Not over a pending withdrawal, nor for keys the word confuses.
+        let c = Claim::new();
+        assert_eq!(c.start(1), Start::Run);
+        assert!(c.withdraw(3));
+        assert!(!c.hold(2, 1));
+        assert!(!c.hold(1 + 0x7FFF_FFFF, 1));
     }
 
     #[test]
@@ -237,7 +322,7 @@ mod tests {
         let c = Claim::new();
         for key in 1..=5_000u64 {
             let (started, withdrawn) = std::thread::scope(|s| {
-                let consumer = s.spawn(|| c.start(key));
+                let consumer = s.spawn(|| c.start(key) == Start::Run);
                 let withdrawn = c.withdraw(key);
                 (consumer.join().unwrap(), withdrawn)
             });
@@ -271,7 +356,7 @@ mod loom_model {
 
         loom::model(|| {
             let c = Arc::new(Claim::new());
-            assert!(c.start(1));
+            assert_eq!(c.start(1), Start::Run);
             // Messages 2 and 3 are in the consumer's ring; the producer
             // withdraws 3, then hands over 4 (as the pool does: after 2's
             // result, or after 3's skip when 3 was withdrawn) and withdraws
@@ -285,12 +370,12 @@ mod loom_model {
                 let (c, done2, done3, handed) =
                     (c.clone(), done2.clone(), done3.clone(), handed.clone());
                 loom::thread::spawn(move || {
-                    let two = c.start(2);
+                    let two = c.start(2) == Start::Run;
                     done2.store(true, Release);
-                    let three = c.start(3);
+                    let three = c.start(3) == Start::Run;
                     done3.store(true, Release);
                     wait(&handed);
-                    (two, three, c.start(4))
+                    (two, three, c.start(4) == Start::Run)
                 })
             };
             let w3 = c.withdraw(3);
@@ -308,12 +393,12 @@ mod loom_model {
     fn the_front_message_is_withdrawn_only_if_it_never_ran() {
         loom::model(|| {
             let c = loom::sync::Arc::new(Claim::new());
-            assert!(c.start(1));
+            assert_eq!(c.start(1), Start::Run);
             // 2 is at the front (1 is known to have run), 3 behind it; the
             // consumer may get through both before the producer acts.
             let consumer = {
                 let c = c.clone();
-                loom::thread::spawn(move || (c.start(2), c.start(3)))
+                loom::thread::spawn(move || (c.start(2) == Start::Run, c.start(3) == Start::Run))
             };
             let w2 = c.withdraw_next(2, 1);
             let (two, three) = consumer.join().unwrap();
@@ -323,16 +408,39 @@ mod loom_model {
     }
 
     #[test]
+    fn a_held_message_never_starts_and_an_unheld_one_ends_the_running_one() {
+        loom::model(|| {
+            let c = loom::sync::Arc::new(Claim::new());
+            // 1 runs, 2 waits behind it; the producer holds 2 to end the
+            // consumer while it runs 1, as the consumer may finish 1 and go
+            // on to 2 meanwhile.
+            assert_eq!(c.start(1), Start::Run);
+            let consumer = {
+                let c = c.clone();
+                loom::thread::spawn(move || c.start(2))
+            };
+            let held = c.hold(2, 1);
+            let two = consumer.join().unwrap();
+            if held {
+                assert_eq!(two, Start::Hold);
+                assert!(c.last_started_is(1), "the producer sees 2 never started");
+            } else {
+                assert_eq!(two, Start::Run, "not held: only because 2 started");
+            }
+        });
+    }
+
+    #[test]
     fn a_skipped_message_does_not_count_as_started() {
         loom::model(|| {
             let c = loom::sync::Arc::new(Claim::new());
-            assert!(c.start(1));
+            assert_eq!(c.start(1), Start::Run);
             // 2 is withdrawn (the consumer will skip it); 3 is then stopped
             // at the front, knowing 1 as the last to have run.
             assert!(c.withdraw(2));
             let consumer = {
                 let c = c.clone();
-                loom::thread::spawn(move || (c.start(2), c.start(3)))
+                loom::thread::spawn(move || (c.start(2) == Start::Run, c.start(3) == Start::Run))
             };
             let w3 = c.withdraw_next(3, 1);
             let (two, three) = consumer.join().unwrap();

@@ -35,8 +35,9 @@ use std::sync::atomic::Ordering::{Relaxed, Release};
 
 const MAGIC: [u8; 8] = *b"LOKYIPC\0";
 /// Version of the region layout. Bump on any change to a `#[repr(C)]`
-/// structure below or to the ring framing.
-pub const LAYOUT_VERSION: u32 = 4;
+/// structure below, to the meaning of its words, or to the ring framing.
+/// (5: a slot's claim word holds 31-bit keys and a hold flag.)
+pub const LAYOUT_VERSION: u32 = 5;
 const PAGE: usize = 4096;
 
 /// What to build a region for.

@@ -906,6 +906,19 @@ impl Pool {
                 // task's may be among them. Read them before killing.
                 return Stop::DrainFirst(i);
             }
+            if !withdrawn && pos == 0 {
+                if let Some(next) = w.in_flight.get(1).map(|c| c.id()) {
+                    // The worker may yet finish this task and go on to the
+                    // next before the kill lands, which would take that one
+                    // with it. Held, the next one never starts: the worker
+                    // exits before it, and it runs elsewhere. Not held
+                    // because it started: this task has ended, nothing to
+                    // stop. (Withdrawn already, it will not start either.)
+                    if w.withdrawn != Some(next) && !claim.hold(next, id) {
+                        return Stop::Done(false);
+                    }
+                }
+            }
             state.deadlines.forget(id);
             // Staged under the state lock: a death path, the skip's result
             // or a late result of the task (it finished meanwhile), which

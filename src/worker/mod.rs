@@ -6,7 +6,7 @@ use std::io::Write;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-use loky_ipc::{Receiver, Region, Sender};
+use loky_ipc::{Receiver, Region, Sender, Start};
 use rkyv::util::AlignedVec;
 
 use crate::pool::{binary_tag, WorkerSpec, REGION_FD, SOCKET_FD};
@@ -23,6 +23,9 @@ pub(crate) const EXIT_BAD_BINARY: i32 = 78;
 pub(crate) const EXIT_BOOTSTRAP: i32 = 79;
 /// Exit code: a task kept a shared-array handle past its end.
 pub(crate) const EXIT_KEPT_HANDLE: i32 = 80;
+/// Exit code: the pool, killing the worker to stop its task, held the next
+/// one ([`stop_before_held_task`]).
+pub(crate) const EXIT_HELD: i32 = 81;
 
 /// What a worker's end says, where loky knows: its own exit codes, and the
 /// signal that out-of-memory kills send.
@@ -35,6 +38,9 @@ pub(crate) fn exit_hint(status: loky_ipc::ExitStatus) -> Option<&'static str> {
         }
         Exited(EXIT_BOOTSTRAP) => "the worker could not attach to the pool",
         Exited(EXIT_KEPT_HANDLE) => "a task kept a shared array handle past its end",
+        Exited(EXIT_HELD) => {
+            "the pool stopping a task on it (kill, a time limit): it exited before its next task"
+        }
         Signaled { signal: 9, .. } => {
             "SIGKILL: the pool stopping a task on it (kill, a time limit), \
              the kernel's OOM killer, or another process"
@@ -51,6 +57,22 @@ pub(crate) fn exit_hint(status: loky_ipc::ExitStatus) -> Option<&'static str> {
         }
         _ => return None,
     })
+}
+
+/// Ends this worker at once, at task `task`, which the parent held
+/// ([`loky_ipc::Claim::hold`]): the parent is killing the worker to stop
+/// the task it ran, which ended meanwhile, and hands `task`, left unread in
+/// the ring, to another worker. Nothing is released or sent, as if the kill
+/// had come first.
+fn stop_before_held_task(task: u64) -> ! {
+    tracing::debug!(
+        task,
+        "the pool is ending this worker; exiting before its next task"
+    );
+    // SAFETY: `_exit` only ends the process: no destructor or exit handler
+    // runs, so nothing in shared memory changes (the parent reads the rings
+    // as a killed worker would have left them).
+    unsafe { libc::_exit(EXIT_HELD) }
 }
 
 /// [`exit_hint`] as a suffix for an error message ("" if none).
@@ -223,14 +245,18 @@ impl WorkerLoop<'_> {
             match (tag, header) {
                 (TAG_EXIT, _) => return 0,
                 (TAG_TASK, Some(h)) => {
-                    if !self.region.slot(self.spec.slot).claim().start(h.task_id) {
-                        if let Err(code) = self.skip(h.task_id) {
-                            return code;
+                    match self.region.slot(self.spec.slot).claim().start(h.task_id) {
+                        Start::Run => {
+                            self.run_one(h);
+                            self.send(TAG_RESULT);
                         }
-                        continue;
+                        Start::Skip => {
+                            if let Err(code) = self.skip(h.task_id) {
+                                return code;
+                            }
+                        }
+                        Start::Hold => stop_before_held_task(h.task_id),
                     }
-                    self.run_one(h);
-                    self.send(TAG_RESULT);
                 }
                 (TAG_INIT, Some(h)) => {
                     let status = self.run_one(h);
