@@ -271,6 +271,8 @@ mod tests {
         );
         let kept = terminated(ExitStatus::Exited(crate::worker::EXIT_KEPT_HANDLE));
         assert!(kept.contains("kept a shared array handle"), "{kept}");
+        let held = terminated(ExitStatus::Exited(crate::worker::EXIT_HELD));
+        assert!(held.contains("before its next task"), "{held}");
         let killed = terminated(ExitStatus::Signaled {
             signal: 9,
             core_dumped: false,
