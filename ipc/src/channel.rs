@@ -91,7 +91,16 @@ struct Spills {
     remote: [(u64, u64); RECEIVER_CACHE],
     clock: u64,
     /// Handed over, not seen freed yet.
-    in_flight: Vec<InFlight>,
+    in_flight: Vec<Handed>,
+}
+
+/// A spill buffer handed over, with the tag and length of its message (to
+/// give the message back if the receiver dies holding it).
+#[derive(Debug)]
+struct Handed {
+    buf: InFlight,
+    tag: u32,
+    len: u64,
 }
 
 impl Spills {
@@ -105,7 +114,7 @@ impl Spills {
 
     /// Drops the handed-over buffers the receiver marked free.
     fn collect(&mut self) {
-        self.in_flight.retain(|f| !f.is_free());
+        self.in_flight.retain(|h| !h.buf.is_free());
     }
 
     /// Announces `buf`'s first `len` bytes in `grant` (a reserved frame of
@@ -138,7 +147,11 @@ impl Spills {
         if slot != UNCACHED {
             self.remote[slot as usize] = (buf.id(), self.clock);
         }
-        self.in_flight.push(buf.hand_over());
+        self.in_flight.push(Handed {
+            buf: buf.hand_over(),
+            tag,
+            len: len as u64,
+        });
         SpillFrame {
             len: len as u64,
             id: buf.id(),
@@ -249,13 +262,13 @@ impl<'r> Sender<'r> {
     }
 
     /// Calls `visit` with the tag of each message the receiver has not
-    /// started on, oldest first, and the message: its bytes in the ring, or
+    /// released, oldest first, and the message: its bytes in the ring, or
     /// the spill buffer it travelled in, taken back (leased to this side
     /// again, so it can be sent elsewhere without a copy, or dropped to
     /// return it to the pool). Meant for a receiver that died: see
-    /// [`Producer::unreleased`]. An inline message counts from its frame
-    /// until the receiver pops it; a spilled one only until the receiver
-    /// peeks it (which takes its frame off the ring).
+    /// [`Producer::unreleased`]. A message counts until the receiver pops
+    /// it: a spilled one that it peeked (which takes its frame off the ring)
+    /// and never released comes first.
     ///
     /// A spilled message is [`Unreleased::Lost`] when its buffer cannot be
     /// taken back: the receiver marked it free (so it may hold other bytes
@@ -279,6 +292,34 @@ impl<'r> Sender<'r> {
     ) -> Result<()> {
         let (ring, spills) = (&self.ring, &mut self.spills);
         let protected = spill::guardable();
+        // The buffers whose frames are still in the ring. A handed-over
+        // buffer that is not among them and not freed holds the message the
+        // receiver peeked last and never released (it releases each before
+        // it peeks the next), unless it is an old lease of a buffer leased
+        // again since (elsewhere: `take_back` then refuses it).
+        let mut framed = Vec::new();
+        ring.unreleased(|tag, bytes| {
+            if tag & SPILL != 0 {
+                if let Ok(f) = SpillFrame::read(bytes) {
+                    framed.push((f.id, f.lease));
+                }
+            }
+        })?;
+        // (Where a dead receiver may have written to them, they stay for
+        // the sender's drop to abandon, as the ring's do.)
+        let (peeked, rest) = std::mem::take(&mut spills.in_flight)
+            .into_iter()
+            .partition::<Vec<_>, _>(|h| {
+                protected && !h.buf.is_free() && !framed.contains(&(h.buf.id(), h.buf.lease()))
+            });
+        spills.in_flight = rest;
+        for h in peeked {
+            // SAFETY: the receiver is not reading the buffer and never will
+            // (this function's contract).
+            let taken = unsafe { h.buf.take_back() }
+                .and_then(|buffer| SpilledMessage::new(buffer, usize::try_from(h.len).ok()?).ok());
+            visit(h.tag, taken.map_or(Unreleased::Lost, Unreleased::Spilled));
+        }
         ring.unreleased(|tag, bytes| {
             if tag & SPILL == 0 {
                 visit(tag, Unreleased::Inline(bytes));
@@ -291,11 +332,11 @@ impl<'r> Sender<'r> {
                     let i = spills
                         .in_flight
                         .iter()
-                        .position(|b| b.id() == f.id && b.lease() == f.lease)?;
+                        .position(|h| h.buf.id() == f.id && h.buf.lease() == f.lease)?;
                     // SAFETY: the receiver is not peeking and never peeks
                     // again (this function's contract), so it is not
                     // reading the buffer and never will.
-                    let buffer = unsafe { spills.in_flight.swap_remove(i).take_back() }?;
+                    let buffer = unsafe { spills.in_flight.swap_remove(i).buf.take_back() }?;
                     SpilledMessage::new(buffer, usize::try_from(f.len).ok()?).ok()
                 });
             visit(
@@ -350,8 +391,8 @@ impl Drop for Sender<'_> {
     fn drop(&mut self) {
         // A receiver that never marks a buffer free again (it died) must not
         // keep it out of use forever.
-        for f in self.spills.in_flight.drain(..) {
-            f.abandon();
+        for h in self.spills.in_flight.drain(..) {
+            h.buf.abandon();
         }
     }
 }
@@ -623,6 +664,32 @@ mod tests {
     }
 
     #[test]
+    fn a_spilled_message_peeked_and_never_released_comes_back_first() {
+        let mut ring = HeapRing::new(1024).unwrap();
+        let (p, c) = ring.split();
+        let (a, b) = fdpass::socket_pair().unwrap();
+        let (mut tx, mut rx) = (Sender::new(p, a), Receiver::new(c, b));
+        assert!(tx.try_send(1, &pattern(1, 3000)).unwrap(), "spilled");
+        assert!(tx.try_send(2, &pattern(2, 100)).unwrap());
+        assert!(tx.try_send(3, &pattern(3, 4000)).unwrap(), "spilled");
+        // The receiver looks at the first (its frame leaves the ring) and
+        // stops there, as a worker that exits at a held task does.
+        assert_eq!(rx.peek().unwrap().unwrap().tag, 1);
+        drop(rx);
+        if !spill::guardable() {
+            return; // pages over 4 KiB: spilled messages are never taken back
+        }
+        assert_eq!(
+            take_back(&mut tx),
+            [
+                (1, Some(digest(&pattern(1, 3000))), true),
+                (2, Some(digest(&pattern(2, 100))), false),
+                (3, Some(digest(&pattern(3, 4000))), true),
+            ]
+        );
+    }
+
+    #[test]
     fn a_spill_buffer_its_receiver_marked_free_is_not_taken_back() {
         let mut ring = HeapRing::new(1024).unwrap();
         let (p, _c) = ring.split();
@@ -632,7 +699,7 @@ mod tests {
         // Its frame is still in the ring, but the buffer reads as free (a
         // stray write of the receiver, say): it may be leased again at any
         // time, so its bytes are not trusted.
-        tx.spills.in_flight[0].free_as_receiver();
+        tx.spills.in_flight[0].buf.free_as_receiver();
         assert_eq!(take_back(&mut tx), [(2, None, true)]);
     }
 
@@ -645,7 +712,7 @@ mod tests {
         assert!(tx.try_send(2, &pattern(2, 3000)).unwrap(), "spilled");
         tx.collect();
         assert_eq!(tx.spills.in_flight.len(), 1, "still being read");
-        tx.spills.in_flight[0].free_as_receiver();
+        tx.spills.in_flight[0].buf.free_as_receiver();
         tx.collect();
         assert!(tx.spills.in_flight.is_empty());
     }
@@ -664,7 +731,7 @@ mod tests {
         // The buffer reads as free before the receiver got to it, so the
         // next message of its size leases it again (unless a test running
         // alongside took it first) and goes out behind the first frame.
-        tx.spills.in_flight[0].free_as_receiver();
+        tx.spills.in_flight[0].buf.free_as_receiver();
         assert!(tx.try_send(2, &pattern(2, len)).unwrap(), "spilled");
         // The first frame names the earlier lease: its bytes are gone.
         assert_eq!(
@@ -705,9 +772,9 @@ mod tests {
         let before = write_state();
         assert!(segfaulted(before), "a received spill header: {before:#x}");
         assert_eq!(rx.peek().unwrap().unwrap().bytes, &pattern(2, 3000)[..]);
-        assert!(!tx.spills.in_flight[0].is_free());
+        assert!(!tx.spills.in_flight[0].buf.is_free());
         rx.pop().unwrap();
-        assert!(tx.spills.in_flight[0].is_free(), "released");
+        assert!(tx.spills.in_flight[0].buf.is_free(), "released");
         let after = write_state();
         assert!(segfaulted(after), "the header after release: {after:#x}");
     }

@@ -66,6 +66,20 @@ fn short(key: u64) -> u64 {
     key % (HOLD - 1) + 1
 }
 
+/// How [`Claim::hold`] went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[must_use]
+pub enum Hold {
+    /// Held (or held already): the consumer will not start it.
+    Held,
+    /// The consumer got past the running message (it started another, the
+    /// held one presumably): the running one has ended.
+    Ended,
+    /// Not held: another withdrawal is pending, or the word cannot tell the
+    /// two keys apart. The consumer may go on to the message.
+    Refused,
+}
+
 /// What the consumer does with a message ([`Claim::start`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[must_use]
@@ -129,21 +143,27 @@ impl Claim {
 
     /// The producer is about to end the consumer, which runs message
     /// `running`: holds `key`, the message behind it, so that the consumer
-    /// stops before it ([`Start::Hold`]) if it gets there first. True if
-    /// held (or held already); false if the consumer got past `running`
-    /// (it started `key`: `running` has ended), if another withdrawal is
-    /// pending, or if the word cannot tell the two keys apart. A hold is
-    /// for good: the consumer never gets past it.
-    pub fn hold(&self, key: u64, running: u64) -> bool {
+    /// stops before it ([`Start::Hold`]) if it gets there first. A hold is
+    /// for good: the consumer never gets past it; a withdrawal of `key`
+    /// still succeeds over it (and leaves it in place).
+    pub fn hold(&self, key: u64, running: u64) -> Hold {
         let (k, r) = (short(key), short(running));
         if key != running && k == r {
-            return false;
+            return Hold::Refused;
         }
+        let mut outcome = Hold::Refused;
         self.update(|word| {
             let pending = word >> 32;
-            (word & LOW == r && (pending == 0 || pending == k | HOLD))
-                .then_some(word & LOW | (k | HOLD) << 32)
-        })
+            outcome = if word & LOW != r {
+                Hold::Ended
+            } else if pending == 0 || pending == k | HOLD {
+                Hold::Held
+            } else {
+                Hold::Refused
+            };
+            (outcome == Hold::Held).then_some(word & LOW | (k | HOLD) << 32)
+        });
+        outcome
     }
 
     /// The producer no longer wants message `key` to run: true if the
@@ -172,12 +192,21 @@ impl Claim {
     }
 
     /// Withdraws `key` if the key of the last message started passes
-    /// `may`, and no other withdrawal is pending.
+    /// `may`, and no other withdrawal is pending. Over a hold of `key` it
+    /// succeeds and leaves the hold: the consumer stops there without
+    /// starting it either way.
     fn withdraw_if(&self, key: u64, may: impl Fn(u64) -> bool) -> bool {
         let k = short(key);
         self.update(|word| {
             let pending = word >> 32;
-            (may(word & LOW) && (pending == 0 || pending == k)).then_some(word & LOW | k << 32)
+            if !may(word & LOW) {
+                return None;
+            }
+            match pending {
+                0 => Some(word & LOW | k << 32),
+                p if p == k || p == k | HOLD => Some(word),
+                _ => None,
+            }
         })
     }
 
@@ -295,9 +324,17 @@ mod tests {
     fn a_hold_stops_the_consumer_before_the_message_behind_the_running_one() {
         let c = Claim::new();
         assert_eq!(c.start(1), Start::Run);
-        assert!(c.hold(2, 1), "1 runs, 2 waits behind it");
-        assert!(c.hold(2, 1), "the same hold again changes nothing");
-        assert!(!c.withdraw(2), "held: no withdrawal on top");
+        assert_eq!(c.hold(2, 1), Hold::Held, "1 runs, 2 waits behind it");
+        assert_eq!(
+            c.hold(2, 1),
+            Hold::Held,
+            "the same hold again changes nothing"
+        );
+        // A withdrawal of the held message succeeds (it will not start)
+        // and leaves the hold; another message's is refused.
+        assert!(c.withdraw(2));
+        assert!(c.withdraw_next(2, 1));
+        assert!(!c.withdraw(3));
         // For good, and without moving the word: 1 is still the last
         // message started (what the producer reads once the consumer died).
         for _ in 0..3 {
@@ -308,13 +345,13 @@ mod tests {
         let c = Claim::new();
         assert_eq!(c.start(1), Start::Run);
         assert_eq!(c.start(2), Start::Run);
-        assert!(!c.hold(2, 1), "2 started: 1 has ended");
+        assert_eq!(c.hold(2, 1), Hold::Ended, "2 started: 1 has ended");
         // Not over a pending withdrawal, nor for keys the word confuses.
         let c = Claim::new();
         assert_eq!(c.start(1), Start::Run);
         assert!(c.withdraw(3));
-        assert!(!c.hold(2, 1));
-        assert!(!c.hold(1 + 0x7FFF_FFFF, 1));
+        assert_eq!(c.hold(2, 1), Hold::Refused);
+        assert_eq!(c.hold(1 + 0x7FFF_FFFF, 1), Hold::Refused);
     }
 
     #[test]
@@ -421,11 +458,13 @@ mod loom_model {
             };
             let held = c.hold(2, 1);
             let two = consumer.join().unwrap();
-            if held {
-                assert_eq!(two, Start::Hold);
-                assert!(c.last_started_is(1), "the producer sees 2 never started");
-            } else {
-                assert_eq!(two, Start::Run, "not held: only because 2 started");
+            match held {
+                Hold::Held => {
+                    assert_eq!(two, Start::Hold);
+                    assert!(c.last_started_is(1), "the producer sees 2 never started");
+                }
+                Hold::Ended => assert_eq!(two, Start::Run),
+                Hold::Refused => panic!("nothing else was pending"),
             }
         });
     }

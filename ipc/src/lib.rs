@@ -49,7 +49,7 @@ mod test_child;
 
 pub use arena::{Arena, ArenaError, ArenaView, Block};
 pub use channel::{Incoming, Receiver, Sender, Unreleased};
-pub use claim::{Claim, Start};
+pub use claim::{Claim, Hold, Start};
 pub use doorbell::Doorbell;
 pub use error::{Error, Result};
 pub use pidfd::{ExitStatus, PidFd, Reap};

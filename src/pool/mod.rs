@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use loky_ipc::pidfd::Notifier;
-use loky_ipc::{Claim, PidFd, Receiver, Region, RegionConfig, Sender, Unreleased};
+use loky_ipc::{Claim, Hold, PidFd, Receiver, Region, RegionConfig, Sender, Unreleased};
 
 pub(crate) use config::Config;
 pub(crate) use identity::binary_tag;
@@ -303,6 +303,20 @@ impl std::fmt::Debug for Pool {
         f.debug_struct("Pool")
             .field("max_workers", &self.config.max_workers)
             .finish_non_exhaustive()
+    }
+}
+
+/// Debug builds only, for tests (`tests/stop_race.rs`): waits
+/// `LOKY_TEST_KILL_PAUSE_MS` between deciding to kill a worker to stop its
+/// task and the kill, which lets the worker finish that task and reach the
+/// next one first. Release builds never read it.
+fn pause_before_kill() {
+    #[cfg(debug_assertions)]
+    if let Some(ms) = std::env::var("LOKY_TEST_KILL_PAUSE_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        std::thread::sleep(Duration::from_millis(ms));
     }
 }
 
@@ -913,8 +927,10 @@ impl Pool {
                     // with it. Held, the next one never starts: the worker
                     // exits before it, and it runs elsewhere. Not held
                     // because it started: this task has ended, nothing to
-                    // stop. (Withdrawn already, it will not start either.)
-                    if w.withdrawn != Some(next) && !claim.hold(next, id) {
+                    // stop. (Withdrawn already, it will not start either.
+                    // Refused, which the pool never leaves pending: killed
+                    // all the same, as the running task must stop.)
+                    if w.withdrawn != Some(next) && claim.hold(next, id) == Hold::Ended {
                         return Stop::Done(false);
                     }
                 }
@@ -929,6 +945,7 @@ impl Pool {
             if !withdrawn {
                 tracing::info!(pid = w.pid, task = id, error = %reason, "killing a worker to stop its task");
                 w.task_kill = Some((id, reason.clone()));
+                pause_before_kill();
                 let _ = w.pidfd.kill(rustix::process::Signal::KILL);
             } else {
                 // If the worker dies before it skips it, it must not be read
