@@ -464,15 +464,21 @@ pub(crate) enum Encoded<B> {
 }
 
 impl<B: AsRef<[u8]>> Encoded<B> {
-    /// Sends the message; gives it back if the ring is full.
+    /// Sends the message; gives it back if the ring is full, and with the
+    /// error if it could not be sent (to send it elsewhere).
     pub(crate) fn try_send(
         self,
         tx: &mut loky_ipc::Sender<'_>,
         tag: u32,
-    ) -> loky_ipc::Result<Option<Self>> {
-        match self {
-            Encoded::Bytes(b) => Ok((!tx.try_send(tag, b.as_ref())?).then_some(Encoded::Bytes(b))),
-            Encoded::Spilled(m) => Ok(tx.try_send_spilled(tag, m)?.map(Encoded::Spilled)),
+    ) -> Result<Option<Self>, (loky_ipc::Error, Self)> {
+        let sent = match &self {
+            Encoded::Bytes(b) => tx.try_send(tag, b.as_ref()),
+            Encoded::Spilled(m) => tx.try_send_spilled(tag, m),
+        };
+        match sent {
+            Ok(true) => Ok(None),
+            Ok(false) => Ok(Some(self)),
+            Err(e) => Err((e, self)),
         }
     }
 }

@@ -2023,3 +2023,50 @@ fn a_waiting_task_timed_out_with_the_running_one_fails_with_time_limit_and_never
         assert_eq!((s.crashed, s.respawned, s.rerun), (0, 1, 0), "{s:?}");
     });
 }
+
+/// Closes the worker's sockets (its ends of the descriptor socket), as
+/// code that closes "inherited" descriptors would; the worker's pid.
+fn close_the_workers_sockets(_: ()) -> u32 {
+    for entry in std::fs::read_dir("/proc/self/fd").unwrap() {
+        let entry = entry.unwrap();
+        let socket = std::fs::read_link(entry.path())
+            .is_ok_and(|target| target.to_string_lossy().starts_with("socket:"));
+        if let (true, Ok(fd)) = (socket, entry.file_name().to_string_lossy().parse::<i32>()) {
+            // SAFETY: closes a descriptor this process owns; the worker
+            // loop does not read it for small messages (and large ones are
+            // what is tested).
+            unsafe { libc::close(fd) };
+        }
+    }
+    std::process::id()
+}
+
+#[test]
+fn a_worker_whose_descriptor_socket_was_closed_is_replaced_and_large_tasks_run() {
+    // One worker, then two: the task goes to the replacement, or to the
+    // other worker at once.
+    for workers in [1, 2] {
+        let ex = pool(workers);
+        let broken = ex.submit(close_the_workers_sockets, ()).unwrap();
+        let broken = broken.result_timeout(HANG).unwrap();
+        // Large arguments travel with a descriptor over that socket.
+        let big = vec![7u8; 2 << 20];
+        for round in 0..4 {
+            let sum = ex.submit(
+                |v: Vec<u8>| v.iter().map(|&b| u64::from(b)).sum::<u64>(),
+                big.clone(),
+            );
+            match sum.map(|f| f.result_timeout(HANG)) {
+                Ok(Ok(sum)) => assert_eq!(sum, 7 * (2 << 20)),
+                other => panic!("{workers} workers, round {round}: {other:?}"),
+            }
+        }
+        assert!(
+            !ex.worker_pids().contains(&broken) || workers > 1,
+            "{:?}",
+            ex.worker_pids()
+        );
+        let s = ex.stats();
+        assert_eq!((s.completed, s.failed, s.aborted), (5, 0, 0), "{s:?}");
+    }
+}

@@ -435,3 +435,68 @@ fn a_stop_that_races_the_end_of_its_task_never_takes_the_next_one() {
         "tasks never stopped failed; {stats:?}"
     );
 }
+
+fn byte_len(bytes: Vec<u8>) -> usize {
+    bytes.len()
+}
+
+/// Large arguments (each sent with a descriptor over the worker's socket)
+/// while another thread SIGKILLs the workers every 10 ms: a task that was
+/// handed to a worker that had just died runs elsewhere; submit never
+/// fails and no task ends with a transport error, only with its value or
+/// `TerminatedWorker`. `LOKY_SOAK_SECS` bounds it (default 8 s here).
+#[test]
+#[ignore = "stress test; run with --ignored (see the file header)"]
+fn large_arguments_outlive_workers_killed_from_outside() {
+    let secs: u64 = std::env::var("LOKY_SOAK_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(8)
+        .min(8);
+    let ex = ProcessPoolExecutor::new(3).unwrap();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (mut ok, mut terminated) = (0u64, 0u64);
+    let kills = std::thread::scope(|s| {
+        let killer = s.spawn(|| {
+            let mut kills = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(10));
+                let pids = ex.worker_pids();
+                if let Some(&pid) = pids.get(kills as usize % pids.len().max(1)) {
+                    // SAFETY: a plain system call on a worker of this pool.
+                    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                    kills += 1;
+                }
+            }
+            kills
+        });
+        // Stops the killer however this thread leaves (a failed check
+        // would otherwise leave the scope waiting for it for ever).
+        let stop_killer = Guard(Some(|| {
+            stop.store(true, std::sync::atomic::Ordering::Relaxed)
+        }));
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(secs) {
+            let futures: Vec<_> = (0..4)
+                .map(|_| ex.submit(byte_len, vec![0u8; 2 << 20]).unwrap())
+                .collect();
+            for f in futures {
+                match f.result_timeout(Duration::from_secs(60)) {
+                    Ok(len) => {
+                        assert_eq!(len, 2 << 20);
+                        ok += 1;
+                    }
+                    Err(Error::TerminatedWorker { .. }) => terminated += 1,
+                    Err(e) => panic!("a task of a killed pool: {e:?}"),
+                }
+            }
+        }
+        drop(stop_killer);
+        killer.join().unwrap()
+    });
+    eprintln!(
+        "{kills} kills: {ok} ok, {terminated} TerminatedWorker; {:?}",
+        ex.stats()
+    );
+    assert!(ok > 0 && kills > 0);
+}

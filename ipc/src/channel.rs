@@ -348,26 +348,22 @@ impl<'r> Sender<'r> {
 
     /// Sends a message already written in a spill buffer: the buffer itself
     /// when the message is too large for the ring, a copy in the ring
-    /// otherwise. Gives the message back (`Ok(Some)`) when the ring is full.
-    pub fn try_send_spilled(
-        &mut self,
-        tag: u32,
-        message: SpilledMessage,
-    ) -> Result<Option<SpilledMessage>> {
+    /// otherwise; `Ok(false)` when the ring is full. The caller keeps the
+    /// message: to send again later, or to drop once sent (the receiver
+    /// has the buffer then; dropping our lease returns it to the pool once
+    /// the receiver is done with it), or to send elsewhere after an error.
+    pub fn try_send_spilled(&mut self, tag: u32, message: &SpilledMessage) -> Result<bool> {
         let len = message.len();
         if len <= self.ring.max_message() {
-            let sent = self.send_with(tag, len, |buf| buf.copy_from_slice(message.bytes()))?;
-            return Ok((!sent).then_some(message));
+            return self.send_with(tag, len, |buf| buf.copy_from_slice(message.bytes()));
         }
         Self::check_tag(tag)?;
         let Some(grant) = self.ring.reserve(FRAME_LEN) else {
-            return Ok(Some(message));
+            return Ok(false);
         };
         self.spills
             .publish(&self.socket, grant, message.buffer(), len, tag)?;
-        // The receiver has the buffer now; dropping our lease returns it to
-        // the pool once the receiver is done with it.
-        Ok(None)
+        Ok(true)
     }
 }
 

@@ -31,6 +31,19 @@ pub enum Error {
     Config(String),
 }
 
+impl Error {
+    /// Whether the error says the other end of a connection is gone (its
+    /// process died, or closed its end): `EPIPE`, `ECONNRESET` or
+    /// `ENOTCONN` from a system call. Nothing more can be sent to it.
+    pub fn peer_gone(&self) -> bool {
+        matches!(
+            self,
+            Error::Os { source, .. }
+                if matches!(source.raw_os_error(), Some(libc::EPIPE | libc::ECONNRESET | libc::ENOTCONN))
+        )
+    }
+}
+
 /// Shorthand for `Result<T, loky_ipc::Error>`.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

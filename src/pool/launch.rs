@@ -228,6 +228,7 @@ impl Pool {
             probe,
             watch_lifeline: true,
             dying: false,
+            cut_off: false,
             died: None,
             reaped: false,
         };

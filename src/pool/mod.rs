@@ -201,6 +201,9 @@ pub(crate) struct Worker {
     /// Its lifeline broke and the kernel says it is exiting: it takes no
     /// new task.
     dying: bool,
+    /// Its end of the descriptor socket is closed (a large message could
+    /// not be sent): killed, it takes no new task.
+    cut_off: bool,
     /// Set once the worker is known dead (its lifeline broke, or it was
     /// reaped): the error its tasks get (unless one was stopped on purpose),
     /// fixed at first sight so tasks failed then and at reaping agree. It
@@ -463,7 +466,7 @@ impl Pool {
         let id = cell.id();
         let mut message = message;
         if st.queue.is_empty() {
-            if let Some(i) = st.least_loaded() {
+            while let Some(i) = st.least_loaded() {
                 // An error here is `submit`'s: the task was not submitted.
                 match st.push_to(i, &cell, message)? {
                     None => {
@@ -476,6 +479,10 @@ impl Pool {
                         return Ok(());
                     }
                     Some(back) => message = back,
+                }
+                // Its ring was full: queued. Cut off (`push_to`): the next.
+                if st.workers[i].as_ref().is_some_and(|w| w.takes_work()) {
+                    break;
                 }
             }
         }
@@ -1621,8 +1628,23 @@ impl State {
         let Some(w) = self.workers[i].as_mut() else {
             return Ok(Some(message));
         };
-        if let Some(back) = message.try_send(&mut w.sender, TAG_TASK)? {
-            return Ok(Some(back));
+        match message.try_send(&mut w.sender, TAG_TASK) {
+            Ok(None) => {}
+            Ok(Some(back)) => return Ok(Some(back)),
+            Err((e, back)) if e.peer_gone() => {
+                // A large message's descriptor found the worker's end of the
+                // socket closed: it died (its death is on its way), or a
+                // task closed that descriptor, which no message can reach
+                // again. Either way it gets nothing more, the task goes to
+                // another worker, and the pool replaces this one.
+                if !w.cut_off {
+                    tracing::warn!(pid = w.pid, error = %e, "a worker's descriptor socket is closed; killing it");
+                    w.cut_off = true;
+                    let _ = w.pidfd.kill(rustix::process::Signal::KILL);
+                }
+                return Ok(Some(back));
+            }
+            Err((e, _)) => return Err(e.into()),
         }
         w.in_flight.push_back(cell.clone());
         cell.mark_sent();
@@ -1801,6 +1823,7 @@ impl Worker {
         self.ready
             && !self.exiting
             && !self.dying
+            && !self.cut_off
             && !self.reaped
             && self.died.is_none()
             && !self.killed_by_us()

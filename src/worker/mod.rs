@@ -36,7 +36,10 @@ pub(crate) fn exit_hint(status: loky_ipc::ExitStatus) -> Option<&'static str> {
         Exited(EXIT_BAD_BINARY) => {
             "the worker is not the same binary as the parent (was it rebuilt while running?)"
         }
-        Exited(EXIT_BOOTSTRAP) => "the worker could not attach to the pool",
+        Exited(EXIT_BOOTSTRAP) => {
+            "the worker could not attach to the pool, or lost its link to it (a corrupt \
+             ring, or a task closed the worker's descriptors); its standard error says which"
+        }
         Exited(EXIT_KEPT_HANDLE) => "a task kept a shared array handle past its end",
         Exited(EXIT_HELD) => {
             "the pool stopping a task on it (kill, a time limit): it exited before its next task"
@@ -376,21 +379,7 @@ impl WorkerLoop<'_> {
         match self.spilled.take() {
             Some((spill, len)) => match loky_ipc::spill::SpilledMessage::new(spill, len) {
                 // The channel hands the buffer over, no copy.
-                Ok(message) => {
-                    let mut pending = Some(message);
-                    self.push(|tx| match pending.take() {
-                        Some(m) => tx.try_send_spilled(tag, m).map(|back| {
-                            let sent = back.is_none();
-                            pending = back;
-                            sent
-                        }),
-                        // `push` stops calling once the message is sent:
-                        // reaching this would mean a lost result.
-                        None => Err(loky_ipc::Error::Config(
-                            "a spilled result was asked to be sent twice".into(),
-                        )),
-                    });
-                }
+                Ok(message) => self.push(|tx| tx.try_send_spilled(tag, &message)),
                 Err(e) => {
                     std::process::exit(fatal(
                         EXIT_BOOTSTRAP,
