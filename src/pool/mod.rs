@@ -202,7 +202,7 @@ pub(crate) struct Worker {
     /// new task.
     dying: bool,
     /// Its end of the descriptor socket is closed (a large message could
-    /// not be sent): killed, it takes no new task.
+    /// not be sent): retiring, it takes no new task.
     cut_off: bool,
     /// Set once the worker is known dead (its lifeline broke, or it was
     /// reaped): the error its tasks get (unless one was stopped on purpose),
@@ -1634,15 +1634,29 @@ impl State {
             Err((e, back)) if e.peer_gone() => {
                 // A large message's descriptor found the worker's end of the
                 // socket closed: it died (its death is on its way), or a
-                // task closed that descriptor, which no message can reach
-                // again. Either way it gets nothing more, the task goes to
-                // another worker, and the pool replaces this one.
+                // task closed that descriptor, and no large message can
+                // reach it again. It gets nothing more and retires after
+                // what it holds (its ring still works), and the pool
+                // replaces it; the task goes to another worker, a few times
+                // at most (workers whose initializer closes the socket
+                // would pass it round for ever), then fails with the error.
                 if !w.cut_off {
-                    tracing::warn!(pid = w.pid, error = %e, "a worker's descriptor socket is closed; killing it");
+                    tracing::warn!(
+                        pid = w.pid,
+                        error = %e,
+                        "a worker's descriptor socket is closed (it died, or a task or the initializer \
+                         closed its descriptors): it retires"
+                    );
                     w.cut_off = true;
-                    let _ = w.pidfd.kill(rustix::process::Signal::KILL);
+                    if !w.exiting {
+                        w.exiting = true;
+                        w.send_exit();
+                    }
                 }
-                return Ok(Some(back));
+                if cell.may_run_again() {
+                    return Ok(Some(back));
+                }
+                return Err(e.into());
             }
             Err((e, _)) => return Err(e.into()),
         }
