@@ -631,6 +631,33 @@ fn run_callback<R>(cb: Callback<R>, outcome: &Result<R>, id: u64, cell: usize) {
 /// assert_eq!(fut.result()?, 42);
 /// # Ok::<(), loky::Error>(())
 /// ```
+///
+/// Dropping a future, or giving up an `.await` (a timeout, a client that
+/// went away), does not stop its task: it still runs, and takes a worker.
+/// To stop it, call [`withdraw`](Self::withdraw) (never kills a worker: a
+/// task that started runs on), or [`kill`](Self::kill) (stops it even if
+/// it runs, by killing its worker; blocks until the pool has seen the
+/// worker die, about a millisecond), for instance from a drop guard:
+///
+/// ```
+/// struct StopOnDrop<'a>(&'a loky::Future<u64>);
+/// impl Drop for StopOnDrop<'_> {
+///     fn drop(&mut self) {
+///         self.0.withdraw(); // false, and nothing happens, if it ended
+///     }
+/// }
+///
+/// let ex = loky::ProcessPoolExecutor::builder().max_workers(1).build()?;
+/// let slow = ex.submit(|ms: u64| { std::thread::sleep(std::time::Duration::from_millis(ms)); ms }, 100)?;
+/// let queued = ex.submit(|x: u64| x, 1)?;
+/// {
+///     let _guard = StopOnDrop(&queued);
+///     // ... the request was abandoned before `queued` started
+/// }
+/// assert!(matches!(queued.result(), Err(loky::Error::Cancelled)));
+/// assert_eq!(slow.result()?, 100);
+/// # Ok::<(), loky::Error>(())
+/// ```
 pub struct Future<R> {
     pub(crate) cell: Arc<Cell<R>>,
 }
