@@ -383,10 +383,7 @@ fn byte_sum(bytes: Vec<u8>) -> u64 {
 #[test]
 #[ignore = "stress test; run with --ignored (see the file header)"]
 fn a_stop_that_races_the_end_of_its_task_never_takes_the_next_one() {
-    let rounds: u64 = std::env::var("LOKY_STOP_RACE_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2000);
+    let rounds: u64 = env_or("LOKY_STOP_RACE_ROUNDS", 2000);
     let ex = ProcessPoolExecutor::new(2).unwrap();
     let hurt = std::sync::atomic::AtomicU64::new(0);
     std::thread::scope(|s| {
@@ -448,11 +445,7 @@ fn byte_len(bytes: Vec<u8>) -> usize {
 #[test]
 #[ignore = "stress test; run with --ignored (see the file header)"]
 fn large_arguments_outlive_workers_killed_from_outside() {
-    let secs: u64 = std::env::var("LOKY_SOAK_SECS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(8)
-        .min(8);
+    let secs: u64 = env_or("LOKY_SOAK_SECS", 8).min(8);
     let ex = ProcessPoolExecutor::new(3).unwrap();
     let stop = std::sync::atomic::AtomicBool::new(false);
     let (mut ok, mut terminated) = (0u64, 0u64);

@@ -228,7 +228,6 @@ impl Pool {
             probe,
             watch_lifeline: true,
             dying: false,
-            cut_off: false,
             died: None,
             reaped: false,
         };

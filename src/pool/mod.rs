@@ -201,9 +201,6 @@ pub(crate) struct Worker {
     /// Its lifeline broke and the kernel says it is exiting: it takes no
     /// new task.
     dying: bool,
-    /// Its end of the descriptor socket is closed (a large message could
-    /// not be sent): retiring, it takes no new task.
-    cut_off: bool,
     /// Set once the worker is known dead (its lifeline broke, or it was
     /// reaped): the error its tasks get (unless one was stopped on purpose),
     /// fixed at first sight so tasks failed then and at reaping agree. It
@@ -480,7 +477,8 @@ impl Pool {
                     }
                     Some(back) => message = back,
                 }
-                // Its ring was full: queued. Cut off (`push_to`): the next.
+                // Its ring was full: queued. Retiring, its socket closed
+                // (`push_to`): the next worker.
                 if st.workers[i].as_ref().is_some_and(|w| w.takes_work()) {
                     break;
                 }
@@ -905,19 +903,6 @@ impl Pool {
             } else {
                 claim.withdraw(id)
             };
-            if !withdrawn
-                && pos == 0
-                && w.in_flight
-                    .iter()
-                    .skip(1)
-                    .any(|c| claim.last_started_is(c.id()))
-            {
-                // The worker started a task behind this one (it runs them
-                // in order), so this one ran to its end and its result is
-                // on its way (in a ring another thread is draining): there
-                // is nothing to stop, and a kill would fail the next task.
-                return Stop::Done(false);
-            }
             if !withdrawn && !kill {
                 return Stop::Done(false);
             }
@@ -933,10 +918,13 @@ impl Pool {
                     // next before the kill lands, which would take that one
                     // with it. Held, the next one never starts: the worker
                     // exits before it, and it runs elsewhere. Not held
-                    // because it started: this task has ended, nothing to
-                    // stop. (Withdrawn already, it will not start either.
-                    // Refused, which the pool never leaves pending: killed
-                    // all the same, as the running task must stop.)
+                    // because the worker started it (it runs them in
+                    // order): this task ran to its end and its result is on
+                    // its way (in a ring another thread is draining), so
+                    // there is nothing to stop. (Withdrawn already, it will
+                    // not start either. Refused, which the pool never leaves
+                    // pending: killed all the same, as the running task must
+                    // stop.)
                     if w.withdrawn != Some(next) && claim.hold(next, id) == Hold::Ended {
                         return Stop::Done(false);
                     }
@@ -1640,18 +1628,15 @@ impl State {
                 // replaces it; the task goes to another worker, a few times
                 // at most (workers whose initializer closes the socket
                 // would pass it round for ever), then fails with the error.
-                if !w.cut_off {
+                if !w.exiting {
                     tracing::warn!(
                         pid = w.pid,
                         error = %e,
                         "a worker's descriptor socket is closed (it died, or a task or the initializer \
                          closed its descriptors): it retires"
                     );
-                    w.cut_off = true;
-                    if !w.exiting {
-                        w.exiting = true;
-                        w.send_exit();
-                    }
+                    w.exiting = true;
+                    w.send_exit();
                 }
                 if cell.may_run_again() {
                     return Ok(Some(back));
@@ -1837,7 +1822,6 @@ impl Worker {
         self.ready
             && !self.exiting
             && !self.dying
-            && !self.cut_off
             && !self.reaped
             && self.died.is_none()
             && !self.killed_by_us()
