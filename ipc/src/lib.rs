@@ -39,6 +39,7 @@ pub mod pidfd;
 mod range_set;
 pub mod region;
 pub mod ring;
+pub mod shm_alloc;
 pub mod spawn;
 pub mod spill;
 mod spin;

@@ -1,0 +1,245 @@
+//! The segments this process's allocator handed out, by address.
+//!
+//! A fixed table under a spin lock: the global allocator cannot allocate
+//! to keep its books, and a `fork()`ed child's handler must be able to take
+//! the lock that the fork's `prepare` handler holds across the fork.
+//! Lookups scan the used part of the table; they come only with
+//! allocations of at least the allocator's threshold (a megabyte or more),
+//! which cost far more than a scan of a few hundred words.
+
+use std::cell::UnsafeCell;
+use std::os::fd::{IntoRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use super::segment::Segment;
+
+/// The most segments alive at once; past that, large allocations come
+/// from the system allocator (and travel by copy).
+pub(super) const MAX: usize = 1024;
+
+#[derive(Clone, Copy)]
+struct Entry {
+    /// The mapping's start; 0: a free entry.
+    base: usize,
+    len: usize,
+    fd: RawFd,
+}
+
+const FREE: Entry = Entry {
+    base: 0,
+    len: 0,
+    fd: -1,
+};
+
+struct Table {
+    locked: AtomicBool,
+    /// Entries at and past `used` are free.
+    used: UnsafeCell<usize>,
+    entries: UnsafeCell<[Entry; MAX]>,
+}
+
+// SAFETY: `used` and `entries` are only touched with `locked` held (see
+// `with`), which makes access exclusive.
+unsafe impl Sync for Table {}
+
+static TABLE: Table = Table {
+    locked: AtomicBool::new(false),
+    used: UnsafeCell::new(0),
+    entries: UnsafeCell::new([FREE; MAX]),
+};
+
+fn lock() {
+    let mut spins = 0u32;
+    while TABLE
+        .locked
+        .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+        .is_err()
+    {
+        spins += 1;
+        if spins < 64 {
+            std::hint::spin_loop();
+        } else {
+            std::thread::yield_now();
+        }
+    }
+}
+
+fn unlock() {
+    TABLE.locked.store(false, Ordering::Release);
+}
+
+/// Runs `f` on the table, locked.
+fn with<R>(f: impl FnOnce(&mut [Entry], &mut usize) -> R) -> R {
+    struct Unlock;
+    impl Drop for Unlock {
+        fn drop(&mut self) {
+            unlock();
+        }
+    }
+    lock();
+    let _unlock = Unlock;
+    // SAFETY: the lock is held until `_unlock` drops, after `f`.
+    let (entries, used) = unsafe { (&mut *TABLE.entries.get(), &mut *TABLE.used.get()) };
+    f(entries, used)
+}
+
+/// Records `segment`; gives it back if the table is full.
+pub(super) fn insert(segment: Segment) -> Result<(), Segment> {
+    with(|entries, used| {
+        let slot = match entries[..*used].iter().position(|e| e.base == 0) {
+            Some(i) => i,
+            None if *used < MAX => {
+                *used += 1;
+                *used - 1
+            }
+            None => return Err(segment),
+        };
+        let (base, len, fd) = segment.into_raw();
+        entries[slot] = Entry {
+            base: base as usize,
+            len,
+            fd: fd.into_raw_fd(),
+        };
+        Ok(())
+    })
+}
+
+/// Takes out the segment whose mapping holds `ptr`, if any.
+pub(super) fn remove(ptr: *const u8) -> Option<Segment> {
+    let addr = ptr as usize;
+    with(|entries, used| {
+        let i = entries[..*used]
+            .iter()
+            .position(|e| e.base != 0 && (e.base..e.base + e.len).contains(&addr))?;
+        let e = std::mem::replace(&mut entries[i], FREE);
+        while *used > 0 && entries[*used - 1].base == 0 {
+            *used -= 1;
+        }
+        // SAFETY: the entry held the parts of a segment `insert` took
+        // apart, and it is gone from the table: nobody else has them.
+        Some(unsafe { Segment::from_raw(e.base as *mut u8, e.len, e.fd) })
+    })
+}
+
+/// How many segments are alive.
+pub(super) fn count() -> usize {
+    with(|entries, used| entries[..*used].iter().filter(|e| e.base != 0).count())
+}
+
+// ---------------------------------------------------------------------------
+// fork()
+
+/// Registers the fork handlers (once).
+pub(super) fn watch_forks() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: the handlers are `extern "C"` functions valid for the
+        // process's life; they only take and release the table's lock and,
+        // in the child, make system calls on the table's own entries.
+        let rc = unsafe {
+            libc::pthread_atfork(
+                Some(before_fork),
+                Some(after_fork_parent),
+                Some(after_fork_child),
+            )
+        };
+        // Without the handlers a fork() would share the segments between
+        // parent and child; such a program gets no segments at all.
+        if rc != 0 {
+            super::disable();
+        }
+    });
+}
+
+extern "C" fn before_fork() {
+    lock();
+}
+
+extern "C" fn after_fork_parent() {
+    unlock();
+}
+
+/// In the child, every segment is still the parent's memory too (a shared
+/// mapping survives `fork`): copy each into a file of the child's own and
+/// map that at the same address, as `fork` would have copied private
+/// memory. Runs with the lock the parent took in `before_fork`; only
+/// async-signal-safe system calls.
+extern "C" fn after_fork_child() {
+    // SAFETY: the lock is held (taken by `before_fork` in the parent, and
+    // the child is a copy of that thread); the child has one thread.
+    let (entries, used) = unsafe { (&mut *TABLE.entries.get(), *TABLE.used.get()) };
+    for e in entries[..used].iter_mut().filter(|e| e.base != 0) {
+        // SAFETY: the entry is a live mapping of `len` bytes at `base`
+        // and its file; see `private_copy`.
+        match unsafe { private_copy(e.base as *mut libc::c_void, e.len) } {
+            Some(fd) => {
+                // SAFETY: the parent's descriptor, ours to close in the child.
+                unsafe { libc::close(e.fd) };
+                e.fd = fd;
+            }
+            None => {
+                const MSG: &[u8] = b"loky: cannot copy shared-memory allocations into a fork()ed child (out of memory); aborting the child\n";
+                // SAFETY: write(2) and abort(3) are async-signal-safe.
+                unsafe {
+                    libc::write(2, MSG.as_ptr().cast(), MSG.len());
+                    libc::abort();
+                }
+            }
+        }
+    }
+    unlock();
+}
+
+/// Copies the `len` bytes mapped at `base` into a new memfd and maps that
+/// over them, at the same address; returns its descriptor.
+///
+/// # Safety
+///
+/// `base..base + len` is one whole mapping of this process that nothing
+/// else is using (a freshly forked child's only thread runs this).
+unsafe fn private_copy(base: *mut libc::c_void, len: usize) -> Option<RawFd> {
+    // SAFETY: plain system calls on a new descriptor and new mappings, a
+    // copy between two mappings of `len` bytes each, and a fixed mapping
+    // over `base`, which the contract gives us.
+    unsafe {
+        let fd = libc::memfd_create(
+            c"loky-shm".as_ptr(),
+            libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+        );
+        if fd < 0 {
+            return None;
+        }
+        let fail = |fd| {
+            libc::close(fd);
+            None
+        };
+        if libc::ftruncate(fd, len as libc::off_t) != 0 {
+            return fail(fd);
+        }
+        let tmp = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd,
+            0,
+        );
+        if tmp == libc::MAP_FAILED {
+            return fail(fd);
+        }
+        std::ptr::copy_nonoverlapping(base.cast::<u8>(), tmp.cast::<u8>(), len);
+        libc::munmap(tmp, len);
+        let at = libc::mmap(
+            base,
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_FIXED,
+            fd,
+            0,
+        );
+        if at != base {
+            return fail(fd);
+        }
+        Some(fd)
+    }
+}
