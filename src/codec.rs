@@ -19,6 +19,7 @@ use rkyv::rancor;
 use rkyv::ser::allocator::ArenaHandle;
 use rkyv::util::AlignedVec;
 
+use crate::donation::Donation;
 use crate::error::{CodecStage, Error};
 
 /// A value that can travel between processes as a task argument or result.
@@ -65,6 +66,14 @@ pub trait Payload: Sized + Send + 'static {
     fn encode_top(&self, out: &mut AlignedVec) -> Result<(), String> {
         self.encode(out)
     }
+    /// Like [`Payload::encode_top`], given the value (loky calls it): a
+    /// large `Vec` of numbers that lives in a block of the
+    /// [`SharedMemoryAllocator`](crate::SharedMemoryAllocator) goes as that
+    /// block, without a copy.
+    #[doc(hidden)]
+    fn encode_top_owned(self, out: &mut AlignedVec) -> Result<(), String> {
+        self.encode_top(out)
+    }
     /// Validates and decodes a value from 16-byte aligned bytes.
     fn decode(bytes: &[u8]) -> Result<Self, String>;
     /// Appends the encoding of a batch of values (one archive, for `map`).
@@ -89,6 +98,11 @@ where
     #[inline]
     fn encode_top(&self, out: &mut AlignedVec) -> Result<(), String> {
         archive_direct(self, out)
+    }
+
+    #[inline]
+    fn encode_top_owned(self, out: &mut AlignedVec) -> Result<(), String> {
+        archive_donating(self, out)
     }
 
     #[inline]
@@ -342,6 +356,31 @@ pub(crate) fn archive_direct<T: Archivable>(value: &T, out: &mut AlignedVec) -> 
         }),
         _ => archive_checked(value, out),
     }
+}
+
+/// [`archive_direct`], or, where `value` can go as the shared-memory block
+/// it lives in ([`crate::donation`]), that block as the enclosing
+/// [`direct_encode`]'s spill buffer.
+pub(crate) fn archive_donating<T: Archivable>(
+    value: T,
+    out: &mut AlignedVec,
+) -> Result<(), String> {
+    let value = match direct_mark(out) {
+        Some(mark) if mark == out.len() => match crate::donation::donate(value, out) {
+            Donation::Sent(buffer, len) => {
+                DIRECT.with(|d| {
+                    if let Some(d) = d.borrow_mut().as_mut() {
+                        d.spilled = Some((buffer, len));
+                    }
+                });
+                return Ok(());
+            }
+            Donation::Kept(value) => value,
+            Donation::Failed(e) => return Err(e),
+        },
+        _ => value,
+    };
+    archive_direct(&value, out)
 }
 
 /// Appends `bytes` to `out`, the last bytes of a message: straight into a

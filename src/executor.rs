@@ -198,7 +198,7 @@ impl ProcessPoolExecutor {
         let _ = f;
         self.submit_raw(
             offset_of(run_task::<F, A, R>),
-            |out| arg.encode_top(out),
+            move |out| arg.encode_top_owned(out),
             decode_result::<R>,
             deadline,
         )

@@ -36,6 +36,7 @@ compile_error!("loky runs on Linux only (memfd, futex, pidfd, /proc)");
 mod codec;
 mod codec_executor;
 mod codecs;
+mod donation;
 mod error;
 mod executor;
 mod future;
@@ -72,6 +73,8 @@ pub use future::Future;
 /// bar of your own without a direct dependency (feature `progress`).
 #[cfg(feature = "progress")]
 pub use indicatif;
+#[doc(inline)]
+pub use loky_ipc::shm_alloc::SharedMemoryAllocator;
 pub use map::{Map, MapUnordered};
 pub use reusable::{get_reusable_executor, ReusableExecutorBuilder};
 /// The rkyv that loky encodes with, for derives without a direct

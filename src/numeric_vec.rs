@@ -42,7 +42,7 @@ pub(crate) fn try_decode<T: 'static>(bytes: &[u8]) -> Option<Result<T, String>> 
                     Ok(raw) => raw,
                     Err(e) => return Some(Err(e)),
                 };
-                *slot = Some(copy_out::<$p>(raw));
+                *slot = Some(crate::donation::adopt::<$p>(raw).unwrap_or_else(|| copy_out::<$p>(raw)));
                 return out.map(Ok);
             }
         )*};
@@ -117,6 +117,39 @@ fn elements<P: Pod>(bytes: &[u8]) -> Result<&[u8], String> {
         return Err("archived Vec elements are misaligned".into());
     }
     Ok(elems)
+}
+
+/// Whether an archived `Vec<P>` is a root of [`ROOT_LEN`] bytes after
+/// the elements as `[P]` in native bytes, which [`try_decode`] reads and
+/// [`write_root`] writes.
+pub(crate) fn native_layout<P: Pod + rkyv::Archive>() -> bool {
+    std::mem::size_of::<Archived<P>>() == std::mem::size_of::<P>()
+        && std::mem::size_of::<ArchivedVec<Archived<P>>>() == ROOT_LEN
+        && rkyv_is_native()
+}
+
+/// Bytes of an archived `Vec`'s root, and its alignment.
+pub(crate) const VEC_ROOT_LEN: usize = ROOT_LEN;
+pub(crate) const VEC_ROOT_ALIGN: usize = WIDTH;
+
+/// The root of an archived `Vec` of `len` elements that start `offset`
+/// bytes from the root (negative: before it); `None` if a value does not
+/// fit rkyv's pointer width.
+pub(crate) fn write_root(offset: isize, len: usize) -> Option<[u8; ROOT_LEN]> {
+    let mut root = [0u8; ROOT_LEN];
+    let (o, l) = root.split_at_mut(WIDTH);
+    match WIDTH {
+        4 => {
+            o.copy_from_slice(&i32::try_from(offset).ok()?.to_ne_bytes());
+            l.copy_from_slice(&u32::try_from(len).ok()?.to_ne_bytes());
+        }
+        8 => {
+            o.copy_from_slice(&i64::try_from(offset).ok()?.to_ne_bytes());
+            l.copy_from_slice(&u64::try_from(len).ok()?.to_ne_bytes());
+        }
+        _ => return None,
+    }
+    Some(root)
 }
 
 /// Whether rkyv archives primitives as their native bytes (its default

@@ -211,7 +211,7 @@ where
         Err((status, failure)) => return fail(out, status, failure),
     };
     match guarded(move || f(arg)) {
-        Ok(value) => encode_result(out, |out| value.encode_top(out)),
+        Ok(value) => encode_result(out, move |out| value.encode_top_owned(out)),
         Err(panic) => fail(out, STATUS_PANIC, panic),
     }
 }

@@ -12,7 +12,7 @@
 //! sent), so it knows when a descriptor must travel again. Protocol:
 //! `ring.md`, "Large messages".
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use crate::ring::{Consumer, Grant, Producer};
 use crate::spill::{self, Buffer, InFlight, Mapped, SpilledMessage};
@@ -29,6 +29,9 @@ pub const RECEIVER_CACHE: usize = spill::MAX_POOLED;
 const UNCACHED: u32 = u32::MAX;
 /// Frame flag: a descriptor for this buffer was sent before the frame.
 const FD_FOLLOWS: u32 = 1;
+/// Frame flag: the buffer is a donated block ([`Buffer::donated`]), which
+/// the receiver may keep (only with [`FD_FOLLOWS`], uncached).
+const DONATED: u32 = 2;
 const FRAME_LEN: usize = 32;
 
 /// The payload of a [`SPILL`] frame (little-endian, 32 bytes).
@@ -156,7 +159,7 @@ impl Spills {
             len: len as u64,
             id: buf.id(),
             slot,
-            flags: if fd { FD_FOLLOWS } else { 0 },
+            flags: if fd { FD_FOLLOWS } else { 0 } | if buf.is_donated() { DONATED } else { 0 },
             lease: buf.generation(),
         }
         .write(grant.payload());
@@ -425,6 +428,21 @@ pub struct Incoming<'a> {
     pub tag: u32,
     /// The payload, at least 16-byte aligned.
     pub bytes: &'a [u8],
+    /// For a message sent in a donated block ([`Buffer::donated`]), the
+    /// block's file, which the receiver may map for itself
+    /// ([`crate::shm_alloc::adopt`]) to keep the value without a copy.
+    pub donated: Option<Donated<'a>>,
+}
+
+/// The block a message was sent in, given away by its sender
+/// ([`Incoming::donated`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Donated<'a> {
+    /// The block's file.
+    pub fd: BorrowedFd<'a>,
+    /// Its size ([`crate::shm_alloc::Segment::len`]): the message's payload
+    /// starts [`crate::spill::HEADER_LEN`] bytes in.
+    pub len: usize,
 }
 
 impl<'r> Receiver<'r> {
@@ -468,7 +486,11 @@ impl<'r> Receiver<'r> {
             .map_err(|_| Error::Corrupt("spill length out of range".into()))?;
         let place = if frame.flags & FD_FOLLOWS != 0 {
             let fd = fdpass::recv_fd(self.socket.as_fd())?;
-            let mapped = Mapped::open(fd, frame.id, self.guard)?;
+            let donated = frame.flags & DONATED != 0;
+            if donated && frame.slot != UNCACHED {
+                return Err(Error::Corrupt("a donated buffer in a cache slot".into()));
+            }
+            let mapped = Mapped::open(fd, frame.id, self.guard, donated)?;
             match frame.slot {
                 UNCACHED => Place::Uncached(mapped),
                 s if (s as usize) < RECEIVER_CACHE => {
@@ -532,6 +554,7 @@ impl<'r> Receiver<'r> {
                 return Ok(Some(Incoming {
                     tag: m.tag,
                     bytes: m.payload,
+                    donated: None,
                 }));
             };
             let place = self.attach(frame)?;
@@ -542,9 +565,13 @@ impl<'r> Receiver<'r> {
                 place,
             });
         }
-        Ok(self.current.as_ref().map(|c| Incoming {
-            tag: c.tag,
-            bytes: self.mapped(&c.place).bytes(c.len),
+        Ok(self.current.as_ref().map(|c| {
+            let mapped = self.mapped(&c.place);
+            Incoming {
+                tag: c.tag,
+                bytes: mapped.bytes(c.len),
+                donated: mapped.donated().map(|(fd, len)| Donated { fd, len }),
+            }
         }))
     }
 

@@ -49,7 +49,7 @@ pub mod sysmem;
 mod test_child;
 
 pub use arena::{Arena, ArenaError, ArenaView, Block};
-pub use channel::{Incoming, Receiver, Sender, Unreleased};
+pub use channel::{Donated, Incoming, Receiver, Sender, Unreleased};
 pub use claim::{Claim, Hold, Start};
 pub use doorbell::Doorbell;
 pub use error::{Error, Result};

@@ -37,6 +37,7 @@ use rustix::fs::{FallocateFlags, MemfdFlags, SealFlags};
 use rustix::mm::MprotectFlags;
 
 use crate::error::OsContext;
+use crate::shm_alloc::Segment;
 use crate::{Error, Result};
 
 /// Bytes before the payload: the `Header`, padded to a page so that the
@@ -75,13 +76,38 @@ const _: () = assert!(std::mem::size_of::<Header>() <= HEADER_LEN);
 #[derive(Debug)]
 struct Buf {
     id: u64,
-    file: File,
-    map: MmapRaw,
+    store: Store,
     capacity: usize,
     /// The fork generation it was created in ([`crate::fork`]): in a
     /// forked child its pages are the parent's too, never to be punched or
     /// marked free there.
     born: u64,
+}
+
+/// Where a buffer's bytes are.
+#[derive(Debug)]
+enum Store {
+    /// A spill buffer proper, made by [`Buf::create`].
+    Own { file: File, map: MmapRaw },
+    /// A block of the shared-memory allocator given away with its value
+    /// ([`Buffer::donated`]): a one-off buffer whose receiver may keep it.
+    Donated(Segment),
+}
+
+impl Store {
+    fn base(&self) -> *mut u8 {
+        match self {
+            Store::Own { map, .. } => map.as_mut_ptr(),
+            Store::Donated(s) => s.base(),
+        }
+    }
+
+    fn fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Store::Own { file, .. } => file.as_fd(),
+            Store::Donated(s) => s.fd(),
+        }
+    }
 }
 
 fn next_id() -> u64 {
@@ -127,17 +153,51 @@ impl Buf {
         }
         Ok(Self {
             id,
-            file,
-            map,
+            store: Store::Own { file, map },
             capacity,
             born: crate::fork::generation(),
         })
     }
 
+    /// A buffer made of a donated segment: its header written, the file
+    /// sealed against resizing (as a receiver requires).
+    fn donated(segment: Segment) -> Result<Self> {
+        if !segment.seal() {
+            return Err(Error::Config(
+                "a donated shared-memory block cannot be sealed".into(),
+            ));
+        }
+        let capacity = segment.len() - HEADER_LEN;
+        let id = next_id();
+        // SAFETY: the segment's first page is left for this header
+        // (`shm_alloc::HEAD_ROOM`); the segment was just taken out of the
+        // allocator, so nothing else in this process refers to it, and it
+        // has not left the process yet.
+        unsafe {
+            segment.base().cast::<Header>().write(Header {
+                magic: MAGIC,
+                version: VERSION,
+                state: AtomicU32::new(FREE),
+                id,
+                capacity: capacity as u64,
+            });
+        }
+        Ok(Self {
+            id,
+            store: Store::Donated(segment),
+            capacity,
+            born: crate::fork::generation(),
+        })
+    }
+
+    fn is_donated(&self) -> bool {
+        matches!(self.store, Store::Donated(_))
+    }
+
     fn state(&self) -> &AtomicU32 {
         // SAFETY: the header was written at creation and lives as long as
         // the mapping; its atomics may be shared with other processes.
-        unsafe { &(*self.map.as_ptr().cast::<Header>()).state }
+        unsafe { &(*self.store.base().cast::<Header>()).state }
     }
 
     fn is_free(&self) -> bool {
@@ -149,14 +209,14 @@ impl Buf {
 
     fn payload(&self) -> *mut u8 {
         // SAFETY: the mapping is HEADER_LEN + capacity bytes long.
-        unsafe { self.map.as_mut_ptr().add(HEADER_LEN) }
+        unsafe { self.store.base().add(HEADER_LEN) }
     }
 
     /// Gives the payload's pages back to the system; the file keeps its
     /// size and every mapping stays valid. Only for a free buffer.
     fn punch(&self) -> Result<()> {
         rustix::fs::fallocate(
-            &self.file,
+            self.store.fd(),
             FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
             HEADER_LEN as u64,
             self.capacity as u64,
@@ -167,7 +227,7 @@ impl Buf {
     /// Reserves the payload's pages again after [`Self::punch`].
     fn reserve(&self) -> Result<()> {
         rustix::fs::fallocate(
-            &self.file,
+            self.store.fd(),
             FallocateFlags::KEEP_SIZE,
             HEADER_LEN as u64,
             self.capacity as u64,
@@ -295,6 +355,24 @@ impl Buffer {
         })
     }
 
+    /// A one-off buffer made of a block of the shared-memory allocator
+    /// that [`shm_alloc::donate`](crate::shm_alloc::donate) gave away: its
+    /// payload starts at the block's message-head page, so the block's
+    /// bytes are the payload's from [`HEADER_LEN`] on. The receiver of a
+    /// message sent in it may keep it ([`crate::Incoming::donated`]).
+    pub fn donated(segment: Segment) -> Result<Self> {
+        Ok(Self {
+            buf: Arc::new(Buf::donated(segment)?),
+            generation: 0,
+            pooled: false,
+        })
+    }
+
+    /// Whether this is a [`Buffer::donated`] one.
+    pub fn is_donated(&self) -> bool {
+        self.buf.is_donated()
+    }
+
     /// Bytes that can be written.
     pub fn capacity(&self) -> usize {
         self.buf.capacity
@@ -309,7 +387,7 @@ impl Buffer {
                 pool.swap_remove(i);
             }
         }
-        if crate::fork::forked_since(self.buf.born) {
+        if crate::fork::forked_since(self.buf.born) || self.buf.is_donated() {
             return;
         }
         if let Err(e) = self.buf.punch() {
@@ -348,7 +426,7 @@ impl Buffer {
     }
 
     pub(crate) fn fd(&self) -> BorrowedFd<'_> {
-        self.buf.file.as_fd()
+        self.buf.store.fd()
     }
 
     /// Marks the buffer as handed to a receiver (before the frame that
@@ -622,13 +700,17 @@ pub(crate) struct Mapped {
     capacity: usize,
     /// Mapped read-only (see [`guardable`]).
     guarded: bool,
+    /// The file of a donated buffer ([`Buffer::donated`]), which the
+    /// receiver may map again for itself.
+    kept: Option<File>,
 }
 
 impl Mapped {
     /// Maps a buffer received from the peer, checking that it is a sealed
     /// spill buffer with id `id`; read-only with `guard`, where
     /// [`guardable`].
-    pub(crate) fn open(fd: OwnedFd, id: u64, guard: bool) -> Result<Self> {
+    /// With `keep`, keeps the file (of a donated buffer).
+    pub(crate) fn open(fd: OwnedFd, id: u64, guard: bool, keep: bool) -> Result<Self> {
         let file = File::from(fd);
         let seals = rustix::fs::fcntl_get_seals(&file).os("fcntl(F_GET_SEALS)")?;
         if !seals.contains(SealFlags::SHRINK) {
@@ -676,6 +758,7 @@ impl Mapped {
             map,
             capacity,
             guarded,
+            kept: keep.then_some(file),
         })
     }
 
@@ -685,6 +768,13 @@ impl Mapped {
 
     pub(crate) fn capacity(&self) -> usize {
         self.capacity
+    }
+
+    /// The file of a donated buffer, and its size.
+    pub(crate) fn donated(&self) -> Option<(BorrowedFd<'_>, usize)> {
+        self.kept
+            .as_ref()
+            .map(|f| (f.as_fd(), HEADER_LEN + self.capacity))
     }
 
     /// The first `len` bytes of the payload (`len <= capacity`, checked by
@@ -749,13 +839,22 @@ mod tests {
         let buf = Buf::create(256 << 20).unwrap();
         buf.punch().unwrap();
         let used = |f: &File| rustix::fs::fstat(f).unwrap().st_blocks as usize * 512;
-        assert!(used(&buf.file) < (1 << 20));
-        let m = Mapped::open(buf.file.as_fd().try_clone_to_owned().unwrap(), buf.id, true).unwrap();
+        let Store::Own { file, .. } = &buf.store else {
+            unreachable!()
+        };
+        assert!(used(file) < (1 << 20));
+        let m = Mapped::open(
+            file.as_fd().try_clone_to_owned().unwrap(),
+            buf.id,
+            true,
+            false,
+        )
+        .unwrap();
         assert_eq!(m.bytes(16).len(), 16);
         assert!(
-            used(&buf.file) < (1 << 20),
+            used(file) < (1 << 20),
             "{} bytes allocated by mapping",
-            used(&buf.file)
+            used(file)
         );
     }
 
@@ -765,9 +864,15 @@ mod tests {
         b.as_mut_slice()[..5].copy_from_slice(b"hello");
         let flight = b.hand_over();
         assert!(!flight.is_free());
-        let m = Mapped::open(b.fd().try_clone_to_owned().unwrap(), b.id(), true).unwrap();
+        let m = Mapped::open(b.fd().try_clone_to_owned().unwrap(), b.id(), true, false).unwrap();
         assert_eq!(m.bytes(5), b"hello");
-        assert!(Mapped::open(b.fd().try_clone_to_owned().unwrap(), b.id() + 1, true).is_err());
+        assert!(Mapped::open(
+            b.fd().try_clone_to_owned().unwrap(),
+            b.id() + 1,
+            true,
+            false
+        )
+        .is_err());
         m.release();
         assert!(flight.is_free());
     }
@@ -776,6 +881,6 @@ mod tests {
     fn an_unsealed_file_is_refused() {
         let fd = rustix::fs::memfd_create("unsealed", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
         rustix::fs::ftruncate(&fd, (HEADER_LEN + 64) as u64).unwrap();
-        assert!(Mapped::open(fd, 1, true).is_err());
+        assert!(Mapped::open(fd, 1, true, false).is_err());
     }
 }

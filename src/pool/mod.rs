@@ -695,7 +695,9 @@ impl Pool {
                             // arrays go (outside the state lock: a large
                             // free returns memory with a system call).
                             cell.release_pins();
-                            cell.stage_bytes(hdr.status, hdr.elapsed_ns, payload);
+                            crate::donation::receiving(msg.donated, msg.bytes, || {
+                                cell.stage_bytes(hdr.status, hdr.elapsed_ns, payload)
+                            });
                             done.push(cell);
                         }
                         None => {

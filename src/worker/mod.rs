@@ -111,7 +111,14 @@ pub(crate) fn run(raw_spec: &str) -> i32 {
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
     if spec.data_limit == 0 && !spec.report_rss {
         keep_freed_memory();
+    } else {
+        // Memory limits measure private memory (RLIMIT_DATA, the private
+        // resident size); shared-memory blocks would escape them.
+        loky_ipc::shm_alloc::disable();
     }
+    // Freed shared-memory blocks (a large argument the task consumed) are
+    // unmapped after the result is sent, not before.
+    loky_ipc::shm_alloc::defer_release(true);
     // Pinning (`spec.cpu`) was applied by the parent before exec.
     loky_ipc::bulk::set_max_threads(spec.copy_threads as usize);
     if spec.data_limit > 0 {
@@ -252,6 +259,9 @@ impl WorkerLoop<'_> {
                         Start::Run => {
                             self.run_one(h);
                             self.send(TAG_RESULT);
+                            // What the task freed of shared memory goes now,
+                            // its result on its way.
+                            loky_ipc::shm_alloc::release_deferred();
                         }
                         Start::Skip => {
                             if let Err(code) = self.skip(h.task_id) {
@@ -318,8 +328,11 @@ impl WorkerLoop<'_> {
                 // checked at attach proves it).
                 let trampoline = unsafe { crate::transport::resolve(h.trampoline) };
                 // A large result goes straight into a spill buffer.
-                let (status, spilled) =
-                    crate::codec::direct_encode(&mut self.out, |out| trampoline(arg, out));
+                // A large argument sent in its own memory may be kept
+                // rather than copied (`donation`).
+                let (status, spilled) = crate::donation::receiving(m.donated, m.bytes, || {
+                    crate::codec::direct_encode(&mut self.out, |out| trampoline(arg, out))
+                });
                 self.spilled = spilled;
                 // Shared-array handles this task received expire with it. If
                 // one is still alive (leaked, or held by a thread the task

@@ -161,7 +161,7 @@ unsafe impl GlobalAlloc for SharedMemoryAllocator {
                 return;
             }
             if let Some(segment) = table::remove(ptr) {
-                drop(segment);
+                table::release(segment);
                 return;
             }
         }
@@ -189,7 +189,7 @@ unsafe impl GlobalAlloc for SharedMemoryAllocator {
                     // SAFETY: both blocks hold at least `keep` bytes and are
                     // distinct (the old one is out of the table).
                     unsafe { std::ptr::copy_nonoverlapping(segment.data(), new, keep) };
-                    drop(segment);
+                    table::release(segment);
                 } else {
                     // The old block stays the caller's.
                     let _ = table::insert(segment).map_err(std::mem::forget);
@@ -243,6 +243,20 @@ pub fn installed() -> Option<usize> {
 /// private resident size.
 pub fn disable() {
     CREATING.store(false, Relaxed);
+}
+
+/// From now on (with `true`), freed segments are unmapped only at the next
+/// [`release_deferred`] (or when more than a few wait): for a process that
+/// frees a large value at the end of a job and has something more urgent
+/// to do before the unmapping (a worker sending its result). With `false`,
+/// at once again (those waiting are released now).
+pub fn defer_release(on: bool) {
+    table::defer(on);
+}
+
+/// Unmaps the segments freed since [`defer_release`] was turned on.
+pub fn release_deferred() {
+    table::release_deferred();
 }
 
 /// Takes the segment whose allocation starts at `data` out of the

@@ -127,6 +127,81 @@ pub(super) fn count() -> usize {
 }
 
 // ---------------------------------------------------------------------------
+// Deferred release
+
+/// Freed segments waiting for [`release_deferred`], at most this many.
+const DEFERRED: usize = 8;
+
+static DEFER: AtomicBool = AtomicBool::new(false);
+
+struct Deferred {
+    locked: AtomicBool,
+    parts: UnsafeCell<[(usize, usize, RawFd); DEFERRED]>,
+}
+
+// SAFETY: `parts` is only touched with `locked` held (`with_deferred`).
+unsafe impl Sync for Deferred {}
+
+static WAITING: Deferred = Deferred {
+    locked: AtomicBool::new(false),
+    parts: UnsafeCell::new([(0, 0, -1); DEFERRED]),
+};
+
+fn with_deferred<R>(f: impl FnOnce(&mut [(usize, usize, RawFd); DEFERRED]) -> R) -> R {
+    while WAITING
+        .locked
+        .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+        .is_err()
+    {
+        std::hint::spin_loop();
+    }
+    // SAFETY: the lock is held until the store below; `f` only edits the
+    // array (no system call, no allocation, no panic).
+    let r = f(unsafe { &mut *WAITING.parts.get() });
+    WAITING.locked.store(false, Ordering::Release);
+    r
+}
+
+pub(super) fn defer(on: bool) {
+    DEFER.store(on, Ordering::Relaxed);
+    if !on {
+        release_deferred();
+    }
+}
+
+/// Lets go of a freed segment: now, or at the next [`release_deferred`].
+pub(super) fn release(segment: Segment) {
+    if !DEFER.load(Ordering::Relaxed) {
+        return drop(segment);
+    }
+    let (base, len, fd) = segment.into_raw();
+    let fd = fd.into_raw_fd();
+    let kept = with_deferred(|parts| {
+        let slot = parts.iter_mut().find(|p| p.0 == 0)?;
+        *slot = (base as usize, len, fd);
+        Some(())
+    });
+    if kept.is_none() {
+        // SAFETY: the parts `into_raw` just gave, owned by nobody else.
+        drop(unsafe { Segment::from_raw(base, len, fd) });
+    }
+}
+
+pub(super) fn release_deferred() {
+    loop {
+        let next = with_deferred(|parts| {
+            let slot = parts.iter_mut().find(|p| p.0 != 0)?;
+            Some(std::mem::replace(slot, (0, 0, -1)))
+        });
+        let Some((base, len, fd)) = next else {
+            return;
+        };
+        // SAFETY: parts of a segment `release` stored and nobody else owns.
+        drop(unsafe { Segment::from_raw(base as *mut u8, len, fd) });
+    }
+}
+
+// ---------------------------------------------------------------------------
 // fork()
 
 /// Registers the fork handlers (once).
@@ -153,9 +228,17 @@ pub(super) fn watch_forks() {
 
 extern "C" fn before_fork() {
     lock();
+    while WAITING
+        .locked
+        .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+        .is_err()
+    {
+        std::hint::spin_loop();
+    }
 }
 
 extern "C" fn after_fork_parent() {
+    WAITING.locked.store(false, Ordering::Release);
     unlock();
 }
 
@@ -187,6 +270,9 @@ extern "C" fn after_fork_child() {
             }
         }
     }
+    // Segments waiting for a deferred release are freed ones: the child
+    // only ever unmaps them.
+    WAITING.locked.store(false, Ordering::Release);
     unlock();
 }
 
