@@ -95,6 +95,8 @@ struct Spills {
     clock: u64,
     /// Handed over, not seen freed yet.
     in_flight: Vec<Handed>,
+    /// Donated buffers are not kept once announced ([`Sender::forgetting_donated`]).
+    forget_donated: bool,
 }
 
 /// A spill buffer handed over, with the tag and length of its message (to
@@ -112,6 +114,7 @@ impl Spills {
             remote: [(0, 0); RECEIVER_CACHE],
             clock: 0,
             in_flight: Vec::new(),
+            forget_donated: false,
         }
     }
 
@@ -150,11 +153,14 @@ impl Spills {
         if slot != UNCACHED {
             self.remote[slot as usize] = (buf.id(), self.clock);
         }
-        self.in_flight.push(Handed {
-            buf: buf.hand_over(),
-            tag,
-            len: len as u64,
-        });
+        let handed = buf.hand_over();
+        if !(self.forget_donated && buf.is_donated()) {
+            self.in_flight.push(Handed {
+                buf: handed,
+                tag,
+                len: len as u64,
+            });
+        }
         SpillFrame {
             len: len as u64,
             id: buf.id(),
@@ -196,6 +202,17 @@ impl<'r> Sender<'r> {
             socket,
             spills: Spills::new(),
         }
+    }
+
+    /// Lets go of a donated buffer ([`Buffer::donated`]) as soon as its
+    /// message is announced, instead of when the receiver is done with it:
+    /// its memory is the receiver's from then on (the descriptor in the
+    /// socket keeps it alive until the receiver maps it), and this side
+    /// keeps no view of it. For a sender that never takes its messages
+    /// back ([`Sender::take_unreleased`] finds none of those).
+    pub fn forgetting_donated(mut self) -> Self {
+        self.spills.forget_donated = true;
+        self
     }
 
     /// The largest payload that travels inline in the ring.

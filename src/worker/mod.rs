@@ -114,7 +114,7 @@ pub(crate) fn run(raw_spec: &str) -> i32 {
     } else {
         // Memory limits measure private memory (RLIMIT_DATA, the private
         // resident size); shared-memory blocks would escape them.
-        loky_ipc::shm_alloc::disable();
+        loky_ipc::shm_alloc::set_enabled(false);
     }
     // Freed shared-memory blocks (a large argument the task consumed) are
     // unmapped after the result is sent, not before.
@@ -203,7 +203,8 @@ pub(crate) fn run(raw_spec: &str) -> i32 {
         (
             // Its messages may be taken back should this process die.
             Receiver::new(slot.down_consumer(), socket).guarded(),
-            Sender::new(slot.up_producer(), socket2),
+            // A result given away is the parent's alone once announced.
+            Sender::new(slot.up_producer(), socket2).forgetting_donated(),
         )
     };
     crate::transport::install_panic_hook();

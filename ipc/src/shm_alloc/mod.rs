@@ -27,6 +27,10 @@
 //! Freed segments are not kept for reuse. Growing one (`Vec::push` past
 //! its capacity) remaps it without a copy.
 //!
+//! Setting the environment variable `LOKY_SHARED_ALLOC=0` ([`ENV_SWITCH`])
+//! turns shared blocks off for a process without a rebuild (workers
+//! inherit it); [`set_enabled`] does it from code.
+//!
 //! A `fork()` (without `exec`) copies every segment into a file of the
 //! child's own, in the child's `pthread_atfork` handler, so that parent and
 //! child never share memory `fork` would have copied; `posix_spawn`,
@@ -48,9 +52,30 @@ pub const DEFAULT_THRESHOLD: usize = 4 << 20;
 /// (below it, a block's system calls would cost more than copying it).
 pub const MIN_THRESHOLD: usize = 64 << 10;
 
-/// Allocations of at least the threshold are made shared memory; cleared
-/// by [`disable`].
+/// Allocations of at least the threshold are made shared memory; see
+/// [`set_enabled`].
 static CREATING: AtomicBool = AtomicBool::new(true);
+
+/// The environment variable that turns shared blocks off for a whole
+/// process (`0`, `off` or `false`), read at its first large allocation.
+pub const ENV_SWITCH: &str = "LOKY_SHARED_ALLOC";
+
+/// Whether [`ENV_SWITCH`] was read: 0 not yet, 1 read.
+static ENV_READ: AtomicUsize = AtomicUsize::new(0);
+
+/// Reads [`ENV_SWITCH`] once (it allocates a little, from `System`: only
+/// large allocations come here).
+fn read_env_switch() {
+    if ENV_READ.load(Relaxed) != 0 {
+        return;
+    }
+    ENV_READ.store(1, Relaxed);
+    if let Some(v) = std::env::var_os(ENV_SWITCH) {
+        if matches!(v.to_str(), Some("0" | "off" | "false")) {
+            CREATING.store(false, Relaxed);
+        }
+    }
+}
 
 /// The installed allocator's threshold, once [`installed`] asked it.
 static THRESHOLD: AtomicUsize = AtomicUsize::new(0);
@@ -112,6 +137,7 @@ impl SharedMemoryAllocator {
 /// A new segment of `size` bytes, recorded; `None` if shared memory is off
 /// or the system refuses.
 fn create(size: usize) -> Option<*mut u8> {
+    read_env_switch();
     if !CREATING.load(Relaxed) {
         return None;
     }
@@ -237,12 +263,16 @@ pub fn installed() -> Option<usize> {
     ours.then(|| THRESHOLD.load(Relaxed))
 }
 
-/// From now on, every allocation of this process comes from the system
-/// allocator (segments alive stay segments). For a process whose memory
-/// must count as its own: shared memory escapes `RLIMIT_DATA` and the
-/// private resident size.
-pub fn disable() {
-    CREATING.store(false, Relaxed);
+/// With `false`, every allocation of this process from now on comes from
+/// the system allocator (segments alive stay segments): for a process
+/// whose memory must count as its own, since shared memory escapes
+/// `RLIMIT_DATA` and the private resident size. With `true`, large ones are
+/// shared memory again. The environment variable [`ENV_SWITCH`] set to `0`
+/// does the former for a whole process, workers included (they inherit the
+/// environment), without a rebuild.
+pub fn set_enabled(on: bool) {
+    read_env_switch();
+    CREATING.store(on, Relaxed);
 }
 
 /// From now on (with `true`), freed segments are unmapped only at the next

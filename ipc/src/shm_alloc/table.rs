@@ -221,7 +221,7 @@ pub(super) fn watch_forks() {
         // Without the handlers a fork() would share the segments between
         // parent and child; such a program gets no segments at all.
         if rc != 0 {
-            super::disable();
+            super::set_enabled(false);
         }
     });
 }
