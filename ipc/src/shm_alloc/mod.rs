@@ -127,6 +127,27 @@ impl SharedMemoryAllocator {
         self.threshold
     }
 
+    /// The environment variable that turns shared blocks off for a process
+    /// and the workers it starts ([`ENV_SWITCH`]).
+    pub const ENV_SWITCH: &'static str = ENV_SWITCH;
+
+    /// The threshold of the instance this process runs as its global
+    /// allocator, or `None` if it runs another allocator ([`installed`]).
+    pub fn installed() -> Option<usize> {
+        installed()
+    }
+
+    /// Turns shared blocks off (`false`) or on again for this process's
+    /// allocations from now on ([`set_enabled`]).
+    pub fn set_enabled(on: bool) {
+        set_enabled(on)
+    }
+
+    /// How many shared blocks are alive in this process ([`live_segments`]).
+    pub fn live_blocks() -> usize {
+        live_segments()
+    }
+
     /// Whether a block of `layout` may be a segment (it is one if it is in
     /// the table).
     fn takes(&self, layout: Layout) -> bool {

@@ -84,6 +84,7 @@ fn short_label(row: &Row) -> String {
         "p99" => "p99",
         "GB_per_s" | "s_per_call" => "by value",
         "GB_per_s_in_place" | "s_per_call_in_place" => "by value, in place",
+        "GB_per_s_zero_copy" | "s_per_call_zero_copy" => "by value, shared-memory allocator",
         "GB_per_s_shared" | "s_per_call_shared" => "SharedVec",
         "ms_create_first_result_shutdown" => "create + first result + drop",
         "ms_to_first_result" => "to first result",

@@ -427,6 +427,14 @@ fn w3(cfg: &Config) -> Result<Vec<Row>> {
     }
     let in_place = median(&mut in_place).as_secs_f64();
 
+    // By value with loky's shared-memory allocator, which this binary
+    // installs but keeps off elsewhere: the clone is a shared block, and
+    // the Vec travels as its own pages.
+    loky::SharedMemoryAllocator::set_enabled(true);
+    let zero_copy = by_value_zero_copy(cfg, &data, expect, reps);
+    loky::SharedMemoryAllocator::set_enabled(false);
+    let zero_copy = zero_copy?;
+
     let (fill, shared) = time(|| SharedVec::from_slice(&ex, &data));
     let shared = shared?;
     let mut in_shared = Vec::with_capacity(reps);
@@ -487,6 +495,27 @@ fn w3(cfg: &Config) -> Result<Vec<Row>> {
         .reference(reference, gb / local),
         Row::new(
             "W3",
+            "s_per_call_zero_copy",
+            format!("sum {size} f64 by value, shared-memory allocator, per call"),
+            Unit::S,
+            zero_copy,
+        )
+        .reference(reference, local)
+        .note(format!(
+            "median of {reps} after one warm-up call; with loky::SharedMemoryAllocator as the global allocator \
+             (of parent and workers; loky-bench installs it and keeps it off for every other figure), the \
+             owned Vec's clone (untimed) is a memfd of its own, which travels as itself: the worker maps the same pages"
+        )),
+        Row::new(
+            "W3",
+            "GB_per_s_zero_copy",
+            format!("sum {size} f64 by value, shared-memory allocator"),
+            Unit::GBps,
+            gb / zero_copy,
+        )
+        .reference(reference, gb / local),
+        Row::new(
+            "W3",
             "s_per_call_shared",
             format!("sum {size} f64 in a SharedVec, per call"),
             Unit::S,
@@ -507,6 +536,26 @@ fn w3(cfg: &Config) -> Result<Vec<Row>> {
         )
         .reference(reference, gb / local),
     ])
+}
+
+/// Median seconds per call of W3 by value in a pool whose workers run the
+/// shared-memory allocator (on in this process too, by the caller).
+fn by_value_zero_copy(cfg: &Config, data: &[f64], expect: f64, reps: usize) -> Result<f64> {
+    let ex = ProcessPoolExecutor::builder()
+        .max_workers(cfg.workers)
+        .env(loky::SharedMemoryAllocator::ENV_SWITCH, "1")
+        .build()?;
+    heal(&ex, 0)?;
+    let mut t = Vec::with_capacity(reps);
+    for i in 0..=reps {
+        let v = data.to_vec();
+        let (dt, s) = time(|| ex.submit(sum_vec, v).and_then(|f| f.result()));
+        check(s?, expect)?;
+        if i > 0 {
+            t.push(dt);
+        }
+    }
+    Ok(median(&mut t).as_secs_f64())
 }
 
 // ---------------------------------------------------------------------------

@@ -29,6 +29,12 @@ mod workloads;
 
 use workloads::{Config, WORKLOADS};
 
+// W3 measures a large Vec by value with loky's shared-memory allocator too.
+// It is off for everything else (see `main`), so that the other figures are
+// those of a program that does not install it.
+#[global_allocator]
+static ALLOC: loky::SharedMemoryAllocator = loky::SharedMemoryAllocator::new();
+
 const USAGE: &str = "\
 usage: loky-bench [--json] [--plot FILE.svg] [--python PATH] [--quick]
                   [--workers N] [--only W1,W3] [--readme FILE]
@@ -159,6 +165,9 @@ fn main() -> ExitCode {
     // returns, and nothing before it may have side effects.
     #[cfg(feature = "procspawn")]
     procspawn_peer::init();
+    // Off in this process and every process it starts (workers, peers)
+    // unless a workload turns it on for itself.
+    std::env::set_var(loky::SharedMemoryAllocator::ENV_SWITCH, "0");
     let args = match cli::parse("loky-bench", USAGE, parse_args) {
         Ok(args) => args,
         Err(code) => return code,
