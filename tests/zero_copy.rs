@@ -329,3 +329,33 @@ fn given_away_values_survive_workers_killed_from_outside() {
     );
     assert!(fd_count() <= fds, "descriptors: {fds} then {}", fd_count());
 }
+
+#[test]
+fn many_large_arguments_waiting_for_a_busy_worker_all_wait_in_their_own_blocks() {
+    let _s = serial();
+    // Without prefetch the tasks wait in the parent's queue, not in the
+    // worker's ring.
+    let ex = ProcessPoolExecutor::builder()
+        .max_workers(1)
+        .prefetch(false)
+        .build()
+        .unwrap();
+    // More than the 16 spilled messages the queue keeps in their buffers,
+    // made before the worker is kept busy.
+    let args: Vec<Vec<f64>> = (0..24).map(|_| tagged(make(1 << 20))).collect();
+    let busy = ex
+        .submit(|_: ()| std::thread::sleep(Duration::from_millis(500)), ())
+        .unwrap();
+    let waiting: Vec<_> = args
+        .into_iter()
+        .map(|v| ex.submit(|v: Vec<f64>| same_block(&v), v).unwrap())
+        .collect();
+    assert!(ex.stats().queued >= 20, "{:?}", ex.stats());
+    busy.result().unwrap();
+    for (i, f) in waiting.into_iter().enumerate() {
+        assert!(
+            f.result().unwrap(),
+            "argument {i} was copied while it waited"
+        );
+    }
+}

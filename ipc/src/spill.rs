@@ -669,6 +669,11 @@ impl SpilledMessage {
         self.buffer.pooled()
     }
 
+    /// Whether its buffer is a donated block ([`Buffer::donated`]).
+    pub fn is_donated(&self) -> bool {
+        self.buffer.is_donated()
+    }
+
     pub(crate) fn buffer(&self) -> &Buffer {
         &self.buffer
     }

@@ -12,7 +12,10 @@
 //! or its buffer is a one-off much larger than the message (its pages
 //! would stay reserved while it waits; a pooled buffer's stay reserved
 //! anyway), in which case it is copied to the heap and its buffer goes back
-//! at once.
+//! at once. A message in a donated block (a large `Vec` that travels as its
+//! own memory, `crate::donation`) waits in it however many do: the block
+//! and its descriptor were the caller's value already, and a copy would
+//! only move them.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -66,7 +69,13 @@ impl TaskQueue {
         let message = match message {
             Encoded::Bytes(b) => Encoded::Bytes(b.to_vec()),
             Encoded::Spilled(m)
-                if may_wait_in_buffer(self.spilled, m.len(), m.capacity(), m.is_pooled()) =>
+                if may_wait_in_buffer(
+                    self.spilled,
+                    m.len(),
+                    m.capacity(),
+                    m.is_pooled(),
+                    m.is_donated(),
+                ) =>
             {
                 Encoded::Spilled(m)
             }
@@ -152,8 +161,14 @@ impl TaskQueue {
 /// Whether a message of `len` bytes in a spill buffer of `capacity` may
 /// wait in it, with `waiting` others already doing so (see the module
 /// docs).
-fn may_wait_in_buffer(waiting: usize, len: usize, capacity: usize, pooled: bool) -> bool {
-    waiting < MAX_SPILLED_WAITING
+fn may_wait_in_buffer(
+    waiting: usize,
+    len: usize,
+    capacity: usize,
+    pooled: bool,
+    donated: bool,
+) -> bool {
+    (waiting < MAX_SPILLED_WAITING || donated)
         && (pooled || capacity.saturating_sub(len) <= len / 4 + MAX_SPILL_SLACK)
 }
 
@@ -230,13 +245,48 @@ mod tests {
     #[test]
     fn a_one_off_buffer_much_larger_than_its_message_is_not_kept_waiting() {
         const MIB: usize = 1 << 20;
-        assert!(may_wait_in_buffer(0, 32 * MIB, 36 * MIB + 65536, false));
-        assert!(!may_wait_in_buffer(0, 32 * MIB, 71 * MIB, false));
-        assert!(!may_wait_in_buffer(0, 10, 4 * MIB, false));
+        assert!(may_wait_in_buffer(
+            0,
+            32 * MIB,
+            36 * MIB + 65536,
+            false,
+            false
+        ));
+        assert!(!may_wait_in_buffer(0, 32 * MIB, 71 * MIB, false, false));
+        assert!(!may_wait_in_buffer(0, 10, 4 * MIB, false, false));
         // A pooled buffer's pages are reserved whether the message waits
         // in it or not.
-        assert!(may_wait_in_buffer(0, 10, 64 * MIB, true));
-        assert!(!may_wait_in_buffer(MAX_SPILLED_WAITING, 10, 4096, true));
+        assert!(may_wait_in_buffer(0, 10, 64 * MIB, true, false));
+        assert!(!may_wait_in_buffer(
+            MAX_SPILLED_WAITING,
+            10,
+            4096,
+            true,
+            false
+        ));
+    }
+
+    #[test]
+    fn a_donated_block_waits_in_itself_however_many_do_unless_mostly_empty() {
+        const MIB: usize = 1 << 20;
+        let many = MAX_SPILLED_WAITING + 100;
+        assert!(may_wait_in_buffer(
+            many,
+            256 * MIB,
+            256 * MIB + 8192,
+            false,
+            true
+        ));
+        assert!(!may_wait_in_buffer(
+            many,
+            256 * MIB,
+            256 * MIB + 8192,
+            false,
+            false
+        ));
+        // A Vec of 10 elements in a 64 MiB capacity: copied out, the block
+        // freed.
+        assert!(!may_wait_in_buffer(0, 4096 + 96, 64 * MIB, false, true));
     }
 
     #[test]
