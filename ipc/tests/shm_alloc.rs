@@ -166,3 +166,57 @@ fn adopting_needs_a_block_at_least_the_threshold() {
     assert!(shm_alloc::adopt(seg.fd().as_fd(), HEAD_ROOM + THRESHOLD - 1).is_none());
     drop(seg);
 }
+
+/// Run by `a_low_open_file_limit_caps_the_segments` in a child whose soft
+/// open-file limit is 64: a quarter of it, 16, are segments; the rest of
+/// the large blocks come from the system allocator, and all work.
+#[test]
+#[ignore = "run in a child by a_low_open_file_limit_caps_the_segments"]
+fn child_with_64_descriptors() {
+    if std::env::var_os("LOKY_TEST_NOFILE_CHILD").is_none() {
+        return;
+    }
+    let blocks: Vec<Vec<u8>> = (0..40u8).map(|i| vec![i; THRESHOLD]).collect();
+    assert_eq!(shm_alloc::live_segments(), 16);
+    for (i, b) in blocks.iter().enumerate() {
+        assert!(b.iter().all(|&x| x == i as u8));
+    }
+    // Descriptors are left for the program.
+    let file = std::fs::File::open("/proc/self/status");
+    assert!(file.is_ok());
+}
+
+#[test]
+fn a_low_open_file_limit_caps_the_segments() {
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe().unwrap();
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args([
+        "--ignored",
+        "--exact",
+        "child_with_64_descriptors",
+        "--test-threads=1",
+    ])
+    .env("LOKY_TEST_NOFILE_CHILD", "1");
+    // SAFETY: setrlimit is async-signal-safe; nothing else runs between
+    // fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: 64,
+                rlim_max: 1024,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = cmd.output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("1 passed"),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

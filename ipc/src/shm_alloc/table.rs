@@ -14,8 +14,27 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use super::segment::Segment;
 
 /// The most segments alive at once; past that, large allocations come
-/// from the system allocator (and travel by copy).
+/// from the system allocator (and travel by copy). Fewer where the
+/// open-file limit is low ([`limit`]).
 pub(super) const MAX: usize = 1024;
+
+/// The most segments this process keeps: [`MAX`], or a quarter of its
+/// soft open-file limit if that is less (each segment holds a descriptor,
+/// and the program and its pools need theirs), at least 16. Read once.
+fn limit() -> usize {
+    static LIMIT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    match LIMIT.load(Ordering::Relaxed) {
+        0 => {
+            let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+                .current
+                .map_or(u64::MAX, |n| n);
+            let n = usize::try_from(soft / 4).unwrap_or(MAX).clamp(16, MAX);
+            LIMIT.store(n, Ordering::Relaxed);
+            n
+        }
+        n => n,
+    }
+}
 
 #[derive(Clone, Copy)]
 struct Entry {
@@ -85,7 +104,11 @@ fn with<R>(f: impl FnOnce(&mut [Entry], &mut usize) -> R) -> R {
 
 /// Records `segment`; gives it back if the table is full.
 pub(super) fn insert(segment: Segment) -> Result<(), Segment> {
+    let limit = limit();
     with(|entries, used| {
+        if entries[..*used].iter().filter(|e| e.base != 0).count() >= limit {
+            return Err(segment);
+        }
         let slot = match entries[..*used].iter().position(|e| e.base == 0) {
             Some(i) => i,
             None if *used < MAX => {
