@@ -29,7 +29,9 @@
 //! [`SharedSlice`]/[`SharedSliceMut`] handles to it, which cost a few bytes
 //! to send whatever their length; an ordinary slice that one task only
 //! reads goes by value with one copy, and the task reads it in place
-//! ([`submit_slice`](ProcessPoolExecutor::submit_slice)).
+//! ([`submit_slice`](ProcessPoolExecutor::submit_slice)); and with
+//! [`SharedMemoryAllocator`] as the global allocator, a large `Vec` of
+//! numbers goes by value with no copy at all, as its own memory.
 #[cfg(not(target_os = "linux"))]
 compile_error!("loky runs on Linux only (memfd, futex, pidfd, /proc)");
 

@@ -2,7 +2,7 @@
 //! value can move to another process without being copied.
 //!
 //! Each allocation of at least a threshold (4 MiB by default) gets a memfd
-//! of its own ([`segment`]), mapped `MAP_SHARED`; smaller ones, and any
+//! of its own ([`Segment`]), mapped `MAP_SHARED`; smaller ones, and any
 //! that the system refuses a memfd for, come from [`std::alloc::System`].
 //! A sender gives such a block away ([`donate`]): the file's descriptor
 //! crosses a Unix socket, the receiver maps it ([`adopt`]) and owns the
