@@ -819,6 +819,58 @@ mod tests {
         assert!(segfaulted(after), "the header after release: {after:#x}");
     }
 
+    /// A message in a donated block of `len` payload bytes (pattern `i`).
+    fn donated(i: usize, len: usize) -> SpilledMessage {
+        let segment = crate::shm_alloc::Segment::create(len).unwrap();
+        let mut buffer = Buffer::donated(segment).unwrap();
+        buffer.as_mut_slice()[..len].copy_from_slice(&pattern(i, len));
+        SpilledMessage::new(buffer, len).unwrap()
+    }
+
+    #[test]
+    fn a_donated_block_arrives_with_its_file_and_comes_back_if_unread() {
+        let mut ring = HeapRing::new(1024).unwrap();
+        let (p, c) = ring.split();
+        let (a, b) = fdpass::socket_pair().unwrap();
+        let (mut tx, mut rx) = (Sender::new(p, a), Receiver::new(c, b));
+        let m = donated(5, 70_000);
+        assert!(m.is_donated() && !m.is_pooled());
+        assert!(tx.try_send_spilled(4, &m).unwrap());
+        assert!(tx.try_send_spilled(6, &donated(6, 90_000)).unwrap());
+        drop(m);
+        let got = rx.peek().unwrap().unwrap();
+        assert_eq!((got.tag, got.bytes), (4, &pattern(5, 70_000)[..]));
+        let d = got.donated.expect("the block's file");
+        assert!(d.len >= 70_000 + spill::HEADER_LEN);
+        assert_eq!(rustix::fs::fstat(d.fd).unwrap().st_size as usize, d.len);
+        rx.pop().unwrap();
+        if !spill::guardable() {
+            return;
+        }
+        // The second was never read: it comes back whole.
+        assert_eq!(
+            take_back(&mut tx),
+            [(6, Some(digest(&pattern(6, 90_000))), true)]
+        );
+    }
+
+    #[test]
+    fn a_sender_forgetting_donated_blocks_keeps_none() {
+        let mut ring = HeapRing::new(1024).unwrap();
+        let (p, c) = ring.split();
+        let (a, b) = fdpass::socket_pair().unwrap();
+        let (mut tx, mut rx) = (Sender::new(p, a).forgetting_donated(), Receiver::new(c, b));
+        assert!(tx.try_send_spilled(4, &donated(5, 70_000)).unwrap());
+        assert!(tx.spills.in_flight.is_empty());
+        // The descriptor in the socket kept the block alive for the receiver.
+        let got = rx.peek().unwrap().unwrap();
+        assert_eq!(got.bytes, &pattern(5, 70_000)[..]);
+        rx.pop().unwrap();
+        // Ordinary spill buffers are still kept until released.
+        assert!(tx.try_send(7, &pattern(7, 3000)).unwrap());
+        assert_eq!(tx.spills.in_flight.len(), 1);
+    }
+
     #[test]
     fn reserved_tag_is_refused() {
         let mut ring = HeapRing::new(1024).unwrap();
