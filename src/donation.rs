@@ -87,20 +87,35 @@ fn donate_vec<P: Pod + rkyv::Archive>(vec: Vec<P>, head: &[u8]) -> Donation<Vec<
     let Some(root) = write_root(HEADER_LEN as isize - root_at as isize, vec.len()) else {
         return Donation::Kept(vec);
     };
-    let Some(segment) = shm_alloc::donate(vec.as_ptr().cast()) else {
+    let len = root_at + VEC_ROOT_LEN;
+    // SAFETY: `vec` owns the block (the global allocator is the
+    // shared-memory one: `installed` above) and is forgotten below, unless
+    // the segment goes back first.
+    let Some(segment) = (unsafe { shm_alloc::donate(vec.as_ptr().cast()) }) else {
         return Donation::Kept(vec);
     };
+    // The message must fit the file (a block made here always has room for
+    // the root: the allocator adds `TAIL_ROOM`, and capacities of received
+    // ones leave it out), and the file must take its seals.
+    if segment.len() - HEADER_LEN < len || !segment.seal() {
+        return match shm_alloc::restore(segment) {
+            Ok(()) => Donation::Kept(vec),
+            Err(segment) => {
+                // No room to put it back (many threads racing for the
+                // allocator's last entries): the block goes with `segment`.
+                std::mem::forget(vec);
+                drop(segment);
+                Donation::Failed("the shared-memory allocator's table is full".into())
+            }
+        };
+    }
     // The block is the segment's now, and goes with the message.
     std::mem::forget(vec);
     let mut buffer = match Buffer::donated(segment) {
         Ok(b) => b,
         Err(e) => return Donation::Failed(e.to_string()),
     };
-    let len = root_at + VEC_ROOT_LEN;
     let payload = buffer.as_mut_slice();
-    if payload.len() < len {
-        return Donation::Failed("a donated block has no room for the archive's root".into());
-    }
     payload[..head.len()].copy_from_slice(head);
     payload[root_at..len].copy_from_slice(&root);
     Donation::Sent(buffer, len)
@@ -157,7 +172,11 @@ pub(crate) fn adopt<P: Pod>(raw: &[u8]) -> Option<Vec<P>> {
         return None;
     }
     let threshold = shm_alloc::installed()?;
-    let capacity = (ticket.len.checked_sub(shm_alloc::HEAD_ROOM)?) / size;
+    // Less the tail room: sent on, the Vec needs it for the archive's root.
+    let capacity = (ticket
+        .len
+        .checked_sub(shm_alloc::HEAD_ROOM + shm_alloc::TAIL_ROOM)?)
+        / size;
     if capacity * size < threshold || raw.len() / size > capacity {
         return None;
     }

@@ -359,3 +359,119 @@ fn many_large_arguments_waiting_for_a_busy_worker_all_wait_in_their_own_blocks()
         );
     }
 }
+
+#[test]
+fn a_received_vec_shrunk_or_filled_to_capacity_can_be_sent_on() {
+    let _s = serial();
+    let ex = pool(1);
+    // Parent side: a result, shrunk, sent back.
+    let mut r = ex.submit(make, LEN as u64).unwrap().result().unwrap();
+    r.truncate(LEN / 2);
+    r.shrink_to_fit();
+    let want = sum(&r);
+    assert_eq!(
+        ex.submit(|v: Vec<f64>| sum(&v), r)
+            .unwrap()
+            .result()
+            .unwrap(),
+        want
+    );
+    // Filled to its capacity, sent back: still its own block.
+    let mut r = ex
+        .submit(|n: u64| tagged(make(n)), LEN as u64)
+        .unwrap()
+        .result()
+        .unwrap();
+    r.resize(r.capacity(), 1.0);
+    let n = r.len();
+    let (same, len) = ex
+        .submit(|v: Vec<f64>| (same_block(&v), v.len() as u64), r)
+        .unwrap()
+        .result()
+        .unwrap();
+    assert_eq!(len, n as u64);
+    assert!(same, "filled to capacity, it was copied");
+    // Worker side: its argument shrunk, or filled, and returned.
+    let shrunk = ex
+        .submit(
+            |mut v: Vec<f64>| {
+                v.truncate(LEN / 4);
+                v.shrink_to_fit();
+                v
+            },
+            make(LEN as u64),
+        )
+        .unwrap()
+        .result()
+        .unwrap();
+    assert_eq!(shrunk, make(LEN as u64 / 4));
+    let filled = ex
+        .submit(
+            |mut v: Vec<f64>| {
+                v.resize(v.capacity(), 2.0);
+                v
+            },
+            make(LEN as u64),
+        )
+        .unwrap()
+        .result()
+        .unwrap();
+    assert!(filled.len() >= LEN && filled[LEN..].iter().all(|&x| x == 2.0));
+    assert_eq!(filled[..LEN], make(LEN as u64)[..]);
+}
+
+#[test]
+fn a_worker_that_only_receives_blocks_forks_without_sharing_them() {
+    let _s = serial();
+    // Its own allocations are private: it receives blocks, never makes one.
+    let ex = ProcessPoolExecutor::builder()
+        .max_workers(1)
+        .env(loky_ipc::shm_alloc::ENV_SWITCH, "0")
+        .build()
+        .unwrap();
+    let v = tagged(make(LEN as u64));
+    let (same, seen) = ex
+        .submit(
+            |mut v: Vec<f64>| {
+                let same = same_block(&v);
+                // SAFETY: the child writes to its copy and leaves at once.
+                let pid = unsafe { libc::fork() };
+                if pid == 0 {
+                    v[1] = 99.0;
+                    // SAFETY: leave the child.
+                    unsafe { libc::_exit(0) };
+                }
+                let mut status = 0;
+                // SAFETY: our child.
+                unsafe { libc::waitpid(pid, &mut status, 0) };
+                (same, v[1])
+            },
+            v,
+        )
+        .unwrap()
+        .result()
+        .unwrap();
+    assert!(same);
+    assert_eq!(seen, 1.0, "the forked child wrote into the worker's block");
+}
+
+#[test]
+fn a_task_that_frees_many_blocks_holds_on_to_one_at_most() {
+    let _s = serial();
+    let ex = pool(1);
+    let mapped = ex
+        .submit(
+            |rounds: u64| {
+                for i in 0..rounds {
+                    let v = vec![i as u8; 16 << 20];
+                    std::hint::black_box(&v);
+                }
+                support::mappings("memfd:loky-shm") as u64
+            },
+            20,
+        )
+        .unwrap()
+        .result()
+        .unwrap();
+    assert!(mapped <= 1, "{mapped} freed blocks still mapped");
+}

@@ -194,6 +194,23 @@ impl Buf {
         matches!(self.store, Store::Donated(_))
     }
 
+    /// Whether this donated buffer's header is no longer the one this
+    /// `Buf` wrote: its receiver kept the block and sent it on (as another
+    /// message, with a header and an id of its own). The message this
+    /// `Buf` sent is then long done with, and its state word is the new
+    /// message's, never to be read or written for the old one.
+    fn moved_on(&self) -> bool {
+        if !self.is_donated() {
+            return false;
+        }
+        // SAFETY: the header lives as long as the mapping; another process
+        // may rewrite it (the block's new owner), hence a volatile read of
+        // a plain integer, any value of which is valid.
+        let id =
+            unsafe { std::ptr::addr_of!((*self.store.base().cast::<Header>()).id).read_volatile() };
+        id != self.id
+    }
+
     fn state(&self) -> &AtomicU32 {
         // SAFETY: the header was written at creation and lives as long as
         // the mapping; its atomics may be shared with other processes.
@@ -469,7 +486,7 @@ impl InFlight {
     /// True once the receiver is done with it. (Relaxed: only bookkeeping
     /// follows; a writer goes through `Buf::is_free`.)
     pub(crate) fn is_free(&self) -> bool {
-        self.buf.state().load(Relaxed) == FREE
+        self.buf.moved_on() || self.buf.state().load(Relaxed) == FREE
     }
 
     /// The buffer's id (as the frames that announce it carry it).

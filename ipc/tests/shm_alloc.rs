@@ -65,7 +65,8 @@ fn a_donated_block_is_the_same_memory_where_it_is_adopted() {
     let mut v = vec![7.5f64; THRESHOLD / 8 * 3];
     v[3] = 1.25;
     let (ptr, len, cap) = (v.as_mut_ptr(), v.len(), v.capacity());
-    let segment = shm_alloc::donate(ptr.cast()).expect("a segment");
+    // SAFETY: `v` owns the block and is forgotten next.
+    let segment = unsafe { shm_alloc::donate(ptr.cast()) }.expect("a segment");
     std::mem::forget(v);
     assert_eq!(shm_alloc::live_segments(), before);
     // As a receiver would: map the descriptor, own the block.
@@ -87,9 +88,11 @@ fn a_donated_block_is_the_same_memory_where_it_is_adopted() {
 fn only_the_start_of_a_segment_can_be_donated() {
     let _s = serial();
     let v = vec![1u32; THRESHOLD];
-    assert!(shm_alloc::donate(v[1..].as_ptr().cast()).is_none());
+    // SAFETY: neither is the start of a segment, so nothing is taken.
+    assert!(unsafe { shm_alloc::donate(v[1..].as_ptr().cast()) }.is_none());
     let small = Box::new([1u32; 4]);
-    assert!(shm_alloc::donate(small.as_ptr().cast()).is_none());
+    // SAFETY: as above.
+    assert!(unsafe { shm_alloc::donate(small.as_ptr().cast()) }.is_none());
     assert!(v.iter().all(|&x| x == 1));
 }
 
@@ -160,7 +163,8 @@ proptest! {
 fn adopting_needs_a_block_at_least_the_threshold() {
     let _s = serial();
     let v = vec![1u8; THRESHOLD];
-    let seg = shm_alloc::donate(v.as_ptr()).unwrap();
+    // SAFETY: `v` owns the block and is forgotten next.
+    let seg = unsafe { shm_alloc::donate(v.as_ptr()) }.unwrap();
     std::mem::forget(v);
     // A length that leaves less than the threshold after the head room.
     assert!(shm_alloc::adopt(seg.fd().as_fd(), HEAD_ROOM + THRESHOLD - 1).is_none());
@@ -219,4 +223,44 @@ fn a_low_open_file_limit_caps_the_segments() {
         "{text}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn a_forked_child_copies_the_blocks_as_they_were_at_the_fork() {
+    let _s = serial();
+    // Large enough that copying it takes a while: a parent that went on
+    // at once would change its end before the child's copy got there.
+    let mut v = vec![1u8; 256 << 20];
+    let last = v.len() - 1;
+    // SAFETY: the child only reads `v` and leaves with `_exit`.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0);
+    if pid == 0 {
+        let ok = v[last] == 1 && v[0] == 1;
+        // SAFETY: leave the child at once.
+        unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+    }
+    v[last] = 2;
+    let mut status = 0;
+    // SAFETY: our child.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "the child saw a write the parent made after the fork"
+    );
+}
+
+#[test]
+fn a_restored_segment_is_the_allocators_again() {
+    let _s = serial();
+    let before = shm_alloc::live_segments();
+    let v = vec![3u16; THRESHOLD];
+    // SAFETY: `v` stays alive and is not used until the segment is back.
+    let seg = unsafe { shm_alloc::donate(v.as_ptr().cast()) }.unwrap();
+    assert_eq!(shm_alloc::live_segments(), before);
+    shm_alloc::restore(seg).unwrap();
+    assert_eq!(shm_alloc::live_segments(), before + 1);
+    assert!(v.iter().all(|&x| x == 3));
+    drop(v);
+    assert_eq!(shm_alloc::live_segments(), before);
 }

@@ -24,24 +24,30 @@
 //! What it costs: a large allocation makes three system calls more than
 //! glibc's (`memfd_create`, `ftruncate`, `mmap`, and `close` when freed),
 //! and its first touch of each page faults as anonymous memory does.
-//! Freed segments are not kept for reuse. Growing one (`Vec::push` past
-//! its capacity) remaps it without a copy.
+//! Freed segments are not kept for reuse. Growing one this process made
+//! (`Vec::push` past its capacity) remaps it without a copy; a received one
+//! is sealed against resizing and is copied instead.
 //!
 //! Setting the environment variable `LOKY_SHARED_ALLOC=0` ([`ENV_SWITCH`])
 //! turns shared blocks off for a process without a rebuild (workers
 //! inherit it); [`set_enabled`] does it from code.
 //!
-//! A `fork()` (without `exec`) copies every segment into a file of the
-//! child's own, in the child's `pthread_atfork` handler, so that parent and
-//! child never share memory `fork` would have copied; `posix_spawn`,
-//! `std::process::Command` and loky's own workers do not fork this way.
+//! A `fork()` copies every segment into a file of the child's own, in the
+//! child's `pthread_atfork` handler, while the parent waits in its own
+//! handler (so the copy is the memory as it was at the fork): parent and
+//! child never share memory `fork` would have copied. `posix_spawn` and a
+//! vfork-style `clone` run no handlers and copy nothing;
+//! `std::process::Command` forks (and copies) only with `pre_exec`, a
+//! `uid`/`gid` or a `PATH` of its own.
 
 mod segment;
 mod table;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::os::fd::BorrowedFd;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicBool, AtomicUsize, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
+};
 
 pub use segment::{Segment, HEAD_ROOM, TAIL_ROOM};
 
@@ -66,15 +72,17 @@ static ENV_READ: AtomicUsize = AtomicUsize::new(0);
 /// Reads [`ENV_SWITCH`] once (it allocates a little, from `System`: only
 /// large allocations come here).
 fn read_env_switch() {
-    if ENV_READ.load(Relaxed) != 0 {
+    if ENV_READ.load(Acquire) != 0 {
         return;
     }
-    ENV_READ.store(1, Relaxed);
+    // Threads that come here together all read it; none goes on before
+    // the switch is applied.
     if let Some(v) = std::env::var_os(ENV_SWITCH) {
         if matches!(v.to_str(), Some("0" | "off" | "false")) {
             CREATING.store(false, Relaxed);
         }
     }
+    ENV_READ.store(1, Release);
 }
 
 /// The installed allocator's threshold, once [`installed`] asked it.
@@ -180,7 +188,7 @@ unsafe impl GlobalAlloc for SharedMemoryAllocator {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         if self.takes(layout) {
             if layout.size() == PROBE_SIZE && layout.align() == PROBE_ALIGN {
-                THRESHOLD.store(self.threshold, Relaxed);
+                THRESHOLD.store(self.threshold, Release);
                 return PROBE_ALIGN as *mut u8;
             }
             if let Some(p) = create(layout.size()) {
@@ -224,7 +232,7 @@ unsafe impl GlobalAlloc for SharedMemoryAllocator {
             if let Some(mut segment) = table::remove(ptr) {
                 if self.takes(new_layout) && segment.resize(new_size) {
                     let data = segment.data();
-                    match table::insert(segment) {
+                    match table::put_back(segment) {
                         Ok(()) => return data,
                         Err(back) => segment = back,
                     }
@@ -237,9 +245,11 @@ unsafe impl GlobalAlloc for SharedMemoryAllocator {
                     // distinct (the old one is out of the table).
                     unsafe { std::ptr::copy_nonoverlapping(segment.data(), new, keep) };
                     table::release(segment);
-                } else {
-                    // The old block stays the caller's.
-                    let _ = table::insert(segment).map_err(std::mem::forget);
+                } else if table::put_back(segment).is_err() {
+                    // The old block stays the caller's, and must stay in
+                    // the table, or its `dealloc` would go to `System`.
+                    // Only with every spare entry taken by such races.
+                    std::process::abort();
                 }
                 return new;
             }
@@ -264,9 +274,9 @@ unsafe impl GlobalAlloc for SharedMemoryAllocator {
 /// global allocator, or `None` if it runs another one. Cheap after the
 /// first call.
 pub fn installed() -> Option<usize> {
-    match INSTALLED.load(Relaxed) {
+    match INSTALLED.load(Acquire) {
         1 => return None,
-        2 => return Some(THRESHOLD.load(Relaxed)),
+        2 => return Some(THRESHOLD.load(Acquire)),
         _ => {}
     }
     // SAFETY: a valid layout (a power-of-two alignment, a size far below
@@ -280,8 +290,8 @@ pub fn installed() -> Option<usize> {
         // SAFETY: `p` came from this `alloc` with this layout.
         unsafe { std::alloc::dealloc(p, layout) };
     }
-    INSTALLED.store(if ours { 2 } else { 1 }, Relaxed);
-    ours.then(|| THRESHOLD.load(Relaxed))
+    INSTALLED.store(if ours { 2 } else { 1 }, Release);
+    ours.then(|| THRESHOLD.load(Acquire))
 }
 
 /// With `false`, every allocation of this process from now on comes from
@@ -311,24 +321,32 @@ pub fn release_deferred() {
 }
 
 /// Takes the segment whose allocation starts at `data` out of the
-/// allocator, to send it away: the caller owns the memory from now on (the
-/// value that held it must be forgotten, not dropped). `None` if `data`
-/// is not the start of a segment.
-pub fn donate(data: *const u8) -> Option<Segment> {
-    let segment = table::remove(data)?;
-    if segment.data().cast_const() != data {
-        // Inside a segment but not its start: not a block of ours as such.
-        let _ = table::insert(segment).map_err(std::mem::forget);
-        return None;
-    }
-    Some(segment)
+/// allocator, to send it away: the returned [`Segment`] owns the memory
+/// from now on. `None` if `data` is not the start of a segment.
+///
+/// # Safety
+///
+/// The caller owns the allocation at `data` (it comes from the global
+/// allocator, which is this one) and gives it up: the value that held it
+/// is forgotten, never used or dropped again, unless [`restore`] gives the
+/// segment back first.
+pub unsafe fn donate(data: *const u8) -> Option<Segment> {
+    table::remove_starting_at(data)
+}
+
+/// Gives a segment [`donate`] took back to the allocator (it was not sent
+/// after all): the allocation is the caller's value's again. Gives it back
+/// only if the table has no room even for that (a race of many threads).
+pub fn restore(segment: Segment) -> Result<(), Segment> {
+    table::put_back(segment)
 }
 
 /// Maps a segment another process donated (the `len` bytes of `fd`, as
 /// [`Segment::len`] was there) and records it as an allocation of this
 /// process: returns where its allocation starts, which the caller owns and
 /// frees with the global allocator (with a layout of at least the
-/// threshold and at most `len - HEAD_ROOM` bytes). `None` if this process
+/// threshold and at most `len - HEAD_ROOM - TAIL_ROOM` bytes, which leaves
+/// room to send it on). `None` if this process
 /// does not run the allocator, or the allocation would be below its
 /// threshold, or the system refuses.
 pub fn adopt(fd: BorrowedFd<'_>, len: usize) -> Option<*mut u8> {
@@ -336,6 +354,8 @@ pub fn adopt(fd: BorrowedFd<'_>, len: usize) -> Option<*mut u8> {
     if len.checked_sub(HEAD_ROOM)? < threshold {
         return None;
     }
+    // A process that only receives blocks needs the fork handlers too.
+    table::watch_forks();
     let segment = Segment::map_received(fd, len)?;
     let data = segment.data();
     table::insert(segment).ok()?;

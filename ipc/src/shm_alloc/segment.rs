@@ -77,6 +77,15 @@ impl Segment {
         if len == self.len {
             return true;
         }
+        // A received segment is sealed against resizing (its sender's
+        // receiver checked that): its file must keep the size its mapping
+        // has, or a header written for the mapping would not match the file
+        // when it is sent on. The caller copies instead.
+        match rustix::fs::fcntl_get_seals(&self.fd) {
+            Ok(seals) if seals.intersects(SealFlags::SHRINK | SealFlags::GROW) => return false,
+            Ok(_) => {}
+            Err(_) => return false,
+        }
         if len > self.len && rustix::fs::ftruncate(&self.fd, len as u64).is_err() {
             return false;
         }

@@ -18,6 +18,12 @@ use super::segment::Segment;
 /// open-file limit is low ([`limit`]).
 pub(super) const MAX: usize = 1024;
 
+/// Entries beyond [`MAX`] for a segment put back after it was taken out
+/// (a `realloc` that failed): that must never find the table full, or the
+/// block would be freed as the system allocator's.
+const SPARE: usize = 64;
+const SLOTS: usize = MAX + SPARE;
+
 /// The most segments this process keeps: [`MAX`], or a quarter of its
 /// soft open-file limit if that is less (each segment holds a descriptor,
 /// and the program and its pools need theirs), at least 16. Read once.
@@ -54,7 +60,7 @@ struct Table {
     locked: AtomicBool,
     /// Entries at and past `used` are free.
     used: UnsafeCell<usize>,
-    entries: UnsafeCell<[Entry; MAX]>,
+    entries: UnsafeCell<[Entry; SLOTS]>,
 }
 
 // SAFETY: `used` and `entries` are only touched with `locked` held (see
@@ -64,7 +70,7 @@ unsafe impl Sync for Table {}
 static TABLE: Table = Table {
     locked: AtomicBool::new(false),
     used: UnsafeCell::new(0),
-    entries: UnsafeCell::new([FREE; MAX]),
+    entries: UnsafeCell::new([FREE; SLOTS]),
 };
 
 fn lock() {
@@ -102,16 +108,26 @@ fn with<R>(f: impl FnOnce(&mut [Entry], &mut usize) -> R) -> R {
     f(entries, used)
 }
 
-/// Records `segment`; gives it back if the table is full.
+/// Records a new `segment`; gives it back if the table is full.
 pub(super) fn insert(segment: Segment) -> Result<(), Segment> {
-    let limit = limit();
+    insert_within(segment, limit())
+}
+
+/// Records again a segment taken out of the table by [`remove`]: beyond
+/// the limit if need be (into the spare entries). Gives it back only if
+/// even those are taken.
+pub(super) fn put_back(segment: Segment) -> Result<(), Segment> {
+    insert_within(segment, SLOTS)
+}
+
+fn insert_within(segment: Segment, limit: usize) -> Result<(), Segment> {
     with(|entries, used| {
         if entries[..*used].iter().filter(|e| e.base != 0).count() >= limit {
             return Err(segment);
         }
         let slot = match entries[..*used].iter().position(|e| e.base == 0) {
             Some(i) => i,
-            None if *used < MAX => {
+            None if *used < SLOTS => {
                 *used += 1;
                 *used - 1
             }
@@ -130,10 +146,20 @@ pub(super) fn insert(segment: Segment) -> Result<(), Segment> {
 /// Takes out the segment whose mapping holds `ptr`, if any.
 pub(super) fn remove(ptr: *const u8) -> Option<Segment> {
     let addr = ptr as usize;
+    remove_where(|e| (e.base..e.base + e.len).contains(&addr))
+}
+
+/// Takes out the segment whose allocation starts at `data`, if any.
+pub(super) fn remove_starting_at(data: *const u8) -> Option<Segment> {
+    let addr = data as usize;
+    remove_where(|e| e.base + super::segment::HEAD_ROOM == addr)
+}
+
+fn remove_where(found: impl Fn(&Entry) -> bool) -> Option<Segment> {
     with(|entries, used| {
         let i = entries[..*used]
             .iter()
-            .position(|e| e.base != 0 && (e.base..e.base + e.len).contains(&addr))?;
+            .position(|e| e.base != 0 && found(e))?;
         let e = std::mem::replace(&mut entries[i], FREE);
         while *used > 0 && entries[*used - 1].base == 0 {
             *used -= 1;
@@ -152,8 +178,10 @@ pub(super) fn count() -> usize {
 // ---------------------------------------------------------------------------
 // Deferred release
 
-/// Freed segments waiting for [`release_deferred`], at most this many.
-const DEFERRED: usize = 8;
+/// Freed segments waiting for [`release_deferred`]: the last one only
+/// (a task's argument, freed as it ends); freeing another releases the one
+/// before, so a task that frees many blocks holds on to one at most.
+const DEFERRED: usize = 1;
 
 static DEFER: AtomicBool = AtomicBool::new(false);
 
@@ -199,14 +227,11 @@ pub(super) fn release(segment: Segment) {
     }
     let (base, len, fd) = segment.into_raw();
     let fd = fd.into_raw_fd();
-    let kept = with_deferred(|parts| {
-        let slot = parts.iter_mut().find(|p| p.0 == 0)?;
-        *slot = (base as usize, len, fd);
-        Some(())
-    });
-    if kept.is_none() {
-        // SAFETY: the parts `into_raw` just gave, owned by nobody else.
-        drop(unsafe { Segment::from_raw(base, len, fd) });
+    let before = with_deferred(|parts| std::mem::replace(&mut parts[0], (base as usize, len, fd)));
+    if before.0 != 0 {
+        // SAFETY: parts of a segment an earlier `release` stored, which it
+        // no longer holds.
+        drop(unsafe { Segment::from_raw(before.0 as *mut u8, before.1, before.2) });
     }
 }
 
@@ -249,6 +274,16 @@ pub(super) fn watch_forks() {
     });
 }
 
+/// The pipe through which a forked child tells its parent that it has
+/// copied the segments (it closes its write end; so does its death): the
+/// parent waits for that, so that the copy is the memory as it was at the
+/// fork, not as the parent goes on changing it. Only touched between
+/// `before_fork` and the after-fork handlers, under the table's lock.
+static FORK_PIPE: [std::sync::atomic::AtomicI32; 2] = [
+    std::sync::atomic::AtomicI32::new(-1),
+    std::sync::atomic::AtomicI32::new(-1),
+];
+
 extern "C" fn before_fork() {
     lock();
     while WAITING
@@ -258,9 +293,36 @@ extern "C" fn before_fork() {
     {
         std::hint::spin_loop();
     }
+    // SAFETY: the lock is held.
+    let live = unsafe { (*TABLE.entries.get()).iter().any(|e| e.base != 0) };
+    if live {
+        let mut fds = [-1; 2];
+        // SAFETY: pipe2 writes two descriptors into `fds`. Without a pipe
+        // (out of descriptors) the parent does not wait.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } == 0 {
+            FORK_PIPE[0].store(fds[0], Ordering::Relaxed);
+            FORK_PIPE[1].store(fds[1], Ordering::Relaxed);
+        }
+    }
 }
 
 extern "C" fn after_fork_parent() {
+    let (r, w) = (
+        FORK_PIPE[0].swap(-1, Ordering::Relaxed),
+        FORK_PIPE[1].swap(-1, Ordering::Relaxed),
+    );
+    if r >= 0 {
+        // SAFETY: our pipe's ends. The read returns 0 once the child has
+        // closed its write end (its copies done) or died; it writes nothing.
+        unsafe {
+            libc::close(w);
+            let mut byte = 0u8;
+            while libc::read(r, std::ptr::addr_of_mut!(byte).cast(), 1) < 0
+                && *libc::__errno_location() == libc::EINTR
+            {}
+            libc::close(r);
+        }
+    }
     WAITING.locked.store(false, Ordering::Release);
     unlock();
 }
@@ -291,6 +353,18 @@ extern "C" fn after_fork_child() {
                     libc::abort();
                 }
             }
+        }
+    }
+    // The parent may go on.
+    let (r, w) = (
+        FORK_PIPE[0].swap(-1, Ordering::Relaxed),
+        FORK_PIPE[1].swap(-1, Ordering::Relaxed),
+    );
+    if r >= 0 {
+        // SAFETY: the child's copies of the pipe's ends.
+        unsafe {
+            libc::close(r);
+            libc::close(w);
         }
     }
     // Segments waiting for a deferred release are freed ones: the child
