@@ -284,8 +284,10 @@ pub fn installed() -> Option<usize> {
     // a dangling pointer that its `dealloc` recognises.
     let layout = unsafe { Layout::from_size_align_unchecked(PROBE_SIZE, PROBE_ALIGN) };
     // SAFETY: as above.
-    let p = unsafe { std::alloc::alloc(layout) };
-    let ours = !p.is_null();
+    // `black_box`: a compiler may drop an allocation whose result is only
+    // compared and freed (and assume it succeeded).
+    let p = std::hint::black_box(unsafe { std::alloc::alloc(layout) });
+    let ours = !p.is_null() && THRESHOLD.load(Acquire) != 0;
     if ours {
         // SAFETY: `p` came from this `alloc` with this layout.
         unsafe { std::alloc::dealloc(p, layout) };
