@@ -108,6 +108,28 @@ impl Store {
             Store::Donated(s) => s.fd(),
         }
     }
+
+    /// Writes a fresh header (a new id, free, `capacity`) at the start;
+    /// returns the id.
+    ///
+    /// # Safety
+    ///
+    /// The first `HEADER_LEN` bytes are this store's header page, which
+    /// nothing else reads or writes until the buffer is sent.
+    unsafe fn write_header(&self, capacity: usize) -> u64 {
+        let id = next_id();
+        // SAFETY: per the contract; the page is mapped and page-aligned.
+        unsafe {
+            self.base().cast::<Header>().write(Header {
+                magic: MAGIC,
+                version: VERSION,
+                state: AtomicU32::new(FREE),
+                id,
+                capacity: capacity as u64,
+            });
+        }
+        id
+    }
 }
 
 fn next_id() -> u64 {
@@ -139,21 +161,13 @@ impl Buf {
             .populate()
             .map_raw(&file)
             .os("mmap")?;
-        let id = next_id();
+        let store = Store::Own { file, map };
         // SAFETY: the mapping is at least HEADER_LEN bytes, page-aligned,
         // and nobody else has it yet.
-        unsafe {
-            map.as_mut_ptr().cast::<Header>().write(Header {
-                magic: MAGIC,
-                version: VERSION,
-                state: AtomicU32::new(FREE),
-                id,
-                capacity: capacity as u64,
-            });
-        }
+        let id = unsafe { store.write_header(capacity) };
         Ok(Self {
             id,
-            store: Store::Own { file, map },
+            store,
             capacity,
             born: crate::fork::generation(),
         })
@@ -168,23 +182,15 @@ impl Buf {
             ));
         }
         let capacity = segment.len() - HEADER_LEN;
-        let id = next_id();
+        let store = Store::Donated(segment);
         // SAFETY: the segment's first page is left for this header
         // (`shm_alloc::HEAD_ROOM`); the segment was just taken out of the
         // allocator, so nothing else in this process refers to it, and it
         // has not left the process yet.
-        unsafe {
-            segment.base().cast::<Header>().write(Header {
-                magic: MAGIC,
-                version: VERSION,
-                state: AtomicU32::new(FREE),
-                id,
-                capacity: capacity as u64,
-            });
-        }
+        let id = unsafe { store.write_header(capacity) };
         Ok(Self {
             id,
-            store: Store::Donated(segment),
+            store,
             capacity,
             born: crate::fork::generation(),
         })
