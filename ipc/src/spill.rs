@@ -161,16 +161,25 @@ impl Buf {
             .populate()
             .map_raw(&file)
             .os("mmap")?;
-        let store = Store::Own { file, map };
         // SAFETY: the mapping is at least HEADER_LEN bytes, page-aligned,
         // and nobody else has it yet.
+        Ok(unsafe { Self::with_header(Store::Own { file, map }, capacity) })
+    }
+
+    /// The buffer of `store`, its header written.
+    ///
+    /// # Safety
+    ///
+    /// As for [`Store::write_header`].
+    unsafe fn with_header(store: Store, capacity: usize) -> Self {
+        // SAFETY: the caller's.
         let id = unsafe { store.write_header(capacity) };
-        Ok(Self {
+        Self {
             id,
             store,
             capacity,
             born: crate::fork::generation(),
-        })
+        }
     }
 
     /// A buffer made of a donated segment: its header written, the file
@@ -182,18 +191,11 @@ impl Buf {
             ));
         }
         let capacity = segment.len() - HEADER_LEN;
-        let store = Store::Donated(segment);
         // SAFETY: the segment's first page is left for this header
         // (`shm_alloc::HEAD_ROOM`); the segment was just taken out of the
         // allocator, so nothing else in this process refers to it, and it
         // has not left the process yet.
-        let id = unsafe { store.write_header(capacity) };
-        Ok(Self {
-            id,
-            store,
-            capacity,
-            born: crate::fork::generation(),
-        })
+        Ok(unsafe { Self::with_header(Store::Donated(segment), capacity) })
     }
 
     fn is_donated(&self) -> bool {
